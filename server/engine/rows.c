@@ -1,0 +1,234 @@
+/* rows.c -- parameter rows, seqlocks and the three sparse optimizers. */
+#include "rows.h"
+
+#include <assert.h>
+#include <math.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+#define CQR_ROWS_STACK 1024 /* floats; rows wider than this use the heap */
+
+uint32_t cqr_optim_state_floats(cqr_optim_kind_t opt, uint32_t w)
+{
+    switch (opt) {
+    case CQR_OPT_SGD: return 0;
+    case CQR_OPT_ADAGRAD: return 1;
+    case CQR_OPT_ADAM: return 2 * w;
+    }
+    assert(!"unknown optimizer");
+    return 0;
+}
+
+int cqr_rows_init(cqr_rows_t *r, uint32_t n, uint32_t w, cqr_optim_kind_t opt)
+{
+    memset(r, 0, sizeof *r);
+    assert(w > 0);
+    r->n = n;
+    r->w = w;
+    r->opt = opt;
+    r->sw = cqr_optim_state_floats(opt, w);
+    size_t nn = n ? n : 1;
+    r->param = calloc(nn * (size_t)w, sizeof(float));
+    r->seq = calloc(nn, sizeof(uint32_t));
+    if (r->sw)
+        r->state = calloc(nn * (size_t)r->sw, sizeof(float));
+    if (opt == CQR_OPT_ADAM)
+        r->step = calloc(nn, sizeof(uint32_t));
+    if (!r->param || !r->seq || (r->sw && !r->state) ||
+        (opt == CQR_OPT_ADAM && !r->step)) {
+        cqr_rows_free(r);
+        return CQR_ENOMEM;
+    }
+    return 0;
+}
+
+void cqr_rows_free(cqr_rows_t *r)
+{
+    free(r->param);
+    free(r->state);
+    free(r->step);
+    free(r->seq);
+    memset(r, 0, sizeof *r);
+}
+
+int cqr_rows_clone(cqr_rows_t *dst, const cqr_rows_t *src)
+{
+    int rc = cqr_rows_init(dst, src->n, src->w, src->opt);
+    if (rc)
+        return rc;
+    memcpy(dst->param, src->param, (size_t)src->n * src->w * sizeof(float));
+    if (src->sw)
+        memcpy(dst->state, src->state,
+               (size_t)src->n * src->sw * sizeof(float));
+    if (src->step)
+        memcpy(dst->step, src->step, (size_t)src->n * sizeof(uint32_t));
+    return 0;
+}
+
+void cqr_rows_reset_state(cqr_rows_t *r)
+{
+    if (r->sw)
+        memset(r->state, 0, (size_t)r->n * r->sw * sizeof(float));
+    if (r->step)
+        memset(r->step, 0, (size_t)r->n * sizeof(uint32_t));
+}
+
+uint64_t cqr_rows_param_bytes(const cqr_rows_t *r)
+{
+    return (uint64_t)r->n * r->w * sizeof(float);
+}
+
+uint64_t cqr_rows_state_bytes(const cqr_rows_t *r)
+{
+    return (uint64_t)r->n * r->sw * sizeof(float) +
+           (r->step ? (uint64_t)r->n * sizeof(uint32_t) : 0) +
+           (uint64_t)r->n * sizeof(uint32_t);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Seqlock read of one row into out. The floats are loaded with relaxed
+ * atomics; the acquire fence after them orders the re-check of the
+ * counter (the classic C11 seqlock). */
+static void row_copy(const cqr_rows_t *r, uint32_t row, float *out)
+{
+    const float *p = r->param + (size_t)row * r->w;
+    const uint32_t *seq = &r->seq[row];
+    for (unsigned spins = 0;; spins++) {
+        uint32_t s1 = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
+        if (!(s1 & 1)) {
+            for (uint32_t j = 0; j < r->w; j++)
+                __atomic_load(&p[j], &out[j], __ATOMIC_RELAXED);
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (__atomic_load_n(seq, __ATOMIC_RELAXED) == s1)
+                return;
+        }
+        if (spins > 64)
+            sched_yield();
+        else
+            cpu_relax();
+    }
+}
+
+void cqr_rows_read(const cqr_rows_t *r, uint32_t row, float *out)
+{
+    assert(row < r->n);
+    row_copy(r, row, out);
+}
+
+void cqr_rows_read_add(const cqr_rows_t *r, uint32_t row, float *out)
+{
+    assert(row < r->n);
+    float stackbuf[CQR_ROWS_STACK];
+    float *tmp = r->w <= CQR_ROWS_STACK ? stackbuf : malloc(r->w * sizeof(float));
+    assert(tmp);
+    row_copy(r, row, tmp);
+    for (uint32_t j = 0; j < r->w; j++)
+        out[j] += tmp[j];
+    if (tmp != stackbuf)
+        free(tmp);
+}
+
+void cqr_rows_set(cqr_rows_t *r, uint32_t row, const float *val)
+{
+    assert(row < r->n);
+    float *p = r->param + (size_t)row * r->w;
+    for (uint32_t j = 0; j < r->w; j++)
+        __atomic_store(&p[j], &val[j], __ATOMIC_RELAXED);
+}
+
+static void row_lock(uint32_t *seq)
+{
+    for (unsigned spins = 0;; spins++) {
+        uint32_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
+        if (!(s & 1) &&
+            __atomic_compare_exchange_n(seq, &s, s + 1, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED))
+            break;
+        if (spins > 64)
+            sched_yield();
+        else
+            cpu_relax();
+    }
+    /* The odd counter must be visible before any new float is. */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
+static void row_unlock(uint32_t *seq)
+{
+    __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE);
+}
+
+void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
+                   const cqr_optim_config_t *o)
+{
+    assert(row < r->n);
+    assert(o->kind == r->opt);
+    const uint32_t w = r->w;
+    float *p = r->param + (size_t)row * w;
+    float stackbuf[CQR_ROWS_STACK];
+    float *np = w <= CQR_ROWS_STACK ? stackbuf : malloc(w * sizeof(float));
+    assert(np);
+
+    row_lock(&r->seq[row]);
+    /* Only writers store to p, and we hold the row: plain loads would do,
+     * but relaxed atomics keep every access to the floats atomic. */
+    for (uint32_t j = 0; j < w; j++)
+        __atomic_load(&p[j], &np[j], __ATOMIC_RELAXED);
+    const float lr = o->lr;
+    if (o->weight_decay > 0.0f) {
+        const float decay = 1.0f - lr * o->weight_decay;
+        for (uint32_t j = 0; j < w; j++)
+            np[j] *= decay;
+    }
+    switch (o->kind) {
+    case CQR_OPT_SGD:
+        for (uint32_t j = 0; j < w; j++)
+            np[j] -= lr * g[j];
+        break;
+    case CQR_OPT_ADAGRAD: {
+        /* Row-wise Adagrad: one accumulator of the mean squared gradient
+         * per row (as in DLRM's row-wise Adagrad). */
+        float *acc = r->state + (size_t)row * r->sw;
+        double s = 0.0;
+        for (uint32_t j = 0; j < w; j++)
+            s += (double)g[j] * g[j];
+        acc[0] += (float)(s / w);
+        const float scale = lr / (sqrtf(acc[0]) + o->eps);
+        for (uint32_t j = 0; j < w; j++)
+            np[j] -= scale * g[j];
+        break;
+    }
+    case CQR_OPT_ADAM: {
+        /* Lazy Adam: the row's own step count drives bias correction, so
+         * a row untouched for a while is not over-corrected. */
+        float *m = r->state + (size_t)row * r->sw;
+        float *v = m + w;
+        uint32_t t = ++r->step[row];
+        const float b1 = o->beta1, b2 = o->beta2;
+        const float bc1 = (float)(1.0 - pow(b1, t));
+        const float bc2_sqrt = (float)sqrt(1.0 - pow(b2, t));
+        const float step_size = lr / bc1;
+        for (uint32_t j = 0; j < w; j++) {
+            m[j] = b1 * m[j] + (1.0f - b1) * g[j];
+            v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+            const float denom = sqrtf(v[j]) / bc2_sqrt + o->eps;
+            np[j] -= step_size * (m[j] / denom);
+        }
+        break;
+    }
+    }
+    for (uint32_t j = 0; j < w; j++)
+        __atomic_store(&p[j], &np[j], __ATOMIC_RELAXED);
+    row_unlock(&r->seq[row]);
+    if (np != stackbuf)
+        free(np);
+}

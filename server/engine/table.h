@@ -1,0 +1,220 @@
+/* table.h -- embedding tables: full, hash, ce and cqr (the engine's API).
+ *
+ * A table maps arbitrary 64-bit IDs to `dim` floats. Kinds (DESIGN.md s1):
+ *   full  one row per ID, materialised at the ID's first push; before
+ *         that a lookup returns the row's deterministic initial value.
+ *   hash  one codebook of `rows` rows, row = hash(id).
+ *   ce    two hashed codebooks B0, B1 of `rows` rows, `chunks` chunks:
+ *         e(id)[i] = B0[p(id,i)][i] + B1[h(id,i)][i].
+ *   cqr   as ce, but cluster phases learn the pointers p(id,i) of every
+ *         known ID (an ID that has received a gradient).
+ *
+ * Threading: every function here is safe to call from any number of
+ * threads at once on the same table, except cqr_table_destroy, which the
+ * caller must order after every other call on the table. Lookups never
+ * wait for each other; pushes to the same codebook row (or full row) are
+ * serialised per row; a cluster phase computes on a snapshot without
+ * holding the table, and its commit excludes lookups and pushes only for
+ * the swap and the replay of the pushes that arrived during the phase.
+ *
+ * Errors: functions return 0 or a negative CQR_E* code (err.h); on error
+ * the table is unchanged and no output is written, unless stated.
+ *
+ * Determinism: the same config (seed included), the same sequence of
+ * calls and the same thread counts give bit-identical tables on every
+ * machine (cqr_table_digest proves it).
+ */
+#ifndef CQR_TABLE_H
+#define CQR_TABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kmeans.h"
+
+typedef enum cqr_kind {
+    CQR_KIND_FULL = 0,
+    CQR_KIND_HASH = 1,
+    CQR_KIND_CE = 2,
+    CQR_KIND_CQR = 3
+} cqr_kind_t;
+
+typedef enum cqr_optim_kind {
+    CQR_OPT_SGD = 0,
+    CQR_OPT_ADAGRAD = 1, /* row-wise: one accumulator per row */
+    CQR_OPT_ADAM = 2     /* lazy Adam, per-row step count, bias corrected,
+                            decoupled weight decay (AdamW) */
+} cqr_optim_kind_t;
+
+typedef enum cqr_pooling {
+    CQR_POOL_SUM = 0,
+    CQR_POOL_MEAN = 1
+} cqr_pooling_t;
+
+typedef struct cqr_optim_config {
+    cqr_optim_kind_t kind; /* which optimizer */
+    float lr;              /* learning rate, > 0 */
+    float beta1;           /* Adam first-moment decay, [0, 1) */
+    float beta2;           /* Adam second-moment decay, [0, 1) */
+    float eps;             /* Adam/Adagrad denominator term, > 0 */
+    float weight_decay;    /* decoupled decay of touched rows, >= 0 */
+} cqr_optim_config_t;
+
+typedef struct cqr_table_config {
+    cqr_kind_t kind;        /* table kind */
+    uint32_t dim;           /* floats per embedding, 1..CQR_MAX_DIM */
+    uint32_t chunks;        /* ce/cqr: chunks, divides dim; 1 otherwise */
+    uint32_t rows;          /* hash/ce/cqr: rows per codebook (k),
+                               1..CQR_MAX_ROWS; 0 for full */
+    uint64_t seed;          /* seeds hashing, init and cluster phases */
+    float init_scale;       /* initial values uniform in (-s, s) */
+    cqr_optim_config_t optim; /* optimizer and its parameters */
+    /* Cluster phases (cqr only). */
+    uint32_t cluster_iters;        /* k-means iterations per phase */
+    uint32_t cluster_sample;       /* sample points per centroid */
+    uint32_t cluster_threads;      /* worker threads of a phase */
+    uint32_t reset_optimizer;      /* 1: zero codebook optimizer state at
+                                      each commit; 0: keep it (as the
+                                      published code does) */
+    uint64_t schedule_every;       /* a phase is due every N pushed
+                                      examples; 0 = no schedule */
+    uint32_t schedule_max_phases;  /* no schedule after this many phases;
+                                      0 = no limit */
+} cqr_table_config_t;
+
+#define CQR_MAX_DIM 4096u
+#define CQR_MAX_CHUNKS 256u
+#define CQR_MAX_ROWS (1u << 24)
+
+typedef struct cqr_table cqr_table_t;
+
+typedef struct cqr_table_stats {
+    uint64_t known_ids;        /* IDs that received a gradient (full, cqr;
+                                  0 for hash and ce, which do not track) */
+    uint64_t param_bytes;      /* parameter floats, in bytes */
+    uint64_t optim_bytes;      /* optimizer state, in bytes */
+    uint64_t index_bytes;      /* known-ID map, in bytes */
+    double bytes_per_known_id; /* index_bytes / known_ids (0 if none) */
+    uint64_t lookups;          /* IDs looked up (pooled: every ID) */
+    uint64_t pushes;           /* IDs pushed */
+    uint64_t examples_pushed;  /* rows of plain pushes + bags of pooled */
+    uint32_t phases_done;      /* committed cluster phases */
+    uint32_t phase_running;    /* 1 while a phase is between begin and
+                                  commit/abort */
+    double last_inertia;       /* mean k-means inertia of the last phase */
+    double last_phase_seconds; /* wall time of the last phase */
+    double last_commit_seconds; /* pause of the last phase's commit */
+} cqr_table_stats_t;
+
+/* Fills `cfg` with the defaults for `kind` and `dim`: chunks 4 (ce, cqr;
+ * fewer if dim is not divisible), rows 1024 (hash, ce, cqr), seed 0,
+ * init_scale 1/sqrt(dim), Adam lr 1e-3 betas 0.9/0.999 eps 1e-8, cluster
+ * 25 iterations, 200 samples per centroid, 1 thread, optimizer state kept,
+ * no schedule. */
+void cqr_table_config_default(cqr_table_config_t *cfg, cqr_kind_t kind,
+                              uint32_t dim);
+
+/* Validates a config. On CQR_EINVAL writes a one-line reason to
+ * why[0..whylen) (if why is non-NULL). */
+int cqr_table_config_check(const cqr_table_config_t *cfg, char *why,
+                           size_t whylen);
+
+/* Memory the table will allocate at creation (codebooks and their
+ * optimizer state), for limits checked before allocating. */
+uint64_t cqr_table_config_bytes(const cqr_table_config_t *cfg);
+
+/* Short name of a kind ("full", "hash", "ce", "cqr") and back; parse
+ * returns CQR_EINVAL for an unknown name. Same for optimizers ("sgd",
+ * "adagrad", "adam"). */
+const char *cqr_kind_name(cqr_kind_t kind);
+int cqr_kind_parse(const char *name, cqr_kind_t *out);
+const char *cqr_optim_name(cqr_optim_kind_t kind);
+int cqr_optim_parse(const char *name, cqr_optim_kind_t *out);
+
+/* Creates a table; *out owns it until cqr_table_destroy. */
+int cqr_table_create(const cqr_table_config_t *cfg, cqr_table_t **out);
+void cqr_table_destroy(cqr_table_t *t);
+
+/* The table's config (immutable for the table's life). */
+const cqr_table_config_t *cqr_table_config(const cqr_table_t *t);
+
+/* Writes n x dim floats to out. Never allocates per ID and never grows the
+ * table. */
+int cqr_table_lookup(cqr_table_t *t, const uint64_t *ids, size_t n,
+                     float *out);
+
+/* Applies n x dim gradients: rows hit more than once in this call get the
+ * sum of their gradients and then one optimizer step. CQR_ENONFINITE if
+ * any gradient is NaN or Inf (nothing applied). CQR_EBUSY if a cluster
+ * phase's push log is full (nothing applied; retry after the phase). */
+int cqr_table_push(cqr_table_t *t, const uint64_t *ids, const float *grads,
+                   size_t n);
+
+/* Pooled (embedding-bag) variants. Bag b is ids[offsets[b] ..
+ * offsets[b+1]) and the last bag runs to n; offsets[0] == 0 and offsets
+ * must not decrease (CQR_EINVAL otherwise). Lookup writes nbags x dim
+ * pooled vectors (an empty bag pools to zeros). Push takes nbags x dim
+ * gradients of the pooled outputs: every ID of bag b receives g_b (sum) or
+ * g_b / |bag| (mean). */
+int cqr_table_lookup_pooled(cqr_table_t *t, const uint64_t *ids, size_t n,
+                            const uint32_t *offsets, size_t nbags,
+                            cqr_pooling_t pool, float *out);
+int cqr_table_push_pooled(cqr_table_t *t, const uint64_t *ids, size_t n,
+                          const uint32_t *offsets, size_t nbags,
+                          cqr_pooling_t pool, const float *bag_grads);
+
+void cqr_table_stats(cqr_table_t *t, cqr_table_stats_t *st);
+
+/* A 64-bit digest of the table's complete state: config, seeds,
+ * codebooks, optimizer state, known IDs and their pointers or rows, phase
+ * counters. Equal digests mean equal tables. Excludes the usage counters
+ * (lookups, pushes). */
+int cqr_table_digest(cqr_table_t *t, uint64_t *out);
+
+/* 1 when the table's schedule says a phase is due now (enough examples
+ * pushed since the last phase, phase limit not reached, none running). */
+int cqr_table_cluster_due(cqr_table_t *t);
+
+/* ---- Cluster phases (cqr tables) -------------------------------------
+ *
+ * A phase is begin -> run -> commit (or destroy to abort):
+ *   begin   short; snapshots the codebooks and starts logging pushes.
+ *           CQR_EUNSUPPORTED for kinds other than cqr, CQR_EBUSY if a
+ *           phase of this table is already running.
+ *   run     long; k-means and the assignment of every known ID on the
+ *           snapshot, on the calling thread plus cluster_threads - 1
+ *           workers. Holds no table lock for long; lookups and pushes go
+ *           on against the live state (pushes are also logged).
+ *   commit  short; replays the logged pushes onto the new state and swaps
+ *           it in. After commit every push acknowledged before commit
+ *           returned is reflected in the table.
+ * cqr_phase_destroy frees the phase; if it was not committed the table
+ * keeps its live state and stops logging. Exactly one thread drives a
+ * phase. */
+typedef struct cqr_phase cqr_phase_t;
+
+typedef struct cqr_phase_result {
+    uint32_t phase_no;          /* 1 for the table's first phase */
+    uint64_t ids_assigned;      /* known IDs given learned pointers */
+    uint64_t sample_size;       /* points k-means ran on, per chunk */
+    double inertia;             /* mean over chunks of the final inertia */
+    uint64_t replayed_pushes;   /* pushes logged during the phase */
+    double seconds_snapshot;    /* begin + copying the known IDs */
+    double seconds_kmeans;      /* k-means on the sample, all chunks */
+    double seconds_assign;      /* assignment + residuals, all chunks */
+    double seconds_commit;      /* the pause of the commit */
+    double seconds_total;       /* begin to end of commit */
+} cqr_phase_result_t;
+
+int cqr_phase_begin(cqr_table_t *t, cqr_phase_t **out);
+int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud);
+int cqr_phase_commit(cqr_phase_t *ph);
+void cqr_phase_result(const cqr_phase_t *ph, cqr_phase_result_t *res);
+void cqr_phase_destroy(cqr_phase_t *ph);
+
+/* begin + run + commit + destroy on the calling thread; fills res if
+ * non-NULL. */
+int cqr_table_cluster(cqr_table_t *t, cqr_progress_cb cb, void *ud,
+                      cqr_phase_result_t *res);
+
+#endif

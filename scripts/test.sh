@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the build dependencies, builds cqrps with
+# warnings as errors, runs every test with ctest, then builds and runs the
+# suite again under AddressSanitizer + UndefinedBehaviorSanitizer, and the
+# threaded suites (ctest label "threads") under ThreadSanitizer.
+#
+#   scripts/test.sh            # everything
+#   CQR_SKIP_SANITIZERS=1 scripts/test.sh   # the plain build only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=$(nproc)
+
+.ci/install-deps.sh
+
+echo "== build (Release, -Werror)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCQR_WERROR=ON >/dev/null
+cmake --build build -j"$JOBS"
+echo "== tests"
+ctest --test-dir build --output-on-failure -j"$JOBS"
+
+if [ "${CQR_SKIP_SANITIZERS:-0}" != "1" ]; then
+  echo "== build (ASan + UBSan)"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCQR_ASAN=ON >/dev/null
+  cmake --build build-asan -j"$JOBS"
+  echo "== tests under ASan + UBSan"
+  ctest --test-dir build-asan --output-on-failure -j"$JOBS"
+
+  echo "== build (TSan) for the threaded suites"
+  cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DCQR_TSAN=ON >/dev/null
+  cmake --build build-tsan -j"$JOBS"
+  echo "== threaded tests under TSan"
+  ctest --test-dir build-tsan --output-on-failure -j"$JOBS" -L threads
+fi

@@ -1,0 +1,358 @@
+#include "config.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "err.h"
+
+#define KiB (UINT64_C(1) << 10)
+#define MiB (UINT64_C(1) << 20)
+#define GiB (UINT64_C(1) << 30)
+#define TiB (UINT64_C(1) << 40)
+#define PiB (UINT64_C(1) << 50)
+
+#define OFF(field) offsetof(cqr_config_t, field)
+
+/* The one table. Bounds keep values inside what the wire can carry
+ * (HelloReply sends max_frame_bytes and max_batch as uint32) and what the
+ * server can reasonably hold; defaults are text so they go through the
+ * same parser as user input. */
+static const cqr_config_option_t options[] = {
+    {"listen", CQR_CT_ADDR, 0, 0, "127.0.0.1:7070", OFF(listen),
+     "address to listen on, HOST:PORT or [V6]:PORT; port 0 = any free port"},
+    {"threads", CQR_CT_U32, 1, 256, "2", OFF(threads),
+     "I/O threads, each with its own event loop"},
+    {"max-frame-bytes", CQR_CT_SIZE, 1 * KiB, 1 * GiB, "64M",
+     OFF(max_frame_bytes),
+     "largest request frame accepted and reply built (bytes)"},
+    {"max-batch", CQR_CT_U64, 1, UINT64_C(1) << 30, "1048576", OFF(max_batch),
+     "most IDs in one Lookup or Push"},
+    {"max-tables", CQR_CT_U32, 1, 65536, "1024", OFF(max_tables),
+     "most tables at once"},
+    {"max-connections", CQR_CT_U32, 1, 1048576, "1024", OFF(max_connections),
+     "most client connections at once; more get LIMIT_EXCEEDED"},
+    {"max-pending-bytes", CQR_CT_SIZE, 64 * KiB, 1 * TiB, "64M",
+     OFF(max_pending_bytes),
+     "unsent reply bytes per connection before it stops being read; "
+     "4x (and at least one maximal reply more) closes it"},
+    {"max-table-memory", CQR_CT_SIZE, 1 * MiB, 1 * PiB, "16G",
+     OFF(max_table_memory),
+     "memory all tables may allocate at creation, summed (bytes)"},
+    {"cluster-threads", CQR_CT_U32, 1, 256, "1", OFF(cluster_threads),
+     "threads of one cluster phase (k-means and assignment)"},
+    {"cluster-workers", CQR_CT_U32, 1, 64, "2", OFF(cluster_workers),
+     "cluster phases that run at once; others wait queued"},
+    {"log-level", CQR_CT_LEVEL, 0, 0, "info", OFF(log_level),
+     "debug, info, warn or error"},
+    {"version", CQR_CT_FLAG, 0, 0, NULL, OFF(show_version),
+     "print the version and exit"},
+    {"help", CQR_CT_FLAG, 0, 0, NULL, OFF(show_help),
+     "print this help and exit"},
+};
+
+#define NOPTIONS (sizeof options / sizeof options[0])
+
+const cqr_config_option_t *cqr_config_options(size_t *n)
+{
+    *n = NOPTIONS;
+    return options;
+}
+
+static const cqr_config_option_t *find_option(const char *name)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strcmp(options[i].name, name) == 0)
+            return &options[i];
+    return NULL;
+}
+
+/* Parses a non-negative decimal integer with an optional binary suffix
+ * (only when `suffixes`). Rejects signs, blanks, trailing junk and
+ * overflow, which strtoull alone would let through ("-1" wraps). */
+static int parse_u64(const char *s, int suffixes, uint64_t *out)
+{
+    if (!isdigit((unsigned char)s[0]))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0)
+        return -1;
+    uint64_t mul = 1;
+    if (*end != '\0') {
+        if (!suffixes)
+            return -1;
+        switch (tolower((unsigned char)*end)) {
+        case 'k': mul = KiB; break;
+        case 'm': mul = MiB; break;
+        case 'g': mul = GiB; break;
+        case 't': mul = TiB; break;
+        default: return -1;
+        }
+        end++;
+        /* Accept "M", "MB", "MiB" (all binary: sizes here are memory). */
+        if (strcasecmp(end, "ib") == 0 || strcasecmp(end, "b") == 0)
+            end += strlen(end);
+        if (*end != '\0')
+            return -1;
+    }
+    if (v > UINT64_MAX / mul)
+        return -1;
+    *out = (uint64_t)v * mul;
+    return 0;
+}
+
+/* HOST:PORT with the port last; a v6 host must be bracketed. */
+static int parse_addr(const char *s, cqr_config_t *cfg, char *err,
+                      size_t errlen)
+{
+    const char *colon;
+    const char *host = s;
+    size_t hostlen;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL || close[1] != ':') {
+            snprintf(err, errlen, "--listen: '%s' is not [V6HOST]:PORT", s);
+            return CQR_EINVAL;
+        }
+        host = s + 1;
+        hostlen = (size_t)(close - host);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL) {
+            snprintf(err, errlen, "--listen: '%s' is not HOST:PORT", s);
+            return CQR_EINVAL;
+        }
+        hostlen = (size_t)(colon - s);
+        if (memchr(s, ':', hostlen) != NULL) {
+            snprintf(err, errlen,
+                     "--listen: '%s': put an IPv6 host in brackets, "
+                     "[::1]:7070", s);
+            return CQR_EINVAL;
+        }
+    }
+    if (hostlen == 0 || hostlen >= sizeof cfg->listen_host) {
+        snprintf(err, errlen, "--listen: '%s' needs a host (e.g. 127.0.0.1, "
+                 "or 0.0.0.0 for every interface)", s);
+        return CQR_EINVAL;
+    }
+    uint64_t port;
+    if (parse_u64(colon + 1, 0, &port) != 0 || port > 65535) {
+        snprintf(err, errlen, "--listen: '%s' needs a port 0..65535", s);
+        return CQR_EINVAL;
+    }
+    if (strlen(s) >= sizeof cfg->listen) {
+        snprintf(err, errlen, "--listen: address too long");
+        return CQR_EINVAL;
+    }
+    memcpy(cfg->listen_host, host, hostlen);
+    cfg->listen_host[hostlen] = '\0';
+    cfg->listen_port = (uint16_t)port;
+    snprintf(cfg->listen, sizeof cfg->listen, "%s", s);
+    return 0;
+}
+
+int cqr_config_set(cqr_config_t *cfg, const char *name, const char *value,
+                   char *err, size_t errlen)
+{
+    const cqr_config_option_t *o = find_option(name);
+    if (o == NULL) {
+        snprintf(err, errlen, "unknown option '--%s'", name);
+        return CQR_EINVAL;
+    }
+    char *field = (char *)cfg + o->offset;
+    uint64_t v;
+
+    switch (o->type) {
+    case CQR_CT_ADDR:
+        return parse_addr(value, cfg, err, errlen);
+    case CQR_CT_LEVEL: {
+        cqr_log_level_t lv;
+        if (cqr_log_level_parse(value, &lv) != 0) {
+            snprintf(err, errlen, "--%s: '%s' is not one of debug, info, "
+                     "warn, error", name, value);
+            return CQR_EINVAL;
+        }
+        *(cqr_log_level_t *)(void *)field = lv;
+        return 0;
+    }
+    case CQR_CT_FLAG:
+        if (value != NULL && value[0] != '\0') {
+            snprintf(err, errlen, "--%s takes no value", name);
+            return CQR_EINVAL;
+        }
+        *(int *)(void *)field = 1;
+        return 0;
+    case CQR_CT_U32:
+    case CQR_CT_U64:
+    case CQR_CT_SIZE:
+        if (parse_u64(value, o->type == CQR_CT_SIZE, &v) != 0) {
+            snprintf(err, errlen, "--%s: '%s' is not a %s", name, value,
+                     o->type == CQR_CT_SIZE
+                         ? "size (a number with an optional K, M, G or T)"
+                         : "non-negative integer");
+            return CQR_EINVAL;
+        }
+        if (v < o->min || v > o->max) {
+            snprintf(err, errlen, "--%s: %s is %s the %s %" PRIu64, name,
+                     value, v < o->min ? "below" : "above",
+                     v < o->min ? "minimum" : "maximum",
+                     v < o->min ? o->min : o->max);
+            return CQR_EINVAL;
+        }
+        if (o->type == CQR_CT_U32)
+            *(uint32_t *)(void *)field = (uint32_t)v;
+        else
+            *(uint64_t *)(void *)field = v;
+        return 0;
+    }
+    assert(!"unknown option type");
+    return CQR_EINVAL;
+}
+
+void cqr_config_defaults(cqr_config_t *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    char err[256];
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        if (options[i].def == NULL)
+            continue;
+        int rc = cqr_config_set(cfg, options[i].name, options[i].def, err,
+                                sizeof err);
+        assert(rc == 0 && "built-in default out of its own bounds");
+        (void)rc;
+    }
+}
+
+int cqr_config_parse_args(cqr_config_t *cfg, int argc, char **argv,
+                          char *err, size_t errlen)
+{
+    struct option longopts[NOPTIONS + 1];
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        longopts[i].name = options[i].name;
+        longopts[i].has_arg = options[i].type == CQR_CT_FLAG
+                                  ? no_argument : required_argument;
+        longopts[i].flag = NULL;
+        longopts[i].val = 256 + (int)i;
+    }
+    memset(&longopts[NOPTIONS], 0, sizeof longopts[NOPTIONS]);
+
+    /* optind = 0 makes glibc re-initialise, so this can run more than once
+     * per process (tests do). "+" stops at the first non-option instead of
+     * permuting argv; ":" reports a missing value as ':'. */
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "+:hV", longopts, NULL)) != -1) {
+        if (ch == 'h') {
+            cfg->show_help = 1;
+            continue;
+        }
+        if (ch == 'V') {
+            cfg->show_version = 1;
+            continue;
+        }
+        if (ch == ':') {
+            const char *nm = optopt >= 256 && optopt < 256 + (int)NOPTIONS
+                                 ? options[optopt - 256].name : "?";
+            snprintf(err, errlen, "option '--%s' needs a value", nm);
+            return CQR_EINVAL;
+        }
+        if (ch == '?') {
+            if (optopt != 0)
+                snprintf(err, errlen, "unknown option '-%c'", optopt);
+            else
+                snprintf(err, errlen, "unknown option '%s'",
+                         argv[optind - 1]);
+            return CQR_EINVAL;
+        }
+        assert(ch >= 256 && ch < 256 + (int)NOPTIONS);
+        const cqr_config_option_t *o = &options[ch - 256];
+        int rc = cqr_config_set(cfg, o->name,
+                                o->type == CQR_CT_FLAG ? NULL : optarg, err,
+                                errlen);
+        if (rc != 0)
+            return rc;
+    }
+    if (optind < argc) {
+        snprintf(err, errlen, "unexpected argument '%s'", argv[optind]);
+        return CQR_EINVAL;
+    }
+    return 0;
+}
+
+void cqr_config_usage(FILE *f, const char *prog)
+{
+    fprintf(f,
+            "Usage: %s [OPTIONS]\n"
+            "The cqrps embedding parameter server.\n\n"
+            "Options:\n", prog);
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const cqr_config_option_t *o = &options[i];
+        const char *arg = "";
+        switch (o->type) {
+        case CQR_CT_ADDR: arg = " HOST:PORT"; break;
+        case CQR_CT_U32:
+        case CQR_CT_U64: arg = " N"; break;
+        case CQR_CT_SIZE: arg = " BYTES"; break;
+        case CQR_CT_LEVEL: arg = " LEVEL"; break;
+        case CQR_CT_FLAG: break;
+        }
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s", o->name, arg);
+        fprintf(f, "  %-28s %s", left, o->help);
+        if (o->def != NULL)
+            fprintf(f, " [default %s", o->def);
+        if (o->type == CQR_CT_U32 || o->type == CQR_CT_U64 ||
+            o->type == CQR_CT_SIZE)
+            fprintf(f, ", %" PRIu64 "..%" PRIu64, o->min, o->max);
+        fprintf(f, "%s\n", o->def != NULL ? "]" : "");
+    }
+    fprintf(f, "\nSizes take K, M, G or T suffixes (binary). "
+               "Logs go to stderr; the ready line\n"
+               "'cqrps-server listening on HOST:PORT' goes to stdout.\n");
+}
+
+size_t cqr_config_format(const cqr_config_t *cfg, char *buf, size_t len)
+{
+    size_t used = 0;
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const cqr_config_option_t *o = &options[i];
+        const char *field = (const char *)cfg + o->offset;
+        char val[320];
+        switch (o->type) {
+        case CQR_CT_FLAG:
+            continue;
+        case CQR_CT_ADDR:
+            snprintf(val, sizeof val, "%s", cfg->listen);
+            break;
+        case CQR_CT_LEVEL:
+            snprintf(val, sizeof val, "%s",
+                     cqr_log_level_name(
+                         *(const cqr_log_level_t *)(const void *)field));
+            break;
+        case CQR_CT_U32:
+            snprintf(val, sizeof val, "%" PRIu32,
+                     *(const uint32_t *)(const void *)field);
+            break;
+        case CQR_CT_U64:
+        case CQR_CT_SIZE:
+            snprintf(val, sizeof val, "%" PRIu64,
+                     *(const uint64_t *)(const void *)field);
+            break;
+        }
+        int n = snprintf(buf + (used < len ? used : len),
+                         used < len ? len - used : 0, "%s%s=%s",
+                         used ? " " : "", o->name, val);
+        if (n > 0)
+            used += (size_t)n;
+    }
+    return used;
+}

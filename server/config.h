@@ -1,0 +1,96 @@
+/* config.h -- the server's settings: one option table, flags, defaults.
+ *
+ * Every setting is one row of a single table (name, type, bounds, default,
+ * help). Command-line flags (`--name VALUE`), the defaults and a future
+ * config file (`name = value` lines) all go through cqr_config_set, so a
+ * value means the same thing wherever it comes from and the bounds are
+ * checked in one place.
+ *
+ * Sizes accept binary suffixes: 64M, 64MiB, 16G, 512k (case-insensitive;
+ * K = 1024). Counts are plain decimal integers.
+ *
+ * Errors: functions return 0 or CQR_EINVAL and write a one-line reason
+ * ("--threads: 0 is below the minimum 1") to err[0..errlen). On error the
+ * setting being parsed keeps its previous value.
+ *
+ * Threading: a cqr_config_t is filled once at start-up and read-only
+ * afterwards; the parse functions use getopt_long's global state and are
+ * not thread-safe.
+ */
+#ifndef CQR_CONFIG_H
+#define CQR_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "log.h"
+
+#define CQR_SERVER_VERSION "0.1.0"
+#define CQR_PROTOCOL_VERSION 1u
+
+typedef struct cqr_config {
+    char listen[300];          /* the --listen value as given, for logs */
+    char listen_host[256];     /* host without brackets ("::1"), numeric
+                                  or a name for getaddrinfo */
+    uint16_t listen_port;      /* 0 = any free port */
+    uint32_t threads;          /* I/O threads, each with its own loop */
+    uint64_t max_frame_bytes;  /* largest accepted frame body, and the
+                                  largest reply the server will build */
+    uint64_t max_batch;        /* IDs per Lookup/Push request */
+    uint32_t max_tables;       /* tables that may exist at once */
+    uint32_t max_connections;  /* open client connections at once */
+    uint64_t max_pending_bytes; /* soft limit of unsent reply bytes per
+                                   connection; 4x is the hard limit */
+    uint64_t max_table_memory; /* creation-time bytes of all tables */
+    uint32_t cluster_threads;  /* threads of one cluster phase */
+    uint32_t cluster_workers;  /* cluster phases that run at once */
+    cqr_log_level_t log_level; /* lines below this level are dropped */
+    int show_help;             /* --help was given: print usage, exit 0 */
+    int show_version;          /* --version was given */
+} cqr_config_t;
+
+typedef enum cqr_config_type {
+    CQR_CT_ADDR,  /* HOST:PORT or [V6HOST]:PORT */
+    CQR_CT_U32,   /* decimal count into a uint32_t */
+    CQR_CT_U64,   /* decimal count into a uint64_t */
+    CQR_CT_SIZE,  /* byte size with optional suffix, into a uint64_t */
+    CQR_CT_LEVEL, /* log level name */
+    CQR_CT_FLAG   /* command-line only switch without value (int) */
+} cqr_config_type_t;
+
+typedef struct cqr_config_option {
+    const char *name;       /* flag name without "--"; config-file key */
+    cqr_config_type_t type; /* how the value is parsed and stored */
+    uint64_t min, max;      /* inclusive bounds of numeric values */
+    const char *def;        /* default as text (NULL for flags) */
+    size_t offset;          /* field in cqr_config_t */
+    const char *help;       /* one line for --help */
+} cqr_config_option_t;
+
+/* The option table (static storage); *n receives the number of rows. */
+const cqr_config_option_t *cqr_config_options(size_t *n);
+
+/* Fills cfg with every default. Cannot fail for the built-in table; a
+ * failure is a programming bug and asserts. */
+void cqr_config_defaults(cqr_config_t *cfg);
+
+/* Parses `value` for the option `name` (without "--") into cfg. */
+int cqr_config_set(cqr_config_t *cfg, const char *name, const char *value,
+                   char *err, size_t errlen);
+
+/* Parses argv (getopt_long; `--name VALUE`, `--name=VALUE`, `-h`) on top
+ * of whatever cfg holds (call cqr_config_defaults first). Unknown options,
+ * missing values and stray arguments are errors. --help and --version only
+ * set show_help / show_version: the caller prints and exits. */
+int cqr_config_parse_args(cqr_config_t *cfg, int argc, char **argv,
+                          char *err, size_t errlen);
+
+/* Writes the --help text. */
+void cqr_config_usage(FILE *f, const char *prog);
+
+/* Formats the effective config as one line of key=value pairs (for the
+ * start-up log). Returns the length snprintf would have written. */
+size_t cqr_config_format(const cqr_config_t *cfg, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,163 @@
+#include "frame.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+void cqr_buf_init(cqr_buf_t *b)
+{
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+}
+
+void cqr_buf_free(cqr_buf_t *b)
+{
+    free(b->data);
+    cqr_buf_init(b);
+}
+
+int cqr_buf_reserve(cqr_buf_t *b, size_t extra)
+{
+    if (extra > SIZE_MAX - b->len)
+        return CQR_ENOMEM;
+    size_t need = b->len + extra;
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    uint8_t *p = realloc(b->data, cap);
+    if (p == NULL)
+        return CQR_ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+uint32_t cqr_frame_get_len(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+           (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+void cqr_frame_put_len(uint8_t *p, uint32_t len)
+{
+    p[0] = (uint8_t)(len >> 24);
+    p[1] = (uint8_t)(len >> 16);
+    p[2] = (uint8_t)(len >> 8);
+    p[3] = (uint8_t)len;
+}
+
+int cqr_frame_begin(cqr_buf_t *b, size_t *mark)
+{
+    int rc = cqr_buf_reserve(b, CQR_FRAME_HEADER);
+    if (rc != 0)
+        return rc;
+    *mark = b->len;
+    memset(b->data + b->len, 0, CQR_FRAME_HEADER);
+    b->len += CQR_FRAME_HEADER;
+    return 0;
+}
+
+void cqr_frame_end(cqr_buf_t *b, size_t mark)
+{
+    assert(mark + CQR_FRAME_HEADER <= b->len);
+    size_t body = b->len - mark - CQR_FRAME_HEADER;
+    assert(body <= UINT32_MAX);
+    cqr_frame_put_len(b->data + mark, (uint32_t)body);
+}
+
+void cqr_frame_reader_init(cqr_frame_reader_t *r, size_t max_body,
+                           size_t min_read)
+{
+    assert(min_read >= CQR_FRAME_HEADER);
+    memset(r, 0, sizeof *r);
+    r->max_body = max_body;
+    r->min_read = min_read;
+}
+
+void cqr_frame_reader_free(cqr_frame_reader_t *r)
+{
+    free(r->data);
+    r->data = NULL;
+    r->len = r->pos = r->cap = 0;
+}
+
+size_t cqr_frame_reader_pending(const cqr_frame_reader_t *r)
+{
+    return r->len - r->pos;
+}
+
+int cqr_frame_reader_space(cqr_frame_reader_t *r, uint8_t **p, size_t *n)
+{
+    size_t unparsed = r->len - r->pos;
+
+    /* Move the partial frame to the front so the buffer never creeps. It
+     * is usually small: a large frame is moved at most once, because after
+     * the move pos stays 0 until the frame completes. */
+    if (r->pos > 0) {
+        if (unparsed > 0)
+            memmove(r->data, r->data + r->pos, unparsed);
+        r->pos = 0;
+        r->len = unparsed;
+    }
+
+    /* An empty buffer that an earlier big frame grew goes back to its
+     * normal size, so an idle connection holds min_read bytes at most. */
+    if (unparsed == 0 && r->cap > 4 * r->min_read) {
+        free(r->data);
+        r->data = NULL;
+        r->cap = 0;
+    }
+
+    /* Room wanted: the rest of the pending frame if its header is here and
+     * its length is acceptable (so it arrives in as few reads as the
+     * socket allows), otherwise a normal read. */
+    size_t want = r->min_read;
+    if (unparsed >= CQR_FRAME_HEADER) {
+        size_t body = cqr_frame_get_len(r->data);
+        if (body <= r->max_body) {
+            size_t rest = CQR_FRAME_HEADER + body - unparsed;
+            if (CQR_FRAME_HEADER + body > unparsed && rest > want)
+                want = rest;
+        }
+    }
+    if (r->cap - r->len < want) {
+        size_t cap = r->len + want;
+        uint8_t *np = realloc(r->data, cap);
+        if (np == NULL)
+            return CQR_ENOMEM;
+        r->data = np;
+        r->cap = cap;
+    }
+    *p = r->data + r->len;
+    *n = r->cap - r->len;
+    return 0;
+}
+
+void cqr_frame_reader_commit(cqr_frame_reader_t *r, size_t n)
+{
+    assert(n <= r->cap - r->len);
+    r->len += n;
+}
+
+int cqr_frame_next(cqr_frame_reader_t *r, const uint8_t **body, size_t *len)
+{
+    size_t unparsed = r->len - r->pos;
+    if (unparsed < CQR_FRAME_HEADER)
+        return 0;
+    size_t blen = cqr_frame_get_len(r->data + r->pos);
+    if (blen > r->max_body) {
+        *len = blen;
+        return CQR_ELIMIT;
+    }
+    if (unparsed - CQR_FRAME_HEADER < blen)
+        return 0;
+    *body = r->data + r->pos + CQR_FRAME_HEADER;
+    *len = blen;
+    r->pos += CQR_FRAME_HEADER + blen;
+    return 1;
+}

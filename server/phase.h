@@ -1,0 +1,97 @@
+/* phase.h -- runs cluster phases off the loop threads and remembers them.
+ *
+ * A phase starts on the caller's thread (an I/O thread answering a Cluster
+ * RPC, or a Push whose table's schedule says a phase is due):
+ * cqr_phases_start calls the engine's cqr_phase_begin there -- short, it
+ * snapshots the codebooks and starts logging pushes -- and queues the
+ * phase. A small pool of worker threads (--cluster-workers) takes queued
+ * phases in order and runs cqr_phase_run and cqr_phase_commit, reporting
+ * progress to the log and to cqr_phases_status. While a phase is queued or
+ * running it holds a reference to its table's registry entry, so dropping
+ * the table is safe (the table dies when the phase lets go).
+ *
+ * Phase ids are unique for the server's life (never reused across tables
+ * or drop/re-create). The history keeps the latest few phases of every
+ * table (CQR_PHASE_HISTORY) and a bounded number overall.
+ *
+ * Shutdown (cqr_phases_shutdown): new starts fail with CQR_ESHUTDOWN;
+ * queued phases are aborted without commit (the engine keeps its live
+ * state, which already holds every acknowledged push); running phases are
+ * waited for and committed. The engine cannot interrupt cqr_phase_run, so
+ * the wait is paid either way, and committing keeps the work done.
+ *
+ * Threading: every function is safe from any thread; cqr_phases_destroy
+ * must come last, after cqr_phases_shutdown.
+ */
+#ifndef CQR_PHASE_H
+#define CQR_PHASE_H
+
+#include <stdint.h>
+
+#include "registry.h"
+
+#define CQR_PHASE_HISTORY 8
+
+typedef struct cqr_phases cqr_phases_t;
+
+typedef enum cqr_phase_state {
+    CQR_PHASE_QUEUED = 0,  /* begun (pushes are logged), waiting for a
+                              worker */
+    CQR_PHASE_RUNNING = 1, /* k-means / assignment / commit in progress */
+    CQR_PHASE_DONE = 2,    /* committed */
+    CQR_PHASE_FAILED = 3   /* aborted or failed; error says why */
+} cqr_phase_state_t;
+
+/* A snapshot of one phase (values match ClusterStatusReply). */
+typedef struct cqr_phase_status {
+    uint64_t phase_id;        /* server-wide id */
+    uint64_t table_uid;       /* registry entry uid of the table */
+    char table[CQR_NAME_MAX + 1]; /* table name */
+    cqr_phase_state_t state;  /* see above */
+    int scheduled;            /* 1: started by the table's schedule */
+    char stage[16];           /* last progress stage, "" before any */
+    double fraction;          /* 0..1 progress */
+    double inertia;           /* last known mean inertia, -1 if none */
+    double seconds;           /* total so far (running) or final */
+    uint32_t phase_no;        /* the table's own phase number (when done) */
+    uint64_t ids_assigned;    /* known IDs given learned pointers */
+    uint64_t replayed_pushes; /* pushes replayed at commit */
+    double commit_seconds;    /* pause of the commit */
+    char error[160];          /* why it failed, "" otherwise */
+} cqr_phase_status_t;
+
+/* Counters for stats. */
+typedef struct cqr_phase_counts {
+    uint64_t started;   /* phases begun (by hand or schedule) */
+    uint64_t scheduled; /* of those, started by a schedule */
+    uint64_t done;      /* committed */
+    uint64_t failed;    /* failed or aborted */
+    uint64_t queued;    /* waiting now */
+    uint64_t running;   /* running now */
+} cqr_phase_counts_t;
+
+/* Starts `workers` threads. CQR_ENOMEM / CQR_EINTERNAL on failure. */
+int cqr_phases_create(uint32_t workers, cqr_phases_t **out);
+
+/* Begins a phase of e's table on the calling thread and queues it.
+ * Returns its id in *phase_id. Errors: CQR_EUNSUPPORTED (not a cqr
+ * table), CQR_EBUSY (a phase of this table is queued or running),
+ * CQR_ESHUTDOWN, CQR_ENOMEM, or any error of cqr_phase_begin. On error
+ * nothing was started. Takes its own reference to e. */
+int cqr_phases_start(cqr_phases_t *pm, cqr_entry_t *e, int scheduled,
+                     uint64_t *phase_id);
+
+/* Status of phase `phase_id` of the table with uid `table_uid`, or of its
+ * latest phase when phase_id is 0. CQR_ENOPHASE if unknown (or pruned). */
+int cqr_phases_status(cqr_phases_t *pm, uint64_t table_uid,
+                      uint64_t phase_id, cqr_phase_status_t *out);
+
+void cqr_phases_counts(cqr_phases_t *pm, cqr_phase_counts_t *out);
+
+/* See "Shutdown" above. Blocks until the workers have exited. Idempotent. */
+void cqr_phases_shutdown(cqr_phases_t *pm);
+
+/* Frees everything; calls cqr_phases_shutdown if needed. NULL is a no-op. */
+void cqr_phases_destroy(cqr_phases_t *pm);
+
+#endif

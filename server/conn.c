@@ -1,0 +1,873 @@
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "err.h"
+#include "log.h"
+
+/* Frames handled per read callback (or idle pass) before yielding. */
+#define FRAMES_PER_BATCH 32
+/* Room offered per read, and the size an idle read buffer shrinks to. */
+#define READ_CHUNK (64u * 1024u)
+/* Replies are written when this many bytes are batched, and at the end of
+ * every batch. */
+#define FLUSH_BYTES (256u * 1024u)
+/* A reply buffer bigger than this is freed after use, not kept. */
+#define TX_KEEP_MAX (1u << 20)
+/* How long a connection that got a fatal error reply may take to close. */
+#define LINGER_MS 2000
+/* Period of the sweep that enforces linger and shutdown deadlines. */
+#define SWEEP_MS 250
+
+/* Intrusive doubly-linked list with a sentinel head. */
+typedef struct link {
+    struct link *prev, *next;
+} link_t;
+
+static void list_init(link_t *h) { h->prev = h->next = h; }
+static int list_empty(const link_t *h) { return h->next == h; }
+static int linked(const link_t *l) { return l->next != NULL; }
+
+static void list_add(link_t *h, link_t *l)
+{
+    l->prev = h->prev;
+    l->next = h;
+    h->prev->next = l;
+    h->prev = l;
+}
+
+static void list_del(link_t *l)
+{
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->prev = l->next = NULL;
+}
+
+#define container_of(p, type, member) \
+    ((type *)(void *)((char *)(p) - offsetof(type, member)))
+
+typedef enum conn_state {
+    CONN_OPEN,     /* reading and answering */
+    CONN_DRAINING, /* no more reading: answer the frames already received,
+                      flush, then close (peer sent EOF, or server stops) */
+    CONN_LINGER,   /* done: write side shut down after the last reply,
+                      input discarded until EOF or the deadline */
+    CONN_CLOSING   /* uv_close called; freed in on_close */
+} conn_state_t;
+
+typedef struct io_thread io_thread_t;
+
+typedef struct conn {
+    uv_tcp_t tcp;             /* the socket; tcp.data points here */
+    uv_shutdown_t shut_req;   /* write-side shutdown when lingering */
+    io_thread_t *io;          /* owning loop thread */
+    conn_state_t state;       /* see conn_state_t */
+    cqr_frame_reader_t rx;    /* request bytes, reused between reads */
+    cqr_buf_t tx;             /* replies of this batch, not yet written */
+    cqr_session_t sess;       /* RPC state (auth, names for logs) */
+    uint64_t pending;         /* bytes handed to uv_write, not completed */
+    uint64_t requests;        /* requests answered, for the close log */
+    uint64_t deadline;        /* uv_now() deadline while lingering */
+    int reading;              /* uv_read_start is active */
+    int paused;               /* stopped reading over the soft limit */
+    int eof;                  /* the peer shut down its write side */
+    int counted;              /* counted in conn_open */
+    int shut;                 /* uv_shutdown requested */
+    const char *why;          /* reason for the close log */
+    link_t all;               /* io_thread.conns */
+    link_t ready;             /* io_thread.ready: frames left to handle */
+} conn_t;
+
+/* One accepted socket on its way from the acceptor to a loop thread. */
+typedef struct handoff {
+    int fd;                   /* owned */
+    int reject;               /* answer LIMIT_EXCEEDED and close */
+    char peer[64];            /* formatted remote address */
+    struct handoff *next;
+} handoff_t;
+
+/* One uv_write and the reply bytes it owns, freed in on_write. */
+typedef struct write_req {
+    uv_write_t req;
+    uint8_t *data;            /* malloc'd reply buffer (owned) */
+    size_t unsent;            /* bytes this write adds to conn.pending */
+} write_req_t;
+
+struct io_thread {
+    cqr_io_t *io;             /* owner */
+    cqr_server_ctx_t *ctx;    /* shared server state */
+    uint32_t index;           /* 0-based, for logs */
+    uv_loop_t loop;           /* this thread's loop */
+    uv_async_t wake;          /* new sockets or the stop request */
+    uv_idle_t idle;           /* runs connections on the ready list */
+    uv_timer_t sweep;         /* linger and shutdown deadlines */
+    pthread_t tid;            /* the thread */
+    pthread_mutex_t mu;       /* guards inbox and stop_req */
+    handoff_t *inbox, *inbox_tail; /* sockets to adopt, FIFO */
+    int stop_req;             /* cqr_io_stop was called (under mu) */
+    uint64_t stop_timeout_ms; /* grace period for the stop (under mu) */
+    int stopping;             /* loop thread's view of stop_req */
+    int handles_closed;       /* wake/idle/sweep closed */
+    uint64_t stop_deadline;   /* uv_now() deadline of a stop */
+    link_t conns;             /* every connection of this thread */
+    link_t ready;             /* connections with frames to handle */
+    uint8_t scratch[READ_CHUNK]; /* discarded input of lingering conns */
+};
+
+struct cqr_io {
+    cqr_server_ctx_t *ctx;    /* shared server state */
+    uint32_t n;               /* threads */
+    uint32_t next;            /* round-robin cursor (acceptor thread) */
+    io_thread_t *threads[];   /* n threads */
+};
+
+static void process(conn_t *c);
+static void close_now(conn_t *c, const char *why);
+static void on_idle(uv_idle_t *h);
+
+void cqr_format_addr(const struct sockaddr *sa, char *buf, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        snprintf(buf, len, "%s:%u", host, ntohs(a->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        snprintf(buf, len, "[%s]:%u", host, ntohs(a->sin6_port));
+    } else {
+        snprintf(buf, len, "unknown");
+    }
+}
+
+/* ---- reading state ---------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* Reads when the connection is open, not over its soft limit and has no
+ * received frames waiting; lingering connections read to discard. */
+static void update_reading(conn_t *c)
+{
+    int want = (c->state == CONN_OPEN && !c->paused && !linked(&c->ready)) ||
+               (c->state == CONN_LINGER && !c->eof);
+    if (want == c->reading)
+        return;
+    if (want) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+            close_now(c, "read_start_failed");
+            return;
+        }
+    } else {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    }
+    c->reading = want;
+}
+
+/* Queues c for the idle callback (it has frames to handle). */
+static void mark_ready(conn_t *c)
+{
+    io_thread_t *t = c->io;
+    if (c->state == CONN_CLOSING || c->state == CONN_LINGER ||
+        linked(&c->ready))
+        return;
+    list_add(&t->ready, &c->ready);
+    if (!uv_is_active((uv_handle_t *)&t->idle))
+        uv_idle_start(&t->idle, on_idle);
+    update_reading(c);
+}
+
+static void unmark_ready(conn_t *c)
+{
+    if (linked(&c->ready))
+        list_del(&c->ready);
+}
+
+/* ---- closing ---------------------------------------------------------- */
+
+static void maybe_exit(io_thread_t *t);
+
+static void on_close(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    io_thread_t *t = c->io;
+    cqr_server_ctx_t *ctx = t->ctx;
+    assert(c->pending == 0);
+    list_del(&c->all);
+    cqr_log(c->counted ? CQR_LOG_INFO : CQR_LOG_DEBUG, "conn",
+            "closed peer=%s thread=%" PRIu32 " reason=%s requests=%" PRIu64,
+            c->sess.peer, t->index, c->why ? c->why : "-", c->requests);
+    if (c->counted)
+        cqr_ctr_sub(ctx, CQR_CTR_conn_open, 1);
+    cqr_ctr_add(ctx, CQR_CTR_conn_closed, 1);
+    cqr_frame_reader_free(&c->rx);
+    cqr_buf_free(&c->tx);
+    free(c);
+    maybe_exit(t);
+}
+
+/* Closes at once: pending writes are cancelled (their callbacks run before
+ * on_close). Safe to call more than once and from c's own callbacks. */
+static void close_now(conn_t *c, const char *why)
+{
+    if (c->state == CONN_CLOSING)
+        return;
+    if (c->why == NULL)
+        c->why = why;
+    c->state = CONN_CLOSING;
+    unmark_ready(c);
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    conn_t *c = req->data;
+    if (status < 0 && status != UV_ECANCELED && c->state != CONN_CLOSING)
+        close_now(c, c->why ? c->why : "shutdown_failed");
+    /* Otherwise the peer closes (EOF) or the deadline does. */
+}
+
+/* Ends a connection politely: after the queued replies, shut down the
+ * write side, discard whatever the peer still sends, and close at its EOF
+ * or at the deadline. The peer reads every reply instead of a reset. */
+static void linger(conn_t *c, const char *why)
+{
+    if (c->state == CONN_CLOSING || c->state == CONN_LINGER)
+        return;
+    if (c->why == NULL)
+        c->why = why;
+    c->deadline = uv_now(&c->io->loop) + LINGER_MS;
+    if (c->io->stopping && c->deadline > c->io->stop_deadline)
+        c->deadline = c->io->stop_deadline;
+    if (c->eof) {
+        /* The peer sent everything it will: nothing to discard. Close
+         * once the replies are out. */
+        c->state = CONN_LINGER;
+        unmark_ready(c);
+        update_reading(c);
+        if (c->pending == 0)
+            close_now(c, why);
+        return;
+    }
+    c->state = CONN_LINGER;
+    unmark_ready(c);
+    /* The read buffer is no longer needed; lingering reads use scratch. */
+    cqr_frame_reader_free(&c->rx);
+    c->shut_req.data = c;
+    if (uv_shutdown(&c->shut_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        close_now(c, why);
+        return;
+    }
+    c->shut = 1;
+    update_reading(c);
+}
+
+/* ---- writing ---------------------------------------------------------- */
+
+static void on_write(uv_write_t *req, int status)
+{
+    write_req_t *w = container_of(req, write_req_t, req);
+    conn_t *c = req->handle->data;
+    cqr_server_ctx_t *ctx = c->io->ctx;
+    assert(c->pending >= w->unsent);
+    c->pending -= w->unsent;
+    free(w->data);
+    free(w);
+
+    if (c->state == CONN_CLOSING)
+        return;
+    if (status < 0) {
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_write_error, 1);
+        cqr_log(CQR_LOG_INFO, "conn", "write failed peer=%s thread=%" PRIu32
+                " err=%s", c->sess.peer, c->io->index, uv_err_name(status));
+        close_now(c, "write_error");
+        return;
+    }
+    if (c->state == CONN_LINGER && c->eof && c->pending == 0) {
+        close_now(c, c->why);
+        return;
+    }
+    uint64_t soft = ctx->cfg->max_pending_bytes;
+    if (c->paused && c->pending <= soft / 2) {
+        c->paused = 0;
+        mark_ready(c); /* handle buffered frames, then read again */
+    }
+    if (c->state == CONN_DRAINING && c->pending == 0)
+        mark_ready(c); /* let process() decide whether it is done */
+}
+
+/* The hard limit of unsent bytes: 4x the soft limit, but never below what
+ * a connection that obeys the soft limit can reach (it stops taking
+ * requests once over soft, and the batch that crossed it may still add
+ * FLUSH_BYTES plus one maximal reply) -- otherwise a small
+ * --max-pending-bytes would kill slow readers of big lookups. */
+static uint64_t hard_limit(const cqr_config_t *cfg)
+{
+    uint64_t h = 4 * cfg->max_pending_bytes;
+    uint64_t reach = cfg->max_pending_bytes + cfg->max_frame_bytes +
+                     FLUSH_BYTES + CQR_FRAME_HEADER;
+    return h > reach ? h : reach;
+}
+
+/* Sends the batched replies: straight to the socket if it takes them,
+ * otherwise as one uv_write that owns the buffer. Applies the
+ * pending-bytes limits. */
+static void flush(conn_t *c)
+{
+    cqr_server_ctx_t *ctx = c->io->ctx;
+    if (c->tx.len == 0 || c->state == CONN_CLOSING)
+        return;
+    uv_stream_t *s = (uv_stream_t *)&c->tcp;
+    cqr_ctr_add(ctx, CQR_CTR_bytes_out, c->tx.len);
+
+    size_t off = 0;
+    if (uv_stream_get_write_queue_size(s) == 0 && c->pending == 0) {
+        uv_buf_t b = uv_buf_init((char *)c->tx.data, (unsigned)c->tx.len);
+        int r = uv_try_write(s, &b, 1);
+        if (r >= 0) {
+            off = (size_t)r;
+        } else if (r != UV_EAGAIN) {
+            cqr_ctr_add(ctx, CQR_CTR_conn_closed_write_error, 1);
+            cqr_log(CQR_LOG_INFO, "conn", "write failed peer=%s thread=%"
+                    PRIu32 " err=%s", c->sess.peer, c->io->index,
+                    uv_err_name(r));
+            c->tx.len = 0;
+            close_now(c, "write_error");
+            return;
+        }
+    }
+    if (off == c->tx.len) {
+        /* All written: keep the buffer for the next batch unless a big
+         * reply grew it. */
+        c->tx.len = 0;
+        if (c->tx.cap > TX_KEEP_MAX)
+            cqr_buf_free(&c->tx);
+        return;
+    }
+
+    write_req_t *w = malloc(sizeof *w);
+    if (w == NULL) {
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
+        c->tx.len = 0;
+        close_now(c, "nomem");
+        return;
+    }
+    w->data = c->tx.data;
+    w->unsent = c->tx.len - off;
+    uv_buf_t b = uv_buf_init((char *)c->tx.data + off, (unsigned)w->unsent);
+    cqr_buf_init(&c->tx); /* the write owns the bytes now */
+    int r = uv_write(&w->req, s, &b, 1, on_write);
+    if (r != 0) {
+        free(w->data);
+        free(w);
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_write_error, 1);
+        close_now(c, "write_error");
+        return;
+    }
+    c->pending += w->unsent;
+
+    uint64_t soft = ctx->cfg->max_pending_bytes;
+    uint64_t hard = hard_limit(ctx->cfg);
+    if (c->pending > hard) {
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_backpressure, 1);
+        cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                " reason=backpressure pending=%" PRIu64 " hard_limit=%"
+                PRIu64, c->sess.peer, c->io->index, c->pending, hard);
+        close_now(c, "backpressure");
+        return;
+    }
+    if (c->pending > soft && !c->paused) {
+        c->paused = 1;
+        cqr_ctr_add(ctx, CQR_CTR_backpressure_pauses, 1);
+        cqr_log(CQR_LOG_DEBUG, "conn", "paused peer=%s thread=%" PRIu32
+                " pending=%" PRIu64, c->sess.peer, c->io->index, c->pending);
+        update_reading(c);
+    }
+}
+
+/* Appends a framed error reply to tx; 0 or CQR_ENOMEM. */
+static int queue_error(conn_t *c, int err, const char *msg)
+{
+    size_t mark;
+    int rc = cqr_frame_begin(&c->tx, &mark);
+    if (rc != 0)
+        return rc;
+    rc = cqr_rpc_error(c->io->ctx, &c->tx, 0, err, msg);
+    if (rc != 0) {
+        c->tx.len = mark;
+        return rc;
+    }
+    cqr_frame_end(&c->tx, mark);
+    return 0;
+}
+
+/* Sends an error reply and ends the connection; logs and counts why. */
+static void fail(conn_t *c, cqr_counter_t ctr, const char *why, int err,
+                 const char *msg)
+{
+    cqr_server_ctx_t *ctx = c->io->ctx;
+    cqr_ctr_add(ctx, ctr, 1);
+    cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+            " reason=%s detail=\"%s\"", c->sess.peer, c->io->index, why,
+            msg);
+    if (queue_error(c, err, msg) != 0) {
+        close_now(c, why);
+        return;
+    }
+    flush(c);
+    linger(c, why);
+}
+
+/* ---- frames ----------------------------------------------------------- */
+
+/* Handles up to FRAMES_PER_BATCH received frames, then flushes. Leaves c
+ * on the ready list if it stopped with frames left. */
+static void process(conn_t *c)
+{
+    cqr_server_ctx_t *ctx = c->io->ctx;
+    int handled = 0;
+    int more = 0; /* stopped with complete frames possibly left */
+
+    unmark_ready(c);
+    while (c->state == CONN_OPEN || c->state == CONN_DRAINING) {
+        if (c->paused) {
+            more = 1;
+            break;
+        }
+        if (handled == FRAMES_PER_BATCH) {
+            cqr_ctr_add(ctx, CQR_CTR_yields, 1);
+            more = 1;
+            break;
+        }
+        const uint8_t *body;
+        size_t len;
+        int rc = cqr_frame_next(&c->rx, &body, &len);
+        if (rc == 0)
+            break;
+        if (rc == CQR_ELIMIT) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "frame of %zu bytes exceeds "
+                     "--max-frame-bytes %" PRIu64, len,
+                     ctx->cfg->max_frame_bytes);
+            flush(c);
+            fail(c, CQR_CTR_conn_closed_oversize, "oversize", CQR_ELIMIT,
+                 msg);
+            cqr_ctr_add(ctx, CQR_CTR_frames_oversize, 1);
+            return;
+        }
+        handled++;
+        size_t mark;
+        if (cqr_frame_begin(&c->tx, &mark) != 0) {
+            cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
+            close_now(c, "nomem");
+            return;
+        }
+        rc = cqr_rpc_handle(ctx, &c->sess, body, len, &c->tx);
+        if (rc == CQR_ENOMEM) {
+            c->tx.len = mark;
+            cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
+            cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                    " reason=nomem", c->sess.peer, c->io->index);
+            flush(c);
+            close_now(c, "nomem");
+            return;
+        }
+        cqr_frame_end(&c->tx, mark);
+        c->requests++;
+        if (rc == CQR_EPROTO) {
+            cqr_ctr_add(ctx, CQR_CTR_conn_closed_malformed, 1);
+            cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                    " reason=malformed bytes=%zu", c->sess.peer,
+                    c->io->index, len);
+            flush(c);
+            linger(c, "malformed");
+            return;
+        }
+        if (c->tx.len >= FLUSH_BYTES)
+            flush(c);
+    }
+    flush(c);
+    if (c->state == CONN_CLOSING || c->state == CONN_LINGER)
+        return;
+    if (more) {
+        if (!c->paused)
+            mark_ready(c);
+    } else if (c->state == CONN_DRAINING && c->tx.len == 0) {
+        /* Every received frame is answered. */
+        if (c->pending == 0)
+            linger(c, c->eof ? "eof" : "shutdown");
+        /* else on_write comes back here when the replies are out */
+    }
+    update_reading(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    conn_t *c = h->data;
+    (void)suggested;
+    if (c->state == CONN_LINGER) {
+        *buf = uv_buf_init((char *)c->io->scratch, sizeof c->io->scratch);
+        return;
+    }
+    uint8_t *p;
+    size_t n;
+    if (cqr_frame_reader_space(&c->rx, &p, &n) != 0) {
+        *buf = uv_buf_init(NULL, 0); /* on_read gets UV_ENOBUFS */
+        return;
+    }
+    /* uv_buf_t holds an unsigned length; a frame is at most 1 GiB. */
+    *buf = uv_buf_init((char *)p, n > UINT32_MAX ? UINT32_MAX : (unsigned)n);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    conn_t *c = s->data;
+    cqr_server_ctx_t *ctx = c->io->ctx;
+    (void)buf;
+    if (nread == 0 || c->state == CONN_CLOSING)
+        return;
+    if (c->state == CONN_LINGER) {
+        /* Discarding. EOF (or an error) means the peer is done. */
+        if (nread < 0) {
+            c->eof = 1;
+            close_now(c, c->why);
+        }
+        return;
+    }
+    if (nread == UV_EOF) {
+        c->eof = 1;
+        c->state = CONN_DRAINING;
+        process(c);
+        return;
+    }
+    if (nread == UV_ENOBUFS) {
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
+        cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                " reason=nomem (read buffer)", c->sess.peer, c->io->index);
+        close_now(c, "nomem");
+        return;
+    }
+    if (nread < 0) {
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_read_error, 1);
+        cqr_log(CQR_LOG_INFO, "conn", "read failed peer=%s thread=%" PRIu32
+                " err=%s", c->sess.peer, c->io->index,
+                uv_err_name((int)nread));
+        close_now(c, "read_error");
+        return;
+    }
+    cqr_frame_reader_commit(&c->rx, (size_t)nread);
+    cqr_ctr_add(ctx, CQR_CTR_bytes_in, (uint64_t)nread);
+    process(c);
+}
+
+/* ---- the loop thread -------------------------------------------------- */
+
+static void on_idle(uv_idle_t *h)
+{
+    io_thread_t *t = h->data;
+    /* Run each connection that was ready at the start of this pass once;
+     * ones that yield again go to the back for the next pass. */
+    link_t batch;
+    list_init(&batch);
+    if (!list_empty(&t->ready)) {
+        batch.next = t->ready.next;
+        batch.prev = t->ready.prev;
+        batch.next->prev = &batch;
+        batch.prev->next = &batch;
+        list_init(&t->ready);
+    }
+    while (!list_empty(&batch)) {
+        conn_t *c = container_of(batch.next, conn_t, ready);
+        list_del(&c->ready);
+        process(c);
+    }
+    if (list_empty(&t->ready))
+        uv_idle_stop(&t->idle);
+}
+
+static void adopt(io_thread_t *t, handoff_t *hf)
+{
+    cqr_server_ctx_t *ctx = t->ctx;
+    conn_t *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        cqr_log(CQR_LOG_WARN, "conn", "dropping peer=%s thread=%" PRIu32
+                " reason=nomem", hf->peer, t->index);
+        close(hf->fd);
+        if (!hf->reject)
+            cqr_ctr_sub(ctx, CQR_CTR_conn_open, 1);
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
+        return;
+    }
+    c->io = t;
+    c->tcp.data = c;
+    c->counted = !hf->reject;
+    cqr_session_init(ctx, &c->sess, hf->peer, t->index);
+    cqr_frame_reader_init(&c->rx, ctx->cfg->max_frame_bytes, READ_CHUNK);
+    cqr_buf_init(&c->tx);
+    uv_tcp_init(&t->loop, &c->tcp);
+    list_add(&t->conns, &c->all);
+    if (uv_tcp_open(&c->tcp, hf->fd) != 0) {
+        close(hf->fd); /* not owned by the handle when open failed */
+        close_now(c, "open_failed");
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+
+    if (hf->reject) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "server has its maximum of %" PRIu32
+                 " connections (--max-connections)",
+                 ctx->cfg->max_connections);
+        cqr_log(CQR_LOG_WARN, "conn", "refused peer=%s thread=%" PRIu32
+                " reason=max_connections", c->sess.peer, t->index);
+        if (queue_error(c, CQR_ELIMIT, msg) != 0) {
+            close_now(c, "nomem");
+            return;
+        }
+        flush(c);
+        linger(c, "max_connections");
+        return;
+    }
+    cqr_log(CQR_LOG_INFO, "conn", "accepted peer=%s thread=%" PRIu32,
+            c->sess.peer, t->index);
+    c->state = CONN_OPEN;
+    if (t->stopping) {
+        c->state = CONN_DRAINING;
+        linger(c, "shutdown");
+        return;
+    }
+    update_reading(c);
+}
+
+static void begin_stop(io_thread_t *t, uint64_t timeout_ms)
+{
+    t->stopping = 1;
+    t->stop_deadline = uv_now(&t->loop) + timeout_ms;
+    for (link_t *l = t->conns.next; l != &t->conns;) {
+        conn_t *c = container_of(l, conn_t, all);
+        l = l->next; /* c may be unlinked below */
+        if (c->state == CONN_OPEN) {
+            c->state = CONN_DRAINING;
+            mark_ready(c); /* answer what was received, then finish */
+        } else if (c->state == CONN_LINGER && c->deadline > t->stop_deadline) {
+            c->deadline = t->stop_deadline;
+        }
+    }
+}
+
+static void on_wake(uv_async_t *h)
+{
+    io_thread_t *t = h->data;
+    pthread_mutex_lock(&t->mu);
+    handoff_t *list = t->inbox;
+    t->inbox = t->inbox_tail = NULL;
+    int stop = t->stop_req;
+    uint64_t timeout = t->stop_timeout_ms;
+    pthread_mutex_unlock(&t->mu);
+
+    while (list != NULL) {
+        handoff_t *next = list->next;
+        adopt(t, list);
+        free(list);
+        list = next;
+    }
+    if (stop && !t->stopping) {
+        begin_stop(t, timeout);
+        maybe_exit(t);
+    }
+}
+
+static void on_sweep(uv_timer_t *h)
+{
+    io_thread_t *t = h->data;
+    uint64_t now = uv_now(&t->loop);
+    for (link_t *l = t->conns.next; l != &t->conns;) {
+        conn_t *c = container_of(l, conn_t, all);
+        l = l->next;
+        if (c->state == CONN_CLOSING)
+            continue;
+        if (t->stopping && now >= t->stop_deadline) {
+            cqr_ctr_add(t->ctx, CQR_CTR_conn_closed_shutdown_timeout, 1);
+            cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                    " reason=shutdown_timeout pending=%" PRIu64,
+                    c->sess.peer, t->index, c->pending);
+            close_now(c, "shutdown_timeout");
+        } else if (c->state == CONN_LINGER && now >= c->deadline) {
+            cqr_ctr_add(t->ctx, CQR_CTR_conn_linger_timeouts, 1);
+            cqr_log(CQR_LOG_DEBUG, "conn", "linger over peer=%s thread=%"
+                    PRIu32, c->sess.peer, t->index);
+            close_now(c, c->why);
+        }
+    }
+}
+
+/* Once stopping and every connection is gone, closes the thread's own
+ * handles so uv_run returns. */
+static void maybe_exit(io_thread_t *t)
+{
+    if (!t->stopping || t->handles_closed || !list_empty(&t->conns))
+        return;
+    t->handles_closed = 1;
+    uv_close((uv_handle_t *)&t->wake, NULL);  /* embedded: nothing to free */
+    uv_close((uv_handle_t *)&t->idle, NULL);
+    uv_close((uv_handle_t *)&t->sweep, NULL);
+}
+
+static void *io_thread_main(void *arg)
+{
+    io_thread_t *t = arg;
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    /* Sockets handed over after the stop never reached adopt(). */
+    pthread_mutex_lock(&t->mu);
+    handoff_t *list = t->inbox;
+    t->inbox = t->inbox_tail = NULL;
+    pthread_mutex_unlock(&t->mu);
+    while (list != NULL) {
+        handoff_t *next = list->next;
+        close(list->fd);
+        if (!list->reject)
+            cqr_ctr_sub(t->ctx, CQR_CTR_conn_open, 1);
+        free(list);
+        list = next;
+    }
+    int rc = uv_loop_close(&t->loop);
+    if (rc != 0)
+        cqr_log(CQR_LOG_ERROR, "conn", "loop did not close thread=%" PRIu32
+                " err=%s", t->index, uv_err_name(rc));
+    assert(rc == 0 && "a handle leaked on an I/O loop");
+    return NULL;
+}
+
+static void thread_free(io_thread_t *t)
+{
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+}
+
+static int thread_start(cqr_io_t *io, uint32_t index, io_thread_t **out)
+{
+    io_thread_t *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return CQR_ENOMEM;
+    t->io = io;
+    t->ctx = io->ctx;
+    t->index = index;
+    list_init(&t->conns);
+    list_init(&t->ready);
+    pthread_mutex_init(&t->mu, NULL);
+    if (uv_loop_init(&t->loop) != 0) {
+        thread_free(t);
+        return CQR_EINTERNAL;
+    }
+    uv_async_init(&t->loop, &t->wake, on_wake);
+    t->wake.data = t;
+    uv_idle_init(&t->loop, &t->idle);
+    t->idle.data = t;
+    uv_timer_init(&t->loop, &t->sweep);
+    t->sweep.data = t;
+    uv_timer_start(&t->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+    /* The sweep timer must not keep a stopping loop alive by itself; it is
+     * closed in maybe_exit like the others. */
+    if (pthread_create(&t->tid, NULL, io_thread_main, t) != 0) {
+        uv_close((uv_handle_t *)&t->wake, NULL);
+        uv_close((uv_handle_t *)&t->idle, NULL);
+        uv_close((uv_handle_t *)&t->sweep, NULL);
+        uv_run(&t->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&t->loop);
+        thread_free(t);
+        return CQR_EINTERNAL;
+    }
+    *out = t;
+    return 0;
+}
+
+int cqr_io_start(cqr_server_ctx_t *ctx, uint32_t nthreads, cqr_io_t **out)
+{
+    assert(nthreads >= 1);
+    cqr_io_t *io = calloc(1, sizeof *io + nthreads * sizeof(io_thread_t *));
+    if (io == NULL)
+        return CQR_ENOMEM;
+    io->ctx = ctx;
+    for (uint32_t i = 0; i < nthreads; i++) {
+        int rc = thread_start(io, i, &io->threads[i]);
+        if (rc != 0) {
+            io->n = i;
+            cqr_io_stop(io, 0);
+            return rc;
+        }
+        io->n = i + 1;
+    }
+    *out = io;
+    return 0;
+}
+
+void cqr_io_hand_off(cqr_io_t *io, int fd, const char *peer, int reject)
+{
+    cqr_server_ctx_t *ctx = io->ctx;
+    if (!reject) {
+        cqr_ctr_add(ctx, CQR_CTR_conn_accepted, 1);
+        cqr_ctr_add(ctx, CQR_CTR_conn_open, 1);
+    }
+    io_thread_t *t = io->threads[io->next++ % io->n];
+    handoff_t *hf = calloc(1, sizeof *hf);
+    if (hf == NULL) {
+        close(fd);
+        if (!reject)
+            cqr_ctr_sub(ctx, CQR_CTR_conn_open, 1);
+        cqr_log(CQR_LOG_WARN, "conn", "dropping peer=%s reason=nomem", peer);
+        return;
+    }
+    hf->fd = fd;
+    hf->reject = reject;
+    snprintf(hf->peer, sizeof hf->peer, "%s", peer);
+    pthread_mutex_lock(&t->mu);
+    int stopped = t->stop_req;
+    if (!stopped) {
+        if (t->inbox_tail) t->inbox_tail->next = hf;
+        else t->inbox = hf;
+        t->inbox_tail = hf;
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (stopped) {
+        close(fd);
+        if (!reject)
+            cqr_ctr_sub(ctx, CQR_CTR_conn_open, 1);
+        free(hf);
+        return;
+    }
+    uv_async_send(&t->wake);
+}
+
+void cqr_io_stop(cqr_io_t *io, uint64_t timeout_ms)
+{
+    if (io == NULL)
+        return;
+    for (uint32_t i = 0; i < io->n; i++) {
+        io_thread_t *t = io->threads[i];
+        pthread_mutex_lock(&t->mu);
+        t->stop_req = 1;
+        t->stop_timeout_ms = timeout_ms;
+        pthread_mutex_unlock(&t->mu);
+        uv_async_send(&t->wake);
+    }
+    for (uint32_t i = 0; i < io->n; i++) {
+        pthread_join(io->threads[i]->tid, NULL);
+        thread_free(io->threads[i]);
+    }
+    free(io);
+}

@@ -1,0 +1,277 @@
+/* main.c -- cqrps-server: flags, the listening socket, the acceptor, the
+ * signals and the orderly shutdown.
+ *
+ * The main thread owns the listening socket and its own libuv loop: it
+ * polls the socket, accepts connections and hands each one to an I/O
+ * thread (conn.c). SIGINT/SIGTERM stop the acceptor; then the I/O threads
+ * drain (bounded by SHUTDOWN_GRACE_MS), running cluster phases finish,
+ * the shutdown hook runs (checkpoint on SIGTERM, next issue), the tables
+ * are freed and every loop is checked closed. A second signal during the
+ * drain kills the process the default way.
+ *
+ * Exit status: 0 after a clean stop (also for --help/--version), 2 for
+ * bad flags, 1 when the server cannot start.
+ */
+/* accept4 */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "conn.h"
+#include "err.h"
+#include "kmeans.h"
+#include "log.h"
+#include "rpc.h"
+
+/* Time the I/O threads get to answer received requests and flush. */
+#define SHUTDOWN_GRACE_MS 5000
+/* Connections accepted per poll callback before the loop turns. */
+#define ACCEPTS_PER_EVENT 64
+/* Pause of the acceptor after running out of file descriptors. */
+#define ACCEPT_BACKOFF_MS 100
+
+typedef struct server {
+    cqr_config_t cfg;         /* effective config */
+    cqr_server_ctx_t ctx;     /* registry, phases, counters, hooks */
+    cqr_io_t *io;             /* the I/O threads */
+    uv_loop_t loop;           /* main thread's loop */
+    uv_poll_t accept_poll;    /* readability of the listening socket */
+    uv_timer_t backoff;       /* re-arms accept_poll after EMFILE */
+    uv_signal_t sigint, sigterm;
+    int listen_fd;            /* owned; -1 once closed */
+    int stopping;             /* a signal arrived */
+    char addr[300];           /* bound address, "127.0.0.1:7070" */
+} server_t;
+
+static void on_accept(uv_poll_t *h, int status, int events);
+
+static void on_backoff(uv_timer_t *h)
+{
+    server_t *s = h->data;
+    if (!s->stopping)
+        uv_poll_start(&s->accept_poll, UV_READABLE, on_accept);
+}
+
+static void on_accept(uv_poll_t *h, int status, int events)
+{
+    server_t *s = h->data;
+    (void)events;
+    if (status < 0) {
+        cqr_log(CQR_LOG_ERROR, "server", "listen poll failed err=%s",
+                uv_err_name(status));
+        return;
+    }
+    for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(s->listen_fd, (struct sockaddr *)&ss, &sl,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            cqr_ctr_add(&s->ctx, CQR_CTR_accept_errors, 1);
+            cqr_log(CQR_LOG_WARN, "server", "accept failed err=%s",
+                    strerror(errno));
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                errno == ENOMEM) {
+                /* The pending connection stays in the backlog; retry
+                 * later instead of spinning on a readable socket. */
+                uv_poll_stop(&s->accept_poll);
+                uv_timer_start(&s->backoff, on_backoff, ACCEPT_BACKOFF_MS, 0);
+            }
+            return;
+        }
+        char peer[64];
+        cqr_format_addr((struct sockaddr *)&ss, peer, sizeof peer);
+        int reject = cqr_ctr_get(&s->ctx, CQR_CTR_conn_open) >=
+                     s->cfg.max_connections;
+        if (reject)
+            cqr_ctr_add(&s->ctx, CQR_CTR_conn_rejected_limit, 1);
+        cqr_io_hand_off(s->io, fd, peer, reject);
+    }
+}
+
+static void on_listen_closed(uv_handle_t *h)
+{
+    server_t *s = h->data;
+    /* The poll handle is gone: the fd can be closed now. */
+    if (s->listen_fd >= 0) {
+        close(s->listen_fd);
+        s->listen_fd = -1;
+    }
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    server_t *s = h->data;
+    if (s->stopping)
+        return;
+    s->stopping = 1;
+    cqr_log(CQR_LOG_INFO, "server", "stopping signal=%s",
+            signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    /* Stop accepting at once; the I/O threads drain after uv_run. */
+    uv_poll_stop(&s->accept_poll);
+    uv_close((uv_handle_t *)&s->accept_poll, on_listen_closed);
+    uv_timer_stop(&s->backoff);
+    uv_close((uv_handle_t *)&s->backoff, NULL);
+    /* Closing the signal handles restores the default action: a second
+     * Ctrl-C during a long drain kills the process. */
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+}
+
+/* Creates, binds and listens; fills s->addr with the bound address (the
+ * real port when 0 was asked). Logs and returns -1 on failure. */
+static int open_listener(server_t *s)
+{
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char port[8];
+    snprintf(port, sizeof port, "%u", s->cfg.listen_port);
+    int gai = getaddrinfo(s->cfg.listen_host, port, &hints, &res);
+    if (gai != 0) {
+        cqr_log(CQR_LOG_ERROR, "server", "cannot resolve listen=%s err=\"%s\"",
+                s->cfg.listen, gai_strerror(gai));
+        return -1;
+    }
+    int fd = -1, err = 0;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        fd = socket(ai->ai_family,
+                    ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+            listen(fd, SOMAXCONN) == 0)
+            break;
+        err = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        cqr_log(CQR_LOG_ERROR, "server", "cannot listen listen=%s err=\"%s\"",
+                s->cfg.listen, strerror(err));
+        return -1;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) {
+        cqr_log(CQR_LOG_ERROR, "server", "getsockname failed err=\"%s\"",
+                strerror(errno));
+        close(fd);
+        return -1;
+    }
+    cqr_format_addr((struct sockaddr *)&ss, s->addr, sizeof s->addr);
+    s->listen_fd = fd;
+    return 0;
+}
+
+static int run(server_t *s)
+{
+    const char *core = cqr_blas_init();
+    s->ctx.blas_core = core;
+    cqr_log(CQR_LOG_INFO, "server", "starting version=%s protocol=%u "
+            "pid=%ld blas_core=%s", CQR_SERVER_VERSION, CQR_PROTOCOL_VERSION,
+            (long)getpid(), core);
+    char line[1024];
+    cqr_config_format(&s->cfg, line, sizeof line);
+    cqr_log(CQR_LOG_INFO, "config", "%s", line);
+
+    if (open_listener(s) != 0)
+        return 1;
+    if (cqr_io_start(&s->ctx, s->cfg.threads, &s->io) != 0) {
+        cqr_log(CQR_LOG_ERROR, "server", "cannot start I/O threads");
+        close(s->listen_fd);
+        return 1;
+    }
+
+    uv_loop_init(&s->loop);
+    uv_poll_init_socket(&s->loop, &s->accept_poll, s->listen_fd);
+    s->accept_poll.data = s;
+    uv_timer_init(&s->loop, &s->backoff);
+    s->backoff.data = s;
+    uv_signal_init(&s->loop, &s->sigint);
+    s->sigint.data = s;
+    uv_signal_init(&s->loop, &s->sigterm);
+    s->sigterm.data = s;
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_poll_start(&s->accept_poll, UV_READABLE, on_accept);
+
+    cqr_log(CQR_LOG_INFO, "server", "listening addr=%s threads=%" PRIu32,
+            s->addr, s->cfg.threads);
+    /* The ready line: the socket is listening, connections queue in the
+     * backlog even before the loop turns. */
+    printf("cqrps-server listening on %s\n", s->addr);
+    fflush(stdout);
+
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+
+    cqr_io_stop(s->io, SHUTDOWN_GRACE_MS);
+    s->io = NULL;
+    cqr_log(CQR_LOG_INFO, "server", "connections closed");
+    cqr_phases_shutdown(s->ctx.phases);
+    if (s->ctx.ckpt.on_shutdown != NULL)
+        s->ctx.ckpt.on_shutdown(s->ctx.ckpt.ud, &s->ctx);
+    int rc = uv_loop_close(&s->loop);
+    if (rc != 0) {
+        cqr_log(CQR_LOG_ERROR, "server", "main loop did not close err=%s",
+                uv_err_name(rc));
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static server_t s; /* large (config strings); not on the stack */
+    s.listen_fd = -1;
+    cqr_config_defaults(&s.cfg);
+    char err[512];
+    if (cqr_config_parse_args(&s.cfg, argc, argv, err, sizeof err) != 0) {
+        fprintf(stderr, "cqrps-server: %s\nTry 'cqrps-server --help'.\n",
+                err);
+        return 2;
+    }
+    if (s.cfg.show_help) {
+        cqr_config_usage(stdout, "cqrps-server");
+        return 0;
+    }
+    if (s.cfg.show_version) {
+        printf("cqrps-server %s (protocol %u)\n", CQR_SERVER_VERSION,
+               CQR_PROTOCOL_VERSION);
+        return 0;
+    }
+    cqr_log_set_level(s.cfg.log_level);
+    /* A peer that vanishes must give EPIPE on write, not kill us. */
+    signal(SIGPIPE, SIG_IGN);
+
+    if (cqr_server_ctx_init(&s.ctx, &s.cfg) != 0) {
+        cqr_log(CQR_LOG_ERROR, "server", "cannot initialise");
+        return 1;
+    }
+    int rc = run(&s);
+    cqr_server_ctx_free(&s.ctx);
+    cqr_log(CQR_LOG_INFO, "server", "exit status=%d", rc);
+    return rc;
+}

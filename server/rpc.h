@@ -1,0 +1,186 @@
+/* rpc.h -- decode one request, run it on the engine, encode the reply.
+ *
+ * No sockets here: cqr_rpc_handle takes the body of one frame and appends
+ * the body of one Response frame, so tests and the fuzzer drive the whole
+ * request path in-process. The connection layer (conn.c) adds framing,
+ * ordering and backpressure around it.
+ *
+ * The server context holds what every connection shares: the config, the
+ * table registry, the cluster phase runner, the counters and the hooks
+ * later issues fill in (authentication, checkpoints, checkpoint on
+ * shutdown).
+ *
+ * Threading: cqr_rpc_handle may run on any number of threads at once with
+ * the same context, each with its own session. Counters are atomics.
+ *
+ * Errors: every reply carries a status (the negated CQR_E* code) and a
+ * human-readable message; see cqr_rpc_handle for the cases where the
+ * connection itself must go.
+ */
+#ifndef CQR_RPC_H
+#define CQR_RPC_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "frame.h"
+#include "phase.h"
+#include "registry.h"
+
+/* Every counter of the server: X(name, help). The Stats reply lists them
+ * by name in its counters map, plus one per status and per operation. */
+#define CQR_COUNTER_MAP(X)                                                  \
+    X(conn_accepted, "connections accepted")                                \
+    X(conn_open, "connections open now")                                    \
+    X(conn_rejected_limit, "connections refused over --max-connections")   \
+    X(conn_closed, "connections closed, for any reason")                   \
+    X(conn_closed_malformed, "closed after an undecodable request")        \
+    X(conn_closed_oversize, "closed after a frame over --max-frame-bytes") \
+    X(conn_closed_backpressure, "closed over the hard pending-bytes limit")\
+    X(conn_closed_read_error, "closed after a socket read error")          \
+    X(conn_closed_write_error, "closed after a socket write error")        \
+    X(conn_closed_nomem, "closed because a buffer could not be allocated") \
+    X(conn_closed_shutdown_timeout, "closed by force at shutdown")         \
+    X(conn_linger_timeouts, "refused connections that did not close")      \
+    X(accept_errors, "accept() failures")                                   \
+    X(backpressure_pauses, "times a connection stopped being read")        \
+    X(yields, "read batches cut short to serve other connections")         \
+    X(requests, "requests handled")                                         \
+    X(errors, "replies with a status other than OK")                       \
+    X(bytes_in, "request bytes received, headers included")                \
+    X(bytes_out, "reply bytes queued, headers included")                   \
+    X(frames_malformed, "request bodies that did not decode")              \
+    X(frames_oversize, "frames declaring more than --max-frame-bytes")     \
+    X(scheduled_phase_errors, "scheduled phases that failed to start")
+
+typedef enum cqr_counter {
+#define CQR_CTR_ENUM_(name, help) CQR_CTR_##name,
+    CQR_COUNTER_MAP(CQR_CTR_ENUM_)
+#undef CQR_CTR_ENUM_
+    CQR_CTR__COUNT
+} cqr_counter_t;
+
+/* Status codes 0..CQR_STATUS_COUNT-1 (err.h, negated). */
+#define CQR_STATUS_COUNT 21
+/* Request operations, by the Request oneof's field number - 10 (0..12),
+ * plus one slot for "unknown". */
+#define CQR_OP_COUNT 14
+
+typedef struct cqr_counters {
+    atomic_uint_fast64_t c[CQR_CTR__COUNT];         /* by cqr_counter_t */
+    atomic_uint_fast64_t status[CQR_STATUS_COUNT];  /* replies by status */
+    atomic_uint_fast64_t ops[CQR_OP_COUNT];         /* requests by op */
+} cqr_counters_t;
+
+typedef struct cqr_server_ctx cqr_server_ctx_t;
+
+/* Per-connection state the RPC layer needs; owned by the connection. */
+typedef struct cqr_session {
+    int authed;       /* may send requests other than Hello */
+    int admin;        /* may drop tables, cluster, checkpoint */
+    int hello_done;   /* a Hello succeeded */
+    char client[64];  /* client_name from Hello, cleaned for logs */
+    char peer[64];    /* "127.0.0.1:5555", for logs */
+    uint32_t thread;  /* I/O thread index, for logs */
+} cqr_session_t;
+
+/* Authentication hook (issue: auth). When `hello` is NULL the server
+ * requires nothing: every session starts authenticated with admin rights.
+ * Otherwise sessions start unauthenticated, every request but Hello gets
+ * UNAUTHENTICATED until a Hello succeeds, and `hello` decides: it returns
+ * 0 and sets sess->admin, or CQR_EAUTH. Called on I/O threads. */
+typedef struct cqr_auth_hooks {
+    int (*hello)(void *ud, cqr_session_t *sess, const uint8_t *token,
+                 size_t token_len, const uint8_t *admin_token,
+                 size_t admin_len);
+    void *ud;
+} cqr_auth_hooks_t;
+
+/* Checkpoint hooks (issue: checkpoints). NULL functions make Checkpoint
+ * and ListCheckpoints answer UNSUPPORTED. `on_shutdown` runs once after
+ * the I/O threads drained and the phases finished, before the tables are
+ * destroyed (checkpoint on SIGTERM). The checkpoint call currently runs
+ * on the I/O thread and blocks its loop (see the report in conn.h). */
+typedef struct cqr_ckpt_info {
+    uint64_t generation; /* increasing checkpoint number */
+    uint64_t unix_time;  /* when it finished */
+    uint64_t bytes;      /* size on disk */
+    uint32_t tables;     /* tables it holds */
+    double seconds;      /* how long it took (Checkpoint only) */
+} cqr_ckpt_info_t;
+
+typedef struct cqr_ckpt_hooks {
+    int (*checkpoint)(void *ud, cqr_server_ctx_t *ctx, cqr_ckpt_info_t *out,
+                      char *why, size_t whylen);
+    /* *out is malloc'd (the caller frees it); *n may be 0. */
+    int (*list)(void *ud, cqr_server_ctx_t *ctx, cqr_ckpt_info_t **out,
+                size_t *n);
+    void (*on_shutdown)(void *ud, cqr_server_ctx_t *ctx);
+    void *ud;
+} cqr_ckpt_hooks_t;
+
+struct cqr_server_ctx {
+    const cqr_config_t *cfg;  /* borrowed; outlives the context */
+    cqr_registry_t *reg;      /* tables by name */
+    cqr_phases_t *phases;     /* cluster phase runner */
+    cqr_counters_t ctr;       /* every counter */
+    double start_mono;        /* CLOCK_MONOTONIC seconds at init */
+    const char *blas_core;    /* OpenBLAS core name, for Stats/logs */
+    cqr_auth_hooks_t auth;    /* zeroed = no authentication */
+    cqr_ckpt_hooks_t ckpt;    /* zeroed = checkpoints unsupported */
+};
+
+/* Creates the registry and the phase runner from cfg. cfg is borrowed and
+ * must outlive the context. Hooks start zeroed. */
+int cqr_server_ctx_init(cqr_server_ctx_t *ctx, const cqr_config_t *cfg);
+
+/* Finishes phases (cqr_phases_shutdown), then destroys the tables. Every
+ * session must be gone. */
+void cqr_server_ctx_free(cqr_server_ctx_t *ctx);
+
+static inline void cqr_ctr_add(cqr_server_ctx_t *ctx, cqr_counter_t c,
+                               uint64_t n)
+{
+    atomic_fetch_add_explicit(&ctx->ctr.c[c], n, memory_order_relaxed);
+}
+
+static inline void cqr_ctr_sub(cqr_server_ctx_t *ctx, cqr_counter_t c,
+                               uint64_t n)
+{
+    atomic_fetch_sub_explicit(&ctx->ctr.c[c], n, memory_order_relaxed);
+}
+
+static inline uint64_t cqr_ctr_get(cqr_server_ctx_t *ctx, cqr_counter_t c)
+{
+    return atomic_load_explicit(&ctx->ctr.c[c], memory_order_relaxed);
+}
+
+const char *cqr_counter_name(cqr_counter_t c);
+
+/* Sets up a session for a new connection. */
+void cqr_session_init(cqr_server_ctx_t *ctx, cqr_session_t *sess,
+                      const char *peer, uint32_t thread);
+
+/* Handles one request body and appends one encoded Response body to out
+ * (no frame header: the caller brackets it with cqr_frame_begin/end).
+ * Returns:
+ *   0           a reply was appended (its status may be an error);
+ *   CQR_EPROTO  the body did not decode: a MALFORMED reply with id 0 was
+ *               appended; the caller must send it and close the
+ *               connection;
+ *   CQR_ENOMEM  not even an error reply could be built; nothing was
+ *               appended (out is unchanged); close the connection.
+ */
+int cqr_rpc_handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
+                   const uint8_t *body, size_t len, cqr_buf_t *out);
+
+/* Appends an error Response body (status -err, request id `id`, message
+ * msg or cqr_strerror(err) if msg is NULL) and counts it. For errors the
+ * connection layer finds itself (oversize frame, too many connections).
+ * CQR_ENOMEM leaves out unchanged. */
+int cqr_rpc_error(cqr_server_ctx_t *ctx, cqr_buf_t *out, uint64_t id,
+                  int err, const char *msg);
+
+#endif

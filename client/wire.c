@@ -1,0 +1,252 @@
+/* wire.c -- hand codec for the hot path (see wire.h for why). */
+#include "wire.h"
+
+#include <string.h>
+
+#include "cqrps.h"
+
+/* Protobuf wire types. */
+enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
+
+size_t cq_varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+size_t cq_varint_put(unsigned char *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (unsigned char)v;
+    return n;
+}
+
+static size_t tag_put(unsigned char *p, uint32_t field, uint32_t wt)
+{
+    return cq_varint_put(p, ((uint64_t)field << 3) | wt);
+}
+
+static size_t offsets_len(const cq_data_req_t *r)
+{
+    size_t len = 0;
+    for (size_t b = 0; b < r->nbags; b++)
+        len += cq_varint_len((uint32_t)(r->offsets[b] - r->offset_base));
+    return len;
+}
+
+size_t cq_data_tail_max(const cq_data_req_t *r)
+{
+    return 2 * CQ_VARINT_MAX + r->nbags * 5 + 2 * CQ_VARINT_MAX;
+}
+
+size_t cq_data_encode(const cq_data_req_t *r, unsigned char *head,
+                      size_t *head_len, unsigned char *mid, size_t *mid_len,
+                      unsigned char *tail, size_t *tail_len)
+{
+    /* Field numbers inside Lookup and Push. */
+    const uint32_t f_offsets = r->push ? 4 : 3;
+    const uint32_t f_pooling = r->push ? 5 : 4;
+    const size_t ids_bytes = r->n * 8;
+    const size_t olen = r->nbags ? offsets_len(r) : 0;
+
+    uint64_t sub = 1 + cq_varint_len(r->table_len) + r->table_len +
+                   1 + cq_varint_len(ids_bytes) + ids_bytes;
+    if (r->push)
+        sub += 1 + cq_varint_len(r->grads_bytes) + r->grads_bytes;
+    if (r->nbags)
+        sub += 1 + cq_varint_len(olen) + olen;
+    if (r->pooling)
+        sub += 1 + cq_varint_len(r->pooling);
+    const uint32_t f_sub = r->push ? CQ_REQ_PUSH : CQ_REQ_LOOKUP;
+    uint64_t body = 1 + cq_varint_len(r->req_id) +
+                    cq_varint_len((uint64_t)f_sub << 3) +
+                    cq_varint_len(sub) + sub;
+    if (body > UINT32_MAX)
+        return 0;
+
+    /* head: prefix, Request.id, sub-message header, table, ids header. */
+    size_t h = 0;
+    head[h++] = (unsigned char)(body >> 24);
+    head[h++] = (unsigned char)(body >> 16);
+    head[h++] = (unsigned char)(body >> 8);
+    head[h++] = (unsigned char)body;
+    h += tag_put(head + h, 1, WT_VARINT);
+    h += cq_varint_put(head + h, r->req_id);
+    h += tag_put(head + h, f_sub, WT_LEN);
+    h += cq_varint_put(head + h, sub);
+    h += tag_put(head + h, 1, WT_LEN);
+    h += cq_varint_put(head + h, r->table_len);
+    memcpy(head + h, r->table, r->table_len);
+    h += r->table_len;
+    h += tag_put(head + h, 2, WT_LEN);
+    h += cq_varint_put(head + h, ids_bytes);
+    *head_len = h;
+
+    size_t m = 0;
+    if (r->push) {
+        m += tag_put(mid + m, 3, WT_LEN);
+        m += cq_varint_put(mid + m, r->grads_bytes);
+    }
+    *mid_len = m;
+
+    size_t t = 0;
+    if (r->nbags) {
+        t += tag_put(tail + t, f_offsets, WT_LEN);
+        t += cq_varint_put(tail + t, olen);
+        for (size_t b = 0; b < r->nbags; b++)
+            t += cq_varint_put(tail + t,
+                               (uint32_t)(r->offsets[b] - r->offset_base));
+    }
+    if (r->pooling) {
+        t += tag_put(tail + t, f_pooling, WT_VARINT);
+        t += cq_varint_put(tail + t, r->pooling);
+    }
+    *tail_len = t;
+    return 4 + (size_t)body;
+}
+
+/* ---- Decoding ---------------------------------------------------------- */
+
+/* A cursor over [p, end). */
+typedef struct cur {
+    const unsigned char *p;
+    const unsigned char *end;
+} cur_t;
+
+static int get_varint(cur_t *c, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (c->p >= c->end)
+            return CQRPS_EPROTO;
+        unsigned char b = *c->p++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    return CQRPS_EPROTO;
+}
+
+/* Reads one field's key and, for length-delimited fields, its body. Other
+ * wire types are skipped and reported through *wt so callers can ignore
+ * unknown fields (proto3 forward compatibility). */
+static int get_field(cur_t *c, uint32_t *field, uint32_t *wt, uint64_t *v,
+                     const unsigned char **body, size_t *body_len)
+{
+    uint64_t key;
+    if (get_varint(c, &key) < 0)
+        return CQRPS_EPROTO;
+    *field = (uint32_t)(key >> 3);
+    *wt = (uint32_t)(key & 7);
+    if (*field == 0 || (key >> 3) > 0x1fffffff)
+        return CQRPS_EPROTO;
+    switch (*wt) {
+    case WT_VARINT:
+        return get_varint(c, v);
+    case WT_I64:
+        if (c->end - c->p < 8)
+            return CQRPS_EPROTO;
+        c->p += 8;
+        return 0;
+    case WT_I32:
+        if (c->end - c->p < 4)
+            return CQRPS_EPROTO;
+        c->p += 4;
+        return 0;
+    case WT_LEN: {
+        uint64_t len;
+        if (get_varint(c, &len) < 0 || len > (uint64_t)(c->end - c->p))
+            return CQRPS_EPROTO;
+        *body = c->p;
+        *body_len = (size_t)len;
+        c->p += len;
+        return 0;
+    }
+    default:
+        return CQRPS_EPROTO; /* groups are not proto3 */
+    }
+}
+
+int cq_resp_scan(const unsigned char *buf, size_t len, cq_resp_hdr_t *h)
+{
+    cur_t c = { buf, buf + len };
+    memset(h, 0, sizeof(*h));
+    h->msg = "";
+    while (c.p < c.end) {
+        uint32_t f, wt;
+        uint64_t v = 0;
+        const unsigned char *body = NULL;
+        size_t blen = 0;
+        if (get_field(&c, &f, &wt, &v, &body, &blen) < 0)
+            return CQRPS_EPROTO;
+        if (f == 1 && wt == WT_VARINT) {
+            h->id = v;
+        } else if (f == 2 && wt == WT_VARINT) {
+            h->status = (uint32_t)v;
+        } else if (f == 3 && wt == WT_LEN) {
+            h->msg = (const char *)body;
+            h->msg_len = blen;
+        } else if (f >= 10 && f < 64 && wt == WT_LEN) {
+            /* A oneof: the last one seen wins, as in protobuf. */
+            h->reply_field = f;
+            h->reply = body;
+            h->reply_len = blen;
+        }
+    }
+    return 0;
+}
+
+int cq_lookup_reply_decode(const unsigned char *buf, size_t len,
+                           uint32_t *dim, const unsigned char **vec,
+                           size_t *vec_len)
+{
+    cur_t c = { buf, buf + len };
+    *dim = 0;
+    *vec = buf;
+    *vec_len = 0;
+    while (c.p < c.end) {
+        uint32_t f, wt;
+        uint64_t v = 0;
+        const unsigned char *body = NULL;
+        size_t blen = 0;
+        if (get_field(&c, &f, &wt, &v, &body, &blen) < 0)
+            return CQRPS_EPROTO;
+        if (f == 1 && wt == WT_VARINT) {
+            if (v > UINT32_MAX)
+                return CQRPS_EPROTO;
+            *dim = (uint32_t)v;
+        } else if (f == 2 && wt == WT_LEN) {
+            *vec = body;
+            *vec_len = blen;
+        }
+    }
+    return 0;
+}
+
+int cq_push_reply_decode(const unsigned char *buf, size_t len,
+                         uint64_t *applied)
+{
+    cur_t c = { buf, buf + len };
+    *applied = 0;
+    while (c.p < c.end) {
+        uint32_t f, wt;
+        uint64_t v = 0;
+        const unsigned char *body = NULL;
+        size_t blen = 0;
+        if (get_field(&c, &f, &wt, &v, &body, &blen) < 0)
+            return CQRPS_EPROTO;
+        if (f == 1 && wt == WT_VARINT)
+            *applied = v;
+    }
+    return 0;
+}

@@ -1,0 +1,542 @@
+/* cqrps_bench.c -- load generator for a running cqrps-server.
+ *
+ *   cqrps-bench --addr HOST:PORT --op lookup|push --dim D --batch B
+ *               --conns N --vocab V [--zipf S] --seconds T [--json]
+ *               [--kind cqr|full|ce|hash] [--rows K] [--chunks C]
+ *               [--optimizer adam|sgd|adagrad] [--warm 0|1] [--depth P]
+ *               [--threads T] [--table NAME] [--keep] [--server-pid PID]
+ *
+ * What it does:
+ *   1. Creates table NAME (dropping an older one of that name unless
+ *      --warm 0, which reuses it as it is).
+ *   2. Warms it: every vocabulary ID (bench_common.h) is pushed once, so
+ *      all V IDs are known (learned pointers for cqr, rows for full). The
+ *      warm-up uses pooled pushes (bags of 64 IDs, one small gradient per
+ *      bag) so that it moves 8 bytes per ID instead of a whole gradient
+ *      row: the server still registers and updates every ID.
+ *   3. Runs N connections (one cqrps client each) for T seconds, spread
+ *      over T client threads (default: one thread per connection). Each
+ *      connection keeps --depth requests in flight (asynchronous
+ *      *_start / cqrps_wait; depth 1 is a plain synchronous loop). Every
+ *      batch's latency is measured from its start to its wait returning.
+ *   4. Prints embeddings/s, MB/s of payload (rows looked up, or gradient
+ *      rows pushed), latency p50/p99/p999 per batch, and with --json one
+ *      JSON line. With --server-pid, the server's CPU seconds (from
+ *      /proc/PID/stat) per million embeddings.
+ *
+ * Progress goes to stderr; the JSON line to stdout.
+ */
+#include <getopt.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench_common.h"
+#include "cqrps.h"
+
+#define PROG "cqrps-bench"
+
+typedef struct opts {
+    const char *addr;        /* server address list */
+    const char *op;          /* lookup or push */
+    const char *table;       /* table name */
+    cqrps_kind_t kind;       /* table kind */
+    cqrps_optimizer_t opt;   /* optimizer */
+    uint32_t dim;            /* floats per embedding */
+    uint32_t rows;           /* codebook rows (0 = server default) */
+    uint32_t chunks;         /* chunks (0 = server default) */
+    uint32_t batch;          /* IDs per request */
+    uint32_t conns;          /* client connections */
+    uint32_t threads;        /* client threads (0 = one per connection) */
+    uint32_t depth;          /* requests in flight per connection */
+    uint64_t vocab;          /* known IDs */
+    double zipf;             /* 0 = uniform */
+    double seconds;          /* timed duration */
+    int warm;                /* create and warm the table */
+    int keep;                /* leave the table on the server at exit */
+    int server_pid;          /* for CPU accounting, or 0 */
+    int json;                /* print a JSON line */
+} opts_t;
+
+static void usage(void)
+{
+    fprintf(stderr,
+        "usage: cqrps-bench --addr HOST:PORT --op lookup|push [--dim 64]\n"
+        "  [--batch 1024] [--conns 1] [--vocab 1e6] [--zipf S] [--seconds 5]\n"
+        "  [--json] [--kind cqr|full|ce|hash] [--rows K] [--chunks C]\n"
+        "  [--optimizer adam|sgd|adagrad] [--warm 1|0] [--depth 1]\n"
+        "  [--threads N] [--table NAME] [--keep] [--server-pid PID]\n");
+}
+
+static int parse_opts(int argc, char **argv, opts_t *o)
+{
+    *o = (opts_t){.op = "lookup", .table = "bench", .kind = CQRPS_KIND_CQR,
+                  .opt = CQRPS_OPT_ADAM, .dim = 64, .batch = 1024, .conns = 1,
+                  .depth = 1, .vocab = 1000000, .seconds = 5.0, .warm = 1};
+    static const struct option lo[] = {
+        {"addr", 1, 0, 'a'},    {"op", 1, 0, 'o'},      {"table", 1, 0, 'T'},
+        {"kind", 1, 0, 'k'},    {"optimizer", 1, 0, 'O'}, {"dim", 1, 0, 'd'},
+        {"rows", 1, 0, 'r'},    {"chunks", 1, 0, 'c'},  {"batch", 1, 0, 'b'},
+        {"conns", 1, 0, 'n'},   {"threads", 1, 0, 't'}, {"depth", 1, 0, 'p'},
+        {"vocab", 1, 0, 'v'},   {"zipf", 1, 0, 'z'},    {"seconds", 1, 0, 's'},
+        {"warm", 1, 0, 'w'},    {"keep", 0, 0, 'K'},    {"server-pid", 1, 0, 'P'},
+        {"json", 0, 0, 'j'},    {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+    int ch;
+    uint64_t v;
+    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'a': o->addr = optarg; break;
+        case 'o': o->op = optarg; break;
+        case 'T': o->table = optarg; break;
+        case 'k':
+            if (cqrps_kind_parse(optarg, &o->kind))
+                return -1;
+            break;
+        case 'O':
+            if (cqrps_optimizer_parse(optarg, &o->opt))
+                return -1;
+            break;
+        case 'd': case 'r': case 'c': case 'b': case 'n': case 't': case 'p':
+        case 'v':
+            if (bench_parse_count(optarg, &v))
+                return -1;
+            if (ch == 'd') o->dim = (uint32_t)v;
+            if (ch == 'r') o->rows = (uint32_t)v;
+            if (ch == 'c') o->chunks = (uint32_t)v;
+            if (ch == 'b') o->batch = (uint32_t)v;
+            if (ch == 'n') o->conns = (uint32_t)v;
+            if (ch == 't') o->threads = (uint32_t)v;
+            if (ch == 'p') o->depth = (uint32_t)v;
+            if (ch == 'v') o->vocab = v;
+            break;
+        case 'z': o->zipf = atof(optarg); break;
+        case 's': o->seconds = atof(optarg); break;
+        case 'w': o->warm = atoi(optarg) != 0; break;
+        case 'K': o->keep = 1; break;
+        case 'P': o->server_pid = atoi(optarg); break;
+        case 'j': o->json = 1; break;
+        default: return -1;
+        }
+    }
+    if (!o->addr || (strcmp(o->op, "lookup") && strcmp(o->op, "push")) ||
+        !o->dim || !o->batch || !o->conns || !o->depth || !o->vocab ||
+        o->seconds <= 0)
+        return -1;
+    if (!o->threads || o->threads > o->conns)
+        o->threads = o->conns;
+    return 0;
+}
+
+static cqrps_client_t *open_client(const opts_t *o, const char *name)
+{
+    cqrps_options_t co;
+    cqrps_options_init(&co);
+    co.client_name = name;
+    cqrps_client_t *c = NULL;
+    int rc = cqrps_connect(o->addr, &co, &c);
+    if (rc) {
+        bench_log(PROG, "connect %s: %s", o->addr, cqrps_last_error(NULL));
+        return NULL;
+    }
+    return c;
+}
+
+static int create_table(cqrps_client_t *c, const opts_t *o)
+{
+    cqrps_table_config_t cfg;
+    cqrps_table_config_init(&cfg, o->kind, o->dim);
+    cfg.rows = o->rows;
+    cfg.chunks = o->chunks;
+    cfg.optimizer = o->opt;
+    cfg.seed = 42;
+    int rc = cqrps_drop_table(c, o->table);
+    if (rc && rc != CQRPS_ENOTFOUND) {
+        bench_log(PROG, "drop %s: %s", o->table, cqrps_last_error(c));
+        return rc;
+    }
+    cqrps_table_info_t info;
+    rc = cqrps_create_table(c, o->table, &cfg, &info);
+    if (rc) {
+        bench_log(PROG, "create %s: %s", o->table, cqrps_last_error(c));
+        return rc;
+    }
+    bench_log(PROG, "table %s: kind=%s dim=%u chunks=%u rows=%u optimizer=%s",
+              o->table, cqrps_kind_name(info.config.kind), info.config.dim,
+              info.config.chunks, info.config.rows,
+              cqrps_optimizer_name(info.config.optimizer));
+    return 0;
+}
+
+/* ---- warm-up ------------------------------------------------------------ */
+
+#define WARM_BAG 64u      /* IDs per bag */
+#define WARM_REQ 65536u   /* IDs per request */
+
+typedef struct warmer {
+    pthread_t th;          /* the thread */
+    const opts_t *o;       /* options */
+    uint64_t lo, hi;       /* rank range [lo, hi) */
+    uint64_t done;         /* IDs pushed (relaxed atomic) */
+    int rc;                /* first error */
+} warmer_t;
+
+static void *warm_main(void *arg)
+{
+    warmer_t *w = arg;
+    const opts_t *o = w->o;
+    cqrps_client_t *c = open_client(o, "cqrps-bench-warm");
+    uint64_t *ids = malloc(2 * (size_t)WARM_REQ * sizeof *ids);
+    uint32_t *offs = malloc(WARM_REQ / WARM_BAG * sizeof *offs);
+    float *g = malloc(WARM_REQ / WARM_BAG * (size_t)o->dim * sizeof *g);
+    if (!c || !ids || !offs || !g) {
+        w->rc = CQRPS_ENOMEM;
+        goto out;
+    }
+    bench_rng_t r;
+    bench_rng_seed(&r, 5 + w->lo);
+    for (size_t j = 0; j < WARM_REQ / WARM_BAG * (size_t)o->dim; j++)
+        g[j] = (float)(bench_rng_unit(&r) - 0.5) * 0.02f;
+    for (uint32_t b = 0; b < WARM_REQ / WARM_BAG; b++)
+        offs[b] = b * WARM_BAG;
+    /* Two requests in flight: one being answered while the next is
+     * written. */
+    cqrps_ticket_t tk[2] = {0, 0};
+    int live[2] = {0, 0};
+    unsigned slot = 0;
+    for (uint64_t base = w->lo; base < w->hi; base += WARM_REQ, slot ^= 1) {
+        size_t n = w->hi - base < WARM_REQ ? (size_t)(w->hi - base) : WARM_REQ;
+        if (live[slot]) {
+            int rc = cqrps_wait(c, tk[slot]);
+            live[slot] = 0;
+            if (rc) {
+                w->rc = rc;
+                goto fail;
+            }
+        }
+        uint64_t *bi = ids + (size_t)slot * WARM_REQ;
+        for (size_t j = 0; j < n; j++)
+            bi[j] = bench_id(base + j);
+        size_t nbags = (n + WARM_BAG - 1) / WARM_BAG;
+        int rc = cqrps_push_pooled_start(c, o->table, bi, n, offs, nbags,
+                                         CQRPS_POOL_SUM, g, &tk[slot]);
+        if (rc) {
+            w->rc = rc;
+            goto fail;
+        }
+        live[slot] = 1;
+        __atomic_fetch_add(&w->done, n, __ATOMIC_RELAXED);
+    }
+    for (unsigned s = 0; s < 2; s++) {
+        if (live[s]) {
+            int rc = cqrps_wait(c, tk[s]);
+            live[s] = 0;
+            if (rc && !w->rc)
+                w->rc = rc;
+        }
+    }
+fail:
+    if (w->rc)
+        bench_log(PROG, "warm: %s", cqrps_last_error(c));
+out:
+    cqrps_close(c);
+    free(ids);
+    free(offs);
+    free(g);
+    return NULL;
+}
+
+static int warm_table(const opts_t *o, double *secs)
+{
+    uint32_t nw = o->conns < 2 ? 2 : o->conns; /* keep the server busy */
+    warmer_t *ws = calloc(nw, sizeof *ws);
+    if (!ws)
+        return CQRPS_ENOMEM;
+    double t0 = bench_now(), last = t0;
+    for (uint32_t i = 0; i < nw; i++) {
+        ws[i] = (warmer_t){.o = o, .lo = o->vocab * i / nw,
+                           .hi = o->vocab * (i + 1) / nw};
+        pthread_create(&ws[i].th, NULL, warm_main, &ws[i]);
+    }
+    /* Report progress while the warmers run. */
+    for (;;) {
+        uint64_t done = 0;
+        for (uint32_t i = 0; i < nw; i++)
+            done += __atomic_load_n(&ws[i].done, __ATOMIC_RELAXED);
+        if (done >= o->vocab)
+            break;
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        double now = bench_now();
+        if (now - last >= 2.0) {
+            bench_log(PROG, "warm: %.0f%% (%llu / %llu IDs, %.1f s)",
+                      100.0 * (double)done / (double)o->vocab,
+                      (unsigned long long)done,
+                      (unsigned long long)o->vocab, now - t0);
+            last = now;
+        }
+        int failed = 0;
+        for (uint32_t i = 0; i < nw; i++)
+            failed |= __atomic_load_n(&ws[i].rc, __ATOMIC_RELAXED) != 0;
+        if (failed)
+            break;
+    }
+    int rc = 0;
+    for (uint32_t i = 0; i < nw; i++) {
+        pthread_join(ws[i].th, NULL);
+        if (ws[i].rc && !rc)
+            rc = ws[i].rc;
+    }
+    free(ws);
+    *secs = bench_now() - t0;
+    if (!rc)
+        bench_log(PROG, "warm: %llu IDs known in %.2f s (%.2f M IDs/s)",
+                  (unsigned long long)o->vocab, *secs,
+                  (double)o->vocab / *secs / 1e6);
+    return rc;
+}
+
+/* ---- timed run ---------------------------------------------------------- */
+
+#define NB 64 /* pre-drawn batches per connection */
+
+typedef struct inflight {
+    uint32_t conn;          /* connection index within the thread */
+    cqrps_ticket_t ticket;  /* its ticket */
+    double t_start;         /* when it was started */
+    float *out;             /* lookup output buffer */
+} inflight_t;
+
+typedef struct worker {
+    pthread_t th;           /* the thread */
+    const opts_t *o;        /* options */
+    uint32_t idx;           /* thread index */
+    uint32_t nconns;        /* connections this thread drives */
+    double t_end;           /* stop time */
+    uint64_t batches;       /* batches completed */
+    int rc;                 /* first error */
+    bench_lat_t lat;        /* per-batch latency, us */
+} worker_t;
+
+static void *worker_main(void *arg)
+{
+    worker_t *w = arg;
+    const opts_t *o = w->o;
+    const int push = !strcmp(o->op, "push");
+    const size_t b = o->batch, rowsz = (size_t)b * o->dim;
+    const uint32_t nc = w->nconns, slots = nc * o->depth;
+    cqrps_client_t **cs = calloc(nc, sizeof *cs);
+    uint64_t *ids = malloc((size_t)nc * NB * b * sizeof *ids);
+    uint64_t *next = calloc(nc, sizeof *next); /* batch counter per conn */
+    float *grads = malloc(rowsz * sizeof *grads);
+    float *outs = malloc((size_t)slots * rowsz * sizeof *outs);
+    inflight_t *q = calloc(slots, sizeof *q);
+    if (!cs || !ids || !next || !grads || !outs || !q) {
+        w->rc = CQRPS_ENOMEM;
+        goto out;
+    }
+    for (uint32_t i = 0; i < nc; i++) {
+        cs[i] = open_client(o, "cqrps-bench");
+        if (!cs[i]) {
+            w->rc = CQRPS_ECONN;
+            goto out;
+        }
+    }
+    bench_rng_t r;
+    bench_rng_seed(&r, 1000 + w->idx);
+    bench_ranks_t z;
+    bench_ranks_init(&z, o->vocab, o->zipf);
+    bench_draw_ids(&z, &r, ids, (size_t)nc * NB * b);
+    for (size_t j = 0; j < rowsz; j++)
+        grads[j] = (float)(bench_rng_unit(&r) - 0.5) * 0.01f;
+
+    /* q is a FIFO ring of in-flight requests: wait for the oldest, then
+     * start the next one on the same connection. */
+    size_t head = 0, count = 0;
+    for (uint32_t s = 0; s < slots; s++)
+        q[s].out = outs + (size_t)s * rowsz;
+    /* Issue the initial window, connection by connection. */
+    for (uint32_t s = 0; s < slots && bench_now() < w->t_end; s++) {
+        inflight_t *e = &q[(head + count) % slots];
+        e->conn = s % nc;
+        const uint64_t *bi = ids + ((size_t)e->conn * NB +
+                                    next[e->conn]++ % NB) * b;
+        e->t_start = bench_now();
+        int rc = push ? cqrps_push_start(cs[e->conn], o->table, bi, grads, b,
+                                         &e->ticket)
+                      : cqrps_lookup_start(cs[e->conn], o->table, bi, b,
+                                           e->out, &e->ticket);
+        if (rc) {
+            w->rc = rc;
+            bench_log(PROG, "start: %s", cqrps_last_error(cs[e->conn]));
+            goto out;
+        }
+        count++;
+    }
+    while (count) {
+        inflight_t *e = &q[head];
+        int rc = cqrps_wait(cs[e->conn], e->ticket);
+        double now = bench_now();
+        if (rc) {
+            w->rc = rc;
+            bench_log(PROG, "%s: %s", o->op, cqrps_last_error(cs[e->conn]));
+            goto out;
+        }
+        bench_lat_add(&w->lat, (now - e->t_start) * 1e6);
+        w->batches++;
+        head = (head + 1) % slots;
+        count--;
+        if (now >= w->t_end)
+            continue;
+        /* Reuse the finished slot (its output buffer is free again) as the
+         * tail of the ring. */
+        inflight_t done = *e;
+        inflight_t *n = &q[(head + count) % slots];
+        float *out_free = done.out;
+        n->out = out_free;
+        n->conn = done.conn;
+        const uint64_t *bi = ids + ((size_t)n->conn * NB +
+                                    next[n->conn]++ % NB) * b;
+        n->t_start = bench_now();
+        rc = push ? cqrps_push_start(cs[n->conn], o->table, bi, grads, b,
+                                     &n->ticket)
+                  : cqrps_lookup_start(cs[n->conn], o->table, bi, b, n->out,
+                                       &n->ticket);
+        if (rc) {
+            w->rc = rc;
+            bench_log(PROG, "start: %s", cqrps_last_error(cs[n->conn]));
+            goto out;
+        }
+        count++;
+    }
+out:
+    if (cs)
+        for (uint32_t i = 0; i < nc; i++)
+            cqrps_close(cs[i]);
+    free(cs);
+    free(ids);
+    free(next);
+    free(grads);
+    free(outs);
+    free(q);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    opts_t o;
+    if (parse_opts(argc, argv, &o)) {
+        usage();
+        return 2;
+    }
+    bench_log(PROG, "OpenBLAS core: %s", bench_blas_core());
+    cqrps_client_t *admin = open_client(&o, "cqrps-bench-admin");
+    if (!admin)
+        return 1;
+    cqrps_server_info_t si;
+    if (!cqrps_server_info(admin, &si))
+        bench_log(PROG, "server %s, protocol %u, max_batch %u, max_frame %u",
+                  si.server_version, si.protocol_version, si.max_batch,
+                  si.max_frame_bytes);
+    double warm_s = 0.0;
+    int rc = 0;
+    if (o.warm) {
+        rc = create_table(admin, &o);
+        if (!rc)
+            rc = warm_table(&o, &warm_s);
+        if (rc) {
+            bench_log(PROG, "warm-up failed: %s", cqrps_strerror(rc));
+            cqrps_close(admin);
+            return 1;
+        }
+    }
+    cqrps_table_info_t info;
+    memset(&info, 0, sizeof info);
+    rc = cqrps_describe_table(admin, o.table, &info);
+    if (rc) {
+        bench_log(PROG, "describe %s: %s", o.table, cqrps_last_error(admin));
+        cqrps_close(admin);
+        return 1;
+    }
+    if (info.config.dim != o.dim) {
+        bench_log(PROG, "table %s has dim %u, not %u", o.table,
+                  info.config.dim, o.dim);
+        cqrps_close(admin);
+        return 1;
+    }
+    bench_log(PROG,
+              "%s: %u connection(s) on %u thread(s), depth %u, batch %u, "
+              "%.1f s, known IDs %llu",
+              o.op, o.conns, o.threads, o.depth, o.batch, o.seconds,
+              (unsigned long long)info.known_ids);
+
+    worker_t *ws = calloc(o.threads, sizeof *ws);
+    if (!ws) {
+        cqrps_close(admin);
+        return 1;
+    }
+    double cpu0 = o.server_pid ? bench_proc_cpu_seconds(o.server_pid) : -1;
+    double t0 = bench_now();
+    for (uint32_t i = 0; i < o.threads; i++) {
+        uint32_t nc = o.conns / o.threads + (i < o.conns % o.threads);
+        ws[i] = (worker_t){.o = &o, .idx = i, .nconns = nc,
+                           .t_end = t0 + o.seconds};
+        pthread_create(&ws[i].th, NULL, worker_main, &ws[i]);
+    }
+    uint64_t batches = 0;
+    bench_lat_t all = {0};
+    for (uint32_t i = 0; i < o.threads; i++) {
+        pthread_join(ws[i].th, NULL);
+        if (ws[i].rc && !rc)
+            rc = ws[i].rc;
+        batches += ws[i].batches;
+        bench_lat_merge(&all, &ws[i].lat);
+        bench_lat_free(&ws[i].lat);
+    }
+    double el = bench_now() - t0;
+    double cpu1 = o.server_pid ? bench_proc_cpu_seconds(o.server_pid) : -1;
+    free(ws);
+    if (!o.keep && o.warm)
+        cqrps_drop_table(admin, o.table);
+    cqrps_close(admin);
+    if (rc) {
+        bench_log(PROG, "%s failed: %s", o.op, cqrps_strerror(rc));
+        bench_lat_free(&all);
+        return 1;
+    }
+    bench_lat_sort(&all);
+    double emb = (double)batches * o.batch / el;
+    double mb = emb * o.dim * 4 / 1e6;
+    double p50 = bench_lat_pct(&all, 0.5), p99 = bench_lat_pct(&all, 0.99),
+           p999 = bench_lat_pct(&all, 0.999);
+    double cpu = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
+    double cpu_per_m = cpu >= 0 && batches
+                           ? cpu / ((double)batches * o.batch / 1e6) : -1;
+    bench_log(PROG,
+              "%s kind=%s dim=%u batch=%u conns=%u depth=%u vocab=%llu "
+              "zipf=%g: %.3f M emb/s, %.0f MB/s, p50 %.1f us p99 %.1f us "
+              "p999 %.1f us, server %.3f CPU-s per M emb (%.2f cores)",
+              o.op, cqrps_kind_name(o.kind), o.dim, o.batch, o.conns, o.depth,
+              (unsigned long long)o.vocab, o.zipf, emb / 1e6, mb, p50, p99,
+              p999, cpu_per_m, cpu >= 0 ? cpu / el : -1);
+    if (o.json)
+        printf("{\"bench\":\"cqrps\",\"op\":\"%s\",\"kind\":\"%s\","
+               "\"optimizer\":\"%s\",\"dim\":%u,\"batch\":%u,\"conns\":%u,"
+               "\"threads\":%u,\"depth\":%u,\"vocab\":%llu,\"zipf\":%g,"
+               "\"known_ids\":%llu,\"seconds\":%.3f,\"emb_per_s\":%.1f,"
+               "\"mb_per_s\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,"
+               "\"p999_us\":%.2f,\"server_cpu_s\":%.3f,"
+               "\"server_cpu_s_per_m\":%.4f,\"server_cores\":%.3f,"
+               "\"warm_seconds\":%.3f,\"blas_core\":\"%s\"}\n",
+               o.op, cqrps_kind_name(o.kind), cqrps_optimizer_name(o.opt),
+               o.dim, o.batch, o.conns, o.threads, o.depth,
+               (unsigned long long)o.vocab, o.zipf,
+               (unsigned long long)info.known_ids, el, emb, mb, p50, p99, p999,
+               cpu, cpu_per_m, cpu >= 0 ? cpu / el : -1, warm_s,
+               bench_blas_core());
+    bench_lat_free(&all);
+    fflush(stdout);
+    return 0;
+}

@@ -266,7 +266,10 @@ int cqr_config_parse_args(cqr_config_t *cfg, int argc, char **argv,
             return CQR_EINVAL;
         }
         if (ch == '?') {
-            if (optopt != 0)
+            if (optopt >= 256 && optopt < 256 + (int)NOPTIONS)
+                snprintf(err, errlen, "option '--%s' takes no value",
+                         options[optopt - 256].name);
+            else if (optopt != 0)
                 snprintf(err, errlen, "unknown option '-%c'", optopt);
             else
                 snprintf(err, errlen, "unknown option '%s'",

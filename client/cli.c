@@ -461,7 +461,7 @@ static int cmd_create(cli_t *cli, int argc, char **argv)
     cqrps_table_config_t cfg;
     cqrps_table_config_init(&cfg, CQRPS_KIND_FULL, 0);
     uint64_t chunks = 4, rows = 1024, v;
-    int have_kind = 0, have_opt = 0, ch, li = -1;
+    int have_kind = 0, ch, li = -1;
     optind = 0;
     while ((ch = getopt_long(argc, argv, "h", lo, &li)) != -1) {
         const char *a = optarg;
@@ -489,7 +489,6 @@ static int cmd_create(cli_t *cli, int argc, char **argv)
             break;
         case O_OPT:
             bad = cqrps_optimizer_parse(a, &cfg.optimizer) < 0;
-            have_opt = 1;
             break;
         case O_LR: bad = parse_float(a, &cfg.lr) < 0; break;
         case O_B1: bad = parse_float(a, &cfg.beta1) < 0; break;
@@ -530,10 +529,6 @@ static int cmd_create(cli_t *cli, int argc, char **argv)
         usage_create(stderr);
         return EXIT_USAGE;
     }
-    /* The server's default optimizer is SGD (enum 0); the CLI documents
-     * Adam as its default, the usual choice for embeddings. */
-    if (!have_opt)
-        cfg.optimizer = CQRPS_OPT_ADAM;
     cli->what = argv[optind];
     if (cfg.kind == CQRPS_KIND_CE || cfg.kind == CQRPS_KIND_CQR)
         cfg.chunks = (uint32_t)chunks;

@@ -183,6 +183,7 @@ void cqrps_table_config_init(cqrps_table_config_t *cfg, cqrps_kind_t kind,
     memset(cfg, 0, sizeof(*cfg));
     cfg->kind = kind;
     cfg->dim = dim;
+    cfg->optimizer = CQRPS_OPT_ADAM;
 }
 
 static void *dup_bytes(const void *p, size_t len)

@@ -351,10 +351,14 @@ static int data_start(cqrps_client_t *c, const data_call_t *d, cq_op_t **opp)
     int rc = check_call(c, d);
     if (rc < 0)
         return rc;
-    uint32_t dim;
-    rc = cqrps_table_dim(c, d->table, &dim);
-    if (rc < 0)
-        return rc;
+    /* Nothing to send or write: no round trip, not even for the dim. */
+    const int empty = d->pooled ? d->nbags == 0 : d->n == 0;
+    uint32_t dim = 0;
+    if (!empty) {
+        rc = cqrps_table_dim(c, d->table, &dim);
+        if (rc < 0)
+            return rc;
+    }
     cq_op_t *op = cq_op_new(c, CQ_O_DATA, d->table);
     if (!op)
         return cq_fail(c, CQRPS_ENOMEM, "out of memory");
@@ -363,6 +367,8 @@ static int data_start(cqrps_client_t *c, const data_call_t *d, cq_op_t **opp)
     op->nbags = d->nbags;
     *opp = op;
 
+    if (empty)
+        return 0;
     if (d->pooled && d->n == 0) {
         /* Only empty bags: zeros out, nothing to push. */
         if (!d->push && d->nbags)

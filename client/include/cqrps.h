@@ -233,7 +233,7 @@ typedef struct cqrps_table_config {
                                     codebook); 0 = default 1024; ignored
                                     by full */
     uint64_t seed;               /* seeds hashing, init, cluster phases */
-    cqrps_optimizer_t optimizer; /* optimizer kind */
+    cqrps_optimizer_t optimizer; /* optimizer kind (always sent) */
     float lr;                    /* 0 = 0.01 SGD, 0.1 Adagrad, 0.001 Adam */
     float beta1;                 /* Adam; 0 = 0.9 */
     float beta2;                 /* Adam; 0 = 0.999 */
@@ -250,7 +250,8 @@ typedef struct cqrps_table_config {
 } cqrps_table_config_t;
 
 /* Zeroes *cfg and sets kind and dim: every other field asks for the
- * server's default. */
+ * server's default. The optimizer is always sent, so it is set here to
+ * the server's default, Adam. */
 CQRPS_API void cqrps_table_config_init(cqrps_table_config_t *cfg,
                                        cqrps_kind_t kind, uint32_t dim);
 

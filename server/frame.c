@@ -1,6 +1,7 @@
 #include "frame.h"
 
 #include <assert.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,14 +22,16 @@ void cqr_buf_free(cqr_buf_t *b)
 
 int cqr_buf_reserve(cqr_buf_t *b, size_t extra)
 {
-    if (extra > SIZE_MAX - b->len)
+    /* No object may exceed PTRDIFF_MAX; refusing here also keeps a wild
+     * size from reaching the allocator. */
+    if (extra > (size_t)PTRDIFF_MAX - b->len)
         return CQR_ENOMEM;
     size_t need = b->len + extra;
     if (need <= b->cap)
         return 0;
     size_t cap = b->cap ? b->cap : 256;
     while (cap < need)
-        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+        cap = cap > (size_t)PTRDIFF_MAX / 2 ? need : cap * 2;
     uint8_t *p = realloc(b->data, cap);
     if (p == NULL)
         return CQR_ENOMEM;
@@ -113,25 +116,25 @@ int cqr_frame_reader_space(cqr_frame_reader_t *r, uint8_t **p, size_t *n)
         r->cap = 0;
     }
 
-    /* Room wanted: the rest of the pending frame if its header is here and
+    /* Capacity wanted: the whole pending frame if its header is here and
      * its length is acceptable (so it arrives in as few reads as the
-     * socket allows), otherwise a normal read. */
+     * socket allows), and never less than a normal read. Whatever is
+     * free beyond the unparsed bytes is offered; the buffer is only
+     * reallocated when it is too small, so steady traffic reuses it. */
     size_t want = r->min_read;
     if (unparsed >= CQR_FRAME_HEADER) {
         size_t body = cqr_frame_get_len(r->data);
-        if (body <= r->max_body) {
-            size_t rest = CQR_FRAME_HEADER + body - unparsed;
-            if (CQR_FRAME_HEADER + body > unparsed && rest > want)
-                want = rest;
-        }
+        if (body <= r->max_body && CQR_FRAME_HEADER + body > want)
+            want = CQR_FRAME_HEADER + body;
     }
-    if (r->cap - r->len < want) {
-        size_t cap = r->len + want;
-        uint8_t *np = realloc(r->data, cap);
+    if (r->cap - r->len == 0 && r->len >= want)
+        want = r->len + r->min_read; /* full of complete frames: room */
+    if (r->cap < want) {
+        uint8_t *np = realloc(r->data, want);
         if (np == NULL)
             return CQR_ENOMEM;
         r->data = np;
-        r->cap = cap;
+        r->cap = want;
     }
     *p = r->data + r->len;
     *n = r->cap - r->len;

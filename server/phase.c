@@ -14,8 +14,9 @@
 /* Records kept overall, finished ones beyond this are pruned oldest
  * first (queued and running ones are never pruned). */
 #define HISTORY_TOTAL 1024
-/* Progress lines: at every stage or chunk change, otherwise at most one
- * per this many seconds. */
+/* Progress lines at info level: at most one per this many seconds, so a
+ * short phase logs only "queued" and "done" and a long one shows it is
+ * alive. Stage and chunk changes are logged at debug level. */
 #define LOG_EVERY_SECONDS 2.0
 
 typedef struct job {
@@ -102,20 +103,25 @@ static void progress_cb(void *ud, const cqr_progress_t *p)
     double t = now_mono();
     int changed = strcmp(j->last_stage, p->stage) != 0 ||
                   j->last_chunk != p->chunk;
-    if (!changed && t - j->last_log < LOG_EVERY_SECONDS)
-        return;
-    j->last_log = t;
+    cqr_log_level_t level = CQR_LOG_INFO;
+    if (t - j->last_log < LOG_EVERY_SECONDS) {
+        if (!changed || !cqr_log_enabled(CQR_LOG_DEBUG))
+            return;
+        level = CQR_LOG_DEBUG;
+    } else {
+        j->last_log = t;
+    }
     j->last_chunk = p->chunk;
     snprintf(j->last_stage, sizeof j->last_stage, "%s", p->stage);
     if (strcmp(p->stage, "kmeans") == 0)
-        cqr_log(CQR_LOG_INFO, "phase",
+        cqr_log(level, "phase",
                 "table=%s phase=%" PRIu64 " stage=%s chunk=%" PRIu32 "/%"
                 PRIu32 " iter=%" PRIu32 "/%" PRIu32 " inertia=%.6g "
                 "fraction=%.3f",
                 j->st.table, j->st.phase_id, p->stage, p->chunk + 1,
                 p->chunks, p->iter, p->iters, p->inertia, p->fraction);
     else
-        cqr_log(CQR_LOG_INFO, "phase",
+        cqr_log(level, "phase",
                 "table=%s phase=%" PRIu64 " stage=%s chunk=%" PRIu32 "/%"
                 PRIu32 " fraction=%.3f",
                 j->st.table, j->st.phase_id, p->stage, p->chunk + 1,
@@ -288,11 +294,12 @@ int cqr_phases_start(cqr_phases_t *pm, cqr_entry_t *e, int scheduled,
     if (scheduled)
         pm->counts.scheduled++;
     uint64_t id = j->st.phase_id;
-    pthread_cond_signal(&pm->cv);
-    pthread_mutex_unlock(&pm->mu);
-
+    /* Logged before a worker can pick it up, so "queued" always comes
+     * before that phase's "done" in the log. */
     cqr_log(CQR_LOG_INFO, "phase", "queued table=%s phase=%" PRIu64
             " scheduled=%d", e->name, id, scheduled);
+    pthread_cond_signal(&pm->cv);
+    pthread_mutex_unlock(&pm->mu);
     *phase_id = id;
     return 0;
 }

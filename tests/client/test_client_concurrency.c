@@ -431,6 +431,8 @@ int main(void)
     tcase_add_test(tc, test_cluster_under_traffic_loses_nothing);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
+    /* Servers and threads live across tests: never fork per test. */
+    srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

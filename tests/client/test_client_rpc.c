@@ -612,6 +612,8 @@ static Suite *rpc_suite(void)
 int main(void)
 {
     SRunner *sr = srunner_create(rpc_suite());
+    /* Servers and threads live across tests: never fork per test. */
+    srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

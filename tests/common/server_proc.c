@@ -2,6 +2,7 @@
 #define _GNU_SOURCE /* pipe2 */
 #include "server_proc.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -178,6 +179,57 @@ int cqr_test_server_signal(cqr_test_server_t *s, int sig)
     if (s->pid <= 0 || s->exited)
         return -1;
     return kill(s->pid, sig) == 0 ? 0 : -1;
+}
+
+/* 1 if every thread of pid is stopped ('T' in /proc/PID/task/TID/stat). */
+static int all_stopped(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    int stopped = 1;
+    struct dirent *e;
+    while (stopped && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char sp[96], buf[512];
+        snprintf(sp, sizeof(sp), "%s/%.20s/stat", path, e->d_name);
+        FILE *f = fopen(sp, "r");
+        if (!f)
+            continue; /* the thread exited */
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        /* "tid (comm) S ...": the state follows the last ')'. */
+        const char *rp = strrchr(buf, ')');
+        if (!rp || rp[1] != ' ' || (rp[2] != 'T' && rp[2] != 't'))
+            stopped = 0;
+    }
+    closedir(d);
+    return stopped;
+}
+
+int cqr_test_server_pause(cqr_test_server_t *s, int timeout_ms)
+{
+    if (cqr_test_server_signal(s, SIGSTOP) < 0)
+        return -1;
+    long long deadline = now_ms() + timeout_ms;
+    while (!all_stopped(s->pid)) {
+        if (now_ms() >= deadline) {
+            fprintf(stderr, "server_proc: pid %d not stopped after %d ms\n",
+                    (int)s->pid, timeout_ms);
+            return -1;
+        }
+        sleep_ms(1);
+    }
+    return 0;
+}
+
+int cqr_test_server_resume(cqr_test_server_t *s)
+{
+    return cqr_test_server_signal(s, SIGCONT);
 }
 
 int cqr_test_server_alive(cqr_test_server_t *s)

@@ -51,6 +51,13 @@ int cqr_test_server_stop(cqr_test_server_t *s, int timeout_ms);
 /* Sends sig without waiting (e.g. SIGKILL to simulate a crash, SIGSTOP). */
 int cqr_test_server_signal(cqr_test_server_t *s, int sig);
 
+/* SIGSTOP, then waits (up to timeout_ms) until every thread of the
+ * server is stopped: kill() returns before a multi-threaded process has
+ * stopped, and a test that expects silence must not race the last
+ * replies. cqr_test_server_resume sends SIGCONT. */
+int cqr_test_server_pause(cqr_test_server_t *s, int timeout_ms);
+int cqr_test_server_resume(cqr_test_server_t *s);
+
 /* Waits up to timeout_ms for the process to exit by itself; returns like
  * cqr_test_server_stop, or -2 if it is still running. */
 int cqr_test_server_wait(cqr_test_server_t *s, int timeout_ms);

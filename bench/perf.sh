@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# perf.sh -- reproduces every performance figure of cqrps in one command.
+#
+#   bench/perf.sh [--quick] [--build-dir DIR] [--out DIR] [--no-install]
+#                 [--no-build] [--server-threads N]
+#
+# What it does, in order:
+#   1. installs what the baselines need if missing (Debian: redis-server,
+#      libhiredis-dev, python3-faiss, python3-sklearn; as root via
+#      apt-get);
+#   2. builds a Release tree (default build-perf/) with the benchmarks;
+#   3. starts its own redis-server (persistence off, loopback, a free port)
+#      and its own cqrps-server (loopback, port 0, port read from its ready
+#      line), and stops both by PID at exit;
+#   4. runs the physical limits (loopback TCP, in-process engine), the Redis
+#      baseline, cqrps lookups and pushes, the scaling curves (batch,
+#      vocabulary, server threads), cluster phases (known IDs, k), the
+#      k-means comparison with faiss and scikit-learn and the memory per
+#      known ID;
+#   5. prints the figures, the ratios cqrps/Redis and cqrps/loopback, and
+#      every target of issue 6 with PASS/MISS; writes results.jsonl,
+#      summary.md and the logs under bench/out/perf/ (gitignored).
+#
+# --quick (about 2 minutes) runs shorter timings, the main figures, small
+# curves and the k-means comparison with 5 iterations instead of 25 (same
+# points, same k, same iterations for every library). The full run takes
+# about 10 minutes; the 1e8-ID point runs only if MemAvailable allows.
+#
+# Numbers depend on what else the machine runs: the load average at start
+# and end is recorded in the summary.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD="$ROOT/build-perf"
+OUT="$ROOT/bench/out/perf"
+QUICK=0
+INSTALL=1
+BUILD_IT=1
+SRV_THREADS=2
+PY=/usr/bin/python3   # Debian's python: faiss and sklearn live there
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --quick) QUICK=1 ;;
+    --build-dir) BUILD=$2; shift ;;
+    --out) OUT=$2; shift ;;
+    --no-install) INSTALL=0 ;;
+    --no-build) BUILD_IT=0 ;;
+    --server-threads) SRV_THREADS=$2; shift ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) echo "perf.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+CMDLINE="bench/perf.sh"
+[ "$QUICK" = 1 ] && CMDLINE="$CMDLINE --quick"
+
+say() { printf '\n=== %s\n' "$*" >&2; }
+log() { printf 'perf.sh: %s\n' "$*" >&2; }
+
+# ---- 1. packages -------------------------------------------------------------
+need=()
+for p in redis-server redis-tools libhiredis-dev python3-faiss python3-sklearn \
+         python3-numpy; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$INSTALL" = 1 ]; then
+        log "installing ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        SUDO=""
+        [ "$(id -u)" = 0 ] || SUDO=sudo
+        $SUDO apt-get update -qq
+        $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        log "missing packages: ${need[*]} (run without --no-install)"
+        exit 1
+    fi
+fi
+
+# ---- 2. build ------------------------------------------------------------------
+if [ "$BUILD_IT" = 1 ]; then
+    say "build (Release) in $BUILD"
+    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build "$BUILD" -j"$(nproc)" --target cqrps-server cqrps-bench \
+        cqrps-engine-bench cqrps-loopback-bench cqrps-redis-bench >/dev/null
+fi
+SERVER="$BUILD/server/cqrps-server"
+CQB="$BUILD/bench/cqrps-bench"
+ENG="$BUILD/bench/cqrps-engine-bench"
+LOOP="$BUILD/bench/cqrps-loopback-bench"
+RB="$BUILD/bench/cqrps-redis-bench"
+for b in "$SERVER" "$CQB" "$ENG" "$LOOP" "$RB"; do
+    [ -x "$b" ] || { log "missing $b"; exit 1; }
+done
+
+mkdir -p "$OUT"
+RES="$OUT/results.jsonl"
+: > "$RES"
+LOGS="$OUT/logs"
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+
+# ---- timing plan -------------------------------------------------------------
+if [ "$QUICK" = 1 ]; then
+    T=2; TS=1.5; KM_ITERS=5
+    B_LIST="256 1024 4096"
+    V_LIST="100000 1000000"
+    THR_LIST="1 2"
+    CL_V_LIST=""
+    CL_K_LIST="256"
+    MEM_V_LIST="1000000"
+else
+    T=5; TS=3; KM_ITERS=25
+    B_LIST="64 256 1024 4096 16384"
+    V_LIST="100000 1000000 10000000 100000000"
+    THR_LIST="1 2 4"
+    CL_V_LIST="100000 3000000 10000000"
+    CL_K_LIST="256 512 2048"
+    MEM_V_LIST="1000000 3000000 10000000"
+fi
+
+# run TAG CMD...: runs a benchmark, keeps its stderr in logs/TAG.log (and
+# shows its progress), and appends its JSON lines tagged with TAG.
+run() {
+    local tag=$1; shift
+    local rc=0
+    "$@" 2> >(tee "$LOGS/$tag.log" >&2) > "$LOGS/$tag.json" || rc=$?
+    if [ $rc -ne 0 ]; then
+        log "FAILED ($rc): $tag: $*"
+        echo "{\"tag\":\"$tag\",\"failed\":true,\"rc\":$rc}" >> "$RES"
+        return 0
+    fi
+    sed "s/^{/{\"tag\":\"$tag\",/" "$LOGS/$tag.json" >> "$RES"
+}
+
+free_port() {
+    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# ---- 3. servers --------------------------------------------------------------
+REDIS_PID=""
+SRV_PID=""
+cleanup() {
+    if [ -n "$SRV_PID" ]; then kill "$SRV_PID" 2>/dev/null || true; wait "$SRV_PID" 2>/dev/null || true; fi
+    if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize no --logfile "$LOGS/redis-server.log" &
+REDIS_PID=$!
+for _ in $(seq 100); do
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+    sleep 0.1
+done
+redis-cli -p "$REDIS_PORT" ping >/dev/null || { log "redis-server did not start"; exit 1; }
+REDIS_ADDR="127.0.0.1:$REDIS_PORT"
+log "redis-server $(redis-server --version | awk '{print $3}') pid $REDIS_PID on $REDIS_ADDR"
+
+CQ_ADDR=""
+start_cqrps() { # start_cqrps THREADS
+    local ready="$LOGS/cqrps-server.ready"
+    : > "$ready"
+    "$SERVER" --listen 127.0.0.1:0 --threads "$1" --cluster-threads 2 \
+        > "$ready" 2>> "$LOGS/cqrps-server.log" &
+    SRV_PID=$!
+    for _ in $(seq 100); do
+        grep -q 'listening on' "$ready" && break
+        sleep 0.05
+    done
+    CQ_ADDR=$(sed -n 's/^cqrps-server listening on //p' "$ready")
+    [ -n "$CQ_ADDR" ] || { log "cqrps-server did not start"; exit 1; }
+    log "cqrps-server pid $SRV_PID on $CQ_ADDR, $1 I/O thread(s)"
+}
+stop_cqrps() {
+    kill "$SRV_PID" 2>/dev/null || true
+    wait "$SRV_PID" 2>/dev/null || true
+    SRV_PID=""
+}
+start_cqrps "$SRV_THREADS"
+
+T_START=$(date +%s)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+mem_avail_gb() { awk '/MemAvailable/ {printf "%d", $2/1048576}' /proc/meminfo; }
+
+# ---- 4. benchmarks -----------------------------------------------------------
+say "physical limits: loopback TCP (one connection) and the in-process engine"
+run loop_stream "$LOOP" --mode stream --dim 64 --batch 1024 --seconds "$TS" --json
+run loop_rpc "$LOOP" --mode rpc --dim 64 --batch 1024 --seconds "$TS" --json
+for kind in cqr full; do
+    run "engine_lookup_$kind" "$ENG" --mode lookup --kind "$kind" --dim 64 \
+        --batch 1024 --vocab 1e6 --seconds "$TS" --json
+    run "engine_push_$kind" "$ENG" --mode push --kind "$kind" --optimizer adam \
+        --dim 64 --batch 1024 --vocab 1e6 --seconds "$TS" --json
+done
+
+say "baseline: Redis, 1e6 rows of 256 bytes, MGET / MGET+MSET of 1024 keys"
+run redis_lookup "$RB" --addr "$REDIS_ADDR" --op lookup --load --dim 64 \
+    --batch 1024 --vocab 1e6 --seconds "$T" --server-pid "$REDIS_PID" --json
+run redis_push "$RB" --addr "$REDIS_ADDR" --op push --dim 64 --batch 1024 \
+    --vocab 1e6 --seconds "$T" --server-pid "$REDIS_PID" --json
+redis-cli -p "$REDIS_PORT" flushall >/dev/null
+
+say "cqrps: dim 64, batch 1024, uniform over 1e6 known IDs, one connection"
+for kind in cqr full; do
+    run "cqrps_lookup_$kind" "$CQB" --addr "$CQ_ADDR" --op lookup --kind "$kind" \
+        --dim 64 --batch 1024 --conns 1 --vocab 1e6 --seconds "$T" \
+        --server-pid "$SRV_PID" --table "t_$kind" --keep --json
+    run "cqrps_push_$kind" "$CQB" --addr "$CQ_ADDR" --op push --kind "$kind" \
+        --optimizer adam --dim 64 --batch 1024 --conns 1 --vocab 1e6 \
+        --seconds "$T" --server-pid "$SRV_PID" --table "t_$kind" --warm 0 --json
+done
+run cqrps_lookup_cqr_depth2 "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+    --dim 64 --batch 1024 --conns 1 --depth 2 --vocab 1e6 --seconds "$T" \
+    --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
+run cqrps_lookup_cqr_zipf "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+    --dim 64 --batch 1024 --conns 1 --vocab 1e6 --zipf 1.05 --seconds "$TS" \
+    --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
+
+say "scaling: throughput against the batch size (cqr lookups, 1e6 IDs)"
+for b in $B_LIST; do
+    run "scale_batch_$b" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+        --dim 64 --batch "$b" --conns 1 --vocab 1e6 --seconds "$TS" \
+        --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
+done
+
+say "scaling: throughput against known IDs (cqr lookups and pushes)"
+for v in $V_LIST; do
+    if [ "$v" -ge 100000000 ]; then
+        # About 30 bytes per ID in the server at the map's peak, plus the
+        # warm-up's buffers: ask for 8 GB free to be safe.
+        if [ "$(mem_avail_gb)" -lt 8 ]; then
+            log "skipping V=$v: $(mem_avail_gb) GB available"
+            continue
+        fi
+    fi
+    run "scale_vocab_lookup_$v" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+        --dim 64 --batch 1024 --conns 1 --vocab "$v" --seconds "$TS" \
+        --server-pid "$SRV_PID" --table t_vocab --keep --json
+    run "scale_vocab_push_$v" "$CQB" --addr "$CQ_ADDR" --op push --kind cqr \
+        --dim 64 --batch 1024 --conns 1 --vocab "$v" --seconds "$TS" \
+        --server-pid "$SRV_PID" --table t_vocab --warm 0 --json
+done
+if [ "$QUICK" = 0 ]; then
+    # full tables: 768 bytes of row + Adam state per ID; 1e7 IDs fit.
+    run scale_vocab_full_lookup_10000000 "$CQB" --addr "$CQ_ADDR" --op lookup \
+        --kind full --dim 64 --batch 1024 --conns 1 --vocab 1e7 \
+        --seconds "$TS" --server-pid "$SRV_PID" --table t_vocab --json
+fi
+
+say "scaling: server I/O threads (cqr lookups, 1e6 IDs, 4 connections, depth 2)"
+stop_cqrps
+for th in $THR_LIST; do
+    start_cqrps "$th"
+    run "scale_threads_$th" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+        --dim 64 --batch 1024 --conns 4 --depth 2 --vocab 1e6 --seconds "$TS" \
+        --server-pid "$SRV_PID" --json
+    stop_cqrps
+done
+
+say "cluster phase: cqr, 1e6 known IDs, k=1024, 4 chunks of 16, 25 iterations, 100 samples per centroid"
+run cluster_target "$ENG" --mode cluster --kind cqr --dim 64 --chunks 4 \
+    --rows 1024 --vocab 1e6 --iters 25 --sample 100 --threads 2 --json
+say "cluster phase against known IDs and k"
+for v in $CL_V_LIST; do
+    run "cluster_vocab_$v" "$ENG" --mode cluster --kind cqr --dim 64 --chunks 4 \
+        --rows 1024 --vocab "$v" --iters 25 --sample 100 --threads 2 --json
+done
+for k in $CL_K_LIST; do
+    run "cluster_k_$k" "$ENG" --mode cluster --kind cqr --dim 64 --chunks 4 \
+        --rows "$k" --vocab 1e6 --iters 25 --sample 100 --threads 2 --json
+done
+
+say "k-means step: engine vs faiss vs scikit-learn on the same points ($KM_ITERS iterations, k=1024, 2 threads)"
+PTS="$OUT/kmeans_points.f32"
+run kmeans_engine "$ENG" --mode kmeans --kind cqr --dim 64 --chunks 4 \
+    --rows 1024 --vocab 1e6 --iters "$KM_ITERS" --sample 100 --threads 2 \
+    --dump "$PTS" --json
+run kmeans_compare "$PY" "$ROOT/bench/kmeans_compare.py" --points "$PTS" \
+    --n 102400 --w 16 --chunks 4 --k 1024 --iters "$KM_ITERS" --threads 2 \
+    --run-chunks 1
+rm -f "$PTS"
+
+say "memory per known ID (cqr, 4 chunks; RSS growth of a fresh process)"
+for k in 1024 65536; do
+    for v in $MEM_V_LIST; do
+        run "memory_k${k}_v$v" "$ENG" --mode memory --kind cqr --dim 64 \
+            --chunks 4 --rows "$k" --optimizer adam --vocab "$v" --json
+    done
+done
+
+LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
+ELAPSED=$(( $(date +%s) - T_START ))
+
+# ---- 5. report ---------------------------------------------------------------
+say "summary"
+"$PY" "$ROOT/bench/perf_report.py" --results "$RES" --out "$OUT" \
+    --meta "quick=$QUICK" "elapsed_s=$ELAPSED" "load_start=$LOAD0" \
+    "load_end=$LOAD1" "nproc=$(nproc)" \
+    "commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+    "redis=$(redis-server --version | awk '{print $3}')" \
+    "command=$CMDLINE"
+log "results in $OUT (results.jsonl, summary.md, logs/)"

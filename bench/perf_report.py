@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Summary of a bench/perf.sh run: figures, ratios and issue 6's targets.
+
+Reads results.jsonl (one JSON object per benchmark result, each tagged by
+perf.sh), prints a Markdown report and writes it to OUT/summary.md, and
+the figures that the targets use to OUT/summary.json.
+"""
+import argparse
+import json
+import sys
+
+
+def load(path):
+    res = {}
+    extra = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            tag = r.get("tag", "?")
+            if tag in res:
+                extra.append(r)  # e.g. one line per library
+            else:
+                res[tag] = r
+    return res, extra
+
+
+def fmt_rate(x):
+    if x is None:
+        return "n/a"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M/s"
+    return f"{x / 1e3:.0f} k/s"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--meta", nargs="*", default=[])
+    a = ap.parse_args()
+    res, extra = load(a.results)
+    meta = dict(m.split("=", 1) for m in a.meta if "=" in m)
+
+    def get(tag, key="emb_per_s"):
+        r = res.get(tag)
+        if not r or r.get("failed"):
+            return None
+        return r.get(key)
+
+    libs = {}
+    for r in [res.get("kmeans_compare")] + extra:
+        if r and r.get("bench") == "kmeans_compare":
+            libs[r["lib"]] = r
+
+    out = []
+    p = out.append
+    core = next((r.get("blas_core") for r in res.values()
+                 if r.get("blas_core")), "?")
+    p("# cqrps performance report\n")
+    p(f"- command: `{meta.get('command', 'bench/perf.sh')}`; commit "
+      f"{meta.get('commit', '?')}; {meta.get('elapsed_s', '?')} s")
+    p(f"- machine: {meta.get('nproc', '?')} cores; OpenBLAS core: {core}; "
+      f"Redis {meta.get('redis', '?')}; load average at start "
+      f"{meta.get('load_start', '?')}, at end {meta.get('load_end', '?')}")
+    p("- dim 64, batch 1024, IDs uniform over 1e6 known IDs, one client "
+      "connection, depth 1 unless said\n")
+
+    # ---- main figures
+    p("## Throughput and latency (one connection)\n")
+    p("| run | emb/s | MB/s | p50 us | p99 us | p999 us | server CPU-s / M emb |")
+    p("|---|---|---|---|---|---|---|")
+    rows = [("loopback TCP stream (limit)", "loop_stream"),
+            ("loopback TCP request/response", "loop_rpc"),
+            ("engine in-process lookup cqr", "engine_lookup_cqr"),
+            ("engine in-process lookup full", "engine_lookup_full"),
+            ("engine in-process push cqr adam", "engine_push_cqr"),
+            ("engine in-process push full adam", "engine_push_full"),
+            ("Redis MGET", "redis_lookup"),
+            ("Redis MGET+MSET", "redis_push"),
+            ("cqrps lookup cqr", "cqrps_lookup_cqr"),
+            ("cqrps lookup cqr, depth 2", "cqrps_lookup_cqr_depth2"),
+            ("cqrps lookup cqr, Zipf 1.05", "cqrps_lookup_cqr_zipf"),
+            ("cqrps lookup full", "cqrps_lookup_full"),
+            ("cqrps push cqr adam", "cqrps_push_cqr"),
+            ("cqrps push full adam", "cqrps_push_full")]
+    for name, tag in rows:
+        r = res.get(tag)
+        if not r or r.get("failed"):
+            p(f"| {name} | failed or skipped | | | | | |")
+            continue
+        cpu = r.get("server_cpu_s_per_m")
+        cpu_s = f"{cpu:.3f}" if isinstance(cpu, (int, float)) and cpu >= 0 \
+            else ""
+        p(f"| {name} | {fmt_rate(r['emb_per_s'])} | {r['mb_per_s']:.0f} | "
+          f"{r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['p999_us']:.0f} | "
+          f"{cpu_s} |")
+
+    # ---- ratios and targets
+    targets = []
+
+    def target(name, value, goal, ok, fmt="{:.2f}"):
+        v = "n/a" if value is None else fmt.format(value)
+        st = "n/a" if value is None else ("PASS" if ok else "MISS")
+        targets.append({"target": name, "value": value, "goal": goal,
+                        "status": st})
+        p(f"| {name} | {v} | {goal} | {st} |")
+
+    def ratio(a_, b_):
+        return None if a_ is None or not b_ else a_ / b_
+
+    p("\n## Ratios and targets (issue 6)\n")
+    p("| target | measured | goal | status |")
+    p("|---|---|---|---|")
+    rl = get("redis_lookup")
+    rp = get("redis_push")
+    loop = get("loop_stream")
+    for kind in ("cqr", "full"):
+        x = get(f"cqrps_lookup_{kind}")
+        r_ = ratio(x, rl)
+        target(f"lookup {kind}: cqrps / Redis MGET", r_, ">= 10x",
+               r_ is not None and r_ >= 10, "{:.2f}x")
+        r_ = ratio(x, loop)
+        target(f"lookup {kind}: cqrps / loopback limit", r_, ">= 40%",
+               r_ is not None and r_ >= 0.4, "{:.0%}")
+        p99 = get(f"cqrps_lookup_{kind}", "p99_us")
+        target(f"lookup {kind}: p99 per batch (us)", p99, "< 1000 us",
+               p99 is not None and p99 < 1000, "{:.0f}")
+    for kind in ("cqr", "full"):
+        r_ = ratio(get(f"cqrps_push_{kind}"), rp)
+        target(f"push {kind} adam: cqrps / Redis MGET+MSET", r_, ">= 15x",
+               r_ is not None and r_ >= 15, "{:.2f}x")
+    cl = res.get("cluster_target")
+    tot = cl.get("seconds_total") if cl and not cl.get("failed") else None
+    target("cluster phase 1e6 IDs, k=1024, end to end (s)", tot, "< 15 s",
+           tot is not None and tot < 15, "{:.2f}")
+    km = res.get("kmeans_engine")
+    ours = km.get("seconds_per_chunk") if km and not km.get("failed") else None
+    for lib in ("faiss", "sklearn"):
+        theirs = libs.get(lib, {}).get("seconds_per_chunk")
+        r_ = ratio(theirs, ours)
+        target(f"k-means speed-up over {lib} (same points, iters, k)", r_,
+               ">= 5x", r_ is not None and r_ >= 5, "{:.2f}x")
+    if km and not km.get("failed"):
+        target("k-means FLOP rate / sgemm (same tile shape, per thread)",
+               km.get("frac_of_sgemm_tile"), "reported", True, "{:.0%}")
+    for k in (1024, 65536):
+        # The map grows in steps, so bytes per ID depend on where in a step
+        # the count falls: the target holds only if every size meets it.
+        ms = [r for t, r in res.items() if t.startswith(f"memory_k{k}_")
+              and not r.get("failed")]
+        v = max((m["bytes_per_id"] for m in ms), default=None)
+        at = ", ".join(f"{m['vocab']:.0e}: {m['bytes_per_id']:.1f}"
+                       for m in sorted(ms, key=lambda m: m["vocab"]))
+        target(f"memory per known ID, cqr 4 chunks, k={k}, worst of "
+               f"[{at}] (B, RSS growth)", v, "<= 24 B",
+               v is not None and v <= 24, "{:.1f}")
+
+    # ---- details
+    p("\n## Server CPU per million embeddings\n")
+    for tag in ("cqrps_lookup_cqr", "cqrps_lookup_full", "cqrps_push_cqr",
+                "cqrps_push_full", "redis_lookup", "redis_push"):
+        r = res.get(tag)
+        if r and not r.get("failed"):
+            p(f"- {tag}: {r.get('server_cpu_s_per_m', -1):.3f} CPU-s per M "
+              f"embeddings ({r.get('server_cores', float('nan')):.2f} cores "
+              f"busy)" if "server_cores" in r else
+              f"- {tag}: {r.get('server_cpu_s_per_m', -1):.3f} CPU-s per M "
+              f"embeddings")
+
+    if km and not km.get("failed"):
+        p("\n## k-means step (same points, k, iterations, threads)\n")
+        p(f"- engine: {km['seconds_per_chunk']:.3f} s per chunk "
+          f"(n={km['n']}, w={km['w']}, k={km['k']}, {km['iters']} iterations, "
+          f"{km['threads']} threads, k-means++ init), {km['gflops']:.1f} "
+          f"GFLOP/s ({km['gflops_per_thread']:.1f} per thread) = "
+          f"{km['frac_of_sgemm_tile']:.0%} of sgemm on the same tile shape "
+          f"({km['sgemm_gflops_tile']:.1f} GFLOP/s, 1 thread), "
+          f"{km['frac_of_sgemm_1024']:.0%} of sgemm 1024^3 "
+          f"({km['sgemm_gflops_1024']:.1f}); inertia {km['inertia']:.5g}")
+        for lib, r in libs.items():
+            p(f"- {lib} {r.get('version')}: {r['seconds_per_chunk']:.3f} s per "
+              f"chunk ({r['init']} init, iterations {r['iters_done']}), "
+              f"inertia {r['inertia']:.5g}")
+
+    def curve(title, prefix, key, unit, val="emb_per_s", also=()):
+        pts = []
+        for tag, r in res.items():
+            if (tag.startswith(prefix) or tag in also) and not r.get("failed"):
+                pts.append((r.get(key), r))
+        if not pts:
+            return
+        pts.sort(key=lambda t: t[0])
+        p(f"\n## {title}\n")
+        if val == "emb_per_s":
+            p(f"| {unit} | emb/s | p99 us | server cores busy |")
+            p("|---|---|---|---|")
+        else:
+            p(f"| {unit} | total s | k-means s | assign s | peak RSS MB |")
+            p("|---|---|---|---|---|")
+        for x, r in pts:
+            if val == "emb_per_s":
+                p(f"| {x:g} | {fmt_rate(r['emb_per_s'])} | "
+                  f"{r['p99_us']:.0f} | {r.get('server_cores', -1):.2f} |")
+            else:
+                p(f"| {x:g} | {r['seconds_total']:.2f} | "
+                  f"{r['seconds_kmeans']:.2f} | {r['seconds_assign']:.2f} | "
+                  f"{r['peak_rss_bytes'] / 1e6:.0f} |")
+
+    curve("Lookups against batch size (cqr, 1e6 IDs)", "scale_batch_",
+          "batch", "batch")
+    curve("Lookups against known IDs (cqr)", "scale_vocab_lookup_", "vocab",
+          "known IDs")
+    curve("Pushes against known IDs (cqr, Adam)", "scale_vocab_push_", "vocab",
+          "known IDs")
+    curve("Lookups against known IDs (full)", "scale_vocab_full_lookup_",
+          "vocab", "known IDs", also=("cqrps_lookup_full",))
+    thr = sorted((int(t.rsplit("_", 1)[1]), r) for t, r in res.items()
+                 if t.startswith("scale_threads_") and not r.get("failed"))
+    if thr:
+        p("\n## Lookups against server I/O threads (cqr, 4 connections, "
+          "depth 2)\n")
+        p("| server threads | emb/s | p99 us | server cores busy |")
+        p("|---|---|---|---|")
+        for th, r in thr:
+            p(f"| {th} | {fmt_rate(r['emb_per_s'])} | {r['p99_us']:.0f} | "
+              f"{r.get('server_cores', -1):.2f} |")
+    curve("Cluster phase against known IDs (k=1024)", "cluster_vocab_",
+          "vocab", "known IDs", val="cluster", also=("cluster_target",))
+    curve("Cluster phase against k (1e6 IDs)", "cluster_k_", "rows", "k",
+          val="cluster", also=("cluster_target",))
+
+    failed = [t for t, r in res.items() if r.get("failed")]
+    if failed:
+        p(f"\nFailed runs: {', '.join(failed)} (see logs/)")
+
+    text = "\n".join(out) + "\n"
+    print(text)
+    with open(f"{a.out}/summary.md", "w") as f:
+        f.write(text)
+    with open(f"{a.out}/summary.json", "w") as f:
+        json.dump({"meta": meta, "targets": targets}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

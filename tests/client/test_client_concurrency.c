@@ -168,7 +168,7 @@ END_TEST
 /* ---- A cluster phase under traffic ------------------------------------- */
 
 #define CP_DIM 16
-#define CP_PREPOP 100000   /* known IDs before the phase */
+#define CP_PREPOP 50000    /* known IDs before the phase */
 #define CP_PREPOP_BATCH 10000
 #define CP_PUSHERS 4
 #define CP_LOOKERS 4
@@ -280,9 +280,11 @@ START_TEST(test_cluster_under_traffic_loses_nothing)
     cqrps_client_t *c = tu_connect(srv.addr);
     cqrps_table_config_t cfg;
     tu_config(&cfg, CQRPS_KIND_CQR, CQRPS_OPT_SGD, CP_DIM);
-    cfg.rows = 256;
-    cfg.cluster_iters = 25;
-    cfg.cluster_sample = 200;
+    /* A phase of a second or so in a release build (much longer under
+     * sanitizers): long enough for traffic to overlap it. */
+    cfg.rows = 128;
+    cfg.cluster_iters = 10;
+    cfg.cluster_sample = 100;
     ck_assert_int_eq(cqrps_create_table(c, "conc.cqr", &cfg, NULL), 0);
     cqr_table_t *m = tu_mirror(&cfg);
 

@@ -343,7 +343,7 @@ void ml_synth_config_default(ml_synth_config_t *cfg)
 {
     cfg->users = 1000;
     cfg->items = 1700;
-    cfg->groups = 16;
+    cfg->groups = 4;
     cfg->mean_per_user = 74;
     cfg->p_match = 0.9;
     cfg->p_other = 0.15;

@@ -74,7 +74,7 @@ int ml_load(const char *path, ml_data_t *out, char *err, size_t errlen);
 typedef struct ml_synth_config {
     uint32_t users;     /* default 1000 */
     uint32_t items;     /* default 1700 */
-    uint32_t groups;    /* default 16 */
+    uint32_t groups;    /* default 4 */
     uint32_t mean_per_user; /* mean ratings per user; default 74 */
     double p_match;     /* P(like | group likes); default 0.9 */
     double p_other;     /* P(like | group dislikes); default 0.15 */

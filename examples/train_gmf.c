@@ -49,6 +49,7 @@ typedef struct opts {
     uint32_t cluster_iters;  /* k-means iterations (0 = server default) */
     uint32_t cluster_sample; /* samples per centroid (0 = server default) */
     int reset_optimizer;     /* zero optimizer state at each phase */
+    int dense;               /* step every row every batch (dense AdamW) */
     float init_scale;        /* initial uniform range (0 = server default) */
     const char *prefix;      /* table name prefix, or NULL for a default */
     const char *token_file;  /* file with the shared secret, or NULL */
@@ -101,6 +102,8 @@ static void usage(FILE *f)
         "  --cluster-iters N    k-means iterations (server default)\n"
         "  --cluster-sample N   k-means samples per centroid (server default)\n"
         "  --reset-optimizer    zero the optimizer state at each phase\n"
+        "  --dense              dense AdamW as in PyTorch: every ID's rows step\n"
+        "                       every batch (IDs not in the batch push zeros)\n"
         "  --init-scale X       initial values uniform in (-X, X) (server default)\n"
         "  --table-prefix S     table names S.user and S.item\n"
         "                       (default gmf-KIND-pP-sS-PID)\n"
@@ -118,9 +121,8 @@ static void die_usage(const char *fmt, ...)
     va_start(ap, fmt);
     fputs("cqrps-train-gmf: ", stderr);
     vfprintf(stderr, fmt, ap);
-    fputs("\n", stderr);
+    fputs("\n(cqrps-train-gmf --help for the options)\n", stderr);
     va_end(ap);
-    usage(stderr);
     exit(2);
 }
 
@@ -156,7 +158,7 @@ static void parse_args(int argc, char **argv, opts_t *o)
     enum {
         O_ADDR = 256, O_DATA, O_SYN, O_KIND, O_PPD, O_SEED, O_EPOCHS, O_TSV,
         O_DIM, O_CHUNKS, O_BATCH, O_LR, O_WD, O_CFRAC, O_CITERS, O_CSAMPLE,
-        O_RESET, O_INIT, O_PREFIX, O_TOKEN, O_ADMIN, O_QUIET, O_KEEP, O_HELP
+        O_RESET, O_DENSE, O_INIT, O_PREFIX, O_TOKEN, O_ADMIN, O_QUIET, O_KEEP, O_HELP
     };
     static const struct option lo[] = {
         {"addr", required_argument, 0, O_ADDR},
@@ -176,6 +178,7 @@ static void parse_args(int argc, char **argv, opts_t *o)
         {"cluster-iters", required_argument, 0, O_CITERS},
         {"cluster-sample", required_argument, 0, O_CSAMPLE},
         {"reset-optimizer", no_argument, 0, O_RESET},
+        {"dense", no_argument, 0, O_DENSE},
         {"init-scale", required_argument, 0, O_INIT},
         {"table-prefix", required_argument, 0, O_PREFIX},
         {"token-file", required_argument, 0, O_TOKEN},
@@ -241,6 +244,7 @@ static void parse_args(int argc, char **argv, opts_t *o)
                                                     1, 1000000);
             break;
         case O_RESET: o->reset_optimizer = 1; break;
+        case O_DENSE: o->dense = 1; break;
         case O_INIT:
             o->init_scale = (float)parse_f("init-scale", optarg, 1e-9, 1000);
             break;
@@ -250,7 +254,9 @@ static void parse_args(int argc, char **argv, opts_t *o)
         case O_QUIET: o->quiet = 1; break;
         case O_KEEP: o->keep = 1; break;
         case O_HELP: usage(stdout); exit(0);
-        default: usage(stderr); exit(2);
+        default:
+            fputs("(cqrps-train-gmf --help for the options)\n", stderr);
+            exit(2);
         }
     }
     if (optind != argc)
@@ -381,6 +387,22 @@ static void dedup_begin(dedup_t *d)
         d->cur = 1;
         /* stamp[] has no recorded size here; callers start a fresh dedup
          * long before 2^32 batches, so this never runs in practice. */
+    }
+}
+
+/* Dense mode: appends every ID of [0, nids) the batch did not use, with a
+ * zero gradient row in g, so the server steps every row (with g = 0 a row
+ * moves by its momentum and decays, as in PyTorch's dense AdamW). */
+static void dedup_fill_dense(dedup_t *d, uint32_t nids, float *g,
+                             uint32_t dim)
+{
+    for (uint32_t id = 0; id < nids; id++) {
+        if (d->stamp[id] == d->cur)
+            continue;
+        memset(g + d->n * dim, 0, dim * sizeof *g);
+        d->stamp[id] = d->cur;
+        d->where[id] = (uint32_t)d->n;
+        d->ids[d->n++] = id;
     }
 }
 
@@ -535,6 +557,10 @@ static int train_epoch(trainer_t *t, progress_t *pg, double *loss)
         l = gmf_batch(t->U, t->I, dim, t->uslot, t->islot, t->y, n, t->du.n,
                       t->di.n, NULL, t->gU, t->gI);
         sum += l * (double)n;
+        if (t->o->dense) {
+            dedup_fill_dense(&t->du, d->nusers, t->gU, dim);
+            dedup_fill_dense(&t->di, d->nitems, t->gI, dim);
+        }
         if (push_batch(t) != 0)
             return -1;
         progress_update(pg, a + n, d->ntrain);
@@ -637,9 +663,12 @@ static int report_memory(trainer_t *t, const char *name, const char *role,
 static int alloc_buffers(trainer_t *t)
 {
     size_t b = t->o->batch, dim = t->o->dim;
+    /* Dense mode pushes every ID: size the push side for that. */
+    size_t bu = b > t->data.nusers ? b : t->data.nusers;
+    size_t bi = b > t->data.nitems ? b : t->data.nitems;
 
-    if (dedup_init(&t->du, t->data.nusers, b) != 0 ||
-        dedup_init(&t->di, t->data.nitems, b) != 0)
+    if (dedup_init(&t->du, t->data.nusers, bu) != 0 ||
+        dedup_init(&t->di, t->data.nitems, bi) != 0)
         return -1;
     t->uslot = malloc(b * sizeof *t->uslot);
     t->islot = malloc(b * sizeof *t->islot);
@@ -647,8 +676,8 @@ static int alloc_buffers(trainer_t *t)
     t->z = malloc(b * sizeof *t->z);
     t->U = malloc(b * dim * sizeof *t->U);
     t->I = malloc(b * dim * sizeof *t->I);
-    t->gU = malloc(b * dim * sizeof *t->gU);
-    t->gI = malloc(b * dim * sizeof *t->gI);
+    t->gU = malloc(bu * dim * sizeof *t->gU);
+    t->gI = malloc(bi * dim * sizeof *t->gI);
     return t->uslot && t->islot && t->y && t->z && t->U && t->I && t->gU &&
            t->gI ? 0 : -1;
 }

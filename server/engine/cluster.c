@@ -69,6 +69,7 @@ int cqr_phase_begin(cqr_table_t *t, cqr_phase_t **out)
     ph->phase_no = t->phases_done + 1;
     ph->res.phase_no = ph->phase_no;
     t->phase = ph;
+    t->examples_prev_phase = t->examples_at_phase;
     t->examples_at_phase = __atomic_load_n(&t->n_examples, __ATOMIC_RELAXED);
     pthread_mutex_lock(&t->plock);
     t->log_count = 0;
@@ -397,6 +398,11 @@ int cqr_phase_commit(cqr_phase_t *ph)
     ph->next = NULL;
     t->phase = NULL;
     t->phases_done = ph->phase_no;
+    /* Every codebook row and pointer may have changed: the next export
+     * writes them all (exports exclude commits through the lock). */
+    t->cb_base_epoch = t->map_base_epoch =
+        __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    t->ins_n = 0;
     double t1 = cqr_now();
     ph->res.seconds_commit = t1 - t0;
     ph->res.seconds_total = t1 - ph->t_begin;

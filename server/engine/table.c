@@ -340,13 +340,25 @@ int cqr_table_create(const cqr_table_config_t *cfg, cqr_table_t **out)
     pthread_rwlockattr_setkind_np(&attr,
                                   PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&t->lock, &attr);
+    /* The same for the gate: an export must not starve behind pushes. */
+    pthread_rwlock_init(&t->gate, &attr);
     pthread_rwlockattr_destroy(&attr);
     pthread_mutex_init(&t->plock, NULL);
+    static uint64_t uid_counter;
+    t->uid = __atomic_add_fetch(&uid_counter, 1, __ATOMIC_RELAXED);
+    t->wepoch = 1;
 
-    if (cfg->kind == CQR_KIND_FULL)
+    if (cfg->kind == CQR_KIND_FULL) {
         rc = cqr_idmap_init(&t->rowmap, sizeof(uint32_t), 0);
-    else
+    } else {
         rc = cbstate_create(t, &t->st);
+        size_t nb = (size_t)t->ncb * t->c;
+        t->cbpages = (t->k + CQR_CB_PAGE - 1) >> CQR_CB_PAGE_SHIFT;
+        t->cbmark = calloc(nb * t->k, sizeof(uint32_t));
+        t->cbpage = calloc(nb * t->cbpages, sizeof(uint32_t));
+        if (rc == 0 && (!t->cbmark || !t->cbpage))
+            rc = CQR_ENOMEM;
+    }
     if (rc) {
         cqr_table_destroy(t);
         return rc;
@@ -370,12 +382,21 @@ void cqr_table_destroy(cqr_table_t *t)
         return;
     assert(t->phase == NULL && "destroy a table's phase before the table");
     cqr_cbstate_free(t, t->st);
-    for (size_t b = 0; b < t->nblocks; b++)
+    for (size_t b = 0; b < t->nblocks; b++) {
         cqr_rows_free(&t->blocks[b]);
+        free(t->fmark[b]);
+    }
     free(t->blocks);
+    free(t->fmark);
+    free(t->fpage);
+    free(t->cbmark);
+    free(t->cbpage);
+    free(t->ins_slot);
+    free(t->ins_epoch);
     if (t->rowmap.keys)
         cqr_idmap_free(&t->rowmap);
     log_free(t->log_head);
+    pthread_rwlock_destroy(&t->gate);
     pthread_rwlock_destroy(&t->lock);
     pthread_mutex_destroy(&t->plock);
     free(t);
@@ -403,6 +424,80 @@ static inline cqr_rows_t *full_block(const cqr_table_t *t, uint32_t row,
     return &t->blocks[row >> CQR_FULL_BLOCK_SHIFT];
 }
 
+int cqr_full_add_block(cqr_table_t *t)
+{
+    if (t->nblocks == t->blocks_cap) {
+        size_t cap = t->blocks_cap ? 2 * t->blocks_cap : 16;
+        cqr_rows_t *nb = realloc(t->blocks, cap * sizeof *nb);
+        if (!nb)
+            return CQR_ENOMEM;
+        t->blocks = nb;
+        uint32_t **nm = realloc(t->fmark, cap * sizeof *nm);
+        if (!nm)
+            return CQR_ENOMEM;
+        t->fmark = nm;
+        uint32_t *np = realloc(t->fpage, cap * sizeof *np);
+        if (!np)
+            return CQR_ENOMEM;
+        t->fpage = np;
+        t->blocks_cap = cap;
+    }
+    size_t b = t->nblocks;
+    t->fmark[b] = calloc(CQR_FULL_BLOCK, sizeof(uint32_t));
+    if (!t->fmark[b])
+        return CQR_ENOMEM;
+    int rc = cqr_rows_init(&t->blocks[b], CQR_FULL_BLOCK, t->cfg.dim,
+                           t->cfg.optim.kind);
+    if (rc) {
+        free(t->fmark[b]);
+        return rc;
+    }
+    t->fpage[b] = 0;
+    t->nblocks++;
+    return 0;
+}
+
+/* Records that an ID was inserted into the known-ID map m (the full
+ * table's row map or the live cqr map) and now has value v; old_cap is
+ * the map's capacity before the insert. Keeps the insertion records that
+ * let an export write only the changed slots; when they would grow past
+ * a quarter of the map (or cannot grow), or the map was rehashed, the
+ * whole map is marked changed instead. Exclusive lock held. */
+static void track_insert(cqr_table_t *t, const cqr_idmap_t *m, size_t old_cap,
+                         const void *v)
+{
+    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    if (t->map_base_epoch == e)
+        return; /* already wholly changed in this epoch */
+    if (m->cap != old_cap || v == m->zero_val) {
+        /* The ID 0 lives outside the slots, in the exported meta. */
+        if (m->cap != old_cap) {
+            t->map_base_epoch = e;
+            t->ins_n = 0;
+        }
+        return;
+    }
+    if (t->ins_n == t->ins_cap) {
+        size_t cap = t->ins_cap ? 2 * t->ins_cap : 1024;
+        uint64_t *ns = cap <= (1u << 16) || cap <= m->count / 4
+                           ? realloc(t->ins_slot, cap * sizeof *ns) : NULL;
+        if (ns)
+            t->ins_slot = ns;
+        uint32_t *ne = ns ? realloc(t->ins_epoch, cap * sizeof *ne) : NULL;
+        if (ne)
+            t->ins_epoch = ne;
+        if (!ns || !ne) {
+            t->map_base_epoch = e;
+            t->ins_n = 0;
+            return;
+        }
+        t->ins_cap = cap;
+    }
+    t->ins_slot[t->ins_n] = (uint64_t)((const uint8_t *)v - m->vals) / m->vw;
+    t->ins_epoch[t->ins_n] = e;
+    t->ins_n++;
+}
+
 /* Gives `id` a row initialised to its deterministic initial value.
  * Exclusive lock held. */
 static int full_new_row(cqr_table_t *t, uint64_t id)
@@ -412,31 +507,26 @@ static int full_new_row(cqr_table_t *t, uint64_t id)
     uint32_t row = (uint32_t)t->nrows;
     size_t b = row >> CQR_FULL_BLOCK_SHIFT;
     if (b == t->nblocks) {
-        if (t->nblocks == t->blocks_cap) {
-            size_t cap = t->blocks_cap ? 2 * t->blocks_cap : 16;
-            cqr_rows_t *nb = realloc(t->blocks, cap * sizeof *nb);
-            if (!nb)
-                return CQR_ENOMEM;
-            t->blocks = nb;
-            t->blocks_cap = cap;
-        }
-        int rc = cqr_rows_init(&t->blocks[b], CQR_FULL_BLOCK, t->cfg.dim,
-                               t->cfg.optim.kind);
+        int rc = cqr_full_add_block(t);
         if (rc)
             return rc;
-        t->nblocks++;
     }
     void *v;
     int inserted;
+    size_t old_cap = t->rowmap.cap;
     int rc = cqr_idmap_insert(&t->rowmap, id, &v, &inserted);
     if (rc)
         return rc;
     assert(inserted);
     memcpy(v, &row, sizeof row);
+    track_insert(t, &t->rowmap, old_cap, v);
     uint32_t local;
     cqr_rows_t *blk = full_block(t, row, &local);
     float *p = blk->param + (size_t)local * blk->w;
     full_init_row(t, id, p);
+    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    cqr_mark(&t->fmark[b][local], e);
+    cqr_mark(&t->fpage[b], e);
     t->nrows++;
     return 0;
 }
@@ -585,10 +675,17 @@ void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
             }
         }
     }
+    /* Marks are the table's, whichever state is stepped: a phase's
+     * replay onto its private state stamps them too, harmlessly, since
+     * its commit marks every codebook changed anyway. */
+    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
     for (size_t u = 0; u < a.nu; u++) {
         uint32_t blk = (uint32_t)(a.ukeys[u] >> 32);
         uint32_t row = (uint32_t)a.ukeys[u];
         cqr_rows_step(&st->cb[blk], row, a.acc + u * a.w, &t->cfg.optim);
+        cqr_mark(&t->cbmark[(size_t)blk * t->k + row], e);
+        cqr_mark(&t->cbpage[(size_t)blk * t->cbpages +
+                            (row >> CQR_CB_PAGE_SHIFT)], e);
     }
 }
 
@@ -607,10 +704,13 @@ static void full_apply(cqr_table_t *t, const uint64_t *ids,
         (void)found;
         agg_add(&a, row, grads + j * dim);
     }
+    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
     for (size_t u = 0; u < a.nu; u++) {
-        uint32_t local;
-        cqr_rows_t *blk = full_block(t, (uint32_t)a.ukeys[u], &local);
+        uint32_t local, row = (uint32_t)a.ukeys[u];
+        cqr_rows_t *blk = full_block(t, row, &local);
         cqr_rows_step(blk, local, a.acc + u * a.w, &t->cfg.optim);
+        cqr_mark(&t->fmark[row >> CQR_FULL_BLOCK_SHIFT][local], e);
+        cqr_mark(&t->fpage[row >> CQR_FULL_BLOCK_SHIFT], e);
     }
 }
 
@@ -642,12 +742,14 @@ static int add_known(cqr_table_t *t, const uint64_t *ids, size_t n)
         }
         void *v;
         int inserted;
+        size_t old_cap = t->st->ids.cap;
         int rc = cqr_idmap_insert(&t->st->ids, ids[j], &v, &inserted);
         if (rc)
             return rc;
         if (inserted) {
             for (uint32_t i = 0; i < t->c; i++)
                 cqr_ptr_set(v, t->pw, i, cqr_hash_p(t, t->st, ids[j], i));
+            track_insert(t, &t->st->ids, old_cap, v);
         }
     }
     return 0;
@@ -698,6 +800,9 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
                  : agg_init(&a, n * t->c * t->ncb, t->w);
     if (rc)
         return rc;
+    /* The gate makes the push one step for an export: wholly before its
+     * copy or wholly after it, counters included. */
+    pthread_rwlock_rdlock(&t->gate);
     for (;;) {
         pthread_rwlock_rdlock(&t->lock);
         if (!track || all_known(t, ids, n))
@@ -710,7 +815,7 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
         rc = add_known(t, ids, n);
         pthread_rwlock_unlock(&t->lock);
         if (rc)
-            return rc;
+            goto out;
     }
     if (t->phase) {
         pthread_mutex_lock(&t->plock);
@@ -718,7 +823,7 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
         pthread_mutex_unlock(&t->plock);
         if (rc) {
             pthread_rwlock_unlock(&t->lock);
-            return rc;
+            goto out;
         }
     }
     if (t->cfg.kind == CQR_KIND_FULL)
@@ -728,7 +833,9 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
     pthread_rwlock_unlock(&t->lock);
     __atomic_fetch_add(&t->n_pushes, n, __ATOMIC_RELAXED);
     __atomic_fetch_add(&t->n_examples, examples, __ATOMIC_RELAXED);
-    return 0;
+out:
+    pthread_rwlock_unlock(&t->gate);
+    return rc;
 }
 
 int cqr_table_push(cqr_table_t *t, const uint64_t *ids, const float *grads,

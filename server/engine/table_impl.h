@@ -1,11 +1,24 @@
 /* table_impl.h -- a table's internals, shared by table.c and cluster.c
  * only. Nothing outside the engine includes this.
  *
- * Locking: `lock` (a writer-preferring rwlock) is the outer lock. Lookups
- * and pushes hold it shared; inserting new known IDs, a phase's begin and
- * commit, and the digest hold it exclusively. `plock` (a mutex) is inner:
- * it guards the push log of a running phase and the phase statistics.
+ * Locking: `gate` (a writer-preferring rwlock) is outermost: every push
+ * holds it shared for its whole call, an export (persist.c) holds it
+ * exclusively while it copies the changed state; lookups never take it.
+ * `lock` (a writer-preferring rwlock) comes next. Lookups and pushes hold
+ * it shared; inserting new known IDs, a phase's begin and commit, and the
+ * digest hold it exclusively; an export holds it shared (so that no
+ * commit swaps the state under it). `plock` (a mutex) is inner: it guards
+ * the push log of a running phase and the phase and export statistics.
  * Row floats are guarded by their own seqlocks (rows.h).
+ *
+ * Change tracking (for incremental checkpoints, persist.h): `wepoch` is
+ * the current change epoch, starting at 1. Whatever changes a row stamps
+ * the row's mark and its page's mark with the epoch (cqr_mark: a relaxed
+ * load and, only if different, a relaxed store). An export bumps the
+ * epoch while it holds the gate exclusively, so "mark >= S" means
+ * "changed at or after the export that returned cursor S". Changes that
+ * touch a whole structure (a phase commit, a map rehash) record their
+ * epoch in a *_base_epoch field instead.
  */
 #ifndef CQR_TABLE_IMPL_H
 #define CQR_TABLE_IMPL_H
@@ -35,6 +48,9 @@ typedef struct cqr_logent {
 
 #define CQR_FULL_BLOCK_SHIFT 16
 #define CQR_FULL_BLOCK (1u << CQR_FULL_BLOCK_SHIFT)
+/* Codebook rows per persistence page (one mark per page, persist.c). */
+#define CQR_CB_PAGE_SHIFT 16
+#define CQR_CB_PAGE (1u << CQR_CB_PAGE_SHIFT)
 /* Pushes logged during one phase, at most; beyond it pushes get
  * CQR_EBUSY until the phase commits. */
 #define CQR_PHASE_LOG_MAX_BYTES (1ull << 30)
@@ -68,11 +84,53 @@ struct cqr_table {
     double last_inertia;    /* statistics of the last phase (plock) */
     double last_phase_seconds;
     double last_commit_seconds;
+    uint64_t examples_prev_phase; /* examples_at_phase before the running
+                                     phase began: what a checkpoint taken
+                                     during the phase records */
 
     uint64_t n_lookups;     /* usage counters, relaxed atomics */
     uint64_t n_pushes;
     uint64_t n_examples;
+
+    /* Change tracking and export (see the file comment). */
+    pthread_rwlock_t gate;  /* pushes shared, export exclusive */
+    uint64_t uid;           /* process-unique table number: export
+                               cursors are valid for this table only */
+    uint32_t wepoch;        /* current change epoch (relaxed atomics) */
+    uint32_t *cbmark;       /* hash/ce/cqr: ncb*c*k row marks */
+    uint32_t *cbpage;       /* hash/ce/cqr: ncb*c*cbpages page marks */
+    uint32_t cbpages;       /* pages per codebook block */
+    uint32_t cb_base_epoch; /* codebooks replaced wholesale (a commit) */
+    uint32_t **fmark;       /* full: per block, CQR_FULL_BLOCK row marks
+                               (blocks_cap slots) */
+    uint32_t *fpage;        /* full: one page mark per block (blocks_cap) */
+    uint32_t map_base_epoch; /* known-ID map replaced or rehashed */
+    uint32_t map_floor;     /* insertion records older than this epoch
+                               were dropped */
+    uint64_t *ins_slot;     /* slots of the IDs inserted into the known-ID
+                               map since map_floor, in epoch order */
+    uint32_t *ins_epoch;    /* the epoch of each insertion record */
+    size_t ins_n;           /* insertion records held */
+    size_t ins_cap;         /* slots in ins_slot / ins_epoch */
+    double exp_last_pause;  /* export statistics (plock) */
+    double exp_max_pause;
+    double exp_last_wait;
+    double exp_last_seconds;
+    uint64_t exp_count;
+    uint64_t exp_last_bytes;
 };
+
+/* Stamps a change mark with epoch e (push path: no store when the mark
+ * already holds e, so hot rows do not bounce cache lines). */
+static inline void cqr_mark(uint32_t *m, uint32_t e)
+{
+    if (__atomic_load_n(m, __ATOMIC_RELAXED) != e)
+        __atomic_store_n(m, e, __ATOMIC_RELAXED);
+}
+
+/* Appends one full block (rows and marks) to a full table. Exclusive
+ * access (exclusive lock, or a table not yet shared). */
+int cqr_full_add_block(cqr_table_t *t);
 
 /* B0 pointer j of a stored pointer array. */
 static inline uint32_t cqr_ptr_get(const uint8_t *v, uint32_t pw, uint32_t j)

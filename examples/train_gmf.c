@@ -633,28 +633,40 @@ static int cluster_both(trainer_t *t, uint32_t epoch)
 }
 
 /* Memory of one table as the server reports it, beside the full table's
- * (one float row per ID) for the same IDs. */
+ * (one float row per ID) for the same IDs. `bytes` is what the table
+ * needs: codebooks plus the known-ID index (pointers) for hash/ce/cqr;
+ * for full, one row per known ID plus the index, since the server
+ * allocates full rows in large blocks and reports the allocation as
+ * param_bytes (printed as alloc_bytes). Optimizer state is training-only
+ * and printed apart. */
 static int report_memory(trainer_t *t, const char *name, const char *role,
                          uint32_t nids, uint64_t *total)
 {
     cqrps_table_info_t info;
     int rc = cqrps_describe_table(t->c, name, &info);
-    uint64_t bytes, full = (uint64_t)nids * t->o->dim * sizeof(float);
+    uint64_t bytes, alloc, full = (uint64_t)nids * t->o->dim * sizeof(float);
 
     if (rc != 0)
         return fail(t, "describe table", rc);
-    bytes = info.param_bytes + info.index_bytes;
+    alloc = info.param_bytes + info.index_bytes;
+    if (info.config.kind == CQRPS_KIND_FULL)
+        bytes = info.known_ids * info.config.dim * sizeof(float) +
+                info.index_bytes;
+    else
+        bytes = alloc;
     *total += bytes;
     printf("memory table=%s role=%s kind=%s rows=%u ids=%u known_ids=%llu "
            "param_bytes=%llu index_bytes=%llu optimizer_bytes=%llu "
-           "bytes=%llu bytes_per_id=%.2f full_bytes=%llu "
-           "compression=%.2fx phases=%u\n", name, role,
-           cqrps_kind_name(info.config.kind), info.config.rows, nids,
-           (unsigned long long)info.known_ids,
+           "alloc_bytes=%llu bytes=%llu bytes_per_id=%.2f "
+           "index_bytes_per_id=%.2f full_bytes=%llu compression=%.2fx "
+           "phases=%u\n", name, role, cqrps_kind_name(info.config.kind),
+           info.config.rows, nids, (unsigned long long)info.known_ids,
            (unsigned long long)info.param_bytes,
            (unsigned long long)info.index_bytes,
            (unsigned long long)info.optimizer_bytes,
-           (unsigned long long)bytes, nids ? (double)bytes / nids : 0.0,
+           (unsigned long long)alloc, (unsigned long long)bytes,
+           nids ? (double)bytes / nids : 0.0,
+           nids ? (double)info.index_bytes / nids : 0.0,
            (unsigned long long)full, bytes ? (double)full / bytes : 0.0,
            info.phases_done);
     return 0;

@@ -1,0 +1,190 @@
+/* store.h -- checkpoints of tables in a RocksDB database (the data dir).
+ *
+ * A checkpoint is a generation: a numbered, immutable set of tables. Each
+ * table is stored as the segments of persist.h; a generation's manifest
+ * lists, for every page of every table, the segment versions that rebuild
+ * it (a base and the deltas after it). Segments a generation did not
+ * change are shared with the generation before, so a checkpoint writes
+ * what changed since the previous one, not the table.
+ *
+ * Key layout (one column family):
+ *   "V"                              store format ("cqrps-store 1")
+ *   "M" gen(u64 BE)                  a generation's manifest
+ *   "S" table "\0" type(u32 BE) index(u32 BE) gen(u64 BE)
+ *                                    one segment: page (type, index) of
+ *                                    the table as written by generation
+ *                                    gen (at most one per page and gen)
+ * Big-endian numbers make keys sort by generation.
+ *
+ * Atomicity: a checkpoint writes its segments first (write batches
+ * without the WAL), then flushes the memtables to SST files (RocksDB
+ * syncs them), then writes the manifest alone with sync=true (WAL fsync).
+ * The manifest is the commit point: until it is durable, the generation
+ * does not exist, and nothing an earlier manifest references has been
+ * touched (segment keys carry their generation, so new segments never
+ * overwrite live ones). A crash at any moment leaves every earlier
+ * generation intact; the orphaned segments of an unfinished checkpoint
+ * are deleted by the next garbage collection (at open and after each
+ * checkpoint). Retention deletes old manifests and every segment that no
+ * kept generation references, in one synced batch.
+ *
+ * Verification: every manifest and segment carries an XXH3 checksum, and
+ * the manifest also records each segment's length and checksum, so a
+ * damaged, missing or stale segment is detected before its table is
+ * used. Loading the latest generation falls back to the newest one that
+ * verifies completely and reports the ones it skipped and why; it never
+ * returns an empty state when generations exist but none verifies (that
+ * is CQR_ECORRUPT). A segment shared by several generations is a single
+ * point of failure for all of them; full_every bounds how long a page can
+ * go without being rewritten.
+ *
+ * Threading: every function may be called from any thread; calls on one
+ * store are serialised by its mutex (a checkpoint blocks a concurrent
+ * list or load until it finishes). During a checkpoint the tables serve
+ * lookups without pause and pushes with the short pause of each table's
+ * export (persist.h); the caller must keep the tables alive for the call.
+ *
+ * Errors: 0 or a negative CQR_E* code (err.h): CQR_EIO for RocksDB
+ * failures, CQR_ECORRUPT for data that fails verification, CQR_EVERSION
+ * for a store or segment format this build does not know, CQR_ENOTFOUND
+ * for a generation that does not exist. cqr_store_error() gives the
+ * one-line reason of the last failure on the store.
+ */
+#ifndef CQR_STORE_H
+#define CQR_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "table.h"
+
+typedef struct cqr_store cqr_store_t;
+
+typedef struct cqr_store_opts {
+    uint32_t keep;        /* generations kept after each checkpoint, >= 1
+                             (default 3); 0 = keep all */
+    uint32_t max_chain;   /* deltas a page may accumulate before its base
+                             is rewritten (default 8) */
+    uint32_t full_every;  /* every N-th generation is written completely,
+                             sharing nothing (0 = never; default 0) */
+    int create;           /* create the database if missing (default 1) */
+    uint64_t batch_bytes; /* segment bytes per write batch (default 32 MiB) */
+} cqr_store_opts_t;
+
+void cqr_store_opts_default(cqr_store_opts_t *o);
+
+/* Progress of a long checkpoint or load; valid during the callback. */
+typedef struct cqr_store_progress {
+    const char *stage;    /* checkpoint: "export", "write", "sync",
+                             "retain"; load: "read", "verify" */
+    const char *table;    /* table being processed, or NULL */
+    uint32_t table_no;    /* 0-based */
+    uint32_t tables;      /* tables in the operation */
+    uint64_t bytes_done;  /* bytes written or read so far, all tables */
+    uint64_t bytes_total; /* known total (load), or so far (checkpoint) */
+    double fraction;      /* 0..1 over the whole operation (estimate) */
+} cqr_store_progress_t;
+
+typedef void (*cqr_store_progress_cb)(void *ud, const cqr_store_progress_t *p);
+
+/* Opens (creating, with o->create) the database in `dir`, finds the
+ * latest generation and deletes orphaned segments of unfinished
+ * checkpoints. o may be NULL (defaults). On failure writes a reason to
+ * why[0..whylen) if why is non-NULL. */
+int cqr_store_open(const char *dir, const cqr_store_opts_t *o,
+                   cqr_store_t **out, char *why, size_t whylen);
+
+/* Closes the store (waits for nothing: no call may be running). */
+void cqr_store_close(cqr_store_t *s);
+
+/* Copies the reason of the last failure (or "") to buf[0..len). */
+void cqr_store_error(cqr_store_t *s, char *buf, size_t len);
+
+typedef struct cqr_store_ckpt_stats {
+    uint64_t generation;       /* the new generation */
+    uint32_t tables;           /* tables in it */
+    uint32_t tables_full;      /* tables written completely (no base) */
+    uint64_t segments_written; /* segments this checkpoint wrote */
+    uint64_t segments_shared;  /* pages taken unchanged from the base */
+    uint64_t bytes_written;    /* segment bytes written */
+    uint64_t bytes_total;      /* segment bytes the generation references */
+    uint64_t bytes_full;       /* what complete exports would have written */
+    double seconds;            /* the whole call */
+    double seconds_export;     /* exports (copies and checksums) */
+    double seconds_write;      /* RocksDB writes */
+    double seconds_sync;       /* memtable flush and manifest sync */
+    double seconds_retain;     /* retention and garbage collection */
+    double pause_max_seconds;  /* longest push pause of any table */
+    double pause_total_seconds; /* sum over tables */
+    uint32_t generations_deleted; /* by retention */
+    uint64_t segments_deleted;    /* by garbage collection */
+} cqr_store_ckpt_stats_t;
+
+/* Writes a new generation holding tables[0..n) under names[0..n)
+ * (unique, 1..255 bytes). Each table is exported incrementally against
+ * what this store last wrote or loaded for it, written, and released
+ * before the next is exported (memory: the largest table's changes). On
+ * success *generation (if non-NULL) is the new generation, durable before
+ * the call returns, and retention (opts.keep) has run. On failure no
+ * generation is created and the previous ones are untouched. cb (may be
+ * NULL) reports progress; stats may be NULL. */
+int cqr_store_checkpoint(cqr_store_t *s, cqr_table_t *const *tables,
+                         const char *const *names, size_t n,
+                         cqr_store_progress_cb cb, void *ud,
+                         uint64_t *generation, cqr_store_ckpt_stats_t *stats);
+
+typedef struct cqr_store_gen {
+    uint64_t generation; /* generation number */
+    uint64_t unix_time;  /* when it was written, seconds since the epoch */
+    uint32_t tables;     /* tables in it */
+    uint64_t bytes;      /* segment bytes it references (to load it) */
+    uint64_t bytes_new;  /* segment bytes written by its checkpoint */
+    uint64_t segments;   /* segments it references */
+    int ok;              /* 1: its manifest verifies (segments are
+                            verified by a load) */
+} cqr_store_gen_t;
+
+/* All generations, newest first; *gens is malloc'd (free() it), NULL
+ * when there are none. */
+int cqr_store_list(cqr_store_t *s, cqr_store_gen_t **gens, size_t *n);
+
+/* Receives one restored table and owns it from then on, whatever it
+ * returns; a non-zero return stops the load (the remaining tables are
+ * destroyed) and cqr_store_load returns that value. */
+typedef int (*cqr_store_table_cb)(void *ud, const char *name,
+                                  cqr_table_t *t);
+
+typedef struct cqr_store_load_info {
+    uint64_t generation;  /* the generation loaded; 0: the store is empty */
+    uint32_t tables;      /* tables delivered */
+    uint64_t bytes;       /* segment bytes read */
+    double seconds;       /* the whole call */
+    uint32_t skipped;     /* newer generations that failed verification */
+    char why[512];        /* "generation 7: table users: rows/3: checksum
+                             mismatch; ..." for the skipped ones */
+} cqr_store_load_info_t;
+
+/* Restores a generation: `generation` 0 loads the newest one that
+ * verifies completely (falling back past damaged ones, reported in
+ * info); any other value loads exactly that one (CQR_ENOTFOUND if it
+ * does not exist, CQR_ECORRUPT if it does not verify). Every table of the
+ * generation is rebuilt and verified before the first is delivered to
+ * cb, so cb sees either a whole generation or nothing. An empty store
+ * returns 0 with info->generation 0. Later checkpoints of the delivered
+ * tables are incremental against the loaded generation. info may be
+ * NULL. */
+int cqr_store_load(cqr_store_t *s, uint64_t generation,
+                   cqr_store_table_cb cb, void *ud,
+                   cqr_store_progress_cb pcb, void *pud,
+                   cqr_store_load_info_t *info);
+
+/* Keeps the newest `keep` generations (>= 1), deletes the older ones and
+ * every segment no remaining generation (nor the base of the next
+ * incremental checkpoint) references. *deleted (if non-NULL) gets the
+ * number of generations deleted. */
+int cqr_store_retain(cqr_store_t *s, uint32_t keep, uint32_t *deleted);
+
+/* Segments held and their bytes (a scan of the segment keys). */
+int cqr_store_usage(cqr_store_t *s, uint64_t *segments, uint64_t *bytes);
+
+#endif

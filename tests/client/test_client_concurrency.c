@@ -167,13 +167,22 @@ END_TEST
 
 /* ---- A cluster phase under traffic ------------------------------------- */
 
+/* Sanitizer builds run the engine many times slower: a smaller phase
+ * and fewer pushes keep the suite within its time bound there. */
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define CP_SLOW 1
+#else
+#define CP_SLOW 0
+#endif
+
 #define CP_DIM 16
-#define CP_PREPOP 50000    /* known IDs before the phase */
+#define CP_PREPOP (CP_SLOW ? 20000 : 50000) /* known IDs before the phase */
 #define CP_PREPOP_BATCH 10000
 #define CP_PUSHERS 4
 #define CP_LOOKERS 4
 #define CP_BATCH 100
-#define CP_MAX_PUSHES 3000 /* per pusher: a bound; the stop flag ends them */
+/* Per pusher: a bound; the stop flag ends them sooner. */
+#define CP_MAX_PUSHES (CP_SLOW ? 300 : 3000)
 
 static atomic_int cp_stop;        /* 1: threads finish */
 static atomic_int cp_in_phase;    /* 1 while the main thread sees RUNNING */
@@ -282,7 +291,7 @@ START_TEST(test_cluster_under_traffic_loses_nothing)
     tu_config(&cfg, CQRPS_KIND_CQR, CQRPS_OPT_SGD, CP_DIM);
     /* A phase of a second or so in a release build (much longer under
      * sanitizers): long enough for traffic to overlap it. */
-    cfg.rows = 128;
+    cfg.rows = CP_SLOW ? 64 : 128;
     cfg.cluster_iters = 10;
     cfg.cluster_sample = 100;
     ck_assert_int_eq(cqrps_create_table(c, "conc.cqr", &cfg, NULL), 0);

@@ -34,6 +34,12 @@
 /* Slices per sendmsg(). */
 #define CQ_IOV_BATCH 64
 
+/* 1 while the connection has bytes to write or replies to read. */
+static int conn_busy(const cq_conn_t *conn)
+{
+    return conn->pcount || conn->nsegs || conn->dst;
+}
+
 void cq_conn_init(cq_conn_t *conn, uint32_t index)
 {
     memset(conn, 0, sizeof(*conn));
@@ -50,6 +56,8 @@ void cq_conn_close(cq_conn_t *conn)
     conn->nsegs = conn->seg_pos = conn->seg_off = 0;
     conn->wown_len = 0;
     conn->rlen = 0;
+    conn->dst = NULL;
+    conn->dst_left = 0;
 }
 
 void cq_conn_free(cq_conn_t *conn)
@@ -68,6 +76,11 @@ void cq_conn_fail(cqrps_client_t *c, cq_conn_t *conn, int err,
                   const char *msg)
 {
     (void)c;
+    if (conn->dst) {
+        cq_op_error(conn->dpend.op, err, "%s", msg);
+        conn->dpend.op->outstanding--;
+        conn->dst = NULL;
+    }
     while (conn->pcount > 0) {
         cq_pending_t *p = &conn->pend[conn->phead];
         cq_op_error(p->op, err, "%s", msg);
@@ -171,7 +184,7 @@ void cq_conn_put_ext(cq_conn_t *conn, const void *p, size_t len)
 cq_pending_t *cq_conn_push_pending(cq_conn_t *conn)
 {
     assert(conn->pcount < conn->pcap);
-    if (conn->pcount == 0 && conn->nsegs == 0)
+    if (!conn_busy(conn))
         conn->last_progress_ms = cq_now_ms(); /* idle time is not silence */
     cq_pending_t *p = &conn->pend[(conn->phead + conn->pcount) % conn->pcap];
     conn->pcount++;
@@ -190,7 +203,7 @@ int cq_rpc_enqueue(cq_conn_t *conn, cq_op_t *op, Cqrps__V1__Request *req)
         return CQRPS_ELIMIT;
     if (cq_conn_reserve(conn, 4 + len, 1, 1) < 0)
         return CQRPS_ENOMEM;
-    if (conn->pcount == 0 && conn->nsegs == 0)
+    if (!conn_busy(conn))
         conn->last_progress_ms = cq_now_ms();
     size_t off;
     unsigned char *p = cq_conn_claim(conn, 4 + len, &off);
@@ -352,7 +365,7 @@ static int conn_open(cqrps_client_t *c, cq_conn_t *conn)
 
 int cq_conn_ensure(cqrps_client_t *c, cq_conn_t *conn)
 {
-    if (conn->fd >= 0 && conn->pcount == 0 && conn->nsegs == 0) {
+    if (conn->fd >= 0 && !conn_busy(conn)) {
         /* An idle connection has nothing to read. If it is readable, the
          * server closed it (EOF or reset) or sent something we never asked
          * for: either way the stream is not one to send on. */
@@ -410,11 +423,131 @@ static int conn_frame(cqrps_client_t *c, cq_conn_t *conn,
     return 0;
 }
 
+/* Replies at least this large may be received directly. */
+#define CQ_DIRECT_MIN (64u * 1024u)
+
+static int hdr_varint(const unsigned char **p, const unsigned char *end,
+                      uint64_t *v)
+{
+    uint64_t x = 0;
+    for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
+        unsigned char b = *(*p)++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Tries to switch to direct receive for the frame starting at f (have
+ * bytes of its body received, flen in total): only for the next pending
+ * request if it is a plain lookup whose rows are contiguous in the
+ * caller's output, and only if the received prefix shows an OK Response
+ * whose last bytes are exactly the vectors of the expected size (the
+ * layout protobuf encoders produce: fields in number order). Anything
+ * else, or a prefix too short to tell, returns 0 and the frame takes the
+ * ordinary path. On 1, the frame's bytes after the vectors' start are
+ * copied to the output and the rest will be received there. */
+static int direct_begin(cq_conn_t *conn, const unsigned char *f,
+                        size_t have, uint32_t flen)
+{
+    if (conn->pcount == 0 || flen < CQ_DIRECT_MIN)
+        return 0;
+    const cq_pending_t *pe = &conn->pend[conn->phead];
+    const cq_op_t *op = pe->op;
+    if (pe->kind != CQ_P_LOOKUP || pe->pos || op->accumulate || op->err)
+        return 0;
+    const unsigned char *p = f, *end = f + have, *fend = f + flen;
+    uint64_t key, v, id = 0, status = 0, dim = 0, sublen, vlen;
+    int have_id = 0;
+    /* Response: id, status, message, then the reply as the last field. */
+    for (;;) {
+        if (hdr_varint(&p, end, &key) < 0)
+            return 0;
+        if (key == (1 << 3 | 0) || key == (2 << 3 | 0)) {
+            if (hdr_varint(&p, end, &v) < 0)
+                return 0;
+            if (key >> 3 == 1) {
+                id = v;
+                have_id = 1;
+            } else {
+                status = v;
+            }
+        } else if (key == (3 << 3 | 2)) {
+            if (hdr_varint(&p, end, &v) < 0 || v > (uint64_t)(end - p))
+                return 0;
+            p += v;
+        } else if (key == ((uint64_t)CQ_RESP_LOOKUP << 3 | 2)) {
+            break;
+        } else {
+            return 0;
+        }
+    }
+    if (hdr_varint(&p, end, &sublen) < 0 || sublen != (uint64_t)(fend - p))
+        return 0;
+    /* LookupReply: dim, then the vectors up to the end of the frame. */
+    if (hdr_varint(&p, end, &key) < 0 || key != (1 << 3 | 0) ||
+        hdr_varint(&p, end, &dim) < 0)
+        return 0;
+    if (hdr_varint(&p, end, &key) < 0 || key != (2 << 3 | 2) ||
+        hdr_varint(&p, end, &vlen) < 0 || vlen != (uint64_t)(fend - p))
+        return 0;
+    const size_t row = (size_t)op->dim * sizeof(float);
+    if (!have_id || id != pe->id || status != 0 || dim != op->dim ||
+        vlen != pe->count * row)
+        return 0;
+    unsigned char *dst = (unsigned char *)(op->out + pe->base * op->dim);
+    size_t got = (size_t)(end - p);
+    memcpy(dst, p, got);
+    conn->dpend = *pe;
+    conn->phead = (conn->phead + 1) % conn->pcap;
+    conn->pcount--;
+    conn->dst = dst + got;
+    conn->dst_left = (size_t)vlen - got;
+    return 1;
+}
+
+/* Receives into the caller's output; completes the request when done. */
+static void direct_read(cqrps_client_t *c, cq_conn_t *conn)
+{
+    while (conn->dst_left > 0) {
+        ssize_t n = recv(conn->fd, conn->dst, conn->dst_left, MSG_DONTWAIT);
+        if (n == 0) {
+            char msg[CQ_ERRMSG_MAX];
+            snprintf(msg, sizeof(msg),
+                     "connection to %s closed by the server", conn->addr);
+            cq_conn_fail(c, conn, CQRPS_ECONN, msg);
+            return;
+        }
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                conn_fail_errno(c, conn, "read from", errno);
+            return;
+        }
+        conn->dst += n;
+        conn->dst_left -= (size_t)n;
+        conn->last_progress_ms = cq_now_ms();
+    }
+    conn->dst = NULL;
+    assert(conn->dpend.op->outstanding > 0);
+    conn->dpend.op->outstanding--;
+}
+
 static void conn_read(cqrps_client_t *c, cq_conn_t *conn)
 {
     char msg[CQ_ERRMSG_MAX];
     /* A bounded number of reads per wakeup keeps the shards fair. */
     for (int rounds = 0; rounds < 8 && conn->fd >= 0; rounds++) {
+        if (conn->dst) {
+            direct_read(c, conn);
+            if (conn->dst || conn->fd < 0)
+                return; /* drained (or failed) mid-frame */
+            continue;
+        }
         size_t want = conn->rlen + CQ_READ_CHUNK;
         if (conn->rlen >= 4) {
             uint32_t flen = be32(conn->rbuf);
@@ -467,8 +600,13 @@ static void conn_read(cqrps_client_t *c, cq_conn_t *conn)
                 cq_conn_fail(c, conn, CQRPS_EPROTO, msg);
                 return;
             }
-            if (conn->rlen - pos - 4 < flen)
+            if (conn->rlen - pos - 4 < flen) {
+                /* An incomplete large lookup reply: finish it in place. */
+                if (direct_begin(conn, conn->rbuf + pos + 4,
+                                 conn->rlen - pos - 4, flen))
+                    conn->rlen = pos;
                 break;
+            }
             if (conn_frame(c, conn, conn->rbuf + pos + 4, flen) < 0)
                 return;
             pos += 4 + (size_t)flen;
@@ -549,7 +687,7 @@ int cq_pump(cqrps_client_t *c, cq_op_t *op)
         int timeout = -1;
         for (uint32_t i = 0; i < c->nconns; i++) {
             cq_conn_t *conn = &c->conns[i];
-            if (conn->fd < 0 || (conn->pcount == 0 && conn->nsegs == 0))
+            if (conn->fd < 0 || !conn_busy(conn))
                 continue;
             c->pfds[nfds].fd = conn->fd;
             c->pfds[nfds].events = POLLIN | (conn->nsegs ? POLLOUT : 0);
@@ -587,7 +725,7 @@ int cq_pump(cqrps_client_t *c, cq_op_t *op)
             now = cq_now_ms();
             for (nfds_t k = 0; k < nfds; k++) {
                 cq_conn_t *conn = c->pconns[k];
-                if (conn->fd >= 0 && (conn->pcount || conn->nsegs) &&
+                if (conn->fd >= 0 && conn_busy(conn) &&
                     now >= conn->last_progress_ms + rt) {
                     char msg[CQ_ERRMSG_MAX];
                     snprintf(msg, sizeof(msg),

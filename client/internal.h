@@ -85,6 +85,11 @@ typedef struct cq_conn {
     /* requests sent, replies not yet read: a ring */
     cq_pending_t *pend;
     size_t phead, pcount, pcap;
+    /* Direct receive: the vectors of a large, contiguous lookup reply go
+     * from the socket straight into the caller's output (conn.c). */
+    unsigned char *dst;        /* where the rest of the frame goes, or NULL */
+    size_t dst_left;           /* bytes of it still to receive */
+    cq_pending_t dpend;        /* the request it answers (off the ring) */
     uint64_t last_progress_ms; /* last byte moved, for request timeouts */
     cqrps_server_info_t info;  /* from Hello */
 } cq_conn_t;

@@ -8,7 +8,7 @@ PKGS=(
   libuv1-dev libprotobuf-c-dev protobuf-c-compiler
   libopenblas-dev librocksdb-dev
   check libsubunit-dev libxxhash-dev
-  python3 python3-protobuf python3-numpy python3-yaml python3-torch
+  python3 python3-protobuf python3-numpy python3-yaml python3-torch python3-venv python3-pip
 )
 
 missing=()

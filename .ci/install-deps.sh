@@ -7,7 +7,8 @@ PKGS=(
   build-essential cmake pkg-config clang
   libuv1-dev libprotobuf-c-dev protobuf-c-compiler
   libopenblas-dev librocksdb-dev
-  check libsubunit-dev libxxhash-dev
+  check libsubunit-dev libxxhash-dev libmicrohttpd-dev
+  systemd
   python3 python3-protobuf python3-numpy python3-yaml python3-torch python3-venv python3-pip
 )
 

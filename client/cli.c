@@ -635,6 +635,90 @@ static int cmd_describe(cli_t *cli, int argc, char **argv)
     return 0;
 }
 
+/* A latency as "12.3us", "4.56ms" or "1.2s". */
+static void human_secs(double s, char *buf, size_t len)
+{
+    if (s < 1e-3)
+        snprintf(buf, len, "%.1fus", s * 1e6);
+    else if (s < 1.0)
+        snprintf(buf, len, "%.2fms", s * 1e3);
+    else
+        snprintf(buf, len, "%.2fs", s);
+}
+
+typedef struct lat_bucket {
+    double le;   /* upper bound, seconds */
+    double cum;  /* requests at or below it (summed over shards) */
+} lat_bucket_t;
+
+static int lat_cmp(const void *a, const void *b)
+{
+    double x = ((const lat_bucket_t *)a)->le, y = ((const lat_bucket_t *)b)->le;
+    return x < y ? -1 : x > y;
+}
+
+/* Quantile q of cumulative buckets b[0..n) holding `count` requests,
+ * interpolated inside the bucket (as Prometheus does). */
+static double lat_quantile(const lat_bucket_t *b, size_t n, double count,
+                           double q)
+{
+    double rank = q * count, prev_le = 0, prev_cum = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (b[i].cum >= rank && b[i].cum > prev_cum)
+            return prev_le + (b[i].le - prev_le) *
+                                 (rank - prev_cum) / (b[i].cum - prev_cum);
+        prev_le = b[i].le;
+        prev_cum = b[i].cum;
+    }
+    return n ? b[n - 1].le : 0; /* beyond the last bound */
+}
+
+/* The server's per-operation latency histograms ("latency.OP.count",
+ * ".sum_seconds", ".le.BOUND" counters, summed over shards) as one line
+ * per operation with quantiles. */
+static void print_latency(const cqrps_stats_t *st)
+{
+    int header = 0;
+    for (size_t i = 0; i < st->ncounters; i++) {
+        const char *k = st->counters[i].name;
+        size_t kl = strlen(k);
+        if (strncmp(k, "latency.", 8) != 0 || kl < 14 ||
+            strcmp(k + kl - 6, ".count") != 0 || st->counters[i].value <= 0)
+            continue;
+        char op[64];
+        snprintf(op, sizeof(op), "%.*s", (int)(kl - 14), k + 8);
+        char prefix[96];
+        int pl = snprintf(prefix, sizeof(prefix), "latency.%s.le.", op);
+        char sumkey[96];
+        snprintf(sumkey, sizeof(sumkey), "latency.%s.sum_seconds", op);
+        lat_bucket_t b[64];
+        size_t nb = 0;
+        double sum = 0, count = st->counters[i].value;
+        for (size_t j = 0; j < st->ncounters; j++) {
+            const char *kj = st->counters[j].name;
+            if (strcmp(kj, sumkey) == 0)
+                sum = st->counters[j].value;
+            else if (strncmp(kj, prefix, (size_t)pl) == 0 && nb < 64) {
+                b[nb].le = strtod(kj + pl, NULL);
+                b[nb++].cum = st->counters[j].value;
+            }
+        }
+        qsort(b, nb, sizeof(b[0]), lat_cmp);
+        char mean[24], p50[24], p90[24], p99[24];
+        human_secs(sum / count, mean, sizeof(mean));
+        human_secs(lat_quantile(b, nb, count, 0.50), p50, sizeof(p50));
+        human_secs(lat_quantile(b, nb, count, 0.90), p90, sizeof(p90));
+        human_secs(lat_quantile(b, nb, count, 0.99), p99, sizeof(p99));
+        if (!header) {
+            printf("latency:     %-18s %10s %10s %10s %10s %10s\n", "op",
+                   "count", "mean", "p50", "p90", "p99");
+            header = 1;
+        }
+        printf("             %-18s %10.0f %10s %10s %10s %10s\n", op, count,
+               mean, p50, p90, p99);
+    }
+}
+
 static int cmd_stats(cli_t *cli, int argc, char **argv)
 {
     int rc = simple_args(cli, argc, argv, 0, "",
@@ -685,11 +769,15 @@ static int cmd_stats(cli_t *cli, int argc, char **argv)
         printf("requests:    %" PRIu64 " (%" PRIu64 " errors)\n",
                st.requests, st.errors);
         printf("traffic:     %s in, %s out\n", bi, bo);
+        print_latency(&st);
         if (st.ncounters) {
             printf("counters:\n");
+            /* Histogram buckets are summarised above (--json has them). */
             for (size_t i = 0; i < st.ncounters; i++)
-                printf("  %-36s %.6g\n", st.counters[i].name,
-                       st.counters[i].value);
+                if (!(strncmp(st.counters[i].name, "latency.", 8) == 0 &&
+                      strstr(st.counters[i].name, ".le.") != NULL))
+                    printf("  %-36s %.6g\n", st.counters[i].name,
+                           st.counters[i].value);
         }
         if (st.ntables) {
             printf("tables:\n");

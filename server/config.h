@@ -1,10 +1,20 @@
 /* config.h -- the server's settings: one option table, flags, defaults.
  *
  * Every setting is one row of a single table (name, type, bounds, default,
- * help). Command-line flags (`--name VALUE`), the defaults and a future
- * config file (`name = value` lines) all go through cqr_config_set, so a
- * value means the same thing wherever it comes from and the bounds are
- * checked in one place.
+ * help). Command-line flags (`--name VALUE`), the defaults and the config
+ * file (`--config FILE`, `name = value` lines) all go through
+ * cqr_config_set, so a value means the same thing wherever it comes from
+ * and the bounds are checked in one place. Precedence: defaults, then the
+ * file, then the flags (wherever --config stands on the command line).
+ *
+ * Config file syntax: one `name = value` per line, the name being the
+ * flag's name without "--"; blank lines and lines whose first non-blank
+ * character is '#' are ignored, and so is the rest of a line after a '#'
+ * that follows a blank; a value may be put in double quotes (to keep a
+ * '#' or blanks at its ends). Each name may appear once. Switches that
+ * only make sense on a command line (help, version, print-config, config)
+ * are refused. Errors name the file and line: "cqrps.conf:7: unknown
+ * option 'thread' ...".
  *
  * Sizes accept binary suffixes: 64M, 64MiB, 16G, 512k (case-insensitive;
  * K = 1024). Counts are plain decimal integers.
@@ -29,6 +39,13 @@
 #define CQR_SERVER_VERSION "0.1.0"
 #define CQR_PROTOCOL_VERSION 1u
 
+/* An optional HOST:PORT (CQR_CT_ADDR_OPT). */
+typedef struct cqr_addr {
+    char text[300];  /* as normalised ("127.0.0.1:9100"); "" = off */
+    char host[256];  /* host without brackets */
+    uint16_t port;   /* 0 = any free port */
+} cqr_addr_t;
+
 typedef struct cqr_config {
     char listen[300];          /* the --listen value as given, for logs */
     char listen_host[256];     /* host without brackets ("::1"), numeric
@@ -46,8 +63,12 @@ typedef struct cqr_config {
     uint32_t cluster_threads;  /* threads of one cluster phase */
     uint32_t cluster_workers;  /* cluster phases that run at once */
     cqr_log_level_t log_level; /* lines below this level are dropped */
+    cqr_addr_t metrics;        /* --metrics-listen; text "" = off */
+    char config_path[4096];    /* --config FILE that was read, "" if none */
     int show_help;             /* --help was given: print usage, exit 0 */
     int show_version;          /* --version was given */
+    int print_config;          /* --print-config: print the effective
+                                  config as a config file, exit 0 */
 } cqr_config_t;
 
 typedef enum cqr_config_type {
@@ -56,7 +77,11 @@ typedef enum cqr_config_type {
     CQR_CT_U64,   /* decimal count into a uint64_t */
     CQR_CT_SIZE,  /* byte size with optional suffix, into a uint64_t */
     CQR_CT_LEVEL, /* log level name */
-    CQR_CT_FLAG   /* command-line only switch without value (int) */
+    CQR_CT_FLAG,  /* command-line only switch without value (int) */
+    CQR_CT_ADDR_OPT, /* "off", PORT (loopback) or HOST:PORT, into a
+                        cqr_addr_t */
+    CQR_CT_PATH   /* a file or directory path into a char array of `max`
+                     bytes; "" = unset */
 } cqr_config_type_t;
 
 typedef struct cqr_config_option {
@@ -82,9 +107,21 @@ int cqr_config_set(cqr_config_t *cfg, const char *name, const char *value,
 /* Parses argv (getopt_long; `--name VALUE`, `--name=VALUE`, `-h`) on top
  * of whatever cfg holds (call cqr_config_defaults first). Unknown options,
  * missing values and stray arguments are errors. --help and --version only
- * set show_help / show_version: the caller prints and exits. */
+ * set show_help / show_version: the caller prints and exits. With
+ * `--config FILE` the file is read (cqr_config_load_file) before any flag
+ * is applied, so flags override it. */
 int cqr_config_parse_args(cqr_config_t *cfg, int argc, char **argv,
                           char *err, size_t errlen);
+
+/* Reads a config file (syntax above) into cfg. On error cfg may hold the
+ * lines before the bad one; the message is "PATH:LINE: reason". Errors:
+ * CQR_EINVAL (syntax, unknown name, bad value), CQR_EIO (cannot read). */
+int cqr_config_load_file(cqr_config_t *cfg, const char *path, char *err,
+                         size_t errlen);
+
+/* Writes the effective config in config-file syntax (every option that a
+ * file may set, one per line). */
+void cqr_config_write(const cqr_config_t *cfg, FILE *f);
 
 /* Writes the --help text. */
 void cqr_config_usage(FILE *f, const char *prog);

@@ -9,6 +9,11 @@
  * are freed and every loop is checked closed. A second signal during the
  * drain kills the process the default way.
  *
+ * Operations: with --metrics-listen the metrics/health endpoint
+ * (metrics.h) starts before anything else and stops last; the main loop's
+ * heartbeat timer feeds /healthz and systemd's watchdog; under systemd
+ * (notify.h) READY=1 follows the ready line and STOPPING=1 the signal.
+ *
  * Exit status: 0 after a clean stop (also for --help/--version), 2 for
  * bad flags, 1 when the server cannot start.
  */
@@ -31,6 +36,8 @@
 #include "err.h"
 #include "kmeans.h"
 #include "log.h"
+#include "metrics.h"
+#include "notify.h"
 #include "rpc.h"
 
 /* Time the I/O threads get to answer received requests and flush. */
@@ -48,10 +55,26 @@ typedef struct server {
     uv_poll_t accept_poll;    /* readability of the listening socket */
     uv_timer_t backoff;       /* re-arms accept_poll after EMFILE */
     uv_signal_t sigint, sigterm;
+    uv_timer_t heartbeat;     /* liveness (/healthz), systemd watchdog */
+    int watchdog;             /* systemd asked for WATCHDOG=1 pings */
+    cqr_metrics_t *metrics;   /* --metrics-listen endpoint, or NULL */
+    char maddr[300];          /* its bound address */
     int listen_fd;            /* owned; -1 once closed */
     int stopping;             /* a signal arrived */
     char addr[300];           /* bound address, "127.0.0.1:7070" */
 } server_t;
+
+/* Interval of the heartbeat timer; systemd's watchdog gets pinged at
+ * least twice per WatchdogSec. */
+#define HEARTBEAT_MS 1000
+
+static void on_heartbeat(uv_timer_t *h)
+{
+    server_t *s = h->data;
+    atomic_store(&s->ctx.heartbeat_ms, cqr_health_now_ms());
+    if (s->watchdog)
+        cqr_notify("WATCHDOG=1");
+}
 
 static void on_accept(uv_poll_t *h, int status, int events);
 
@@ -121,6 +144,13 @@ static void on_signal(uv_signal_t *h, int signum)
     s->stopping = 1;
     cqr_log(CQR_LOG_INFO, "server", "stopping signal=%s",
             signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    /* /readyz turns 503 and systemd learns we are on our way out (the
+     * drain and the shutdown checkpoint may take a while). */
+    atomic_store(&s->ctx.accepting, 0);
+    cqr_notify("STOPPING=1\nSTATUS=draining connections, then the "
+               "shutdown checkpoint");
+    uv_timer_stop(&s->heartbeat);
+    uv_close((uv_handle_t *)&s->heartbeat, NULL);
     /* Stop accepting at once; the I/O threads drain after uv_run. */
     uv_poll_stop(&s->accept_poll);
     uv_close((uv_handle_t *)&s->accept_poll, on_listen_closed);
@@ -196,6 +226,15 @@ static int run(server_t *s)
     char line[1024];
     cqr_config_format(&s->cfg, line, sizeof line);
     cqr_log(CQR_LOG_INFO, "config", "%s", line);
+    if (s->cfg.config_path[0] != '\0')
+        cqr_log(CQR_LOG_INFO, "config", "read file=%s", s->cfg.config_path);
+
+    /* The metrics endpoint comes first, so /healthz answers (and /readyz
+     * says 503) during a long restore. */
+    if (s->cfg.metrics.text[0] != '\0' &&
+        cqr_metrics_start(&s->ctx, &s->cfg.metrics, &s->metrics, s->maddr,
+                          sizeof s->maddr) != 0)
+        return 1;
 
     if (open_listener(s) != 0)
         return 1;
@@ -217,13 +256,37 @@ static int run(server_t *s)
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_poll_start(&s->accept_poll, UV_READABLE, on_accept);
+    uint64_t wd_usec = cqr_notify_watchdog_usec();
+    s->watchdog = wd_usec > 0;
+    uint64_t beat = HEARTBEAT_MS;
+    if (s->watchdog && wd_usec / 2000 < beat)
+        beat = wd_usec / 2000 > 0 ? wd_usec / 2000 : 1;
+    uv_timer_init(&s->loop, &s->heartbeat);
+    s->heartbeat.data = s;
+    uv_timer_start(&s->heartbeat, on_heartbeat, beat, beat);
 
     cqr_log(CQR_LOG_INFO, "server", "listening addr=%s threads=%" PRIu32,
             s->addr, s->cfg.threads);
+    /* Readiness: a restore that runs before this point has finished;
+     * one that runs in the background set restore_async and sets
+     * `restored` itself. */
+    if (!atomic_load(&s->ctx.restore_async))
+        atomic_store(&s->ctx.restored, 1);
+    atomic_store(&s->ctx.heartbeat_ms, cqr_health_now_ms());
+    atomic_store(&s->ctx.accepting, 1);
     /* The ready line: the socket is listening, connections queue in the
-     * backlog even before the loop turns. */
+     * backlog even before the loop turns. The metrics line comes second,
+     * so tools that wait for the first keep working. */
     printf("cqrps-server listening on %s\n", s->addr);
+    if (s->metrics != NULL)
+        printf("cqrps-server metrics on %s\n", s->maddr);
     fflush(stdout);
+    char state[400];
+    snprintf(state, sizeof state, "READY=1\nSTATUS=listening on %s\n"
+             "MAINPID=%ld", s->addr, (long)getpid());
+    if (cqr_notify(state) < 0)
+        cqr_log(CQR_LOG_WARN, "server", "cannot notify systemd socket=%s "
+                "err=\"%s\"", getenv("NOTIFY_SOCKET"), strerror(errno));
 
     uv_run(&s->loop, UV_RUN_DEFAULT);
 
@@ -262,6 +325,10 @@ int main(int argc, char **argv)
                CQR_PROTOCOL_VERSION);
         return 0;
     }
+    if (s.cfg.print_config) {
+        cqr_config_write(&s.cfg, stdout);
+        return 0;
+    }
     cqr_log_set_level(s.cfg.log_level);
     /* A peer that vanishes must give EPIPE on write, not kill us. */
     signal(SIGPIPE, SIG_IGN);
@@ -271,6 +338,10 @@ int main(int argc, char **argv)
         return 1;
     }
     int rc = run(&s);
+    /* The endpoint reads the context: it goes first. It stayed up
+     * through the drain and the shutdown hook, answering /readyz 503. */
+    cqr_metrics_stop(s.metrics);
+    s.metrics = NULL;
     cqr_server_ctx_free(&s.ctx);
     cqr_log(CQR_LOG_INFO, "server", "exit status=%d", rc);
     return rc;

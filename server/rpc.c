@@ -44,6 +44,12 @@ const char *cqr_counter_name(cqr_counter_t c)
     return counter_names[c];
 }
 
+const char *cqr_op_name(uint32_t op)
+{
+    assert(op < CQR_OP_COUNT);
+    return op_names[op];
+}
+
 static double now_mono(void)
 {
     struct timespec ts;
@@ -57,14 +63,25 @@ int cqr_server_ctx_init(cqr_server_ctx_t *ctx, const cqr_config_t *cfg)
     ctx->cfg = cfg;
     ctx->start_mono = now_mono();
     ctx->blas_core = "";
-    int rc = cqr_registry_create(cfg->max_tables, cfg->max_table_memory,
-                                 &ctx->reg);
+    /* One block per I/O thread, and one for sessions of other threads
+     * (tests, tools) so that they never share an I/O thread's lines. */
+    int rc = cqr_opstats_create(cfg->threads + 1, CQR_OP_COUNT,
+                                CQR_STATUS_COUNT, &ctx->opstats);
     if (rc != 0)
         return rc;
+    rc = cqr_registry_create(cfg->max_tables, cfg->max_table_memory,
+                             &ctx->reg);
+    if (rc != 0) {
+        cqr_opstats_destroy(ctx->opstats);
+        ctx->opstats = NULL;
+        return rc;
+    }
     rc = cqr_phases_create(cfg->cluster_workers, &ctx->phases);
     if (rc != 0) {
         cqr_registry_destroy(ctx->reg);
         ctx->reg = NULL;
+        cqr_opstats_destroy(ctx->opstats);
+        ctx->opstats = NULL;
         return rc;
     }
     return 0;
@@ -77,6 +94,8 @@ void cqr_server_ctx_free(cqr_server_ctx_t *ctx)
     ctx->phases = NULL;
     cqr_registry_destroy(ctx->reg);
     ctx->reg = NULL;
+    cqr_opstats_destroy(ctx->opstats);
+    ctx->opstats = NULL;
 }
 
 void cqr_session_init(cqr_server_ctx_t *ctx, cqr_session_t *sess,
@@ -712,12 +731,41 @@ static int do_stats(rpc_call_t *c)
         {"table_bytes_reserved", (double)cqr_registry_bytes(ctx->reg)},
         {"max_table_memory", (double)ctx->cfg->max_table_memory},
         {"io_threads", (double)ctx->cfg->threads},
+        {"checkpoints_ok", (double)atomic_load(&ctx->ckpt_stats.ok)},
+        {"checkpoints_failed", (double)atomic_load(&ctx->ckpt_stats.failed)},
+        {"checkpoint_generation",
+         (double)atomic_load(&ctx->ckpt_stats.generation)},
+        {"checkpoint_last_bytes", (double)atomic_load(&ctx->ckpt_stats.bytes)},
+        {"checkpoint_last_seconds",
+         (double)atomic_load(&ctx->ckpt_stats.duration_us) * 1e-6},
+        {"restored", (double)atomic_load(&ctx->restored)},
+        {"ready", (double)(atomic_load(&ctx->restored) &&
+                           atomic_load(&ctx->accepting))},
     };
     size_t nextra = sizeof extra / sizeof extra[0];
-    size_t n = CQR_CTR__COUNT + CQR_STATUS_COUNT + CQR_OP_COUNT + nextra;
+
+    /* Request statistics, all summable over shards: replies by operation
+     * and status ("req.lookup.OK", non-zero ones only) and, per timed
+     * operation, its count, total seconds and cumulative latency buckets
+     * ("latency.lookup.le.0.0001"), from which `cqrps stats` derives
+     * quantiles. */
+    cqr_opstat_snap_t *snaps = calloc(CQR_OP_COUNT, sizeof *snaps);
+    if (snaps == NULL)
+        return fail(c, CQR_ENOMEM, "out of memory");
+    keep_heap(c, snaps);
+    size_t nreq = 0;
+    for (uint32_t op = 0; op < CQR_OP_COUNT; op++) {
+        cqr_opstats_read(ctx->opstats, op, &snaps[op]);
+        for (size_t s = 0; s < CQR_STATUS_COUNT; s++)
+            nreq += snaps[op].status[s] != 0;
+        if (snaps[op].count != 0)
+            nreq += 2 + CQR_LAT_NBOUNDS;
+    }
+    size_t n = CQR_CTR__COUNT + CQR_STATUS_COUNT + CQR_OP_COUNT + nextra +
+               nreq;
 
     /* One block: entries, pointers, and the "status.X"/"op.X" keys. */
-    size_t keylen = 40;
+    size_t keylen = 48;
     size_t size = n * sizeof(Cqrps__V1__StatsReply__CountersEntry) +
                   n * sizeof(void *) + n * keylen;
     uint8_t *blk = malloc(size);
@@ -751,6 +799,42 @@ static int do_stats(rpc_call_t *c)
         cqrps__v1__stats_reply__counters_entry__init(&ents[k]);
         ents[k].key = (char *)extra[i].name;
         ents[k].value = extra[i].v;
+    }
+    const double *bounds = cqr_opstats_bounds();
+    for (uint32_t op = 0; op < CQR_OP_COUNT; op++) {
+        const cqr_opstat_snap_t *sn = &snaps[op];
+        for (size_t s = 0; s < CQR_STATUS_COUNT; s++) {
+            if (sn->status[s] == 0)
+                continue;
+            cqrps__v1__stats_reply__counters_entry__init(&ents[k]);
+            snprintf(keys + k * keylen, keylen, "req.%s.%s", op_names[op],
+                     cqr_errname(-(int)s));
+            ents[k].key = keys + k * keylen;
+            ents[k].value = (double)sn->status[s];
+            k++;
+        }
+        if (sn->count == 0)
+            continue;
+        cqrps__v1__stats_reply__counters_entry__init(&ents[k]);
+        snprintf(keys + k * keylen, keylen, "latency.%s.count", op_names[op]);
+        ents[k].key = keys + k * keylen;
+        ents[k].value = (double)sn->count;
+        k++;
+        cqrps__v1__stats_reply__counters_entry__init(&ents[k]);
+        snprintf(keys + k * keylen, keylen, "latency.%s.sum_seconds",
+                 op_names[op]);
+        ents[k].key = keys + k * keylen;
+        ents[k].value = (double)sn->sum_ns * 1e-9;
+        k++;
+        uint64_t cum = 0;
+        for (size_t b = 0; b < CQR_LAT_NBOUNDS; b++, k++) {
+            cum += sn->bucket[b];
+            cqrps__v1__stats_reply__counters_entry__init(&ents[k]);
+            snprintf(keys + k * keylen, keylen, "latency.%s.le.%g",
+                     op_names[op], bounds[b]);
+            ents[k].key = keys + k * keylen;
+            ents[k].value = (double)cum;
+        }
     }
     assert(k == n);
     for (size_t i = 0; i < n; i++)
@@ -926,10 +1010,14 @@ static void call_release(rpc_call_t *c)
         cqr_entry_unref(c->entry);
 }
 
-int cqr_rpc_handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
-                   const uint8_t *body, size_t len, cqr_buf_t *out)
+/* The request path proper; *opi and *status receive the operation slot
+ * and the status sent, for cqr_rpc_handle's statistics. */
+static int handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
+                  const uint8_t *body, size_t len, cqr_buf_t *out,
+                  unsigned *opi, int *status)
 {
     cqr_ctr_add(ctx, CQR_CTR_requests, 1);
+    *opi = CQR_OP_COUNT - 1;
 
     pb_alloc_state_t as = {0};
     ProtobufCAllocator alloc = {pb_alloc, pb_free, &as};
@@ -937,22 +1025,25 @@ int cqr_rpc_handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
     if (req == NULL) {
         atomic_fetch_add_explicit(&ctx->ctr.ops[CQR_OP_COUNT - 1], 1,
                                   memory_order_relaxed);
-        if (as.oom)
+        if (as.oom) {
+            *status = CQR_ENOMEM;
             return cqr_rpc_error(ctx, out, 0, CQR_ENOMEM,
                                  "out of memory decoding the request");
+        }
         cqr_ctr_add(ctx, CQR_CTR_frames_malformed, 1);
+        *status = CQR_EPROTO;
         int rc = cqr_rpc_error(ctx, out, 0, CQR_EPROTO,
                                "request is not a valid cqrps.v1.Request; "
                                "closing the connection");
         return rc != 0 ? rc : CQR_EPROTO;
     }
     unsigned op = (unsigned)req->op_case - 10u;
-    atomic_fetch_add_explicit(&ctx->ctr.ops[op < CQR_OP_COUNT - 1
-                                                ? op : CQR_OP_COUNT - 1],
-                              1, memory_order_relaxed);
+    *opi = op < CQR_OP_COUNT - 1 ? op : CQR_OP_COUNT - 1;
+    atomic_fetch_add_explicit(&ctx->ctr.ops[*opi], 1, memory_order_relaxed);
 
     rpc_call_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
+        *status = CQR_ENOMEM;
         int rc = cqr_rpc_error(ctx, out, req->id, CQR_ENOMEM, NULL);
         cqrps__v1__request__free_unpacked(req, &alloc);
         return rc;
@@ -980,12 +1071,26 @@ int cqr_rpc_handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
             rc = cqr_rpc_error(ctx, out, req->id, CQR_ENOMEM,
                                "out of memory encoding the reply");
         }
+        *status = rc;
     } else {
+        *status = err;
         rc = cqr_rpc_error(ctx, out, req->id, err,
                            c->msg[0] ? c->msg : NULL);
     }
     call_release(c);
     free(c);
     cqrps__v1__request__free_unpacked(req, &alloc);
+    return rc;
+}
+
+int cqr_rpc_handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
+                   const uint8_t *body, size_t len, cqr_buf_t *out)
+{
+    uint64_t t0 = cqr_opstats_now_ns();
+    unsigned opi = CQR_OP_COUNT - 1;
+    int status = 0;
+    int rc = handle(ctx, sess, body, len, out, &opi, &status);
+    cqr_opstats_record(ctx->opstats, sess->thread, opi,
+                       (uint32_t)-status, cqr_opstats_now_ns() - t0);
     return rc;
 }

@@ -26,6 +26,7 @@
 
 #include "config.h"
 #include "frame.h"
+#include "opstats.h"
 #include "phase.h"
 #include "registry.h"
 
@@ -99,7 +100,10 @@ typedef struct cqr_auth_hooks {
 } cqr_auth_hooks_t;
 
 /* Checkpoint hooks (issue: checkpoints). NULL functions make Checkpoint
- * and ListCheckpoints answer UNSUPPORTED. `on_shutdown` runs once after
+ * and ListCheckpoints answer UNSUPPORTED. Whoever takes a checkpoint
+ * (these hooks, a timer, a phase, shutdown) records it once with
+ * cqr_ckpt_stats_record(&ctx->ckpt_stats, ...) for the metrics; the RPC
+ * layer does not. `on_shutdown` runs once after
  * the I/O threads drained and the phases finished, before the tables are
  * destroyed (checkpoint on SIGTERM). The checkpoint call currently runs
  * on the I/O thread and blocks its loop (see the report in conn.h). */
@@ -130,10 +134,25 @@ struct cqr_server_ctx {
     const char *blas_core;    /* OpenBLAS core name, for Stats/logs */
     cqr_auth_hooks_t auth;    /* zeroed = no authentication */
     cqr_ckpt_hooks_t ckpt;    /* zeroed = checkpoints unsupported */
+    cqr_opstats_t *opstats;   /* requests by op and status, latency; one
+                                 block per I/O thread (opstats.h) */
+    cqr_ckpt_stats_t ckpt_stats; /* figures of the checkpoints taken; the
+                                    persistence module records them */
+    /* Readiness (/readyz) and liveness (/healthz), see metrics.h. */
+    atomic_int restore_async; /* set by persistence before the ready line
+                                 when it restores in the background; it
+                                 then sets `restored` itself */
+    atomic_int restored;      /* 1 once the restore finished (main sets
+                                 it before the ready line unless
+                                 restore_async) */
+    atomic_int accepting;     /* 1 while the listener accepts */
+    atomic_uint_fast64_t heartbeat_ms; /* main loop's last tick (monotonic
+                                          ms); 0 before it runs */
 };
 
-/* Creates the registry and the phase runner from cfg. cfg is borrowed and
- * must outlive the context. Hooks start zeroed. */
+/* Creates the registry, the phase runner and the request statistics
+ * (cfg->threads blocks plus one for other threads) from cfg. cfg is
+ * borrowed and must outlive the context. Hooks start zeroed. */
 int cqr_server_ctx_init(cqr_server_ctx_t *ctx, const cqr_config_t *cfg);
 
 /* Finishes phases (cqr_phases_shutdown), then destroys the tables. Every
@@ -158,6 +177,10 @@ static inline uint64_t cqr_ctr_get(cqr_server_ctx_t *ctx, cqr_counter_t c)
 }
 
 const char *cqr_counter_name(cqr_counter_t c);
+
+/* Lower-case name of request operation op (0..CQR_OP_COUNT-1): "lookup",
+ * ..., "unknown" (the last slot: undecodable or unknown requests). */
+const char *cqr_op_name(uint32_t op);
 
 /* Sets up a session for a new connection. */
 void cqr_session_init(cqr_server_ctx_t *ctx, cqr_session_t *sess,

@@ -146,7 +146,8 @@ static int enqueue_bags(cqrps_client_t *c, cq_conn_t *conn, cq_op_t *op,
                 break;
             size_t iend = b1 + 1 < nbags ? offs[b1 + 1] : n;
             size_t bytes = (iend - i0) * 8 + (b1 + 1 - b0) * (row + 5);
-            if (iend - i0 > lim || bytes > budget)
+            /* The server bounds IDs and bags per request alike. */
+            if (iend - i0 > lim || b1 + 1 - b0 > lim || bytes > budget)
                 break;
             b1++;
         }

@@ -336,6 +336,19 @@ START_TEST(test_bad_requests_get_typed_errors)
     ck_assert_int_eq(cqrps_push(c, "bad.t", ids, g, 5000), 0);
     ck_assert_int_eq(cqrps_lookup(c, "bad.t", ids, 5000, g), 0);
 
+    /* More bags than --max-batch (few IDs): split by bags as well. */
+    static uint32_t boffs[3000];
+    static float pooled[3000 * 8];
+    for (uint32_t bg = 0; bg < 3000; bg++)
+        boffs[bg] = bg < 10 ? bg : 10;
+    ck_assert_int_eq(cqrps_lookup_pooled(c, "bad.t", ids, 10, boffs, 3000,
+                                         CQRPS_POOL_SUM, pooled),
+                     0);
+    ck_assert_int_eq(cqrps_lookup(c, "bad.t", ids, 10, g), 0);
+    ck_assert_mem_eq(pooled, g, 10 * 8 * sizeof(float));
+    for (size_t i = 10 * 8; i < 3000 * 8; i++)
+        ck_assert(pooled[i] == 0.0f);
+
     /* Malformed pooling arguments are caught before sending. */
     uint32_t offs[2] = { 1, 0 };
     ck_assert_int_eq(cqrps_lookup_pooled(c, "bad.t", ids, 4, offs, 2,

@@ -1,0 +1,318 @@
+/* cli_print.c -- output of the `cqrps` CLI: a small JSON writer (one
+ * object per command, for scripts) and the human-readable tables. All of
+ * it writes to stdout; see cli_print.h.
+ */
+#include "cli_print.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- JSON output --------------------------------------------------------
+ * Enough JSON for our objects: strings escaped per RFC 8259, numbers
+ * finite (NaN and Inf become null). */
+
+void js_str(const char *s)
+{
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        switch (*p) {
+        case '"': fputs("\\\"", stdout); break;
+        case '\\': fputs("\\\\", stdout); break;
+        case '\n': fputs("\\n", stdout); break;
+        case '\r': fputs("\\r", stdout); break;
+        case '\t': fputs("\\t", stdout); break;
+        default:
+            if (*p < 0x20)
+                printf("\\u%04x", *p);
+            else
+                putchar(*p);
+        }
+    }
+    putchar('"');
+}
+
+void js_key(const char *k, int *first)
+{
+    if (!*first)
+        putchar(',');
+    *first = 0;
+    js_str(k);
+    putchar(':');
+}
+
+void js_kstr(const char *k, const char *v, int *first)
+{
+    js_key(k, first);
+    js_str(v);
+}
+
+void js_ku64(const char *k, uint64_t v, int *first)
+{
+    js_key(k, first);
+    printf("%" PRIu64, v);
+}
+
+void js_kdbl(const char *k, double v, int *first)
+{
+    js_key(k, first);
+    if (isfinite(v))
+        printf("%.9g", v);
+    else
+        fputs("null", stdout);
+}
+
+/* A float in the fewest digits that read back as the same float, so 0.001f
+ * prints as 0.001, not 0.00100000005. */
+void js_kflt(const char *k, float v, int *first)
+{
+    js_key(k, first);
+    if (!isfinite(v)) {
+        fputs("null", stdout);
+        return;
+    }
+    char buf[32];
+    for (int prec = 6; prec <= 9; prec++) {
+        snprintf(buf, sizeof(buf), "%.*g", prec, (double)v);
+        if (strtof(buf, NULL) == v)
+            break;
+    }
+    fputs(buf, stdout);
+}
+
+void js_kbool(const char *k, int v, int *first)
+{
+    js_key(k, first);
+    fputs(v ? "true" : "false", stdout);
+}
+
+void js_config(const cqrps_table_config_t *c)
+{
+    int f = 1;
+    putchar('{');
+    js_kstr("kind", cqrps_kind_name(c->kind), &f);
+    js_ku64("dim", c->dim, &f);
+    js_ku64("chunks", c->chunks, &f);
+    js_ku64("rows", c->rows, &f);
+    js_ku64("seed", c->seed, &f);
+    js_kstr("optimizer", cqrps_optimizer_name(c->optimizer), &f);
+    js_kflt("lr", c->lr, &f);
+    js_kflt("beta1", c->beta1, &f);
+    js_kflt("beta2", c->beta2, &f);
+    js_kflt("eps", c->eps, &f);
+    js_kflt("weight_decay", c->weight_decay, &f);
+    js_kflt("init_scale", c->init_scale, &f);
+    js_ku64("schedule_every", c->schedule_every, &f);
+    js_ku64("schedule_max_phases", c->schedule_max_phases, &f);
+    js_ku64("cluster_iters", c->cluster_iters, &f);
+    js_ku64("cluster_sample", c->cluster_sample, &f);
+    js_kbool("reset_optimizer", c->reset_optimizer, &f);
+    putchar('}');
+}
+
+void js_info(const cqrps_table_info_t *t)
+{
+    int f = 1;
+    putchar('{');
+    js_kstr("name", t->name, &f);
+    js_key("config", &f);
+    js_config(&t->config);
+    js_ku64("known_ids", t->known_ids, &f);
+    js_ku64("param_bytes", t->param_bytes, &f);
+    js_ku64("optimizer_bytes", t->optimizer_bytes, &f);
+    js_ku64("index_bytes", t->index_bytes, &f);
+    js_kdbl("bytes_per_known_id", t->bytes_per_known_id, &f);
+    js_ku64("phases_done", t->phases_done, &f);
+    js_kbool("phase_running", t->phase_running, &f);
+    js_ku64("lookups", t->lookups, &f);
+    js_ku64("pushes", t->pushes, &f);
+    js_ku64("examples_pushed", t->examples_pushed, &f);
+    js_kdbl("last_inertia", t->last_inertia, &f);
+    js_kdbl("last_phase_seconds", t->last_phase_seconds, &f);
+    putchar('}');
+}
+
+void js_phase(const cqrps_phase_status_t *s)
+{
+    int f = 1;
+    putchar('{');
+    js_ku64("phase_id", s->phase_id, &f);
+    js_kstr("state", cqrps_phase_state_name(s->state), &f);
+    js_kstr("stage", s->stage, &f);
+    js_kdbl("fraction", s->fraction, &f);
+    js_kdbl("inertia", s->inertia, &f);
+    js_kdbl("seconds", s->seconds, &f);
+    js_ku64("ids_assigned", s->ids_assigned, &f);
+    js_ku64("replayed_pushes", s->replayed_pushes, &f);
+    js_kstr("error", s->error, &f);
+    putchar('}');
+}
+
+/* ---- Human output ------------------------------------------------------ */
+
+void human_bytes(uint64_t b, char *buf, size_t len)
+{
+    const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+    double v = (double)b;
+    int i = 0;
+    while (v >= 1024.0 && i < 4) {
+        v /= 1024.0;
+        i++;
+    }
+    if (i == 0)
+        snprintf(buf, len, "%" PRIu64 " B", b);
+    else
+        snprintf(buf, len, "%.1f %s", v, u[i]);
+}
+
+void print_describe(const cqrps_table_info_t *t)
+{
+    const cqrps_table_config_t *c = &t->config;
+    char pb[32], ob[32], ib[32];
+    human_bytes(t->param_bytes, pb, sizeof(pb));
+    human_bytes(t->optimizer_bytes, ob, sizeof(ob));
+    human_bytes(t->index_bytes, ib, sizeof(ib));
+    printf("table:          %s\n", t->name);
+    printf("kind:           %s\n", cqrps_kind_name(c->kind));
+    printf("dim:            %u\n", c->dim);
+    if (c->kind == CQRPS_KIND_CE || c->kind == CQRPS_KIND_CQR)
+        printf("chunks:         %u\n", c->chunks);
+    if (c->kind != CQRPS_KIND_FULL)
+        printf("rows:           %u\n", c->rows);
+    printf("seed:           %" PRIu64 "\n", c->seed);
+    printf("optimizer:      %s lr=%g", cqrps_optimizer_name(c->optimizer),
+           c->lr);
+    if (c->optimizer == CQRPS_OPT_ADAM)
+        printf(" beta1=%g beta2=%g eps=%g", c->beta1, c->beta2, c->eps);
+    else if (c->optimizer == CQRPS_OPT_ADAGRAD)
+        printf(" eps=%g", c->eps);
+    printf(" weight_decay=%g\n", c->weight_decay);
+    printf("init_scale:     %g\n", c->init_scale);
+    if (c->kind == CQRPS_KIND_CQR) {
+        printf("cluster:        iters=%u sample=%u reset_optimizer=%s\n",
+               c->cluster_iters, c->cluster_sample,
+               c->reset_optimizer ? "yes" : "no");
+        if (c->schedule_every)
+            printf("schedule:       every %" PRIu64 " examples, max %u "
+                   "phases\n",
+                   c->schedule_every, c->schedule_max_phases);
+        else
+            printf("schedule:       off\n");
+    }
+    printf("known_ids:      %" PRIu64 "\n", t->known_ids);
+    printf("memory:         params %s, optimizer %s, index %s "
+           "(%.1f B/known id)\n",
+           pb, ob, ib, t->bytes_per_known_id);
+    printf("traffic:        %" PRIu64 " ids looked up, %" PRIu64
+           " pushed, %" PRIu64 " examples\n",
+           t->lookups, t->pushes, t->examples_pushed);
+    if (c->kind == CQRPS_KIND_CQR)
+        printf("phases:         %u done%s, last inertia %g in %.3f s\n",
+               t->phases_done, t->phase_running ? ", one running" : "",
+               t->last_inertia, t->last_phase_seconds);
+}
+
+void print_table_rows(const cqrps_table_info_t *t, size_t n)
+{
+    printf("%-24s %-5s %6s %6s %9s %12s %12s %6s\n", "NAME", "KIND", "DIM",
+           "CHUNKS", "ROWS", "KNOWN_IDS", "PARAMS", "PHASES");
+    for (size_t i = 0; i < n; i++) {
+        const cqrps_table_config_t *c = &t[i].config;
+        char pb[32], chunks[16] = "-", rows[16] = "-";
+        human_bytes(t[i].param_bytes, pb, sizeof(pb));
+        if (c->kind == CQRPS_KIND_CE || c->kind == CQRPS_KIND_CQR)
+            snprintf(chunks, sizeof(chunks), "%u", c->chunks);
+        if (c->kind != CQRPS_KIND_FULL)
+            snprintf(rows, sizeof(rows), "%u", c->rows);
+        printf("%-24s %-5s %6u %6s %9s %12" PRIu64 " %12s %6u\n",
+               t[i].name, cqrps_kind_name(c->kind), c->dim, chunks, rows,
+               t[i].known_ids, pb, t[i].phases_done);
+    }
+}
+
+
+/* A latency as "12.3us", "4.56ms" or "1.2s". */
+static void human_secs(double s, char *buf, size_t len)
+{
+    if (s < 1e-3)
+        snprintf(buf, len, "%.1fus", s * 1e6);
+    else if (s < 1.0)
+        snprintf(buf, len, "%.2fms", s * 1e3);
+    else
+        snprintf(buf, len, "%.2fs", s);
+}
+
+typedef struct lat_bucket {
+    double le;   /* upper bound, seconds */
+    double cum;  /* requests at or below it (summed over shards) */
+} lat_bucket_t;
+
+static int lat_cmp(const void *a, const void *b)
+{
+    double x = ((const lat_bucket_t *)a)->le, y = ((const lat_bucket_t *)b)->le;
+    return x < y ? -1 : x > y;
+}
+
+/* Quantile q of cumulative buckets b[0..n) holding `count` requests,
+ * interpolated inside the bucket (as Prometheus does). */
+static double lat_quantile(const lat_bucket_t *b, size_t n, double count,
+                           double q)
+{
+    double rank = q * count, prev_le = 0, prev_cum = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (b[i].cum >= rank && b[i].cum > prev_cum)
+            return prev_le + (b[i].le - prev_le) *
+                                 (rank - prev_cum) / (b[i].cum - prev_cum);
+        prev_le = b[i].le;
+        prev_cum = b[i].cum;
+    }
+    return n ? b[n - 1].le : 0; /* beyond the last bound */
+}
+
+/* The server's per-operation latency histograms ("latency.OP.count",
+ * ".sum_seconds", ".le.BOUND" counters, summed over shards) as one line
+ * per operation with quantiles. */
+void print_latency(const cqrps_stats_t *st)
+{
+    int header = 0;
+    for (size_t i = 0; i < st->ncounters; i++) {
+        const char *k = st->counters[i].name;
+        size_t kl = strlen(k);
+        if (strncmp(k, "latency.", 8) != 0 || kl < 14 ||
+            strcmp(k + kl - 6, ".count") != 0 || st->counters[i].value <= 0)
+            continue;
+        char op[64];
+        snprintf(op, sizeof(op), "%.*s", (int)(kl - 14), k + 8);
+        char prefix[96];
+        int pl = snprintf(prefix, sizeof(prefix), "latency.%s.le.", op);
+        char sumkey[96];
+        snprintf(sumkey, sizeof(sumkey), "latency.%s.sum_seconds", op);
+        lat_bucket_t b[64];
+        size_t nb = 0;
+        double sum = 0, count = st->counters[i].value;
+        for (size_t j = 0; j < st->ncounters; j++) {
+            const char *kj = st->counters[j].name;
+            if (strcmp(kj, sumkey) == 0)
+                sum = st->counters[j].value;
+            else if (strncmp(kj, prefix, (size_t)pl) == 0 && nb < 64) {
+                b[nb].le = strtod(kj + pl, NULL);
+                b[nb++].cum = st->counters[j].value;
+            }
+        }
+        qsort(b, nb, sizeof(b[0]), lat_cmp);
+        char mean[24], p50[24], p90[24], p99[24];
+        human_secs(sum / count, mean, sizeof(mean));
+        human_secs(lat_quantile(b, nb, count, 0.50), p50, sizeof(p50));
+        human_secs(lat_quantile(b, nb, count, 0.90), p90, sizeof(p90));
+        human_secs(lat_quantile(b, nb, count, 0.99), p99, sizeof(p99));
+        if (!header) {
+            printf("latency:     %-18s %10s %10s %10s %10s %10s\n", "op",
+                   "count", "mean", "p50", "p90", "p99");
+            header = 1;
+        }
+        printf("             %-18s %10.0f %10s %10s %10s %10s\n", op, count,
+               mean, p50, p90, p99);
+    }
+}

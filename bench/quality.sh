@@ -6,6 +6,7 @@
 #   bench/quality.sh [OUTDIR]            default OUTDIR: bench/out/quality
 #   DATA=/path/to/ml-100k bench/quality.sh
 #   bench/quality.sh --data PATH OUTDIR
+#   bench/quality.sh --report-only OUTDIR   summary and plots from runs.tsv
 #
 # Grid: kinds full, hash, ce, cqr; P = 8 32 128 512 2048 parameters per
 # dimension per table (full: one row per ID); seeds 1 2 3; 10 and 50
@@ -70,9 +71,11 @@ fi
 # ---- Arguments ------------------------------------------------------------
 DATA=${DATA:-"$ROOT/../shared/data/ml-100k"}
 OUT=""
+REPORT_ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) DATA=$2; shift 2 ;;
+    --report-only) REPORT_ONLY=1; shift ;;
     -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) OUT=$1; shift ;;
   esac
@@ -96,7 +99,7 @@ for v in $VARIANTS; do
     echo "quality: unknown variant '$v'" >&2; exit 2
   fi
 done
-if [ ! -f "$DATA/u.data" ] && [ ! -f "$DATA" ]; then
+if [ -z "$REPORT_ONLY" ] && [ ! -f "$DATA/u.data" ] && [ ! -f "$DATA" ]; then
   echo "quality: no MovieLens-100k at $DATA (set DATA or --data to the ml-100k" >&2
   echo "directory; it is at ../shared/data/ml-100k beside the project root)" >&2
   exit 2
@@ -104,11 +107,17 @@ fi
 DATA=$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA")
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
-rm -f "$OUT"/logs/* "$OUT"/*.dat "$OUT"/*.png
+if [ -n "$REPORT_ONLY" ]; then
+  [ -f "$OUT/runs.tsv" ] || { echo "quality: no $OUT/runs.tsv" >&2; exit 2; }
+  rm -f "$OUT"/*.dat "$OUT"/*.png
+else
+  rm -f "$OUT"/logs/* "$OUT"/*.dat "$OUT"/*.png
+fi
 
 t_start=$(date +%s.%N)
 since() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { s = b - a; printf "%d:%02d", s / 60, s % 60 }'; }
 
+if [ -z "$REPORT_ONLY" ]; then
 # ---- Build (only what the grid runs) ---------------------------------------
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -117,16 +126,6 @@ cmake --build "$BUILD_DIR" -j "$(nproc 2>/dev/null || echo 2)" \
   --target cqrps-server cqrps-train-gmf >/dev/null
 SERVER="$BUILD_DIR/server/cqrps-server"
 TRAIN="$BUILD_DIR/examples/cqrps-train-gmf"
-
-# gnuplot for the plot: installed on demand (Debian's gnuplot-nox).
-if ! command -v gnuplot >/dev/null 2>&1; then
-  echo "quality: installing gnuplot-nox for the plot"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  { $SUDO apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null 2>&1 ||
-    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null; }; } ||
-    echo "quality: could not install gnuplot-nox; no plot" >&2
-fi
 
 # ---- Server ------------------------------------------------------------------
 SERVER_PID=""
@@ -194,9 +193,15 @@ kill -TERM "$SERVER_PID" 2>/dev/null || true
 wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=""
 grid_time=$(since)
+echo "$grid_time" >"$OUT/grid_time.txt"
+
+else
+  total=$(($(wc -l <"$OUT/runs.tsv") - 1)) failed=0
+  grid_time=$(cat "$OUT/grid_time.txt" 2>/dev/null || echo "?")
+fi
 
 # ---- Summary -------------------------------------------------------------------
-blas=$(sed -n 's/.*blas_core=\([^ ]*\).*/\1/p' "$OUT/server.log" | head -n1)
+blas=$(sed -n 's/.*blas_core=\([^ ]*\).*/\1/p' "$OUT/server.log" 2>/dev/null | head -n1 || true)
 {
   echo "# cqrps quality grid: GMF on MovieLens-100k"
   echo
@@ -219,6 +224,16 @@ blas=$(sed -n 's/.*blas_core=\([^ ]*\).*/\1/p' "$OUT/server.log" | head -n1)
       awk -f "$HERE/quality_summary.awk" -v variants="$VARIANTS" \
       -v flags_env=1 "$HERE/quality_reference.tsv" "$OUT/runs.tsv"
 } >"$OUT/summary.md"
+
+# gnuplot for the plot: installed on demand (Debian's gnuplot-nox).
+if ! command -v gnuplot >/dev/null 2>&1; then
+  echo "quality: installing gnuplot-nox for the plot"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  { $SUDO apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null 2>&1 ||
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null; }; } ||
+    echo "quality: could not install gnuplot-nox; no plot" >&2
+fi
 
 # ---- Plot: AUC against parameters per ID -------------------------------------
 if command -v gnuplot >/dev/null 2>&1; then
@@ -246,18 +261,23 @@ if command -v gnuplot >/dev/null 2>&1; then
       echo "set grid"
       printf "plot "
       sep=""
+      colors=(1f77b4 ff7f0e d62728 2ca02c 9467bd 8c564b e377c2 17becf)
+      first=${VARIANTS%% *} last=${VARIANTS##* } vi=0
       for v in $VARIANTS; do
+        lc="lc rgb '#${colors[$((vi % 8))]}'"
+        vi=$((vi + 1))
         for k in cqr ce hash full; do
           f="$OUT/plot_${e}_${v}-${k}.dat"
           [ -f "$f" ] || continue
           case "$k" in
-            cqr) style="with yerrorlines lw 2" ;;
-            full) style="with points pt 7 ps 1.5" ;;
-            *) style="with yerrorlines dt 2" ;;
+            cqr) style="with yerrorlines lw 2 pt 7 $lc" ;;
+            ce) style="with yerrorlines dt 2 pt 2 $lc" ;;
+            hash) style="with yerrorlines dt 4 pt 3 $lc" ;;
+            full) style="with points pt 9 ps 2 $lc" ;;
           esac
-          # ce and hash of the first variant only, to keep the plot legible
+          # ce and hash of the first and last variants only, for legibility
           if [ "$k" = ce ] || [ "$k" = hash ]; then
-            [ "$v" = "${VARIANTS%% *}" ] || continue
+            [ "$v" = "$first" ] || [ "$v" = "$last" ] || continue
           fi
           printf "%s'%s' using 1:2:3 %s title 'ours %s, %s'" "$sep" "$f" "$style" "$k" "$v"
           sep=", \\

@@ -1,0 +1,845 @@
+"""The cqrps client: tables, lookups and pushes on numpy arrays.
+
+A :class:`Client` wraps one ``cqrps_client_t`` of libcqrps. Arrays cross
+into C by pointer with no copy when they already have the library's
+layout: IDs as C-contiguous ``np.uint64`` (``np.int64`` is reinterpreted
+bit for bit, so negative hashed IDs are fine), vectors as C-contiguous
+``np.float32``, bag offsets as ``np.uint32``. Anything else is converted
+once (a copy) before the call.
+
+Threads: like the C library, a client is used by one thread at a time.
+Open one client per thread (connections are cheap). Calls release the GIL
+while they wait for the server, so clients in different threads run in
+parallel. Using one client from two threads at once raises RuntimeError
+instead of corrupting the connection.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from ctypes import POINTER, byref, c_float, c_size_t, c_uint32, c_uint64
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import (Dict, Iterable, List, Optional, Sequence, Tuple, Union)
+
+import numpy as np
+
+from . import _lib
+from .errors import Error, InvalidArgument, from_code
+
+# ---- Enums -----------------------------------------------------------------
+
+
+class Kind(IntEnum):
+    """Table kind (cqrps_kind_t)."""
+
+    FULL = 0  #: one row per ID: a plain parameter server
+    HASH = 1  #: hashing trick: one codebook of ``rows`` rows
+    CE = 2    #: compositional: two hashed codebooks, chunked
+    CQR = 3   #: clustered quotient-remainder (learned pointers)
+
+
+class Optimizer(IntEnum):
+    """Server-side optimizer (cqrps_optimizer_t)."""
+
+    SGD = 0      #: w -= lr * g
+    ADAGRAD = 1  #: row-wise Adagrad
+    ADAM = 2     #: lazy Adam with decoupled weight decay (AdamW)
+
+
+class Pooling(IntEnum):
+    """Pooling of a bag (cqrps_pooling_t)."""
+
+    SUM = 0
+    MEAN = 1
+
+
+def _enum(cls, value, what: str):
+    """An IntEnum member from a member, an int or a case-insensitive name."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        try:
+            return cls[value.upper()]
+        except KeyError:
+            pass
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        try:
+            return cls(int(value))
+        except ValueError:
+            pass
+    names = ", ".join(m.name.lower() for m in cls)
+    raise InvalidArgument(f"{what}: expected one of {names}, got {value!r}")
+
+
+# ---- Results ---------------------------------------------------------------
+
+
+def _s(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _f32(x: float) -> float:
+    """A C float as the shortest Python float that rounds to it (0.001,
+    not 0.0010000000474974513)."""
+    return float(str(np.float32(x)))
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """A table's effective configuration (defaults filled by the server)."""
+
+    kind: str                 #: "full", "hash", "ce" or "cqr"
+    dim: int                  #: floats per embedding
+    chunks: int               #: ce/cqr chunks (divides dim)
+    rows: int                 #: rows per codebook (0 for full)
+    seed: int                 #: seeds hashing, init and cluster phases
+    optimizer: str            #: "sgd", "adagrad" or "adam"
+    lr: float                 #: learning rate
+    beta1: float              #: Adam
+    beta2: float              #: Adam
+    eps: float                #: Adam / Adagrad
+    weight_decay: float       #: decoupled, applied to touched rows
+    schedule_every: int       #: cqr: a phase every N pushed examples (0 off)
+    schedule_max_phases: int  #: stop scheduling after this many (0 no limit)
+    cluster_iters: int        #: k-means iterations
+    cluster_sample: int       #: sample points per centroid
+    reset_optimizer: bool     #: zero optimizer state at each phase
+    init_scale: float         #: initial values uniform in (-s, s)
+
+    @classmethod
+    def _from_c(cls, c: _lib.TableConfig) -> "TableConfig":
+        return cls(
+            kind=_lib.KIND_NAMES[c.kind] if 0 <= c.kind < 4 else str(c.kind),
+            dim=c.dim, chunks=c.chunks, rows=c.rows, seed=c.seed,
+            optimizer=(_lib.OPTIMIZER_NAMES[c.optimizer]
+                       if 0 <= c.optimizer < 3 else str(c.optimizer)),
+            lr=_f32(c.lr), beta1=_f32(c.beta1), beta2=_f32(c.beta2),
+            eps=_f32(c.eps), weight_decay=_f32(c.weight_decay),
+            schedule_every=c.schedule_every,
+            schedule_max_phases=c.schedule_max_phases,
+            cluster_iters=c.cluster_iters, cluster_sample=c.cluster_sample,
+            reset_optimizer=bool(c.reset_optimizer),
+            init_scale=_f32(c.init_scale))
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A table's config and figures (summed over shards when sharded)."""
+
+    name: str                   #: table name
+    config: TableConfig         #: effective config
+    known_ids: int              #: IDs that received a gradient
+    param_bytes: int            #: codebooks / rows
+    optimizer_bytes: int        #: optimizer state
+    index_bytes: int            #: known-ID map (pointers)
+    bytes_per_known_id: float   #: index_bytes / known_ids
+    phases_done: int            #: committed cluster phases
+    phase_running: bool         #: a cluster phase runs now
+    lookups: int                #: IDs looked up
+    pushes: int                 #: IDs pushed
+    examples_pushed: int        #: rows of plain pushes + bags
+    last_inertia: float         #: k-means inertia of the last phase
+    last_phase_seconds: float   #: wall time of the last phase
+
+    @property
+    def kind(self) -> str:
+        """The table's kind (shortcut for ``config.kind``)."""
+        return self.config.kind
+
+    @property
+    def dim(self) -> int:
+        """The table's dim (shortcut for ``config.dim``)."""
+        return self.config.dim
+
+    @classmethod
+    def _from_c(cls, t: _lib.TableInfo) -> "TableInfo":
+        return cls(
+            name=_s(t.name), config=TableConfig._from_c(t.config),
+            known_ids=t.known_ids, param_bytes=t.param_bytes,
+            optimizer_bytes=t.optimizer_bytes, index_bytes=t.index_bytes,
+            bytes_per_known_id=t.bytes_per_known_id,
+            phases_done=t.phases_done, phase_running=bool(t.phase_running),
+            lookups=t.lookups, pushes=t.pushes,
+            examples_pushed=t.examples_pushed,
+            last_inertia=t.last_inertia,
+            last_phase_seconds=t.last_phase_seconds)
+
+
+@dataclass(frozen=True)
+class PhaseStatus:
+    """Status of a cluster phase."""
+
+    phase_id: int         #: the phase reported on
+    state: str            #: "queued", "running", "done" or "failed"
+    stage: str            #: "kmeans", "assign", ...
+    fraction: float       #: progress, 0..1
+    inertia: float        #: mean k-means inertia
+    seconds: float        #: wall time so far or in total
+    ids_assigned: int     #: known IDs given learned pointers
+    replayed_pushes: int  #: pushes logged during the phase and replayed
+    error: str            #: why a failed phase failed ("" otherwise)
+
+    @property
+    def done(self) -> bool:
+        """True once the phase committed."""
+        return self.state == "done"
+
+    @property
+    def failed(self) -> bool:
+        """True if the phase failed (see ``error``)."""
+        return self.state == "failed"
+
+    @classmethod
+    def _from_c(cls, p: _lib.PhaseStatus) -> "PhaseStatus":
+        return cls(
+            phase_id=p.phase_id,
+            state=(_lib.PHASE_STATE_NAMES[p.state]
+                   if 0 <= p.state < 4 else str(p.state)),
+            stage=_s(p.stage), fraction=p.fraction, inertia=p.inertia,
+            seconds=p.seconds, ids_assigned=p.ids_assigned,
+            replayed_pushes=p.replayed_pushes, error=_s(p.error))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Server statistics (summed over shards when sharded)."""
+
+    server_version: str            #: the first shard's version
+    uptime_seconds: float          #: since the server started
+    connections: int               #: open connections
+    requests: int                  #: requests served
+    errors: int                    #: error replies sent
+    bytes_in: int                  #: bytes received
+    bytes_out: int                 #: bytes sent
+    tables: List[TableInfo] = field(default_factory=list)  #: by name
+    counters: Dict[str, float] = field(default_factory=dict)  #: by name
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the server said in Hello (limits: the smallest over shards)."""
+
+    server_version: str    #: e.g. "0.1.0"
+    protocol_version: int  #: 1
+    admin: bool            #: the admin token was accepted
+    max_frame_bytes: int   #: the server's frame limit
+    max_batch: int         #: the server's IDs-per-request limit
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint of one shard."""
+
+    generation: int  #: increasing per server
+    unix_time: int   #: when it was taken
+    bytes: int       #: size on disk
+    tables: int      #: tables it holds
+    shard: int       #: index of the address it lives on
+
+
+# ---- Array conversion --------------------------------------------------------
+
+IdsLike = Union[np.ndarray, Sequence[int], Iterable[int]]
+Secret = Union[str, bytes, None]
+
+
+def as_ids(ids: IdsLike) -> np.ndarray:
+    """IDs as a C-contiguous np.uint64 array of the same shape.
+
+    No copy for C-contiguous uint64 or int64 input (int64 is reinterpreted
+    bit for bit: -1 is 2**64 - 1). Other integer types are converted;
+    floats, bools and objects are rejected (InvalidArgument).
+    """
+    if isinstance(ids, np.ndarray):
+        a = ids
+    else:
+        try:
+            a = np.asarray(ids)
+        except OverflowError as e:
+            raise InvalidArgument(f"ids: {e}") from None
+        if a.dtype == object:  # Python ints beyond int64, mixed with others
+            try:
+                a = np.array([int(x) & 0xFFFFFFFFFFFFFFFF for x in a.ravel()],
+                             dtype=np.uint64).reshape(a.shape)
+            except (TypeError, ValueError) as e:
+                raise InvalidArgument(f"ids: {e}") from None
+        elif a.size == 0 and a.dtype == np.float64:  # e.g. ids=[]
+            a = a.astype(np.uint64)
+    if a.dtype == np.uint64:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.int64:
+        return np.ascontiguousarray(a).view(np.uint64)
+    if a.dtype.kind in "iu":
+        return np.ascontiguousarray(a.astype(np.int64)).view(np.uint64)
+    raise InvalidArgument(f"ids: expected integers, got dtype {a.dtype}")
+
+
+def _as_f32(a, what: str) -> np.ndarray:
+    """A C-contiguous float32 array (no copy when it already is one)."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "fiu":
+        raise InvalidArgument(f"{what}: expected numbers, got {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _as_offsets(offsets, n: int) -> np.ndarray:
+    o = np.asarray(offsets)
+    if o.ndim != 1 or (o.size and o.dtype.kind not in "iu"):
+        raise InvalidArgument("offsets: expected a 1-D array of integers")
+    if o.size and (int(o.min()) < 0 or int(o.max()) > n):
+        raise InvalidArgument(f"offsets: values must be within [0, {n}]")
+    if n > 0xFFFFFFFF:
+        raise InvalidArgument("pooled calls take at most 2**32-1 IDs")
+    return np.ascontiguousarray(o, dtype=np.uint32)
+
+
+def _p64(a: np.ndarray):
+    return a.ctypes.data_as(POINTER(c_uint64))
+
+
+def _p32(a: np.ndarray):
+    return a.ctypes.data_as(POINTER(c_uint32))
+
+
+def _pf(a: np.ndarray):
+    return a.ctypes.data_as(POINTER(c_float))
+
+
+def _name(name: str) -> bytes:
+    if not isinstance(name, str):
+        raise InvalidArgument(f"table name: expected str, got {name!r}")
+    b = name.encode("utf-8")
+    if not b or len(b) > _lib.NAME_MAX or b"\0" in b:
+        raise InvalidArgument(
+            f"table name: 1..{_lib.NAME_MAX} bytes without NUL, got {name!r}")
+    return b
+
+
+def _secret(s: Secret, what: str) -> Optional[bytes]:
+    if s is None:
+        return None
+    if isinstance(s, str):
+        return s.encode("utf-8")
+    if isinstance(s, (bytes, bytearray)):
+        return bytes(s)
+    raise InvalidArgument(f"{what}: expected str or bytes")
+
+
+def _ms(seconds: Optional[float], what: str) -> int:
+    """Seconds as the library's milliseconds; None and 0 mean no limit
+    (0). A positive time rounds up to at least 1 ms."""
+    if seconds is None:
+        return 0
+    if not seconds >= 0:
+        raise InvalidArgument(f"{what}: must be >= 0 seconds or None")
+    ms = int(round(seconds * 1000))
+    if seconds > 0:
+        ms = max(ms, 1)
+    return min(ms, 0xFFFFFFFF)
+
+
+# ---- Asynchronous calls ------------------------------------------------------
+
+
+class Ticket:
+    """A lookup or push in flight (from a ``*_start`` call).
+
+    ``wait()`` returns the lookup's array (or None for a push) and raises
+    the call's error. Wait for every ticket, on the client's thread; the
+    client keeps the output array alive until then.
+    """
+
+    __slots__ = ("_client", "_id", "_out", "_done")
+
+    def __init__(self, client: "Client", tid: int,
+                 out: Optional[np.ndarray]) -> None:
+        self._client = client
+        self._id = tid
+        self._out = out
+        self._done = False
+
+    def wait(self) -> Optional[np.ndarray]:
+        """Waits for every reply; returns the looked-up array or None."""
+        if self._done:
+            raise InvalidArgument("ticket already waited for")
+        self._done = True
+        self._client._wait(self._id)
+        return self._out
+
+
+# ---- The client --------------------------------------------------------------
+
+
+class Client:
+    """A connection (or one per shard) to cqrps servers; see :func:`connect`.
+
+    Use it as a context manager or call :meth:`close`. Not for concurrent
+    use from several threads (see the module docstring).
+    """
+
+    def __init__(self, addrs: str, token: Secret = None, *,
+                 admin_token: Secret = None,
+                 connect_timeout: Optional[float] = 5.0,
+                 request_timeout: Optional[float] = 30.0,
+                 client_name: Optional[str] = "cqrps-python",
+                 reconnect: bool = True,
+                 max_batch: Optional[int] = None) -> None:
+        self._L = _lib.lib()
+        self._c: Optional[int] = None
+        self._busy = threading.Lock()
+        self._pending: Dict[int, Optional[np.ndarray]] = {}
+        if not isinstance(addrs, str):
+            addrs = ",".join(addrs)
+        self.addrs = addrs
+        opt = _lib.Options()
+        self._L.cqrps_options_init(byref(opt))
+        if connect_timeout is not None:  # None: the library's 5 s
+            if not connect_timeout > 0:
+                raise InvalidArgument("connect_timeout: must be > 0 seconds")
+            opt.connect_timeout_ms = _ms(connect_timeout, "connect_timeout")
+        opt.request_timeout_ms = _ms(request_timeout, "request_timeout")
+        tok = _secret(token, "token")
+        atok = _secret(admin_token, "admin_token")
+        # The library copies tokens and names during cqrps_connect.
+        tbuf = ctypes.create_string_buffer(tok, len(tok)) if tok else None
+        abuf = ctypes.create_string_buffer(atok, len(atok)) if atok else None
+        if tbuf is not None:
+            opt.token = ctypes.cast(tbuf, ctypes.c_void_p)
+            opt.token_len = len(tok)
+        if abuf is not None:
+            opt.admin_token = ctypes.cast(abuf, ctypes.c_void_p)
+            opt.admin_token_len = len(atok)
+        if client_name:
+            opt.client_name = client_name.encode("utf-8")
+        opt.reconnect = 1 if reconnect else 0
+        if max_batch is not None:
+            if not 0 < max_batch <= 0xFFFFFFFF:
+                raise InvalidArgument("max_batch: 1 .. 2**32-1")
+            opt.max_batch = max_batch
+        handle = ctypes.c_void_p()
+        rc = self._L.cqrps_connect(addrs.encode("utf-8"), byref(opt),
+                                   byref(handle))
+        if rc != 0:
+            msg = self._L.cqrps_last_error(None) or b""
+            raise from_code(rc, _s(msg))
+        self._c = handle.value
+
+    # -- plumbing --
+
+    def _handle(self) -> int:
+        if self._c is None:
+            raise Error("client is closed", code=_lib.EINVAL,
+                        name="INVALID_ARGUMENT")
+        return self._c
+
+    def _call(self, fn, *args) -> None:
+        """Calls fn(handle, *args) under the one-thread guard; raises on
+        a negative result with the library's last error message."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                "cqrps.Client used from two threads at once; open one "
+                "client per thread")
+        try:
+            h = self._handle()
+            rc = fn(h, *args)
+            if rc != 0:
+                raise from_code(rc, _s(self._L.cqrps_last_error(h) or b""))
+        finally:
+            self._busy.release()
+
+    def _dim(self, name: str) -> int:
+        # Always ask the library: it caches the dim per client (no round
+        # trip) and sizes replies by that same cache, so an output buffer
+        # sized here can never be smaller than what it writes, even after
+        # the table was dropped and created again with another dim.
+        return self.table_dim(name)
+
+    # -- lifecycle --
+
+    def close(self) -> None:
+        """Closes every connection; in-flight tickets are dropped. Idempotent."""
+        with self._busy:
+            if self._c is not None:
+                self._L.cqrps_close(self._c)
+                self._c = None
+                self._pending.clear()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._c is None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        c = getattr(self, "_c", None)
+        if c is not None:
+            try:
+                self._L.cqrps_close(c)
+            except Exception:  # interpreter shutdown
+                pass
+            self._c = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._c is None else "open"
+        return f"<cqrps.Client {self.addrs!r} {state}>"
+
+    # -- server --
+
+    @property
+    def shard_count(self) -> int:
+        """Number of shards (addresses) of this client."""
+        return int(self._L.cqrps_shard_count(self._handle()))
+
+    def server_info(self) -> ServerInfo:
+        """What the (first) server said in Hello."""
+        si = _lib.ServerInfo()
+        self._call(self._L.cqrps_server_info, byref(si))
+        return ServerInfo(_s(si.server_version), si.protocol_version,
+                          bool(si.admin), si.max_frame_bytes, si.max_batch)
+
+    def stats(self) -> Stats:
+        """Server statistics, with every table's figures and counters."""
+        st = _lib.Stats()
+        try:
+            self._call(self._L.cqrps_stats, byref(st))
+            tables = [TableInfo._from_c(st.tables[i])
+                      for i in range(st.ntables)]
+            counters = {_s(st.counters[i].name or b""): st.counters[i].value
+                        for i in range(st.ncounters)}
+            return Stats(_s(st.server_version), st.uptime_seconds,
+                         st.connections, st.requests, st.errors, st.bytes_in,
+                         st.bytes_out, tables, counters)
+        finally:
+            self._L.cqrps_stats_free(byref(st))
+
+    # -- tables --
+
+    def create_table(self, name: str, *, kind: Union[str, Kind],
+                     dim: int, chunks: int = 0, rows: int = 0,
+                     seed: int = 0,
+                     optimizer: Union[str, Optimizer] = "adam",
+                     lr: float = 0.0, beta1: float = 0.0, beta2: float = 0.0,
+                     eps: float = 0.0, weight_decay: float = 0.0,
+                     schedule_every: int = 0, schedule_max_phases: int = 0,
+                     cluster_iters: int = 0, cluster_sample: int = 0,
+                     reset_optimizer: bool = False,
+                     init_scale: float = 0.0) -> TableInfo:
+        """Creates a table on every shard; returns its effective config.
+
+        Every field of ``cqrps_table_config_t`` is a keyword; 0 asks for
+        the server's default (chunks 4, rows 1024, lr 0.01 SGD / 0.1
+        Adagrad / 0.001 Adam, betas 0.9/0.999, eps 1e-8, 25 k-means
+        iterations, 200 samples per centroid, init scale 1/sqrt(dim)).
+        Raises AlreadyExists if the table exists, InvalidArgument for a
+        bad config.
+        """
+        if not (isinstance(dim, (int, np.integer)) and 0 < dim <= 0xFFFFFFFF):
+            raise InvalidArgument(f"dim: expected a positive int, got {dim!r}")
+        cfg = _lib.TableConfig()
+        self._L.cqrps_table_config_init(byref(cfg),
+                                        _enum(Kind, kind, "kind"), int(dim))
+        cfg.optimizer = _enum(Optimizer, optimizer, "optimizer")
+        ints = {"chunks": chunks, "rows": rows,
+                "schedule_max_phases": schedule_max_phases,
+                "cluster_iters": cluster_iters,
+                "cluster_sample": cluster_sample}
+        for k, v in ints.items():
+            if not 0 <= int(v) <= 0xFFFFFFFF:
+                raise InvalidArgument(f"{k}: expected 0 .. 2**32-1")
+            setattr(cfg, k, int(v))
+        for k, v in {"seed": seed, "schedule_every": schedule_every}.items():
+            if not 0 <= int(v) <= 0xFFFFFFFFFFFFFFFF:
+                raise InvalidArgument(f"{k}: expected 0 .. 2**64-1")
+            setattr(cfg, k, int(v))
+        cfg.lr = float(lr)
+        cfg.beta1 = float(beta1)
+        cfg.beta2 = float(beta2)
+        cfg.eps = float(eps)
+        cfg.weight_decay = float(weight_decay)
+        cfg.reset_optimizer = 1 if reset_optimizer else 0
+        cfg.init_scale = float(init_scale)
+        info = _lib.TableInfo()
+        self._call(self._L.cqrps_create_table, _name(name), byref(cfg),
+                   byref(info))
+        return TableInfo._from_c(info)
+
+    def drop_table(self, name: str) -> None:
+        """Drops a table on every shard. NotFound if it does not exist."""
+        self._call(self._L.cqrps_drop_table, _name(name))
+
+    def list_tables(self) -> List[TableInfo]:
+        """Every table, sorted by name."""
+        arr = POINTER(_lib.TableInfo)()
+        n = c_size_t()
+        self._call(self._L.cqrps_list_tables, byref(arr), byref(n))
+        try:
+            return [TableInfo._from_c(arr[i]) for i in range(n.value)]
+        finally:
+            self._L.cqrps_table_list_free(arr)
+
+    def describe_table(self, name: str) -> TableInfo:
+        """One table's config and figures. NotFound if it does not exist."""
+        info = _lib.TableInfo()
+        self._call(self._L.cqrps_describe_table, _name(name), byref(info))
+        return TableInfo._from_c(info)
+
+    def table_dim(self, name: str) -> int:
+        """The table's dim (cached by the library after the first call)."""
+        d = c_uint32()
+        self._call(self._L.cqrps_table_dim, _name(name), byref(d))
+        return d.value
+
+    # -- lookups and pushes --
+
+    def _out(self, out: Optional[np.ndarray], shape: Tuple[int, ...]
+             ) -> np.ndarray:
+        if out is None:
+            return np.empty(shape, dtype=np.float32)
+        if (not isinstance(out, np.ndarray) or out.dtype != np.float32
+                or not out.flags.c_contiguous or not out.flags.writeable
+                or out.size != int(np.prod(shape))):
+            raise InvalidArgument(
+                f"out: expected a writable C-contiguous float32 array of "
+                f"{int(np.prod(shape))} elements (shape {shape})")
+        return out
+
+    def _grads(self, grads, n: int, dim: int) -> np.ndarray:
+        g = _as_f32(grads, "grads")
+        if g.size != n * dim:
+            raise InvalidArgument(
+                f"grads: expected {n} x {dim} floats, got shape {g.shape}")
+        return g
+
+    def lookup(self, name: str, ids: IdsLike,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Embeddings of ``ids``: float32 of shape ``ids.shape + (dim,)``
+        ((n, dim) for a 1-D list).
+
+        ``out`` (optional) is filled in place and returned: a writable
+        C-contiguous float32 array with as many elements.
+        """
+        bname = _name(name)
+        a = as_ids(ids)
+        dim = self._dim(name)
+        res = self._out(out, a.shape + (dim,))
+        self._call(self._L.cqrps_lookup, bname, _p64(a), a.size, _pf(res))
+        return res
+
+    def push(self, name: str, ids: IdsLike, grads) -> None:
+        """Pushes one gradient row per ID (``grads``: ``ids.shape +
+        (dim,)`` or (n, dim) floats). The server's optimizer applies it;
+        gradients of the same row within one push are summed first.
+        NonFinite if a gradient holds NaN or Inf.
+        """
+        bname = _name(name)
+        a = as_ids(ids)
+        g = self._grads(grads, a.size, self._dim(name))
+        self._call(self._L.cqrps_push, bname, _p64(a), _pf(g), a.size)
+
+    def lookup_pooled(self, name: str, ids: IdsLike, offsets,
+                      pooling: Union[str, Pooling] = "sum",
+                      out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Pooled (embedding-bag) lookup: (nbags, dim) float32.
+
+        Bag b is ``ids[offsets[b]:offsets[b+1]]`` and the last bag runs to
+        the end (as ``torch.nn.EmbeddingBag`` with include_last_offset
+        False); offsets[0] must be 0 and offsets must not decrease. An
+        empty bag gives zeros. ``pooling`` is "sum" or "mean".
+        """
+        bname = _name(name)
+        a = as_ids(ids).ravel()
+        o = _as_offsets(offsets, a.size)
+        pool = _enum(Pooling, pooling, "pooling")
+        res = self._out(out, (o.size, self._dim(name)))
+        self._call(self._L.cqrps_lookup_pooled, bname, _p64(a), a.size,
+                   _p32(o), o.size, pool, _pf(res))
+        return res
+
+    def push_pooled(self, name: str, ids: IdsLike, offsets, grads,
+                    pooling: Union[str, Pooling] = "sum") -> None:
+        """Pushes (nbags, dim) gradients of pooled outputs: every ID of bag
+        b receives g_b ("sum") or g_b / len(bag) ("mean")."""
+        bname = _name(name)
+        a = as_ids(ids).ravel()
+        o = _as_offsets(offsets, a.size)
+        pool = _enum(Pooling, pooling, "pooling")
+        g = self._grads(grads, o.size, self._dim(name))
+        self._call(self._L.cqrps_push_pooled, bname, _p64(a), a.size,
+                   _p32(o), o.size, pool, _pf(g))
+
+    # -- asynchronous variants --
+
+    def _start(self, fn, out: Optional[np.ndarray], *args) -> Ticket:
+        t = c_uint64()
+        self._call(fn, *args, byref(t))
+        self._pending[t.value] = out  # keeps `out` alive until waited
+        return Ticket(self, t.value, out)
+
+    def _wait(self, tid: int) -> None:
+        if tid not in self._pending:
+            raise InvalidArgument("unknown ticket (client closed?)")
+        try:
+            self._call(self._L.cqrps_wait, tid)
+        finally:
+            self._pending.pop(tid, None)
+
+    def lookup_start(self, name: str, ids: IdsLike,
+                     out: Optional[np.ndarray] = None) -> Ticket:
+        """Sends a lookup and returns at once; ``ticket.wait()`` returns
+        the array. Overlaps several requests or the caller's own work."""
+        bname = _name(name)
+        a = as_ids(ids)
+        res = self._out(out, a.shape + (self._dim(name),))
+        return self._start(self._L.cqrps_lookup_start, res, bname, _p64(a),
+                           a.size, _pf(res))
+
+    def push_start(self, name: str, ids: IdsLike, grads) -> Ticket:
+        """Sends a push and returns at once; ``ticket.wait()`` returns
+        None once the server acknowledged it (or raises its error)."""
+        bname = _name(name)
+        a = as_ids(ids)
+        g = self._grads(grads, a.size, self._dim(name))
+        return self._start(self._L.cqrps_push_start, None, bname, _p64(a),
+                           _pf(g), a.size)
+
+    def lookup_pooled_start(self, name: str, ids: IdsLike, offsets,
+                            pooling: Union[str, Pooling] = "sum",
+                            out: Optional[np.ndarray] = None) -> Ticket:
+        """Asynchronous :meth:`lookup_pooled`."""
+        bname = _name(name)
+        a = as_ids(ids).ravel()
+        o = _as_offsets(offsets, a.size)
+        pool = _enum(Pooling, pooling, "pooling")
+        res = self._out(out, (o.size, self._dim(name)))
+        return self._start(self._L.cqrps_lookup_pooled_start, res, bname,
+                           _p64(a), a.size, _p32(o), o.size, pool, _pf(res))
+
+    def push_pooled_start(self, name: str, ids: IdsLike, offsets, grads,
+                          pooling: Union[str, Pooling] = "sum") -> Ticket:
+        """Asynchronous :meth:`push_pooled`."""
+        bname = _name(name)
+        a = as_ids(ids).ravel()
+        o = _as_offsets(offsets, a.size)
+        pool = _enum(Pooling, pooling, "pooling")
+        g = self._grads(grads, o.size, self._dim(name))
+        return self._start(self._L.cqrps_push_pooled_start, None, bname,
+                           _p64(a), a.size, _p32(o), o.size, pool, _pf(g))
+
+    # -- cluster phases --
+
+    def cluster(self, name: str, wait: bool = True,
+                timeout: Optional[float] = None) -> PhaseStatus:
+        """Runs a cluster-and-rehash phase on a cqr table.
+
+        With ``wait`` (the default) returns the final status once the
+        phase is done; a failed phase raises Internal with its reason and
+        ``timeout`` seconds without an end raise TimedOut (the phase goes
+        on). Without ``wait`` returns the status right after the start.
+        Unsupported for other kinds, Busy if a phase already runs.
+        """
+        bname = _name(name)
+        pid = c_uint64()
+        self._call(self._L.cqrps_cluster, bname, byref(pid))
+        if wait:
+            return self.cluster_wait(name, pid.value, timeout)
+        return self.cluster_status(name, pid.value)
+
+    def cluster_status(self, name: str, phase_id: int = 0) -> PhaseStatus:
+        """Status of a phase (phase_id 0: the latest). NoSuchPhase if none."""
+        st = _lib.PhaseStatus()
+        self._call(self._L.cqrps_cluster_status, _name(name), int(phase_id),
+                   byref(st))
+        return PhaseStatus._from_c(st)
+
+    def cluster_wait(self, name: str, phase_id: int = 0,
+                     timeout: Optional[float] = None) -> PhaseStatus:
+        """Waits for a phase to end (polling 10 ms .. 500 ms); see
+        :meth:`cluster` for errors. ``timeout`` None waits forever."""
+        st = _lib.PhaseStatus()
+        self._call(self._L.cqrps_cluster_wait, _name(name), int(phase_id),
+                   _ms(timeout, "timeout"), byref(st))
+        return PhaseStatus._from_c(st)
+
+    # -- state --
+
+    def digest(self, name: str) -> str:
+        """The table's state digest (16 hex digits): equal digests mean
+        equal tables."""
+        buf = ctypes.create_string_buffer(17)
+        self._call(self._L.cqrps_digest, _name(name), buf)
+        return _s(buf.value)
+
+    def checkpoint(self) -> int:
+        """Takes a checkpoint on every shard; returns the first shard's
+        generation. Unsupported on servers without persistence."""
+        gen = c_uint64()
+        self._call(self._L.cqrps_checkpoint, byref(gen))
+        return gen.value
+
+    def list_checkpoints(self) -> List[CheckpointInfo]:
+        """Checkpoints of every shard, in shard order."""
+        arr = POINTER(_lib.CheckpointInfo)()
+        n = c_size_t()
+        self._call(self._L.cqrps_list_checkpoints, byref(arr), byref(n))
+        try:
+            return [CheckpointInfo(arr[i].generation, arr[i].unix_time,
+                                   arr[i].bytes, arr[i].tables, arr[i].shard)
+                    for i in range(n.value)]
+        finally:
+            self._L.cqrps_checkpoint_list_free(arr)
+
+
+def connect(addrs: Union[str, Sequence[str]], token: Secret = None, *,
+            admin_token: Secret = None,
+            connect_timeout: Optional[float] = 5.0,
+            request_timeout: Optional[float] = 30.0,
+            client_name: Optional[str] = "cqrps-python",
+            reconnect: bool = True,
+            max_batch: Optional[int] = None) -> Client:
+    """Connects to a cqrps server, or to a sharded deployment.
+
+    Args:
+        addrs: "host:port", or several comma-separated (or a list): one
+            shard per address; every client must list them in the same
+            order.
+        token: shared secret sent in Hello (str or bytes), if the server
+            requires one.
+        admin_token: admin secret, needed for drop, cluster and
+            checkpoint on servers that set one.
+        connect_timeout: seconds per address (None: the library's 5 s).
+        request_timeout: longest silence of a server while a call waits
+            for it, in seconds; None or 0 waits forever.
+        client_name: shown in the server's logs.
+        reconnect: reconnect once per call to a server that dropped the
+            connection (a lookup is retried, a push is not).
+        max_batch: IDs per sub-batch of large lookups and pushes (the
+            server's own limit wins when smaller).
+
+    Raises:
+        ConnectionFailed, Unauthenticated, InvalidArgument (bad address
+        list), ImportError if libcqrps cannot be found.
+    """
+    return Client(addrs, token, admin_token=admin_token,
+                  connect_timeout=connect_timeout,
+                  request_timeout=request_timeout, client_name=client_name,
+                  reconnect=reconnect, max_batch=max_batch)
+
+
+def shard_of(id: int, nshards: int) -> int:
+    """The shard an ID lives on among nshards (jump consistent hash)."""
+    if nshards < 1:
+        raise InvalidArgument("nshards must be >= 1")
+    return int(_lib.lib().cqrps_shard_of(int(id) & 0xFFFFFFFFFFFFFFFF,
+                                         nshards))
+
+
+def strerror(code: int) -> str:
+    """The library's message for a code."""
+    return _s(_lib.lib().cqrps_strerror(int(code)))

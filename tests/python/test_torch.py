@@ -109,6 +109,28 @@ class TorchTest(ServerTestCase):
     def test_gradients_match_local_sgd_without_dedup(self) -> None:
         self.check_embedding_steps(dedup=False)
 
+    def test_adam_matches_local_adamw(self) -> None:
+        # The server's lazy AdamW equals torch.optim.AdamW for rows that
+        # receive a gradient at every step (lazy only skips other rows).
+        self.c.create_table("pt.adam", kind="full", dim=DIM, optimizer="adam",
+                            lr=0.01, weight_decay=0.1)
+        self.made.append("pt.adam")
+        emb = RemoteEmbedding(self.c, "pt.adam", DIM)
+        local = self.local_copy("pt.adam")
+        opt = torch.optim.AdamW(local.parameters(), lr=0.01, betas=(0.9, 0.999),
+                                eps=1e-8, weight_decay=0.1)
+        ids = torch.tensor([1, 2, 3, 1, 5])
+        rows = [1, 2, 3, 5]
+        for step in range(5):
+            target = torch.randn(5, DIM)
+            opt.zero_grad()
+            ((local(ids) - target) ** 2).sum().backward()
+            opt.step()
+            ((emb(ids) - target) ** 2).sum().backward()
+            diff = (self.server_rows("pt.adam")[rows] -
+                    local.weight.detach()[rows]).abs().max()
+            self.assertLessEqual(float(diff), TOL, f"step {step}")
+
     def test_mixed_model(self) -> None:
         # Remote rows step in backward; local parameters with a local
         # optimizer; the two together equal an all-local model.

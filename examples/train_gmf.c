@@ -359,17 +359,19 @@ static void progress_end(progress_t *p)
 typedef struct dedup {
     uint32_t *stamp; /* per ID: batch stamp that last saw it */
     uint32_t *where; /* per ID: its slot in that batch */
-    uint32_t cur;    /* current stamp */
+    uint32_t nids;   /* IDs are 0 .. nids-1 */
+    uint32_t cur;    /* current stamp, never 0 */
     uint64_t *ids;   /* distinct IDs, first-seen order */
     size_t n;        /* distinct IDs in ids */
 } dedup_t;
 
-static int dedup_init(dedup_t *d, uint32_t nids, size_t maxbatch)
+static int dedup_init(dedup_t *d, uint32_t nids, size_t cap)
 {
     memset(d, 0, sizeof *d);
+    d->nids = nids;
     d->stamp = calloc(nids ? nids : 1, sizeof *d->stamp);
     d->where = malloc((nids ? nids : 1) * sizeof *d->where);
-    d->ids = malloc((maxbatch ? maxbatch : 1) * sizeof *d->ids);
+    d->ids = malloc((cap ? cap : 1) * sizeof *d->ids);
     return d->stamp && d->where && d->ids ? 0 : -1;
 }
 
@@ -383,10 +385,9 @@ static void dedup_free(dedup_t *d)
 static void dedup_begin(dedup_t *d)
 {
     d->n = 0;
-    if (++d->cur == 0) { /* wrapped: forget every old stamp */
+    if (++d->cur == 0) { /* wrapped after 2^32 batches: forget old stamps */
+        memset(d->stamp, 0, d->nids * sizeof *d->stamp);
         d->cur = 1;
-        /* stamp[] has no recorded size here; callers start a fresh dedup
-         * long before 2^32 batches, so this never runs in practice. */
     }
 }
 

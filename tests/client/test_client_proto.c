@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,8 +48,8 @@ typedef struct peer {
     action_t action;         /* for lookups */
     uint32_t hello_version;  /* protocol version to claim */
     int hello_status;        /* status of the Hello reply */
-    int connections;         /* accepted so far */
-    volatile int stop;
+    atomic_int connections;  /* accepted so far */
+    atomic_int stop;         /* set by the test to end the peer */
 } peer_t;
 
 static int read_full(int fd, void *p, size_t len)
@@ -188,14 +189,14 @@ static void serve(peer_t *p, int fd)
 static void *peer_main(void *arg)
 {
     peer_t *p = arg;
-    while (!p->stop) {
+    while (!atomic_load(&p->stop)) {
         struct pollfd pfd = { p->lfd, POLLIN, 0 };
         if (poll(&pfd, 1, 50) <= 0)
             continue;
         int fd = accept(p->lfd, NULL, NULL);
         if (fd < 0)
             continue;
-        p->connections++;
+        atomic_fetch_add(&p->connections, 1);
         serve(p, fd);
         close(fd);
     }
@@ -223,7 +224,7 @@ static void peer_start(peer_t *p, action_t a)
 
 static void peer_stop(peer_t *p)
 {
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_join(p->th, NULL);
     close(p->lfd);
 }
@@ -256,7 +257,7 @@ static int lookup_through(action_t a, size_t n, char *msg, size_t msglen,
     cqrps_close(c);
     peer_stop(&p);
     if (connections)
-        *connections = p.connections;
+        *connections = atomic_load(&p.connections);
     free(ids);
     free(out);
     return rc;
@@ -325,7 +326,7 @@ START_TEST(test_unsolicited_frame_means_reconnect)
     /* The next call sees a stream it cannot trust and starts a new one;
      * the peer serves one connection at a time, so close the first. */
     ck_assert_int_eq(cqrps_lookup(c, "t", ids, 4, out), 0);
-    ck_assert_int_eq(p.connections, 2);
+    ck_assert_int_eq(atomic_load(&p.connections), 2);
     cqrps_close(c);
     peer_stop(&p);
 }

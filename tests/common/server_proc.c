@@ -132,6 +132,10 @@ int cqr_test_server_start_at(cqr_test_server_t *s, const char *listen,
             if (port > 0 && port < 65536) {
                 s->port = (uint16_t)port;
                 snprintf(s->addr, sizeof(s->addr), "127.0.0.1:%ld", port);
+                /* Keep what followed (e.g. the metrics line). */
+                size_t rest = len - (size_t)(nl + 1 - line);
+                memcpy(s->out_rest, nl + 1, rest);
+                s->out_rest_len = rest;
                 return 0;
             }
             /* Some other line: skip it. */
@@ -172,6 +176,46 @@ int cqr_test_server_start(cqr_test_server_t *s, const char *const *args,
                           int timeout_ms)
 {
     return cqr_test_server_start_at(s, "127.0.0.1:0", args, timeout_ms);
+}
+
+int cqr_test_server_read_line(cqr_test_server_t *s, const char *prefix,
+                              char *buf, size_t len, int timeout_ms)
+{
+    long long deadline = now_ms() + timeout_ms;
+    size_t plen = strlen(prefix);
+    for (;;) {
+        char *nl = memchr(s->out_rest, '\n', s->out_rest_len);
+        if (nl) {
+            *nl = '\0';
+            int hit = strncmp(s->out_rest, prefix, plen) == 0;
+            if (hit)
+                snprintf(buf, len, "%s", s->out_rest + plen);
+            size_t rest = s->out_rest_len - (size_t)(nl + 1 - s->out_rest);
+            memmove(s->out_rest, nl + 1, rest);
+            s->out_rest_len = rest;
+            if (hit)
+                return 0;
+            continue;
+        }
+        long long left = deadline - now_ms();
+        if (left <= 0 || s->out_fd < 0 ||
+            s->out_rest_len == sizeof(s->out_rest))
+            break;
+        struct pollfd p = { s->out_fd, POLLIN, 0 };
+        int rc = poll(&p, 1, (int)left);
+        if (rc <= 0)
+            continue;
+        ssize_t n = read(s->out_fd, s->out_rest + s->out_rest_len,
+                         sizeof(s->out_rest) - s->out_rest_len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        s->out_rest_len += (size_t)n;
+    }
+    fprintf(stderr, "server_proc: no line '%s...' within %d ms\n", prefix,
+            timeout_ms);
+    return -1;
 }
 
 int cqr_test_server_signal(cqr_test_server_t *s, int sig)

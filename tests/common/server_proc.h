@@ -30,6 +30,9 @@ typedef struct cqr_test_server {
     char err_path[128];    /* its stderr, a temporary file */
     int exited;            /* 1 once it was reaped */
     int wait_status;       /* waitpid() status once reaped */
+    char out_rest[512];    /* stdout read past the ready line, for
+                              cqr_test_server_read_line */
+    size_t out_rest_len;   /* bytes in out_rest */
 } cqr_test_server_t;
 
 /* Starts the server on 127.0.0.1:0 with the extra flags in args (a
@@ -47,6 +50,13 @@ int cqr_test_server_start_at(cqr_test_server_t *s, const char *listen,
  * or -1 if it was killed by a signal (SIGKILL included) or was not
  * running. */
 int cqr_test_server_stop(cqr_test_server_t *s, int timeout_ms);
+
+/* Reads the server's stdout after the ready line until a line starting
+ * with `prefix` (e.g. "cqrps-server metrics on "), skipping others, and
+ * copies the rest of that line to buf[0..len). 0, or -1 when no such
+ * line came within timeout_ms. */
+int cqr_test_server_read_line(cqr_test_server_t *s, const char *prefix,
+                              char *buf, size_t len, int timeout_ms);
 
 /* Sends sig without waiting (e.g. SIGKILL to simulate a crash, SIGSTOP). */
 int cqr_test_server_signal(cqr_test_server_t *s, int sig);

@@ -116,9 +116,9 @@ else
     B_LIST="64 256 1024 4096 16384"
     V_LIST="100000 1000000 10000000 100000000"
     THR_LIST="1 2 4"
-    CL_V_LIST="100000 3000000 10000000"
-    CL_K_LIST="256 512 2048"
-    MEM_V_LIST="1000000 3000000 10000000"
+    CL_V_LIST="100000 10000000"
+    CL_K_LIST="256 2048"
+    MEM_V_LIST="1000000 10000000"
 fi
 
 # run TAG CMD...: runs a benchmark, keeps its stderr in logs/TAG.log (and
@@ -201,6 +201,9 @@ done
 say "baseline: Redis, 1e6 rows of 256 bytes, MGET / MGET+MSET of 1024 keys"
 run redis_lookup "$RB" --addr "$REDIS_ADDR" --op lookup --load --dim 64 \
     --batch 1024 --vocab 1e6 --seconds "$T" --server-pid "$REDIS_PID" --json
+run redis_lookup_depth2 "$RB" --addr "$REDIS_ADDR" --op lookup --dim 64 \
+    --batch 1024 --vocab 1e6 --depth 2 --seconds "$TS" --server-pid "$REDIS_PID" \
+    --json
 run redis_push "$RB" --addr "$REDIS_ADDR" --op push --dim 64 --batch 1024 \
     --vocab 1e6 --seconds "$T" --server-pid "$REDIS_PID" --json
 redis-cli -p "$REDIS_PORT" flushall >/dev/null

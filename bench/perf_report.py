@@ -82,6 +82,7 @@ def main():
             ("engine in-process push cqr adam", "engine_push_cqr"),
             ("engine in-process push full adam", "engine_push_full"),
             ("Redis MGET", "redis_lookup"),
+            ("Redis MGET, depth 2", "redis_lookup_depth2"),
             ("Redis MGET+MSET", "redis_push"),
             ("cqrps lookup cqr", "cqrps_lookup_cqr"),
             ("cqrps lookup cqr, depth 2", "cqrps_lookup_cqr_depth2"),
@@ -131,6 +132,12 @@ def main():
         p99 = get(f"cqrps_lookup_{kind}", "p99_us")
         target(f"lookup {kind}: p99 per batch (us)", p99, "< 1000 us",
                p99 is not None and p99 < 1000, "{:.0f}")
+    r_ = ratio(get("cqrps_lookup_cqr_depth2"), get("redis_lookup_depth2"))
+    target("lookup cqr, both pipelined 2 deep: cqrps / Redis MGET", r_,
+           ">= 10x", r_ is not None and r_ >= 10, "{:.2f}x")
+    r_ = ratio(get("cqrps_lookup_cqr_depth2"), loop)
+    target("lookup cqr, pipelined 2 deep: cqrps / loopback limit", r_,
+           ">= 40%", r_ is not None and r_ >= 0.4, "{:.0%}")
     for kind in ("cqr", "full"):
         r_ = ratio(get(f"cqrps_push_{kind}"), rp)
         target(f"push {kind} adam: cqrps / Redis MGET+MSET", r_, ">= 15x",

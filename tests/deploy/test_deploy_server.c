@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -387,6 +388,110 @@ START_TEST(test_example_config_serves_and_exports_metrics)
 }
 END_TEST
 
+/* A scraper on its own thread (no check asserts off the main thread):
+ * GETs /metrics until told to stop; counts good and bad replies. */
+typedef struct scraper {
+    uint16_t port;
+    volatile int stop;   /* set by the main thread, read after join too */
+    int ok, bad;         /* written by the scraper, read after join */
+} scraper_t;
+
+static void *scrape_loop(void *arg)
+{
+    scraper_t *sc = arg;
+    for (int i = 0; i < 2000 && !__atomic_load_n(&sc->stop, __ATOMIC_ACQUIRE);
+         i++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = {0};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(sc->port);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+            sc->bad++;
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        static const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
+        char buf[4096];
+        int first = 1, good = 0;
+        if (write(fd, req, sizeof req - 1) == (ssize_t)(sizeof req - 1)) {
+            for (;;) {
+                struct pollfd p = {fd, POLLIN, 0};
+                if (poll(&p, 1, HTTP_MS) <= 0)
+                    break;
+                ssize_t n = read(fd, buf, sizeof buf - 1);
+                if (n <= 0) {
+                    good = !first;
+                    break;
+                }
+                buf[n] = '\0';
+                if (first && strncmp(buf, "HTTP/1.0 200", 12) != 0 &&
+                    strncmp(buf, "HTTP/1.1 200", 12) != 0)
+                    break;
+                first = 0;
+            }
+        }
+        close(fd);
+        if (good)
+            sc->ok++;
+        else
+            sc->bad++;
+    }
+    return NULL;
+}
+
+/* Scrapes race with table creation, pushes, phases and drops: every
+ * scrape succeeds and the server (under TSan in CI) reports no race. */
+START_TEST(test_scrape_under_traffic)
+{
+    const char *args[] = {"--metrics-listen", "127.0.0.1:0", NULL};
+    cqr_test_server_t s;
+    tu_server_start(&s, args);
+    char maddr[128];
+    ck_assert_int_eq(cqr_test_server_read_line(&s, "cqrps-server metrics on ",
+                                               maddr, sizeof maddr, 5000), 0);
+    scraper_t sc = {(uint16_t)atoi(strrchr(maddr, ':') + 1), 0, 0, 0};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, scrape_loop, &sc), 0);
+
+    cqrps_client_t *c = tu_connect(s.addr);
+    uint64_t ids[NIDS];
+    float g[NIDS * DIM];
+    uint64_t st = 11;
+    for (int i = 0; i < NIDS; i++)
+        ids[i] = tu_rand(&st);
+    for (int round = 0; round < 12; round++) {
+        char name[32];
+        snprintf(name, sizeof name, "t%d", round);
+        cqrps_table_config_t cfg;
+        tu_config(&cfg, round % 2 ? CQRPS_KIND_CQR : CQRPS_KIND_FULL,
+                  CQRPS_OPT_ADAM, DIM);
+        cfg.rows = 16;
+        cfg.chunks = 2;
+        ck_assert_int_eq(cqrps_create_table(c, name, &cfg, NULL), 0);
+        tu_fill(g, NIDS * DIM, &st);
+        ck_assert_int_eq(cqrps_push(c, name, ids, g, NIDS), 0);
+        if (round % 2) {
+            uint64_t phase;
+            ck_assert_int_eq(cqrps_cluster(c, name, &phase), 0);
+        }
+        if (round >= 2) {
+            /* Drop an older table, maybe while its phase runs. */
+            snprintf(name, sizeof name, "t%d", round - 2);
+            ck_assert_int_eq(cqrps_drop_table(c, name), 0);
+        }
+        tu_sleep_ms(20);
+    }
+    __atomic_store_n(&sc.stop, 1, __ATOMIC_RELEASE);
+    ck_assert_int_eq(pthread_join(th, NULL), 0);
+    ck_assert_msg(sc.bad == 0 && sc.ok > 0, "scrapes: %d ok, %d failed",
+                  sc.ok, sc.bad);
+    cqrps_close(c);
+    tu_server_stop(&s);
+}
+END_TEST
+
 /* The example file stays in sync with the option table: --print-config
  * of the example (plus overrides) succeeds, i.e. every line parses. */
 START_TEST(test_example_config_parses)
@@ -566,6 +671,7 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, test_example_config_serves_and_exports_metrics);
     tcase_add_test(tc, test_example_config_parses);
+    tcase_add_test(tc, test_scrape_under_traffic);
     tcase_add_test(tc, test_sd_notify_path);
     tcase_add_test(tc, test_sd_notify_abstract);
     tcase_add_test(tc, test_bad_config_and_metrics_address);

@@ -94,18 +94,77 @@ static double get_f64(rd_t *r) { double v; get(r, &v, 8); return v; }
 
 /* ---- Segment framing ---------------------------------------------------- */
 
+/* A buffer prepared before the gate is taken, for one page. */
+typedef struct prebuf {
+    uint32_t type, index; /* the page it is meant for */
+    uint8_t *p;           /* NULL once taken */
+    size_t cap;           /* bytes at p */
+} prebuf_t;
+
+/* An export runs twice over the same decisions: first to plan (no gate,
+ * nothing copied: it only records the size of every segment, so that the
+ * buffers can be allocated and faulted in while pushes go on), then under
+ * the gate to copy into those buffers at memcpy speed. */
+typedef struct exp_ctx {
+    cqr_table_t *t;            /* the table */
+    const cqr_export_opts_t *o; /* the caller's options */
+    uint32_t since;            /* o->since */
+    int plan;                  /* 1: record sizes in pre, copy nothing */
+    prebuf_t *pre;             /* planned buffers, in page order */
+    size_t npre, cap_pre;
+    size_t ipre;               /* next planned buffer to match */
+} exp_ctx_t;
+
 /* A segment buffer with room for the header and `payload` bytes; the
- * payload is written at data + CQR_SEGMENT_HEADER. */
-static int seg_alloc(cqr_segment_t *sg, uint32_t type, uint32_t index,
-                     cqr_seg_kind_t kind, size_t payload)
+ * payload is written at data + CQR_SEGMENT_HEADER. Returns 1 while
+ * planning (the caller then copies nothing), 0, or CQR_ENOMEM. */
+static int seg_alloc(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
+                     uint32_t index, cqr_seg_kind_t kind, size_t payload)
 {
     sg->type = type;
     sg->index = index;
     sg->kind = kind;
     sg->len = CQR_SEGMENT_HEADER + payload;
+    sg->data = NULL;
+    if (cx && cx->plan) {
+        if (cx->npre == cx->cap_pre) {
+            size_t cap = cx->cap_pre ? 2 * cx->cap_pre : 64;
+            prebuf_t *np = realloc(cx->pre, cap * sizeof *np);
+            if (!np)
+                return CQR_ENOMEM;
+            cx->pre = np;
+            cx->cap_pre = cap;
+        }
+        /* Deltas grow with the pushes between plan and copy: slack. */
+        size_t cap = kind == CQR_SEG_DELTA ? sg->len + sg->len / 8 + 4096
+                                           : sg->len;
+        cx->pre[cx->npre++] = (prebuf_t){type, index, NULL, cap};
+        return 1;
+    }
+    if (cx) {
+        while (cx->ipre < cx->npre &&
+               (cx->pre[cx->ipre].type < type ||
+                (cx->pre[cx->ipre].type == type &&
+                 cx->pre[cx->ipre].index < index)))
+            cx->ipre++;
+        prebuf_t *pb = cx->ipre < cx->npre ? &cx->pre[cx->ipre] : NULL;
+        if (pb && pb->type == type && pb->index == index && pb->p &&
+            pb->cap >= sg->len) {
+            sg->data = pb->p;
+            pb->p = NULL;
+            return 0;
+        }
+    }
     sg->data = malloc(sg->len);
     return sg->data ? 0 : CQR_ENOMEM;
 }
+
+#define SEG_ALLOC_OR_RETURN(...)                                             \
+    do {                                                                     \
+        int rc_ = seg_alloc(__VA_ARGS__);                                    \
+        if (rc_)                                                             \
+            return rc_ > 0 ? 0 : rc_;                                        \
+    } while (0)
 
 static uint64_t seg_checksum(const uint8_t *data, size_t len)
 {
@@ -183,7 +242,7 @@ int cqr_segment_verify(const uint8_t *data, size_t len, uint64_t *hash)
     return seg_header(data, len, 1, NULL, NULL, NULL, hash);
 }
 
-/* ---- Shapes -------------------------------------------------------------- */
+/* ---- Shapes ------------------------------------------------------------- */
 
 /* Bytes of one row in a rows payload: parameters, optimizer state and
  * (Adam) the step count. */
@@ -232,9 +291,7 @@ static uint32_t cb_page_rows(const cqr_table_t *t, uint32_t p)
 
 static int enc_cfg(const cqr_table_t *t, cqr_segment_t *sg)
 {
-    int rc = seg_alloc(sg, CQR_PAGE_CFG, 0, CQR_SEG_BASE, CFG_BYTES);
-    if (rc)
-        return rc;
+    SEG_ALLOC_OR_RETURN(NULL, sg, CQR_PAGE_CFG, 0, CQR_SEG_BASE, CFG_BYTES);
     const cqr_table_config_t *c = &t->cfg;
     wr_t w = {sg->data + CQR_SEGMENT_HEADER};
     put_u32(&w, c->kind);
@@ -299,9 +356,7 @@ static int enc_meta(cqr_table_t *t, cqr_segment_t *sg)
         bytes += 8 + 8 + 4 + 4 + m->vw;
     if (t->cfg.kind == CQR_KIND_FULL)
         bytes += 8;
-    int rc = seg_alloc(sg, CQR_PAGE_META, 0, CQR_SEG_BASE, bytes);
-    if (rc)
-        return rc;
+    SEG_ALLOC_OR_RETURN(NULL, sg, CQR_PAGE_META, 0, CQR_SEG_BASE, bytes);
     wr_t w = {sg->data + CQR_SEGMENT_HEADER};
     put_u32(&w, t->phases_done);
     put_u32(&w, 0); /* reserved */
@@ -334,13 +389,7 @@ static int enc_meta(cqr_table_t *t, cqr_segment_t *sg)
     return 0;
 }
 
-/* ---- Export of rows pages ------------------------------------------------ */
-
-typedef struct exp_ctx {
-    cqr_table_t *t;            /* the table, gate held exclusively */
-    const cqr_export_opts_t *o; /* the caller's options */
-    uint32_t since;            /* o->since */
-} exp_ctx_t;
+/* ---- Export of rows pages ----------------------------------------------- */
 
 static int want_base(const exp_ctx_t *cx, uint32_t type, uint32_t index)
 {
@@ -349,14 +398,12 @@ static int want_base(const exp_ctx_t *cx, uint32_t type, uint32_t index)
 
 /* Copies rows [lo, lo+n) of r as a base: parameters, then state, then
  * steps, each contiguous. */
-static int rows_base(const cqr_table_t *t, cqr_segment_t *sg, uint32_t type,
+static int rows_base(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
                      uint32_t index, const cqr_rows_t *r, uint32_t lo,
                      uint32_t n)
 {
-    int rc = seg_alloc(sg, type, index, CQR_SEG_BASE,
-                       (size_t)n * row_bytes(t, r->w));
-    if (rc)
-        return rc;
+    SEG_ALLOC_OR_RETURN(cx, sg, type, index, CQR_SEG_BASE,
+                        (size_t)n * row_bytes(cx->t, r->w));
     wr_t w = {sg->data + CQR_SEGMENT_HEADER};
     put(&w, r->param + (size_t)lo * r->w, (size_t)n * r->w * 4);
     if (r->sw)
@@ -370,15 +417,13 @@ static int rows_base(const cqr_table_t *t, cqr_segment_t *sg, uint32_t type,
 
 /* Copies the m rows of [lo, lo+n) whose mark is >= since: a count, the
  * row indices within the page, then their parameters, state and steps. */
-static int rows_delta(const cqr_table_t *t, cqr_segment_t *sg, uint32_t type,
+static int rows_delta(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
                       uint32_t index, const cqr_rows_t *r, uint32_t lo,
                       uint32_t n, const uint32_t *marks, uint32_t since,
                       uint32_t m)
 {
-    int rc = seg_alloc(sg, type, index, CQR_SEG_DELTA,
-                       8 + (size_t)m * (4 + row_bytes(t, r->w)));
-    if (rc)
-        return rc;
+    SEG_ALLOC_OR_RETURN(cx, sg, type, index, CQR_SEG_DELTA,
+                        8 + (size_t)m * (4 + row_bytes(cx->t, r->w)));
     uint8_t *base = sg->data + CQR_SEGMENT_HEADER;
     wr_t w = {base};
     put_u32(&w, m);
@@ -404,12 +449,11 @@ static int rows_delta(const cqr_table_t *t, cqr_segment_t *sg, uint32_t type,
 
 /* One rows page: unchanged, base or delta by its marks. `whole` forces a
  * base (first export, or the structure was replaced). */
-static int rows_page(const exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
+static int rows_page(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
                      uint32_t index, const cqr_rows_t *r, uint32_t lo,
                      uint32_t n, const uint32_t *marks, const uint32_t *pmark,
                      int whole)
 {
-    const cqr_table_t *t = cx->t;
     if (!whole) {
         if (__atomic_load_n(pmark, __ATOMIC_RELAXED) < cx->since) {
             sg->type = type;
@@ -429,22 +473,21 @@ static int rows_page(const exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
         /* A delta row costs its index on top of the row: past a quarter
          * of the page a base is about as small and ends the chain. */
         if ((uint64_t)m * 4 < n && !want_base(cx, type, index))
-            return rows_delta(t, sg, type, index, r, lo, n, marks, cx->since,
-                              m);
+            return rows_delta(cx, sg, type, index, r, lo, n, marks,
+                              cx->since, m);
     }
-    return rows_base(t, sg, type, index, r, lo, n);
+    return rows_base(cx, sg, type, index, r, lo, n);
 }
 
-/* ---- Export of map pages ------------------------------------------------- */
+/* ---- Export of map pages ------------------------------------------------ */
 
-static int map_base(cqr_segment_t *sg, const cqr_idmap_t *m, uint32_t p)
+static int map_base(exp_ctx_t *cx, cqr_segment_t *sg, const cqr_idmap_t *m,
+                    uint32_t p)
 {
     uint32_t n = page_slots(m->cap, p);
     size_t lo = (size_t)p * CQR_MAP_PAGE;
-    int rc = seg_alloc(sg, CQR_PAGE_MAP, p, CQR_SEG_BASE,
-                       (size_t)n * (8 + m->vw));
-    if (rc)
-        return rc;
+    SEG_ALLOC_OR_RETURN(cx, sg, CQR_PAGE_MAP, p, CQR_SEG_BASE,
+                        (size_t)n * (8 + m->vw));
     wr_t w = {sg->data + CQR_SEGMENT_HEADER};
     put(&w, m->keys + lo, (size_t)n * 8);
     put(&w, m->vals + lo * m->vw, (size_t)n * m->vw);
@@ -453,14 +496,12 @@ static int map_base(cqr_segment_t *sg, const cqr_idmap_t *m, uint32_t p)
 }
 
 /* The slots sl[0..cnt) (within page p) inserted since the cursor. */
-static int map_delta(cqr_segment_t *sg, const cqr_idmap_t *m, uint32_t p,
-                     const uint32_t *sl, uint32_t cnt)
+static int map_delta(exp_ctx_t *cx, cqr_segment_t *sg, const cqr_idmap_t *m,
+                     uint32_t p, const uint32_t *sl, uint32_t cnt)
 {
     size_t lo = (size_t)p * CQR_MAP_PAGE;
-    int rc = seg_alloc(sg, CQR_PAGE_MAP, p, CQR_SEG_DELTA,
-                       8 + (size_t)cnt * (4 + 8 + m->vw));
-    if (rc)
-        return rc;
+    SEG_ALLOC_OR_RETURN(cx, sg, CQR_PAGE_MAP, p, CQR_SEG_DELTA,
+                        8 + (size_t)cnt * (4 + 8 + m->vw));
     wr_t w = {sg->data + CQR_SEGMENT_HEADER};
     put_u32(&w, cnt);
     put_u32(&w, 0);
@@ -488,7 +529,7 @@ static size_t ins_first(const cqr_table_t *t, uint32_t e)
 }
 
 /* All map pages into seg[0..npages). */
-static int map_export(const exp_ctx_t *cx, cqr_segment_t *seg, size_t npages)
+static int map_export(exp_ctx_t *cx, cqr_segment_t *seg, size_t npages)
 {
     cqr_table_t *t = cx->t;
     const cqr_idmap_t *m = tracked_map(t);
@@ -530,11 +571,11 @@ static int map_export(const exp_ctx_t *cx, cqr_segment_t *seg, size_t npages)
             /* A delta slot costs 4 bytes more than a base slot. */
             if ((uint64_t)cnt[p] * 2 < page_slots(m->cap, p) &&
                 !want_base(cx, CQR_PAGE_MAP, (uint32_t)p)) {
-                rc = map_delta(sg, m, (uint32_t)p, sl + off[p], cnt[p]);
+                rc = map_delta(cx, sg, m, (uint32_t)p, sl + off[p], cnt[p]);
                 continue;
             }
         }
-        rc = map_base(sg, m, (uint32_t)p);
+        rc = map_base(cx, sg, m, (uint32_t)p);
     }
 out:
     free(cnt);
@@ -543,7 +584,7 @@ out:
     return rc;
 }
 
-/* ---- Export --------------------------------------------------------------- */
+/* ---- Export ------------------------------------------------------------- */
 
 static void segs_free(cqr_segment_t *seg, size_t n)
 {
@@ -552,8 +593,9 @@ static void segs_free(cqr_segment_t *seg, size_t n)
     free(seg);
 }
 
-/* Builds every segment's payload. Gate held exclusively, lock shared. */
-static int export_locked(const exp_ctx_t *cx, cqr_export_t *x)
+/* Builds every segment's payload (gate held exclusively, lock shared),
+ * or with cx->plan only sizes them (lock shared). */
+static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
 {
     cqr_table_t *t = cx->t;
     const cqr_idmap_t *m = tracked_map(t);
@@ -563,8 +605,8 @@ static int export_locked(const exp_ctx_t *cx, cqr_export_t *x)
     cqr_segment_t *seg = calloc(nseg, sizeof *seg);
     if (!seg)
         return CQR_ENOMEM;
-    int rc = enc_cfg(t, &seg[0]);
-    if (rc == 0)
+    int rc = cx->plan ? 0 : enc_cfg(t, &seg[0]);
+    if (rc == 0 && !cx->plan)
         rc = enc_meta(t, &seg[1]);
     size_t s = 2;
     const int cb_whole = cx->since == 0 || cx->since <= t->cb_base_epoch;
@@ -583,7 +625,7 @@ static int export_locked(const exp_ctx_t *cx, cqr_export_t *x)
                        &t->fpage[b], cx->since == 0);
     if (rc == 0 && nmp)
         rc = map_export(cx, seg + s, nmp);
-    if (rc) {
+    if (rc || cx->plan) {
         segs_free(seg, nseg);
         return rc;
     }
@@ -633,14 +675,37 @@ int cqr_table_export(cqr_table_t *t, const cqr_export_opts_t *opts,
     x->since = opts->since;
     x->kind = t->cfg.kind;
     x->dim = t->cfg.dim;
-    exp_ctx_t cx = {t, opts, opts->since};
+    exp_ctx_t cx = {.t = t, .o = opts, .since = opts->since};
 
+    /* Plan, then allocate and fault in the buffers, while pushes go on:
+     * under the gate only the copy remains. */
     const double t0 = cqr_now();
+    pthread_rwlock_rdlock(&t->lock);
+    int rc = opts->since > __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED)
+                 ? CQR_EINVAL : 0;
+    if (rc == 0) {
+        cx.plan = 1;
+        rc = export_locked(&cx, x);
+        cx.plan = 0;
+    }
+    pthread_rwlock_unlock(&t->lock);
+    for (size_t i = 0; rc == 0 && i < cx.npre; i++) {
+        uint8_t *p = malloc(cx.pre[i].cap);
+        if (!p)
+            continue; /* the copy falls back to malloc */
+        for (size_t o = 0; o < cx.pre[i].cap; o += 4096)
+            p[o] = 0;
+        cx.pre[i].p = p;
+    }
+    const double tp = cqr_now();
+    x->prepare_seconds = tp - t0;
+
     pthread_rwlock_wrlock(&t->gate);
     const double t1 = cqr_now();
     pthread_rwlock_rdlock(&t->lock);
     const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
-    int rc = opts->since > e ? CQR_EINVAL : export_locked(&cx, x);
+    if (rc == 0)
+        rc = opts->since > e ? CQR_EINVAL : export_locked(&cx, x);
     if (rc == 0) {
         /* Changes from now on carry e + 1: every change with epoch <= e
          * happened under the gate before this point and is in the copy. */
@@ -651,6 +716,9 @@ int cqr_table_export(cqr_table_t *t, const cqr_export_opts_t *opts,
     pthread_rwlock_unlock(&t->lock);
     pthread_rwlock_unlock(&t->gate);
     const double t2 = cqr_now();
+    for (size_t i = 0; i < cx.npre; i++)
+        free(cx.pre[i].p); /* planned but not needed after all */
+    free(cx.pre);
     if (rc) {
         free(x);
         return rc;
@@ -661,7 +729,7 @@ int cqr_table_export(cqr_table_t *t, const cqr_export_opts_t *opts,
             x->bytes += x->seg[i].len;
         }
     }
-    x->wait_seconds = t1 - t0;
+    x->wait_seconds = t1 - tp;
     x->pause_seconds = t2 - t1;
     x->seconds = cqr_now() - t0;
     pthread_mutex_lock(&t->plock);
@@ -698,7 +766,7 @@ void cqr_persist_stats(cqr_table_t *t, cqr_persist_stats_t *st)
     pthread_mutex_unlock(&t->plock);
 }
 
-/* ---- Import --------------------------------------------------------------- */
+/* ---- Import ------------------------------------------------------------- */
 
 enum { IM_CFG, IM_META, IM_PAGES, IM_FAILED };
 

@@ -34,13 +34,15 @@
  * a rehash of a known-ID map when it grows (every slot moves; geometric
  * growth keeps this rare).
  *
- * Consistency and pause: an export takes the table's gate exclusively,
- * which waits for the pushes in flight and holds new ones back (lookups
- * are never held back), copies the changed pages into memory, and
- * releases it; checksums are computed afterwards. The exported state
- * therefore contains every push acknowledged before the export began and
- * no part of any later push. The pause pushes see is the copy (memcpy
- * speed); it is measured and reported (cqr_export_t, cqr_persist_stats).
+ * Consistency and pause: an export first plans (which pages, how big)
+ * and allocates and faults in its buffers while pushes go on; then it
+ * takes the table's gate exclusively, which waits for the pushes in
+ * flight and holds new ones back (lookups are never held back), copies
+ * the changed pages into those buffers, and releases it; checksums are
+ * computed afterwards. The exported state therefore contains every push
+ * acknowledged before the export began and no part of any later push.
+ * The pause pushes see is the copy (memcpy speed); it is measured and
+ * reported (cqr_export_t, cqr_persist_stats).
  * A first export copies the whole table, so it holds the table's size in
  * memory until cqr_export_free.
  *
@@ -129,6 +131,8 @@ typedef struct cqr_export {
     cqr_segment_t *seg;
     uint64_t bytes;        /* sum of len over the segments */
     uint64_t full_bytes;   /* what a complete export would have been */
+    double prepare_seconds; /* planning and faulting in the buffers
+                               (before the gate; pushes go on) */
     double wait_seconds;   /* waiting for the gate (pushes in flight) */
     double pause_seconds;  /* gate held: pushes held back this long */
     double seconds;        /* the whole call */

@@ -45,12 +45,19 @@ size_t cqr_key_segment(uint8_t *k, const char *name, uint32_t type,
     size_t nl = strlen(name);
     assert(nl <= CQR_STORE_NAME_MAX);
     k[0] = 'S';
-    memcpy(k + 1, name, nl);
-    k[1 + nl] = 0;
-    be32(k + 2 + nl, type);
-    be32(k + 6 + nl, index);
-    be64(k + 10 + nl, gen);
+    be64(k + 1, gen);
+    memcpy(k + 9, name, nl);
+    k[9 + nl] = 0;
+    be32(k + 10 + nl, type);
+    be32(k + 14 + nl, index);
     return 18 + nl;
+}
+
+size_t cqr_key_segments_from(uint8_t *k, uint64_t gen)
+{
+    k[0] = 'S';
+    be64(k + 1, gen);
+    return 9;
 }
 
 void cqr_mtable_free(cqr_mtable_t *t)
@@ -403,4 +410,11 @@ void cqr_keyset_sort(cqr_keyset_t *ks)
 {
     if (ks->n)
         qsort(ks->k, ks->n, sizeof *ks->k, ks_cmp);
+}
+
+size_t cqr_keyset_key(const cqr_keyset_t *ks, size_t i, const uint8_t **k)
+{
+    const uint8_t *e = ks->k[i];
+    *k = e + 2;
+    return (size_t)e[0] << 8 | e[1];
 }

@@ -61,10 +61,14 @@ typedef struct cqr_manifest {
 
 /* Key of generation gen's manifest ("M" gen BE64): 9 bytes at k. */
 size_t cqr_key_manifest(uint8_t *k, uint64_t gen);
-/* Key of a segment ("S" name "\0" type BE32 index BE32 gen BE64) at k
- * (CQR_STORE_KEY_MAX bytes); returns its length. */
+/* Key of a segment ("S" gen BE64 name "\0" type BE32 index BE32) at k
+ * (CQR_STORE_KEY_MAX bytes); returns its length. The generation comes
+ * first so that all segments a generation wrote form one key range. */
 size_t cqr_key_segment(uint8_t *k, const char *name, uint32_t type,
                        uint32_t index, uint64_t gen);
+/* The first possible segment key of generation gen ("S" gen BE64; 9
+ * bytes at k): [from(g), from(g + 1)) holds exactly g's segments. */
+size_t cqr_key_segments_from(uint8_t *k, uint64_t gen);
 uint64_t cqr_be64_read(const uint8_t *p);
 
 void cqr_mtable_free(cqr_mtable_t *t);
@@ -95,6 +99,8 @@ typedef struct cqr_keyset {
 void cqr_keyset_add_table(cqr_keyset_t *ks, const cqr_mtable_t *t);
 void cqr_keyset_sort(cqr_keyset_t *ks);
 int cqr_keyset_has(const cqr_keyset_t *ks, const uint8_t *k, size_t kl);
+/* Key i (in sorted order after cqr_keyset_sort): *k and its length. */
+size_t cqr_keyset_key(const cqr_keyset_t *ks, size_t i, const uint8_t **k);
 void cqr_keyset_free(cqr_keyset_t *ks);
 
 #endif

@@ -151,10 +151,14 @@ static int man_list(cqr_store_t *s, uint64_t **gens, size_t *n)
 }
 
 /* ---- Garbage collection ------------------------------------------------- */
-/* Deletes the manifests of `drop[0..ndrop)` and every segment that
- * neither the remaining manifests nor the bases reference, in one synced
- * batch. If a remaining manifest cannot be read, segments are left alone
- * (their references are unknown) and only the manifests go. */
+/* Deletes the manifests of drop[0..ndrop) and those of their segments
+ * that neither the remaining manifests nor the bases reference, in one
+ * synced batch. Every segment is referenced by the manifest of the
+ * generation that wrote it, so the dropped manifests list every
+ * candidate; a dropped manifest that cannot be read is covered by a scan
+ * of its generation's key range. If a remaining manifest cannot be read,
+ * its references are unknown and segments are left alone (only the
+ * manifests go). */
 static int gc(cqr_store_t *s, const uint64_t *drop, size_t ndrop,
               uint32_t *gens_deleted, uint64_t *segs_deleted)
 {
@@ -191,50 +195,97 @@ static int gc(cqr_store_t *s, const uint64_t *drop, size_t ndrop,
     cqr_keyset_sort(&ks);
 
     rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
-    for (size_t j = 0; j < ndrop; j++) {
-        uint8_t k[9];
+    cqr_keyset_t cand = {0}; /* segments the dropped manifests reference */
+    uint64_t nseg = 0;
+    for (size_t j = 0; j < ndrop && rc == 0; j++) {
+        uint8_t k[CQR_STORE_KEY_MAX];
         rocksdb_writebatch_delete(wb, (const char *)k,
                                   cqr_key_manifest(k, drop[j]));
-    }
-    uint64_t nseg = 0;
-    if (sweep) {
+        if (!sweep)
+            continue;
+        cqr_manifest_t g;
+        char why[200];
+        int mr = man_read(s, drop[j], &g, why, sizeof why);
+        if (mr == 0) {
+            for (uint32_t t = 0; t < g.ntables; t++)
+                cqr_keyset_add_table(&cand, &g.tables[t]);
+            cqr_manifest_free(&g);
+            continue;
+        }
+        if (mr == CQR_EIO || mr == CQR_ENOMEM) {
+            rc = fail(s, mr, "garbage collection: %s", why);
+            break;
+        }
+        /* Unreadable: scan the key range of what it wrote. */
+        uint8_t lo[9], hi[9];
+        size_t ll = cqr_key_segments_from(lo, drop[j]);
+        cqr_key_segments_from(hi, drop[j] + 1);
         rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ro);
-        const char start = 'S';
-        for (rocksdb_iter_seek(it, &start, 1); rocksdb_iter_valid(it);
-             rocksdb_iter_next(it)) {
+        for (rocksdb_iter_seek(it, (const char *)lo, ll);
+             rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
             size_t kl;
-            const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &kl);
-            if (kl == 0 || k[0] != 'S')
+            const uint8_t *key = (const uint8_t *)rocksdb_iter_key(it, &kl);
+            if (memcmp(key, hi, kl < 9 ? kl : 9) >= 0)
                 break;
-            if (!cqr_keyset_has(&ks, k, kl)) {
-                rocksdb_writebatch_delete(wb, (const char *)k, kl);
+            if (!cqr_keyset_has(&ks, key, kl)) {
+                rocksdb_writebatch_delete(wb, (const char *)key, kl);
                 nseg++;
             }
         }
         char *err = NULL;
         rocksdb_iter_get_error(it, &err);
         rocksdb_iter_destroy(it);
-        if (err) {
-            rocksdb_writebatch_destroy(wb);
-            cqr_keyset_free(&ks);
-            return fail_db(s, err, "garbage collection scan");
+        if (err)
+            rc = fail_db(s, err, "garbage collection scan");
+    }
+    if (cand.oom && rc == 0)
+        rc = fail(s, CQR_ENOMEM, "garbage collection: out of memory");
+    cqr_keyset_sort(&cand);
+    for (size_t i = 0; rc == 0 && i < cand.n; i++) {
+        const uint8_t *k;
+        size_t kl = cqr_keyset_key(&cand, i, &k);
+        const uint8_t *prev;
+        if (i > 0 && cqr_keyset_key(&cand, i - 1, &prev) == kl &&
+            memcmp(prev, k, kl) == 0)
+            continue; /* shared by two dropped generations */
+        if (!cqr_keyset_has(&ks, k, kl)) {
+            rocksdb_writebatch_delete(wb, (const char *)k, kl);
+            nseg++;
         }
     }
+    cqr_keyset_free(&cand);
     cqr_keyset_free(&ks);
-    if (ndrop || nseg) {
+    if (rc == 0 && ndrop) {
         char *err = NULL;
         rocksdb_write(s->db, s->wo_sync, wb, &err);
-        if (err) {
-            rocksdb_writebatch_destroy(wb);
-            return fail_db(s, err, "garbage collection");
-        }
+        if (err)
+            rc = fail_db(s, err, "garbage collection");
     }
     rocksdb_writebatch_destroy(wb);
+    if (rc)
+        return rc;
     if (gens_deleted)
         *gens_deleted = (uint32_t)ndrop;
     if (segs_deleted)
         *segs_deleted = nseg;
     return 0;
+}
+
+/* Removes every segment of generations above the last manifest: the
+ * orphans of a checkpoint that did not commit. One range delete, synced
+ * (a later checkpoint reuses those generation numbers). */
+static int drop_orphans(cqr_store_t *s)
+{
+    uint8_t lo[9], hi[9];
+    size_t ll = cqr_key_segments_from(lo, s->last_gen + 1);
+    size_t hl = cqr_key_segments_from(hi, UINT64_MAX);
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    rocksdb_writebatch_delete_range(wb, (const char *)lo, ll,
+                                    (const char *)hi, hl);
+    char *err = NULL;
+    rocksdb_write(s->db, s->wo_sync, wb, &err);
+    rocksdb_writebatch_destroy(wb);
+    return err ? fail_db(s, err, "removing unfinished checkpoints") : 0;
 }
 
 static int retain_locked(cqr_store_t *s, uint32_t keep, uint32_t *gdel,
@@ -360,7 +411,7 @@ int cqr_store_open(const char *dir, const cqr_store_opts_t *o,
     s->last_gen = ng ? gens[ng - 1] : 0;
     free(gens);
     /* Orphans of a checkpoint that crashed before its manifest. */
-    rc = gc(s, NULL, 0, NULL, NULL);
+    rc = drop_orphans(s);
 out:
     if (rc) {
         if (why)
@@ -552,13 +603,17 @@ int cqr_store_checkpoint(cqr_store_t *s, cqr_table_t *const *tables,
     s->err[0] = 0;
     const uint64_t gen = s->last_gen + 1;
     cqr_manifest_t g = {.gen = gen};
+    /* A failed checkpoint in this process may have left segments of gen:
+     * start from a clean range so that none of them survives unlisted. */
+    int rc = drop_orphans(s);
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
     g.unix_ns = (uint64_t)wall.tv_sec * 1000000000ull + (uint64_t)wall.tv_nsec;
     g.tables = calloc(n ? n : 1, sizeof *g.tables);
     base_t *nb = calloc(n ? n : 1, sizeof *nb);
     ck_prog_t pp = {cb, ud, (uint32_t)n, 0};
-    int rc = (!g.tables || !nb) ? fail(s, CQR_ENOMEM, "out of memory") : 0;
+    if (rc == 0 && (!g.tables || !nb))
+        rc = fail(s, CQR_ENOMEM, "out of memory");
     const int full_gen = s->o.full_every && gen % s->o.full_every == 0;
 
     for (size_t i = 0; i < n && rc == 0; i++) {

@@ -10,11 +10,12 @@
  * Key layout (one column family):
  *   "V"                              store format ("cqrps-store 1")
  *   "M" gen(u64 BE)                  a generation's manifest
- *   "S" table "\0" type(u32 BE) index(u32 BE) gen(u64 BE)
+ *   "S" gen(u64 BE) table "\0" type(u32 BE) index(u32 BE)
  *                                    one segment: page (type, index) of
  *                                    the table as written by generation
  *                                    gen (at most one per page and gen)
- * Big-endian numbers make keys sort by generation.
+ * Big-endian numbers make keys sort by generation, so the segments one
+ * generation wrote are one key range.
  *
  * Atomicity: a checkpoint writes its segments first (write batches
  * without the WAL), then flushes the memtables to SST files (RocksDB
@@ -24,9 +25,11 @@
  * touched (segment keys carry their generation, so new segments never
  * overwrite live ones). A crash at any moment leaves every earlier
  * generation intact; the orphaned segments of an unfinished checkpoint
- * are deleted by the next garbage collection (at open and after each
- * checkpoint). Retention deletes old manifests and every segment that no
- * kept generation references, in one synced batch.
+ * (generations above the last manifest) are removed with one range
+ * delete at open and before each checkpoint. Retention deletes old
+ * manifests and those of their segments that no kept generation
+ * references, in one synced batch; it works from the manifests and never
+ * scans the segments.
  *
  * Verification: every manifest and segment carries an XXH3 checksum, and
  * the manifest also records each segment's length and checksum, so a
@@ -184,7 +187,9 @@ int cqr_store_load(cqr_store_t *s, uint64_t generation,
  * number of generations deleted. */
 int cqr_store_retain(cqr_store_t *s, uint32_t keep, uint32_t *deleted);
 
-/* Segments held and their bytes (a scan of the segment keys). */
+/* Segment keys held (a scan of every segment: slow on a big store, for
+ * diagnostics and tests) and the bytes of the database's live SST and
+ * blob files (cheap; either output may be NULL). */
 int cqr_store_usage(cqr_store_t *s, uint64_t *segments, uint64_t *bytes);
 
 #endif

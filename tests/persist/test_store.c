@@ -233,19 +233,18 @@ static void raw_close(raw_t *r)
     rocksdb_writeoptions_destroy(r->wo);
 }
 
-/* Segment keys: "S" name "\0" type(4) index(4) gen(8), big-endian. */
+/* Segment keys: "S" gen(8) name "\0" type(4) index(4), big-endian. */
 static uint64_t key_gen(const char *k, size_t kl)
 {
     uint64_t g = 0;
-    for (size_t i = kl - 8; i < kl; i++)
+    for (size_t i = 1; i < 9 && i < kl; i++)
         g = g << 8 | (uint8_t)k[i];
     return g;
 }
 
-/* Finds a segment key of generation gen (if `exclusive`, one whose page
- * has no key of any later generation... i.e. written by gen; else one of
- * gen whose page has no key of gen2: shared by gen2). Returns its length
- * or 0. */
+/* Finds a segment key written by generation gen; with not_in_gen, one
+ * whose page generation not_in_gen did not rewrite (so that generation
+ * shares it). Returns the key's length, or 0. */
 static size_t find_seg(raw_t *r, uint64_t gen, uint64_t not_in_gen,
                        char *out)
 {
@@ -269,7 +268,7 @@ static size_t find_seg(raw_t *r, uint64_t gen, uint64_t not_in_gen,
         int clash = 0;
         for (size_t j = 0; not_in_gen && j < nk; j++) {
             if (lens[j] == lens[i] &&
-                memcmp(keys[j], keys[i], lens[i] - 8) == 0 &&
+                memcmp(keys[j] + 9, keys[i] + 9, lens[i] - 9) == 0 &&
                 key_gen(keys[j], lens[j]) == not_in_gen)
                 clash = 1;
         }
@@ -930,9 +929,35 @@ START_TEST(test_store_crash)
             _exit(127);
         }
         close(fds[1]);
-        /* Kill at a random moment: early (during restore), or after a
-         * few checkpoints, often in the middle of one. */
-        long ms = 30 + (long)(cqr_rng_next(&rng) % 1500);
+        FILE *f = fdopen(fds[0], "r");
+        char line[256];
+        uint64_t pend_gen = 0, pend_d = 0;
+        int acks = 0;
+        /* Kill at a random moment: in even rounds anywhere (during the
+         * restore, the pushes, a checkpoint); in odd rounds aimed into a
+         * checkpoint: a few ms after the child announced one. */
+        long ms;
+        if (iter % 2) {
+            int want = 1 + (int)(cqr_rng_next(&rng) % 3);
+            while (want > 0 && fgets(line, sizeof line, f)) {
+                if (line[0] == 'P')
+                    want--;
+                if (want == 0)
+                    break;
+                unsigned long long g, d;
+                if (sscanf(line, "A %llu %llx", &g, &d) == 2) {
+                    acked_gen = g;
+                    acked_d = d;
+                }
+            }
+            unsigned long long g, d;
+            ck_assert(sscanf(line, "P %llu %llx", &g, &d) == 2);
+            pend_gen = g;
+            pend_d = d;
+            ms = (long)(cqr_rng_next(&rng) % 60);
+        } else {
+            ms = 30 + (long)(cqr_rng_next(&rng) % 1500);
+        }
         struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
         nanosleep(&ts, NULL);
         ck_assert_int_eq(kill(pid, SIGKILL), 0);
@@ -941,10 +966,6 @@ START_TEST(test_store_crash)
         ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
                       "child exited by itself (status %d)", status);
         /* What the child acknowledged, and the checkpoint in flight. */
-        FILE *f = fdopen(fds[0], "r");
-        char line[256];
-        uint64_t pend_gen = 0, pend_d = 0;
-        int acks = 0;
         while (fgets(line, sizeof line, f)) {
             unsigned long long g, d;
             ck_assert_msg(line[0] != 'E', "child: %s", line);

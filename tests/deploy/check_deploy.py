@@ -16,7 +16,8 @@
 - The systemd unit has notify readiness, a restart policy, the dedicated
   user, the state directory and ExecStart with --config.
 - cqrps-addrs.sh derives the client's address list from the pod names.
-- deploy/README.md names every metric family the server exports.
+- deploy/README.md names every metric family the server exports, and the
+  Prometheus rules parse and use only metrics that exist.
 
 Usage: check_deploy.py REPO_ROOT CQRPS_SERVER_BINARY
 Prints one line per check and "N passed, N failed" at the end.
@@ -363,6 +364,27 @@ def readme_names_metrics():
         need(word in readme, f"deploy/README.md does not mention {word}")
 
 
+def prometheus_rules():
+    path = os.path.join(DEPLOY, "prometheus", "cqrps.rules.yml")
+    with open(path, encoding="utf-8") as f:
+        rules = yaml.safe_load(f)
+    src = read(os.path.join(ROOT, "server", "metrics.c")) + \
+        read(os.path.join(ROOT, "server", "rpc.h"))
+    n = 0
+    for g in rules["groups"]:
+        need(g.get("name") and g.get("rules"), "a group needs name and rules")
+        for r in g["rules"]:
+            need(("record" in r) != ("alert" in r), f"record or alert: {r}")
+            need(r.get("expr"), f"rule without expr: {r}")
+            n += 1
+            for m in re.findall(r"\b(cqrps_[a-z_]+)", r["expr"]):
+                base = re.sub(r"_(bucket|sum|count|total)$", "", m)
+                need(m in src or base in src or
+                     base.removeprefix("cqrps_") in src,
+                     f"rule uses unknown metric {m}")
+    need(n >= 5, "too few rules")
+
+
 check("k8s: every YAML parses", load_k8s)
 if not results[-1][1]:
     check("k8s: kustomization lists every manifest", kustomization_lists_all)
@@ -373,6 +395,7 @@ if not results[-1][1]:
     check("k8s: PodDisruptionBudget", pdb)
     check("k8s: cqrps-addrs.sh address list", addrs_script)
 check("Dockerfile", dockerfile)
+check("Prometheus rules", prometheus_rules)
 check("cqrps.conf.example documents every option", example_documents_every_option)
 check("systemd unit fields", systemd_unit)
 check("README documents every metric", readme_names_metrics)

@@ -165,7 +165,10 @@ def statefulset_fields():
     rp, lp = c["readinessProbe"]["httpGet"], c["livenessProbe"]["httpGet"]
     need(rp["path"] == "/readyz", "readiness probe must be /readyz")
     need(lp["path"] == "/healthz", "liveness probe must be /healthz")
-    for p in (rp, lp):
+    sp = c.get("startupProbe", {}).get("httpGet")
+    need(sp and sp["path"] == "/healthz", "startup probe on /healthz (a long "
+         "restore must not trip liveness)")
+    for p in (rp, lp, sp):
         port = ports.get(p["port"], p["port"])
         need(port == ports["metrics"], f"probe port {p['port']} is not "
              "the metrics port")

@@ -5,6 +5,9 @@
  *               [--kind cqr|full|ce|hash] [--rows K] [--chunks C]
  *               [--optimizer adam|sgd|adagrad] [--warm 0|1] [--depth P]
  *               [--threads T] [--table NAME] [--keep] [--server-pid PID]
+ *               [--token-file F] [--admin-token-file F]
+ *
+ * Tokens come from the files, else $CQRPS_TOKEN / $CQRPS_ADMIN_TOKEN.
  *
  * What it does:
  *   1. Creates table NAME (dropping an older one of that name unless
@@ -59,6 +62,12 @@ typedef struct opts {
     int keep;                /* leave the table on the server at exit */
     int server_pid;          /* for CPU accounting, or 0 */
     int json;                /* print a JSON line */
+    const char *token_file;  /* --token-file, else $CQRPS_TOKEN */
+    const char *admin_file;  /* --admin-token-file, else $CQRPS_ADMIN_TOKEN */
+    char *token;             /* loaded secrets (cqrps_secret_load) */
+    size_t token_len;
+    char *admin_token;
+    size_t admin_token_len;
 } opts_t;
 
 static void usage(void)
@@ -68,7 +77,21 @@ static void usage(void)
         "  [--batch 1024] [--conns 1] [--vocab 1e6] [--zipf S] [--seconds 5]\n"
         "  [--json] [--kind cqr|full|ce|hash] [--rows K] [--chunks C]\n"
         "  [--optimizer adam|sgd|adagrad] [--warm 1|0] [--depth 1]\n"
-        "  [--threads N] [--table NAME] [--keep] [--server-pid PID]\n");
+        "  [--threads N] [--table NAME] [--keep] [--server-pid PID]\n"
+        "  [--token-file F] [--admin-token-file F]\n"
+        "Tokens come from the files, else $CQRPS_TOKEN and "
+        "$CQRPS_ADMIN_TOKEN.\n");
+}
+
+/* A token from `path`, else $env; logs the failure or the warning. */
+static int load_secret(const char *path, const char *env, char **out,
+                       size_t *len)
+{
+    char msg[512];
+    int rc = cqrps_secret_load(path, env, out, len, msg, sizeof msg);
+    if (msg[0])
+        bench_log(PROG, "%s", msg);
+    return rc;
 }
 
 static int parse_opts(int argc, char **argv, opts_t *o)
@@ -83,7 +106,9 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"conns", 1, 0, 'n'},   {"threads", 1, 0, 't'}, {"depth", 1, 0, 'p'},
         {"vocab", 1, 0, 'v'},   {"zipf", 1, 0, 'z'},    {"seconds", 1, 0, 's'},
         {"warm", 1, 0, 'w'},    {"keep", 0, 0, 'K'},    {"server-pid", 1, 0, 'P'},
-        {"json", 0, 0, 'j'},    {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+        {"json", 0, 0, 'j'},    {"help", 0, 0, 'h'},
+        {"token-file", 1, 0, 'F'}, {"admin-token-file", 1, 0, 'G'},
+        {0, 0, 0, 0}};
     int ch;
     uint64_t v;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -118,9 +143,16 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         case 'K': o->keep = 1; break;
         case 'P': o->server_pid = atoi(optarg); break;
         case 'j': o->json = 1; break;
+        case 'F': o->token_file = optarg; break;
+        case 'G': o->admin_file = optarg; break;
         default: return -1;
         }
     }
+    if (load_secret(o->token_file, "CQRPS_TOKEN", &o->token,
+                    &o->token_len) ||
+        load_secret(o->admin_file, "CQRPS_ADMIN_TOKEN", &o->admin_token,
+                    &o->admin_token_len))
+        return -1;
     if (!o->addr || (strcmp(o->op, "lookup") && strcmp(o->op, "push")) ||
         !o->dim || !o->batch || !o->conns || !o->depth || !o->vocab ||
         o->seconds <= 0)
@@ -135,6 +167,10 @@ static cqrps_client_t *open_client(const opts_t *o, const char *name)
     cqrps_options_t co;
     cqrps_options_init(&co);
     co.client_name = name;
+    co.token = o->token;
+    co.token_len = o->token_len;
+    co.admin_token = o->admin_token;
+    co.admin_token_len = o->admin_token_len;
     cqrps_client_t *c = NULL;
     int rc = cqrps_connect(o->addr, &co, &c);
     if (rc) {
@@ -153,7 +189,12 @@ static int create_table(cqrps_client_t *c, const opts_t *o)
     cfg.optimizer = o->opt;
     cfg.seed = 42;
     int rc = cqrps_drop_table(c, o->table);
-    if (rc && rc != CQRPS_ENOTFOUND) {
+    /* Without the admin token the drop is refused; the create below then
+     * says whether an old table is in the way. */
+    if (rc == CQRPS_EPERM)
+        bench_log(PROG, "drop %s: %s (continuing)", o->table,
+                  cqrps_last_error(c));
+    else if (rc && rc != CQRPS_ENOTFOUND) {
         bench_log(PROG, "drop %s: %s", o->table, cqrps_last_error(c));
         return rc;
     }
@@ -501,6 +542,9 @@ int main(int argc, char **argv)
     if (!o.keep && o.warm)
         cqrps_drop_table(admin, o.table);
     cqrps_close(admin);
+    cqrps_secret_free(o.token, o.token_len);
+    cqrps_secret_free(o.admin_token, o.admin_token_len);
+    o.token = o.admin_token = NULL;
     if (rc) {
         bench_log(PROG, "%s failed: %s", o.op, cqrps_strerror(rc));
         bench_lat_free(&all);

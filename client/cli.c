@@ -28,8 +28,10 @@ typedef struct cli {
     const char *addr;   /* address list */
     int json;           /* --json */
     uint32_t timeout;   /* --timeout MS, 0 = library defaults */
-    const char *token;  /* --token or CQRPS_TOKEN */
-    const char *admin;  /* --admin-token or CQRPS_ADMIN_TOKEN */
+    const char *token_file; /* --token-file, else $CQRPS_TOKEN */
+    const char *admin_file; /* --admin-token-file, else $CQRPS_ADMIN_TOKEN */
+    const char *token;  /* deprecated --token T (shown by ps), or NULL */
+    const char *admin;  /* deprecated --admin-token T, or NULL */
     const char *cmd;    /* command, for messages */
     const char *what;   /* the command's object (table name), or NULL */
     cqrps_client_t *c;  /* connection, once made */
@@ -42,7 +44,8 @@ static void usage_main(FILE *f)
     fprintf(f,
             "usage: cqrps [--addr HOST:PORT[,HOST:PORT...]] [--json] "
             "[--timeout MS]\n"
-            "             [--token T] [--admin-token T] COMMAND [ARGS]\n"
+            "             [--token-file F] [--admin-token-file F] "
+            "COMMAND [ARGS]\n"
             "\n"
             "commands:\n"
             "  create NAME --kind full|hash|ce|cqr --dim D [options]\n"
@@ -57,11 +60,15 @@ static void usage_main(FILE *f)
             "\n"
             "The address comes from --addr, else $CQRPS_ADDR, else "
             "127.0.0.1:7070;\n"
-            "a comma-separated list means a sharded deployment. Tokens may "
-            "also come\n"
-            "from $CQRPS_TOKEN and $CQRPS_ADMIN_TOKEN. `cqrps COMMAND --help` "
-            "describes\n"
-            "a command. Exit status: 0 ok, 1 failed, 2 usage.\n");
+            "a comma-separated list means a sharded deployment. Tokens come "
+            "from the\n"
+            "files (one trailing newline stripped), else from $CQRPS_TOKEN "
+            "and\n"
+            "$CQRPS_ADMIN_TOKEN; drop, cluster and checkpoint need the admin "
+            "token when\n"
+            "the server has one. `cqrps COMMAND --help` describes a "
+            "command.\n"
+            "Exit status: 0 ok, 1 failed, 2 usage.\n");
 }
 
 static void usage_create(FILE *f)
@@ -170,16 +177,48 @@ static int connect_cli(cli_t *cli)
         opt.connect_timeout_ms = cli->timeout;
         opt.request_timeout_ms = cli->timeout;
     }
-    if (cli->token) {
+    /* A file wins, then the deprecated command-line value, then the
+     * environment. */
+    char *tok = NULL, *atok = NULL;
+    size_t toklen = 0, atoklen = 0;
+    char msg[512] = "";
+    int rc = 0;
+    if (cli->token_file || !cli->token) {
+        rc = cqrps_secret_load(cli->token_file, "CQRPS_TOKEN", &tok,
+                               &toklen, msg, sizeof msg);
+        if (rc == 0 && msg[0])
+            fprintf(stderr, "%s: %s\n", prog, msg);
+    }
+    if (rc == 0 && (cli->admin_file || !cli->admin)) {
+        rc = cqrps_secret_load(cli->admin_file, "CQRPS_ADMIN_TOKEN", &atok,
+                               &atoklen, msg, sizeof msg);
+        if (rc == 0 && msg[0])
+            fprintf(stderr, "%s: %s\n", prog, msg);
+    }
+    if (rc != 0) {
+        fprintf(stderr, "%s: %s\n", prog, msg);
+        cqrps_secret_free(tok, toklen);
+        return EXIT_FAIL;
+    }
+    if (tok) {
+        opt.token = tok;
+        opt.token_len = toklen;
+    } else if (cli->token) {
         opt.token = cli->token;
         opt.token_len = strlen(cli->token);
     }
-    if (cli->admin) {
+    if (atok) {
+        opt.admin_token = atok;
+        opt.admin_token_len = atoklen;
+    } else if (cli->admin) {
         opt.admin_token = cli->admin;
         opt.admin_token_len = strlen(cli->admin);
     }
     opt.client_name = "cqrps-cli";
-    int rc = cqrps_connect(cli->addr, &opt, &cli->c);
+    rc = cqrps_connect(cli->addr, &opt, &cli->c);
+    /* The client copied the tokens. */
+    cqrps_secret_free(tok, toklen);
+    cqrps_secret_free(atok, atoklen);
     return rc < 0 ? fail(cli, rc) : 0;
 }
 
@@ -729,6 +768,9 @@ int main(int argc, char **argv)
         { "addr", required_argument, NULL, 'a' },
         { "json", no_argument, NULL, 'j' },
         { "timeout", required_argument, NULL, 't' },
+        { "token-file", required_argument, NULL, 'F' },
+        { "admin-token-file", required_argument, NULL, 'G' },
+        /* Deprecated: a secret in argv is visible to every user. */
         { "token", required_argument, NULL, 'T' },
         { "admin-token", required_argument, NULL, 'A' },
         { "help", no_argument, NULL, 'h' },
@@ -739,8 +781,6 @@ int main(int argc, char **argv)
     cli.addr = getenv("CQRPS_ADDR");
     if (!cli.addr || !*cli.addr)
         cli.addr = "127.0.0.1:7070";
-    cli.token = getenv("CQRPS_TOKEN");
-    cli.admin = getenv("CQRPS_ADMIN_TOKEN");
     int ch;
     uint64_t v;
     /* "+": stop at the command; its options are parsed by the command. */
@@ -753,8 +793,20 @@ int main(int argc, char **argv)
                 return usage_error("bad --timeout '%s'", optarg);
             cli.timeout = (uint32_t)v;
             break;
-        case 'T': cli.token = optarg; break;
-        case 'A': cli.admin = optarg; break;
+        case 'F': cli.token_file = optarg; break;
+        case 'G': cli.admin_file = optarg; break;
+        case 'T':
+        case 'A':
+            fprintf(stderr, "%s: warning: --%s is deprecated: other users "
+                    "can read it with ps; use --%s-file FILE or $%s\n",
+                    prog, ch == 'T' ? "token" : "admin-token",
+                    ch == 'T' ? "token" : "admin-token",
+                    ch == 'T' ? "CQRPS_TOKEN" : "CQRPS_ADMIN_TOKEN");
+            if (ch == 'T')
+                cli.token = optarg;
+            else
+                cli.admin = optarg;
+            break;
         case 'h':
             usage_main(stdout);
             return 0;

@@ -107,8 +107,9 @@ static void usage(FILE *f)
         "  --init-scale X       initial values uniform in (-X, X) (server default)\n"
         "  --table-prefix S     table names S.user and S.item\n"
         "                       (default gmf-KIND-pP-sS-PID)\n"
-        "  --token-file F       shared secret for Hello\n"
-        "  --admin-token-file F admin secret (cluster, drop)\n"
+        "  --token-file F       shared secret for Hello (else $CQRPS_TOKEN)\n"
+        "  --admin-token-file F admin secret for cluster and drop\n"
+        "                       (else $CQRPS_ADMIN_TOKEN)\n"
         "  --keep               keep the tables at the end\n"
         "  --quiet              only the memory lines and the last line\n"
         "  --help\n");
@@ -275,27 +276,16 @@ static void parse_args(int argc, char **argv, opts_t *o)
     }
 }
 
-/* Reads a secret from a file, without a trailing newline. */
-static int read_token(const char *path, char **out, size_t *len)
+/* A secret from `path`, else from $env (cqrps_secret_load); prints why it
+ * failed, or its warning. */
+static int read_token(const char *path, const char *env, char **out,
+                      size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    char buf[4096];
-    size_t n;
-
-    if (!f) {
-        fprintf(stderr, "cqrps-train-gmf: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    n = fread(buf, 1, sizeof buf, f);
-    fclose(f);
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-        n--;
-    *out = malloc(n ? n : 1);
-    if (!*out)
-        return -1;
-    memcpy(*out, buf, n);
-    *len = n;
-    return 0;
+    char msg[512];
+    int rc = cqrps_secret_load(path, env, out, len, msg, sizeof msg);
+    if (msg[0])
+        fprintf(stderr, "cqrps-train-gmf: %s\n", msg);
+    return rc;
 }
 
 /* ---- Progress ----------------------------------------------------------- */
@@ -859,18 +849,14 @@ int main(int argc, char **argv)
 
     cqrps_options_init(&copt);
     copt.client_name = "cqrps-train-gmf";
-    if (o.token_file) {
-        if (read_token(o.token_file, &tok, &toklen) != 0)
-            goto out;
-        copt.token = tok;
-        copt.token_len = toklen;
-    }
-    if (o.admin_token_file) {
-        if (read_token(o.admin_token_file, &atok, &atoklen) != 0)
-            goto out;
-        copt.admin_token = atok;
-        copt.admin_token_len = atoklen;
-    }
+    if (read_token(o.token_file, "CQRPS_TOKEN", &tok, &toklen) != 0 ||
+        read_token(o.admin_token_file, "CQRPS_ADMIN_TOKEN", &atok,
+                   &atoklen) != 0)
+        goto out;
+    copt.token = tok;
+    copt.token_len = toklen;
+    copt.admin_token = atok;
+    copt.admin_token_len = atoklen;
     rc = cqrps_connect(o.addr, &copt, &t.c);
     if (rc != 0) {
         fprintf(stderr, "cqrps-train-gmf: connect %s: %s\n", o.addr,
@@ -895,7 +881,7 @@ out:
     cqrps_close(t.c);
     free_buffers(&t);
     ml_data_free(&t.data);
-    free(tok);
-    free(atok);
+    cqrps_secret_free(tok, toklen);
+    cqrps_secret_free(atok, atoklen);
     return status;
 }

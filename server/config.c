@@ -43,7 +43,28 @@ static const cqr_config_option_t options[] = {
      "4x (and at least one maximal reply more) closes it"},
     {"max-table-memory", CQR_CT_SIZE, 1 * MiB, 1 * PiB, "16G",
      OFF(max_table_memory),
-     "memory all tables may allocate at creation, summed (bytes)"},
+     "memory all tables may hold, summed: codebooks at creation plus "
+     "full-table rows and known-ID maps as pushes grow them (bytes)"},
+    {"max-dim", CQR_CT_U32, 1, 4096, "4096", OFF(max_dim),
+     "largest dim a CreateTable may ask for"},
+    {"max-rows", CQR_CT_U32, 1, UINT32_C(1) << 24, "16777216",
+     OFF(max_rows),
+     "most rows per codebook a CreateTable may ask for (hash, ce, cqr)"},
+    {"idle-timeout", CQR_CT_U32, 0, 7 * 86400, "300", OFF(idle_timeout),
+     "seconds a connection may stay silent (nothing received, no reply "
+     "written) before it is closed; 0 = never"},
+    {"frame-timeout", CQR_CT_U32, 0, 3600, "60", OFF(frame_timeout),
+     "seconds a request frame may take from its first byte to its last; "
+     "0 = no limit"},
+    {"auth-token-file", CQR_CT_PATH, 0,
+     sizeof(((cqr_config_t *)0)->auth_token_file), "",
+     OFF(auth_token_file),
+     "require clients to send the token in this file (not readable by "
+     "others) in Hello"},
+    {"admin-token-file", CQR_CT_PATH, 0,
+     sizeof(((cqr_config_t *)0)->admin_token_file), "",
+     OFF(admin_token_file),
+     "require the token in this file for drop, cluster and checkpoint"},
     {"cluster-threads", CQR_CT_U32, 1, 256, "1", OFF(cluster_threads),
      "threads of one cluster phase (k-means and assignment)"},
     {"cluster-workers", CQR_CT_U32, 1, 64, "2", OFF(cluster_workers),
@@ -577,7 +598,7 @@ void cqr_config_usage(FILE *f, const char *prog)
         snprintf(left, sizeof left, "--%s%s", o->name, arg);
         fprintf(f, "  %-28s %s", left, o->help);
         if (o->def != NULL)
-            fprintf(f, " [default %s", o->def);
+            fprintf(f, " [default %s", o->def[0] ? o->def : "none");
         if (o->type == CQR_CT_U32 || o->type == CQR_CT_U64 ||
             o->type == CQR_CT_SIZE)
             fprintf(f, ", %" PRIu64 "..%" PRIu64, o->min, o->max);

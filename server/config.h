@@ -59,7 +59,20 @@ typedef struct cqr_config {
     uint32_t max_connections;  /* open client connections at once */
     uint64_t max_pending_bytes; /* soft limit of unsent reply bytes per
                                    connection; 4x is the hard limit */
-    uint64_t max_table_memory; /* creation-time bytes of all tables */
+    uint64_t max_table_memory; /* bytes of all tables: creation-time
+                                  bytes plus what full tables and known-ID
+                                  maps grow by */
+    uint32_t max_dim;          /* largest table dim a CreateTable may ask */
+    uint32_t max_rows;         /* most codebook rows a CreateTable may ask */
+    uint32_t idle_timeout;     /* seconds without traffic before a
+                                  connection is closed; 0 = never */
+    uint32_t frame_timeout;    /* seconds a started frame may take to
+                                  arrive whole; 0 = no limit */
+    char auth_token_file[4096];  /* file holding the shared token; "" =
+                                    no authentication */
+    char admin_token_file[4096]; /* file holding the admin token; "" = no
+                                    admin token (every authenticated
+                                    client has admin rights) */
     uint32_t cluster_threads;  /* threads of one cluster phase */
     uint32_t cluster_workers;  /* cluster phases that run at once */
     cqr_log_level_t log_level; /* lines below this level are dropped */

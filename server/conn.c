@@ -78,6 +78,11 @@ typedef struct conn {
     uint64_t pending;         /* bytes handed to uv_write, not completed */
     uint64_t requests;        /* requests answered, for the close log */
     uint64_t deadline;        /* uv_now() deadline while lingering */
+    uint64_t last_active;     /* uv_now() of the last byte received or
+                                 reply written (--idle-timeout) */
+    uint64_t frame_start;     /* uv_now() when the frame now arriving
+                                 started, or reading resumed
+                                 (--frame-timeout) */
     int reading;              /* uv_read_start is active */
     int paused;               /* stopped reading over the soft limit */
     int eof;                  /* the peer shut down its write side */
@@ -169,6 +174,9 @@ static void update_reading(conn_t *c)
             close_now(c, "read_start_failed");
             return;
         }
+        /* A partial frame's clock restarts: while we did not read, the
+         * peer could not finish it. */
+        c->frame_start = uv_now(&c->io->loop);
     } else {
         uv_read_stop((uv_stream_t *)&c->tcp);
     }
@@ -291,6 +299,8 @@ static void on_write(uv_write_t *req, int status)
 
     if (c->state == CONN_CLOSING)
         return;
+    if (status >= 0)
+        c->last_active = uv_now(&c->io->loop);
     if (status < 0) {
         cqr_ctr_add(ctx, CQR_CTR_conn_closed_write_error, 1);
         cqr_log(CQR_LOG_INFO, "conn", "write failed peer=%s thread=%" PRIu32
@@ -471,6 +481,9 @@ static void process(conn_t *c)
             return;
         }
         handled++;
+        /* Bytes after this frame belong to the next one, which cannot be
+         * older than the read that brought them. */
+        c->frame_start = uv_now(&c->io->loop);
         size_t mark;
         if (cqr_frame_begin(&c->tx, &mark) != 0) {
             cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
@@ -496,6 +509,16 @@ static void process(conn_t *c)
                     c->io->index, len);
             flush(c);
             linger(c, "malformed");
+            return;
+        }
+        if (rc == CQR_EAUTH) {
+            /* The UNAUTHENTICATED (or version) reply is queued: send it
+             * and end the connection, as for a malformed request. */
+            cqr_ctr_add(ctx, CQR_CTR_conn_closed_auth, 1);
+            cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                    " reason=unauthenticated", c->sess.peer, c->io->index);
+            flush(c);
+            linger(c, "unauthenticated");
             return;
         }
         if (c->tx.len >= FLUSH_BYTES)
@@ -570,6 +593,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         close_now(c, "read_error");
         return;
     }
+    uint64_t now = uv_now(&c->io->loop);
+    if (cqr_frame_reader_pending(&c->rx) == 0)
+        c->frame_start = now; /* these bytes start a new frame */
+    c->last_active = now;
     cqr_frame_reader_commit(&c->rx, (size_t)nread);
     cqr_ctr_add(ctx, CQR_CTR_bytes_in, (uint64_t)nread);
     process(c);
@@ -616,6 +643,7 @@ static void adopt(io_thread_t *t, handoff_t *hf)
     c->io = t;
     c->tcp.data = c;
     c->counted = !hf->reject;
+    c->last_active = c->frame_start = uv_now(&t->loop);
     cqr_session_init(ctx, &c->sess, hf->peer, t->index);
     cqr_frame_reader_init(&c->rx, ctx->cfg->max_frame_bytes, READ_CHUNK);
     cqr_buf_init(&c->tx);
@@ -692,6 +720,48 @@ static void on_wake(uv_async_t *h)
     }
 }
 
+/* Slow and silent peers (called by the sweep for open connections):
+ *   --frame-timeout  a frame whose first byte came more than that long
+ *                    ago and is still incomplete while we read: a client
+ *                    trickling bytes holds one read buffer for at most
+ *                    this long;
+ *   --idle-timeout   nothing received and no reply written for that
+ *                    long: an abandoned connection, or a peer that stopped
+ *                    reading its replies (then it is closed at once, since
+ *                    an error reply could not reach it either). */
+static void check_timeouts(conn_t *c, uint64_t now)
+{
+    const cqr_config_t *cfg = c->io->ctx->cfg;
+    char msg[160];
+    uint64_t frame_ms = (uint64_t)cfg->frame_timeout * 1000;
+    if (frame_ms > 0 && c->reading &&
+        cqr_frame_reader_pending(&c->rx) > 0 &&
+        now - c->frame_start >= frame_ms) {
+        snprintf(msg, sizeof msg, "request frame incomplete after %" PRIu32
+                 " s (--frame-timeout); %zu bytes received",
+                 cfg->frame_timeout, cqr_frame_reader_pending(&c->rx));
+        fail(c, CQR_CTR_conn_closed_frame_timeout, "frame_timeout",
+             CQR_ETIMEDOUT, msg);
+        return;
+    }
+    uint64_t idle_ms = (uint64_t)cfg->idle_timeout * 1000;
+    if (idle_ms > 0 && now - c->last_active >= idle_ms) {
+        if (c->pending > 0) {
+            cqr_ctr_add(c->io->ctx, CQR_CTR_conn_closed_idle, 1);
+            cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                    " reason=idle_timeout detail=\"replies not read\" "
+                    "pending=%" PRIu64, c->sess.peer, c->io->index,
+                    c->pending);
+            close_now(c, "idle_timeout");
+            return;
+        }
+        snprintf(msg, sizeof msg, "connection idle for %" PRIu32 " s "
+                 "(--idle-timeout)", cfg->idle_timeout);
+        fail(c, CQR_CTR_conn_closed_idle, "idle_timeout", CQR_ETIMEDOUT,
+             msg);
+    }
+}
+
 static void on_sweep(uv_timer_t *h)
 {
     io_thread_t *t = h->data;
@@ -712,6 +782,8 @@ static void on_sweep(uv_timer_t *h)
             cqr_log(CQR_LOG_DEBUG, "conn", "linger over peer=%s thread=%"
                     PRIu32, c->sess.peer, t->index);
             close_now(c, c->why);
+        } else if (c->state == CONN_OPEN) {
+            check_timeouts(c, now);
         }
     }
 }

@@ -13,8 +13,16 @@
  * --max-pending-bytes the connection stops being read until they drain
  * below half; over four times that it is closed.
  *
+ * Slow peers: a frame still incomplete --frame-timeout seconds after its
+ * first byte, and a connection with no traffic either way for
+ * --idle-timeout seconds, are closed (TIMED_OUT); so a client trickling
+ * bytes holds one read buffer (sized for its declared frame, but its
+ * pages become resident only as bytes arrive) for a bounded time, and one
+ * that stops reading holds at most the pending-bytes limit until the idle
+ * timeout.
+ *
  * Forced disconnects (undecodable request, frame over --max-frame-bytes,
- * connection limit) send an error reply first, shut down the write side
+ * connection limit, UNAUTHENTICATED, timeouts) send an error reply first, shut down the write side
  * after it, and discard input until the peer closes or a short deadline
  * passes -- so the peer reads the error instead of a reset. Every forced
  * disconnect is logged with the peer and the reason and counted.

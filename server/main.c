@@ -31,6 +31,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "config.h"
 #include "conn.h"
 #include "err.h"
@@ -62,6 +63,7 @@ typedef struct server {
     int listen_fd;            /* owned; -1 once closed */
     int stopping;             /* a signal arrived */
     char addr[300];           /* bound address, "127.0.0.1:7070" */
+    cqr_auth_t *auth;         /* token secrets (auth.h), or NULL */
 } server_t;
 
 /* Interval of the heartbeat timer; systemd's watchdog gets pinged at
@@ -229,6 +231,14 @@ static int run(server_t *s)
     if (s->cfg.config_path[0] != '\0')
         cqr_log(CQR_LOG_INFO, "config", "read file=%s", s->cfg.config_path);
 
+    /* Tokens are read once, before any connection can arrive. */
+    char aerr[600];
+    if (cqr_auth_setup(&s->ctx, &s->cfg, &s->auth, aerr, sizeof aerr) != 0) {
+        cqr_log(CQR_LOG_ERROR, "auth", "cannot load tokens: %s", aerr);
+        return 1;
+    }
+    cqr_auth_warn_exposure(&s->cfg);
+
     /* The metrics endpoint comes first, so /healthz answers (and /readyz
      * says 503) during a long restore. */
     if (s->cfg.metrics.text[0] != '\0' &&
@@ -343,6 +353,7 @@ int main(int argc, char **argv)
     cqr_metrics_stop(s.metrics);
     s.metrics = NULL;
     cqr_server_ctx_free(&s.ctx);
+    cqr_auth_destroy(s.auth); /* every session is gone */
     cqr_log(CQR_LOG_INFO, "server", "exit status=%d", rc);
     return rc;
 }

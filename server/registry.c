@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "budget.h"
 #include "err.h"
 
 struct cqr_registry {
@@ -16,10 +17,10 @@ struct cqr_registry {
     size_t count;             /* entries in the map, reserved included */
     size_t visible;           /* published entries in the map */
     uint32_t max_tables;      /* limit on count */
-    uint64_t max_bytes;       /* memory budget */
-    atomic_uint_fast64_t bytes; /* charged: reserve adds under the write
-                                   lock, the destroy of an entry subtracts
-                                   without it (only ever lowers it) */
+    cqr_budget_t budget;      /* memory: reserve charges creation bytes
+                                 under the write lock, published tables
+                                 charge their growth themselves, destroys
+                                 refund without the lock */
     atomic_uint_fast64_t next_uid; /* source of entry uids */
 };
 
@@ -56,8 +57,7 @@ int cqr_registry_create(uint32_t max_tables, uint64_t max_bytes,
     }
     reg->nbuckets = nb;
     reg->max_tables = max_tables;
-    reg->max_bytes = max_bytes;
-    atomic_init(&reg->bytes, 0);
+    cqr_budget_init(&reg->budget, max_bytes);
     atomic_init(&reg->next_uid, 1);
     *out = reg;
     return 0;
@@ -96,7 +96,7 @@ void cqr_registry_destroy(cqr_registry_t *reg)
         }
     }
     assert(reg->count == 0);
-    assert(atomic_load(&reg->bytes) == 0);
+    assert(cqr_budget_used(&reg->budget) == 0);
     pthread_rwlock_destroy(&reg->lock);
     free(reg->buckets);
     free(reg);
@@ -144,7 +144,6 @@ int cqr_registry_reserve(cqr_registry_t *reg, const char *name,
 
     int rc = 0;
     pthread_rwlock_wrlock(&reg->lock);
-    uint64_t used = atomic_load(&reg->bytes);
     if (find(reg, name) != NULL) {
         snprintf(why, whylen, "table '%s' already exists", name);
         rc = CQR_EEXIST;
@@ -152,14 +151,12 @@ int cqr_registry_reserve(cqr_registry_t *reg, const char *name,
         snprintf(why, whylen, "server holds its maximum of %" PRIu32
                  " tables (--max-tables)", reg->max_tables);
         rc = CQR_ELIMIT;
-    } else if (bytes > reg->max_bytes || used > reg->max_bytes - bytes) {
+    } else if (cqr_budget_charge(&reg->budget, bytes) != 0) {
         snprintf(why, whylen, "table needs %" PRIu64 " bytes but only %"
                  PRIu64 " of %" PRIu64 " are left (--max-table-memory)",
-                 bytes, used <= reg->max_bytes ? reg->max_bytes - used : 0,
-                 reg->max_bytes);
+                 bytes, cqr_budget_left(&reg->budget), reg->budget.max);
         rc = CQR_ELIMIT;
     } else {
-        atomic_fetch_add(&reg->bytes, bytes);
         e->uid = atomic_fetch_add(&reg->next_uid, 1);
         size_t b = name_hash(name) & (reg->nbuckets - 1);
         e->next = reg->buckets[b];
@@ -178,6 +175,10 @@ int cqr_registry_reserve(cqr_registry_t *reg, const char *name,
 void cqr_registry_publish(cqr_registry_t *reg, cqr_entry_t *e,
                           cqr_table_t *table)
 {
+    /* From now on the table's growth (full rows, known IDs) counts
+     * against the same budget as its creation bytes; a restored table's
+     * present size is charged here too. */
+    cqr_table_set_budget(table, &reg->budget);
     pthread_rwlock_wrlock(&reg->lock);
     assert(!e->visible && e->table == NULL);
     e->table = table;
@@ -281,7 +282,7 @@ size_t cqr_registry_count(cqr_registry_t *reg)
 
 uint64_t cqr_registry_bytes(cqr_registry_t *reg)
 {
-    return atomic_load(&reg->bytes);
+    return cqr_budget_used(&reg->budget);
 }
 
 void cqr_entry_ref(cqr_entry_t *e)
@@ -303,6 +304,6 @@ void cqr_entry_unref(cqr_entry_t *e)
         return;
     if (e->table != NULL)
         cqr_table_destroy(e->table);
-    atomic_fetch_sub(&e->reg->bytes, e->bytes);
+    cqr_budget_refund(&e->reg->budget, e->bytes);
     free(e);
 }

@@ -14,10 +14,13 @@
  * list), then cqr_registry_publish makes it visible or
  * cqr_registry_cancel releases the claim.
  *
- * Memory budget: each table's creation-time bytes (cqr_table_config_bytes)
- * count against max_bytes from reserve until the table is destroyed (not
- * merely dropped), so drop-and-recreate while a phase still holds the old
- * table cannot exceed the budget.
+ * Memory budget (budget.h): each table's creation-time bytes
+ * (cqr_table_config_bytes) count against max_bytes from reserve until the
+ * table is destroyed (not merely dropped), so drop-and-recreate while a
+ * phase still holds the old table cannot exceed the budget. From publish
+ * on, the table also charges its growth (full rows, known-ID maps) to the
+ * same budget (cqr_table_set_budget), so pushes of new IDs get
+ * CQR_ELIMIT instead of taking the server past max_bytes.
  *
  * Threading: every function is safe from any thread. Lookups by name take
  * a read lock; reserve, publish, cancel and remove take the write lock.

@@ -103,7 +103,7 @@ void cqr_session_init(cqr_server_ctx_t *ctx, cqr_session_t *sess,
 {
     memset(sess, 0, sizeof *sess);
     int open = ctx->auth.hello == NULL;
-    sess->authed = open;
+    sess->authed = open || ctx->auth.open;
     sess->admin = open;
     snprintf(sess->client, sizeof sess->client, "-");
     snprintf(sess->peer, sizeof sess->peer, "%s", peer ? peer : "-");
@@ -350,6 +350,10 @@ static int map_config(rpc_call_t *c, const Cqrps__V1__TableConfig *in,
     if (in->dim == 0 || in->dim > CQR_MAX_DIM)
         return fail(c, CQR_EINVAL, "dim must be 1..%u, not %" PRIu32,
                     CQR_MAX_DIM, in->dim);
+    if (in->dim > c->ctx->cfg->max_dim)
+        return fail(c, CQR_ELIMIT, "dim %" PRIu32 " is over this server's "
+                    "limit %" PRIu32 " (--max-dim)", in->dim,
+                    c->ctx->cfg->max_dim);
     cqr_kind_t kind = (cqr_kind_t)in->kind;
     cqr_table_config_default(cfg, kind, in->dim);
 
@@ -394,6 +398,11 @@ static int map_config(rpc_call_t *c, const Cqrps__V1__TableConfig *in,
     if (rc != 0)
         return fail(c, rc, "invalid table config: %s",
                     why[0] ? why : cqr_strerror(rc));
+    /* Valid for the engine; now this server's own limit. */
+    if (kind != CQR_KIND_FULL && cfg->rows > c->ctx->cfg->max_rows)
+        return fail(c, CQR_ELIMIT, "%" PRIu32 " rows per codebook is over "
+                    "this server's limit %" PRIu32 " (--max-rows)",
+                    cfg->rows, c->ctx->cfg->max_rows);
     return 0;
 }
 
@@ -610,6 +619,12 @@ static int do_push(rpc_call_t *c, const Cqrps__V1__Push *m)
     case CQR_EBUSY:
         return fail(c, rc, "a cluster phase's push log is full; nothing "
                     "applied, retry after the phase");
+    case CQR_ELIMIT:
+        return fail(c, rc, "push needs memory for new IDs of table '%s' "
+                    "but the tables hold %" PRIu64 " of %" PRIu64 " bytes "
+                    "(--max-table-memory); nothing applied", c->entry->name,
+                    cqr_registry_bytes(c->ctx->reg),
+                    c->ctx->cfg->max_table_memory);
     case CQR_EINVAL:
         if (m->n_offsets > 0)
             return fail(c, rc, "offsets must start at 0, never decrease "
@@ -1080,6 +1095,11 @@ static int handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
     call_release(c);
     free(c);
     cqrps__v1__request__free_unpacked(req, &alloc);
+    /* With authentication on, a session that is still (or again) not
+     * authenticated after this request -- anything before Hello, a wrong
+     * token, a bad protocol version -- has had its one answer. */
+    if (rc == 0 && ctx->auth.hello != NULL && !sess->authed)
+        return CQR_EAUTH;
     return rc;
 }
 

@@ -44,6 +44,10 @@
     X(conn_closed_write_error, "closed after a socket write error")        \
     X(conn_closed_nomem, "closed because a buffer could not be allocated") \
     X(conn_closed_shutdown_timeout, "closed by force at shutdown")         \
+    X(conn_closed_auth, "closed after a request without valid Hello")      \
+    X(conn_closed_idle, "closed after --idle-timeout without traffic")     \
+    X(conn_closed_frame_timeout, "closed with a frame older than "          \
+      "--frame-timeout")                                                    \
     X(conn_linger_timeouts, "refused connections that did not close")      \
     X(accept_errors, "accept() failures")                                   \
     X(backpressure_pauses, "times a connection stopped being read")        \
@@ -87,16 +91,20 @@ typedef struct cqr_session {
     uint32_t thread;  /* I/O thread index, for logs */
 } cqr_session_t;
 
-/* Authentication hook (issue: auth). When `hello` is NULL the server
- * requires nothing: every session starts authenticated with admin rights.
- * Otherwise sessions start unauthenticated, every request but Hello gets
+/* Authentication hook (auth.h installs it). When `hello` is NULL the
+ * server requires nothing: every session starts authenticated with admin
+ * rights. Otherwise sessions start unauthenticated (authenticated without
+ * admin rights when `open` is set), every request but Hello gets
  * UNAUTHENTICATED until a Hello succeeds, and `hello` decides: it returns
- * 0 and sets sess->admin, or CQR_EAUTH. Called on I/O threads. */
+ * 0 and sets sess->admin, or CQR_EAUTH. A session left unauthenticated
+ * after any request is closed (cqr_rpc_handle returns CQR_EAUTH). Called
+ * on I/O threads. */
 typedef struct cqr_auth_hooks {
     int (*hello)(void *ud, cqr_session_t *sess, const uint8_t *token,
                  size_t token_len, const uint8_t *admin_token,
                  size_t admin_len);
     void *ud;
+    int open;  /* no shared token: Hello only grants admin rights */
 } cqr_auth_hooks_t;
 
 /* Checkpoint hooks (issue: checkpoints). NULL functions make Checkpoint
@@ -193,6 +201,10 @@ void cqr_session_init(cqr_server_ctx_t *ctx, cqr_session_t *sess,
  *   CQR_EPROTO  the body did not decode: a MALFORMED reply with id 0 was
  *               appended; the caller must send it and close the
  *               connection;
+ *   CQR_EAUTH   authentication is on and the session is not
+ *               authenticated after this request (a request before Hello,
+ *               a wrong token, a bad protocol version): the error reply
+ *               was appended; send it and close the connection;
  *   CQR_ENOMEM  not even an error reply could be built; nothing was
  *               appended (out is unchanged); close the connection.
  */

@@ -12,6 +12,7 @@ add_library(cqr_server STATIC
   ${CMAKE_CURRENT_SOURCE_DIR}/opstats.c
   ${CMAKE_CURRENT_SOURCE_DIR}/metrics.c
   ${CMAKE_CURRENT_SOURCE_DIR}/notify.c
+  ${CMAKE_CURRENT_SOURCE_DIR}/auth.c
 )
 # The metrics/health endpoint's HTTP server (Debian: libmicrohttpd-dev).
 pkg_check_modules(MHD REQUIRED IMPORTED_TARGET libmicrohttpd)

@@ -452,6 +452,33 @@ CQRPS_API int cqrps_list_checkpoints(cqrps_client_t *c,
                                      size_t *n);
 CQRPS_API void cqrps_checkpoint_list_free(cqrps_checkpoint_info_t *list);
 
+/* ---- Secrets ----------------------------------------------------------- */
+
+/* Longest token cqrps_secret_load accepts (the server's limit too). */
+#define CQRPS_SECRET_MAX 4096
+
+/* Loads a token for cqrps_options_t.token / admin_token the way every
+ * cqrps tool does, so that secrets stay off command lines (where `ps`
+ * shows them to every user):
+ *   - from the file `path` when it is non-NULL: its bytes, less one
+ *     trailing newline ("\n" or "\r\n");
+ *   - else from the environment variable `env` (e.g. "CQRPS_TOKEN") when
+ *     it is set and non-empty;
+ *   - else no token: *out = NULL, *len = 0, and 0 is returned.
+ * *out is malloc'd (NUL-terminated for convenience; *len excludes the
+ * NUL): release it with cqrps_secret_free, which wipes it first.
+ * msg[0..msglen) receives the reason of a failure, or on success a
+ * warning for the caller to print ("" if none): a file other users can
+ * read is still loaded, but the warning says to chmod it.
+ * Errors: CQRPS_EIO (cannot open or read the file), CQRPS_EINVAL (not a
+ * regular file, empty, longer than CQRPS_SECRET_MAX), CQRPS_ENOMEM. */
+CQRPS_API int cqrps_secret_load(const char *path, const char *env,
+                                char **out, size_t *len, char *msg,
+                                size_t msglen);
+
+/* Zeroes and frees a secret from cqrps_secret_load; NULL is a no-op. */
+CQRPS_API void cqrps_secret_free(char *secret, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

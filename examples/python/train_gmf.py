@@ -278,8 +278,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--reset-optimizer", action="store_true")
     p.add_argument("--init-scale", type=float, default=0.0)
     p.add_argument("--table-prefix")
-    p.add_argument("--token-file")
-    p.add_argument("--admin-token-file")
+    p.add_argument("--token-file", help="shared secret for Hello "
+                   "(else $CQRPS_TOKEN)")
+    p.add_argument("--admin-token-file", help="admin secret for cluster "
+                   "and drop (else $CQRPS_ADMIN_TOKEN)")
     p.add_argument("--tsv", help="append per-epoch results to this file")
     p.add_argument("--keep", action="store_true",
                    help="keep the tables at the end")
@@ -297,14 +299,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if a.dim % a.chunks:
             p.error("--chunks must divide --dim")
     return a
-
-
-def read_secret(path: Optional[str]) -> Optional[bytes]:
-    """A secret from a file, without a trailing newline."""
-    if path is None:
-        return None
-    with open(path, "rb") as f:
-        return f.read(4096).rstrip(b"\r\n")
 
 
 def create_tables(c: cqrps.Client, a: argparse.Namespace, utab: str,
@@ -428,8 +422,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     created: List[str] = []
     tsv = None
     try:
-        with cqrps.connect(a.addr, read_secret(a.token_file),
-                           admin_token=read_secret(a.admin_token_file),
+        # Files, else $CQRPS_TOKEN / $CQRPS_ADMIN_TOKEN (cqrps.connect).
+        with cqrps.connect(a.addr, token_file=a.token_file,
+                           admin_token_file=a.admin_token_file,
                            client_name="train_gmf.py") as c:
             try:
                 if a.tsv:

@@ -397,6 +397,9 @@ int cqr_phase_commit(cqr_phase_t *ph)
     t->st = ph->next;
     ph->next = NULL;
     t->phase = NULL;
+    /* The new known-ID map was sized for the IDs it holds: charge (or
+     * refund) the difference. */
+    cqr_table_budget_sync(t);
     t->phases_done = ph->phase_no;
     /* Every codebook row and pointer may have changed: the next export
      * writes them all (exports exclude commits through the lock). */

@@ -116,6 +116,25 @@ int cqr_idmap_reserve(cqr_idmap_t *m, size_t n)
     return rehash(m, cap_for(n));
 }
 
+/* The capacity after inserting one more key into the arrays: grows by
+ * 1.5x past 80% load. */
+static size_t grown_cap(const cqr_idmap_t *m)
+{
+    /* Keys in the arrays (ID 0 lives outside) after this insert. */
+    size_t inarr = m->count - (size_t)m->has_zero + 1;
+    if (inarr * 5 <= m->cap * 4)
+        return m->cap;
+    size_t want = m->cap + m->cap / 2;
+    if (want < cap_for(inarr))
+        want = cap_for(inarr);
+    return want;
+}
+
+uint64_t cqr_idmap_grow_bytes(const cqr_idmap_t *m)
+{
+    return (uint64_t)(grown_cap(m) - m->cap) * (sizeof(uint64_t) + m->vw);
+}
+
 int cqr_idmap_insert(cqr_idmap_t *m, uint64_t id, void **val, int *inserted)
 {
     void *v = cqr_idmap_find(m, id);
@@ -132,12 +151,8 @@ int cqr_idmap_insert(cqr_idmap_t *m, uint64_t id, void **val, int *inserted)
         *inserted = 1;
         return 0;
     }
-    /* Keys in the arrays (ID 0 lives outside) after this insert. */
-    size_t inarr = m->count - (size_t)m->has_zero + 1;
-    if (inarr * 5 > m->cap * 4) {
-        size_t want = m->cap + m->cap / 2;
-        if (want < cap_for(inarr))
-            want = cap_for(inarr);
+    size_t want = grown_cap(m);
+    if (want != m->cap) {
         int rc = rehash(m, want);
         if (rc)
             return rc;

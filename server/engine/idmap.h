@@ -47,4 +47,10 @@ int cqr_idmap_next(const cqr_idmap_t *m, size_t *pos, uint64_t *id,
 /* Bytes held by the map's arrays. */
 uint64_t cqr_idmap_bytes(const cqr_idmap_t *m);
 
+/* How much cqr_idmap_bytes grows if one ID that the map does not hold is
+ * inserted now (0 when it fits without growing), so an owner can charge a
+ * memory budget before the insert allocates. The rehash briefly holds the
+ * old arrays as well. */
+uint64_t cqr_idmap_grow_bytes(const cqr_idmap_t *m);
+
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "budget.h"
 #include "err.h"
 #include "hash.h"
 #include "table_impl.h"
@@ -395,6 +396,8 @@ void cqr_table_destroy(cqr_table_t *t)
     free(t->ins_epoch);
     if (t->rowmap.keys)
         cqr_idmap_free(&t->rowmap);
+    if (t->budget)
+        cqr_budget_refund(t->budget, t->charged);
     log_free(t->log_head);
     pthread_rwlock_destroy(&t->gate);
     pthread_rwlock_destroy(&t->lock);
@@ -405,6 +408,83 @@ void cqr_table_destroy(cqr_table_t *t)
 const cqr_table_config_t *cqr_table_config(const cqr_table_t *t)
 {
     return &t->cfg;
+}
+
+/* ---- Memory budget of growth ------------------------------------------- */
+
+/* Bytes of one full row block: parameters, optimizer state, Adam step,
+ * seqlock counter and change mark per row (rows.c, cqr_full_add_block). */
+static uint64_t full_block_bytes(const cqr_table_t *t)
+{
+    uint64_t w = t->cfg.dim;
+    uint64_t per_row = w * 4 +
+                       (uint64_t)cqr_optim_state_floats(t->cfg.optim.kind,
+                                                        t->cfg.dim) * 4 +
+                       (t->cfg.optim.kind == CQR_OPT_ADAM ? 4 : 0) + 4 + 4;
+    return per_row * CQR_FULL_BLOCK;
+}
+
+/* What the table grew by since creation. Lock held (either mode). */
+static uint64_t grown_locked(const cqr_table_t *t)
+{
+    if (t->cfg.kind == CQR_KIND_FULL)
+        return (uint64_t)t->nblocks * full_block_bytes(t) +
+               cqr_idmap_bytes(&t->rowmap);
+    if (t->cfg.kind == CQR_KIND_CQR && t->st)
+        return cqr_idmap_bytes(&t->st->ids);
+    return 0;
+}
+
+/* Charges growth of `bytes` to the budget before allocating it: 0, or
+ * CQR_ELIMIT with nothing charged. Exclusive lock held. */
+static int grow_charge(cqr_table_t *t, uint64_t bytes)
+{
+    if (!t->budget || bytes == 0)
+        return 0;
+    int rc = cqr_budget_charge(t->budget, bytes);
+    if (rc == 0)
+        t->charged += bytes;
+    return rc;
+}
+
+/* Gives back a charge whose allocation failed. Exclusive lock held. */
+static void grow_refund(cqr_table_t *t, uint64_t bytes)
+{
+    if (!t->budget || bytes == 0)
+        return;
+    cqr_budget_refund(t->budget, bytes);
+    t->charged -= bytes;
+}
+
+void cqr_table_budget_sync(cqr_table_t *t)
+{
+    if (!t->budget)
+        return;
+    uint64_t now = grown_locked(t);
+    if (now > t->charged)
+        cqr_budget_force(t->budget, now - t->charged);
+    else
+        cqr_budget_refund(t->budget, t->charged - now);
+    t->charged = now;
+}
+
+void cqr_table_set_budget(cqr_table_t *t, struct cqr_budget *budget)
+{
+    pthread_rwlock_wrlock(&t->lock);
+    if (t->budget)
+        cqr_budget_refund(t->budget, t->charged);
+    t->charged = 0;
+    t->budget = budget;
+    cqr_table_budget_sync(t);
+    pthread_rwlock_unlock(&t->lock);
+}
+
+uint64_t cqr_table_grown_bytes(cqr_table_t *t)
+{
+    pthread_rwlock_rdlock(&t->lock);
+    uint64_t n = grown_locked(t);
+    pthread_rwlock_unlock(&t->lock);
+    return n;
 }
 
 /* ---- Full tables ------------------------------------------------------- */
@@ -507,16 +587,29 @@ static int full_new_row(cqr_table_t *t, uint64_t id)
     uint32_t row = (uint32_t)t->nrows;
     size_t b = row >> CQR_FULL_BLOCK_SHIFT;
     if (b == t->nblocks) {
-        int rc = cqr_full_add_block(t);
+        uint64_t bytes = full_block_bytes(t);
+        int rc = grow_charge(t, bytes);
         if (rc)
             return rc;
+        rc = cqr_full_add_block(t);
+        if (rc) {
+            grow_refund(t, bytes);
+            return rc;
+        }
     }
     void *v;
     int inserted;
     size_t old_cap = t->rowmap.cap;
-    int rc = cqr_idmap_insert(&t->rowmap, id, &v, &inserted);
+    /* The ID 0 lives beside the map's arrays: it never grows them. */
+    uint64_t mgrow = id ? cqr_idmap_grow_bytes(&t->rowmap) : 0;
+    int rc = grow_charge(t, mgrow);
     if (rc)
         return rc;
+    rc = cqr_idmap_insert(&t->rowmap, id, &v, &inserted);
+    if (rc) {
+        grow_refund(t, mgrow);
+        return rc;
+    }
     assert(inserted);
     memcpy(v, &row, sizeof row);
     track_insert(t, &t->rowmap, old_cap, v);
@@ -743,9 +836,17 @@ static int add_known(cqr_table_t *t, const uint64_t *ids, size_t n)
         void *v;
         int inserted;
         size_t old_cap = t->st->ids.cap;
-        int rc = cqr_idmap_insert(&t->st->ids, ids[j], &v, &inserted);
+        uint64_t mgrow = 0;
+        if (ids[j] != 0 && !cqr_idmap_find(&t->st->ids, ids[j]))
+            mgrow = cqr_idmap_grow_bytes(&t->st->ids);
+        int rc = grow_charge(t, mgrow);
         if (rc)
             return rc;
+        rc = cqr_idmap_insert(&t->st->ids, ids[j], &v, &inserted);
+        if (rc) {
+            grow_refund(t, mgrow);
+            return rc;
+        }
         if (inserted) {
             for (uint32_t i = 0; i < t->c; i++)
                 cqr_ptr_set(v, t->pw, i, cqr_hash_p(t, t->st, ids[j], i));

@@ -123,6 +123,24 @@ int cqr_table_config_check(const cqr_table_config_t *cfg, char *why,
  * optimizer state), for limits checked before allocating. */
 uint64_t cqr_table_config_bytes(const cqr_table_config_t *cfg);
 
+struct cqr_budget;
+
+/* Makes the table charge its growth beyond the creation-time bytes (a
+ * full table's row blocks and row map, a cqr table's known-ID map) to
+ * `budget` (budget.h), which must outlive the table. The growth the table
+ * already has is charged at once, even past the limit; from then on a
+ * push that needs memory beyond the limit fails with CQR_ELIMIT before
+ * allocating (the IDs of that push registered before the refusal keep
+ * their initial rows or hashed pointers, which is what a lookup returned
+ * for them already; no gradient is applied). Destroying the table refunds
+ * the charge. NULL detaches (and refunds). A cluster phase's transient
+ * copies are not charged. */
+void cqr_table_set_budget(cqr_table_t *t, struct cqr_budget *budget);
+
+/* Bytes the table has grown by since creation (the part a budget is
+ * charged with). */
+uint64_t cqr_table_grown_bytes(cqr_table_t *t);
+
 /* Short name of a kind ("full", "hash", "ce", "cqr") and back; parse
  * returns CQR_EINVAL for an unknown name. Same for optimizers ("sgd",
  * "adagrad", "adam"). */

@@ -88,6 +88,10 @@ struct cqr_table {
                                      phase began: what a checkpoint taken
                                      during the phase records */
 
+    struct cqr_budget *budget; /* charged with growth (budget.h), or
+                                  NULL; set under the exclusive lock */
+    uint64_t charged;       /* bytes charged to budget (exclusive lock) */
+
     uint64_t n_lookups;     /* usage counters, relaxed atomics */
     uint64_t n_pushes;
     uint64_t n_examples;
@@ -131,6 +135,11 @@ static inline void cqr_mark(uint32_t *m, uint32_t e)
 /* Appends one full block (rows and marks) to a full table. Exclusive
  * access (exclusive lock, or a table not yet shared). */
 int cqr_full_add_block(cqr_table_t *t);
+
+/* Re-charges the table's budget to its present growth after a structure
+ * was replaced wholesale (a phase commit swaps in a new known-ID map).
+ * Exclusive lock held. */
+void cqr_table_budget_sync(cqr_table_t *t);
 
 /* B0 pointer j of a stored pointer array. */
 static inline uint32_t cqr_ptr_get(const uint8_t *v, uint32_t pw, uint32_t j)

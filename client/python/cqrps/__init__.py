@@ -26,7 +26,8 @@ from __future__ import annotations
 from . import _lib
 from .client import (CheckpointInfo, Client, Kind, Optimizer, PhaseStatus,
                      Pooling, ServerInfo, Stats, TableConfig, TableInfo,
-                     Ticket, as_ids, connect, shard_of, strerror)
+                     Ticket, as_ids, connect, read_token_file, shard_of,
+                     strerror)
 from .errors import (AlreadyExists, BadVersion, Busy, ConnectionFailed,
                      Corrupt, Error, Internal, InvalidArgument, LimitExceeded,
                      Malformed, NoMemory, NonFinite, NoSuchPhase, NotFound,
@@ -50,6 +51,6 @@ __all__ = [
     "PermissionDenied", "PhaseStatus", "Pooling", "ServerInfo",
     "ShuttingDown", "Stats", "StorageError", "TableConfig", "TableInfo",
     "Ticket", "TimedOut", "Unauthenticated", "Unsupported", "WrongDim",
-    "as_ids", "connect", "from_code", "library_path", "shard_of",
-    "strerror", "__version__",
+    "as_ids", "connect", "from_code", "library_path", "read_token_file",
+    "shard_of", "strerror", "__version__",
 ]

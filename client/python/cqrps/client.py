@@ -17,7 +17,10 @@ instead of corrupting the connection.
 from __future__ import annotations
 
 import ctypes
+import os
+import stat
 import threading
+import warnings
 from ctypes import POINTER, byref, c_float, c_size_t, c_uint32, c_uint64
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -327,6 +330,51 @@ def _secret(s: Secret, what: str) -> Optional[bytes]:
     raise InvalidArgument(f"{what}: expected str or bytes")
 
 
+#: Longest token a file or variable may hold (CQRPS_SECRET_MAX).
+SECRET_MAX = 4096
+
+
+def read_token_file(path: str) -> bytes:
+    """A token from a file, as every cqrps tool reads it: the file's bytes
+    less one trailing newline ("\\n" or "\\r\\n").
+
+    Warns (``UserWarning``) when other users may read the file. Raises
+    InvalidArgument for an empty or overlong file or one that is not a
+    regular file, OSError when it cannot be read.
+    """
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidArgument(f"token file '{path}' is not a regular "
+                                  "file")
+        data = f.read(SECRET_MAX + 3)
+    if data.endswith(b"\n"):
+        data = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+    if not data:
+        raise InvalidArgument(f"token file '{path}' is empty")
+    if len(data) > SECRET_MAX:
+        raise InvalidArgument(f"token file '{path}' holds more than "
+                              f"{SECRET_MAX} bytes")
+    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+        warnings.warn(f"token file '{path}' is accessible by other users "
+                      f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it",
+                      stacklevel=3)
+    return data
+
+
+def _resolve_secret(value: Secret, path: Optional[str], env: str,
+                    what: str) -> Optional[bytes]:
+    """The token to send: the value given, else the file, else $env."""
+    if value is not None and path is not None:
+        raise InvalidArgument(f"give {what} or {what}_file, not both")
+    if value is not None:
+        return _secret(value, what)
+    if path is not None:
+        return read_token_file(path)
+    v = os.environ.get(env)
+    return v.encode("utf-8") if v else None
+
+
 def _ms(seconds: Optional[float], what: str) -> int:
     """Seconds as the library's milliseconds; None and 0 mean no limit
     (0). A positive time rounds up to at least 1 ms."""
@@ -381,6 +429,8 @@ class Client:
 
     def __init__(self, addrs: str, token: Secret = None, *,
                  admin_token: Secret = None,
+                 token_file: Optional[str] = None,
+                 admin_token_file: Optional[str] = None,
                  connect_timeout: Optional[float] = 5.0,
                  request_timeout: Optional[float] = 30.0,
                  client_name: Optional[str] = "cqrps-python",
@@ -400,8 +450,9 @@ class Client:
                 raise InvalidArgument("connect_timeout: must be > 0 seconds")
             opt.connect_timeout_ms = _ms(connect_timeout, "connect_timeout")
         opt.request_timeout_ms = _ms(request_timeout, "request_timeout")
-        tok = _secret(token, "token")
-        atok = _secret(admin_token, "admin_token")
+        tok = _resolve_secret(token, token_file, "CQRPS_TOKEN", "token")
+        atok = _resolve_secret(admin_token, admin_token_file,
+                               "CQRPS_ADMIN_TOKEN", "admin_token")
         # The library copies tokens and names during cqrps_connect.
         tbuf = ctypes.create_string_buffer(tok, len(tok)) if tok else None
         abuf = ctypes.create_string_buffer(atok, len(atok)) if atok else None
@@ -798,6 +849,8 @@ class Client:
 
 def connect(addrs: Union[str, Sequence[str]], token: Secret = None, *,
             admin_token: Secret = None,
+            token_file: Optional[str] = None,
+            admin_token_file: Optional[str] = None,
             connect_timeout: Optional[float] = 5.0,
             request_timeout: Optional[float] = 30.0,
             client_name: Optional[str] = "cqrps-python",
@@ -810,9 +863,15 @@ def connect(addrs: Union[str, Sequence[str]], token: Secret = None, *,
             shard per address; every client must list them in the same
             order.
         token: shared secret sent in Hello (str or bytes), if the server
-            requires one.
+            requires one. Without it (and without token_file) the
+            ``CQRPS_TOKEN`` environment variable is used when set.
         admin_token: admin secret, needed for drop, cluster and
-            checkpoint on servers that set one.
+            checkpoint on servers that set one; else ``admin_token_file``,
+            else ``CQRPS_ADMIN_TOKEN``.
+        token_file, admin_token_file: read the token from this file
+            instead (:func:`read_token_file`: one trailing newline is
+            stripped). Prefer files or the environment to literals, which
+            end up in scripts and command lines.
         connect_timeout: seconds per address (None: the library's 5 s).
         request_timeout: longest silence of a server while a call waits
             for it, in seconds; None or 0 waits forever.
@@ -827,6 +886,7 @@ def connect(addrs: Union[str, Sequence[str]], token: Secret = None, *,
         list), ImportError if libcqrps cannot be found.
     """
     return Client(addrs, token, admin_token=admin_token,
+                  token_file=token_file, admin_token_file=admin_token_file,
                   connect_timeout=connect_timeout,
                   request_timeout=request_timeout, client_name=client_name,
                   reconnect=reconnect, max_batch=max_batch)

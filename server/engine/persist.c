@@ -535,7 +535,8 @@ static int map_export(exp_ctx_t *cx, cqr_segment_t *seg, size_t npages)
     const cqr_idmap_t *m = tracked_map(t);
     const uint32_t since = cx->since;
     const int whole = since == 0 || since <= t->map_base_epoch ||
-                      since < t->map_floor;
+                      since < t->map_floor ||
+                      !__atomic_load_n(&t->ins_on, __ATOMIC_RELAXED);
     uint32_t *cnt = NULL, *off = NULL, *sl = NULL;
     int rc = 0;
     if (!whole) {
@@ -704,6 +705,13 @@ int cqr_table_export(cqr_table_t *t, const cqr_export_opts_t *opts,
     const double t1 = cqr_now();
     pthread_rwlock_rdlock(&t->lock);
     const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    if (rc == 0 && !__atomic_load_n(&t->ins_on, __ATOMIC_RELAXED)) {
+        /* From now on new IDs are recorded; none before was, so any
+         * export from a cursor up to this one writes the whole map. */
+        __atomic_store_n(&t->ins_on, 1, __ATOMIC_RELAXED);
+        if (t->map_floor < e + 1)
+            t->map_floor = e + 1;
+    }
     if (rc == 0)
         rc = opts->since > e ? CQR_EINVAL : export_locked(&cx, x);
     if (rc == 0) {
@@ -1136,6 +1144,7 @@ int cqr_import_finish(cqr_import_t *im, cqr_table_t **out, uint32_t *cursor)
     }
     if (tracked_map(im->t) && (rc = im_check_map(im)) != 0)
         goto fail;
+    im->t->ins_on = 1; /* the next export is incremental from here */
     *out = im->t;
     if (cursor)
         *cursor = im->t->wepoch;

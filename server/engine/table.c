@@ -546,6 +546,8 @@ int cqr_full_add_block(cqr_table_t *t)
 static void track_insert(cqr_table_t *t, const cqr_idmap_t *m, size_t old_cap,
                          const void *v)
 {
+    if (!__atomic_load_n(&t->ins_on, __ATOMIC_RELAXED))
+        return; /* never exported: the first export writes the whole map */
     const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
     if (t->map_base_epoch == e)
         return; /* already wholly changed in this epoch */

@@ -110,7 +110,11 @@ struct cqr_table {
     uint32_t *fpage;        /* full: one page mark per block (blocks_cap) */
     uint32_t map_base_epoch; /* known-ID map replaced or rehashed */
     uint32_t map_floor;     /* insertion records older than this epoch
-                               were dropped */
+                               were dropped (or never kept) */
+    int ins_on;             /* 1 once the table was exported or imported:
+                               only then are insertion records kept, so a
+                               table never checkpointed pays nothing
+                               (relaxed atomic) */
     uint64_t *ins_slot;     /* slots of the IDs inserted into the known-ID
                                map since map_floor, in epoch order */
     uint32_t *ins_epoch;    /* the epoch of each insertion record */

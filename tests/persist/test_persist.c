@@ -13,6 +13,7 @@
 #include "hash.h"
 #include "persist.h"
 #include "table.h"
+#include "table_impl.h"
 
 static cqr_table_t *make(cqr_kind_t kind, cqr_optim_kind_t opt, uint32_t dim,
                          uint32_t rows, uint64_t seed)
@@ -122,7 +123,8 @@ START_TEST(test_roundtrip_all_kinds)
             ck_assert_uint_eq(a.phases_done, b.phases_done);
             ck_assert_uint_eq(a.examples_pushed, b.examples_pushed);
             ck_assert_uint_eq(a.pushes, b.pushes);
-            ck_assert_int_eq(cqr_table_cluster_due(t), cqr_table_cluster_due(u));
+            ck_assert_int_eq(cqr_table_cluster_due(t),
+                             cqr_table_cluster_due(u));
 
             /* Same future: identical pushes (and a phase) keep the two
              * tables identical. */
@@ -212,6 +214,46 @@ START_TEST(test_incremental_chain)
         cqr_table_destroy(v);
         cqr_table_destroy(t);
         chain_free(&c);
+    }
+}
+END_TEST
+
+/* A table never exported keeps no insertion records (a server without
+ * a data dir pays nothing for them); an export from the initial epoch
+ * writes the whole map even so, and later ones are incremental. */
+START_TEST(test_records_start_at_first_export)
+{
+    for (int ki = 0; ki < 2; ki++) {
+        cqr_table_t *t = make(ki ? CQR_KIND_CQR : CQR_KIND_FULL,
+                              CQR_OPT_SGD, 8, 16, 1);
+        cqr_rng_t rng;
+        cqr_rng_seed(&rng, 1);
+        push_random(t, &rng, 20, 256, 1, 100000);
+        ck_assert_uint_eq(t->ins_n, 0);
+        cqr_export_opts_t o = {.since = 1}; /* the initial epoch */
+        cqr_export_t *x;
+        ck_assert_int_eq(cqr_table_export(t, &o, &x), 0);
+        size_t maps = 0;
+        for (size_t i = 0; i < x->nseg; i++) {
+            if (x->seg[i].type == CQR_PAGE_MAP) {
+                ck_assert_int_eq(x->seg[i].kind, CQR_SEG_BASE);
+                maps++;
+            }
+        }
+        ck_assert_uint_gt(maps, 0);
+        uint32_t cursor = x->cursor;
+        cqr_export_free(x);
+        push_random(t, &rng, 1, 16, 200000, 1000);
+        ck_assert_uint_gt(t->ins_n, 0);
+        o.since = cursor;
+        ck_assert_int_eq(cqr_table_export(t, &o, &x), 0);
+        size_t deltas = 0;
+        for (size_t i = 0; i < x->nseg; i++)
+            deltas += x->seg[i].type == CQR_PAGE_MAP &&
+                      x->seg[i].kind == CQR_SEG_DELTA;
+        ck_assert_uint_gt(deltas, 0);
+        cqr_export_free(x);
+        cqr_table_destroy(t);
     }
 }
 END_TEST
@@ -605,6 +647,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_roundtrip_all_kinds);
     tcase_add_test(tc, test_roundtrip_edges);
     tcase_add_test(tc, test_incremental_chain);
+    tcase_add_test(tc, test_records_start_at_first_export);
     tcase_add_test(tc, test_incremental_size);
     tcase_add_test(tc, test_export_during_phase);
     tcase_add_test(tc, test_concurrent_consistency);

@@ -43,9 +43,12 @@
  *
  * Threading: every function may be called from any thread; calls on one
  * store are serialised by its mutex (a checkpoint blocks a concurrent
- * list or load until it finishes). During a checkpoint the tables serve
- * lookups without pause and pushes with the short pause of each table's
- * export (persist.h); the caller must keep the tables alive for the call.
+ * list or load until it finishes, so an event loop should not call them
+ * directly). Callbacks (progress, table delivery) run on the calling
+ * thread with that mutex held and must not call cqr_store_* functions.
+ * During a checkpoint the tables serve lookups without pause and pushes
+ * with the short pause of each table's export (persist.h); the caller
+ * must keep the tables alive for the call.
  *
  * Errors: 0 or a negative CQR_E* code (err.h): CQR_EIO for RocksDB
  * failures, CQR_ECORRUPT for data that fails verification, CQR_EVERSION

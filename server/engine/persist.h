@@ -32,7 +32,9 @@
  * structures and make the next export write them completely: a cluster
  * phase commit (every codebook row and every pointer of the cqr map), and
  * a rehash of a known-ID map when it grows (every slot moves; geometric
- * growth keeps this rare).
+ * growth keeps this rare). A phase commit sizes the new cqr map for the
+ * IDs it holds, at the growth threshold, so the first new ID after a
+ * phase rehashes it: after a phase, two checkpoints write the whole map.
  *
  * Consistency and pause: an export first plans (which pages, how big)
  * and allocates and faults in its buffers while pushes go on; then it

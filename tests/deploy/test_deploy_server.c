@@ -356,7 +356,6 @@ START_TEST(test_example_config_serves_and_exports_metrics)
     ck_assert_double_gt(metric(m, "cqrps_received_bytes_total"), 3 * NIDS * DIM * 4);
     ck_assert_double_eq(metric(m, "cqrps_ready"), 1);
     ck_assert_ptr_nonnull(strstr(m, "cqrps_build_info{version=\"0.1.0\""));
-    free(r.head);
 
     /* `cqrps stats` carries the same figures (summable forms). */
     cqrps_stats_t sts;
@@ -371,6 +370,52 @@ START_TEST(test_example_config_serves_and_exports_metrics)
     ck_assert_double_eq(stat_counter(&sts, "ready"), 1);
     ck_assert_double_eq(stat_counter(&sts, "phases_done"), 1);
     cqrps_stats_free(&sts);
+
+    /* Checkpoints (when the server has a data dir): the figures appear
+     * in /metrics, and a restart restores that generation. */
+    if (data_dir[0]) {
+        uint64_t gen = 0;
+        ck_assert_msg(cqrps_checkpoint(c, &gen) == 0, "checkpoint: %s",
+                      cqrps_last_error(c));
+        ck_assert_uint_gt(gen, 0);
+        free(r.head);
+        r = http(mport, "GET", "/metrics");
+        m = r.body;
+        ck_assert_double_eq(metric(m, "cqrps_checkpoints_enabled"), 1);
+        ck_assert_double_ge(metric(m, "cqrps_checkpoints_total"
+                                      "{result=\"ok\"}"), 1);
+        ck_assert_double_eq(metric(m, "cqrps_checkpoint_generation"),
+                            (double)gen);
+        ck_assert_double_gt(metric(m, "cqrps_checkpoint_last_bytes"), 0);
+        ck_assert_double_gt(metric(m, "cqrps_checkpoint_last_success_"
+                                      "timestamp_seconds"), 0);
+        cqrps_close(c);
+        c = NULL;
+        tu_server_stop(&s); /* SIGTERM: the exit checkpoint */
+        const char *args[] = {"--config", CQR_EXAMPLE_CONF,
+                              "--metrics-listen", "127.0.0.1:0",
+                              "--data-dir", data_dir, NULL};
+        tu_server_start(&s, args);
+        char maddr[128];
+        ck_assert_int_eq(cqr_test_server_read_line(
+                             &s, "cqrps-server metrics on ", maddr,
+                             sizeof maddr, 5000), 0);
+        mport = (uint16_t)atoi(strrchr(maddr, ':') + 1);
+        free(r.head);
+        r = http(mport, "GET", "/readyz");
+        ck_assert_int_eq(r.status, 200);
+        free(r.head);
+        r = http(mport, "GET", "/metrics");
+        m = r.body;
+        ck_assert_double_eq(metric(m, "cqrps_restored"), 1);
+        /* The exit checkpoint came after gen; the restore took it. */
+        ck_assert_double_gt(metric(m, "cqrps_checkpoint_generation"),
+                            (double)gen);
+        ck_assert_double_eq(metric(m, "cqrps_table_known_ids{table=\"users\","
+                                      "kind=\"full\"}"), NIDS);
+        c = tu_connect(s.addr);
+    }
+    free(r.head);
 
     /* Other paths and methods. */
     r = http(mport, "GET", "/nope");

@@ -924,8 +924,8 @@ START_TEST(test_store_crash)
             char fdstr[16];
             snprintf(fdstr, sizeof fdstr, "%d", fds[1]);
             fcntl(fds[1], F_SETFD, 0);
-            execl("/proc/self/exe", "test_store", "--crash-child", dir, fdstr,
-                  (char *)NULL);
+            execl("/proc/self/exe", "test_persist_store", "--crash-child",
+                  dir, fdstr, (char *)NULL);
             _exit(127);
         }
         close(fds[1]);

@@ -74,6 +74,28 @@ static const cqr_config_option_t options[] = {
     {"metrics-listen", CQR_CT_ADDR_OPT, 0, 0, "off", OFF(metrics),
      "HTTP address of /metrics (Prometheus), /healthz and /readyz: "
      "HOST:PORT, or PORT alone for loopback; port 0 = any free port"},
+    {"data-dir", CQR_CT_PATH, 0, sizeof(((cqr_config_t *)0)->data_dir), "",
+     OFF(data_dir),
+     "directory of the checkpoint database (RocksDB); enables "
+     "checkpoints and the restore at start"},
+    {"checkpoint-interval", CQR_CT_U32, 0, 7 * 86400, "300",
+     OFF(checkpoint_interval),
+     "seconds between periodic checkpoints (with --data-dir); 0 = none"},
+    {"checkpoint-keep", CQR_CT_U32, 0, 1000000, "3", OFF(checkpoint_keep),
+     "checkpoint generations kept (older ones are deleted); 0 = all"},
+    {"restore-generation", CQR_CT_U64, 0, UINT64_MAX, "0",
+     OFF(restore_generation),
+     "generation to restore at start; 0 = the newest that loads (damaged "
+     "ones are skipped)"},
+    {"checkpoint-on-phase", CQR_CT_BOOL, 0, 0, "on",
+     OFF(checkpoint_on_phase),
+     "checkpoint before and after every cluster phase (on|off)"},
+    {"checkpoint-on-exit", CQR_CT_BOOL, 0, 0, "on", OFF(checkpoint_on_exit),
+     "checkpoint at SIGTERM/SIGINT after the last request (on|off)"},
+    {"allow-empty-restore", CQR_CT_BOOL, 0, 0, "off",
+     OFF(allow_empty_restore),
+     "start with no tables when checkpoints exist but none loads, "
+     "instead of refusing to start (on|off)"},
     {"config", CQR_CT_PATH, 0, sizeof(((cqr_config_t *)0)->config_path),
      NULL, OFF(config_path),
      "read settings from FILE (name = value lines); flags override it"},
@@ -275,6 +297,22 @@ int cqr_config_set(cqr_config_t *cfg, const char *name, const char *value,
         }
         *(cqr_log_level_t *)(void *)field = lv;
         return 0;
+    }
+    case CQR_CT_BOOL: {
+        static const char *const yes[] = {"on", "true", "yes", "1"};
+        static const char *const no[] = {"off", "false", "no", "0"};
+        for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+            if (strcasecmp(value, yes[i]) == 0) {
+                *(int *)(void *)field = 1;
+                return 0;
+            }
+            if (strcasecmp(value, no[i]) == 0) {
+                *(int *)(void *)field = 0;
+                return 0;
+            }
+        }
+        snprintf(err, errlen, "--%s: '%s' is not on or off", name, value);
+        return CQR_EINVAL;
     }
     case CQR_CT_FLAG:
         if (value != NULL && value[0] != '\0') {
@@ -592,6 +630,7 @@ void cqr_config_usage(FILE *f, const char *prog)
         case CQR_CT_ADDR_OPT: arg = " [HOST:]PORT"; break;
         case CQR_CT_PATH: arg = strcmp(o->name, "config") == 0
                                     ? " FILE" : " PATH"; break;
+        case CQR_CT_BOOL: arg = " on|off"; break;
         case CQR_CT_FLAG: break;
         }
         char left[64];
@@ -631,6 +670,10 @@ static int format_value(const cqr_config_t *cfg, const cqr_config_option_t *o,
     }
     case CQR_CT_PATH:
         snprintf(val, len, "%s", field);
+        break;
+    case CQR_CT_BOOL:
+        snprintf(val, len, "%s",
+                 *(const int *)(const void *)field ? "on" : "off");
         break;
     case CQR_CT_LEVEL:
         snprintf(val, len, "%s",

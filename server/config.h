@@ -77,6 +77,20 @@ typedef struct cqr_config {
     uint32_t cluster_workers;  /* cluster phases that run at once */
     cqr_log_level_t log_level; /* lines below this level are dropped */
     cqr_addr_t metrics;        /* --metrics-listen; text "" = off */
+    char data_dir[4096];       /* RocksDB checkpoint store; "" = no
+                                  persistence (ckpt.h) */
+    uint32_t checkpoint_interval; /* seconds between periodic checkpoints;
+                                     0 = none */
+    uint32_t checkpoint_keep;  /* generations kept; 0 = all */
+    uint64_t restore_generation; /* generation restored at start; 0 = the
+                                    newest that verifies */
+    int checkpoint_on_phase;   /* checkpoint before and after every
+                                  cluster phase */
+    int checkpoint_on_exit;    /* checkpoint at SIGTERM/SIGINT, after the
+                                  drain */
+    int allow_empty_restore;   /* start empty when checkpoints exist but
+                                  none can be loaded (instead of refusing
+                                  to start) */
     char config_path[4096];    /* --config FILE that was read, "" if none */
     int show_help;             /* --help was given: print usage, exit 0 */
     int show_version;          /* --version was given */
@@ -93,8 +107,9 @@ typedef enum cqr_config_type {
     CQR_CT_FLAG,  /* command-line only switch without value (int) */
     CQR_CT_ADDR_OPT, /* "off", PORT (loopback) or HOST:PORT, into a
                         cqr_addr_t */
-    CQR_CT_PATH   /* a file or directory path into a char array of `max`
+    CQR_CT_PATH,  /* a file or directory path into a char array of `max`
                      bytes; "" = unset */
+    CQR_CT_BOOL   /* on/off, true/false, yes/no, 1/0 into an int */
 } cqr_config_type_t;
 
 typedef struct cqr_config_option {

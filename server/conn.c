@@ -28,6 +28,10 @@
 #define LINGER_MS 2000
 /* Period of the sweep that enforces linger and shutdown deadlines. */
 #define SWEEP_MS 250
+/* Deferred replies a connection may wait for at once; beyond this (or
+ * with --max-pending-bytes of later replies held behind them) it stops
+ * taking requests until the oldest is answered. */
+#define MAX_DEFERRED 16
 
 /* Intrusive doubly-linked list with a sentinel head. */
 typedef struct link {
@@ -66,8 +70,24 @@ typedef enum conn_state {
 } conn_state_t;
 
 typedef struct io_thread io_thread_t;
+typedef struct conn conn_t;
 
-typedef struct conn {
+/* The place of a deferred reply (rpc.h) in a connection's reply order,
+ * with the replies to later requests held until it is sent. Owned by the
+ * loop thread; the worker that finishes the request only hands it back
+ * through io_thread.done. Outlives its connection if that closes first
+ * (conn == NULL), until the reply arrives. */
+typedef struct slot {
+    cqr_deferred_t *d;        /* the request; its reply once filled */
+    io_thread_t *io;          /* loop thread it returns to */
+    conn_t *conn;             /* owner; NULL once the connection is gone */
+    int filled;               /* the reply arrived (loop thread) */
+    cqr_buf_t after;          /* framed replies to later requests */
+    struct slot *next;        /* the connection's slots, oldest first */
+    struct slot *dnext;       /* io_thread.done link (under its mu) */
+} slot_t;
+
+struct conn {
     uv_tcp_t tcp;             /* the socket; tcp.data points here */
     uv_shutdown_t shut_req;   /* write-side shutdown when lingering */
     io_thread_t *io;          /* owning loop thread */
@@ -91,7 +111,12 @@ typedef struct conn {
     const char *why;          /* reason for the close log */
     link_t all;               /* io_thread.conns */
     link_t ready;             /* io_thread.ready: frames left to handle */
-} conn_t;
+    slot_t *shead, *stail;    /* deferred replies not sent yet, in
+                                 request order; later replies wait in
+                                 stail->after */
+    uint32_t nslots;          /* slots in that list */
+    uint64_t held;            /* bytes held in the slots' after buffers */
+};
 
 /* One accepted socket on its way from the acceptor to a loop thread. */
 typedef struct handoff {
@@ -120,6 +145,9 @@ struct io_thread {
     pthread_mutex_t mu;       /* guards inbox and stop_req */
     handoff_t *inbox, *inbox_tail; /* sockets to adopt, FIFO */
     int stop_req;             /* cqr_io_stop was called (under mu) */
+    slot_t *done;             /* finished deferred replies (under mu) */
+    uint64_t outstanding;     /* slots whose reply has not come back;
+                                 the loop stays up until it is 0 */
     uint64_t stop_timeout_ms; /* grace period for the stop (under mu) */
     int stopping;             /* loop thread's view of stop_req */
     int handles_closed;       /* wake/idle/sweep closed */
@@ -163,9 +191,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 /* Reads when the connection is open, not over its soft limit and has no
  * received frames waiting; lingering connections read to discard. */
+static int held_over(const conn_t *c);
+
 static void update_reading(conn_t *c)
 {
-    int want = (c->state == CONN_OPEN && !c->paused && !linked(&c->ready)) ||
+    int want = (c->state == CONN_OPEN && !c->paused && !linked(&c->ready) &&
+                !held_over(c)) ||
                (c->state == CONN_LINGER && !c->eof);
     if (want == c->reading)
         return;
@@ -213,6 +244,20 @@ static void on_close(uv_handle_t *h)
     cqr_server_ctx_t *ctx = t->ctx;
     assert(c->pending == 0);
     list_del(&c->all);
+    /* Replies still being worked on return to the thread, not to c. */
+    for (slot_t *sl = c->shead; sl != NULL;) {
+        slot_t *next = sl->next;
+        cqr_buf_free(&sl->after);
+        if (sl->filled) {
+            cqr_rpc_deferred_release(sl->d, t->index);
+            free(sl);
+        } else {
+            sl->conn = NULL;
+            sl->next = NULL;
+        }
+        sl = next;
+    }
+    c->shead = c->stail = NULL;
     cqr_log(c->counted ? CQR_LOG_INFO : CQR_LOG_DEBUG, "conn",
             "closed peer=%s thread=%" PRIu32 " reason=%s requests=%" PRIu64,
             c->sess.peer, t->index, c->why ? c->why : "-", c->requests);
@@ -443,6 +488,124 @@ static void fail(conn_t *c, cqr_counter_t ctr, const char *why, int err,
     linger(c, why);
 }
 
+/* ---- deferred replies -------------------------------------------------- */
+
+/* Too many replies waiting behind deferred ones: take no more requests
+ * until the oldest is answered (bounds what a connection can hold). */
+static int held_over(const conn_t *c)
+{
+    return c->shead != NULL &&
+           (c->nslots >= MAX_DEFERRED ||
+            c->held >= c->io->ctx->cfg->max_pending_bytes);
+}
+
+/* Any thread: the worker finished d; hand its slot back to the loop. The
+ * async send happens under mu, so the loop (which needs mu to take the
+ * slot, and stays up while it is outstanding) cannot be gone yet. */
+static void on_deferred_done(cqr_deferred_t *d)
+{
+    slot_t *sl = d->ud;
+    io_thread_t *t = sl->io;
+    pthread_mutex_lock(&t->mu);
+    sl->dnext = t->done;
+    t->done = sl;
+    uv_async_send(&t->wake);
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* session.defer: reserves d's place after every reply queued so far. */
+static int conn_defer(cqr_session_t *sess, cqr_deferred_t *d)
+{
+    conn_t *c = sess->defer_ud;
+    slot_t *sl = calloc(1, sizeof *sl);
+    if (sl == NULL)
+        return CQR_ENOMEM;
+    sl->d = d;
+    sl->io = c->io;
+    sl->conn = c;
+    cqr_buf_init(&sl->after);
+    d->done = on_deferred_done;
+    d->ud = sl;
+    if (c->stail != NULL)
+        c->stail->next = sl;
+    else
+        c->shead = sl;
+    c->stail = sl;
+    c->nslots++;
+    c->io->outstanding++;
+    return 0;
+}
+
+/* Moves the filled slots at the head of c's list, with the replies held
+ * behind them, to tx in request order, and sends them. */
+static void deliver(conn_t *c)
+{
+    /* A connection on its way out sends nothing more. */
+    int drop = c->state == CONN_LINGER || c->state == CONN_CLOSING;
+    int closing = 0;
+    while (c->shead != NULL && c->shead->filled) {
+        slot_t *sl = c->shead;
+        c->shead = sl->next;
+        if (c->shead == NULL)
+            c->stail = NULL;
+        c->nslots--;
+        c->held -= sl->after.len;
+        cqr_buf_t *r = &sl->d->reply;
+        int ok = !drop && !closing && r->len > 0 &&
+                 cqr_buf_reserve(&c->tx, r->len + sl->after.len) == 0;
+        if (ok) {
+            memcpy(c->tx.data + c->tx.len, r->data, r->len);
+            c->tx.len += r->len;
+            if (sl->after.len > 0)
+                memcpy(c->tx.data + c->tx.len, sl->after.data,
+                       sl->after.len);
+            c->tx.len += sl->after.len;
+            c->requests++;
+        } else if (!drop) {
+            closing = 1;
+        }
+        cqr_buf_free(&sl->after);
+        cqr_rpc_deferred_release(sl->d, c->io->index);
+        free(sl);
+    }
+    if (closing) {
+        cqr_ctr_add(c->io->ctx, CQR_CTR_conn_closed_nomem, 1);
+        cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                " reason=nomem (deferred reply)", c->sess.peer,
+                c->io->index);
+        flush(c);
+        close_now(c, "nomem");
+        return;
+    }
+    if (drop)
+        return;
+    c->last_active = uv_now(&c->io->loop);
+    flush(c);
+    /* Held frames, reading, or the end of a drain: process() decides. */
+    if (c->state == CONN_OPEN || c->state == CONN_DRAINING)
+        mark_ready(c);
+}
+
+/* Loop thread: replies that came back (from on_wake). */
+static void take_done(io_thread_t *t, slot_t *list)
+{
+    while (list != NULL) {
+        slot_t *sl = list;
+        list = sl->dnext;
+        assert(t->outstanding > 0);
+        t->outstanding--;
+        sl->filled = 1;
+        if (sl->conn == NULL) {
+            /* Its connection closed meanwhile. */
+            cqr_rpc_deferred_release(sl->d, t->index);
+            free(sl);
+            continue;
+        }
+        if (sl == sl->conn->shead)
+            deliver(sl->conn);
+    }
+}
+
 /* ---- frames ----------------------------------------------------------- */
 
 /* Handles up to FRAMES_PER_BATCH received frames, then flushes. Leaves c
@@ -462,6 +625,10 @@ static void process(conn_t *c)
         if (handled == FRAMES_PER_BATCH) {
             cqr_ctr_add(ctx, CQR_CTR_yields, 1);
             more = 1;
+            break;
+        }
+        if (held_over(c)) {
+            more = 1; /* deliver() comes back when a slot is answered */
             break;
         }
         const uint8_t *body;
@@ -484,15 +651,22 @@ static void process(conn_t *c)
         /* Bytes after this frame belong to the next one, which cannot be
          * older than the read that brought them. */
         c->frame_start = uv_now(&c->io->loop);
+        /* Behind a deferred reply, replies wait in its slot. */
+        cqr_buf_t *dst = c->stail != NULL ? &c->stail->after : &c->tx;
+        size_t before = dst->len;
         size_t mark;
-        if (cqr_frame_begin(&c->tx, &mark) != 0) {
+        if (cqr_frame_begin(dst, &mark) != 0) {
             cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
             close_now(c, "nomem");
             return;
         }
-        rc = cqr_rpc_handle(ctx, &c->sess, body, len, &c->tx);
+        rc = cqr_rpc_handle(ctx, &c->sess, body, len, dst);
+        if (rc == CQR_RPC_DEFERRED) {
+            dst->len = mark; /* its reply goes in the new slot */
+            continue;
+        }
         if (rc == CQR_ENOMEM) {
-            c->tx.len = mark;
+            dst->len = mark;
             cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
             cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
                     " reason=nomem", c->sess.peer, c->io->index);
@@ -500,7 +674,9 @@ static void process(conn_t *c)
             close_now(c, "nomem");
             return;
         }
-        cqr_frame_end(&c->tx, mark);
+        cqr_frame_end(dst, mark);
+        if (dst != &c->tx)
+            c->held += dst->len - before;
         c->requests++;
         if (rc == CQR_EPROTO) {
             cqr_ctr_add(ctx, CQR_CTR_conn_closed_malformed, 1);
@@ -528,9 +704,10 @@ static void process(conn_t *c)
     if (c->state == CONN_CLOSING || c->state == CONN_LINGER)
         return;
     if (more) {
-        if (!c->paused)
+        if (!c->paused && !held_over(c))
             mark_ready(c);
-    } else if (c->state == CONN_DRAINING && c->tx.len == 0) {
+    } else if (c->state == CONN_DRAINING && c->tx.len == 0 &&
+               c->shead == NULL) {
         /* Every received frame is answered. */
         if (c->pending == 0)
             linger(c, c->eof ? "eof" : "shutdown");
@@ -645,6 +822,8 @@ static void adopt(io_thread_t *t, handoff_t *hf)
     c->counted = !hf->reject;
     c->last_active = c->frame_start = uv_now(&t->loop);
     cqr_session_init(ctx, &c->sess, hf->peer, t->index);
+    c->sess.defer = conn_defer;
+    c->sess.defer_ud = c;
     cqr_frame_reader_init(&c->rx, ctx->cfg->max_frame_bytes, READ_CHUNK);
     cqr_buf_init(&c->tx);
     uv_tcp_init(&t->loop, &c->tcp);
@@ -706,18 +885,20 @@ static void on_wake(uv_async_t *h)
     t->inbox = t->inbox_tail = NULL;
     int stop = t->stop_req;
     uint64_t timeout = t->stop_timeout_ms;
+    slot_t *done = t->done;
+    t->done = NULL;
     pthread_mutex_unlock(&t->mu);
 
+    take_done(t, done);
     while (list != NULL) {
         handoff_t *next = list->next;
         adopt(t, list);
         free(list);
         list = next;
     }
-    if (stop && !t->stopping) {
+    if (stop && !t->stopping)
         begin_stop(t, timeout);
-        maybe_exit(t);
-    }
+    maybe_exit(t);
 }
 
 /* Slow and silent peers (called by the sweep for open connections):
@@ -745,7 +926,9 @@ static void check_timeouts(conn_t *c, uint64_t now)
         return;
     }
     uint64_t idle_ms = (uint64_t)cfg->idle_timeout * 1000;
-    if (idle_ms > 0 && now - c->last_active >= idle_ms) {
+    /* A connection waiting for a deferred reply (a long checkpoint) is
+     * not idle. */
+    if (idle_ms > 0 && c->shead == NULL && now - c->last_active >= idle_ms) {
         if (c->pending > 0) {
             cqr_ctr_add(c->io->ctx, CQR_CTR_conn_closed_idle, 1);
             cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
@@ -792,7 +975,8 @@ static void on_sweep(uv_timer_t *h)
  * handles so uv_run returns. */
 static void maybe_exit(io_thread_t *t)
 {
-    if (!t->stopping || t->handles_closed || !list_empty(&t->conns))
+    if (!t->stopping || t->handles_closed || !list_empty(&t->conns) ||
+        t->outstanding > 0)
         return;
     t->handles_closed = 1;
     uv_close((uv_handle_t *)&t->wake, NULL);  /* embedded: nothing to free */

@@ -5,7 +5,7 @@
  * polls the socket, accepts connections and hands each one to an I/O
  * thread (conn.c). SIGINT/SIGTERM stop the acceptor; then the I/O threads
  * drain (bounded by SHUTDOWN_GRACE_MS), running cluster phases finish,
- * the shutdown hook runs (checkpoint on SIGTERM, next issue), the tables
+ * the shutdown hook runs (the exit checkpoint, ckpt.h), the tables
  * are freed and every loop is checked closed. A second signal during the
  * drain kills the process the default way.
  *
@@ -32,6 +32,7 @@
 #include <uv.h>
 
 #include "auth.h"
+#include "ckpt.h"
 #include "config.h"
 #include "conn.h"
 #include "err.h"
@@ -64,6 +65,9 @@ typedef struct server {
     int stopping;             /* a signal arrived */
     char addr[300];           /* bound address, "127.0.0.1:7070" */
     cqr_auth_t *auth;         /* token secrets (auth.h), or NULL */
+    cqr_ckpt_t *ckpt;         /* persistence (--data-dir), or NULL */
+    uv_timer_t ckpt_timer;    /* --checkpoint-interval */
+    int ckpt_timer_on;        /* ckpt_timer was initialised */
 } server_t;
 
 /* Interval of the heartbeat timer; systemd's watchdog gets pinged at
@@ -79,6 +83,13 @@ static void on_heartbeat(uv_timer_t *h)
 }
 
 static void on_accept(uv_poll_t *h, int status, int events);
+
+/* The work goes to the checkpoint thread; the loop only asks. */
+static void on_ckpt_timer(uv_timer_t *h)
+{
+    server_t *s = h->data;
+    cqr_ckpt_request(s->ckpt, "interval");
+}
 
 static void on_backoff(uv_timer_t *h)
 {
@@ -153,6 +164,10 @@ static void on_signal(uv_signal_t *h, int signum)
                "shutdown checkpoint");
     uv_timer_stop(&s->heartbeat);
     uv_close((uv_handle_t *)&s->heartbeat, NULL);
+    if (s->ckpt_timer_on) {
+        uv_timer_stop(&s->ckpt_timer);
+        uv_close((uv_handle_t *)&s->ckpt_timer, NULL);
+    }
     /* Stop accepting at once; the I/O threads drain after uv_run. */
     uv_poll_stop(&s->accept_poll);
     uv_close((uv_handle_t *)&s->accept_poll, on_listen_closed);
@@ -246,6 +261,12 @@ static int run(server_t *s)
                           sizeof s->maddr) != 0)
         return 1;
 
+    /* The restore finishes before the listener opens: the ready line and
+     * /readyz 200 mean the tables are back. */
+    if (s->cfg.data_dir[0] != '\0' &&
+        cqr_ckpt_open(&s->ctx, &s->cfg, &s->ckpt) != 0)
+        return 1;
+
     if (open_listener(s) != 0)
         return 1;
     if (cqr_io_start(&s->ctx, s->cfg.threads, &s->io) != 0) {
@@ -274,6 +295,13 @@ static int run(server_t *s)
     uv_timer_init(&s->loop, &s->heartbeat);
     s->heartbeat.data = s;
     uv_timer_start(&s->heartbeat, on_heartbeat, beat, beat);
+    if (s->ckpt != NULL && s->cfg.checkpoint_interval > 0) {
+        uint64_t ms = (uint64_t)s->cfg.checkpoint_interval * 1000;
+        uv_timer_init(&s->loop, &s->ckpt_timer);
+        s->ckpt_timer.data = s;
+        uv_timer_start(&s->ckpt_timer, on_ckpt_timer, ms, ms);
+        s->ckpt_timer_on = 1;
+    }
 
     cqr_log(CQR_LOG_INFO, "server", "listening addr=%s threads=%" PRIu32,
             s->addr, s->cfg.threads);
@@ -352,6 +380,9 @@ int main(int argc, char **argv)
      * through the drain and the shutdown hook, answering /readyz 503. */
     cqr_metrics_stop(s.metrics);
     s.metrics = NULL;
+    /* After the endpoint (it reads the hooks) and the exit checkpoint. */
+    cqr_ckpt_close(s.ckpt);
+    s.ckpt = NULL;
     cqr_server_ctx_free(&s.ctx);
     cqr_auth_destroy(s.auth); /* every session is gone */
     cqr_log(CQR_LOG_INFO, "server", "exit status=%d", rc);

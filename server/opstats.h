@@ -91,6 +91,9 @@ typedef struct cqr_ckpt_stats {
     atomic_uint_fast64_t duration_us; /* duration of the last success */
     atomic_uint_fast64_t unix_time;   /* when the last success finished */
     atomic_uint_fast64_t total_us;    /* summed duration of successes */
+    atomic_uint_fast64_t pause_max_us; /* longest push pause of any table
+                                          in the last success (set before
+                                          it is recorded) */
 } cqr_ckpt_stats_t;
 
 /* Records one checkpoint: ok = 1 with its generation, bytes written and

@@ -45,6 +45,9 @@ struct cqr_phases {
     int stopping;           /* shutdown began: no new starts */
     int joined;             /* workers joined */
     cqr_phase_counts_t counts; /* stats */
+    cqr_phase_hook_cb hook; /* before/after each phase (phase.h); set
+                               before any phase starts */
+    void *hook_ud;          /* its argument */
     uint32_t nworkers;      /* threads in workers[] */
     pthread_t *workers;     /* the pool */
 };
@@ -131,6 +134,8 @@ static void progress_cb(void *ud, const cqr_progress_t *p)
 /* Runs one dequeued job to its end on a worker thread. */
 static void run_job(cqr_phases_t *pm, job_t *j)
 {
+    if (pm->hook != NULL)
+        pm->hook(pm->hook_ud, j->st.table, j->st.phase_id, 0);
     j->last_log = now_mono();
     int rc = cqr_phase_run(j->ph, progress_cb, j);
     const char *failed_at = "run";
@@ -187,8 +192,18 @@ static void run_job(cqr_phases_t *pm, job_t *j)
                 "failed table=%s phase=%" PRIu64 " at=%s err=%s "
                 "seconds=%.3f", st.table, st.phase_id, failed_at,
                 cqr_errname(rc), st.seconds);
+    if (rc == 0 && pm->hook != NULL)
+        pm->hook(pm->hook_ud, st.table, st.phase_id, 1);
     /* Last: may destroy a dropped table. */
     cqr_entry_unref(e);
+}
+
+void cqr_phases_set_hook(cqr_phases_t *pm, cqr_phase_hook_cb cb, void *ud)
+{
+    pthread_mutex_lock(&pm->mu);
+    pm->hook = cb;
+    pm->hook_ud = ud;
+    pthread_mutex_unlock(&pm->mu);
 }
 
 static void *worker_main(void *arg)

@@ -70,6 +70,19 @@ typedef struct cqr_phase_counts {
     uint64_t running;   /* running now */
 } cqr_phase_counts_t;
 
+/* Called on a worker thread around every phase that runs: with after = 0
+ * before cqr_phase_run (the phase has begun, so pushes are logged, but
+ * the table's live state is still the one before the phase), with
+ * after = 1 once the commit succeeded. The worker holds no lock and no
+ * table gate during the call, so the hook may wait for a checkpoint
+ * (ckpt.c). */
+typedef void (*cqr_phase_hook_cb)(void *ud, const char *table,
+                                  uint64_t phase_id, int after);
+
+/* Installs the hook (NULL removes it). Call before phases can start
+ * (at start-up) or after cqr_phases_shutdown. */
+void cqr_phases_set_hook(cqr_phases_t *pm, cqr_phase_hook_cb cb, void *ud);
+
 /* Starts `workers` threads. CQR_ENOMEM / CQR_EINTERNAL on failure. */
 int cqr_phases_create(uint32_t workers, cqr_phases_t **out);
 

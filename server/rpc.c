@@ -168,6 +168,7 @@ typedef struct rpc_call {
     info_block_t one;         /* CreateTable/DescribeTable reply */
     info_block_t *blocks;     /* ListTables/Stats: nlist blocks */
     Cqrps__V1__TableInfo **infos; /* pointers into blocks */
+    int deferred;             /* the reply comes later (Checkpoint) */
     void *heap[4];            /* freed after packing */
     char text[64];            /* small strings the reply points to */
 } rpc_call_t;
@@ -878,7 +879,89 @@ static int do_digest(rpc_call_t *c, const Cqrps__V1__Digest *m)
     return 0;
 }
 
-#define NO_CKPT_MSG "checkpoints need --data-dir (not implemented yet)"
+#define NO_CKPT_MSG "checkpoints need a server started with --data-dir"
+
+static void count_status(cqr_server_ctx_t *ctx, int err);
+static int pack(cqr_server_ctx_t *ctx, const Response *resp, cqr_buf_t *out);
+
+/* The Checkpoint reply's fields from info. */
+static void fill_ckpt_reply(Cqrps__V1__CheckpointReply *r,
+                            const cqr_ckpt_info_t *info)
+{
+    cqrps__v1__checkpoint_reply__init(r);
+    r->generation = info->generation;
+    r->seconds = info->seconds;
+    r->bytes = info->bytes;
+}
+
+/* Hands the checkpoint to the persistence thread; the connection sends
+ * the reply in its place when it finishes (rpc.h, Deferred replies). */
+static int defer_checkpoint(rpc_call_t *c)
+{
+    cqr_server_ctx_t *ctx = c->ctx;
+    cqr_deferred_t *d = calloc(1, sizeof *d);
+    if (d == NULL)
+        return fail(c, CQR_ENOMEM, "out of memory");
+    d->ctx = ctx;
+    d->id = c->req->id;
+    d->op = (uint32_t)CQRPS__V1__REQUEST__OP_CHECKPOINT - 10u;
+    d->t0_ns = cqr_opstats_now_ns();
+    cqr_buf_init(&d->reply);
+    int rc = c->sess->defer(c->sess, d);
+    if (rc != 0) {
+        free(d);
+        return fail(c, rc, "cannot queue the checkpoint: %s",
+                    cqr_strerror(rc));
+    }
+    /* From here the slot is reserved: every outcome goes through it. */
+    c->deferred = 1;
+    rc = ctx->ckpt.checkpoint_async(ctx->ckpt.ud, ctx, d);
+    if (rc != 0)
+        cqr_rpc_checkpoint_done(d, rc, NULL, NULL);
+    return 0;
+}
+
+void cqr_rpc_checkpoint_done(cqr_deferred_t *d, int err,
+                             const cqr_ckpt_info_t *info, const char *msg)
+{
+    cqr_server_ctx_t *ctx = d->ctx;
+    size_t mark;
+    int rc = cqr_frame_begin(&d->reply, &mark);
+    if (rc == 0 && err == 0) {
+        Response resp = CQRPS__V1__RESPONSE__INIT;
+        Cqrps__V1__CheckpointReply r;
+        fill_ckpt_reply(&r, info);
+        resp.id = d->id;
+        resp.status = CQRPS__V1__STATUS__OK;
+        resp.reply_case = CQRPS__V1__RESPONSE__REPLY_CHECKPOINT;
+        resp.checkpoint = &r;
+        rc = pack(ctx, &resp, &d->reply);
+        if (rc == 0)
+            count_status(ctx, 0);
+        else
+            err = rc;
+    }
+    if (rc == 0 && err != 0) {
+        rc = cqr_rpc_error(ctx, &d->reply, d->id, err,
+                           msg != NULL && msg[0] != '\0' ? msg : NULL);
+    }
+    if (rc == 0)
+        cqr_frame_end(&d->reply, mark);
+    else
+        cqr_buf_free(&d->reply); /* not even an error: close */
+    d->status = rc == 0 ? err : rc;
+    d->done(d);
+}
+
+void cqr_rpc_deferred_release(cqr_deferred_t *d, uint32_t thread)
+{
+    if (d == NULL)
+        return;
+    cqr_opstats_record(d->ctx->opstats, thread, d->op, (uint32_t)-d->status,
+                       cqr_opstats_now_ns() - d->t0_ns);
+    cqr_buf_free(&d->reply);
+    free(d);
+}
 
 static int do_checkpoint(rpc_call_t *c)
 {
@@ -886,6 +969,8 @@ static int do_checkpoint(rpc_call_t *c)
     int rc = need_admin(c);
     if (rc != 0)
         return rc;
+    if (ctx->ckpt.checkpoint_async != NULL && c->sess->defer != NULL)
+        return defer_checkpoint(c);
     if (ctx->ckpt.checkpoint == NULL)
         return fail(c, CQR_EUNSUPPORTED, NO_CKPT_MSG);
     cqr_ckpt_info_t info;
@@ -895,10 +980,7 @@ static int do_checkpoint(rpc_call_t *c)
     if (rc != 0)
         return rc;
     Cqrps__V1__CheckpointReply *r = &c->r.ckpt;
-    cqrps__v1__checkpoint_reply__init(r);
-    r->generation = info.generation;
-    r->seconds = info.seconds;
-    r->bytes = info.bytes;
+    fill_ckpt_reply(r, &info);
     c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_CHECKPOINT;
     c->resp.checkpoint = r;
     return 0;
@@ -1071,7 +1153,10 @@ static int handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
 
     int err = dispatch(c);
     int rc;
-    if (err == 0) {
+    if (err == 0 && c->deferred) {
+        rc = CQR_RPC_DEFERRED; /* statistics come with the reply */
+        *status = 0;
+    } else if (err == 0) {
         c->resp.status = CQRPS__V1__STATUS__OK;
         rc = pack(ctx, &c->resp, out);
         if (rc == 0) {
@@ -1110,7 +1195,8 @@ int cqr_rpc_handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
     unsigned opi = CQR_OP_COUNT - 1;
     int status = 0;
     int rc = handle(ctx, sess, body, len, out, &opi, &status);
-    cqr_opstats_record(ctx->opstats, sess->thread, opi,
-                       (uint32_t)-status, cqr_opstats_now_ns() - t0);
+    if (rc != CQR_RPC_DEFERRED)
+        cqr_opstats_record(ctx->opstats, sess->thread, opi,
+                           (uint32_t)-status, cqr_opstats_now_ns() - t0);
     return rc;
 }

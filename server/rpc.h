@@ -80,6 +80,7 @@ typedef struct cqr_counters {
 } cqr_counters_t;
 
 typedef struct cqr_server_ctx cqr_server_ctx_t;
+typedef struct cqr_deferred cqr_deferred_t; /* see Deferred replies */
 
 /* Per-connection state the RPC layer needs; owned by the connection. */
 typedef struct cqr_session {
@@ -89,6 +90,13 @@ typedef struct cqr_session {
     char client[64];  /* client_name from Hello, cleaned for logs */
     char peer[64];    /* "127.0.0.1:5555", for logs */
     uint32_t thread;  /* I/O thread index, for logs */
+    /* Set by a connection layer that can answer later (conn.c): reserves
+     * the place of d's reply in the connection's reply order and sets
+     * d->done and d->ud. 0 or CQR_ENOMEM. NULL: requests that would be
+     * deferred run synchronously instead. Called on the session's
+     * thread. */
+    int (*defer)(struct cqr_session *sess, cqr_deferred_t *d);
+    void *defer_ud;   /* the connection layer's, for defer */
 } cqr_session_t;
 
 /* Authentication hook (auth.h installs it). When `hello` is NULL the
@@ -107,14 +115,18 @@ typedef struct cqr_auth_hooks {
     int open;  /* no shared token: Hello only grants admin rights */
 } cqr_auth_hooks_t;
 
-/* Checkpoint hooks (issue: checkpoints). NULL functions make Checkpoint
- * and ListCheckpoints answer UNSUPPORTED. Whoever takes a checkpoint
- * (these hooks, a timer, a phase, shutdown) records it once with
- * cqr_ckpt_stats_record(&ctx->ckpt_stats, ...) for the metrics; the RPC
- * layer does not. `on_shutdown` runs once after
- * the I/O threads drained and the phases finished, before the tables are
- * destroyed (checkpoint on SIGTERM). The checkpoint call currently runs
- * on the I/O thread and blocks its loop (see the report in conn.h). */
+/* Checkpoint hooks (ckpt.h installs them). NULL functions make
+ * Checkpoint and ListCheckpoints answer UNSUPPORTED. Whoever takes a
+ * checkpoint (these hooks, a timer, a phase, shutdown) records it once
+ * with cqr_ckpt_stats_record(&ctx->ckpt_stats, ...) for the metrics; the
+ * RPC layer does not. `checkpoint_async` is used when the session can
+ * defer its reply (see "Deferred replies" below): it returns 0 and later
+ * calls cqr_rpc_checkpoint_done(d, ...) exactly once from any thread, or
+ * fails and never calls it. `checkpoint` (blocking) serves sessions that
+ * cannot defer (in-process tests, the fuzzer). `list` must not block on
+ * a running checkpoint (it runs on an I/O thread). `on_shutdown` runs
+ * once after the I/O threads drained and the phases finished, before the
+ * tables are destroyed (checkpoint on SIGTERM). */
 typedef struct cqr_ckpt_info {
     uint64_t generation; /* increasing checkpoint number */
     uint64_t unix_time;  /* when it finished */
@@ -126,6 +138,8 @@ typedef struct cqr_ckpt_info {
 typedef struct cqr_ckpt_hooks {
     int (*checkpoint)(void *ud, cqr_server_ctx_t *ctx, cqr_ckpt_info_t *out,
                       char *why, size_t whylen);
+    int (*checkpoint_async)(void *ud, cqr_server_ctx_t *ctx,
+                            cqr_deferred_t *d);
     /* *out is malloc'd (the caller frees it); *n may be 0. */
     int (*list)(void *ud, cqr_server_ctx_t *ctx, cqr_ckpt_info_t **out,
                 size_t *n);
@@ -198,6 +212,8 @@ void cqr_session_init(cqr_server_ctx_t *ctx, cqr_session_t *sess,
  * (no frame header: the caller brackets it with cqr_frame_begin/end).
  * Returns:
  *   0           a reply was appended (its status may be an error);
+ *   CQR_RPC_DEFERRED  nothing was appended: the reply comes later
+ *               through the session's defer (see Deferred replies);
  *   CQR_EPROTO  the body did not decode: a MALFORMED reply with id 0 was
  *               appended; the caller must send it and close the
  *               connection;
@@ -210,6 +226,38 @@ void cqr_session_init(cqr_server_ctx_t *ctx, cqr_session_t *sess,
  */
 int cqr_rpc_handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
                    const uint8_t *body, size_t len, cqr_buf_t *out);
+
+/* ---- Deferred replies ----------------------------------------------
+ * A request whose work must not run on an I/O thread (Checkpoint) is
+ * answered later. When the session has `defer`, cqr_rpc_handle reserves
+ * the reply's place through it, hands the work off, appends nothing and
+ * returns CQR_RPC_DEFERRED. The worker finishes with
+ * cqr_rpc_checkpoint_done (any thread), which encodes the framed reply
+ * into d->reply and calls d->done(d) exactly once; the connection layer
+ * then sends d->reply in its place and calls cqr_rpc_deferred_release on
+ * the session's thread (which records the request's latency). */
+#define CQR_RPC_DEFERRED 1
+
+struct cqr_deferred {
+    cqr_server_ctx_t *ctx;  /* the server */
+    uint64_t id;            /* request id the reply echoes */
+    uint32_t op;            /* operation slot, for the statistics */
+    uint64_t t0_ns;         /* when the request was decoded */
+    int status;             /* status sent (set before done) */
+    cqr_buf_t reply;        /* the framed reply (header + body), set
+                               before done; empty if even an error reply
+                               could not be built (close the connection) */
+    void (*done)(cqr_deferred_t *d); /* set by the session's defer */
+    void *ud;               /* the connection layer's */
+};
+
+/* Finishes a deferred Checkpoint: err 0 with *info, or an error with a
+ * message (NULL: cqr_strerror). Encodes the reply, then calls d->done. */
+void cqr_rpc_checkpoint_done(cqr_deferred_t *d, int err,
+                             const cqr_ckpt_info_t *info, const char *msg);
+
+/* Records d's latency in the statistics block `thread` and frees d. */
+void cqr_rpc_deferred_release(cqr_deferred_t *d, uint32_t thread);
 
 /* Appends an error Response body (status -err, request id `id`, message
  * msg or cqr_strerror(err) if msg is NULL) and counts it. For errors the

@@ -13,11 +13,13 @@ add_library(cqr_server STATIC
   ${CMAKE_CURRENT_SOURCE_DIR}/metrics.c
   ${CMAKE_CURRENT_SOURCE_DIR}/notify.c
   ${CMAKE_CURRENT_SOURCE_DIR}/auth.c
+  ${CMAKE_CURRENT_SOURCE_DIR}/ckpt.c
 )
 # The metrics/health endpoint's HTTP server (Debian: libmicrohttpd-dev).
 pkg_check_modules(MHD REQUIRED IMPORTED_TARGET libmicrohttpd)
 target_include_directories(cqr_server PUBLIC ${CMAKE_CURRENT_SOURCE_DIR})
-target_link_libraries(cqr_server PUBLIC cqr_engine cqr_proto PkgConfig::UV
+target_link_libraries(cqr_server PUBLIC cqr_engine cqr_store cqr_proto
+                                        PkgConfig::UV
                                         PkgConfig::MHD Threads::Threads)
 set_target_properties(cqr_server PROPERTIES POSITION_INDEPENDENT_CODE ON)
 

@@ -575,9 +575,9 @@ END_TEST
 START_TEST(test_checkpoint_unsupported)
 {
     expect(simple(CQRPS__V1__REQUEST__OP_CHECKPOINT), CQR_EUNSUPPORTED,
-           "checkpoints need --data-dir (not implemented yet)");
+           "checkpoints need a server started with --data-dir");
     expect(simple(CQRPS__V1__REQUEST__OP_LIST_CHECKPOINTS), CQR_EUNSUPPORTED,
-           "checkpoints need --data-dir (not implemented yet)");
+           "checkpoints need a server started with --data-dir");
 }
 END_TEST
 

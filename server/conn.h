@@ -32,10 +32,19 @@
  * their own callbacks: they are marked closing and freed in the libuv
  * close callback.
  *
- * Known limit: requests run on the I/O thread, so a slow request (a huge
- * CreateTable, a future synchronous Checkpoint) delays the other
- * connections of that thread. A deferred-reply queue per connection is the
- * seam to add when checkpoints arrive.
+ * Deferred replies (rpc.h): a request whose work runs elsewhere
+ * (Checkpoint, on the checkpoint thread) reserves a slot in its
+ * connection's reply order; later requests are still read and answered,
+ * but their replies wait behind the slot, so replies always leave in
+ * request order. The worker hands the finished reply back through the
+ * thread's async handle. A connection waiting for 16 slots, or holding
+ * --max-pending-bytes of replies behind them, stops taking requests until
+ * the oldest slot is answered. A connection that closes first abandons
+ * its slots; the loop stays up until every abandoned reply came back, so
+ * cqr_io_stop waits for running checkpoints that were asked for.
+ *
+ * Known limit: other requests run on the I/O thread, so a slow one (a
+ * huge CreateTable) delays the other connections of that thread.
  */
 #ifndef CQR_CONN_H
 #define CQR_CONN_H

@@ -295,10 +295,15 @@ START_TEST(test_shard_killed_and_restarted)
     tu_fill(g, (size_t)N * DIM, &st);
     ck_assert_int_eq(cqrps_push(c, "t", ids, g, N), 0);
     ck_assert_int_eq(cqrps_lookup(c, "t", ids, N, before), 0);
+    char digest1[17] = "";
     if (persist) {
         uint64_t gen;
         ck_assert_msg(cqrps_checkpoint(c, &gen) == 0, "checkpoint: %s",
                       cqrps_last_error(c));
+        /* Shard 1's own state at its checkpoint. */
+        cqrps_client_t *one = tu_connect(sh[1].addr);
+        ck_assert_int_eq(cqrps_digest(one, "t", digest1), 0);
+        cqrps_close(one);
     }
 
     /* Shard 1 dies without a word. */
@@ -331,6 +336,11 @@ START_TEST(test_shard_killed_and_restarted)
                       "after restart: %s", cqrps_last_error(c));
         ck_assert(tu_same(after, before, (size_t)N * DIM,
                           "restored shard"));
+        char digest[17];
+        cqrps_client_t *one = tu_connect(sh[1].addr);
+        ck_assert_int_eq(cqrps_digest(one, "t", digest), 0);
+        cqrps_close(one);
+        ck_assert_str_eq(digest, digest1);
         /* And training goes on across all shards. */
         ck_assert_int_eq(cqrps_push(c, "t", ids, g, N), 0);
     } else {

@@ -412,6 +412,10 @@ static void render_checkpoints(text_t *t, cqr_server_ctx_t *ctx)
     one(t, "cqrps_checkpoint_last_duration_seconds", "gauge",
         "Duration of the last successful checkpoint.",
         (double)atomic_load(&c->duration_us) * 1e-6);
+    one(t, "cqrps_checkpoint_last_pause_seconds", "gauge",
+        "Longest push pause of any table in the last successful "
+        "checkpoint (the copy of its changed pages).",
+        (double)atomic_load(&c->pause_max_us) * 1e-6);
     one(t, "cqrps_checkpoint_duration_seconds_total", "counter",
         "Summed duration of the successful checkpoints.",
         (double)atomic_load(&c->total_us) * 1e-6);

@@ -754,6 +754,8 @@ static int do_stats(rpc_call_t *c)
         {"checkpoint_last_bytes", (double)atomic_load(&ctx->ckpt_stats.bytes)},
         {"checkpoint_last_seconds",
          (double)atomic_load(&ctx->ckpt_stats.duration_us) * 1e-6},
+        {"checkpoint_last_pause_seconds",
+         (double)atomic_load(&ctx->ckpt_stats.pause_max_us) * 1e-6},
         {"restored", (double)atomic_load(&ctx->restored)},
         {"ready", (double)(atomic_load(&ctx->restored) &&
                            atomic_load(&ctx->accepting))},

@@ -190,6 +190,13 @@ def ports_match_config():
     need(port_of(cfg["metrics-listen"]) == ports["metrics"],
          f"metrics-listen {cfg['metrics-listen']} != containerPort "
          f"{ports['metrics']}")
+    # Checkpoints on the shard's own volume, and the exit checkpoint on:
+    # the rolling restart of deploy/README.md depends on both.
+    if "data-dir" in cfg:
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        need(cfg["data-dir"] in mounts, f"data-dir {cfg['data-dir']} is not "
+             "the mounted PersistentVolumeClaim")
+        need(cfg.get("checkpoint-on-exit") == "on", "checkpoint-on-exit")
     _, ss = docs["StatefulSet"]
     ann = ss["spec"]["template"]["metadata"].get("annotations", {})
     if "prometheus.io/port" in ann:
@@ -298,6 +305,9 @@ def dockerfile():
          "HEALTHCHECK must use the metrics port")
     need(any(i == "COPY" and "cqrps.conf.example" in a for i, a in runtime),
          "the example config is shipped as /etc/cqrps/cqrps.conf")
+    if "--data-dir" in server_options():
+        need(flags.get("--data-dir") and flags["--data-dir"] in vols,
+             "CMD must keep --data-dir in the VOLUME")
 
 
 # ---- Config example and systemd ----------------------------------------------
@@ -340,6 +350,9 @@ def systemd_unit():
     need(one("User") == "cqrps", "User=cqrps")
     need(one("StateDirectory") == "cqrps", "StateDirectory=cqrps")
     need("--config" in one("ExecStart"), "ExecStart with --config")
+    if "data-dir" in server_options():
+        need("--data-dir ${STATE_DIRECTORY}" in one("ExecStart"),
+             "ExecStart must keep the data dir in the StateDirectory")
     need(one("KillSignal") == "SIGTERM", "SIGTERM stops it (checkpoint)")
     stop = one("TimeoutStopSec")
     need(stop.endswith("min") or int(stop.rstrip("s")) >= 120,

@@ -280,7 +280,10 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
             goto out;
         }
     }
-    rc = cqr_idmap_reserve(&ph->next->ids, n);
+    /* Room for an eighth more IDs: sized exactly at the growth threshold,
+     * the first new ID after the commit would rehash the whole map (and
+     * make the next checkpoints rewrite it). */
+    rc = cqr_idmap_reserve(&ph->next->ids, n + n / 8 + 16);
     if (rc)
         goto out;
     /* Every known ID enters the new map now; its pointers are filled in

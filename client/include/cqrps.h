@@ -442,7 +442,9 @@ typedef struct cqrps_checkpoint_info {
 } cqrps_checkpoint_info_t;
 
 /* Takes a checkpoint on every shard; *generation (if non-NULL) is the
- * first shard's. Servers without persistence answer CQRPS_EUNSUPPORTED. */
+ * first shard's. Servers without persistence answer CQRPS_EUNSUPPORTED.
+ * Waits for the reply without request_timeout_ms: a first checkpoint of a
+ * large table takes minutes; a lost connection still ends the wait. */
 CQRPS_API int cqrps_checkpoint(cqrps_client_t *c, uint64_t *generation);
 
 /* The checkpoints of every shard, in shard order; free with

@@ -24,6 +24,12 @@
 /* Monotonic seconds. Thread-safe. */
 double bench_now(void);
 
+/* CPU seconds used so far by this process (all threads) and by the calling
+ * thread. On a machine shared with other work, rates per CPU-second stay
+ * meaningful where rates per wall-second do not. */
+double bench_cpu_now(void);
+double bench_thread_cpu_now(void);
+
 /* The ID of vocabulary rank r (a bijection on 64-bit integers, never 0). */
 uint64_t bench_id(uint64_t rank);
 

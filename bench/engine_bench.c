@@ -269,6 +269,7 @@ static int run_ops(const opts_t *o)
     }
     bench_log(PROG, "%s: %u thread(s), %.1f s", o->mode, o->threads,
               o->seconds);
+    double cpu0 = bench_cpu_now();
     double t0 = bench_now();
     for (uint32_t i = 0; i < o->threads; i++) {
         ws[i] = (worker_t){.t = t, .o = o, .push = push, .idx = i,
@@ -286,6 +287,7 @@ static int run_ops(const opts_t *o)
         bench_lat_free(&ws[i].lat);
     }
     double el = bench_now() - t0;
+    double cpu = bench_cpu_now() - cpu0;
     free(ws);
     if (rc) {
         bench_log(PROG, "%s failed: %s", o->mode, cqr_strerror(rc));
@@ -299,22 +301,27 @@ static int run_ops(const opts_t *o)
            p999 = bench_lat_pct(&all, 0.999);
     cqr_table_stats_t st;
     cqr_table_stats(t, &st);
+    /* Embeddings per CPU-second: what the engine does with the CPU time it
+     * got, whatever else the machine runs. */
+    double emb_cpu = cpu > 0 ? (double)batches * o->batch / cpu : 0.0;
     bench_log(PROG,
               "%s kind=%s dim=%u batch=%u vocab=%llu threads=%u: %.3f M emb/s, "
-              "%.0f MB/s, p50 %.1f us p99 %.1f us p999 %.1f us",
+              "%.0f MB/s, p50 %.1f us p99 %.1f us p999 %.1f us; %.3f M emb "
+              "per CPU-second",
               o->mode, cqr_kind_name(o->kind), o->dim, o->batch,
               (unsigned long long)o->vocab, o->threads, emb / 1e6, mb, p50,
-              p99, p999);
+              p99, p999, emb_cpu / 1e6);
     if (o->json)
         printf("{\"bench\":\"engine\",\"op\":\"%s\",\"kind\":\"%s\","
                "\"optimizer\":\"%s\",\"dim\":%u,\"chunks\":%u,\"rows\":%u,"
                "\"batch\":%u,\"vocab\":%llu,\"zipf\":%g,\"threads\":%u,"
                "\"seconds\":%.3f,\"emb_per_s\":%.1f,\"mb_per_s\":%.2f,"
                "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,"
+               "\"cpu_s\":%.3f,\"emb_per_cpu_s\":%.1f,"
                "\"known_ids\":%llu,\"blas_core\":\"%s\"}\n",
                o->mode, cqr_kind_name(o->kind), cqr_optim_name(o->opt), o->dim,
                o->chunks, o->rows, o->batch, (unsigned long long)o->vocab,
-               o->zipf, o->threads, el, emb, mb, p50, p99, p999,
+               o->zipf, o->threads, el, emb, mb, p50, p99, p999, cpu, emb_cpu,
                (unsigned long long)st.known_ids, bench_blas_core());
     bench_lat_free(&all);
 out:
@@ -360,9 +367,11 @@ static int run_cluster(const opts_t *o)
     uint64_t rss1 = bench_rss_bytes();
     progress_state_t ps = {.t0 = bench_now()};
     cqr_phase_result_t res;
+    double cpu0 = bench_cpu_now();
     double t0 = bench_now();
     rc = cqr_table_cluster(t, on_progress, &ps, &res);
     double wall = bench_now() - t0;
+    double cpu = bench_cpu_now() - cpu0;
     if (rc) {
         bench_log(PROG, "cluster failed: %s", cqr_strerror(rc));
         goto out;
@@ -371,10 +380,10 @@ static int run_cluster(const opts_t *o)
     bench_log(PROG,
               "cluster known=%llu k=%u chunks=%u iters=%u sample/centroid=%u "
               "threads=%u: total %.2f s (snapshot %.2f, kmeans %.2f, assign "
-              "%.2f, commit %.3f), inertia %.4g",
+              "%.2f, commit %.3f), %.2f CPU-s, inertia %.4g",
               (unsigned long long)o->vocab, o->rows, o->chunks, o->iters,
               o->sample, o->threads, wall, res.seconds_snapshot,
-              res.seconds_kmeans, res.seconds_assign, res.seconds_commit,
+              res.seconds_kmeans, res.seconds_assign, res.seconds_commit, cpu,
               res.inertia);
     if (o->json)
         printf("{\"bench\":\"engine\",\"op\":\"cluster\",\"kind\":\"cqr\","
@@ -383,13 +392,13 @@ static int run_cluster(const opts_t *o)
                "\"seconds_total\":%.4f,\"seconds_engine_total\":%.4f,"
                "\"seconds_snapshot\":%.4f,\"seconds_kmeans\":%.4f,"
                "\"seconds_assign\":%.4f,\"seconds_commit\":%.4f,"
-               "\"sample_size\":%llu,\"ids_assigned\":%llu,\"inertia\":%.6g,"
+               "\"cpu_s\":%.3f,\"sample_size\":%llu,\"ids_assigned\":%llu,\"inertia\":%.6g,"
                "\"rss_warm_bytes\":%llu,\"peak_rss_bytes\":%llu,"
                "\"blas_core\":\"%s\"}\n",
                o->dim, o->chunks, o->rows, (unsigned long long)o->vocab,
                o->iters, o->sample, o->threads, wall, res.seconds_total,
                res.seconds_snapshot, res.seconds_kmeans, res.seconds_assign,
-               res.seconds_commit, (unsigned long long)res.sample_size,
+               res.seconds_commit, cpu, (unsigned long long)res.sample_size,
                (unsigned long long)res.ids_assigned, res.inertia,
                (unsigned long long)(rss1 - rss0), (unsigned long long)peak,
                bench_blas_core());
@@ -400,9 +409,10 @@ out:
 
 /* ---- sgemm and k-means -------------------------------------------------- */
 
-/* Single-threaded sgemm rate of an (m x kk) x (kk x n) product, GFLOP/s:
- * the shape of the engine's distance tiles (B transposed, as kmeans.c
- * calls it). Repeats for about `secs`. */
+/* Single-threaded sgemm rate of an (m x kk) x (kk x n) product, GFLOP per
+ * CPU-second of the calling thread (so that other work on the machine does
+ * not lower it): the shape of the engine's distance tiles (B transposed,
+ * as kmeans.c calls it). Repeats for about `secs` of CPU time. */
 static double sgemm_rate(int m, int n, int kk, double secs)
 {
     float *a = malloc((size_t)m * kk * sizeof *a);
@@ -423,12 +433,12 @@ static double sgemm_rate(int m, int n, int kk, double secs)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, kk, -2.0f, a,
                 kk, b, kk, 0.0f, c, n);
     uint64_t reps = 0;
-    double t0 = bench_now(), el;
+    double t0 = bench_thread_cpu_now(), el;
     do {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, kk, -2.0f,
                     a, kk, b, kk, 0.0f, c, n);
         reps++;
-        el = bench_now() - t0;
+        el = bench_thread_cpu_now() - t0;
     } while (el < secs);
     free(a);
     free(b);
@@ -448,8 +458,8 @@ static void measure_sgemm(uint32_t w, uint32_t k, sgemm_figs_t *f)
     f->ref = sgemm_rate(8192, (int)k, (int)w, 0.4);
     f->big = sgemm_rate(1024, 1024, 1024, 0.6);
     bench_log(PROG,
-              "sgemm (1 thread, core %s): %.2f GFLOP/s (256x%ux%u), %.2f "
-              "GFLOP/s (8192x%ux%u), %.2f GFLOP/s (1024^3)",
+              "sgemm (1 thread, core %s), GFLOP per CPU-second: %.2f "
+              "(256x%ux%u), %.2f (8192x%ux%u), %.2f (1024^3)",
               bench_blas_core(), f->tile, w, k, f->ref, w, k, f->big);
 }
 
@@ -516,17 +526,18 @@ static int run_kmeans(const opts_t *o)
     }
     sgemm_figs_t sg;
     measure_sgemm(w, k, &sg);
-    double secs = 0.0, inertia_sum = 0.0;
+    double secs = 0.0, cpu_secs = 0.0, inertia_sum = 0.0;
     for (uint32_t i = 0; i < c; i++) {
         cqr_kmeans_params_t kp = {.iters = o->iters, .seed = 99 + i,
                                   .threads = o->threads,
                                   .init = CQR_KMEANS_INIT_PLUSPLUS,
                                   .chunk = i, .chunks = c};
         double inertia = 0.0;
-        double t0 = bench_now();
+        double t0 = bench_now(), c0 = bench_cpu_now();
         rc = cqr_kmeans_fit(pts + (size_t)i * n * w, n, w, w, k, &kp, cent,
                             &inertia);
         double el = bench_now() - t0;
+        cpu_secs += bench_cpu_now() - c0;
         if (rc)
             goto out;
         secs += el;
@@ -539,10 +550,11 @@ static int run_kmeans(const opts_t *o)
      * are extra work not counted, so the rate is a lower bound. */
     double flops = 2.0 * (double)n * k * w * o->iters * c;
     double gf = flops / secs / 1e9;
-    double per_thread = gf / o->threads;
+    /* Per CPU-second: comparable with sgemm's rate whatever the load. */
+    double per_thread = cpu_secs > 0 ? flops / cpu_secs / 1e9 : 0.0;
     bench_log(PROG,
               "kmeans n=%zu w=%u k=%u iters=%u chunks=%u threads=%u: %.3f s, "
-              "%.2f GFLOP/s (%.2f per thread) = %.0f%% of sgemm tile rate, "
+              "%.2f GFLOP/s (%.2f per CPU-second) = %.0f%% of sgemm tile rate, "
               "%.0f%% of 1024^3 rate",
               n, w, k, o->iters, c, o->threads, secs, gf, per_thread,
               100.0 * per_thread / sg.tile, 100.0 * per_thread / sg.big);
@@ -551,12 +563,13 @@ static int run_kmeans(const opts_t *o)
                "\"k\":%u,\"iters\":%u,\"chunks\":%u,\"threads\":%u,"
                "\"init\":\"k-means++\",\"seconds\":%.4f,"
                "\"seconds_per_chunk\":%.4f,\"inertia\":%.6g,"
-               "\"gflops\":%.3f,\"gflops_per_thread\":%.3f,"
+               "\"gflops\":%.3f,\"gflops_per_thread\":%.3f,\"cpu_s\":%.3f,"
                "\"sgemm_gflops_tile\":%.3f,\"sgemm_gflops_ref\":%.3f,"
                "\"sgemm_gflops_1024\":%.3f,\"frac_of_sgemm_tile\":%.4f,"
                "\"frac_of_sgemm_1024\":%.4f,\"blas_core\":\"%s\"}\n",
                n, w, k, o->iters, c, o->threads, secs, secs / c,
-               inertia_sum / c, gf, per_thread, sg.tile, sg.ref, sg.big,
+               inertia_sum / c, gf, per_thread, cpu_secs, sg.tile, sg.ref,
+               sg.big,
                per_thread / sg.tile, per_thread / sg.big, bench_blas_core());
 out:
     if (rc)

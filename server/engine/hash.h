@@ -9,6 +9,9 @@
 
 #include <stdint.h>
 #include <string.h>
+/* Inlined: an 8-byte XXH3 is a few multiplies, cheaper than the call
+ * through the shared library, and lookups hash every ID once per chunk. */
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 /* The splitmix64 finaliser: a fast bijective 64-bit mixer. */

@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,9 +96,51 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Seqlock read of one row into out. Writers store the floats with
+/* Row floats are accessed as 64-bit atomic words when the width is even
+ * (rows then start 8-byte aligned in their calloc'd block), else as 32-bit
+ * atomic floats. Readers and writers of a block use the same width, so a
+ * float is only ever accessed by atomics of one size. On x86 an acquire
+ * load or release store is a plain move: half the moves of a float-by-
+ * float copy, and the copy was the largest cost of a cqr lookup. */
+static inline int row_wide(const cqr_rows_t *r)
+{
+    return !(r->w & 1);
+}
+
+static inline void row_load(const cqr_rows_t *r, const float *p, float *out,
+                            int order)
+{
+    if (row_wide(r)) {
+        /* out may be only float-aligned: memcpy each word into it. */
+        const uint64_t *q = (const uint64_t *)(const void *)p;
+        for (uint32_t j = 0; j < r->w / 2; j++) {
+            uint64_t v = __atomic_load_n(&q[j], order);
+            memcpy(out + 2 * j, &v, sizeof v);
+        }
+    } else {
+        for (uint32_t j = 0; j < r->w; j++)
+            __atomic_load(&p[j], &out[j], order);
+    }
+}
+
+static inline void row_store(const cqr_rows_t *r, float *p, const float *val)
+{
+    if (row_wide(r)) {
+        uint64_t *q = (uint64_t *)(void *)p;
+        for (uint32_t j = 0; j < r->w / 2; j++) {
+            uint64_t v;
+            memcpy(&v, val + 2 * j, sizeof v);
+            __atomic_store_n(&q[j], v, __ATOMIC_RELEASE);
+        }
+    } else {
+        for (uint32_t j = 0; j < r->w; j++)
+            __atomic_store(&p[j], &val[j], __ATOMIC_RELEASE);
+    }
+}
+
+/* Seqlock read of one row into out. Writers store the words with
  * release and we load them with acquire (both plain moves on x86): a
- * reader that sees any float of a step in progress is then guaranteed to
+ * reader that sees any word of a step in progress is then guaranteed to
  * see the odd counter that step set, so the re-check catches it. No
  * standalone fences, which ThreadSanitizer cannot model. */
 static void row_copy(const cqr_rows_t *r, uint32_t row, float *out)
@@ -107,8 +150,7 @@ static void row_copy(const cqr_rows_t *r, uint32_t row, float *out)
     for (unsigned spins = 0;; spins++) {
         uint32_t s1 = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
         if (!(s1 & 1)) {
-            for (uint32_t j = 0; j < r->w; j++)
-                __atomic_load(&p[j], &out[j], __ATOMIC_ACQUIRE);
+            row_load(r, p, out, __ATOMIC_ACQUIRE);
             if (__atomic_load_n(seq, __ATOMIC_RELAXED) == s1)
                 return;
         }
@@ -142,8 +184,41 @@ void cqr_rows_set(cqr_rows_t *r, uint32_t row, const float *val)
 {
     assert(row < r->n);
     float *p = r->param + (size_t)row * r->w;
-    for (uint32_t j = 0; j < r->w; j++)
-        __atomic_store(&p[j], &val[j], __ATOMIC_RELEASE);
+    row_store(r, p, val);
+}
+
+/* Adam's bias corrections (float)(1 - b1^t) and (float)sqrt(1 - b2^t),
+ * bit-identical to computing them with pow() at every step: for the
+ * default betas they are computed once, with the same expressions, for
+ * t < ADAM_TAB (two pow() calls per row step were about a tenth of a
+ * push). Other betas, and older rows, call pow() as before. */
+#define ADAM_TAB 32768u
+static float adam_tab_bc1[ADAM_TAB], adam_tab_bc2[ADAM_TAB];
+static pthread_once_t adam_once = PTHREAD_ONCE_INIT;
+
+static void adam_bias_exact(float b1, float b2, uint32_t t, float *bc1,
+                            float *bc2_sqrt)
+{
+    *bc1 = (float)(1.0 - pow(b1, t));
+    *bc2_sqrt = (float)sqrt(1.0 - pow(b2, t));
+}
+
+static void adam_tab_init(void)
+{
+    for (uint32_t t = 1; t < ADAM_TAB; t++)
+        adam_bias_exact(0.9f, 0.999f, t, &adam_tab_bc1[t], &adam_tab_bc2[t]);
+}
+
+static inline void adam_bias(float b1, float b2, uint32_t t, float *bc1,
+                             float *bc2_sqrt)
+{
+    if (b1 == 0.9f && b2 == 0.999f && t < ADAM_TAB) {
+        pthread_once(&adam_once, adam_tab_init);
+        *bc1 = adam_tab_bc1[t];
+        *bc2_sqrt = adam_tab_bc2[t];
+        return;
+    }
+    adam_bias_exact(b1, b2, t, bc1, bc2_sqrt);
 }
 
 static void row_lock(uint32_t *seq)
@@ -180,8 +255,7 @@ void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
     row_lock(&r->seq[row]);
     /* Only writers store to p, and we hold the row: plain loads would do,
      * but relaxed atomics keep every access to the floats atomic. */
-    for (uint32_t j = 0; j < w; j++)
-        __atomic_load(&p[j], &np[j], __ATOMIC_RELAXED);
+    row_load(r, p, np, __ATOMIC_RELAXED);
     const float lr = o->lr;
     if (o->weight_decay > 0.0f) {
         const float decay = 1.0f - lr * o->weight_decay;
@@ -213,8 +287,8 @@ void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
         float *v = m + w;
         uint32_t t = ++r->step[row];
         const float b1 = o->beta1, b2 = o->beta2;
-        const float bc1 = (float)(1.0 - pow(b1, t));
-        const float bc2_sqrt = (float)sqrt(1.0 - pow(b2, t));
+        float bc1, bc2_sqrt;
+        adam_bias(b1, b2, t, &bc1, &bc2_sqrt);
         const float step_size = lr / bc1;
         for (uint32_t j = 0; j < w; j++) {
             m[j] = b1 * m[j] + (1.0f - b1) * g[j];
@@ -226,8 +300,7 @@ void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
     }
     }
     /* Release: the odd counter is visible before any new float is. */
-    for (uint32_t j = 0; j < w; j++)
-        __atomic_store(&p[j], &np[j], __ATOMIC_RELEASE);
+    row_store(r, p, np);
     row_unlock(&r->seq[row]);
     if (np != stackbuf)
         free(np);

@@ -50,6 +50,30 @@ void cqr_rows_reset_state(cqr_rows_t *r);
 uint64_t cqr_rows_param_bytes(const cqr_rows_t *r);
 uint64_t cqr_rows_state_bytes(const cqr_rows_t *r);
 
+/* Starts loading row `row`'s parameters and counter (a hint). */
+static inline void cqr_rows_prefetch(const cqr_rows_t *r, uint32_t row)
+{
+    const char *p = (const char *)(r->param + (size_t)row * r->w);
+    for (size_t b = 0; b < (size_t)r->w * sizeof(float); b += 64)
+        __builtin_prefetch(p + b);
+    __builtin_prefetch(&r->seq[row]);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST); /* see cqr_idmap_prefetch */
+}
+
+/* Starts loading everything an optimizer step of `row` touches. */
+static inline void cqr_rows_prefetch_step(const cqr_rows_t *r, uint32_t row)
+{
+    cqr_rows_prefetch(r, row);
+    if (r->sw) {
+        const char *s = (const char *)(r->state + (size_t)row * r->sw);
+        for (size_t b = 0; b < (size_t)r->sw * sizeof(float); b += 64)
+            __builtin_prefetch(s + b, 1);
+    }
+    if (r->step)
+        __builtin_prefetch(&r->step[row], 1);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
 /* Copies row `row` to out[0..w): a consistent row, lock-free. */
 void cqr_rows_read(const cqr_rows_t *r, uint32_t row, float *out);
 

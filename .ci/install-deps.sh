@@ -5,6 +5,7 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake pkg-config clang
+  libclang-rt-14-dev  # libFuzzer and clang's sanitizer runtimes (fuzz.sh)
   libuv1-dev libprotobuf-c-dev protobuf-c-compiler
   libopenblas-dev librocksdb-dev
   check libsubunit-dev libxxhash-dev libmicrohttpd-dev

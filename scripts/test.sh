@@ -2,10 +2,13 @@
 # The whole test suite: installs the build dependencies, builds cqrps with
 # warnings as errors, runs every test with ctest, then builds and runs the
 # suite again under AddressSanitizer + UndefinedBehaviorSanitizer, and the
-# threaded suites (ctest label "threads") under ThreadSanitizer.
+# threaded suites (ctest label "threads") under ThreadSanitizer, and
+# finally fuzzes the frame decoder and the dispatcher (scripts/fuzz.sh).
 #
 #   scripts/test.sh            # everything
 #   CQR_SKIP_SANITIZERS=1 scripts/test.sh   # the plain build only
+#   CQR_SKIP_FUZZ=1 scripts/test.sh         # no fuzzing stage
+#   CQR_FUZZ_SECONDS=30 scripts/test.sh     # shorter fuzzing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=$(nproc)
@@ -30,4 +33,11 @@ if [ "${CQR_SKIP_SANITIZERS:-0}" != "1" ]; then
   cmake --build build-tsan -j"$JOBS"
   echo "== threaded tests under TSan"
   ctest --test-dir build-tsan --output-on-failure -j"$JOBS" -L threads
+fi
+
+# libFuzzer on the frame decoder and the request dispatcher, from the
+# checked-in corpus, CQR_FUZZ_SECONDS (60) per target; any crash fails.
+if [ "${CQR_SKIP_FUZZ:-0}" != "1" ]; then
+  echo "== fuzz"
+  scripts/fuzz.sh
 fi

@@ -181,12 +181,30 @@ static int read_n(int fd, uint8_t *p, size_t n, uint64_t deadline)
     return 1;
 }
 
+/* Once a reply has begun to arrive, the rest gets this long: a timeout in
+ * the middle of a frame would lose the stream's framing. */
+#define REST_OF_FRAME_MS 10000
+
 rw_response_t *rw_read(int fd, int timeout_ms, int *eof)
 {
-    uint64_t deadline = rw_now_ms() + (uint64_t)timeout_ms;
-    uint8_t hdr[4];
     if (eof)
         *eof = 0;
+    /* Wait for the first byte without consuming anything. */
+    uint64_t deadline = rw_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        uint64_t now = rw_now_ms();
+        if (now >= deadline)
+            return NULL;
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int pr = poll(&pfd, 1, (int)(deadline - now));
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr == 0)
+            return NULL;
+        break;
+    }
+    deadline = rw_now_ms() + REST_OF_FRAME_MS;
+    uint8_t hdr[4];
     int rc = read_n(fd, hdr, 4, deadline);
     if (rc <= 0) {
         if (eof)

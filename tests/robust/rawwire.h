@@ -46,9 +46,10 @@ void rw_push(cqr_buf_t *b, uint64_t id, const char *table,
              uint32_t dim);
 void rw_list(cqr_buf_t *b, uint64_t id);
 
-/* Reads one response within timeout_ms; NULL on EOF, error or timeout
- * (*eof, if non-NULL, says whether the peer closed). Free with
- * rw_free. */
+/* Reads one response whose first byte arrives within timeout_ms (the
+ * rest of it may take longer: nothing is consumed unless a whole frame
+ * is read); NULL on EOF, error or timeout (*eof, if non-NULL, says
+ * whether the peer closed). Free with rw_free. */
 rw_response_t *rw_read(int fd, int timeout_ms, int *eof);
 void rw_free(rw_response_t *r);
 

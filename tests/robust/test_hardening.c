@@ -260,6 +260,65 @@ START_TEST(test_tokens)
 }
 END_TEST
 
+/* cqrps_secret_load, the clients' one way to read a token. */
+START_TEST(test_secret_load)
+{
+    char path[128], msg[512];
+    char *sec;
+    size_t len;
+    snprintf(path, sizeof path, "%s/crlf", dir);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    fputs("abc def\r\n", f);
+    fclose(f);
+    chmod(path, 0600);
+    ck_assert_int_eq(cqrps_secret_load(path, NULL, &sec, &len, msg,
+                                       sizeof msg), 0);
+    ck_assert_uint_eq(len, 7);
+    ck_assert_str_eq(sec, "abc def");
+    ck_assert_str_eq(msg, "");
+    cqrps_secret_free(sec, len);
+
+    /* Readable by others: loaded, with a warning that names no secret. */
+    chmod(path, 0644);
+    ck_assert_int_eq(cqrps_secret_load(path, NULL, &sec, &len, msg,
+                                       sizeof msg), 0);
+    ck_assert_ptr_nonnull(strstr(msg, "chmod 600"));
+    ck_assert_ptr_null(strstr(msg, "abc"));
+    cqrps_secret_free(sec, len);
+
+    /* No file: the environment; neither: no token. */
+    setenv("CQR_TEST_SECRET", "from-env", 1);
+    ck_assert_int_eq(cqrps_secret_load(NULL, "CQR_TEST_SECRET", &sec, &len,
+                                       msg, sizeof msg), 0);
+    ck_assert_str_eq(sec, "from-env");
+    cqrps_secret_free(sec, len);
+    /* The file wins over the environment. */
+    ck_assert_int_eq(cqrps_secret_load(path, "CQR_TEST_SECRET", &sec, &len,
+                                       msg, sizeof msg), 0);
+    ck_assert_str_eq(sec, "abc def");
+    cqrps_secret_free(sec, len);
+    unsetenv("CQR_TEST_SECRET");
+    ck_assert_int_eq(cqrps_secret_load(NULL, "CQR_TEST_SECRET", &sec, &len,
+                                       msg, sizeof msg), 0);
+    ck_assert_ptr_null(sec);
+    ck_assert_uint_eq(len, 0);
+
+    /* Errors: empty file, missing file, a directory. */
+    f = fopen(path, "wb");
+    fputs("\n", f);
+    fclose(f);
+    ck_assert_int_eq(cqrps_secret_load(path, NULL, &sec, &len, msg,
+                                       sizeof msg), CQRPS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(msg, "empty"));
+    snprintf(path, sizeof path, "%s/none", dir);
+    ck_assert_int_eq(cqrps_secret_load(path, NULL, &sec, &len, msg,
+                                       sizeof msg), CQRPS_EIO);
+    ck_assert_int_eq(cqrps_secret_load(dir, NULL, &sec, &len, msg,
+                                       sizeof msg), CQRPS_EINVAL);
+}
+END_TEST
+
 START_TEST(test_bad_token_file_refused)
 {
     char open_path[128];
@@ -533,6 +592,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_tokens);
+    tcase_add_test(tc, test_secret_load);
     tcase_add_test(tc, test_bad_token_file_refused);
     tcase_add_test(tc, test_exposure_warning);
     tcase_add_test(tc, test_limits);

@@ -501,6 +501,52 @@ class ShardTest(unittest.TestCase):
                 c.drop_table("py.sh")
 
 
+class AuthTest(unittest.TestCase):
+    """Tokens from arguments, files and the environment against a server
+    that requires them; the admin token gates drop."""
+
+    def test_tokens(self) -> None:
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            tok = os.path.join(d, "token")
+            adm = os.path.join(d, "admin")
+            for path, secret in ((tok, "py-data-token-0123456789"),
+                                 (adm, "py-admin-token-0123456789")):
+                with open(path, "w") as f:
+                    f.write(secret + "\n")
+                os.chmod(path, 0o600)
+            env = {k: os.environ.pop(k, None)
+                   for k in ("CQRPS_TOKEN", "CQRPS_ADMIN_TOKEN")}
+            try:
+                with Server(["--auth-token-file", tok,
+                             "--admin-token-file", adm]) as srv:
+                    with self.assertRaises(cqrps.Unauthenticated):
+                        cqrps.connect(srv.addr)
+                    with cqrps.connect(srv.addr, token_file=tok) as c:
+                        self.assertFalse(c.server_info().admin)
+                        c.create_table("py.auth", kind="hash", dim=4,
+                                       rows=8)
+                        with self.assertRaises(cqrps.PermissionDenied):
+                            c.drop_table("py.auth")
+                    os.environ["CQRPS_TOKEN"] = "py-data-token-0123456789"
+                    os.environ["CQRPS_ADMIN_TOKEN"] = \
+                        "py-admin-token-0123456789"
+                    with cqrps.connect(srv.addr) as c:
+                        self.assertTrue(c.server_info().admin)
+                        c.drop_table("py.auth")
+                    with self.assertRaises(cqrps.InvalidArgument):
+                        cqrps.connect(srv.addr, token="x", token_file=tok)
+                    self.assertEqual(cqrps.read_token_file(tok),
+                                     b"py-data-token-0123456789")
+                    self.assertNotIn("py-data-token", srv.log())
+                    self.assertNotIn("py-admin-token", srv.log())
+            finally:
+                for k, v in env.items():
+                    os.environ.pop(k, None)
+                    if v is not None:
+                        os.environ[k] = v
+
+
 class LibraryTest(unittest.TestCase):
     """The package finds libcqrps through $CQRPS_LIBRARY."""
 

@@ -456,6 +456,62 @@ START_TEST(test_limits)
 }
 END_TEST
 
+/* A CreateTable past --max-table-memory is refused before anything is
+ * allocated: 16M rows x 4096 dims of Adam (about 800 GB) comes back as
+ * LIMIT_EXCEEDED, at once, not as NO_MEMORY, and the server's RSS does
+ * not move. */
+START_TEST(test_create_refused_before_allocating)
+{
+    cqr_test_server_t s;
+    tu_server_start(&s, NULL);
+    cqr_buf_t b;
+    cqr_buf_init(&b);
+    int fd = rw_connect(s.port);
+    rw_list(&b, 1);
+    expect_status(rw_call(fd, &b, 5000), 0, NULL);
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)s.pid);
+    long before = -1, after = -1;
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            before = strtol(line + 6, NULL, 10);
+    if (f)
+        fclose(f);
+
+    Cqrps__V1__OptimizerConfig oc = CQRPS__V1__OPTIMIZER_CONFIG__INIT;
+    oc.kind = CQRPS__V1__OPTIMIZER__ADAM;
+    Cqrps__V1__TableConfig tc = CQRPS__V1__TABLE_CONFIG__INIT;
+    tc.kind = CQRPS__V1__TABLE_KIND__HASH;
+    tc.dim = 4096;
+    tc.rows = 1u << 24;
+    tc.optimizer = &oc;
+    Cqrps__V1__CreateTable m = CQRPS__V1__CREATE_TABLE__INIT;
+    m.name = (char *)"huge";
+    m.config = &tc;
+    rw_request_t q = CQRPS__V1__REQUEST__INIT;
+    q.op_case = CQRPS__V1__REQUEST__OP_CREATE_TABLE;
+    q.create_table = &m;
+    rw_frame(&b, &q, 2);
+    uint64_t t0 = rw_now_ms();
+    expect_status(rw_call(fd, &b, 5000), CQRPS__V1__STATUS__LIMIT_EXCEEDED,
+                  "--max-table-memory");
+    ck_assert_uint_lt(rw_now_ms() - t0, 2000);
+
+    f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            after = strtol(line + 6, NULL, 10);
+    if (f)
+        fclose(f);
+    ck_assert_int_gt(before, 0);
+    ck_assert_int_lt(after - before, 16 * 1024);
+    close(fd);
+    cqr_buf_free(&b);
+    tu_server_stop(&s);
+}
+END_TEST
+
 START_TEST(test_connection_limit)
 {
     cqr_test_server_t s;
@@ -596,6 +652,7 @@ int main(void)
     tcase_add_test(tc, test_bad_token_file_refused);
     tcase_add_test(tc, test_exposure_warning);
     tcase_add_test(tc, test_limits);
+    tcase_add_test(tc, test_create_refused_before_allocating);
     tcase_add_test(tc, test_connection_limit);
     tcase_add_test(tc, test_timeouts);
     suite_add_tcase(s, tc);

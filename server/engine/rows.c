@@ -133,8 +133,11 @@ static inline void row_store(const cqr_rows_t *r, float *p, const float *val)
             __atomic_store_n(&q[j], v, __ATOMIC_RELEASE);
         }
     } else {
-        for (uint32_t j = 0; j < r->w; j++)
-            __atomic_store(&p[j], &val[j], __ATOMIC_RELEASE);
+        /* __atomic_store's value argument is not const-qualified. */
+        for (uint32_t j = 0; j < r->w; j++) {
+            float v = val[j];
+            __atomic_store(&p[j], &v, __ATOMIC_RELEASE);
+        }
     }
 }
 

@@ -150,6 +150,31 @@ static void info_merge(cqrps_table_info_t *acc, const cqrps_table_info_t *o,
         acc->last_phase_seconds = o->last_phase_seconds;
 }
 
+/* Merges every shard's TableInfo reply of `op` into *info (if non-NULL)
+ * and caches the table's dim. Returns the first shard's error, if any. */
+static int table_replies(cqrps_client_t *c, cq_op_t *op, const char *name,
+                         cqrps_table_info_t *info)
+{
+    int rc = 0;
+    cqrps_table_info_t acc;
+    for (uint32_t s = 0; s < c->nconns; s++) {
+        const resp_t *r = reply_of(c, op, s, CQRPS__V1__RESPONSE__REPLY_TABLE,
+                                   &rc);
+        if (!r)
+            return rc;
+        cqrps_table_info_t t;
+        info_from_pb(r->table, &t);
+        if (s == 0)
+            acc = t;
+        else
+            info_merge(&acc, &t, s);
+    }
+    cq_dim_put(c, name, acc.config.dim);
+    if (info)
+        *info = acc;
+    return 0;
+}
+
 static int info_cmp(const void *a, const void *b)
 {
     return strcmp(((const cqrps_table_info_t *)a)->name,
@@ -243,24 +268,8 @@ int cqrps_create_table(cqrps_client_t *c, const char *name,
     }
     cq_pump(c, NULL);
     rc = cq_op_finish(c, op);
-    cqrps_table_info_t acc;
-    for (uint32_t s = 0; rc == 0 && s < c->nconns; s++) {
-        const resp_t *r = reply_of(c, op, s, CQRPS__V1__RESPONSE__REPLY_TABLE,
-                                   &rc);
-        if (!r)
-            break;
-        cqrps_table_info_t t;
-        info_from_pb(r->table, &t);
-        if (s == 0)
-            acc = t;
-        else
-            info_merge(&acc, &t, s);
-    }
-    if (rc == 0) {
-        cq_dim_put(c, name, acc.config.dim);
-        if (info)
-            *info = acc;
-    }
+    if (rc == 0)
+        rc = table_replies(c, op, name, info);
     cq_op_free(op);
     return rc;
 }
@@ -324,23 +333,8 @@ int cqrps_describe_table(cqrps_client_t *c, const char *name,
     REQ_INIT(req, describe_table, DESCRIBE_TABLE);
     cq_op_t *op;
     rc = cq_rpc(c, &req, CQ_RPC_ALL | CQ_RPC_RETRY, name, &op);
-    cqrps_table_info_t acc;
-    for (uint32_t s = 0; rc == 0 && s < c->nconns; s++) {
-        const resp_t *r = reply_of(c, op, s, CQRPS__V1__RESPONSE__REPLY_TABLE,
-                                   &rc);
-        if (!r)
-            break;
-        cqrps_table_info_t t;
-        info_from_pb(r->table, &t);
-        if (s == 0)
-            acc = t;
-        else
-            info_merge(&acc, &t, s);
-    }
-    if (rc == 0) {
-        cq_dim_put(c, name, acc.config.dim);
-        *info = acc;
-    }
+    if (rc == 0)
+        rc = table_replies(c, op, name, info);
     cq_op_free(op);
     return rc;
 }

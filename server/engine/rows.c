@@ -12,6 +12,8 @@
 
 #define CQR_ROWS_STACK 1024 /* floats; rows wider than this use the heap */
 
+static void adam_tab_ready(void);
+
 uint32_t cqr_optim_state_floats(cqr_optim_kind_t opt, uint32_t w)
 {
     switch (opt) {
@@ -31,6 +33,8 @@ int cqr_rows_init(cqr_rows_t *r, uint32_t n, uint32_t w, cqr_optim_kind_t opt)
     r->w = w;
     r->opt = opt;
     r->sw = cqr_optim_state_floats(opt, w);
+    if (opt == CQR_OPT_ADAM)
+        adam_tab_ready();
     size_t nn = n ? n : 1;
     r->param = calloc(nn * (size_t)w, sizeof(float));
     r->seq = calloc(nn, sizeof(uint32_t));
@@ -96,19 +100,27 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Row floats are accessed as 64-bit atomic words when the width is even
+void cqr_rows_backoff(unsigned *spins)
+{
+    if (++*spins > 64)
+        sched_yield();
+    else
+        cpu_relax();
+}
+
+/* ---- TSan builds: the floats as atomics --------------------------------
+ *
+ * Row floats are accessed as 64-bit atomic words when the width is even
  * (rows then start 8-byte aligned in their calloc'd block), else as 32-bit
  * atomic floats. Readers and writers of a block use the same width, so a
- * float is only ever accessed by atomics of one size. On x86 an acquire
- * load or release store is a plain move: half the moves of a float-by-
- * float copy, and the copy was the largest cost of a cqr lookup. */
+ * float is only ever accessed by atomics of one size. */
 static inline int row_wide(const cqr_rows_t *r)
 {
     return !(r->w & 1);
 }
 
-static inline void row_load(const cqr_rows_t *r, const float *p, float *out,
-                            int order)
+static inline void row_load_atomic(const cqr_rows_t *r, const float *p,
+                                   float *out, int order)
 {
     if (row_wide(r)) {
         /* out may be only float-aligned: memcpy each word into it. */
@@ -123,7 +135,8 @@ static inline void row_load(const cqr_rows_t *r, const float *p, float *out,
     }
 }
 
-static inline void row_store(const cqr_rows_t *r, float *p, const float *val)
+static inline void row_store_atomic(const cqr_rows_t *r, float *p,
+                                    const float *val)
 {
     if (row_wide(r)) {
         uint64_t *q = (uint64_t *)(void *)p;
@@ -141,46 +154,65 @@ static inline void row_store(const cqr_rows_t *r, float *p, const float *val)
     }
 }
 
-/* Seqlock read of one row into out. Writers store the words with
- * release and we load them with acquire (both plain moves on x86): a
+/* Writers store the words with release and we load them with acquire: a
  * reader that sees any word of a step in progress is then guaranteed to
  * see the odd counter that step set, so the re-check catches it. No
  * standalone fences, which ThreadSanitizer cannot model. */
-static void row_copy(const cqr_rows_t *r, uint32_t row, float *out)
+static void row_copy_atomic(const cqr_rows_t *r, uint32_t row, float *out)
 {
     const float *p = r->param + (size_t)row * r->w;
     const uint32_t *seq = &r->seq[row];
-    for (unsigned spins = 0;; spins++) {
+    for (unsigned spins = 0;; cqr_rows_backoff(&spins)) {
         uint32_t s1 = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
         if (!(s1 & 1)) {
-            row_load(r, p, out, __ATOMIC_ACQUIRE);
+            row_load_atomic(r, p, out, __ATOMIC_ACQUIRE);
             if (__atomic_load_n(seq, __ATOMIC_RELAXED) == s1)
                 return;
         }
-        if (spins > 64)
-            sched_yield();
-        else
-            cpu_relax();
     }
 }
 
-void cqr_rows_read(const cqr_rows_t *r, uint32_t row, float *out)
+void cqr_rows_read_atomic(const cqr_rows_t *r, uint32_t row, float *out)
 {
     assert(row < r->n);
-    row_copy(r, row, out);
+    row_copy_atomic(r, row, out);
 }
 
-void cqr_rows_read_add(const cqr_rows_t *r, uint32_t row, float *out)
+void cqr_rows_read_add_atomic(const cqr_rows_t *r, uint32_t row, float *out)
 {
     assert(row < r->n);
     float stackbuf[CQR_ROWS_STACK];
     float *tmp = r->w <= CQR_ROWS_STACK ? stackbuf : malloc(r->w * sizeof(float));
     assert(tmp);
-    row_copy(r, row, tmp);
+    row_copy_atomic(r, row, tmp);
     for (uint32_t j = 0; j < r->w; j++)
         out[j] += tmp[j];
     if (tmp != stackbuf)
         free(tmp);
+}
+
+/* ---- the writer's side -------------------------------------------------
+ *
+ * A writer holds the row's counter odd while it loads and stores the
+ * floats; with plain copies the release fence after taking the counter
+ * keeps the new floats from becoming visible before the odd counter. */
+static inline void row_load(const cqr_rows_t *r, const float *p, float *out)
+{
+#ifdef CQR_ROWS_ATOMIC
+    /* Only writers store to p, and we hold the row: relaxed suffices. */
+    row_load_atomic(r, p, out, __ATOMIC_RELAXED);
+#else
+    cqr_rows_copy_plain(out, p, NULL, r->w);
+#endif
+}
+
+static inline void row_store(const cqr_rows_t *r, float *p, const float *val)
+{
+#ifdef CQR_ROWS_ATOMIC
+    row_store_atomic(r, p, val);
+#else
+    cqr_rows_copy_plain(p, val, NULL, r->w);
+#endif
 }
 
 void cqr_rows_set(cqr_rows_t *r, uint32_t row, const float *val)
@@ -212,11 +244,16 @@ static void adam_tab_init(void)
         adam_bias_exact(0.9f, 0.999f, t, &adam_tab_bc1[t], &adam_tab_bc2[t]);
 }
 
+static void adam_tab_ready(void)
+{
+    pthread_once(&adam_once, adam_tab_init);
+}
+
 static inline void adam_bias(float b1, float b2, uint32_t t, float *bc1,
                              float *bc2_sqrt)
 {
     if (b1 == 0.9f && b2 == 0.999f && t < ADAM_TAB) {
-        pthread_once(&adam_once, adam_tab_init);
+        /* cqr_rows_init ran adam_tab_init before any row existed. */
         *bc1 = adam_tab_bc1[t];
         *bc2_sqrt = adam_tab_bc2[t];
         return;
@@ -224,24 +261,42 @@ static inline void adam_bias(float b1, float b2, uint32_t t, float *bc1,
     adam_bias_exact(b1, b2, t, bc1, bc2_sqrt);
 }
 
-static void row_lock(uint32_t *seq)
+/* One Adam step of w floats. Restrict pointers and no errno from sqrtf
+ * (-fno-math-errno) let the compiler vectorise it; each float still gets
+ * exactly the scalar operations in the scalar order. */
+static void adam_row(float *restrict p, float *restrict m, float *restrict v,
+                     const float *restrict g, uint32_t w, float b1, float b2,
+                     float step_size, float bc2_sqrt, float eps)
 {
-    for (unsigned spins = 0;; spins++) {
-        uint32_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
-        if (!(s & 1) &&
-            __atomic_compare_exchange_n(seq, &s, s + 1, 0, __ATOMIC_ACQUIRE,
-                                        __ATOMIC_RELAXED))
-            break;
-        if (spins > 64)
-            sched_yield();
-        else
-            cpu_relax();
+    for (uint32_t j = 0; j < w; j++) {
+        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
+        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+        const float denom = sqrtf(v[j]) / bc2_sqrt + eps;
+        p[j] -= step_size * (m[j] / denom);
     }
 }
 
-static void row_unlock(uint32_t *seq)
+/* Takes the row for a writer; returns the (even) counter it found. */
+static uint32_t row_lock(uint32_t *seq)
 {
-    __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE);
+    for (unsigned spins = 0;; cqr_rows_backoff(&spins)) {
+        uint32_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
+        if (!(s & 1) &&
+            __atomic_compare_exchange_n(seq, &s, s + 1, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED)) {
+#ifndef CQR_ROWS_ATOMIC
+            __atomic_thread_fence(__ATOMIC_RELEASE);
+#endif
+            return s;
+        }
+    }
+}
+
+/* Releases the row: only its holder stores the counter while it is odd,
+ * so a release store (a plain move on x86) of s0 + 2 suffices. */
+static void row_unlock(uint32_t *seq, uint32_t s0)
+{
+    __atomic_store_n(seq, s0 + 2, __ATOMIC_RELEASE);
 }
 
 void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
@@ -251,14 +306,19 @@ void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
     assert(o->kind == r->opt);
     const uint32_t w = r->w;
     float *p = r->param + (size_t)row * w;
+#ifdef CQR_ROWS_ATOMIC
+    /* TSan builds: step a copy, store it back as atomics. */
     float stackbuf[CQR_ROWS_STACK];
     float *np = w <= CQR_ROWS_STACK ? stackbuf : malloc(w * sizeof(float));
     assert(np);
-
-    row_lock(&r->seq[row]);
-    /* Only writers store to p, and we hold the row: plain loads would do,
-     * but relaxed atomics keep every access to the floats atomic. */
-    row_load(r, p, np, __ATOMIC_RELAXED);
+    const uint32_t s0 = row_lock(&r->seq[row]);
+    row_load(r, p, np);
+#else
+    /* Readers discard whatever they copy while the counter is odd: step
+     * the row in place. */
+    float *np = p;
+    const uint32_t s0 = row_lock(&r->seq[row]);
+#endif
     const float lr = o->lr;
     if (o->weight_decay > 0.0f) {
         const float decay = 1.0f - lr * o->weight_decay;
@@ -292,19 +352,16 @@ void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
         const float b1 = o->beta1, b2 = o->beta2;
         float bc1, bc2_sqrt;
         adam_bias(b1, b2, t, &bc1, &bc2_sqrt);
-        const float step_size = lr / bc1;
-        for (uint32_t j = 0; j < w; j++) {
-            m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-            v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
-            const float denom = sqrtf(v[j]) / bc2_sqrt + o->eps;
-            np[j] -= step_size * (m[j] / denom);
-        }
+        adam_row(np, m, v, g, w, b1, b2, lr / bc1, bc2_sqrt, o->eps);
         break;
     }
     }
-    /* Release: the odd counter is visible before any new float is. */
+#ifdef CQR_ROWS_ATOMIC
     row_store(r, p, np);
-    row_unlock(&r->seq[row]);
+    row_unlock(&r->seq[row], s0);
     if (np != stackbuf)
         free(np);
+#else
+    row_unlock(&r->seq[row], s0);
+#endif
 }

@@ -33,7 +33,8 @@ double cqr_now(void)
  * Lookups and pushes need work space proportional to the batch. Keeping
  * it per thread avoids a malloc (often an mmap) per call. */
 
-#define SCRATCH_SLOTS 6
+#define SCRATCH_SLOTS 7
+#define SCRATCH_DENSE 6 /* the dense aggregation index: see dense_index */
 
 typedef struct scratch {
     void *p[SCRATCH_SLOTS];
@@ -58,9 +59,7 @@ static void scratch_key_init(void)
     (void)rc;
 }
 
-/* Returns at least `bytes` of this thread's buffer `slot` (contents
- * undefined), or NULL when out of memory. */
-static void *scratch(int slot, size_t bytes)
+static scratch_t *scratch_get(void)
 {
     pthread_once(&scratch_once, scratch_key_init);
     scratch_t *s = pthread_getspecific(scratch_key);
@@ -71,6 +70,38 @@ static void *scratch(int slot, size_t bytes)
             return NULL;
         }
     }
+    return s;
+}
+
+/* This thread's dense aggregation index with at least n entries, every
+ * entry UINT32_MAX: its users put back UINT32_MAX in every entry they set
+ * before they return. NULL when out of memory. */
+static uint32_t *dense_index(size_t n)
+{
+    scratch_t *s = scratch_get();
+    if (!s)
+        return NULL;
+    size_t bytes = n * sizeof(uint32_t);
+    if (s->cap[SCRATCH_DENSE] < bytes) {
+        void *p = malloc(bytes);
+        if (!p)
+            return NULL;
+        memset(p, 0xff, bytes);
+        free(s->p[SCRATCH_DENSE]);
+        s->p[SCRATCH_DENSE] = p;
+        s->cap[SCRATCH_DENSE] = bytes;
+    }
+    return s->p[SCRATCH_DENSE];
+}
+
+/* Returns at least `bytes` of this thread's buffer `slot` (contents
+ * undefined), or NULL when out of memory. */
+static void *scratch(int slot, size_t bytes)
+{
+    assert(slot != SCRATCH_DENSE);
+    scratch_t *s = scratch_get();
+    if (!s)
+        return NULL;
     if (s->cap[slot] < bytes) {
         size_t want = bytes + bytes / 2 + 64;
         void *p = malloc(want);
@@ -658,38 +689,63 @@ static inline void cb_pointers(const cqr_table_t *t, const cqr_cbstate_t *st,
  * overlaps those misses (about 4x faster gathers at 1e6 IDs). */
 #define LOOKUP_GROUP 16
 
+/* Full tables: a three-stage pipeline over groups of LOOKUP_GROUP IDs.
+ * While group g's rows are copied, group g+1's map values are read and
+ * its rows requested, and group g+2's map slots requested: every miss to
+ * memory is in flight a whole group before it is needed. */
+static void full_lookup(const cqr_table_t *t, const uint64_t *ids, size_t n,
+                        float *out)
+{
+    const uint32_t dim = t->cfg.dim;
+    int64_t rows[2][LOOKUP_GROUP];
+    const size_t ngroups = (n + LOOKUP_GROUP - 1) / LOOKUP_GROUP;
+    for (size_t k = 0; k < 2 * LOOKUP_GROUP && k < n; k++)
+        cqr_idmap_prefetch(&t->rowmap, ids[k]);
+    for (size_t g = 0; g <= ngroups; g++) {
+        /* Stage 2 for group g: find rows, request them. */
+        if (g < ngroups) {
+            size_t base = g * LOOKUP_GROUP;
+            size_t m = n - base < LOOKUP_GROUP ? n - base : LOOKUP_GROUP;
+            int64_t *r = rows[g & 1];
+            for (size_t j = 0; j < m; j++) {
+                if (base + j + 2 * LOOKUP_GROUP < n)
+                    cqr_idmap_prefetch(&t->rowmap,
+                                       ids[base + j + 2 * LOOKUP_GROUP]);
+                uint32_t row, local = 0;
+                r[j] = -1;
+                if (full_find(t, ids[base + j], &row)) {
+                    r[j] = row;
+                    cqr_rows_prefetch(full_block(t, row, &local), local);
+                }
+            }
+        }
+        /* Stage 3 for group g-1: copy its rows. */
+        if (g > 0) {
+            size_t base = (g - 1) * LOOKUP_GROUP;
+            size_t m = n - base < LOOKUP_GROUP ? n - base : LOOKUP_GROUP;
+            const int64_t *r = rows[(g - 1) & 1];
+            for (size_t j = 0; j < m; j++) {
+                float *o = out + (base + j) * dim;
+                if (r[j] >= 0) {
+                    uint32_t local;
+                    const cqr_rows_t *blk =
+                        full_block(t, (uint32_t)r[j], &local);
+                    cqr_rows_read(blk, local, o);
+                } else
+                    full_init_row(t, ids[base + j], o);
+            }
+        }
+    }
+}
+
 static void lookup_locked(cqr_table_t *t, const uint64_t *ids, size_t n,
                           float *out)
 {
-    const uint32_t dim = t->cfg.dim;
     if (t->cfg.kind == CQR_KIND_FULL) {
-        int64_t rows[LOOKUP_GROUP];
-        for (size_t g = 0; g < n; g += LOOKUP_GROUP) {
-            size_t m = n - g < LOOKUP_GROUP ? n - g : LOOKUP_GROUP;
-            for (size_t j = 0; j < m; j++)
-                cqr_idmap_prefetch(&t->rowmap, ids[g + j]);
-            for (size_t j = 0; j < m; j++) {
-                uint32_t row, local;
-                rows[j] = -1;
-                if (full_find(t, ids[g + j], &row)) {
-                    rows[j] = row;
-                    const cqr_rows_t *blk = full_block(t, row, &local);
-                    cqr_rows_prefetch(blk, local);
-                }
-            }
-            for (size_t j = 0; j < m; j++) {
-                float *o = out + (g + j) * dim;
-                if (rows[j] >= 0) {
-                    uint32_t local;
-                    const cqr_rows_t *blk =
-                        full_block(t, (uint32_t)rows[j], &local);
-                    cqr_rows_read(blk, local, o);
-                } else
-                    full_init_row(t, ids[g + j], o);
-            }
-        }
+        full_lookup(t, ids, n, out);
         return;
     }
+    const uint32_t dim = t->cfg.dim;
     const cqr_cbstate_t *st = t->st;
     const int cqr = t->cfg.kind == CQR_KIND_CQR;
     uint32_t p[CQR_MAX_CHUNKS], h[CQR_MAX_CHUNKS];
@@ -704,12 +760,11 @@ static void lookup_locked(cqr_table_t *t, const uint64_t *ids, size_t n,
         cb_pointers(t, st, ids[j], p, h);
         for (uint32_t i = 0; i < t->c; i++) {
             float *oc = o + (size_t)i * t->w;
-            if (t->ncb == 2) {
-                cqr_rows_read(&st->cb[i], p[i], oc);
-                cqr_rows_read_add(&st->cb[t->c + i], h[i], oc);
-            } else {
+            if (t->ncb == 2)
+                cqr_rows_read_sum(&st->cb[i], p[i], &st->cb[t->c + i], h[i],
+                                  oc);
+            else
                 cqr_rows_read(&st->cb[i], h[i], oc);
-            }
         }
     }
 }
@@ -728,33 +783,94 @@ int cqr_table_lookup(cqr_table_t *t, const uint64_t *ids, size_t n,
 
 /* ---- Push -------------------------------------------------------------- */
 
-/* Sums gradients by row key in first-seen order (deterministic). */
+/* Sums gradients by row key in first-seen order (deterministic). Keys
+ * below `dense` (codebook pushes: codebook x k + row, a few thousand to
+ * a few hundred thousand keys) find their sum through a dense index, the
+ * others through a small hash table. */
 typedef struct agg {
     uint64_t *hkeys; /* hash slots: key, or UINT64_MAX when empty */
     uint32_t *hidx;  /* slot -> unique index */
     size_t mask;     /* slots - 1 (a power of two) */
+    uint32_t *didx;  /* dense: key -> unique index, UINT32_MAX if none */
     uint64_t *ukeys; /* unique keys in first-seen order */
     float *acc;      /* nu x w summed gradients */
     size_t nu;       /* unique keys so far */
     uint32_t w;      /* floats per row */
 } agg_t;
 
-static int agg_init(agg_t *a, size_t maxent, uint32_t w)
+/* Keys up to this many use the dense index (4 MiB of it per thread). */
+#define AGG_DENSE_MAX ((size_t)1 << 20)
+
+/* Sets up a for at most maxent additions; keys < dense_keys (if not 0)
+ * go through the dense index. */
+static int agg_init(agg_t *a, size_t maxent, uint32_t w, size_t dense_keys)
 {
-    size_t slots = 16;
-    while (slots < 2 * maxent)
-        slots <<= 1;
-    a->hkeys = scratch(0, slots * sizeof(uint64_t));
-    a->hidx = scratch(1, slots * sizeof(uint32_t));
+    a->didx = NULL;
+    a->hkeys = NULL;
+    a->hidx = NULL;
+    a->mask = 0;
+    if (dense_keys > 0 && dense_keys <= AGG_DENSE_MAX) {
+        a->didx = dense_index(dense_keys);
+        if (!a->didx)
+            return CQR_ENOMEM;
+    } else {
+        size_t slots = 16;
+        while (slots < 2 * maxent)
+            slots <<= 1;
+        a->hkeys = scratch(0, slots * sizeof(uint64_t));
+        a->hidx = scratch(1, slots * sizeof(uint32_t));
+        if (!a->hkeys || !a->hidx)
+            return CQR_ENOMEM;
+        memset(a->hkeys, 0xff, slots * sizeof(uint64_t));
+        a->mask = slots - 1;
+    }
     a->ukeys = scratch(2, maxent * sizeof(uint64_t));
     a->acc = scratch(3, maxent * (size_t)w * sizeof(float));
-    if (!a->hkeys || !a->hidx || !a->ukeys || !a->acc)
+    if (!a->ukeys || !a->acc)
         return CQR_ENOMEM;
-    memset(a->hkeys, 0xff, slots * sizeof(uint64_t));
-    a->mask = slots - 1;
     a->nu = 0;
     a->w = w;
     return 0;
+}
+
+/* Puts the dense index back to all UINT32_MAX (k: rows per codebook, as
+ * in cb_add). Must follow every dense use of agg_init that added keys. */
+static void agg_done(agg_t *a, uint32_t k)
+{
+    if (!a->didx)
+        return;
+    for (size_t u = 0; u < a->nu; u++)
+        a->didx[(a->ukeys[u] >> 32) * k + (uint32_t)a->ukeys[u]] =
+            UINT32_MAX;
+}
+
+static inline void acc_add(float *acc, const float *g, uint32_t w)
+{
+    uint32_t j = 0;
+    for (; j + 4 <= w; j += 4)
+        cqr_f4_store(acc + j, cqr_f4_load(acc + j) + cqr_f4_load(g + j));
+    for (; j < w; j++)
+        acc[j] += g[j];
+}
+
+static inline void agg_new(agg_t *a, uint64_t key, const float *g)
+{
+    a->ukeys[a->nu] = key;
+    memcpy(a->acc + a->nu * a->w, g, a->w * sizeof(float));
+    a->nu++;
+}
+
+/* Dense: `pos` is the key's dense position. */
+static inline void agg_add_dense(agg_t *a, size_t pos, uint64_t key,
+                                 const float *g)
+{
+    uint32_t u = a->didx[pos];
+    if (u != UINT32_MAX) {
+        acc_add(a->acc + (size_t)u * a->w, g, a->w);
+        return;
+    }
+    a->didx[pos] = (uint32_t)a->nu;
+    agg_new(a, key, g);
 }
 
 static void agg_add(agg_t *a, uint64_t key, const float *g)
@@ -762,19 +878,35 @@ static void agg_add(agg_t *a, uint64_t key, const float *g)
     size_t s = (size_t)cqr_mix64(key) & a->mask;
     while (a->hkeys[s] != UINT64_MAX && a->hkeys[s] != key)
         s = (s + 1) & a->mask;
-    float *acc;
     if (a->hkeys[s] == key) {
-        acc = a->acc + (size_t)a->hidx[s] * a->w;
-        for (uint32_t j = 0; j < a->w; j++)
-            acc[j] += g[j];
+        acc_add(a->acc + (size_t)a->hidx[s] * a->w, g, a->w);
         return;
     }
     a->hkeys[s] = key;
     a->hidx[s] = (uint32_t)a->nu;
-    a->ukeys[a->nu] = key;
-    acc = a->acc + a->nu * a->w;
-    memcpy(acc, g, a->w * sizeof(float));
-    a->nu++;
+    agg_new(a, key, g);
+}
+
+/* A codebook push's key (codebook index, row) and its dense position. */
+static inline void cb_add(agg_t *a, uint32_t k, uint32_t blk, uint32_t row,
+                          const float *g)
+{
+    uint64_t key = (uint64_t)blk << 32 | row;
+    if (a->didx)
+        agg_add_dense(a, (size_t)blk * k + row, key, g);
+    else
+        agg_add(a, key, g);
+}
+
+/* Keys of a codebook push: every (codebook, row). */
+static inline size_t cb_dense_keys(const cqr_table_t *t)
+{
+    return (size_t)t->ncb * t->c * t->k;
+}
+
+static inline int cb_prefetch(const cqr_table_t *t)
+{
+    return t->cfg.kind == CQR_KIND_CQR;
 }
 
 void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
@@ -782,22 +914,24 @@ void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
 {
     agg_t a;
     const uint32_t dim = t->cfg.dim;
-    int rc = agg_init(&a, n * t->c * t->ncb, t->w);
+    int rc = agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
     assert(rc == 0 && "out of memory for push scratch");
     (void)rc;
     uint32_t p[CQR_MAX_CHUNKS], h[CQR_MAX_CHUNKS];
+    for (size_t j = 0; cb_prefetch(t) && j < n && j < LOOKUP_GROUP; j++)
+        cqr_idmap_prefetch(&st->ids, ids[j]);
     for (size_t j = 0; j < n; j++) {
-        if (t->cfg.kind == CQR_KIND_CQR && j + LOOKUP_GROUP < n)
+        if (cb_prefetch(t) && j + LOOKUP_GROUP < n)
             cqr_idmap_prefetch(&st->ids, ids[j + LOOKUP_GROUP]);
         cb_pointers(t, st, ids[j], p, h);
         const float *g = grads + j * dim;
         for (uint32_t i = 0; i < t->c; i++) {
             const float *gc = g + (size_t)i * t->w;
             if (t->ncb == 2) {
-                agg_add(&a, (uint64_t)i << 32 | p[i], gc);
-                agg_add(&a, (uint64_t)(t->c + i) << 32 | h[i], gc);
+                cb_add(&a, t->k, i, p[i], gc);
+                cb_add(&a, t->k, t->c + i, h[i], gc);
             } else {
-                agg_add(&a, (uint64_t)i << 32 | h[i], gc);
+                cb_add(&a, t->k, i, h[i], gc);
             }
         }
     }
@@ -813,6 +947,7 @@ void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
         cqr_mark(&t->cbpage[(size_t)blk * t->cbpages +
                             (row >> CQR_CB_PAGE_SHIFT)], e);
     }
+    agg_done(&a, t->k);
 }
 
 static void full_apply(cqr_table_t *t, const uint64_t *ids,
@@ -820,7 +955,7 @@ static void full_apply(cqr_table_t *t, const uint64_t *ids,
 {
     agg_t a;
     const uint32_t dim = t->cfg.dim;
-    int rc = agg_init(&a, n, dim);
+    int rc = agg_init(&a, n, dim, 0);
     assert(rc == 0 && "out of memory for push scratch");
     (void)rc;
     for (size_t j = 0; j < n; j++) {
@@ -835,14 +970,14 @@ static void full_apply(cqr_table_t *t, const uint64_t *ids,
     const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
     /* Rows are random over the whole table: prefetch a few steps ahead
      * (a step touches the row, its Adam moments and counters). */
-    enum { STEP_AHEAD = 4 };
+    enum { STEP_AHEAD = 8 };
     for (size_t u = 0; u < a.nu; u++) {
         uint32_t local, row = (uint32_t)a.ukeys[u];
         if (u + STEP_AHEAD < a.nu) {
-            uint32_t nl;
-            const cqr_rows_t *nb =
-                full_block(t, (uint32_t)a.ukeys[u + STEP_AHEAD], &nl);
+            uint32_t nl, nrow = (uint32_t)a.ukeys[u + STEP_AHEAD];
+            const cqr_rows_t *nb = full_block(t, nrow, &nl);
             cqr_rows_prefetch_step(nb, nl);
+            __builtin_prefetch(&t->fmark[nrow >> CQR_FULL_BLOCK_SHIFT][nl], 1);
         }
         cqr_rows_t *blk = full_block(t, row, &local);
         cqr_rows_step(blk, local, a.acc + u * a.w, &t->cfg.optim);
@@ -949,8 +1084,8 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
      * fail halfway through a push. */
     agg_t a;
     int rc = t->cfg.kind == CQR_KIND_FULL
-                 ? agg_init(&a, n, t->cfg.dim)
-                 : agg_init(&a, n * t->c * t->ncb, t->w);
+                 ? agg_init(&a, n, t->cfg.dim, 0)
+                 : agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
     if (rc)
         return rc;
     /* The gate makes the push one step for an export: wholly before its

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bigmem.h"
 #include "err.h"
 #include "hash.h"
 
@@ -20,11 +21,11 @@ static int alloc_arrays(cqr_idmap_t *m, size_t cap)
 {
     if (cap > SIZE_MAX / 8 / (m->vw > 8 ? m->vw : 8))
         return CQR_ENOMEM;
-    uint64_t *keys = calloc(cap, sizeof(uint64_t));
-    uint8_t *vals = calloc(cap, m->vw);
+    uint64_t *keys = cqr_big_calloc(cap, sizeof(uint64_t));
+    uint8_t *vals = cqr_big_calloc(cap, m->vw);
     if (!keys || !vals) {
-        free(keys);
-        free(vals);
+        cqr_big_free(keys, cap, sizeof(uint64_t));
+        cqr_big_free(vals, cap, m->vw);
         return CQR_ENOMEM;
     }
     m->keys = keys;
@@ -50,10 +51,15 @@ int cqr_idmap_init(cqr_idmap_t *m, uint32_t vw, size_t initial)
     return rc;
 }
 
+static void free_arrays(cqr_idmap_t *m)
+{
+    cqr_big_free(m->keys, m->cap, sizeof(uint64_t));
+    cqr_big_free(m->vals, m->cap, m->vw);
+}
+
 void cqr_idmap_free(cqr_idmap_t *m)
 {
-    free(m->keys);
-    free(m->vals);
+    free_arrays(m);
     free(m->zero_val);
     memset(m, 0, sizeof *m);
 }
@@ -98,8 +104,7 @@ static int rehash(cqr_idmap_t *m, size_t cap)
         if (old.keys[i] != 0)
             memcpy(place(m, old.keys[i]), old.vals + i * old.vw, old.vw);
     }
-    free(old.keys);
-    free(old.vals);
+    free_arrays(&old);
     return 0;
 }
 

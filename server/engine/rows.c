@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bigmem.h"
 #include "err.h"
 
 #define CQR_ROWS_STACK 1024 /* floats; rows wider than this use the heap */
@@ -36,10 +37,10 @@ int cqr_rows_init(cqr_rows_t *r, uint32_t n, uint32_t w, cqr_optim_kind_t opt)
     if (opt == CQR_OPT_ADAM)
         adam_tab_ready();
     size_t nn = n ? n : 1;
-    r->param = calloc(nn * (size_t)w, sizeof(float));
+    r->param = cqr_big_calloc(nn * (size_t)w, sizeof(float));
     r->seq = calloc(nn, sizeof(uint32_t));
     if (r->sw)
-        r->state = calloc(nn * (size_t)r->sw, sizeof(float));
+        r->state = cqr_big_calloc(nn * (size_t)r->sw, sizeof(float));
     if (opt == CQR_OPT_ADAM)
         r->step = calloc(nn, sizeof(uint32_t));
     if (!r->param || !r->seq || (r->sw && !r->state) ||
@@ -52,8 +53,9 @@ int cqr_rows_init(cqr_rows_t *r, uint32_t n, uint32_t w, cqr_optim_kind_t opt)
 
 void cqr_rows_free(cqr_rows_t *r)
 {
-    free(r->param);
-    free(r->state);
+    size_t nn = r->n ? r->n : 1;
+    cqr_big_free(r->param, nn * (size_t)r->w, sizeof(float));
+    cqr_big_free(r->state, nn * (size_t)r->sw, sizeof(float));
     free(r->step);
     free(r->seq);
     memset(r, 0, sizeof *r);

@@ -35,6 +35,7 @@
 #include "bench_common.h"
 #include "err.h"
 #include "kmeans.h"
+#include "par.h"
 #include "table.h"
 
 #define PROG "engine-bench"
@@ -51,6 +52,7 @@ typedef struct opts {
     double zipf;          /* 0 = uniform */
     double seconds;       /* timed duration of lookup/push */
     uint32_t threads;     /* caller threads (lookup/push), phase workers */
+    uint32_t helpers;     /* engine helper threads for each call (par.h) */
     uint32_t iters;       /* k-means iterations */
     uint32_t sample;      /* sample points per centroid */
     uint32_t warm_batch;  /* IDs per warm-up push */
@@ -64,7 +66,7 @@ static void usage(void)
         "usage: cqrps-engine-bench --mode lookup|push|cluster|kmeans|memory|sgemm\n"
         "  [--kind full|hash|ce|cqr] [--optimizer sgd|adagrad|adam] [--dim 64]\n"
         "  [--chunks 4] [--rows 1024] [--batch 1024] [--vocab 1e6] [--zipf S]\n"
-        "  [--seconds 3] [--threads 1] [--iters 25] [--sample 100]\n"
+        "  [--seconds 3] [--threads 1] [--helpers 0] [--iters 25] [--sample 100]\n"
         "  [--dump FILE] [--json]\n");
 }
 
@@ -80,7 +82,8 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"batch", 1, 0, 'b'},  {"vocab", 1, 0, 'v'},   {"zipf", 1, 0, 'z'},
         {"seconds", 1, 0, 's'}, {"threads", 1, 0, 't'}, {"iters", 1, 0, 'i'},
         {"sample", 1, 0, 'S'}, {"dump", 1, 0, 'D'},    {"json", 0, 0, 'j'},
-        {"warm-batch", 1, 0, 'W'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"warm-batch", 1, 0, 'W'}, {"helpers", 1, 0, 'H'},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int ch;
     uint64_t v;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -95,7 +98,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
                 return -1;
             break;
         case 'd': case 'c': case 'r': case 'b': case 'v': case 't':
-        case 'i': case 'S': case 'W':
+        case 'i': case 'S': case 'W': case 'H':
             if (bench_parse_count(optarg, &v))
                 return -1;
             if (ch == 'd') o->dim = (uint32_t)v;
@@ -107,6 +110,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             if (ch == 'i') o->iters = (uint32_t)v;
             if (ch == 'S') o->sample = (uint32_t)v;
             if (ch == 'W') o->warm_batch = (uint32_t)v;
+            if (ch == 'H') o->helpers = (uint32_t)v;
             break;
         case 'z': o->zipf = atof(optarg); break;
         case 's': o->seconds = atof(optarg); break;
@@ -255,9 +259,16 @@ out:
 static int run_ops(const opts_t *o)
 {
     cqr_table_t *t = NULL;
+    cqr_par_t *par = NULL;
     int rc = make_table(o, &t);
     if (rc)
         return rc;
+    if (o->helpers) {
+        rc = cqr_par_create(o->helpers, &par);
+        if (rc)
+            goto out;
+        cqr_table_set_par(t, par);
+    }
     rc = warm(t, o);
     if (rc)
         goto out;
@@ -305,27 +316,30 @@ static int run_ops(const opts_t *o)
      * got, whatever else the machine runs. */
     double emb_cpu = cpu > 0 ? (double)batches * o->batch / cpu : 0.0;
     bench_log(PROG,
-              "%s kind=%s dim=%u batch=%u vocab=%llu threads=%u: %.3f M emb/s, "
-              "%.0f MB/s, p50 %.1f us p99 %.1f us p999 %.1f us; %.3f M emb "
-              "per CPU-second",
+              "%s kind=%s dim=%u batch=%u vocab=%llu threads=%u helpers=%u: "
+              "%.3f M emb/s, %.0f MB/s, p50 %.1f us p99 %.1f us p999 %.1f us; "
+              "%.3f M emb per CPU-second",
               o->mode, cqr_kind_name(o->kind), o->dim, o->batch,
-              (unsigned long long)o->vocab, o->threads, emb / 1e6, mb, p50,
-              p99, p999, emb_cpu / 1e6);
+              (unsigned long long)o->vocab, o->threads, o->helpers, emb / 1e6,
+              mb, p50, p99, p999, emb_cpu / 1e6);
     if (o->json)
         printf("{\"bench\":\"engine\",\"op\":\"%s\",\"kind\":\"%s\","
                "\"optimizer\":\"%s\",\"dim\":%u,\"chunks\":%u,\"rows\":%u,"
                "\"batch\":%u,\"vocab\":%llu,\"zipf\":%g,\"threads\":%u,"
+               "\"helpers\":%u,"
                "\"seconds\":%.3f,\"emb_per_s\":%.1f,\"mb_per_s\":%.2f,"
                "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,"
                "\"cpu_s\":%.3f,\"emb_per_cpu_s\":%.1f,"
                "\"known_ids\":%llu,\"blas_core\":\"%s\"}\n",
                o->mode, cqr_kind_name(o->kind), cqr_optim_name(o->opt), o->dim,
                o->chunks, o->rows, o->batch, (unsigned long long)o->vocab,
-               o->zipf, o->threads, el, emb, mb, p50, p99, p999, cpu, emb_cpu,
+               o->zipf, o->threads, o->helpers, el, emb, mb, p50, p99, p999,
+               cpu, emb_cpu,
                (unsigned long long)st.known_ids, bench_blas_core());
     bench_lat_free(&all);
 out:
     cqr_table_destroy(t);
+    cqr_par_destroy(par);
     return rc;
 }
 

@@ -65,6 +65,10 @@ static const cqr_config_option_t options[] = {
      sizeof(((cqr_config_t *)0)->admin_token_file), "",
      OFF(admin_token_file),
      "require the token in this file for drop, cluster and checkpoint"},
+    {"engine-threads", CQR_CT_U32, 0, 256, "1", OFF(engine_threads),
+     "helper threads that share the work of one large lookup or push with "
+     "the I/O thread serving it (split by IDs, chunks or rows; results "
+     "are identical); 0 = none"},
     {"cluster-threads", CQR_CT_U32, 1, 256, "1", OFF(cluster_threads),
      "threads of one cluster phase (k-means and assignment)"},
     {"cluster-workers", CQR_CT_U32, 1, 64, "2", OFF(cluster_workers),

@@ -73,6 +73,7 @@ typedef struct cqr_config {
     char admin_token_file[4096]; /* file holding the admin token; "" = no
                                     admin token (every authenticated
                                     client has admin rights) */
+    uint32_t engine_threads;   /* helpers sharing one large lookup/push */
     uint32_t cluster_threads;  /* threads of one cluster phase */
     uint32_t cluster_workers;  /* cluster phases that run at once */
     cqr_log_level_t log_level; /* lines below this level are dropped */

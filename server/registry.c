@@ -9,6 +9,7 @@
 
 #include "budget.h"
 #include "err.h"
+#include "par.h"
 
 struct cqr_registry {
     pthread_rwlock_t lock;    /* guards buckets, chains, count, visible */
@@ -22,6 +23,7 @@ struct cqr_registry {
                                  charge their growth themselves, destroys
                                  refund without the lock */
     atomic_uint_fast64_t next_uid; /* source of entry uids */
+    cqr_par_t *par;           /* helpers shared by every table, or NULL */
 };
 
 /* FNV-1a: names are short and the map is small; no seed needed because
@@ -37,20 +39,29 @@ static uint64_t name_hash(const char *s)
 }
 
 int cqr_registry_create(uint32_t max_tables, uint64_t max_bytes,
-                        cqr_registry_t **out)
+                        uint32_t engine_threads, cqr_registry_t **out)
 {
     cqr_registry_t *reg = calloc(1, sizeof *reg);
     if (reg == NULL)
         return CQR_ENOMEM;
+    if (engine_threads > 0) {
+        int rc = cqr_par_create(engine_threads, &reg->par);
+        if (rc != 0) {
+            free(reg);
+            return rc;
+        }
+    }
     size_t nb = 16;
     while (nb < 2 * (size_t)max_tables)
         nb *= 2;
     reg->buckets = calloc(nb, sizeof *reg->buckets);
     if (reg->buckets == NULL) {
+        cqr_par_destroy(reg->par);
         free(reg);
         return CQR_ENOMEM;
     }
     if (pthread_rwlock_init(&reg->lock, NULL) != 0) {
+        cqr_par_destroy(reg->par);
         free(reg->buckets);
         free(reg);
         return CQR_ENOMEM;
@@ -98,6 +109,8 @@ void cqr_registry_destroy(cqr_registry_t *reg)
     assert(reg->count == 0);
     assert(cqr_budget_used(&reg->budget) == 0);
     pthread_rwlock_destroy(&reg->lock);
+    /* Every table is gone: no call can use the helpers any more. */
+    cqr_par_destroy(reg->par);
     free(reg->buckets);
     free(reg);
 }
@@ -179,6 +192,7 @@ void cqr_registry_publish(cqr_registry_t *reg, cqr_entry_t *e,
      * against the same budget as its creation bytes; a restored table's
      * present size is charged here too. */
     cqr_table_set_budget(table, &reg->budget);
+    cqr_table_set_par(table, reg->par);
     pthread_rwlock_wrlock(&reg->lock);
     assert(!e->visible && e->table == NULL);
     e->table = table;

@@ -54,8 +54,11 @@ typedef struct cqr_entry {
     int visible;            /* published and not removed; under the lock */
 } cqr_entry_t;
 
+/* A registry of at most max_tables tables and max_bytes of memory; its
+ * tables share a pool of engine_threads helpers (par.h) for their large
+ * lookups and pushes (0: none). */
 int cqr_registry_create(uint32_t max_tables, uint64_t max_bytes,
-                        cqr_registry_t **out);
+                        uint32_t engine_threads, cqr_registry_t **out);
 
 /* Unregisters every table and drops the registry's references; asserts
  * that this destroys every table (no reference leaked). */

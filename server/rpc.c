@@ -70,7 +70,7 @@ int cqr_server_ctx_init(cqr_server_ctx_t *ctx, const cqr_config_t *cfg)
     if (rc != 0)
         return rc;
     rc = cqr_registry_create(cfg->max_tables, cfg->max_table_memory,
-                             &ctx->reg);
+                             cfg->engine_threads, &ctx->reg);
     if (rc != 0) {
         cqr_opstats_destroy(ctx->opstats);
         ctx->opstats = NULL;

@@ -11,6 +11,7 @@
 
 #include "budget.h"
 #include "err.h"
+#include "par.h"
 #include "hash.h"
 #include "table_impl.h"
 
@@ -510,6 +511,11 @@ void cqr_table_set_budget(cqr_table_t *t, struct cqr_budget *budget)
     pthread_rwlock_unlock(&t->lock);
 }
 
+void cqr_table_set_par(cqr_table_t *t, struct cqr_par *par)
+{
+    t->par = par;
+}
+
 uint64_t cqr_table_grown_bytes(cqr_table_t *t)
 {
     pthread_rwlock_rdlock(&t->lock);
@@ -670,17 +676,25 @@ static inline int full_find(const cqr_table_t *t, uint64_t id, uint32_t *row)
 
 /* Pointers of `id` in state st: learned (stored) for known cqr IDs,
  * hashed otherwise. */
-static inline void cb_pointers(const cqr_table_t *t, const cqr_cbstate_t *st,
-                               uint64_t id, uint32_t *p, uint32_t *h)
+static inline void cb_pointers_range(const cqr_table_t *t,
+                                     const cqr_cbstate_t *st, uint64_t id,
+                                     uint32_t c0, uint32_t c1, uint32_t *p,
+                                     uint32_t *h)
 {
     const uint8_t *v = NULL;
     if (t->cfg.kind == CQR_KIND_CQR)
         v = cqr_idmap_find(&st->ids, id);
-    for (uint32_t i = 0; i < t->c; i++) {
+    for (uint32_t i = c0; i < c1; i++) {
         if (t->ncb == 2)
             p[i] = v ? cqr_ptr_get(v, t->pw, i) : cqr_hash_p(t, st, id, i);
         h[i] = cqr_hash_h(t, st, id, i);
     }
+}
+
+static inline void cb_pointers(const cqr_table_t *t, const cqr_cbstate_t *st,
+                               uint64_t id, uint32_t *p, uint32_t *h)
+{
+    cb_pointers_range(t, st, id, 0, t->c, p, h);
 }
 
 /* IDs per group of the lookup pipeline. The known-ID map and the rows of a
@@ -769,13 +783,48 @@ static void lookup_locked(cqr_table_t *t, const uint64_t *ids, size_t n,
     }
 }
 
+/* Splitting work over helpers: below PAR_MIN IDs a call runs alone;
+ * above, lookups go in parts of about PAR_PART IDs (more parts than
+ * threads, so that a late helper still finds work). */
+#define PAR_MIN 512
+#define PAR_PART 256
+
+typedef struct lookup_job {
+    cqr_table_t *t;
+    const uint64_t *ids;
+    float *out;
+    size_t n;
+    unsigned parts;
+} lookup_job_t;
+
+static void part_range(size_t n, unsigned parts, unsigned i, size_t *b,
+                       size_t *e)
+{
+    *b = n * i / parts;
+    *e = n * (i + 1) / parts;
+}
+
+static void lookup_part(void *arg, unsigned i)
+{
+    lookup_job_t *j = arg;
+    size_t b, e;
+    part_range(j->n, j->parts, i, &b, &e);
+    lookup_locked(j->t, j->ids + b, e - b,
+                  j->out + b * (size_t)j->t->cfg.dim);
+}
+
 int cqr_table_lookup(cqr_table_t *t, const uint64_t *ids, size_t n,
                      float *out)
 {
     if (!t || (n && (!ids || !out)))
         return CQR_EINVAL;
     pthread_rwlock_rdlock(&t->lock);
-    lookup_locked(t, ids, n, out);
+    if (cqr_par_helpers(t->par) && n >= PAR_MIN) {
+        lookup_job_t j = {t, ids, out, n,
+                          (unsigned)((n + PAR_PART - 1) / PAR_PART)};
+        cqr_par_run(t->par, j.parts, lookup_part, &j);
+    } else
+        lookup_locked(t, ids, n, out);
     pthread_rwlock_unlock(&t->lock);
     __atomic_fetch_add(&t->n_lookups, n, __ATOMIC_RELAXED);
     return 0;
@@ -909,29 +958,29 @@ static inline int cb_prefetch(const cqr_table_t *t)
     return t->cfg.kind == CQR_KIND_CQR;
 }
 
-void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
-                  const float *grads, size_t n)
+/* Applies a push's gradients to the codebooks of chunks [c0, c1): sums
+ * them per row in `a` (set up for those chunks, empty), steps each row
+ * once, marks them, and empties a's dense index again. */
+static void cb_apply_chunks(cqr_table_t *t, cqr_cbstate_t *st,
+                            const uint64_t *ids, const float *grads,
+                            size_t n, uint32_t c0, uint32_t c1, agg_t *a)
 {
-    agg_t a;
     const uint32_t dim = t->cfg.dim;
-    int rc = agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
-    assert(rc == 0 && "out of memory for push scratch");
-    (void)rc;
     uint32_t p[CQR_MAX_CHUNKS], h[CQR_MAX_CHUNKS];
     for (size_t j = 0; cb_prefetch(t) && j < n && j < LOOKUP_GROUP; j++)
         cqr_idmap_prefetch(&st->ids, ids[j]);
     for (size_t j = 0; j < n; j++) {
         if (cb_prefetch(t) && j + LOOKUP_GROUP < n)
             cqr_idmap_prefetch(&st->ids, ids[j + LOOKUP_GROUP]);
-        cb_pointers(t, st, ids[j], p, h);
+        cb_pointers_range(t, st, ids[j], c0, c1, p, h);
         const float *g = grads + j * dim;
-        for (uint32_t i = 0; i < t->c; i++) {
+        for (uint32_t i = c0; i < c1; i++) {
             const float *gc = g + (size_t)i * t->w;
             if (t->ncb == 2) {
-                cb_add(&a, t->k, i, p[i], gc);
-                cb_add(&a, t->k, t->c + i, h[i], gc);
+                cb_add(a, t->k, i, p[i], gc);
+                cb_add(a, t->k, t->c + i, h[i], gc);
             } else {
-                cb_add(&a, t->k, i, h[i], gc);
+                cb_add(a, t->k, i, h[i], gc);
             }
         }
     }
@@ -939,15 +988,95 @@ void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
      * replay onto its private state stamps them too, harmlessly, since
      * its commit marks every codebook changed anyway. */
     const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
-    for (size_t u = 0; u < a.nu; u++) {
-        uint32_t blk = (uint32_t)(a.ukeys[u] >> 32);
-        uint32_t row = (uint32_t)a.ukeys[u];
-        cqr_rows_step(&st->cb[blk], row, a.acc + u * a.w, &t->cfg.optim);
+    for (size_t u = 0; u < a->nu; u++) {
+        uint32_t blk = (uint32_t)(a->ukeys[u] >> 32);
+        uint32_t row = (uint32_t)a->ukeys[u];
+        cqr_rows_step(&st->cb[blk], row, a->acc + u * a->w, &t->cfg.optim);
         cqr_mark(&t->cbmark[(size_t)blk * t->k + row], e);
         cqr_mark(&t->cbpage[(size_t)blk * t->cbpages +
                             (row >> CQR_CB_PAGE_SHIFT)], e);
     }
-    agg_done(&a, t->k);
+    agg_done(a, t->k);
+}
+
+typedef struct cb_job {
+    cqr_table_t *t;
+    cqr_cbstate_t *st;
+    const uint64_t *ids;
+    const float *grads;
+    size_t n;
+    const agg_t *base; /* the caller's scratch, split between the parts */
+    unsigned parts;
+} cb_job_t;
+
+static void cb_part(void *arg, unsigned i)
+{
+    cb_job_t *j = arg;
+    const cqr_table_t *t = j->t;
+    uint32_t c0 = (uint32_t)((uint64_t)t->c * i / j->parts);
+    uint32_t c1 = (uint32_t)((uint64_t)t->c * (i + 1) / j->parts);
+    /* Chunks [c0, c1) add at most n x ncb x (c1 - c0) rows: their slice of
+     * the caller's keys and sums; the dense index is shared, since the
+     * parts' codebooks (hence positions) are disjoint. */
+    agg_t a = *j->base;
+    size_t off = j->n * t->ncb * c0;
+    a.ukeys += off;
+    a.acc += off * a.w;
+    a.nu = 0;
+    cb_apply_chunks(j->t, j->st, j->ids, j->grads, j->n, c0, c1, &a);
+}
+
+void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
+                  const float *grads, size_t n)
+{
+    agg_t a;
+    int rc = agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
+    assert(rc == 0 && "out of memory for push scratch");
+    (void)rc;
+    unsigned helpers = cqr_par_helpers(t->par);
+    if (helpers && n >= PAR_MIN && t->c >= 2 && a.didx) {
+        cb_job_t j = {t, st, ids, grads, n, &a,
+                      helpers + 1 < t->c ? helpers + 1 : t->c};
+        cqr_par_run(t->par, j.parts, cb_part, &j);
+    } else
+        cb_apply_chunks(t, st, ids, grads, n, 0, t->c, &a);
+}
+
+/* Steps the summed rows [u0, u1) of a full push. */
+static void full_step_range(cqr_table_t *t, const agg_t *a, size_t u0,
+                            size_t u1)
+{
+    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    /* Rows are random over the whole table: prefetch a few steps ahead
+     * (a step touches the row, its Adam moments, counters and mark). */
+    enum { STEP_AHEAD = 8 };
+    for (size_t u = u0; u < u1; u++) {
+        uint32_t local, row = (uint32_t)a->ukeys[u];
+        if (u + STEP_AHEAD < u1) {
+            uint32_t nl, nrow = (uint32_t)a->ukeys[u + STEP_AHEAD];
+            const cqr_rows_t *nb = full_block(t, nrow, &nl);
+            cqr_rows_prefetch_step(nb, nl);
+            __builtin_prefetch(&t->fmark[nrow >> CQR_FULL_BLOCK_SHIFT][nl], 1);
+        }
+        cqr_rows_t *blk = full_block(t, row, &local);
+        cqr_rows_step(blk, local, a->acc + u * a->w, &t->cfg.optim);
+        cqr_mark(&t->fmark[row >> CQR_FULL_BLOCK_SHIFT][local], e);
+        cqr_mark(&t->fpage[row >> CQR_FULL_BLOCK_SHIFT], e);
+    }
+}
+
+typedef struct full_job {
+    cqr_table_t *t;
+    const agg_t *a;
+    unsigned parts;
+} full_job_t;
+
+static void full_part(void *arg, unsigned i)
+{
+    full_job_t *j = arg;
+    size_t b, e;
+    part_range(j->a->nu, j->parts, i, &b, &e);
+    full_step_range(j->t, j->a, b, e);
 }
 
 static void full_apply(cqr_table_t *t, const uint64_t *ids,
@@ -967,23 +1096,12 @@ static void full_apply(cqr_table_t *t, const uint64_t *ids,
         (void)found;
         agg_add(&a, row, grads + j * dim);
     }
-    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
-    /* Rows are random over the whole table: prefetch a few steps ahead
-     * (a step touches the row, its Adam moments and counters). */
-    enum { STEP_AHEAD = 8 };
-    for (size_t u = 0; u < a.nu; u++) {
-        uint32_t local, row = (uint32_t)a.ukeys[u];
-        if (u + STEP_AHEAD < a.nu) {
-            uint32_t nl, nrow = (uint32_t)a.ukeys[u + STEP_AHEAD];
-            const cqr_rows_t *nb = full_block(t, nrow, &nl);
-            cqr_rows_prefetch_step(nb, nl);
-            __builtin_prefetch(&t->fmark[nrow >> CQR_FULL_BLOCK_SHIFT][nl], 1);
-        }
-        cqr_rows_t *blk = full_block(t, row, &local);
-        cqr_rows_step(blk, local, a.acc + u * a.w, &t->cfg.optim);
-        cqr_mark(&t->fmark[row >> CQR_FULL_BLOCK_SHIFT][local], e);
-        cqr_mark(&t->fpage[row >> CQR_FULL_BLOCK_SHIFT], e);
-    }
+    /* The rows are distinct: parts step disjoint rows. */
+    if (cqr_par_helpers(t->par) && a.nu >= PAR_MIN) {
+        full_job_t j = {t, &a, (unsigned)((a.nu + PAR_PART - 1) / PAR_PART)};
+        cqr_par_run(t->par, j.parts, full_part, &j);
+    } else
+        full_step_range(t, &a, 0, a.nu);
 }
 
 /* Whether every ID already has its row (full) or pointers (cqr).

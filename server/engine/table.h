@@ -137,6 +137,16 @@ struct cqr_budget;
  * copies are not charged. */
 void cqr_table_set_budget(cqr_table_t *t, struct cqr_budget *budget);
 
+struct cqr_par;
+
+/* Lets large lookups and pushes of this table run their independent parts
+ * on the helpers of `par` (par.h), which must outlive the table (or be
+ * detached with NULL first). Results are bit-identical with and without:
+ * a lookup is split by ID ranges; a codebook push by chunks (each chunk's
+ * rows still sum their gradients in ID order); a full push steps disjoint
+ * rows. Set it before the table is shared between threads. */
+void cqr_table_set_par(cqr_table_t *t, struct cqr_par *par);
+
 /* Bytes the table has grown by since creation (the part a budget is
  * charged with). */
 uint64_t cqr_table_grown_bytes(cqr_table_t *t);

@@ -88,6 +88,7 @@ struct cqr_table {
                                      phase began: what a checkpoint taken
                                      during the phase records */
 
+    struct cqr_par *par;    /* helpers for large lookups/pushes, or NULL */
     struct cqr_budget *budget; /* charged with growth (budget.h), or
                                   NULL; set under the exclusive lock */
     uint64_t charged;       /* bytes charged to budget (exclusive lock) */

@@ -224,6 +224,52 @@ void cqr_rows_set(cqr_rows_t *r, uint32_t row, const float *val)
     row_store(r, p, val);
 }
 
+/* One Adam step of w floats. Restrict pointers and no errno from sqrtf
+ * (-fno-math-errno) let the compiler vectorise it; each float still gets
+ * exactly the scalar operations in the scalar order (no FMA contraction:
+ * neither body is compiled with FMA enabled). */
+static inline __attribute__((always_inline)) void
+adam_row_body(float *restrict p, float *restrict m, float *restrict v,
+              const float *restrict g, uint32_t w, float b1, float b2,
+              float step_size, float bc2_sqrt, float eps)
+{
+    for (uint32_t j = 0; j < w; j++) {
+        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
+        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+        const float denom = sqrtf(v[j]) / bc2_sqrt + eps;
+        p[j] -= step_size * (m[j] / denom);
+    }
+}
+
+typedef void (*adam_row_fn)(float *restrict p, float *restrict m,
+                            float *restrict v, const float *restrict g,
+                            uint32_t w, float b1, float b2, float step_size,
+                            float bc2_sqrt, float eps);
+
+static void adam_row_base(float *restrict p, float *restrict m,
+                          float *restrict v, const float *restrict g,
+                          uint32_t w, float b1, float b2, float step_size,
+                          float bc2_sqrt, float eps)
+{
+    adam_row_body(p, m, v, g, w, b1, b2, step_size, bc2_sqrt, eps);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* The same body with 8-wide vectors, picked at run time (the division and
+ * square root dominate a codebook push's steps; Debian builds for
+ * baseline x86-64, where they are 4 wide). */
+__attribute__((target("avx2"))) static void
+adam_row_avx2(float *restrict p, float *restrict m, float *restrict v,
+              const float *restrict g, uint32_t w, float b1, float b2,
+              float step_size, float bc2_sqrt, float eps)
+{
+    adam_row_body(p, m, v, g, w, b1, b2, step_size, bc2_sqrt, eps);
+}
+#define ROWS_HAVE_AVX2 1
+#endif
+
+static adam_row_fn adam_row = adam_row_base;
+
 /* Adam's bias corrections (float)(1 - b1^t) and (float)sqrt(1 - b2^t),
  * bit-identical to computing them with pow() at every step: for the
  * default betas they are computed once, with the same expressions, for
@@ -242,6 +288,10 @@ static void adam_bias_exact(float b1, float b2, uint32_t t, float *bc1,
 
 static void adam_tab_init(void)
 {
+#ifdef ROWS_HAVE_AVX2
+    if (__builtin_cpu_supports("avx2"))
+        adam_row = adam_row_avx2;
+#endif
     for (uint32_t t = 1; t < ADAM_TAB; t++)
         adam_bias_exact(0.9f, 0.999f, t, &adam_tab_bc1[t], &adam_tab_bc2[t]);
 }
@@ -263,20 +313,6 @@ static inline void adam_bias(float b1, float b2, uint32_t t, float *bc1,
     adam_bias_exact(b1, b2, t, bc1, bc2_sqrt);
 }
 
-/* One Adam step of w floats. Restrict pointers and no errno from sqrtf
- * (-fno-math-errno) let the compiler vectorise it; each float still gets
- * exactly the scalar operations in the scalar order. */
-static void adam_row(float *restrict p, float *restrict m, float *restrict v,
-                     const float *restrict g, uint32_t w, float b1, float b2,
-                     float step_size, float bc2_sqrt, float eps)
-{
-    for (uint32_t j = 0; j < w; j++) {
-        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
-        const float denom = sqrtf(v[j]) / bc2_sqrt + eps;
-        p[j] -= step_size * (m[j] / denom);
-    }
-}
 
 /* Takes the row for a writer; returns the (even) counter it found. */
 static uint32_t row_lock(uint32_t *seq)

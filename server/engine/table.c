@@ -34,8 +34,9 @@ double cqr_now(void)
  * Lookups and pushes need work space proportional to the batch. Keeping
  * it per thread avoids a malloc (often an mmap) per call. */
 
-#define SCRATCH_SLOTS 7
+#define SCRATCH_SLOTS 8
 #define SCRATCH_DENSE 6 /* the dense aggregation index: see dense_index */
+#define SCRATCH_PTRS 7  /* a codebook push's row pointers per ID */
 
 typedef struct scratch {
     void *p[SCRATCH_SLOTS];
@@ -676,25 +677,17 @@ static inline int full_find(const cqr_table_t *t, uint64_t id, uint32_t *row)
 
 /* Pointers of `id` in state st: learned (stored) for known cqr IDs,
  * hashed otherwise. */
-static inline void cb_pointers_range(const cqr_table_t *t,
-                                     const cqr_cbstate_t *st, uint64_t id,
-                                     uint32_t c0, uint32_t c1, uint32_t *p,
-                                     uint32_t *h)
+static inline void cb_pointers(const cqr_table_t *t, const cqr_cbstate_t *st,
+                               uint64_t id, uint32_t *p, uint32_t *h)
 {
     const uint8_t *v = NULL;
     if (t->cfg.kind == CQR_KIND_CQR)
         v = cqr_idmap_find(&st->ids, id);
-    for (uint32_t i = c0; i < c1; i++) {
+    for (uint32_t i = 0; i < t->c; i++) {
         if (t->ncb == 2)
             p[i] = v ? cqr_ptr_get(v, t->pw, i) : cqr_hash_p(t, st, id, i);
         h[i] = cqr_hash_h(t, st, id, i);
     }
-}
-
-static inline void cb_pointers(const cqr_table_t *t, const cqr_cbstate_t *st,
-                               uint64_t id, uint32_t *p, uint32_t *h)
-{
-    cb_pointers_range(t, st, id, 0, t->c, p, h);
 }
 
 /* IDs per group of the lookup pipeline. The known-ID map and the rows of a
@@ -958,30 +951,50 @@ static inline int cb_prefetch(const cqr_table_t *t)
     return t->cfg.kind == CQR_KIND_CQR;
 }
 
+/* A codebook push runs in two passes, each split over the helpers when
+ * there are any: resolve (by ID ranges) finds every ID's row in each
+ * codebook, ptrs[j * nb + blk] for the nb = ncb x c codebooks (learned
+ * pointers first, then hashed ones); apply (by chunks) sums the
+ * gradients per row and steps the rows. The map is probed once per ID
+ * whatever the number of parts. */
+static void cb_resolve_range(const cqr_table_t *t, const cqr_cbstate_t *st,
+                             const uint64_t *ids, size_t b, size_t e,
+                             uint32_t *ptrs)
+{
+    const uint32_t nb = t->ncb * t->c;
+    uint32_t p[CQR_MAX_CHUNKS], h[CQR_MAX_CHUNKS];
+    for (size_t j = b; cb_prefetch(t) && j < e && j < b + LOOKUP_GROUP; j++)
+        cqr_idmap_prefetch(&st->ids, ids[j]);
+    for (size_t j = b; j < e; j++) {
+        if (cb_prefetch(t) && j + LOOKUP_GROUP < e)
+            cqr_idmap_prefetch(&st->ids, ids[j + LOOKUP_GROUP]);
+        cb_pointers(t, st, ids[j], p, h);
+        uint32_t *out = ptrs + j * nb;
+        if (t->ncb == 2) {
+            memcpy(out, p, t->c * sizeof *p);
+            memcpy(out + t->c, h, t->c * sizeof *h);
+        } else {
+            memcpy(out, h, t->c * sizeof *h);
+        }
+    }
+}
+
 /* Applies a push's gradients to the codebooks of chunks [c0, c1): sums
  * them per row in `a` (set up for those chunks, empty), steps each row
  * once, marks them, and empties a's dense index again. */
 static void cb_apply_chunks(cqr_table_t *t, cqr_cbstate_t *st,
-                            const uint64_t *ids, const float *grads,
+                            const uint32_t *ptrs, const float *grads,
                             size_t n, uint32_t c0, uint32_t c1, agg_t *a)
 {
-    const uint32_t dim = t->cfg.dim;
-    uint32_t p[CQR_MAX_CHUNKS], h[CQR_MAX_CHUNKS];
-    for (size_t j = 0; cb_prefetch(t) && j < n && j < LOOKUP_GROUP; j++)
-        cqr_idmap_prefetch(&st->ids, ids[j]);
+    const uint32_t dim = t->cfg.dim, nb = t->ncb * t->c;
     for (size_t j = 0; j < n; j++) {
-        if (cb_prefetch(t) && j + LOOKUP_GROUP < n)
-            cqr_idmap_prefetch(&st->ids, ids[j + LOOKUP_GROUP]);
-        cb_pointers_range(t, st, ids[j], c0, c1, p, h);
         const float *g = grads + j * dim;
+        const uint32_t *pj = ptrs + j * nb;
         for (uint32_t i = c0; i < c1; i++) {
             const float *gc = g + (size_t)i * t->w;
-            if (t->ncb == 2) {
-                cb_add(a, t->k, i, p[i], gc);
-                cb_add(a, t->k, t->c + i, h[i], gc);
-            } else {
-                cb_add(a, t->k, i, h[i], gc);
-            }
+            cb_add(a, t->k, i, pj[i], gc);
+            if (t->ncb == 2)
+                cb_add(a, t->k, t->c + i, pj[t->c + i], gc);
         }
     }
     /* Marks are the table's, whichever state is stepped: a phase's
@@ -1005,11 +1018,20 @@ typedef struct cb_job {
     const uint64_t *ids;
     const float *grads;
     size_t n;
+    uint32_t *ptrs;
     const agg_t *base; /* the caller's scratch, split between the parts */
     unsigned parts;
 } cb_job_t;
 
-static void cb_part(void *arg, unsigned i)
+static void cb_resolve_part(void *arg, unsigned i)
+{
+    cb_job_t *j = arg;
+    size_t b, e;
+    part_range(j->n, j->parts, i, &b, &e);
+    cb_resolve_range(j->t, j->st, j->ids, b, e, j->ptrs);
+}
+
+static void cb_apply_part(void *arg, unsigned i)
 {
     cb_job_t *j = arg;
     const cqr_table_t *t = j->t;
@@ -1023,7 +1045,14 @@ static void cb_part(void *arg, unsigned i)
     a.ukeys += off;
     a.acc += off * a.w;
     a.nu = 0;
-    cb_apply_chunks(j->t, j->st, j->ids, j->grads, j->n, c0, c1, &a);
+    cb_apply_chunks(j->t, j->st, j->ptrs, j->grads, j->n, c0, c1, &a);
+}
+
+/* This thread's room for a codebook push's pointers of n IDs. */
+static uint32_t *cb_ptrs(const cqr_table_t *t, size_t n)
+{
+    return scratch(SCRATCH_PTRS,
+                   (n ? n : 1) * t->ncb * t->c * sizeof(uint32_t));
 }
 
 void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
@@ -1031,15 +1060,21 @@ void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
 {
     agg_t a;
     int rc = agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
-    assert(rc == 0 && "out of memory for push scratch");
+    uint32_t *ptrs = cb_ptrs(t, n);
+    assert(rc == 0 && ptrs && "out of memory for push scratch");
     (void)rc;
+    cb_job_t j = {t, st, ids, grads, n, ptrs, &a, 1};
     unsigned helpers = cqr_par_helpers(t->par);
-    if (helpers && n >= PAR_MIN && t->c >= 2 && a.didx) {
-        cb_job_t j = {t, st, ids, grads, n, &a,
-                      helpers + 1 < t->c ? helpers + 1 : t->c};
-        cqr_par_run(t->par, j.parts, cb_part, &j);
+    if (helpers && n >= PAR_MIN) {
+        j.parts = (unsigned)((n + PAR_PART - 1) / PAR_PART);
+        cqr_par_run(t->par, j.parts, cb_resolve_part, &j);
     } else
-        cb_apply_chunks(t, st, ids, grads, n, 0, t->c, &a);
+        cb_resolve_range(t, st, ids, 0, n, ptrs);
+    if (helpers && n >= PAR_MIN && t->c >= 2 && a.didx) {
+        j.parts = helpers + 1 < t->c ? helpers + 1 : t->c;
+        cqr_par_run(t->par, j.parts, cb_apply_part, &j);
+    } else
+        cb_apply_chunks(t, st, ptrs, grads, n, 0, t->c, &a);
 }
 
 /* Steps the summed rows [u0, u1) of a full push. */
@@ -1206,6 +1241,8 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
                  : agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
     if (rc)
         return rc;
+    if (t->cfg.kind != CQR_KIND_FULL && !cb_ptrs(t, n))
+        return CQR_ENOMEM;
     /* The gate makes the push one step for an export: wholly before its
      * copy or wholly after it, counters included. */
     pthread_rwlock_rdlock(&t->gate);

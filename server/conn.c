@@ -129,7 +129,8 @@ typedef struct handoff {
 /* One uv_write and the reply bytes it owns, freed in on_write. */
 typedef struct write_req {
     uv_write_t req;
-    uint8_t *data;            /* malloc'd reply buffer (owned) */
+    void *data;               /* the reply buffer's allocation (owned;
+                                 cqr_buf_detach) */
     size_t unsent;            /* bytes this write adds to conn.pending */
 } write_req_t;
 
@@ -422,10 +423,9 @@ static void flush(conn_t *c)
         close_now(c, "nomem");
         return;
     }
-    w->data = c->tx.data;
     w->unsent = c->tx.len - off;
     uv_buf_t b = uv_buf_init((char *)c->tx.data + off, (unsigned)w->unsent);
-    cqr_buf_init(&c->tx); /* the write owns the bytes now */
+    w->data = cqr_buf_detach(&c->tx); /* the write owns the bytes now */
     int r = uv_write(&w->req, s, &b, 1, on_write);
     if (r != 0) {
         free(w->data);

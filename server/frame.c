@@ -2,6 +2,7 @@
 
 #include <assert.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,12 +13,19 @@ void cqr_buf_init(cqr_buf_t *b)
     b->data = NULL;
     b->len = 0;
     b->cap = 0;
+    b->skew = 0;
 }
 
 void cqr_buf_free(cqr_buf_t *b)
 {
-    free(b->data);
+    free(cqr_buf_detach(b));
+}
+
+void *cqr_buf_detach(cqr_buf_t *b)
+{
+    void *mem = b->data != NULL ? b->data - b->skew : NULL;
     cqr_buf_init(b);
+    return mem;
 }
 
 int cqr_buf_reserve(cqr_buf_t *b, size_t extra)
@@ -32,12 +40,35 @@ int cqr_buf_reserve(cqr_buf_t *b, size_t extra)
     size_t cap = b->cap ? b->cap : 256;
     while (cap < need)
         cap = cap > (size_t)PTRDIFF_MAX / 2 ? need : cap * 2;
-    uint8_t *p = realloc(b->data, cap);
+    if (cap > (size_t)PTRDIFF_MAX - b->skew)
+        return CQR_ENOMEM;
+    uint8_t *mem = b->data != NULL ? b->data - b->skew : NULL;
+    uint8_t *p = realloc(mem, b->skew + cap);
     if (p == NULL)
         return CQR_ENOMEM;
-    b->data = p;
+    b->data = p + b->skew;
     b->cap = cap;
     return 0;
+}
+
+void cqr_buf_align(cqr_buf_t *b, size_t at, size_t align)
+{
+    assert(align != 0 && (align & (align - 1)) == 0 &&
+           align <= CQR_BUF_ALIGN_MAX);
+    if (b->data == NULL)
+        return;
+    uint8_t *mem = b->data - b->skew;
+    /* malloc's result is CQR_BUF_ALIGN_MAX-aligned: choose the skew. */
+    assert(((uintptr_t)mem & (CQR_BUF_ALIGN_MAX - 1)) == 0);
+    size_t skew = (size_t)(-(uintptr_t)at & (align - 1));
+    if (skew == b->skew)
+        return;
+    assert(b->len <= b->cap + b->skew - skew);
+    if (b->len > 0)
+        memmove(mem + skew, b->data, b->len);
+    b->cap = b->cap + b->skew - skew;
+    b->skew = skew;
+    b->data = mem + skew;
 }
 
 uint32_t cqr_frame_get_len(const uint8_t *p)

@@ -22,21 +22,39 @@
 
 #define CQR_FRAME_HEADER 4u
 
-/* A growable byte buffer. Owns data (malloc'd) until cqr_buf_free or
- * until the caller takes data over (then it must reset the buffer with
- * cqr_buf_init and free the data itself). */
+/* A growable byte buffer. Owns its allocation until cqr_buf_free or
+ * until the caller takes it over with cqr_buf_detach. data may sit a few
+ * bytes into the allocation (skew, see cqr_buf_align), so the allocation
+ * is freed through these functions, never with free(data). */
 typedef struct cqr_buf {
     uint8_t *data; /* bytes [0, len) are valid; NULL when cap == 0 */
     size_t len;    /* bytes in use */
-    size_t cap;    /* bytes allocated */
+    size_t cap;    /* bytes usable from data on */
+    size_t skew;   /* data is the allocation + skew (< CQR_BUF_ALIGN_MAX) */
 } cqr_buf_t;
+
+/* Largest alignment cqr_buf_align provides: what malloc guarantees. */
+#define CQR_BUF_ALIGN_MAX 8u
 
 void cqr_buf_init(cqr_buf_t *b);
 void cqr_buf_free(cqr_buf_t *b);
 
 /* Makes room for `extra` more bytes after len (growing geometrically).
- * CQR_ENOMEM if it cannot, or if len + extra overflows. */
+ * CQR_ENOMEM if it cannot, or if len + extra overflows. Keeps the skew,
+ * so the address of data + i stays the same modulo CQR_BUF_ALIGN_MAX. */
 int cqr_buf_reserve(cqr_buf_t *b, size_t extra);
+
+/* Moves bytes [0, len) within the allocation so that data + at is a
+ * multiple of align (a power of two <= CQR_BUF_ALIGN_MAX), for a payload
+ * that is written there in place (a lookup's floats). Costs a memmove of
+ * len bytes when it moves anything; offsets into the buffer stay valid,
+ * pointers do not. cap shrinks by at most align - 1: reserve that much
+ * more first. Never fails. */
+void cqr_buf_align(cqr_buf_t *b, size_t at, size_t align);
+
+/* Hands the allocation over to the caller and resets b: returns the
+ * pointer to free() (data was returned skew bytes after it). */
+void *cqr_buf_detach(cqr_buf_t *b);
 
 /* Writer side: cqr_frame_begin appends a placeholder header and returns
  * (in *mark) where it starts; append the body; cqr_frame_end writes the

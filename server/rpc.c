@@ -13,6 +13,7 @@
 #include "cqrps.pb-c.h"
 #include "err.h"
 #include "log.h"
+#include "wire.h"
 
 /* Vectors travel as raw little-endian float32 and are handed to and from
  * the engine with memcpy; a big-endian host would need a byte swap here. */
@@ -26,6 +27,14 @@ typedef Cqrps__V1__Response Response;
 /* Room for the reply's fixed fields, so a reply's payload may use up to
  * max-frame-bytes minus this and the whole reply still fits a frame. */
 #define REPLY_SLACK 256
+
+/* IDs and offsets of a fast-decoded request that fit on the stack when
+ * they must be copied (unaligned IDs, varint offsets); more go to the
+ * heap. 1,024 IDs are 8 KiB. */
+#define FAST_INLINE 1024
+
+_Static_assert(CQR_WIRE_NAME_MAX == CQR_NAME_MAX,
+               "the fast decoder takes every valid table name");
 
 static const char *const counter_names[] = {
 #define CQR_CTR_NAME_(name, help) #name,
@@ -141,13 +150,34 @@ typedef struct info_block {
     Cqrps__V1__ClusterConfig cl;
 } info_block_t;
 
+/* A Lookup or Push as the handlers see it, whichever decoder read it
+ * (wire.h's from the frame, or protobuf-c's), so that both share every
+ * check and message. */
+typedef struct data_req {
+    const char *table;        /* NUL-terminated */
+    const uint64_t *ids;      /* n_ids, 8-byte aligned */
+    size_t n_ids;
+    const uint32_t *offsets;  /* n_offsets bag starts */
+    size_t n_offsets;
+    int pooling;              /* the Pooling value received */
+    const uint8_t *grads;     /* Push: grads_len bytes, any alignment */
+    size_t grads_len;
+} data_req_t;
+
 /* Everything one request needs until its reply is encoded: the reply
  * messages live here (no allocation for the common replies), and the
  * references and buffers they point into are released after packing. */
 typedef struct rpc_call {
     cqr_server_ctx_t *ctx;
     cqr_session_t *sess;
-    const Request *req;
+    const Request *req;       /* protobuf-c's request, or NULL when the
+                                 fast decoder read it (then `fast`) */
+    const data_req_t *fast;   /* the fast decoder's Lookup or Push */
+    uint64_t id;              /* Request.id */
+    uint32_t op_case;         /* Request oneof case (field number) */
+    cqr_buf_t *out;           /* where the reply goes */
+    int appended;             /* the handler appended its OK reply to out
+                                 itself (Lookup, Push): nothing to pack */
     Response resp;
     char msg[512];            /* reply message; "" = cqr_strerror */
     cqr_entry_t *entry;       /* table reference, released at the end */
@@ -155,8 +185,6 @@ typedef struct rpc_call {
     size_t nlist;
     union {
         Cqrps__V1__HelloReply hello;
-        Cqrps__V1__LookupReply lookup;
-        Cqrps__V1__PushReply push;
         Cqrps__V1__ClusterReply cluster;
         Cqrps__V1__ClusterStatusReply cstatus;
         Cqrps__V1__DigestReply digest;
@@ -513,7 +541,27 @@ static int batch_limits(rpc_call_t *c, size_t n_ids, size_t n_offsets,
     return 0;
 }
 
-static int do_lookup(rpc_call_t *c, const Cqrps__V1__Lookup *m)
+/* Where the engine writes a lookup's vectors, which go at offset `at` of
+ * out: there if that address is float-aligned. Otherwise the buffer's
+ * bytes are shifted within its allocation (cqr_buf_align) when they are
+ * fewer than the vectors -- the usual case, out holding little more than
+ * this reply's frame header -- or else the engine writes *lag bytes
+ * further on and the caller moves the vectors into place. out must have
+ * room for at + bytes + alignof(float) - 1 bytes. */
+static float *place_vectors(cqr_buf_t *out, size_t at, uint64_t bytes,
+                            size_t *lag)
+{
+    const size_t fa = _Alignof(float);
+    size_t mis = (uintptr_t)(out->data + at) & (fa - 1);
+    *lag = 0;
+    if (mis != 0 && out->len <= bytes)
+        cqr_buf_align(out, at, fa);
+    else if (mis != 0)
+        *lag = fa - mis;
+    return (float *)(void *)(out->data + at + *lag);
+}
+
+static int do_lookup(rpc_call_t *c, const data_req_t *m)
 {
     int rc = get_table(c, m->table);
     if (rc != 0)
@@ -529,35 +577,44 @@ static int do_lookup(rpc_call_t *c, const Cqrps__V1__Lookup *m)
                     "vectors, over --max-frame-bytes %" PRIu64
                     "; split the batch", bytes, c->ctx->cfg->max_frame_bytes);
     if ((unsigned)m->pooling > CQR_POOL_MEAN)
-        return fail(c, CQR_EINVAL, "unknown pooling %d", (int)m->pooling);
+        return fail(c, CQR_EINVAL, "unknown pooling %d", m->pooling);
 
-    float *out = NULL;
-    if (bytes > 0) {
-        out = malloc(bytes);
-        if (out == NULL)
-            return fail(c, CQR_ENOMEM, "cannot allocate %" PRIu64
-                        " bytes for the reply", bytes);
-        keep_heap(c, out);
-    }
+    /* The OK reply is encoded straight into out: its header (wire.h),
+     * then the vectors, which the engine writes in place -- no buffer of
+     * their own, no copy by protobuf-c. out->len moves only once the
+     * engine succeeded, so a failure leaves nothing behind. */
+    cqr_buf_t *out = c->out;
+    size_t start = out->len;
+    size_t head = cqr_wire_lookup_head_len(c->id, dim, (size_t)bytes);
+    size_t size = head + (size_t)bytes;
+    assert(head <= CQR_WIRE_HEAD_MAX && size <= c->ctx->cfg->max_frame_bytes);
+    if (cqr_buf_reserve(out, size + _Alignof(float) - 1) != 0)
+        return fail(c, CQR_ENOMEM, "cannot allocate %" PRIu64
+                    " bytes for the reply", bytes);
+    size_t lag = 0;
+    float *vec = NULL;
+    if (bytes > 0)
+        vec = place_vectors(out, start + head, bytes, &lag);
     if (m->n_offsets > 0)
         rc = cqr_table_lookup_pooled(t, m->ids, m->n_ids, m->offsets,
                                      m->n_offsets,
-                                     (cqr_pooling_t)m->pooling, out);
+                                     (cqr_pooling_t)m->pooling, vec);
     else if (m->n_ids > 0)
-        rc = cqr_table_lookup(t, m->ids, m->n_ids, out);
+        rc = cqr_table_lookup(t, m->ids, m->n_ids, vec);
     if (rc == CQR_EINVAL && m->n_offsets > 0)
         return fail(c, rc, "offsets must start at 0, never decrease and "
                     "stay within the %zu IDs", m->n_ids);
     if (rc != 0)
         return fail(c, rc, "lookup failed: %s", cqr_strerror(rc));
 
-    Cqrps__V1__LookupReply *r = &c->r.lookup;
-    cqrps__v1__lookup_reply__init(r);
-    r->dim = dim;
-    r->vectors.data = (uint8_t *)out;
-    r->vectors.len = (size_t)bytes;
-    c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_LOOKUP;
-    c->resp.lookup = r;
+    uint8_t *p = out->data + start;
+    if (lag != 0)
+        memmove(p + head, p + head + lag, (size_t)bytes);
+    size_t w = cqr_wire_lookup_head(p, c->id, dim, (size_t)bytes);
+    assert(w == head);
+    (void)w;
+    out->len = start + size;
+    c->appended = 1;
     return 0;
 }
 
@@ -576,7 +633,7 @@ static void maybe_schedule(rpc_call_t *c)
     }
 }
 
-static int do_push(rpc_call_t *c, const Cqrps__V1__Push *m)
+static int do_push(rpc_call_t *c, const data_req_t *m)
 {
     int rc = get_table(c, m->table);
     if (rc != 0)
@@ -588,21 +645,24 @@ static int do_push(rpc_call_t *c, const Cqrps__V1__Push *m)
     if (rc != 0)
         return rc;
     if ((unsigned)m->pooling > CQR_POOL_MEAN)
-        return fail(c, CQR_EINVAL, "unknown pooling %d", (int)m->pooling);
-    if ((uint64_t)m->grads.len != bytes)
+        return fail(c, CQR_EINVAL, "unknown pooling %d", m->pooling);
+    if ((uint64_t)m->grads_len != bytes)
         return fail(c, CQR_EDIM, "grads has %zu bytes; %zu %s x dim %"
-                    PRIu32 " x 4 = %" PRIu64 " expected", m->grads.len,
+                    PRIu32 " x 4 = %" PRIu64 " expected", m->grads_len,
                     m->n_offsets > 0 ? m->n_offsets : m->n_ids,
                     m->n_offsets > 0 ? "bags" : "IDs", dim, bytes);
 
-    /* protobuf-c copies bytes fields into malloc'd (aligned) memory; copy
-     * again only if that ever changes. */
-    const float *g = (const float *)(const void *)m->grads.data;
-    if (((uintptr_t)m->grads.data & (_Alignof(float) - 1)) != 0) {
+    /* The gradients are used where they lie -- in the request frame
+     * (fast decoder) or in protobuf-c's copy -- when float-aligned; the
+     * frame's layout decides, so otherwise they are copied once. */
+    const float *g = NULL;
+    if (((uintptr_t)m->grads & (_Alignof(float) - 1)) == 0) {
+        g = (const float *)(const void *)m->grads;
+    } else {
         float *copy = malloc(bytes);
         if (copy == NULL)
             return fail(c, CQR_ENOMEM, "cannot copy gradients");
-        memcpy(copy, m->grads.data, bytes);
+        memcpy(copy, m->grads, bytes);
         keep_heap(c, copy);
         g = copy;
     }
@@ -634,11 +694,13 @@ static int do_push(rpc_call_t *c, const Cqrps__V1__Push *m)
     default:
         return fail(c, rc, "push failed: %s", cqr_strerror(rc));
     }
-    Cqrps__V1__PushReply *r = &c->r.push;
-    cqrps__v1__push_reply__init(r);
-    r->applied = m->n_ids;
-    c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_PUSH;
-    c->resp.push = r;
+    /* The reply is small, but hand-encoding it keeps protobuf-c off the
+     * push path entirely. */
+    cqr_buf_t *out = c->out;
+    if (cqr_buf_reserve(out, CQR_WIRE_HEAD_MAX) != 0)
+        return fail(c, CQR_ENOMEM, "out of memory encoding the reply");
+    out->len += cqr_wire_push_reply(out->data + out->len, c->id, m->n_ids);
+    c->appended = 1;
     maybe_schedule(c);
     return 0;
 }
@@ -905,7 +967,7 @@ static int defer_checkpoint(rpc_call_t *c)
     if (d == NULL)
         return fail(c, CQR_ENOMEM, "out of memory");
     d->ctx = ctx;
-    d->id = c->req->id;
+    d->id = c->id;
     d->op = (uint32_t)CQRPS__V1__REQUEST__OP_CHECKPOINT - 10u;
     d->t0_ns = cqr_opstats_now_ns();
     cqr_buf_init(&d->reply);
@@ -1022,11 +1084,49 @@ static int do_list_checkpoints(rpc_call_t *c)
     return 0;
 }
 
+/* The request's Lookup or Push: the fast decoder's, or one filled in
+ * from protobuf-c's message (whose arrays are malloc'd, so aligned). */
+static const data_req_t *data_of(const rpc_call_t *c, data_req_t *d)
+{
+    if (c->fast != NULL)
+        return c->fast;
+    const Request *q = c->req;
+    memset(d, 0, sizeof *d);
+    if (q->op_case == CQRPS__V1__REQUEST__OP_LOOKUP) {
+        const Cqrps__V1__Lookup *m = q->lookup;
+        d->table = m->table;
+        d->ids = m->ids;
+        d->n_ids = m->n_ids;
+        d->offsets = m->offsets;
+        d->n_offsets = m->n_offsets;
+        d->pooling = (int)m->pooling;
+    } else {
+        assert(q->op_case == CQRPS__V1__REQUEST__OP_PUSH);
+        const Cqrps__V1__Push *m = q->push;
+        d->table = m->table;
+        d->ids = m->ids;
+        d->n_ids = m->n_ids;
+        d->offsets = m->offsets;
+        d->n_offsets = m->n_offsets;
+        d->pooling = (int)m->pooling;
+        d->grads = m->grads.data;
+        d->grads_len = m->grads.len;
+    }
+    return d;
+}
+
 static int dispatch(rpc_call_t *c)
 {
     const Request *q = c->req;
-    if (!c->sess->authed && q->op_case != CQRPS__V1__REQUEST__OP_HELLO)
+    data_req_t d;
+    if (!c->sess->authed && c->op_case != CQRPS__V1__REQUEST__OP_HELLO)
         return fail(c, CQR_EAUTH, "send Hello with a valid token first");
+    /* Only Lookup and Push come from the fast decoder (q == NULL). */
+    if (c->op_case == CQRPS__V1__REQUEST__OP_LOOKUP)
+        return do_lookup(c, data_of(c, &d));
+    if (c->op_case == CQRPS__V1__REQUEST__OP_PUSH)
+        return do_push(c, data_of(c, &d));
+    assert(q != NULL);
     switch (q->op_case) {
     case CQRPS__V1__REQUEST__OP_HELLO:
         return do_hello(c, q->hello);
@@ -1038,10 +1138,6 @@ static int dispatch(rpc_call_t *c)
         return do_list(c);
     case CQRPS__V1__REQUEST__OP_DESCRIBE_TABLE:
         return do_describe(c, q->describe_table);
-    case CQRPS__V1__REQUEST__OP_LOOKUP:
-        return do_lookup(c, q->lookup);
-    case CQRPS__V1__REQUEST__OP_PUSH:
-        return do_push(c, q->push);
     case CQRPS__V1__REQUEST__OP_CLUSTER:
         return do_cluster(c, q->cluster);
     case CQRPS__V1__REQUEST__OP_CLUSTER_STATUS:
@@ -1109,6 +1205,69 @@ static void call_release(rpc_call_t *c)
         cqr_entry_unref(c->entry);
 }
 
+/* A request the fast decoder read, with the copies the engine needs. */
+typedef struct fast_req {
+    data_req_t d;                      /* what the handlers see */
+    char table[CQR_WIRE_NAME_MAX + 1]; /* the name, NUL-terminated */
+    uint64_t ids[FAST_INLINE];         /* unaligned IDs, copied */
+    uint32_t offsets[FAST_INLINE];     /* offsets, decoded */
+    void *heap;                        /* the same for larger batches */
+} fast_req_t;
+
+/* Reads a Lookup or Push with the hand decoder (wire.h), straight from
+ * the frame: the gradients stay there, and the IDs too when they are
+ * 8-byte aligned. 1: f->d, *id and *op_case are set, and f->heap must be
+ * freed. 0: anything else, or no memory for the copies: decode with
+ * protobuf-c, which handles (and reports) both; f->heap is NULL. */
+static int fast_decode(const uint8_t *body, size_t len, fast_req_t *f,
+                       uint64_t *id, uint32_t *op_case)
+{
+    cqr_wire_data_t w;
+    f->heap = NULL;
+    if (!cqr_wire_decode_data(body, len, &w))
+        return 0;
+    /* Counts are bounded by the frame's size, itself bounded by
+     * --max-frame-bytes, like protobuf-c's allocations. */
+    size_t nid = ((uintptr_t)w.ids & (_Alignof(uint64_t) - 1)) != 0 ?
+                 w.n_ids : 0; /* IDs to copy */
+    size_t hid = nid > FAST_INLINE ? nid : 0;
+    size_t hoff = w.n_offsets > FAST_INLINE ? w.n_offsets : 0;
+    if (hid + hoff > 0) {
+        f->heap = malloc(hid * sizeof(uint64_t) + hoff * sizeof(uint32_t));
+        if (f->heap == NULL)
+            return 0;
+    }
+    uint64_t *ids = hid > 0 ? (uint64_t *)f->heap : f->ids;
+    uint32_t *offsets = f->offsets;
+    if (hoff > 0) /* after the heap's IDs, if any: 8-aligned */
+        offsets = (uint32_t *)(void *)((uint64_t *)f->heap + hid);
+
+    data_req_t *d = &f->d;
+    memset(d, 0, sizeof *d);
+    if (w.table_len > 0)
+        memcpy(f->table, w.table, w.table_len);
+    f->table[w.table_len] = '\0';
+    d->table = f->table;
+    if (nid > 0) {
+        memcpy(ids, w.ids, nid * sizeof(uint64_t));
+        d->ids = ids;
+    } else if (w.n_ids > 0) {
+        d->ids = (const uint64_t *)(const void *)w.ids;
+    }
+    d->n_ids = w.n_ids;
+    if (w.n_offsets > 0) {
+        cqr_wire_offsets(&w, offsets);
+        d->offsets = offsets;
+    }
+    d->n_offsets = w.n_offsets;
+    d->pooling = (int)w.pooling;
+    d->grads = w.grads;
+    d->grads_len = w.grads_len;
+    *id = w.id;
+    *op_case = w.op;
+    return 1;
+}
+
 /* The request path proper; *opi and *status receive the operation slot
  * and the status sent, for cqr_rpc_handle's statistics. */
 static int handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
@@ -1118,45 +1277,70 @@ static int handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
     cqr_ctr_add(ctx, CQR_CTR_requests, 1);
     *opi = CQR_OP_COUNT - 1;
 
+    /* Lookups and pushes skip protobuf-c; everything else, and any
+     * Lookup or Push the fast decoder declines, goes through it. */
+    fast_req_t fast;
     pb_alloc_state_t as = {0};
     ProtobufCAllocator alloc = {pb_alloc, pb_free, &as};
-    Request *req = cqrps__v1__request__unpack(&alloc, len, body);
-    if (req == NULL) {
-        atomic_fetch_add_explicit(&ctx->ctr.ops[CQR_OP_COUNT - 1], 1,
-                                  memory_order_relaxed);
-        if (as.oom) {
-            *status = CQR_ENOMEM;
-            return cqr_rpc_error(ctx, out, 0, CQR_ENOMEM,
-                                 "out of memory decoding the request");
+    Request *req = NULL;
+    uint64_t id = 0;
+    uint32_t op_case = 0;
+    if (!fast_decode(body, len, &fast, &id, &op_case)) {
+        req = cqrps__v1__request__unpack(&alloc, len, body);
+        if (req == NULL) {
+            atomic_fetch_add_explicit(&ctx->ctr.ops[CQR_OP_COUNT - 1], 1,
+                                      memory_order_relaxed);
+            if (as.oom) {
+                *status = CQR_ENOMEM;
+                return cqr_rpc_error(ctx, out, 0, CQR_ENOMEM,
+                                     "out of memory decoding the request");
+            }
+            cqr_ctr_add(ctx, CQR_CTR_frames_malformed, 1);
+            *status = CQR_EPROTO;
+            int rc = cqr_rpc_error(ctx, out, 0, CQR_EPROTO,
+                                   "request is not a valid "
+                                   "cqrps.v1.Request; closing the "
+                                   "connection");
+            return rc != 0 ? rc : CQR_EPROTO;
         }
-        cqr_ctr_add(ctx, CQR_CTR_frames_malformed, 1);
-        *status = CQR_EPROTO;
-        int rc = cqr_rpc_error(ctx, out, 0, CQR_EPROTO,
-                               "request is not a valid cqrps.v1.Request; "
-                               "closing the connection");
-        return rc != 0 ? rc : CQR_EPROTO;
+        id = req->id;
+        op_case = (uint32_t)req->op_case;
     }
-    unsigned op = (unsigned)req->op_case - 10u;
+    unsigned op = op_case - 10u;
     *opi = op < CQR_OP_COUNT - 1 ? op : CQR_OP_COUNT - 1;
     atomic_fetch_add_explicit(&ctx->ctr.ops[*opi], 1, memory_order_relaxed);
 
     rpc_call_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
         *status = CQR_ENOMEM;
-        int rc = cqr_rpc_error(ctx, out, req->id, CQR_ENOMEM, NULL);
-        cqrps__v1__request__free_unpacked(req, &alloc);
+        int rc = cqr_rpc_error(ctx, out, id, CQR_ENOMEM, NULL);
+        if (req != NULL)
+            cqrps__v1__request__free_unpacked(req, &alloc);
+        free(fast.heap);
         return rc;
     }
     c->ctx = ctx;
     c->sess = sess;
     c->req = req;
+    c->fast = req == NULL ? &fast.d : NULL;
+    c->id = id;
+    c->op_case = op_case;
+    c->out = out;
     cqrps__v1__response__init(&c->resp);
-    c->resp.id = req->id;
+    c->resp.id = id;
 
-    int err = dispatch(c);
     int rc;
+    size_t before = out->len;
+    int err = dispatch(c);
+    /* Only an OK reply is appended by its handler. */
+    assert(out->len == before || (err == 0 && c->appended));
+    (void)before;
     if (err == 0 && c->deferred) {
         rc = CQR_RPC_DEFERRED; /* statistics come with the reply */
+        *status = 0;
+    } else if (err == 0 && c->appended) {
+        count_status(ctx, 0);
+        rc = 0;
         *status = 0;
     } else if (err == 0) {
         c->resp.status = CQRPS__V1__STATUS__OK;
@@ -1168,20 +1352,21 @@ static int handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
                      "--max-frame-bytes %" PRIu64,
                      cqrps__v1__response__get_packed_size(&c->resp),
                      ctx->cfg->max_frame_bytes);
-            rc = cqr_rpc_error(ctx, out, req->id, CQR_ELIMIT, c->msg);
+            rc = cqr_rpc_error(ctx, out, id, CQR_ELIMIT, c->msg);
         } else if (rc == CQR_ENOMEM) {
-            rc = cqr_rpc_error(ctx, out, req->id, CQR_ENOMEM,
+            rc = cqr_rpc_error(ctx, out, id, CQR_ENOMEM,
                                "out of memory encoding the reply");
         }
         *status = rc;
     } else {
         *status = err;
-        rc = cqr_rpc_error(ctx, out, req->id, err,
-                           c->msg[0] ? c->msg : NULL);
+        rc = cqr_rpc_error(ctx, out, id, err, c->msg[0] ? c->msg : NULL);
     }
     call_release(c);
     free(c);
-    cqrps__v1__request__free_unpacked(req, &alloc);
+    if (req != NULL)
+        cqrps__v1__request__free_unpacked(req, &alloc);
+    free(fast.heap);
     /* With authentication on, a session that is still (or again) not
      * authenticated after this request -- anything before Hello, a wrong
      * token, a bad protocol version -- has had its one answer. */

@@ -210,6 +210,11 @@ void cqr_session_init(cqr_server_ctx_t *ctx, cqr_session_t *sess,
 
 /* Handles one request body and appends one encoded Response body to out
  * (no frame header: the caller brackets it with cqr_frame_begin/end).
+ * Lookup and Push requests are read in place from body when the hand
+ * codec takes them (wire.h), and a LookupReply's vectors are written by
+ * the engine straight into out; to align them, out's bytes may be moved
+ * within its allocation (cqr_buf_align): offsets into out stay valid,
+ * pointers do not. body is only read, and only during the call.
  * Returns:
  *   0           a reply was appended (its status may be an error);
  *   CQR_RPC_DEFERRED  nothing was appended: the reply comes later

@@ -8,6 +8,7 @@ add_library(cqr_server STATIC
   ${CMAKE_CURRENT_SOURCE_DIR}/registry.c
   ${CMAKE_CURRENT_SOURCE_DIR}/phase.c
   ${CMAKE_CURRENT_SOURCE_DIR}/rpc.c
+  ${CMAKE_CURRENT_SOURCE_DIR}/wire.c
   ${CMAKE_CURRENT_SOURCE_DIR}/conn.c
   ${CMAKE_CURRENT_SOURCE_DIR}/opstats.c
   ${CMAKE_CURRENT_SOURCE_DIR}/metrics.c

@@ -1,0 +1,283 @@
+/* wire.c -- the server's hand codec for Lookup, Push and their replies
+ * (see wire.h for why and for the contract). */
+#include "wire.h"
+
+#include <limits.h>
+#include <string.h>
+
+/* Protobuf wire types. */
+enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
+
+#define KEY(field, wt) ((uint32_t)(field) << 3 | (uint32_t)(wt))
+
+/* ---- decoding ---------------------------------------------------------
+ * Every helper returns 1 when it read what it expected and 0 to decline.
+ * The limits follow protobuf-c 1.4's unpacker wherever it would accept
+ * something: varints of at most 10 bytes, keys and lengths of at most 5;
+ * whatever it would read differently (a value it truncates, a padded key)
+ * is declined rather than imitated. */
+
+/* A cursor over [p, end). */
+typedef struct cur {
+    const uint8_t *p;
+    const uint8_t *end;
+} cur_t;
+
+/* A varint of at most max bytes. The tenth byte of a 64-bit varint may
+ * only carry bit 63; anything above would be dropped by protobuf-c. */
+static int get_varint(cur_t *c, unsigned max, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (unsigned i = 0; i < max && i < 10; i++) {
+        if (c->p == c->end)
+            return 0;
+        uint8_t b = *c->p++;
+        if (i == 9 && b > 1)
+            return 0;
+        x |= (uint64_t)(b & 0x7f) << (7 * i);
+        if ((b & 0x80) == 0) {
+            *v = x;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A field key in its minimal encoding. */
+static int get_key(cur_t *c, uint32_t *key)
+{
+    const uint8_t *start = c->p;
+    uint64_t k;
+    if (!get_varint(c, 5, &k))
+        return 0;
+    if (c->p - start > 1 && c->p[-1] == 0)
+        return 0; /* padded with zero groups */
+    if (k > UINT32_MAX)
+        return 0;
+    *key = (uint32_t)k;
+    return 1;
+}
+
+/* A length-delimited field's body. */
+static int get_len(cur_t *c, const uint8_t **body, size_t *n)
+{
+    uint64_t v;
+    if (!get_varint(c, 5, &v))
+        return 0;
+    if (v > INT_MAX || v > (uint64_t)(c->end - c->p))
+        return 0;
+    *body = c->p;
+    *n = (size_t)v;
+    c->p += v;
+    return 1;
+}
+
+/* A table name the fast path takes: printable ASCII, so that it needs no
+ * UTF-8 check and no NUL can cut it short, and never longer than a valid
+ * name. Anything else is an error the fallback reports. */
+static int name_ok(const uint8_t *p, size_t n)
+{
+    if (n > CQR_WIRE_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] < 0x20 || p[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+/* Counts packed uint32 varints, each of at most 5 bytes and in range,
+ * the last one ending exactly at the end. */
+static int count_offsets(const uint8_t *p, size_t len, size_t *n)
+{
+    cur_t c = {p, p + len};
+    size_t k = 0;
+    while (c.p < c.end) {
+        uint64_t v;
+        if (!get_varint(&c, 5, &v) || v > UINT32_MAX)
+            return 0;
+        k++;
+    }
+    *n = k;
+    return 1;
+}
+
+/* Lookup {table = 1, ids = 2, offsets = 3, pooling = 4} or
+ * Push {table = 1, ids = 2, grads = 3, offsets = 4, pooling = 5}. */
+static int decode_op(const uint8_t *p, size_t len, int push,
+                     cqr_wire_data_t *d)
+{
+    const uint32_t f_grads = push ? 3 : 0; /* 0: no such field */
+    const uint32_t f_offsets = push ? 4 : 3;
+    const uint32_t f_pooling = push ? 5 : 4;
+    cur_t c = {p, p + len};
+    unsigned seen = 0; /* bit f: field f was read */
+    while (c.p < c.end) {
+        uint32_t key;
+        if (!get_key(&c, &key))
+            return 0;
+        uint32_t f = key >> 3;
+        if (f == 0 || f > 5 || (seen & 1u << f) != 0)
+            return 0; /* unknown or repeated: protobuf-c decides */
+        seen |= 1u << f;
+        const uint8_t *b;
+        size_t n;
+        uint64_t v;
+        if (key == KEY(1, WT_LEN)) {
+            if (!get_len(&c, &b, &n) || !name_ok(b, n))
+                return 0;
+            d->table = b;
+            d->table_len = n;
+        } else if (key == KEY(2, WT_LEN)) {
+            if (!get_len(&c, &b, &n) || n % 8 != 0)
+                return 0;
+            d->ids = b;
+            d->n_ids = n / 8;
+        } else if (key == KEY(f_grads, WT_LEN)) {
+            if (!get_len(&c, &b, &n))
+                return 0;
+            d->grads = b;
+            d->grads_len = n;
+        } else if (key == KEY(f_offsets, WT_LEN)) {
+            if (!get_len(&c, &b, &n) || !count_offsets(b, n, &d->n_offsets))
+                return 0;
+            d->offsets = b;
+            d->offsets_len = n;
+        } else if (key == KEY(f_pooling, WT_VARINT)) {
+            /* An unknown pooling is an error with its own message. */
+            if (!get_varint(&c, 10, &v) || v > 1)
+                return 0;
+            d->pooling = (uint32_t)v;
+        } else {
+            return 0; /* a known field with another wire type */
+        }
+    }
+    return 1;
+}
+
+int cqr_wire_decode_data(const uint8_t *body, size_t len, cqr_wire_data_t *d)
+{
+    memset(d, 0, sizeof *d);
+    if (body == NULL)
+        return 0;
+    cur_t c = {body, body + len};
+    int have_id = 0, have_op = 0;
+    const uint8_t *op = NULL;
+    size_t op_len = 0;
+    while (c.p < c.end) {
+        uint32_t key;
+        if (!get_key(&c, &key))
+            return 0;
+        if (key == KEY(1, WT_VARINT) && !have_id) {
+            if (!get_varint(&c, 10, &d->id))
+                return 0;
+            have_id = 1;
+        } else if ((key == KEY(CQR_WIRE_LOOKUP, WT_LEN) ||
+                    key == KEY(CQR_WIRE_PUSH, WT_LEN)) && !have_op) {
+            if (!get_len(&c, &op, &op_len))
+                return 0;
+            d->op = key >> 3;
+            have_op = 1;
+        } else {
+            return 0; /* another operation, a repeat, an unknown field */
+        }
+    }
+    if (!have_op)
+        return 0;
+    return decode_op(op, op_len, d->op == CQR_WIRE_PUSH, d);
+}
+
+void cqr_wire_offsets(const cqr_wire_data_t *d, uint32_t *out)
+{
+    cur_t c = {d->offsets, d->offsets + d->offsets_len};
+    for (size_t i = 0; i < d->n_offsets; i++) {
+        uint64_t v = 0;
+        int ok = get_varint(&c, 5, &v);
+        (void)ok; /* validated by count_offsets */
+        out[i] = (uint32_t)v;
+    }
+}
+
+/* ---- encoding ---------------------------------------------------------
+ * protobuf-c packs a message's fields in field-number order, leaves out
+ * proto3 fields that hold their default (0, empty), always writes a set
+ * oneof member (even an empty message), and writes minimal varints. */
+
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static size_t varint_put(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+/* Response field numbers (status 2 and message 3 are default in an OK
+ * reply, so never written here). */
+enum { RESP_ID = 1, RESP_LOOKUP = 13, RESP_PUSH = 14 };
+
+/* LookupReply {dim = 1, vectors = 2} without the vectors' bytes. */
+static size_t lookup_reply_len(uint32_t dim, size_t vec_bytes)
+{
+    size_t n = 0;
+    if (dim != 0)
+        n += 1 + varint_len(dim);
+    if (vec_bytes != 0)
+        n += 1 + varint_len(vec_bytes) + vec_bytes;
+    return n;
+}
+
+size_t cqr_wire_lookup_head_len(uint64_t id, uint32_t dim, size_t vec_bytes)
+{
+    size_t sub = lookup_reply_len(dim, vec_bytes);
+    size_t n = id != 0 ? 1 + varint_len(id) : 0;
+    return n + 1 + varint_len(sub) + sub - vec_bytes;
+}
+
+size_t cqr_wire_lookup_head(uint8_t *p, uint64_t id, uint32_t dim,
+                            size_t vec_bytes)
+{
+    size_t n = 0;
+    if (id != 0) {
+        p[n++] = KEY(RESP_ID, WT_VARINT);
+        n += varint_put(p + n, id);
+    }
+    p[n++] = KEY(RESP_LOOKUP, WT_LEN);
+    n += varint_put(p + n, lookup_reply_len(dim, vec_bytes));
+    if (dim != 0) {
+        p[n++] = KEY(1, WT_VARINT);
+        n += varint_put(p + n, dim);
+    }
+    if (vec_bytes != 0) {
+        p[n++] = KEY(2, WT_LEN);
+        n += varint_put(p + n, vec_bytes);
+    }
+    return n;
+}
+
+size_t cqr_wire_push_reply(uint8_t *p, uint64_t id, uint64_t applied)
+{
+    size_t n = 0;
+    if (id != 0) {
+        p[n++] = KEY(RESP_ID, WT_VARINT);
+        n += varint_put(p + n, id);
+    }
+    p[n++] = KEY(RESP_PUSH, WT_LEN);
+    p[n++] = (uint8_t)(applied != 0 ? 1 + varint_len(applied) : 0);
+    if (applied != 0) {
+        p[n++] = KEY(1, WT_VARINT);
+        n += varint_put(p + n, applied);
+    }
+    return n;
+}

@@ -1,0 +1,96 @@
+/* wire.h -- the server's hand codec for its two hot messages.
+ *
+ * A Lookup or Push request carries a large payload (8 bytes per ID, and
+ * for a push rows x dim x 4 bytes of gradients), and a LookupReply
+ * carries rows x dim x 4 bytes of vectors. protobuf-c would copy each of
+ * them once more: unpack copies the IDs and the gradients into malloc'd
+ * arrays, and pack copies the vectors from the handler's buffer into the
+ * reply. This module lets rpc.c skip those copies:
+ *
+ *   - cqr_wire_decode_data reads a Request whose operation is Lookup or
+ *     Push straight from the frame body and describes its fields in
+ *     place. It accepts only the plain encoding a client produces (each
+ *     field at most once, the expected wire types, no unknown field, a
+ *     table name of printable ASCII of at most CQR_WIRE_NAME_MAX bytes,
+ *     values in range) and declines everything else, so that the caller
+ *     falls back to protobuf-c, whose behaviour (errors, messages) stays
+ *     the reference. Declining is never an error.
+ *   - cqr_wire_lookup_head / cqr_wire_push_reply write OK Responses whose
+ *     bytes are exactly what protobuf-c's pack produces for the same
+ *     Response (same field order, minimal varints, default fields
+ *     omitted); the lookup encoder writes only the header, so the engine
+ *     can write the vectors where they go.
+ *
+ * proto/cqrps.proto stays the source of truth: tests/server/test_wire.c
+ * checks both directions against protobuf-c on random messages.
+ *
+ * The functions are pure: no allocation, no I/O, no alignment
+ * assumptions (the payload pointers may be unaligned; the caller copies
+ * or checks before handing them to the engine). Decoding never reads
+ * outside [body, body + len).
+ */
+#ifndef CQR_WIRE_H
+#define CQR_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Request oneof field numbers of the two operations decoded here. */
+#define CQR_WIRE_LOOKUP 15u
+#define CQR_WIRE_PUSH 16u
+
+/* Longest table name the fast path takes (registry.h's CQR_NAME_MAX:
+ * no valid name is longer, so a longer one only ever gets an error). */
+#define CQR_WIRE_NAME_MAX 128u
+
+/* Largest encoding cqr_wire_lookup_head and cqr_wire_push_reply write. */
+#define CQR_WIRE_HEAD_MAX 40u
+
+/* The fields of a Lookup or Push request, pointing into the body. */
+typedef struct cqr_wire_data {
+    uint32_t op;              /* CQR_WIRE_LOOKUP or CQR_WIRE_PUSH */
+    uint64_t id;              /* Request.id (0 when absent) */
+    const uint8_t *table;     /* table name, table_len bytes, printable
+                                 ASCII, not NUL-terminated */
+    size_t table_len;
+    const uint8_t *ids;       /* n_ids little-endian uint64, unaligned */
+    size_t n_ids;
+    const uint8_t *offsets;   /* packed varints, offsets_len bytes, each
+                                 a uint32 of at most 5 bytes */
+    size_t offsets_len;
+    size_t n_offsets;         /* values in offsets */
+    uint32_t pooling;         /* 0 (SUM) or 1 (MEAN) */
+    const uint8_t *grads;     /* Push: grads_len bytes, unaligned; NULL
+                                 for Lookup and for an absent field */
+    size_t grads_len;
+} cqr_wire_data_t;
+
+/* Decodes body as a Request carrying a Lookup or a Push. 1: *d describes
+ * it. 0: declined (another operation, an encoding this decoder does not
+ * take, or invalid bytes); *d is unspecified and the caller must decode
+ * body with protobuf-c instead. */
+int cqr_wire_decode_data(const uint8_t *body, size_t len,
+                         cqr_wire_data_t *d);
+
+/* Writes d's n_offsets offsets to out[0 .. n_offsets). d must come from a
+ * successful cqr_wire_decode_data. */
+void cqr_wire_offsets(const cqr_wire_data_t *d, uint32_t *out);
+
+/* Bytes of the encoding of an OK Response {id, lookup {dim, vectors}}
+ * with vec_bytes of vectors, without the vectors themselves: the vectors
+ * start at that offset and the Response is that many plus vec_bytes
+ * long. */
+size_t cqr_wire_lookup_head_len(uint64_t id, uint32_t dim, size_t vec_bytes);
+
+/* Writes that header to p (cqr_wire_lookup_head_len bytes, at most
+ * CQR_WIRE_HEAD_MAX) and returns its length; the caller writes vec_bytes
+ * of vectors right after it. vec_bytes must be below 2^32 minus the
+ * header (replies are bounded by --max-frame-bytes first). */
+size_t cqr_wire_lookup_head(uint8_t *p, uint64_t id, uint32_t dim,
+                            size_t vec_bytes);
+
+/* Writes an OK Response {id, push {applied}} to p (at most
+ * CQR_WIRE_HEAD_MAX bytes) and returns its length. */
+size_t cqr_wire_push_reply(uint8_t *p, uint64_t id, uint64_t applied);
+
+#endif

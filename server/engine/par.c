@@ -2,7 +2,10 @@
 #include "par.h"
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "err.h"
 
@@ -22,10 +25,47 @@ struct cqr_par {
     pthread_cond_t work;  /* helpers: a job was queued, or stop */
     pthread_cond_t left;  /* callers: a helper left a job */
     job_t *head, *tail;   /* jobs with parts left to claim */
-    int stop;
+    unsigned queued;      /* jobs in the list (atomic: spinners read it) */
+    unsigned sleepers;    /* helpers in pthread_cond_wait (pool mutex) */
+    int stop;             /* (atomic: spinners read it) */
     unsigned nthreads;
     pthread_t *threads;
 };
+
+/* How long an idle helper keeps looking for work before it sleeps. A
+ * futex wake-up took longer than a whole part on the 2-core VMs this was
+ * measured on, so a helper that slept between a trainer's requests
+ * arrived after the caller had done the work itself; one that spins
+ * across the gap between requests picks parts up within a microsecond.
+ * The spin yields the CPU on every round, so a runnable thread (the
+ * trainer's client on a small machine) is not kept waiting. */
+#define SPIN_NS 300000
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Whether work (or stop) showed up within SPIN_NS, without the mutex. */
+static int spin_for_work(cqr_par_t *p)
+{
+    uint64_t t0 = now_ns();
+    for (unsigned i = 0;; i++) {
+        if (__atomic_load_n(&p->queued, __ATOMIC_ACQUIRE) ||
+            __atomic_load_n(&p->stop, __ATOMIC_ACQUIRE))
+            return 1;
+        if ((i & 63) == 63) {
+            if (now_ns() - t0 > SPIN_NS)
+                return 0;
+            sched_yield();
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
 
 static void unqueue(cqr_par_t *p, job_t *j)
 {
@@ -40,6 +80,7 @@ static void unqueue(cqr_par_t *p, job_t *j)
     else
         p->tail = j->prev_q;
     j->queued = 0;
+    __atomic_store_n(&p->queued, p->queued - 1, __ATOMIC_RELEASE);
 }
 
 /* Claims and runs parts of j until none is left. */
@@ -58,8 +99,16 @@ static void *helper_main(void *arg)
     cqr_par_t *p = arg;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->stop && !p->head)
+        while (!p->stop && !p->head) {
+            pthread_mutex_unlock(&p->mu);
+            int found = spin_for_work(p);
+            pthread_mutex_lock(&p->mu);
+            if (found || p->stop || p->head)
+                continue;
+            p->sleepers++;
             pthread_cond_wait(&p->work, &p->mu);
+            p->sleepers--;
+        }
         if (p->stop)
             break;
         job_t *j = p->head;
@@ -107,7 +156,7 @@ void cqr_par_destroy(cqr_par_t *p)
     if (!p)
         return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->mu);
     for (unsigned i = 0; i < p->nthreads; i++)
@@ -141,8 +190,10 @@ void cqr_par_run(cqr_par_t *p, unsigned parts,
         p->head = &j;
     p->tail = &j;
     j.queued = 1;
-    /* One helper per part beyond the caller's first. */
-    unsigned wake = parts - 1 < p->nthreads ? parts - 1 : p->nthreads;
+    __atomic_store_n(&p->queued, p->queued + 1, __ATOMIC_RELEASE);
+    /* One helper per part beyond the caller's first; spinning helpers
+     * see the job without a wake-up. */
+    unsigned wake = parts - 1 < p->sleepers ? parts - 1 : p->sleepers;
     for (unsigned i = 0; i < wake; i++)
         pthread_cond_signal(&p->work);
     pthread_mutex_unlock(&p->mu);

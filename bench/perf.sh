@@ -2,7 +2,7 @@
 # perf.sh -- reproduces every performance figure of cqrps in one command.
 #
 #   bench/perf.sh [--quick] [--build-dir DIR] [--out DIR] [--no-install]
-#                 [--no-build] [--server-threads N]
+#                 [--no-build] [--server-threads N] [--engine-threads N]
 #
 # What it does, in order:
 #   1. installs what the baselines need if missing (Debian: redis-server,
@@ -37,6 +37,7 @@ QUICK=0
 INSTALL=1
 BUILD_IT=1
 SRV_THREADS=2
+ENG_THREADS=1
 PY=/usr/bin/python3   # Debian's python: faiss and sklearn live there
 
 while [ $# -gt 0 ]; do
@@ -47,6 +48,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0 ;;
     --no-build) BUILD_IT=0 ;;
     --server-threads) SRV_THREADS=$2; shift ;;
+    --engine-threads) ENG_THREADS=$2; shift ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "perf.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -162,10 +164,11 @@ REDIS_ADDR="127.0.0.1:$REDIS_PORT"
 log "redis-server $(redis-server --version | awk '{print $3}') pid $REDIS_PID on $REDIS_ADDR"
 
 CQ_ADDR=""
-start_cqrps() { # start_cqrps THREADS
+start_cqrps() { # start_cqrps THREADS [ENGINE_THREADS]
     local ready="$LOGS/cqrps-server.ready"
     : > "$ready"
-    "$SERVER" --listen 127.0.0.1:0 --threads "$1" --cluster-threads 2 \
+    "$SERVER" --listen 127.0.0.1:0 --threads "$1" \
+        --engine-threads "${2:-$ENG_THREADS}" --cluster-threads 2 \
         > "$ready" 2>> "$LOGS/cqrps-server.log" &
     SRV_PID=$!
     for _ in $(seq 100); do
@@ -174,7 +177,8 @@ start_cqrps() { # start_cqrps THREADS
     done
     CQ_ADDR=$(sed -n 's/^cqrps-server listening on //p' "$ready")
     [ -n "$CQ_ADDR" ] || { log "cqrps-server did not start"; exit 1; }
-    log "cqrps-server pid $SRV_PID on $CQ_ADDR, $1 I/O thread(s)"
+    log "cqrps-server pid $SRV_PID on $CQ_ADDR, $1 I/O thread(s)," \
+        "${2:-$ENG_THREADS} engine helper(s)"
 }
 stop_cqrps() {
     kill "$SRV_PID" 2>/dev/null || true
@@ -206,6 +210,9 @@ run redis_lookup_depth2 "$RB" --addr "$REDIS_ADDR" --op lookup --dim 64 \
     --json
 run redis_push "$RB" --addr "$REDIS_ADDR" --op push --dim 64 --batch 1024 \
     --vocab 1e6 --seconds "$T" --server-pid "$REDIS_PID" --json
+run redis_push_depth2 "$RB" --addr "$REDIS_ADDR" --op push --dim 64 \
+    --batch 1024 --vocab 1e6 --depth 2 --seconds "$TS" \
+    --server-pid "$REDIS_PID" --json
 redis-cli -p "$REDIS_PORT" flushall >/dev/null
 
 say "cqrps: dim 64, batch 1024, uniform over 1e6 known IDs, one connection"
@@ -217,9 +224,18 @@ for kind in cqr full; do
         --optimizer adam --dim 64 --batch 1024 --conns 1 --vocab 1e6 \
         --seconds "$T" --server-pid "$SRV_PID" --table "t_$kind" --warm 0 --json
 done
-run cqrps_lookup_cqr_depth2 "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
-    --dim 64 --batch 1024 --conns 1 --depth 2 --vocab 1e6 --seconds "$T" \
-    --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
+# Pipelined: the client keeps two requests in flight on its one
+# connection (Redis gets the same in its depth-2 runs).
+for kind in cqr full; do
+    run "cqrps_lookup_${kind}_depth2" "$CQB" --addr "$CQ_ADDR" --op lookup \
+        --kind "$kind" --dim 64 --batch 1024 --conns 1 --depth 2 --vocab 1e6 \
+        --seconds "$T" --server-pid "$SRV_PID" --table "t_$kind" --warm 0 \
+        --json
+    run "cqrps_push_${kind}_depth2" "$CQB" --addr "$CQ_ADDR" --op push \
+        --kind "$kind" --optimizer adam --dim 64 --batch 1024 --conns 1 \
+        --depth 2 --vocab 1e6 --seconds "$T" --server-pid "$SRV_PID" \
+        --table "t_$kind" --warm 0 --json
+done
 run cqrps_lookup_cqr_zipf "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
     --dim 64 --batch 1024 --conns 1 --vocab 1e6 --zipf 1.05 --seconds "$TS" \
     --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
@@ -262,6 +278,23 @@ for th in $THR_LIST; do
     run "scale_threads_$th" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
         --dim 64 --batch 1024 --conns 4 --depth 2 --vocab 1e6 --seconds "$TS" \
         --server-pid "$SRV_PID" --json
+    stop_cqrps
+done
+
+say "scaling: engine helpers of one connection's calls (cqr, 1e6 IDs, depth 1 and 2)"
+for et in 0 1; do
+    start_cqrps "$SRV_THREADS" "$et"
+    w=1 # the first run creates and warms the table, the others reuse it
+    for d in 1 2; do
+        for op in lookup push; do
+            run "scale_helpers_${et}_${op}_d$d" "$CQB" --addr "$CQ_ADDR" \
+                --op "$op" --kind cqr --optimizer adam --dim 64 --batch 1024 \
+                --conns 1 --depth "$d" --vocab 1e6 --seconds "$TS" \
+                --server-pid "$SRV_PID" --table t_helpers --keep --warm "$w" \
+                --json
+            w=0
+        done
+    done
     stop_cqrps
 done
 

@@ -14,6 +14,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "wire.h"
 
 /* Frames handled per read callback (or idle pass) before yielding. */
 #define FRAMES_PER_BATCH 32
@@ -825,6 +826,9 @@ static void adopt(io_thread_t *t, handoff_t *hf)
     c->sess.defer = conn_defer;
     c->sess.defer_ud = c;
     cqr_frame_reader_init(&c->rx, ctx->cfg->max_frame_bytes, READ_CHUNK);
+    /* A large push arrives in several reads: place it so that its
+     * gradients land aligned and the engine reads them in place. */
+    c->rx.align = cqr_wire_align_hint;
     cqr_buf_init(&c->tx);
     uv_tcp_init(&t->loop, &c->tcp);
     list_add(&t->conns, &c->all);

@@ -111,6 +111,7 @@ void cqr_frame_reader_init(cqr_frame_reader_t *r, size_t max_body,
     memset(r, 0, sizeof *r);
     r->max_body = max_body;
     r->min_read = min_read;
+    r->align = NULL;
 }
 
 void cqr_frame_reader_free(cqr_frame_reader_t *r)
@@ -125,26 +126,58 @@ size_t cqr_frame_reader_pending(const cqr_frame_reader_t *r)
     return r->len - r->pos;
 }
 
+/* Where the partial frame at pos should start so that the payload the
+ * align hint names lands 4-byte aligned (0..3, relative to data, which
+ * malloc aligns), or SIZE_MAX: no hint, no payload, a complete or
+ * rejected frame. */
+static size_t aligned_start(const cqr_frame_reader_t *r, size_t unparsed)
+{
+    if (r->align == NULL || unparsed <= CQR_FRAME_HEADER)
+        return SIZE_MAX;
+    size_t body = cqr_frame_get_len(r->data + r->pos);
+    if (body > r->max_body || unparsed - CQR_FRAME_HEADER >= body)
+        return SIZE_MAX;
+    size_t off = r->align(r->data + r->pos + CQR_FRAME_HEADER,
+                          unparsed - CQR_FRAME_HEADER);
+    if (off > body)
+        return SIZE_MAX;
+    return ((size_t)0 - (CQR_FRAME_HEADER + off)) & 3u;
+}
+
 int cqr_frame_reader_space(cqr_frame_reader_t *r, uint8_t **p, size_t *n)
 {
     size_t unparsed = r->len - r->pos;
 
-    /* Move the partial frame to the front so the buffer never creeps. It
-     * is usually small: a large frame is moved at most once, because after
-     * the move pos stays 0 until the frame completes. */
-    if (r->pos > 0) {
-        if (unparsed > 0)
-            memmove(r->data, r->data + r->pos, unparsed);
-        r->pos = 0;
-        r->len = unparsed;
+    /* Where the partial frame goes. To the front, so the buffer never
+     * creeps (usually few bytes: a large frame is moved at most once,
+     * because after the move it stays put until it completes) -- or up to
+     * 3 bytes past it when the align hint asks, which is honoured when the
+     * frame moves anyway, or when it has arrived for at most half (the
+     * consumer would copy the whole payload otherwise). A pos of at most
+     * 3 is such a placement (a frame is at least 4 bytes, so no frame was
+     * consumed before it): the frame stays there. */
+    const size_t slack = 3;
+    size_t to = r->pos > slack ? 0 : SIZE_MAX;
+    size_t at = aligned_start(r, unparsed);
+    if (at != SIZE_MAX && at != r->pos) {
+        size_t frame = CQR_FRAME_HEADER +
+                       (size_t)cqr_frame_get_len(r->data + r->pos);
+        if (r->pos > slack || unparsed <= frame / 2)
+            to = at;
     }
+    size_t start = to != SIZE_MAX ? to : r->pos;
 
     /* An empty buffer that an earlier big frame grew goes back to its
      * normal size, so an idle connection holds min_read bytes at most. */
-    if (unparsed == 0 && r->cap > 4 * r->min_read) {
-        free(r->data);
-        r->data = NULL;
-        r->cap = 0;
+    if (unparsed == 0) {
+        r->pos = r->len = 0;
+        start = 0;
+        to = SIZE_MAX;
+        if (r->cap > 4 * r->min_read) {
+            free(r->data);
+            r->data = NULL;
+            r->cap = 0;
+        }
     }
 
     /* Capacity wanted: the whole pending frame if its header is here and
@@ -154,18 +187,26 @@ int cqr_frame_reader_space(cqr_frame_reader_t *r, uint8_t **p, size_t *n)
      * reallocated when it is too small, so steady traffic reuses it. */
     size_t want = r->min_read;
     if (unparsed >= CQR_FRAME_HEADER) {
-        size_t body = cqr_frame_get_len(r->data);
+        size_t body = cqr_frame_get_len(r->data + r->pos);
         if (body <= r->max_body && CQR_FRAME_HEADER + body > want)
             want = CQR_FRAME_HEADER + body;
     }
-    if (r->cap - r->len == 0 && r->len >= want)
-        want = r->len + r->min_read; /* full of complete frames: room */
-    if (r->cap < want) {
-        uint8_t *np = realloc(r->data, want);
+    size_t need = start + want;
+    size_t end = start + unparsed; /* len once placed */
+    if (r->cap == end && end >= need)
+        need = end + r->min_read; /* full of complete frames: room */
+    if (r->cap < need) {
+        uint8_t *np = realloc(r->data, need);
         if (np == NULL)
             return CQR_ENOMEM;
         r->data = np;
-        r->cap = want;
+        r->cap = need;
+    }
+    if (to != SIZE_MAX) {
+        if (unparsed > 0)
+            memmove(r->data + to, r->data + r->pos, unparsed);
+        r->pos = to;
+        r->len = to + unparsed;
     }
     *p = r->data + r->len;
     *n = r->cap - r->len;

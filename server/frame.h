@@ -67,6 +67,12 @@ void cqr_frame_end(cqr_buf_t *b, size_t mark);
 uint32_t cqr_frame_get_len(const uint8_t *p);
 void cqr_frame_put_len(uint8_t *p, uint32_t len);
 
+/* Alignment hint: given the first `avail` bytes of the body of a frame
+ * that has not fully arrived, the offset within the body of a payload its
+ * consumer reads as 4-byte words (a Push's gradients), or SIZE_MAX for
+ * none or not known yet. Must not read past avail. */
+typedef size_t (*cqr_frame_align_cb)(const uint8_t *body, size_t avail);
+
 /* Incremental reader. Bytes [pos, len) of data are received but not yet
  * handed out as frames. */
 typedef struct cqr_frame_reader {
@@ -77,19 +83,27 @@ typedef struct cqr_frame_reader {
     size_t max_body; /* largest body accepted (--max-frame-bytes) */
     size_t min_read; /* room offered per read when no frame is pending;
                         also the size the buffer shrinks back to */
+    cqr_frame_align_cb align; /* NULL, or where a partial frame's payload
+                                 is: the reader then places the frame so
+                                 that the payload lands 4-byte aligned,
+                                 when it moves the frame anyway or the
+                                 bytes to move are at most half the frame
+                                 (never a complete frame), so that the
+                                 consumer can use it in place */
 } cqr_frame_reader_t;
 
-/* Sets up an empty reader (allocates nothing yet). min_read must be >=
- * CQR_FRAME_HEADER. */
+/* Sets up an empty reader (allocates nothing yet; no align hint). min_read
+ * must be >= CQR_FRAME_HEADER. */
 void cqr_frame_reader_init(cqr_frame_reader_t *r, size_t max_body,
                            size_t min_read);
 void cqr_frame_reader_free(cqr_frame_reader_t *r);
 
 /* Room for the next read (for a libuv alloc callback): moves unparsed
- * bytes to the front, grows the buffer so the pending frame fits whole
- * (never beyond max_body + header, and never for a declared length over
- * the limit), and returns the free tail in *p, *n. Invalidates body
- * pointers returned by cqr_frame_next. CQR_ENOMEM if it cannot grow. */
+ * bytes to the front (or up to 3 bytes past it, see align), grows the
+ * buffer so the pending frame fits whole (never beyond max_body + header
+ * + 3, and never for a declared length over the limit), and returns the
+ * free tail in *p, *n. Invalidates body pointers returned by
+ * cqr_frame_next. CQR_ENOMEM if it cannot grow. */
 int cqr_frame_reader_space(cqr_frame_reader_t *r, uint8_t **p, size_t *n);
 
 /* Records that n bytes were written at the pointer the last

@@ -568,7 +568,7 @@ static int do_lookup(rpc_call_t *c, const data_req_t *m)
         return rc;
     cqr_table_t *t = c->entry->table;
     uint32_t dim = cqr_table_config(t)->dim;
-    uint64_t bytes;
+    uint64_t bytes = 0;
     rc = batch_limits(c, m->n_ids, m->n_offsets, dim, &bytes);
     if (rc != 0)
         return rc;
@@ -640,7 +640,7 @@ static int do_push(rpc_call_t *c, const data_req_t *m)
         return rc;
     cqr_table_t *t = c->entry->table;
     uint32_t dim = cqr_table_config(t)->dim;
-    uint64_t bytes;
+    uint64_t bytes = 0;
     rc = batch_limits(c, m->n_ids, m->n_offsets, dim, &bytes);
     if (rc != 0)
         return rc;

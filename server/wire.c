@@ -197,6 +197,45 @@ void cqr_wire_offsets(const cqr_wire_data_t *d, uint32_t *out)
     }
 }
 
+size_t cqr_wire_align_hint(const uint8_t *body, size_t avail)
+{
+    cur_t c = {body, body + avail};
+    uint32_t key;
+    uint64_t v;
+    const uint8_t *b;
+    size_t n;
+    /* Request: an id, then the Push, whose body runs past avail. */
+    while (c.p < c.end) {
+        if (!get_key(&c, &key))
+            return SIZE_MAX;
+        if (key == KEY(1, WT_VARINT)) {
+            if (!get_varint(&c, 10, &v))
+                return SIZE_MAX;
+            continue;
+        }
+        if (key != KEY(CQR_WIRE_PUSH, WT_LEN) || !get_varint(&c, 5, &v))
+            return SIZE_MAX;
+        /* Push: the fields before grads (table, ids) must be here. */
+        while (c.p < c.end) {
+            if (!get_key(&c, &key))
+                return SIZE_MAX;
+            if (key == KEY(3, WT_LEN)) {
+                if (!get_varint(&c, 5, &v))
+                    return SIZE_MAX;
+                return (size_t)(c.p - body);
+            }
+            if ((key & 7) == WT_LEN) {
+                if (!get_len(&c, &b, &n))
+                    return SIZE_MAX;
+            } else if ((key & 7) != WT_VARINT || !get_varint(&c, 10, &v)) {
+                return SIZE_MAX;
+            }
+        }
+        return SIZE_MAX;
+    }
+    return SIZE_MAX;
+}
+
 /* ---- encoding ---------------------------------------------------------
  * protobuf-c packs a message's fields in field-number order, leaves out
  * proto3 fields that hold their default (0, empty), always writes a set

@@ -15,6 +15,9 @@
  *     values in range) and declines everything else, so that the caller
  *     falls back to protobuf-c, whose behaviour (errors, messages) stays
  *     the reference. Declining is never an error.
+ *   - cqr_wire_align_hint tells the frame reader where a Push's gradients
+ *     will be, so that it can place the frame for them to land aligned
+ *     and be used in place.
  *   - cqr_wire_lookup_head / cqr_wire_push_reply write OK Responses whose
  *     bytes are exactly what protobuf-c's pack produces for the same
  *     Response (same field order, minimal varints, default fields
@@ -75,6 +78,13 @@ int cqr_wire_decode_data(const uint8_t *body, size_t len,
 /* Writes d's n_offsets offsets to out[0 .. n_offsets). d must come from a
  * successful cqr_wire_decode_data. */
 void cqr_wire_offsets(const cqr_wire_data_t *d, uint32_t *out);
+
+/* The frame reader's align hint (frame.h) for Push requests: from the
+ * first avail bytes of a Request body, the offset within it of a Push's
+ * gradients, or SIZE_MAX (another request, or the fields before the
+ * gradients have not all arrived). Only a hint: the frame is decoded
+ * later as usual, so a wrong answer costs a copy, nothing else. */
+size_t cqr_wire_align_hint(const uint8_t *body, size_t avail);
 
 /* Bytes of the encoding of an OK Response {id, lookup {dim, vectors}}
  * with vec_bytes of vectors, without the vectors themselves: the vectors

@@ -9,7 +9,10 @@
  * the same place with the declared length, and at the end the same number
  * of unparsed bytes. The reader's buffer must never exceed one maximal
  * frame plus one read. The frames are then written again with the writer
- * (cqr_frame_begin/end) and must reproduce the input's bytes.
+ * (cqr_frame_begin/end) and must reproduce the input's bytes. When byte 1
+ * is odd the reader has an align hint (a payload at the body offset that
+ * the body's first byte names), so that partial frames are also placed a
+ * few bytes off the front.
  */
 #include <assert.h>
 #include <stdint.h>
@@ -30,6 +33,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+/* An align hint read from the body itself: its first byte is the
+ * payload's offset (values over the body's length are ignored by the
+ * reader). */
+static size_t fuzz_hint(const uint8_t *body, size_t avail)
+{
+    return avail > 0 ? (size_t)body[0] : SIZE_MAX;
+}
+
 /* xorshift32: the sizes of the reads. */
 static uint32_t next_rand(uint32_t *s)
 {
@@ -47,6 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     const size_t max_body = 16u * ((size_t)data[0] + 1u);
     uint32_t rng = 0x9e3779b9u ^ ((uint32_t)data[1] * 0x01000193u);
+    const int hinted = data[1] & 1;
     if (rng == 0)
         rng = 1;
     data += 2;
@@ -59,6 +71,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     cqr_frame_reader_t r;
     cqr_frame_reader_init(&r, max_body, MIN_READ);
+    if (hinted)
+        r.align = fuzz_hint;
     cqr_buf_t again;        /* the frames written back */
     cqr_buf_init(&again);
 
@@ -109,7 +123,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (cqr_frame_reader_space(&r, &p, &room) != 0)
             abort(); /* bounded sizes: cannot run out of memory */
         assert(room > 0);
-        assert(r.cap <= max_body + CQR_FRAME_HEADER + MIN_READ ||
+        /* Placing a frame for its payload adds at most 3 bytes. */
+        assert(r.cap <= max_body + CQR_FRAME_HEADER + MIN_READ + 3 ||
                r.cap <= 4 * MIN_READ);
         size_t n = 1 + next_rand(&rng) % 256;
         if (n > room)

@@ -1,7 +1,10 @@
 /* Frame reader and writer: frames split across reads at every byte
  * boundary, many frames in one read, zero-length bodies, lengths over the
- * limit rejected before any allocation, buffer reuse and shrinking. */
+ * limit rejected before any allocation, buffer reuse and shrinking, the
+ * align hint that places a partial frame for its payload, and
+ * cqr_buf_align. */
 #include <check.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -257,6 +260,92 @@ START_TEST(test_buffer_reused)
 }
 END_TEST
 
+/* An align hint: the payload of frame i starts at body offset 5 + i % 7
+ * (body byte 0 is (i * 31) & 0xff, so i % 7 can be read back from it for
+ * the frames used here). */
+static size_t hint_calls;
+
+static size_t test_hint(const uint8_t *body, size_t avail)
+{
+    hint_calls++;
+    if (avail < 1)
+        return SIZE_MAX;
+    size_t i = (size_t)body[0] / 31; /* frames 0..8: (i * 31) & 0xff */
+    return 5 + i % 7;
+}
+
+START_TEST(test_align_hint)
+{
+    /* Large frames fed in reads of at most 1000 bytes, some sharing a
+     * read with the end of the frame before: every one of them ends up
+     * with its payload 4-byte aligned, and every byte is intact. */
+    const size_t lens[] = {5000, 4001, 7777, 4002, 12345, 4003, 4444, 9000,
+                           4096};
+    const size_t n = sizeof lens / sizeof lens[0];
+    cqr_buf_t s = make_stream(lens, n);
+    for (size_t chunk = 997; chunk <= 1000; chunk++) {
+        cqr_frame_reader_t r;
+        cqr_frame_reader_init(&r, 1 << 20, 64);
+        r.align = test_hint;
+        hint_calls = 0;
+        size_t next = 0;
+        for (size_t at = 0; at < s.len; at += chunk) {
+            size_t to = at + chunk < s.len ? at + chunk : s.len;
+            feed(&r, s.data, at, to);
+            const uint8_t *body;
+            size_t len;
+            while (cqr_frame_next(&r, &body, &len) == 1) {
+                size_t i = next++;
+                ck_assert_uint_eq(len, lens[i]);
+                for (size_t j = 0; j < len; j++)
+                    if (body[j] != (uint8_t)((i * 31 + j) & 0xff))
+                        ck_abort_msg("frame %zu byte %zu", i, j);
+                if (((uintptr_t)(body + 5 + i % 7) & 3) != 0)
+                    ck_abort_msg("chunk %zu frame %zu: payload at %p", chunk, i, (void *)(body + 5 + i % 7));
+            }
+        }
+        ck_assert_uint_eq(next, n);
+        ck_assert_uint_gt(hint_calls, 0);
+        cqr_frame_reader_free(&r);
+    }
+    /* A frame that arrives whole is never moved for its payload. */
+    cqr_frame_reader_t r;
+    cqr_frame_reader_init(&r, 1 << 20, 1 << 16);
+    r.align = test_hint;
+    hint_calls = 0;
+    feed(&r, s.data, 0, 4 + lens[0]);
+    ck_assert_uint_eq(hint_calls, 0);
+    ck_assert_uint_eq(r.pos, 0);
+    cqr_frame_reader_free(&r);
+    cqr_buf_free(&s);
+}
+END_TEST
+
+START_TEST(test_buf_align)
+{
+    /* cqr_buf_align moves the bytes so that an offset is aligned, keeps
+     * them, and the buffer still grows and frees normally. */
+    cqr_buf_t b;
+    cqr_buf_init(&b);
+    for (size_t at = 0; at < 40; at++) {
+        ck_assert_int_eq(cqr_buf_reserve(&b, 11 + 3), 0);
+        for (size_t i = 0; i < 11; i++)
+            b.data[b.len + i] = (uint8_t)(b.len + i);
+        b.len += 11;
+        cqr_buf_align(&b, at, 4);
+        ck_assert_uint_eq((uintptr_t)(b.data + at) & 3, 0);
+        ck_assert_uint_ge(b.cap, b.len);
+        for (size_t i = 0; i < b.len; i++)
+            if (b.data[i] != (uint8_t)i)
+                ck_abort_msg("byte %zu moved wrong", i);
+    }
+    void *mem = cqr_buf_detach(&b);
+    ck_assert_ptr_null(b.data);
+    ck_assert_uint_eq(b.len, 0);
+    free(mem);
+}
+END_TEST
+
 START_TEST(test_writer_nested)
 {
     cqr_buf_t b;
@@ -291,6 +380,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_grow_once_and_shrink);
     tcase_add_test(tc, test_buffer_reused);
     tcase_add_test(tc, test_writer_nested);
+    tcase_add_test(tc, test_align_hint);
+    tcase_add_test(tc, test_buf_align);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -9,6 +9,7 @@
  *   - malformed or unusual input (truncations, repeats, unknown fields,
  *     wrong wire types, odd names, out-of-range varints, random damage)
  *     makes the fast decoder decline, or else decode as protobuf-c does;
+ *   - the frame reader's align hint finds a Push's gradients;
  *   - through cqr_rpc_handle, a request the fast path serves and the
  *     same request forced onto the fallback get byte-identical replies
  *     and leave the tables in the same state, whatever the alignment of
@@ -445,6 +446,37 @@ START_TEST(test_damaged_requests)
     /* Both outcomes happen, so the property was exercised. */
     ck_assert_uint_gt(taken, 100);
     ck_assert_uint_gt(declined, 100);
+}
+END_TEST
+
+/* The frame reader's hint names exactly where a Push's gradients start,
+ * as soon as the fields before them have arrived, and nothing else. */
+START_TEST(test_align_hint)
+{
+    for (int iter = 0; iter < 400; iter++) {
+        gen_t g;
+        gen_request(&g, iter % 3 != 0);
+        g.lk.n_ids %= 40;
+        g.ps.n_ids %= 40;
+        size_t n;
+        uint8_t *mem;
+        uint8_t *body = pack_at(&g.q, 0, &n, &mem);
+        cqr_wire_data_t d;
+        ck_assert_int_eq(cqr_wire_decode_data(body, n, &d), 1);
+        size_t want = d.grads != NULL ? (size_t)(d.grads - body) : SIZE_MAX;
+        for (size_t avail = 0; avail <= n; avail++) {
+            size_t h = cqr_wire_align_hint(body, avail);
+            if (avail >= want && want != SIZE_MAX) {
+                if (h != want)
+                    ck_abort_msg("hint %zu, grads at %zu", h, want);
+            } else if (h != SIZE_MAX) {
+                ck_abort_msg("hint %zu with %zu bytes, grads at %zu", h,
+                             avail, want);
+            }
+        }
+        free(mem);
+        gen_free(&g);
+    }
 }
 END_TEST
 
@@ -968,6 +1000,7 @@ int main(void)
     tcase_add_test(tc, test_decode_matches_protobuf);
     tcase_add_test(tc, test_decline_odd_input);
     tcase_add_test(tc, test_damaged_requests);
+    tcase_add_test(tc, test_align_hint);
     tcase_add_test(tc, test_lookup_reply_bytes);
     tcase_add_test(tc, test_push_reply_bytes);
     suite_add_tcase(s, tc);

@@ -137,6 +137,7 @@ static inline void row_load_atomic(const cqr_rows_t *r, const float *p,
     }
 }
 
+#ifdef CQR_ROWS_ATOMIC
 static inline void row_store_atomic(const cqr_rows_t *r, float *p,
                                     const float *val)
 {
@@ -155,6 +156,7 @@ static inline void row_store_atomic(const cqr_rows_t *r, float *p,
         }
     }
 }
+#endif
 
 /* Writers store the words with release and we load them with acquire: a
  * reader that sees any word of a step in progress is then guaranteed to
@@ -198,15 +200,13 @@ void cqr_rows_read_add_atomic(const cqr_rows_t *r, uint32_t row, float *out)
  * A writer holds the row's counter odd while it loads and stores the
  * floats; with plain copies the release fence after taking the counter
  * keeps the new floats from becoming visible before the odd counter. */
+#ifdef CQR_ROWS_ATOMIC
 static inline void row_load(const cqr_rows_t *r, const float *p, float *out)
 {
-#ifdef CQR_ROWS_ATOMIC
     /* Only writers store to p, and we hold the row: relaxed suffices. */
     row_load_atomic(r, p, out, __ATOMIC_RELAXED);
-#else
-    cqr_rows_copy_plain(out, p, NULL, r->w);
-#endif
 }
+#endif
 
 static inline void row_store(const cqr_rows_t *r, float *p, const float *val)
 {

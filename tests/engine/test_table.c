@@ -293,7 +293,7 @@ static void train_random(cqr_table_t *t, const uint64_t *ids, size_t n,
     srand((unsigned)seed);
     for (int s = 0; s < steps; s++) {
         for (size_t j = 0; j < n * dim; j++)
-            g[j] = (float)rand() / RAND_MAX - 0.5f;
+            g[j] = (float)rand() / (float)RAND_MAX - 0.5f;
         ck_assert_int_eq(cqr_table_push(t, ids, g, n), 0);
     }
     free(g);

@@ -21,10 +21,11 @@
 #      every target of issue 6 with PASS/MISS; writes results.jsonl,
 #      summary.md and the logs under bench/out/perf/ (gitignored).
 #
-# --quick (about 2 minutes) runs shorter timings, the main figures, small
+# The main figures (limits, Redis, cqrps at depth 1 and 2) are the median
+# of 3 runs each. --quick (about 4 minutes) runs shorter timings, small
 # curves and the k-means comparison with 5 iterations instead of 25 (same
 # points, same k, same iterations for every library). The full run takes
-# about 10 minutes; the 1e8-ID point runs only if MemAvailable allows.
+# about 15 minutes; the 1e8-ID point runs only if MemAvailable allows.
 #
 # Numbers depend on what else the machine runs: the load average at start
 # and end is recorded in the summary.
@@ -137,6 +138,35 @@ run() {
     sed "s/^{/{\"tag\":\"$tag\",/" "$LOGS/$tag.json" >> "$RES"
 }
 
+# run_med TAG CMD...: runs a benchmark REPS times (each run's stderr and
+# JSON line kept under logs/) and appends the run with the median emb/s,
+# tagged TAG, with every run's emb/s in "runs": a 2-core VM's timings vary
+# by 20% and more from one run to the next.
+REPS=3
+run_med() {
+    local tag=$1; shift
+    local rc=0 i
+    : > "$LOGS/$tag.json"
+    : > "$LOGS/$tag.log"
+    for i in $(seq "$REPS"); do
+        "$@" 2> >(tee -a "$LOGS/$tag.log" >&2) >> "$LOGS/$tag.json" || rc=$?
+        if [ $rc -ne 0 ]; then
+            log "FAILED ($rc): $tag: $*"
+            echo "{\"tag\":\"$tag\",\"failed\":true,\"rc\":$rc}" >> "$RES"
+            return 0
+        fi
+    done
+    "$PY" - "$tag" "$LOGS/$tag.json" >> "$RES" <<'PYEOF'
+import json, sys
+tag, path = sys.argv[1], sys.argv[2]
+rs = [json.loads(l) for l in open(path) if l.startswith("{")]
+rs.sort(key=lambda r: r.get("emb_per_s", 0))
+m = {"tag": tag, **rs[len(rs) // 2]}
+m["runs"] = [r.get("emb_per_s") for r in rs]
+print(json.dumps(m))
+PYEOF
+}
+
 free_port() {
     "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
@@ -192,46 +222,53 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 mem_avail_gb() { awk '/MemAvailable/ {printf "%d", $2/1048576}' /proc/meminfo; }
 
 # ---- 4. benchmarks -----------------------------------------------------------
-say "physical limits: loopback TCP (one connection) and the in-process engine"
-run loop_stream "$LOOP" --mode stream --dim 64 --batch 1024 --seconds "$TS" --json
-run loop_rpc "$LOOP" --mode rpc --dim 64 --batch 1024 --seconds "$TS" --json
+say "physical limits: loopback TCP (one connection) and the in-process engine (median of $REPS runs each)"
+run_med loop_stream "$LOOP" --mode stream --dim 64 --batch 1024 --seconds "$TS" --json
+run_med loop_rpc "$LOOP" --mode rpc --dim 64 --batch 1024 --seconds "$TS" --json
 for kind in cqr full; do
-    run "engine_lookup_$kind" "$ENG" --mode lookup --kind "$kind" --dim 64 \
+    run_med "engine_lookup_$kind" "$ENG" --mode lookup --kind "$kind" --dim 64 \
         --batch 1024 --vocab 1e6 --seconds "$TS" --json
-    run "engine_push_$kind" "$ENG" --mode push --kind "$kind" --optimizer adam \
-        --dim 64 --batch 1024 --vocab 1e6 --seconds "$TS" --json
+    run_med "engine_push_$kind" "$ENG" --mode push --kind "$kind" \
+        --optimizer adam --dim 64 --batch 1024 --vocab 1e6 --seconds "$TS" --json
 done
 
-say "baseline: Redis, 1e6 rows of 256 bytes, MGET / MGET+MSET of 1024 keys"
-run redis_lookup "$RB" --addr "$REDIS_ADDR" --op lookup --load --dim 64 \
+say "baseline: Redis, 1e6 rows of 256 bytes, MGET / MGET+MSET of 1024 keys (median of $REPS runs each)"
+run redis_load "$RB" --addr "$REDIS_ADDR" --op lookup --load --dim 64 \
+    --batch 1024 --vocab 1e6 --seconds 0.5 --json
+run_med redis_lookup "$RB" --addr "$REDIS_ADDR" --op lookup --dim 64 \
     --batch 1024 --vocab 1e6 --seconds "$T" --server-pid "$REDIS_PID" --json
-run redis_lookup_depth2 "$RB" --addr "$REDIS_ADDR" --op lookup --dim 64 \
-    --batch 1024 --vocab 1e6 --depth 2 --seconds "$TS" --server-pid "$REDIS_PID" \
+run_med redis_lookup_depth2 "$RB" --addr "$REDIS_ADDR" --op lookup --dim 64 \
+    --batch 1024 --vocab 1e6 --depth 2 --seconds "$T" --server-pid "$REDIS_PID" \
     --json
-run redis_push "$RB" --addr "$REDIS_ADDR" --op push --dim 64 --batch 1024 \
+run_med redis_push "$RB" --addr "$REDIS_ADDR" --op push --dim 64 --batch 1024 \
     --vocab 1e6 --seconds "$T" --server-pid "$REDIS_PID" --json
-run redis_push_depth2 "$RB" --addr "$REDIS_ADDR" --op push --dim 64 \
-    --batch 1024 --vocab 1e6 --depth 2 --seconds "$TS" \
+run_med redis_push_depth2 "$RB" --addr "$REDIS_ADDR" --op push --dim 64 \
+    --batch 1024 --vocab 1e6 --depth 2 --seconds "$T" \
     --server-pid "$REDIS_PID" --json
 redis-cli -p "$REDIS_PORT" flushall >/dev/null
 
-say "cqrps: dim 64, batch 1024, uniform over 1e6 known IDs, one connection"
+say "cqrps: dim 64, batch 1024, uniform over 1e6 known IDs, one connection (median of $REPS runs each)"
 for kind in cqr full; do
-    run "cqrps_lookup_$kind" "$CQB" --addr "$CQ_ADDR" --op lookup --kind "$kind" \
-        --dim 64 --batch 1024 --conns 1 --vocab 1e6 --seconds "$T" \
-        --server-pid "$SRV_PID" --table "t_$kind" --keep --json
-    run "cqrps_push_$kind" "$CQB" --addr "$CQ_ADDR" --op push --kind "$kind" \
+    # Creates the table and makes all 1e6 IDs known; the runs reuse it.
+    run "warm_$kind" "$CQB" --addr "$CQ_ADDR" --op lookup --kind "$kind" \
+        --dim 64 --batch 1024 --conns 1 --vocab 1e6 --seconds 0.5 \
+        --table "t_$kind" --keep --json
+    run_med "cqrps_lookup_$kind" "$CQB" --addr "$CQ_ADDR" --op lookup \
+        --kind "$kind" --dim 64 --batch 1024 --conns 1 --vocab 1e6 \
+        --seconds "$T" --server-pid "$SRV_PID" --table "t_$kind" --warm 0 \
+        --json
+    run_med "cqrps_push_$kind" "$CQB" --addr "$CQ_ADDR" --op push --kind "$kind" \
         --optimizer adam --dim 64 --batch 1024 --conns 1 --vocab 1e6 \
         --seconds "$T" --server-pid "$SRV_PID" --table "t_$kind" --warm 0 --json
 done
 # Pipelined: the client keeps two requests in flight on its one
 # connection (Redis gets the same in its depth-2 runs).
 for kind in cqr full; do
-    run "cqrps_lookup_${kind}_depth2" "$CQB" --addr "$CQ_ADDR" --op lookup \
+    run_med "cqrps_lookup_${kind}_depth2" "$CQB" --addr "$CQ_ADDR" --op lookup \
         --kind "$kind" --dim 64 --batch 1024 --conns 1 --depth 2 --vocab 1e6 \
         --seconds "$T" --server-pid "$SRV_PID" --table "t_$kind" --warm 0 \
         --json
-    run "cqrps_push_${kind}_depth2" "$CQB" --addr "$CQ_ADDR" --op push \
+    run_med "cqrps_push_${kind}_depth2" "$CQB" --addr "$CQ_ADDR" --op push \
         --kind "$kind" --optimizer adam --dim 64 --batch 1024 --conns 1 \
         --depth 2 --vocab 1e6 --seconds "$T" --server-pid "$SRV_PID" \
         --table "t_$kind" --warm 0 --json

@@ -83,9 +83,10 @@ def main():
 
     # ---- main figures
     p("## Throughput and latency (one connection)\n")
+    p("Each row is the run with the median emb/s of the runs listed (M/s).\n")
     p("| run | emb/s | MB/s | p50 us | p99 us | p999 us | server CPU-s / M emb "
-      "| engine emb / CPU-s |")
-    p("|---|---|---|---|---|---|---|---|")
+      "| engine emb / CPU-s | runs |")
+    p("|---|---|---|---|---|---|---|---|---|")
     rows = [("loopback TCP stream (limit)", "loop_stream"),
             ("loopback TCP request/response", "loop_rpc"),
             ("engine in-process lookup cqr", "engine_lookup_cqr"),
@@ -108,16 +109,17 @@ def main():
     for name, tag in rows:
         r = res.get(tag)
         if not r or r.get("failed"):
-            p(f"| {name} | failed or skipped | | | | | | |")
+            p(f"| {name} | failed or skipped | | | | | | | |")
             continue
         cpu = r.get("server_cpu_s_per_m")
         cpu_s = f"{cpu:.3f}" if isinstance(cpu, (int, float)) and cpu >= 0 \
             else ""
         epc = r.get("emb_per_cpu_s")
         epc_s = fmt_rate(epc) if epc else ""
+        runs = " / ".join(f"{x / 1e6:.2f}" for x in r.get("runs", []))
         p(f"| {name} | {fmt_rate(r['emb_per_s'])} | {r['mb_per_s']:.0f} | "
           f"{r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['p999_us']:.0f} | "
-          f"{cpu_s} | {epc_s} |")
+          f"{cpu_s} | {epc_s} | {runs} |")
 
     # ---- ratios and targets
     targets = []

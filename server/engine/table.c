@@ -677,8 +677,10 @@ static inline int full_find(const cqr_table_t *t, uint64_t id, uint32_t *row)
 
 /* Pointers of `id` in state st: learned (stored) for known cqr IDs,
  * hashed otherwise. */
-static inline void cb_pointers(const cqr_table_t *t, const cqr_cbstate_t *st,
-                               uint64_t id, uint32_t *p, uint32_t *h)
+/* Returns 0 for a cqr ID the table does not know (its learned pointers
+ * are then the hashed ones), 1 otherwise. */
+static inline int cb_pointers(const cqr_table_t *t, const cqr_cbstate_t *st,
+                              uint64_t id, uint32_t *p, uint32_t *h)
 {
     const uint8_t *v = NULL;
     if (t->cfg.kind == CQR_KIND_CQR)
@@ -688,6 +690,7 @@ static inline void cb_pointers(const cqr_table_t *t, const cqr_cbstate_t *st,
             p[i] = v ? cqr_ptr_get(v, t->pw, i) : cqr_hash_p(t, st, id, i);
         h[i] = cqr_hash_h(t, st, id, i);
     }
+    return v != NULL || t->cfg.kind != CQR_KIND_CQR;
 }
 
 /* IDs per group of the lookup pipeline. The known-ID map and the rows of a
@@ -957,18 +960,19 @@ static inline int cb_prefetch(const cqr_table_t *t)
  * pointers first, then hashed ones); apply (by chunks) sums the
  * gradients per row and steps the rows. The map is probed once per ID
  * whatever the number of parts. */
-static void cb_resolve_range(const cqr_table_t *t, const cqr_cbstate_t *st,
-                             const uint64_t *ids, size_t b, size_t e,
-                             uint32_t *ptrs)
+static size_t cb_resolve_range(const cqr_table_t *t, const cqr_cbstate_t *st,
+                               const uint64_t *ids, size_t b, size_t e,
+                               uint32_t *ptrs)
 {
     const uint32_t nb = t->ncb * t->c;
     uint32_t p[CQR_MAX_CHUNKS], h[CQR_MAX_CHUNKS];
+    size_t unknown = 0;
     for (size_t j = b; cb_prefetch(t) && j < e && j < b + LOOKUP_GROUP; j++)
         cqr_idmap_prefetch(&st->ids, ids[j]);
     for (size_t j = b; j < e; j++) {
         if (cb_prefetch(t) && j + LOOKUP_GROUP < e)
             cqr_idmap_prefetch(&st->ids, ids[j + LOOKUP_GROUP]);
-        cb_pointers(t, st, ids[j], p, h);
+        unknown += !cb_pointers(t, st, ids[j], p, h);
         uint32_t *out = ptrs + j * nb;
         if (t->ncb == 2) {
             memcpy(out, p, t->c * sizeof *p);
@@ -977,6 +981,7 @@ static void cb_resolve_range(const cqr_table_t *t, const cqr_cbstate_t *st,
             memcpy(out, h, t->c * sizeof *h);
         }
     }
+    return unknown;
 }
 
 /* Applies a push's gradients to the codebooks of chunks [c0, c1): sums
@@ -1021,6 +1026,7 @@ typedef struct cb_job {
     uint32_t *ptrs;
     const agg_t *base; /* the caller's scratch, split between the parts */
     unsigned parts;
+    size_t unknown;    /* IDs the resolve pass did not find (atomic) */
 } cb_job_t;
 
 static void cb_resolve_part(void *arg, unsigned i)
@@ -1028,7 +1034,9 @@ static void cb_resolve_part(void *arg, unsigned i)
     cb_job_t *j = arg;
     size_t b, e;
     part_range(j->n, j->parts, i, &b, &e);
-    cb_resolve_range(j->t, j->st, j->ids, b, e, j->ptrs);
+    size_t u = cb_resolve_range(j->t, j->st, j->ids, b, e, j->ptrs);
+    if (u)
+        __atomic_fetch_add(&j->unknown, u, __ATOMIC_RELAXED);
 }
 
 static void cb_apply_part(void *arg, unsigned i)
@@ -1048,33 +1056,53 @@ static void cb_apply_part(void *arg, unsigned i)
     cb_apply_chunks(j->t, j->st, j->ptrs, j->grads, j->n, c0, c1, &a);
 }
 
-/* This thread's room for a codebook push's pointers of n IDs. */
-static uint32_t *cb_ptrs(const cqr_table_t *t, size_t n)
+/* This thread's room for a push's rows per ID: every codebook's row of
+ * each ID (codebook kinds), or each ID's row (full). */
+static uint32_t *id_rows(const cqr_table_t *t, size_t n)
 {
-    return scratch(SCRATCH_PTRS,
-                   (n ? n : 1) * t->ncb * t->c * sizeof(uint32_t));
+    size_t per = t->ncb ? (size_t)t->ncb * t->c : 1;
+    return scratch(SCRATCH_PTRS, (n ? n : 1) * per * sizeof(uint32_t));
+}
+
+/* The resolve pass over every ID: the number of cqr IDs that st does not
+ * know (whose learned pointers were taken as hashed ones). */
+static size_t cb_resolve(cqr_table_t *t, const cqr_cbstate_t *st,
+                         const uint64_t *ids, size_t n, uint32_t *ptrs)
+{
+    if (!cqr_par_helpers(t->par) || n < PAR_MIN)
+        return cb_resolve_range(t, st, ids, 0, n, ptrs);
+    cb_job_t j = {.t = t, .st = (cqr_cbstate_t *)st, .ids = ids, .n = n,
+                  .ptrs = ptrs,
+                  .parts = (unsigned)((n + PAR_PART - 1) / PAR_PART)};
+    cqr_par_run(t->par, j.parts, cb_resolve_part, &j);
+    return j.unknown;
+}
+
+/* The apply pass over resolved rows. */
+static void cb_apply_resolved(cqr_table_t *t, cqr_cbstate_t *st,
+                              uint32_t *ptrs, const float *grads, size_t n)
+{
+    agg_t a;
+    int rc = agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
+    assert(rc == 0 && "out of memory for push scratch");
+    (void)rc;
+    unsigned helpers = cqr_par_helpers(t->par);
+    if (helpers && n >= PAR_MIN && t->c >= 2 && a.didx) {
+        cb_job_t j = {.t = t, .st = st, .grads = grads, .n = n, .ptrs = ptrs,
+                      .base = &a,
+                      .parts = helpers + 1 < t->c ? helpers + 1 : t->c};
+        cqr_par_run(t->par, j.parts, cb_apply_part, &j);
+    } else
+        cb_apply_chunks(t, st, ptrs, grads, n, 0, t->c, &a);
 }
 
 void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
                   const float *grads, size_t n)
 {
-    agg_t a;
-    int rc = agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
-    uint32_t *ptrs = cb_ptrs(t, n);
-    assert(rc == 0 && ptrs && "out of memory for push scratch");
-    (void)rc;
-    cb_job_t j = {t, st, ids, grads, n, ptrs, &a, 1};
-    unsigned helpers = cqr_par_helpers(t->par);
-    if (helpers && n >= PAR_MIN) {
-        j.parts = (unsigned)((n + PAR_PART - 1) / PAR_PART);
-        cqr_par_run(t->par, j.parts, cb_resolve_part, &j);
-    } else
-        cb_resolve_range(t, st, ids, 0, n, ptrs);
-    if (helpers && n >= PAR_MIN && t->c >= 2 && a.didx) {
-        j.parts = helpers + 1 < t->c ? helpers + 1 : t->c;
-        cqr_par_run(t->par, j.parts, cb_apply_part, &j);
-    } else
-        cb_apply_chunks(t, st, ptrs, grads, n, 0, t->c, &a);
+    uint32_t *ptrs = id_rows(t, n);
+    assert(ptrs && "out of memory for push scratch");
+    cb_resolve(t, st, ids, n, ptrs);
+    cb_apply_resolved(t, st, ptrs, grads, n);
 }
 
 /* Steps the summed rows [u0, u1) of a full push. */
@@ -1114,8 +1142,58 @@ static void full_part(void *arg, unsigned i)
     full_step_range(j->t, j->a, b, e);
 }
 
-static void full_apply(cqr_table_t *t, const uint64_t *ids,
-                       const float *grads, size_t n)
+/* Finds the rows of ids[b, e) into rows[]; returns how many are
+ * unknown (their rows[] entry is UINT32_MAX). */
+static size_t full_resolve_range(const cqr_table_t *t, const uint64_t *ids,
+                                 size_t b, size_t e, uint32_t *rows)
+{
+    size_t unknown = 0;
+    for (size_t j = b; j < e && j < b + LOOKUP_GROUP; j++)
+        cqr_idmap_prefetch(&t->rowmap, ids[j]);
+    for (size_t j = b; j < e; j++) {
+        if (j + LOOKUP_GROUP < e)
+            cqr_idmap_prefetch(&t->rowmap, ids[j + LOOKUP_GROUP]);
+        if (!full_find(t, ids[j], &rows[j])) {
+            rows[j] = UINT32_MAX;
+            unknown++;
+        }
+    }
+    return unknown;
+}
+
+typedef struct full_res_job {
+    const cqr_table_t *t;
+    const uint64_t *ids;
+    uint32_t *rows;
+    size_t n;
+    unsigned parts;
+    size_t unknown; /* atomic */
+} full_res_job_t;
+
+static void full_resolve_part(void *arg, unsigned i)
+{
+    full_res_job_t *j = arg;
+    size_t b, e;
+    part_range(j->n, j->parts, i, &b, &e);
+    size_t u = full_resolve_range(j->t, j->ids, b, e, j->rows);
+    if (u)
+        __atomic_fetch_add(&j->unknown, u, __ATOMIC_RELAXED);
+}
+
+static size_t full_resolve(cqr_table_t *t, const uint64_t *ids, size_t n,
+                           uint32_t *rows)
+{
+    if (!cqr_par_helpers(t->par) || n < PAR_MIN)
+        return full_resolve_range(t, ids, 0, n, rows);
+    full_res_job_t j = {t, ids, rows, n,
+                        (unsigned)((n + PAR_PART - 1) / PAR_PART), 0};
+    cqr_par_run(t->par, j.parts, full_resolve_part, &j);
+    return j.unknown;
+}
+
+/* Sums the gradients per row (first-seen order), then steps each row. */
+static void full_apply_rows(cqr_table_t *t, const uint32_t *rows,
+                            const float *grads, size_t n)
 {
     agg_t a;
     const uint32_t dim = t->cfg.dim;
@@ -1123,13 +1201,8 @@ static void full_apply(cqr_table_t *t, const uint64_t *ids,
     assert(rc == 0 && "out of memory for push scratch");
     (void)rc;
     for (size_t j = 0; j < n; j++) {
-        uint32_t row;
-        if (j + LOOKUP_GROUP < n)
-            cqr_idmap_prefetch(&t->rowmap, ids[j + LOOKUP_GROUP]);
-        int found = full_find(t, ids[j], &row);
-        assert(found);
-        (void)found;
-        agg_add(&a, row, grads + j * dim);
+        assert(rows[j] != UINT32_MAX);
+        agg_add(&a, rows[j], grads + j * dim);
     }
     /* The rows are distinct: parts step disjoint rows. */
     if (cqr_par_helpers(t->par) && a.nu >= PAR_MIN) {
@@ -1137,21 +1210,6 @@ static void full_apply(cqr_table_t *t, const uint64_t *ids,
         cqr_par_run(t->par, j.parts, full_part, &j);
     } else
         full_step_range(t, &a, 0, a.nu);
-}
-
-/* Whether every ID already has its row (full) or pointers (cqr).
- * Shared lock held. */
-static int all_known(const cqr_table_t *t, const uint64_t *ids, size_t n)
-{
-    const cqr_idmap_t *m = t->cfg.kind == CQR_KIND_FULL ? &t->rowmap
-                                                        : &t->st->ids;
-    for (size_t j = 0; j < n; j++) {
-        if (j + LOOKUP_GROUP < n)
-            cqr_idmap_prefetch(m, ids[j + LOOKUP_GROUP]);
-        if (!cqr_idmap_find(m, ids[j]))
-            return 0;
-    }
-    return 1;
 }
 
 /* Registers the IDs not yet known. Exclusive lock held. */
@@ -1241,14 +1299,20 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
                  : agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
     if (rc)
         return rc;
-    if (t->cfg.kind != CQR_KIND_FULL && !cb_ptrs(t, n))
+    uint32_t *rows = id_rows(t, n);
+    if (!rows)
         return CQR_ENOMEM;
+    const int full = t->cfg.kind == CQR_KIND_FULL;
     /* The gate makes the push one step for an export: wholly before its
      * copy or wholly after it, counters included. */
     pthread_rwlock_rdlock(&t->gate);
     for (;;) {
+        /* Finding every ID's rows (the map probes: cache misses, split
+         * over the helpers) also tells whether some are new. */
         pthread_rwlock_rdlock(&t->lock);
-        if (!track || all_known(t, ids, n))
+        size_t unknown = full ? full_resolve(t, ids, n, rows)
+                              : cb_resolve(t, t->st, ids, n, rows);
+        if (!track || unknown == 0)
             break;
         /* New IDs: register them exclusively, then apply under the
          * shared lock. A phase commit in between may swap in a map
@@ -1269,10 +1333,10 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
             goto out;
         }
     }
-    if (t->cfg.kind == CQR_KIND_FULL)
-        full_apply(t, ids, grads, n);
+    if (full)
+        full_apply_rows(t, rows, grads, n);
     else
-        cqr_cb_apply(t, t->st, ids, grads, n);
+        cb_apply_resolved(t, t->st, rows, grads, n);
     pthread_rwlock_unlock(&t->lock);
     __atomic_fetch_add(&t->n_pushes, n, __ATOMIC_RELAXED);
     __atomic_fetch_add(&t->n_examples, examples, __ATOMIC_RELAXED);

@@ -138,24 +138,31 @@ run() {
     sed "s/^{/{\"tag\":\"$tag\",/" "$LOGS/$tag.json" >> "$RES"
 }
 
-# run_med TAG CMD...: runs a benchmark REPS times (each run's stderr and
-# JSON line kept under logs/) and appends the run with the median emb/s,
-# tagged TAG, with every run's emb/s in "runs": a 2-core VM's timings vary
-# by 20% and more from one run to the next.
+# The main figures are medians of REPS rounds: a 2-core VM's timings vary
+# by 20% and more from one run to the next and drift over minutes, so each
+# round runs every main benchmark once, Redis and cqrps interleaved, and a
+# drift hits the baseline and cqrps alike.
+#
+# rep TAG CMD...: one run; its stderr and JSON line are added to
+# logs/TAG.log and logs/TAG.json. A failure is recorded once.
+# med TAG: appends the run with the median emb/s, with every run's emb/s
+# in "runs".
 REPS=3
-run_med() {
+rep() {
     local tag=$1; shift
-    local rc=0 i
-    : > "$LOGS/$tag.json"
-    : > "$LOGS/$tag.log"
-    for i in $(seq "$REPS"); do
-        "$@" 2> >(tee -a "$LOGS/$tag.log" >&2) >> "$LOGS/$tag.json" || rc=$?
-        if [ $rc -ne 0 ]; then
-            log "FAILED ($rc): $tag: $*"
-            echo "{\"tag\":\"$tag\",\"failed\":true,\"rc\":$rc}" >> "$RES"
-            return 0
-        fi
-    done
+    local rc=0
+    [ -e "$LOGS/$tag.failed" ] && return 0
+    "$@" 2> >(tee -a "$LOGS/$tag.log" >&2) >> "$LOGS/$tag.json" || rc=$?
+    if [ $rc -ne 0 ]; then
+        log "FAILED ($rc): $tag: $*"
+        echo "{\"tag\":\"$tag\",\"failed\":true,\"rc\":$rc}" >> "$RES"
+        : > "$LOGS/$tag.failed"
+    fi
+    return 0
+}
+med() {
+    local tag=$1
+    [ -e "$LOGS/$tag.failed" ] && return 0
     "$PY" - "$tag" "$LOGS/$tag.json" >> "$RES" <<'PYEOF'
 import json, sys
 tag, path = sys.argv[1], sys.argv[2]
@@ -222,57 +229,62 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 mem_avail_gb() { awk '/MemAvailable/ {printf "%d", $2/1048576}' /proc/meminfo; }
 
 # ---- 4. benchmarks -----------------------------------------------------------
-say "physical limits: loopback TCP (one connection) and the in-process engine (median of $REPS runs each)"
-run_med loop_stream "$LOOP" --mode stream --dim 64 --batch 1024 --seconds "$TS" --json
-run_med loop_rpc "$LOOP" --mode rpc --dim 64 --batch 1024 --seconds "$TS" --json
-for kind in cqr full; do
-    run_med "engine_lookup_$kind" "$ENG" --mode lookup --kind "$kind" --dim 64 \
-        --batch 1024 --vocab 1e6 --seconds "$TS" --json
-    run_med "engine_push_$kind" "$ENG" --mode push --kind "$kind" \
-        --optimizer adam --dim 64 --batch 1024 --vocab 1e6 --seconds "$TS" --json
-done
-
-say "baseline: Redis, 1e6 rows of 256 bytes, MGET / MGET+MSET of 1024 keys (median of $REPS runs each)"
+say "setup: Redis loaded with 1e6 rows of 256 bytes; cqrps tables with 1e6 known IDs"
 run redis_load "$RB" --addr "$REDIS_ADDR" --op lookup --load --dim 64 \
     --batch 1024 --vocab 1e6 --seconds 0.5 --json
-run_med redis_lookup "$RB" --addr "$REDIS_ADDR" --op lookup --dim 64 \
-    --batch 1024 --vocab 1e6 --seconds "$T" --server-pid "$REDIS_PID" --json
-run_med redis_lookup_depth2 "$RB" --addr "$REDIS_ADDR" --op lookup --dim 64 \
-    --batch 1024 --vocab 1e6 --depth 2 --seconds "$T" --server-pid "$REDIS_PID" \
-    --json
-run_med redis_push "$RB" --addr "$REDIS_ADDR" --op push --dim 64 --batch 1024 \
-    --vocab 1e6 --seconds "$T" --server-pid "$REDIS_PID" --json
-run_med redis_push_depth2 "$RB" --addr "$REDIS_ADDR" --op push --dim 64 \
-    --batch 1024 --vocab 1e6 --depth 2 --seconds "$T" \
-    --server-pid "$REDIS_PID" --json
-redis-cli -p "$REDIS_PORT" flushall >/dev/null
-
-say "cqrps: dim 64, batch 1024, uniform over 1e6 known IDs, one connection (median of $REPS runs each)"
 for kind in cqr full; do
     # Creates the table and makes all 1e6 IDs known; the runs reuse it.
     run "warm_$kind" "$CQB" --addr "$CQ_ADDR" --op lookup --kind "$kind" \
         --dim 64 --batch 1024 --conns 1 --vocab 1e6 --seconds 0.5 \
         --table "t_$kind" --keep --json
-    run_med "cqrps_lookup_$kind" "$CQB" --addr "$CQ_ADDR" --op lookup \
-        --kind "$kind" --dim 64 --batch 1024 --conns 1 --vocab 1e6 \
-        --seconds "$T" --server-pid "$SRV_PID" --table "t_$kind" --warm 0 \
-        --json
-    run_med "cqrps_push_$kind" "$CQB" --addr "$CQ_ADDR" --op push --kind "$kind" \
-        --optimizer adam --dim 64 --batch 1024 --conns 1 --vocab 1e6 \
-        --seconds "$T" --server-pid "$SRV_PID" --table "t_$kind" --warm 0 --json
 done
-# Pipelined: the client keeps two requests in flight on its one
-# connection (Redis gets the same in its depth-2 runs).
-for kind in cqr full; do
-    run_med "cqrps_lookup_${kind}_depth2" "$CQB" --addr "$CQ_ADDR" --op lookup \
-        --kind "$kind" --dim 64 --batch 1024 --conns 1 --depth 2 --vocab 1e6 \
-        --seconds "$T" --server-pid "$SRV_PID" --table "t_$kind" --warm 0 \
-        --json
-    run_med "cqrps_push_${kind}_depth2" "$CQB" --addr "$CQ_ADDR" --op push \
-        --kind "$kind" --optimizer adam --dim 64 --batch 1024 --conns 1 \
-        --depth 2 --vocab 1e6 --seconds "$T" --server-pid "$SRV_PID" \
-        --table "t_$kind" --warm 0 --json
+
+MAIN_TAGS=""
+for r in $(seq "$REPS"); do
+    say "main figures, round $r of $REPS: limits, engine, Redis, cqrps (dim 64, batch 1024, 1e6 IDs, one connection)"
+    rep loop_stream "$LOOP" --mode stream --dim 64 --batch 1024 --seconds "$TS" --json
+    rep loop_rpc "$LOOP" --mode rpc --dim 64 --batch 1024 --seconds "$TS" --json
+    for kind in cqr full; do
+        rep "engine_lookup_$kind" "$ENG" --mode lookup --kind "$kind" \
+            --dim 64 --batch 1024 --vocab 1e6 --seconds "$TS" --json
+        rep "engine_push_$kind" "$ENG" --mode push --kind "$kind" \
+            --optimizer adam --dim 64 --batch 1024 --vocab 1e6 --seconds "$TS" \
+            --json
+    done
+    # Depth 1 is one request at a time; depth 2 keeps two in flight on the
+    # one connection, for Redis and cqrps alike.
+    for d in 1 2; do
+        sfx=""
+        [ "$d" = 2 ] && sfx="_depth2"
+        rep "redis_lookup$sfx" "$RB" --addr "$REDIS_ADDR" --op lookup --dim 64 \
+            --batch 1024 --vocab 1e6 --depth "$d" --seconds "$T" \
+            --server-pid "$REDIS_PID" --json
+        for kind in cqr full; do
+            rep "cqrps_lookup_$kind$sfx" "$CQB" --addr "$CQ_ADDR" --op lookup \
+                --kind "$kind" --dim 64 --batch 1024 --conns 1 --depth "$d" \
+                --vocab 1e6 --seconds "$T" --server-pid "$SRV_PID" \
+                --table "t_$kind" --warm 0 --json
+        done
+        rep "redis_push$sfx" "$RB" --addr "$REDIS_ADDR" --op push --dim 64 \
+            --batch 1024 --vocab 1e6 --depth "$d" --seconds "$T" \
+            --server-pid "$REDIS_PID" --json
+        for kind in cqr full; do
+            rep "cqrps_push_$kind$sfx" "$CQB" --addr "$CQ_ADDR" --op push \
+                --kind "$kind" --optimizer adam --dim 64 --batch 1024 \
+                --conns 1 --depth "$d" --vocab 1e6 --seconds "$T" \
+                --server-pid "$SRV_PID" --table "t_$kind" --warm 0 --json
+        done
+        MAIN_TAGS="$MAIN_TAGS redis_lookup$sfx redis_push$sfx"
+        for kind in cqr full; do
+            MAIN_TAGS="$MAIN_TAGS cqrps_lookup_$kind$sfx cqrps_push_$kind$sfx"
+        done
+    done
 done
+for tag in loop_stream loop_rpc engine_lookup_cqr engine_push_cqr \
+           engine_lookup_full engine_push_full $(echo "$MAIN_TAGS" | tr ' ' '\n' | sort -u); do
+    med "$tag"
+done
+redis-cli -p "$REDIS_PORT" flushall >/dev/null
 run cqrps_lookup_cqr_zipf "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
     --dim 64 --batch 1024 --conns 1 --vocab 1e6 --zipf 1.05 --seconds "$TS" \
     --server-pid "$SRV_PID" --table t_cqr --warm 0 --json

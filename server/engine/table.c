@@ -800,6 +800,15 @@ static void part_range(size_t n, unsigned parts, unsigned i, size_t *b,
     *e = n * (i + 1) / parts;
 }
 
+/* Parts of about PAR_PART for a split of n items of t's call by ranges,
+ * or 0 when the call runs alone (no helpers, or fewer than PAR_MIN). */
+static unsigned range_parts(const cqr_table_t *t, size_t n)
+{
+    if (!cqr_par_helpers(t->par) || n < PAR_MIN)
+        return 0;
+    return (unsigned)((n + PAR_PART - 1) / PAR_PART);
+}
+
 static void lookup_part(void *arg, unsigned i)
 {
     lookup_job_t *j = arg;
@@ -815,9 +824,9 @@ int cqr_table_lookup(cqr_table_t *t, const uint64_t *ids, size_t n,
     if (!t || (n && (!ids || !out)))
         return CQR_EINVAL;
     pthread_rwlock_rdlock(&t->lock);
-    if (cqr_par_helpers(t->par) && n >= PAR_MIN) {
-        lookup_job_t j = {t, ids, out, n,
-                          (unsigned)((n + PAR_PART - 1) / PAR_PART)};
+    unsigned parts = range_parts(t, n);
+    if (parts) {
+        lookup_job_t j = {t, ids, out, n, parts};
         cqr_par_run(t->par, j.parts, lookup_part, &j);
     } else
         lookup_locked(t, ids, n, out);
@@ -1020,24 +1029,12 @@ static void cb_apply_chunks(cqr_table_t *t, cqr_cbstate_t *st,
 typedef struct cb_job {
     cqr_table_t *t;
     cqr_cbstate_t *st;
-    const uint64_t *ids;
     const float *grads;
     size_t n;
     uint32_t *ptrs;
     const agg_t *base; /* the caller's scratch, split between the parts */
     unsigned parts;
-    size_t unknown;    /* IDs the resolve pass did not find (atomic) */
 } cb_job_t;
-
-static void cb_resolve_part(void *arg, unsigned i)
-{
-    cb_job_t *j = arg;
-    size_t b, e;
-    part_range(j->n, j->parts, i, &b, &e);
-    size_t u = cb_resolve_range(j->t, j->st, j->ids, b, e, j->ptrs);
-    if (u)
-        __atomic_fetch_add(&j->unknown, u, __ATOMIC_RELAXED);
-}
 
 static void cb_apply_part(void *arg, unsigned i)
 {
@@ -1064,19 +1061,8 @@ static uint32_t *id_rows(const cqr_table_t *t, size_t n)
     return scratch(SCRATCH_PTRS, (n ? n : 1) * per * sizeof(uint32_t));
 }
 
-/* The resolve pass over every ID: the number of cqr IDs that st does not
- * know (whose learned pointers were taken as hashed ones). */
-static size_t cb_resolve(cqr_table_t *t, const cqr_cbstate_t *st,
-                         const uint64_t *ids, size_t n, uint32_t *ptrs)
-{
-    if (!cqr_par_helpers(t->par) || n < PAR_MIN)
-        return cb_resolve_range(t, st, ids, 0, n, ptrs);
-    cb_job_t j = {.t = t, .st = (cqr_cbstate_t *)st, .ids = ids, .n = n,
-                  .ptrs = ptrs,
-                  .parts = (unsigned)((n + PAR_PART - 1) / PAR_PART)};
-    cqr_par_run(t->par, j.parts, cb_resolve_part, &j);
-    return j.unknown;
-}
+static size_t resolve_rows(cqr_table_t *t, const cqr_cbstate_t *st,
+                           const uint64_t *ids, size_t n, uint32_t *rows);
 
 /* The apply pass over resolved rows. */
 static void cb_apply_resolved(cqr_table_t *t, cqr_cbstate_t *st,
@@ -1101,7 +1087,7 @@ void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
 {
     uint32_t *ptrs = id_rows(t, n);
     assert(ptrs && "out of memory for push scratch");
-    cb_resolve(t, st, ids, n, ptrs);
+    resolve_rows(t, st, ids, n, ptrs);
     cb_apply_resolved(t, st, ptrs, grads, n);
 }
 
@@ -1161,33 +1147,44 @@ static size_t full_resolve_range(const cqr_table_t *t, const uint64_t *ids,
     return unknown;
 }
 
-typedef struct full_res_job {
-    const cqr_table_t *t;
+/* The resolve pass of a push, for every kind: finds the rows of every
+ * ID (codebook kinds: in state st) into rows[], split over the helpers by
+ * ID ranges, and returns how many IDs the table does not know (full and
+ * cqr; a cqr ID's learned pointers are then its hashed ones). */
+typedef struct resolve_job {
+    cqr_table_t *t;
+    const cqr_cbstate_t *st;
     const uint64_t *ids;
     uint32_t *rows;
     size_t n;
     unsigned parts;
     size_t unknown; /* atomic */
-} full_res_job_t;
+} resolve_job_t;
 
-static void full_resolve_part(void *arg, unsigned i)
+static size_t resolve_range(const resolve_job_t *j, size_t b, size_t e)
 {
-    full_res_job_t *j = arg;
+    if (j->t->cfg.kind == CQR_KIND_FULL)
+        return full_resolve_range(j->t, j->ids, b, e, j->rows);
+    return cb_resolve_range(j->t, j->st, j->ids, b, e, j->rows);
+}
+
+static void resolve_part(void *arg, unsigned i)
+{
+    resolve_job_t *j = arg;
     size_t b, e;
     part_range(j->n, j->parts, i, &b, &e);
-    size_t u = full_resolve_range(j->t, j->ids, b, e, j->rows);
+    size_t u = resolve_range(j, b, e);
     if (u)
         __atomic_fetch_add(&j->unknown, u, __ATOMIC_RELAXED);
 }
 
-static size_t full_resolve(cqr_table_t *t, const uint64_t *ids, size_t n,
-                           uint32_t *rows)
+static size_t resolve_rows(cqr_table_t *t, const cqr_cbstate_t *st,
+                           const uint64_t *ids, size_t n, uint32_t *rows)
 {
-    if (!cqr_par_helpers(t->par) || n < PAR_MIN)
-        return full_resolve_range(t, ids, 0, n, rows);
-    full_res_job_t j = {t, ids, rows, n,
-                        (unsigned)((n + PAR_PART - 1) / PAR_PART), 0};
-    cqr_par_run(t->par, j.parts, full_resolve_part, &j);
+    resolve_job_t j = {t, st, ids, rows, n, range_parts(t, n), 0};
+    if (!j.parts)
+        return resolve_range(&j, 0, n);
+    cqr_par_run(t->par, j.parts, resolve_part, &j);
     return j.unknown;
 }
 
@@ -1205,8 +1202,9 @@ static void full_apply_rows(cqr_table_t *t, const uint32_t *rows,
         agg_add(&a, rows[j], grads + j * dim);
     }
     /* The rows are distinct: parts step disjoint rows. */
-    if (cqr_par_helpers(t->par) && a.nu >= PAR_MIN) {
-        full_job_t j = {t, &a, (unsigned)((a.nu + PAR_PART - 1) / PAR_PART)};
+    unsigned parts = range_parts(t, a.nu);
+    if (parts) {
+        full_job_t j = {t, &a, parts};
         cqr_par_run(t->par, j.parts, full_part, &j);
     } else
         full_step_range(t, &a, 0, a.nu);
@@ -1310,8 +1308,7 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
         /* Finding every ID's rows (the map probes: cache misses, split
          * over the helpers) also tells whether some are new. */
         pthread_rwlock_rdlock(&t->lock);
-        size_t unknown = full ? full_resolve(t, ids, n, rows)
-                              : cb_resolve(t, t->st, ids, n, rows);
+        size_t unknown = resolve_rows(t, t->st, ids, n, rows);
         if (!track || unknown == 0)
             break;
         /* New IDs: register them exclusively, then apply under the

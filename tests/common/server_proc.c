@@ -172,6 +172,20 @@ int cqr_test_server_start_at(cqr_test_server_t *s, const char *listen,
     return -1;
 }
 
+int cqr_test_server_has_flag(const char *flag)
+{
+    FILE *p = popen(CQR_SERVER_BIN " --help", "r");
+    if (p == NULL)
+        return -1;
+    char line[512];
+    int found = 0;
+    while (fgets(line, sizeof line, p))
+        if (strstr(line, flag))
+            found = 1;
+    pclose(p);
+    return found;
+}
+
 int cqr_test_server_start(cqr_test_server_t *s, const char *const *args,
                           int timeout_ms)
 {

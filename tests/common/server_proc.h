@@ -35,6 +35,10 @@ typedef struct cqr_test_server {
     size_t out_rest_len;   /* bytes in out_rest */
 } cqr_test_server_t;
 
+/* 1 if `cqrps-server --help` lists `flag` (features other issues add,
+ * such as --data-dir), 0 if not, -1 if --help could not be run. */
+int cqr_test_server_has_flag(const char *flag);
+
 /* Starts the server on 127.0.0.1:0 with the extra flags in args (a
  * NULL-terminated list, or NULL). */
 int cqr_test_server_start(cqr_test_server_t *s, const char *const *args,

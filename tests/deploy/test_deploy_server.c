@@ -37,23 +37,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-/* 1 if `cqrps-server --help` lists the flag (features that other issues
- * add, such as --data-dir). */
-static int server_has_flag(const char *flag)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "%s --help", CQR_SERVER_BIN_PATH);
-    FILE *p = popen(cmd, "r");
-    ck_assert_ptr_nonnull(p);
-    char line[512];
-    int found = 0;
-    while (fgets(line, sizeof line, p))
-        if (strstr(line, flag))
-            found = 1;
-    pclose(p);
-    return found;
-}
-
 typedef struct http_reply {
     int status;   /* HTTP status code, -1 on failure */
     char *head;   /* headers (malloc'd, NUL-terminated) */
@@ -199,7 +182,9 @@ static void start_from_example(cqr_test_server_t *s, uint16_t *mport)
     args[n++] = CQR_EXAMPLE_CONF;
     args[n++] = "--metrics-listen";
     args[n++] = "127.0.0.1:0";
-    if (server_has_flag("--data-dir")) {
+    int persist = cqr_test_server_has_flag("--data-dir");
+    ck_assert_int_ge(persist, 0);
+    if (persist) {
         snprintf(data_dir, sizeof data_dir, "/tmp/cqr-deploy-XXXXXX");
         ck_assert_ptr_nonnull(mkdtemp(data_dir));
         args[n++] = "--data-dir";

@@ -31,21 +31,6 @@ static char all[sizeof(((cqr_test_server_t *)0)->addr) * NSH + NSH];
 static int persist;            /* the server has --data-dir */
 static char dirs[NSH][64];     /* each shard's data dir (with persist) */
 
-static int server_has_flag(const char *flag)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "%s --help", CQR_SERVER_BIN_PATH);
-    FILE *p = popen(cmd, "r");
-    ck_assert_ptr_nonnull(p);
-    char line[512];
-    int found = 0;
-    while (fgets(line, sizeof line, p))
-        if (strstr(line, flag))
-            found = 1;
-    pclose(p);
-    return found;
-}
-
 /* Starts shard i (at `listen`, or on a free port when NULL). */
 static void start_shard(int i, const char *listen)
 {
@@ -62,7 +47,8 @@ static void start_shard(int i, const char *listen)
 
 static void setup(void)
 {
-    persist = server_has_flag("--data-dir");
+    persist = cqr_test_server_has_flag("--data-dir");
+    ck_assert_int_ge(persist, 0);
     for (int i = 0; i < NSH; i++) {
         if (persist) {
             snprintf(dirs[i], sizeof dirs[i], "/tmp/cqr-shard-XXXXXX");

@@ -4,13 +4,13 @@
  * --metrics-listen's forms and --print-config round-tripping through a
  * file. No sockets. */
 #include <check.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "config_args.h"
 #include "err.h"
 
 static char path[64];
@@ -33,27 +33,6 @@ static void teardown(void)
     path[0] = '\0';
 }
 
-/* Parses a NULL-terminated argument list after defaults. */
-static int parse(cqr_config_t *cfg, char *err, size_t errlen, ...)
-{
-    char *argv[32];
-    int argc = 0;
-    static char prog[] = "cqrps-server";
-    argv[argc++] = prog;
-    va_list ap;
-    va_start(ap, errlen);
-    char *a;
-    while ((a = va_arg(ap, char *)) != NULL && argc < 31)
-        argv[argc++] = a;
-    va_end(ap);
-    argv[argc] = NULL;
-    cqr_config_defaults(cfg);
-    err[0] = '\0';
-    return cqr_config_parse_args(cfg, argc, argv, err, errlen);
-}
-
-#define PARSE(cfg, err, ...) \
-    parse(cfg, err, sizeof err, __VA_ARGS__, (char *)NULL)
 
 /* Loads text as a file on top of the defaults. */
 static int load(cqr_config_t *cfg, const char *text, char *err,

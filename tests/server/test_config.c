@@ -2,36 +2,15 @@
  * addresses, clear errors for bad values, --help/--version, and the one
  * option table staying consistent. */
 #include <check.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
+#include "config_args.h"
 #include "err.h"
 
-/* Parses a NULL-terminated list of arguments (argv[0] added). */
-static int parse(cqr_config_t *cfg, char *err, size_t errlen, ...)
-{
-    char *argv[32];
-    int argc = 0;
-    static char prog[] = "cqrps-server";
-    argv[argc++] = prog;
-    va_list ap;
-    va_start(ap, errlen);
-    char *a;
-    while ((a = va_arg(ap, char *)) != NULL && argc < 31)
-        argv[argc++] = a;
-    va_end(ap);
-    argv[argc] = NULL;
-    cqr_config_defaults(cfg);
-    err[0] = '\0';
-    return cqr_config_parse_args(cfg, argc, argv, err, errlen);
-}
-
-#define PARSE(cfg, err, ...) \
-    parse(cfg, err, sizeof err, __VA_ARGS__, (char *)NULL)
 
 START_TEST(test_defaults)
 {

@@ -25,10 +25,10 @@
 #include <unistd.h>
 
 #include "bench_common.h"
-#include "err.h"
-#include "persist.h"
-#include "store.h"
-#include "table.h"
+#include "engine/err.h"
+#include "engine/persist.h"
+#include "store/store.h"
+#include "engine/table.h"
 
 #define PROG "checkpoint-bench"
 

@@ -33,10 +33,10 @@
 #include <string.h>
 
 #include "bench_common.h"
-#include "err.h"
-#include "kmeans.h"
-#include "par.h"
-#include "table.h"
+#include "engine/err.h"
+#include "engine/kmeans.h"
+#include "engine/par.h"
+#include "engine/table.h"
 
 #define PROG "engine-bench"
 

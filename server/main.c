@@ -31,16 +31,16 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "auth.h"
-#include "ckpt.h"
-#include "config.h"
-#include "conn.h"
-#include "err.h"
-#include "kmeans.h"
-#include "log.h"
-#include "metrics.h"
-#include "notify.h"
-#include "rpc.h"
+#include "ops/auth.h"
+#include "store/ckpt.h"
+#include "ops/config.h"
+#include "net/conn.h"
+#include "engine/err.h"
+#include "engine/kmeans.h"
+#include "ops/log.h"
+#include "ops/metrics.h"
+#include "ops/notify.h"
+#include "rpc/rpc.h"
 
 /* Time the I/O threads get to answer received requests and flush. */
 #define SHUTDOWN_GRACE_MS 5000

@@ -11,7 +11,7 @@
 
 #include "cqrps.h"
 #include "cqrps.pb-c.h"
-#include "err.h"
+#include "engine/err.h"
 #include "testutil.h"
 #include "wire.h"
 

@@ -14,7 +14,7 @@
 
 #include "cqrps.h"
 #include "server_proc.h"
-#include "table.h"
+#include "engine/table.h"
 
 /* Bounds of every wait in the suites, in ms. */
 #define TU_START_MS 10000
@@ -33,7 +33,7 @@ cqrps_client_t *tu_connect(const char *addr);
  * engine mirror needs no knowledge of the server's defaults. */
 void tu_config(cqrps_table_config_t *cfg, cqrps_kind_t kind,
                cqrps_optimizer_t opt, uint32_t dim);
-/* The engine config the server builds from cfg (server/rpc.c). */
+/* The engine config the server builds from cfg (server/rpc/rpc.c). */
 void tu_engine_config(const cqrps_table_config_t *cfg,
                       cqr_table_config_t *out);
 /* Creates the in-process mirror of cfg. */

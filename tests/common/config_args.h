@@ -6,7 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 
-#include "config.h"
+#include "ops/config.h"
 
 /* Parses a NULL-terminated list of arguments (argv[0] added) on top of
  * the defaults; err gets the message. */

@@ -365,7 +365,7 @@ def systemd_unit():
 
 def readme_names_metrics():
     readme = read(os.path.join(DEPLOY, "README.md"))
-    src = read(os.path.join(ROOT, "server", "metrics.c"))
+    src = read(os.path.join(ROOT, "server", "ops", "metrics.c"))
     names = set(re.findall(r'"((?:cqrps|process)_[a-z_]+?)(?:[{" ]|")', src))
     names = {n for n in names if not n.endswith("_")}
     # A histogram's _bucket/_sum/_count series belong to its family.
@@ -384,8 +384,8 @@ def prometheus_rules():
     path = os.path.join(DEPLOY, "prometheus", "cqrps.rules.yml")
     with open(path, encoding="utf-8") as f:
         rules = yaml.safe_load(f)
-    src = read(os.path.join(ROOT, "server", "metrics.c")) + \
-        read(os.path.join(ROOT, "server", "rpc.h"))
+    src = read(os.path.join(ROOT, "server", "ops", "metrics.c")) + \
+        read(os.path.join(ROOT, "server", "rpc", "rpc.h"))
     n = 0
     for g in rules["groups"]:
         need(g.get("name") and g.get("rules"), "a group needs name and rules")

@@ -9,9 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "ops/config.h"
 #include "config_args.h"
-#include "err.h"
+#include "engine/err.h"
 
 static char path[64];
 

@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "kmeans.h"
+#include "engine/err.h"
+#include "engine/kmeans.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 

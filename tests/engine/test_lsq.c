@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "hash.h"
-#include "table.h"
+#include "engine/err.h"
+#include "engine/hash.h"
+#include "engine/table.h"
 
 #define N 4096
 #define DIM 16

@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "hash.h"
-#include "kmeans.h"
-#include "par.h"
-#include "table.h"
+#include "engine/err.h"
+#include "engine/hash.h"
+#include "engine/kmeans.h"
+#include "engine/par.h"
+#include "engine/table.h"
 
 typedef struct count_job {
     unsigned parts;

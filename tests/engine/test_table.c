@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "table.h"
-#include "table_impl.h"
+#include "engine/err.h"
+#include "engine/table.h"
+#include "engine/table_impl.h"
 
 static cqr_table_t *make(cqr_kind_t kind, uint32_t dim, uint32_t chunks,
                          uint32_t rows, cqr_optim_kind_t opt, float lr,

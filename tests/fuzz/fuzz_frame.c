@@ -1,4 +1,4 @@
-/* fuzz_frame.c -- libFuzzer target for the frame reader (server/frame.c).
+/* fuzz_frame.c -- libFuzzer target for the frame reader (server/net/frame.c).
  *
  * The input (after two control bytes, fuzz_common.h) is what a connection
  * receives. It is fed to a cqr_frame_reader in reads of pseudo-random
@@ -19,8 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "frame.h"
+#include "engine/err.h"
+#include "net/frame.h"
 #include "fuzz_common.h"
 
 /* Small reads make the reader move partial frames around a lot. */

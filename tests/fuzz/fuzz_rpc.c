@@ -1,4 +1,4 @@
-/* fuzz_rpc.c -- libFuzzer target for request dispatch (server/rpc.c)
+/* fuzz_rpc.c -- libFuzzer target for request dispatch (server/rpc/rpc.c)
  * against an in-process engine, without sockets.
  *
  * One input is one connection: byte 0 picks the authentication mode
@@ -30,15 +30,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "auth.h"
-#include "config.h"
+#include "ops/auth.h"
+#include "ops/config.h"
 #include "cqrps.pb-c.h"
-#include "err.h"
-#include "frame.h"
+#include "engine/err.h"
+#include "net/frame.h"
 #include "fuzz_common.h"
-#include "kmeans.h"
-#include "log.h"
-#include "rpc.h"
+#include "engine/kmeans.h"
+#include "ops/log.h"
+#include "rpc/rpc.h"
 
 static cqr_config_t cfg;
 /* Hello hooks of each mode, set up once from token files. */

@@ -18,7 +18,7 @@
 #include <sys/stat.h>
 
 #include "cqrps.pb-c.h"
-#include "frame.h"
+#include "net/frame.h"
 #include "fuzz_common.h"
 
 typedef Cqrps__V1__Request Request;

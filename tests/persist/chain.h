@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "persist.h"
+#include "engine/persist.h"
 
 typedef struct chain_page {
     uint32_t type, index; /* page */

@@ -9,11 +9,11 @@
 #include <string.h>
 
 #include "chain.h"
-#include "err.h"
-#include "hash.h"
-#include "persist.h"
-#include "table.h"
-#include "table_impl.h"
+#include "engine/err.h"
+#include "engine/hash.h"
+#include "engine/persist.h"
+#include "engine/table.h"
+#include "engine/table_impl.h"
 
 static cqr_table_t *make(cqr_kind_t kind, cqr_optim_kind_t opt, uint32_t dim,
                          uint32_t rows, uint64_t seed)

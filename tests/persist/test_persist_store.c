@@ -23,11 +23,11 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "err.h"
-#include "hash.h"
-#include "persist.h"
-#include "store.h"
-#include "table.h"
+#include "engine/err.h"
+#include "engine/hash.h"
+#include "engine/persist.h"
+#include "store/store.h"
+#include "engine/table.h"
 
 /* ---- Helpers ----------------------------------------------------------- */
 

@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 #include "cqrps.pb-c.h"
-#include "manifest.h"
+#include "store/manifest.h"
 #include "testutil.h"
 
 #define DIM 8

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #include "cqrps.pb-c.h"
-#include "frame.h"
+#include "net/frame.h"
 
 typedef Cqrps__V1__Request rw_request_t;
 typedef Cqrps__V1__Response rw_response_t;

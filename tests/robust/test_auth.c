@@ -1,4 +1,4 @@
-/* Token authentication in-process (server/auth.c with server/rpc.c, no
+/* Token authentication in-process (server/ops/auth.c with server/rpc/rpc.c, no
  * sockets): token files and their permission rules, the constant-time
  * comparison, loopback detection, and every case of the Hello hook as the
  * RPC layer applies it -- including that an unauthenticated session's
@@ -13,12 +13,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "auth.h"
+#include "ops/auth.h"
 #include "cqrps.pb-c.h"
-#include "err.h"
-#include "frame.h"
-#include "log.h"
-#include "rpc.h"
+#include "engine/err.h"
+#include "net/frame.h"
+#include "ops/log.h"
+#include "rpc/rpc.h"
 
 typedef Cqrps__V1__Request Request;
 typedef Cqrps__V1__Response Response;

@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "budget.h"
-#include "err.h"
-#include "table.h"
+#include "engine/budget.h"
+#include "engine/err.h"
+#include "engine/table.h"
 
 static cqr_table_t *make(cqr_kind_t kind, uint32_t dim, uint32_t rows)
 {

@@ -32,7 +32,7 @@
 #include "cqrps.h"
 #include "rawwire.h"
 #include "server_proc.h"
-#include "table.h"
+#include "engine/table.h"
 #include "testutil.h"
 
 #define N_VALID 40

@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "ops/config.h"
 #include "config_args.h"
-#include "err.h"
+#include "engine/err.h"
 
 
 START_TEST(test_defaults)

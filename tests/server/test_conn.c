@@ -17,12 +17,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "conn.h"
+#include "net/conn.h"
 #include "cqrps.pb-c.h"
-#include "err.h"
-#include "frame.h"
-#include "log.h"
-#include "rpc.h"
+#include "engine/err.h"
+#include "net/frame.h"
+#include "ops/log.h"
+#include "rpc/rpc.h"
 
 typedef Cqrps__V1__Request Request;
 typedef Cqrps__V1__Response Response;

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "frame.h"
+#include "engine/err.h"
+#include "net/frame.h"
 
 /* Builds a stream of frames with bodies of the given lengths; body byte j
  * of frame i is (i * 31 + j) & 0xff. */

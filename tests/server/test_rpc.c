@@ -13,11 +13,11 @@
 #include <unistd.h>
 
 #include "cqrps.pb-c.h"
-#include "err.h"
-#include "frame.h"
-#include "log.h"
-#include "registry.h"
-#include "rpc.h"
+#include "engine/err.h"
+#include "net/frame.h"
+#include "ops/log.h"
+#include "tables/registry.h"
+#include "rpc/rpc.h"
 
 typedef Cqrps__V1__Request Request;
 typedef Cqrps__V1__Response Response;

@@ -1,5 +1,5 @@
-/* The server's hand codec (server/wire.c) against protobuf-c, and the
- * request path that uses it (server/rpc.c) against the protobuf-c
+/* The server's hand codec (server/rpc/wire.c) against protobuf-c, and the
+ * request path that uses it (server/rpc/rpc.c) against the protobuf-c
  * fallback it keeps:
  *
  *   - decoding: on random Lookup and Push requests packed by protobuf-c,
@@ -22,12 +22,12 @@
 #include <string.h>
 
 #include "cqrps.pb-c.h"
-#include "err.h"
-#include "frame.h"
-#include "log.h"
-#include "registry.h"
-#include "rpc.h"
-#include "wire.h"
+#include "engine/err.h"
+#include "net/frame.h"
+#include "ops/log.h"
+#include "tables/registry.h"
+#include "rpc/rpc.h"
+#include "rpc/wire.h"
 
 typedef Cqrps__V1__Request Request;
 typedef Cqrps__V1__Response Response;

@@ -1,5 +1,5 @@
 /* manifest.c -- the store's keys, manifests and key sets (manifest.h). */
-#include "manifest.h"
+#include "store/manifest.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 #define MAN_MAGIC 0x4d525143u /* "CQRM" */
 #define MAN_VERSION 1u

@@ -40,8 +40,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
-#include "rpc.h"
+#include "ops/config.h"
+#include "rpc/rpc.h"
 
 /* Longest token accepted from a file (a Hello carrying more cannot
  * match). */

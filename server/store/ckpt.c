@@ -1,4 +1,4 @@
-#include "ckpt.h"
+#include "store/ckpt.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -8,10 +8,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
-#include "log.h"
-#include "persist.h"
-#include "store.h"
+#include "engine/err.h"
+#include "ops/log.h"
+#include "engine/persist.h"
+#include "store/store.h"
 
 /* Per-table pause lines are info level up to this many tables, debug
  * beyond (the summary line always carries the longest pause). */

@@ -34,7 +34,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "log.h"
+#include "ops/log.h"
 
 #define CQR_SERVER_VERSION "0.1.0"
 #define CQR_PROTOCOL_VERSION 1u

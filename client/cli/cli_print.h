@@ -1,4 +1,4 @@
-/* cli_print.h -- output helpers of the `cqrps` CLI (client/cli.c).
+/* cli_print.h -- output helpers of the `cqrps` CLI (client/cli/cli.c).
  *
  * JSON: the js_* functions write one member of an object to stdout;
  * `first` tracks whether a comma is due and is set to 0 after the first

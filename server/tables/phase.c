@@ -1,4 +1,4 @@
-#include "phase.h"
+#include "tables/phase.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -8,8 +8,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
-#include "log.h"
+#include "engine/err.h"
+#include "ops/log.h"
 
 /* Records kept overall, finished ones beyond this are pruned oldest
  * first (queued and running ones are never pruned). */

@@ -31,8 +31,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
-#include "rpc.h"
+#include "ops/config.h"
+#include "rpc/rpc.h"
 
 /* A heartbeat older than this fails /healthz. */
 #define CQR_HEALTH_STALL_MS 10000

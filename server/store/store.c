@@ -1,5 +1,5 @@
 /* store.c -- generations of table checkpoints in RocksDB (see store.h). */
-#include "store.h"
+#include "store/store.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -11,9 +11,9 @@
 #include <time.h>
 #include <xxhash.h>
 
-#include "err.h"
-#include "manifest.h"
-#include "persist.h"
+#include "engine/err.h"
+#include "store/manifest.h"
+#include "engine/persist.h"
 
 #define STORE_FORMAT "cqrps-store 1"
 

@@ -1,13 +1,13 @@
 /* opstats.c -- per-thread request counters and latency histograms (see
  * opstats.h). */
-#include "opstats.h"
+#include "ops/opstats.h"
 
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 #define CACHE_LINE 64
 

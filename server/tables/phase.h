@@ -28,7 +28,7 @@
 
 #include <stdint.h>
 
-#include "registry.h"
+#include "tables/registry.h"
 
 #define CQR_PHASE_HISTORY 8
 

@@ -53,7 +53,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "rpc.h"
+#include "rpc/rpc.h"
 
 typedef struct cqr_io cqr_io_t;
 

@@ -24,11 +24,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
-#include "frame.h"
-#include "opstats.h"
-#include "phase.h"
-#include "registry.h"
+#include "ops/config.h"
+#include "net/frame.h"
+#include "ops/opstats.h"
+#include "tables/phase.h"
+#include "tables/registry.h"
 
 /* Every counter of the server: X(name, help). The Stats reply lists them
  * by name in its counters map, plus one per status and per operation. */

@@ -1,4 +1,4 @@
-#include "frame.h"
+#include "net/frame.h"
 
 #include <assert.h>
 #include <stddef.h>
@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 void cqr_buf_init(cqr_buf_t *b)
 {

@@ -1,4 +1,4 @@
-#include "log.h"
+#include "ops/log.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>

@@ -1,4 +1,4 @@
-#include "conn.h"
+#include "net/conn.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -12,9 +12,9 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "err.h"
-#include "log.h"
-#include "wire.h"
+#include "engine/err.h"
+#include "ops/log.h"
+#include "rpc/wire.h"
 
 /* Frames handled per read callback (or idle pass) before yielding. */
 #define FRAMES_PER_BATCH 32

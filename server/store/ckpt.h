@@ -35,8 +35,8 @@
 #ifndef CQR_CKPT_H
 #define CQR_CKPT_H
 
-#include "config.h"
-#include "rpc.h"
+#include "ops/config.h"
+#include "rpc/rpc.h"
 
 typedef struct cqr_ckpt cqr_ckpt_t;
 

@@ -1,5 +1,5 @@
 /* notify.c -- sd_notify over a unix datagram socket (see notify.h). */
-#include "notify.h"
+#include "ops/notify.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -10,7 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 int cqr_notify(const char *state)
 {

@@ -1,5 +1,5 @@
 /* auth.c -- token files, the Hello hook, the exposure warning. */
-#include "auth.h"
+#include "ops/auth.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -13,8 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "err.h"
-#include "log.h"
+#include "engine/err.h"
+#include "ops/log.h"
 
 struct cqr_auth {
     uint8_t *token;       /* data-plane token, or NULL (no token needed) */

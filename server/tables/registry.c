@@ -1,4 +1,4 @@
-#include "registry.h"
+#include "tables/registry.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "budget.h"
-#include "err.h"
-#include "par.h"
+#include "engine/budget.h"
+#include "engine/err.h"
+#include "engine/par.h"
 
 struct cqr_registry {
     pthread_rwlock_t lock;    /* guards buckets, chains, count, visible */

@@ -1,4 +1,4 @@
-#include "rpc.h"
+#include "rpc/rpc.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -11,9 +11,9 @@
 #include <time.h>
 
 #include "cqrps.pb-c.h"
-#include "err.h"
-#include "log.h"
-#include "wire.h"
+#include "engine/err.h"
+#include "ops/log.h"
+#include "rpc/wire.h"
 
 /* Vectors travel as raw little-endian float32 and are handed to and from
  * the engine with memcpy; a big-endian host would need a byte swap here. */

@@ -1,6 +1,6 @@
 /* metrics.c -- /metrics, /healthz and /readyz over libmicrohttpd (see
  * metrics.h). */
-#include "metrics.h"
+#include "ops/metrics.h"
 
 #include <inttypes.h>
 #include <microhttpd.h>
@@ -13,10 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "conn.h"
-#include "err.h"
-#include "log.h"
-#include "table.h"
+#include "net/conn.h"
+#include "engine/err.h"
+#include "ops/log.h"
+#include "engine/table.h"
 
 /* Concurrent scrapers are few; more connections wait in the backlog. */
 #define HTTP_CONNECTIONS 16

@@ -62,7 +62,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "table.h"
+#include "engine/table.h"
 
 typedef struct cqr_store cqr_store_t;
 

@@ -34,7 +34,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "table.h"
+#include "engine/table.h"
 
 /* Table names: 1..CQR_NAME_MAX bytes of [A-Za-z0-9_.-], so they are safe
  * in logs, file names (checkpoints) and metric labels. */

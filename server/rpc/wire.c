@@ -1,6 +1,6 @@
 /* wire.c -- the server's hand codec for Lookup, Push and their replies
  * (see wire.h for why and for the contract). */
-#include "wire.h"
+#include "rpc/wire.h"
 
 #include <limits.h>
 #include <string.h>

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "check_main.h"
 
 #ifndef CQR_CLI_BIN
 #error "CQR_CLI_BIN must be defined by the build"
@@ -401,7 +402,7 @@ START_TEST(test_json_validator_itself)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("client_cli");
     TCase *tc = tcase_create("cli");
@@ -411,11 +412,5 @@ int main(void)
     tcase_add_test(tc, test_cli_usage);
     tcase_add_test(tc, test_cli_commands);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    /* The server lives across tests: never fork per test. */
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "check_main.h"
 
 static cqr_test_server_t srv;
 
@@ -432,7 +433,7 @@ START_TEST(test_cluster_under_traffic_loses_nothing)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("client_concurrency");
     TCase *tc = tcase_create("concurrency");
@@ -441,11 +442,5 @@ int main(void)
     tcase_add_test(tc, test_sixteen_clients_exact);
     tcase_add_test(tc, test_cluster_under_traffic_loses_nothing);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    /* Servers and threads live across tests: never fork per test. */
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }

@@ -28,6 +28,7 @@
 
 #include "cqrps.pb-c.h"
 #include "testutil.h"
+#include "check_main.h"
 
 #define MAX_FRAME (1 << 20)
 #define MAX_BATCH 1000
@@ -582,7 +583,7 @@ START_TEST(test_sigterm_exits_zero_promptly)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("client_faults");
     TCase *f = tcase_create("faults");
@@ -602,11 +603,5 @@ int main(void)
     tcase_add_test(l, test_sigterm_exits_zero_promptly);
     suite_add_tcase(s, l);
 
-    SRunner *sr = srunner_create(s);
-    /* Servers and threads live across tests: never fork per test. */
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }

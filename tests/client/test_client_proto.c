@@ -23,6 +23,7 @@
 
 #include "cqrps.pb-c.h"
 #include "testutil.h"
+#include "check_main.h"
 
 /* What the peer does with the request after Hello (and after a Describe,
  * which it always answers with a table of dim PEER_DIM). */
@@ -355,7 +356,7 @@ START_TEST(test_hello_failures)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("client_proto");
     TCase *tc = tcase_create("proto");
@@ -366,10 +367,5 @@ int main(void)
     tcase_add_test(tc, test_unsolicited_frame_means_reconnect);
     tcase_add_test(tc, test_hello_failures);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }

@@ -14,6 +14,7 @@
 #include "engine/err.h"
 #include "testutil.h"
 #include "wire.h"
+#include "check_main.h"
 
 /* One server for the suite's tests. */
 static cqr_test_server_t srv;
@@ -609,13 +610,7 @@ static Suite *rpc_suite(void)
     return s;
 }
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
-    SRunner *sr = srunner_create(rpc_suite());
-    /* Servers and threads live across tests: never fork per test. */
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return rpc_suite();
 }

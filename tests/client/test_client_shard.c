@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "check_main.h"
 
 static cqr_test_server_t s1, s2, ref;
 static char both[160];
@@ -217,7 +218,7 @@ START_TEST(test_sharded_admin)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("client_shard");
     TCase *tc = tcase_create("shard");
@@ -226,11 +227,5 @@ int main(void)
     tcase_add_test(tc, test_sharded_full_table_equals_one_server);
     tcase_add_test(tc, test_sharded_admin);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    /* Servers live across tests: never fork per test. */
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }

@@ -12,6 +12,7 @@
 #include "ops/config.h"
 #include "config_args.h"
 #include "engine/err.h"
+#include "check_main.h"
 
 static char path[64];
 
@@ -241,7 +242,7 @@ START_TEST(test_print_config_round_trip)
 }
 END_TEST
 
-static Suite *suite(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("deploy_config");
     TCase *tc = tcase_create("config_file");
@@ -254,13 +255,4 @@ static Suite *suite(void)
     tcase_add_test(tc, test_print_config_round_trip);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

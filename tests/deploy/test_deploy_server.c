@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "check_main.h"
 
 #ifndef CQR_EXAMPLE_CONF
 #error "CQR_EXAMPLE_CONF must be defined by the build"
@@ -693,7 +694,7 @@ START_TEST(test_bad_config_and_metrics_address)
 }
 END_TEST
 
-static Suite *suite(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("deploy_server");
     TCase *tc = tcase_create("ops");
@@ -707,14 +708,4 @@ static Suite *suite(void)
     tcase_add_test(tc, test_bad_config_and_metrics_address);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    signal(SIGPIPE, SIG_IGN);
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -13,6 +13,7 @@
 
 #include "engine/err.h"
 #include "engine/kmeans.h"
+#include "check_main.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -557,12 +558,8 @@ static Suite *kmeans_suite(void)
     return s;
 }
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     cqr_blas_init();
-    SRunner *sr = srunner_create(kmeans_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return kmeans_suite();
 }

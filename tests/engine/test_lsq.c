@@ -13,6 +13,7 @@
 #include "engine/err.h"
 #include "engine/hash.h"
 #include "engine/table.h"
+#include "check_main.h"
 
 #define N 4096
 #define DIM 16
@@ -121,16 +122,12 @@ START_TEST(test_least_squares)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("lsq");
     TCase *tc = tcase_create("lsq");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_least_squares);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }

@@ -12,6 +12,7 @@
 #include "engine/kmeans.h"
 #include "engine/par.h"
 #include "engine/table.h"
+#include "check_main.h"
 
 typedef struct count_job {
     unsigned parts;
@@ -218,7 +219,7 @@ START_TEST(test_concurrent_callers)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     cqr_blas_init();
     Suite *s = suite_create("par");
@@ -229,9 +230,5 @@ int main(void)
     tcase_add_test(tc, test_tables_bit_identical);
     tcase_add_test(tc, test_concurrent_callers);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return s;
 }

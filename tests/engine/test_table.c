@@ -9,6 +9,7 @@
 #include "engine/err.h"
 #include "engine/table.h"
 #include "engine/table_impl.h"
+#include "check_main.h"
 
 static cqr_table_t *make(cqr_kind_t kind, uint32_t dim, uint32_t chunks,
                          uint32_t rows, cqr_optim_kind_t opt, float lr,
@@ -534,7 +535,7 @@ START_TEST(test_concurrent_phase)
 }
 END_TEST
 
-static Suite *suite(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("table");
     TCase *tc = tcase_create("core");
@@ -556,13 +557,4 @@ static Suite *suite(void)
     tcase_add_test(tc, test_concurrent_phase);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -12,6 +12,7 @@
 #include "gmf.h"
 #include "metrics.h"
 #include "movielens.h"
+#include "check_main.h"
 
 /* Where MovieLens-100k lives: $CQRPS_ML100K, else ../shared/data/ml-100k
  * beside the project root (DESIGN.md section 5). */
@@ -368,7 +369,7 @@ START_TEST(shuffle_is_permutation)
 }
 END_TEST
 
-static Suite *suite(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("examples");
     TCase *t;
@@ -400,15 +401,4 @@ static Suite *suite(void)
     tcase_add_test(t, shuffle_is_permutation);
     suite_add_tcase(s, t);
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
 }

@@ -16,6 +16,7 @@
 
 #include "cqrps.h"
 #include "server_proc.h"
+#include "check_main.h"
 
 static cqr_test_server_t g_srv;
 
@@ -199,12 +200,10 @@ START_TEST(bad_usage_and_dead_server)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("train_e2e");
     TCase *t = tcase_create("trainer");
-    SRunner *sr;
-    int failed;
 
     /* The server is started per test in the test's own (main) thread:
      * CK_FORK=no is how ctest runs it. */
@@ -214,9 +213,5 @@ int main(void)
     tcase_add_test(t, hash_keep_and_prefix);
     tcase_add_test(t, bad_usage_and_dead_server);
     suite_add_tcase(s, t);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return s;
 }

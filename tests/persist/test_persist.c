@@ -14,6 +14,7 @@
 #include "engine/persist.h"
 #include "engine/table.h"
 #include "engine/table_impl.h"
+#include "check_main.h"
 
 static cqr_table_t *make(cqr_kind_t kind, cqr_optim_kind_t opt, uint32_t dim,
                          uint32_t rows, uint64_t seed)
@@ -639,7 +640,7 @@ START_TEST(test_import_rejects)
 }
 END_TEST
 
-static Suite *suite(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("persist");
     TCase *tc = tcase_create("core");
@@ -655,13 +656,4 @@ static Suite *suite(void)
     tcase_add_test(tc, test_import_rejects);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

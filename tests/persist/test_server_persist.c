@@ -32,6 +32,7 @@
 #include "cqrps.pb-c.h"
 #include "store/manifest.h"
 #include "testutil.h"
+#include "check_main.h"
 
 #define DIM 8
 #define MAXT 8
@@ -505,7 +506,7 @@ START_TEST(test_damaged_generation_falls_back)
 }
 END_TEST
 
-static Suite *suite(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("server_persist");
     TCase *tc = tcase_create("restore");
@@ -516,14 +517,4 @@ static Suite *suite(void)
     tcase_add_test(tc, test_crash_safety);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    signal(SIGPIPE, SIG_IGN);
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

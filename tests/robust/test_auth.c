@@ -19,6 +19,7 @@
 #include "net/frame.h"
 #include "ops/log.h"
 #include "rpc/rpc.h"
+#include "check_main.h"
 
 typedef Cqrps__V1__Request Request;
 typedef Cqrps__V1__Response Response;
@@ -478,7 +479,7 @@ START_TEST(test_admin_only)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("auth");
     TCase *tc = tcase_create("auth");
@@ -494,9 +495,5 @@ int main(void)
     tcase_add_test(tc, test_admin_required);
     tcase_add_test(tc, test_admin_only);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return s;
 }

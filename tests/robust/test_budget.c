@@ -12,6 +12,7 @@
 #include "engine/budget.h"
 #include "engine/err.h"
 #include "engine/table.h"
+#include "check_main.h"
 
 static cqr_table_t *make(cqr_kind_t kind, uint32_t dim, uint32_t rows)
 {
@@ -238,7 +239,7 @@ START_TEST(test_concurrent_limit)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("budget");
     TCase *tc = tcase_create("budget");
@@ -250,9 +251,5 @@ int main(void)
     tcase_add_test(tc, test_fixed_kinds_free);
     tcase_add_test(tc, test_concurrent_limit);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return s;
 }

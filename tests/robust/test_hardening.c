@@ -15,6 +15,7 @@
 #include "rawwire.h"
 #include "server_proc.h"
 #include "testutil.h"
+#include "check_main.h"
 
 #define TOKEN "tok-3f9c2a7be81d4c5aa0b6e2d9"
 #define ADMIN "adm-77d1e0c4b3a2918f6e5d4c3b"
@@ -641,7 +642,7 @@ START_TEST(test_timeouts)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("hardening");
     TCase *tc = tcase_create("hardening");
@@ -656,9 +657,5 @@ int main(void)
     tcase_add_test(tc, test_connection_limit);
     tcase_add_test(tc, test_timeouts);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return s;
 }

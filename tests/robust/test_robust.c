@@ -34,6 +34,7 @@
 #include "server_proc.h"
 #include "engine/table.h"
 #include "testutil.h"
+#include "check_main.h"
 
 #define N_VALID 40
 #define N_GARBAGE 30
@@ -511,16 +512,12 @@ START_TEST(test_robust_200)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("robust");
     TCase *tc = tcase_create("robust");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_robust_200);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return s;
 }

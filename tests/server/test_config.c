@@ -10,6 +10,7 @@
 #include "ops/config.h"
 #include "config_args.h"
 #include "engine/err.h"
+#include "check_main.h"
 
 
 START_TEST(test_defaults)
@@ -225,7 +226,7 @@ START_TEST(test_log_helpers)
 }
 END_TEST
 
-static Suite *suite(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("config");
@@ -240,13 +241,4 @@ static Suite *suite(void)
     tcase_add_test(tc, test_log_helpers);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
 }

@@ -23,6 +23,7 @@
 #include "net/frame.h"
 #include "ops/log.h"
 #include "rpc/rpc.h"
+#include "check_main.h"
 
 typedef Cqrps__V1__Request Request;
 typedef Cqrps__V1__Response Response;
@@ -483,7 +484,7 @@ START_TEST(test_many_clients)
 }
 END_TEST
 
-static Suite *suite(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("conn");
     TCase *tc = tcase_create("conn");
@@ -500,13 +501,4 @@ static Suite *suite(void)
     tcase_add_test(tc, test_many_clients);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
 }

@@ -10,6 +10,7 @@
 
 #include "engine/err.h"
 #include "net/frame.h"
+#include "check_main.h"
 
 /* Builds a stream of frames with bodies of the given lengths; body byte j
  * of frame i is (i * 31 + j) & 0xff. */
@@ -367,7 +368,7 @@ START_TEST(test_writer_nested)
 }
 END_TEST
 
-static Suite *suite(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("frame");
     TCase *tc = tcase_create("frame");
@@ -384,13 +385,4 @@ static Suite *suite(void)
     tcase_add_test(tc, test_buf_align);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
 }

@@ -18,6 +18,7 @@
 #include "ops/log.h"
 #include "tables/registry.h"
 #include "rpc/rpc.h"
+#include "check_main.h"
 
 typedef Cqrps__V1__Request Request;
 typedef Cqrps__V1__Response Response;
@@ -939,16 +940,12 @@ static Suite *suite(void)
 
 static void setup_limits(void) { setup_with(tweak_limits); }
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite();
     TCase *lim = tcase_create("table_limits");
     tcase_add_checked_fixture(lim, setup_limits, teardown);
     tcase_add_test(lim, test_table_limits);
     suite_add_tcase(s, lim);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return s;
 }

@@ -28,6 +28,7 @@
 #include "tables/registry.h"
 #include "rpc/rpc.h"
 #include "rpc/wire.h"
+#include "check_main.h"
 
 typedef Cqrps__V1__Request Request;
 typedef Cqrps__V1__Response Response;
@@ -992,7 +993,7 @@ START_TEST(test_rpc_fast_path_checks)
 }
 END_TEST
 
-int main(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("wire");
     TCase *tc = tcase_create("codec");
@@ -1011,9 +1012,5 @@ int main(void)
     tcase_add_test(rpc, test_rpc_reply_alignment);
     tcase_add_test(rpc, test_rpc_fast_path_checks);
     suite_add_tcase(s, rpc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return s;
 }

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "check_main.h"
 
 #define NSH 3
 #define DIM 8
@@ -352,7 +353,7 @@ START_TEST(test_shard_killed_and_restarted)
 }
 END_TEST
 
-static Suite *suite(void)
+Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("shard");
     TCase *tc = tcase_create("three_shards");
@@ -363,14 +364,4 @@ static Suite *suite(void)
     tcase_add_test(tc, test_shard_killed_and_restarted);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    signal(SIGPIPE, SIG_IGN);
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -58,7 +58,7 @@ static double now_mono(void)
 #if defined(__SANITIZE_THREAD__)
 /* Debian's librocksdb is not built with ThreadSanitizer: its background
  * threads synchronise through atomics TSan cannot see, so it reports
- * RocksDB against itself (see tests/persist/tsan.supp). Only races with
+ * RocksDB against itself (see tests/common/tsan.supp). Only races with
  * a frame inside librocksdb are suppressed; the server's own threads are
  * still checked. The runtime calls this at start (a weak hook). */
 const char *__tsan_default_suppressions(void);

@@ -1,3 +1,6 @@
+/* ckpt.c -- the server's persistence: restore at start, the checkpoint
+ * thread and its request queue, the hooks rpc and the phase runner call
+ * (ckpt.h). */
 #include "store/ckpt.h"
 
 #include <assert.h>
@@ -36,7 +39,7 @@ struct cqr_ckpt {
     int started;              /* tid is running */
     pthread_mutex_t mu;       /* guards everything below */
     pthread_cond_t cv;        /* work for the thread, or stop */
-    pthread_cond_t done_cv;   /* a checkpoint finished (cqr_ckpt_run) */
+    pthread_cond_t done_cv;   /* a checkpoint finished (run_and_wait) */
     int want;                 /* a checkpoint is requested */
     char reasons[96];         /* triggers of the requested one, for logs */
     waiter_t *waiters;        /* waiting for the requested one */
@@ -282,8 +285,10 @@ static void sync_cb(void *ud, int rc, const cqr_ckpt_info_t *info,
     pthread_mutex_unlock(&sw->ck->mu);
 }
 
-int cqr_ckpt_run(cqr_ckpt_t *ck, const char *reason, cqr_ckpt_info_t *info,
-                 char *why, size_t whylen)
+/* Takes a checkpoint and waits for it (the Checkpoint RPC's synchronous
+ * hook, shutdown, before a phase). 0 or an error, with a reason in why. */
+static int run_and_wait(cqr_ckpt_t *ck, const char *reason,
+                        cqr_ckpt_info_t *info, char *why, size_t whylen)
 {
     sync_wait_t sw;
     memset(&sw, 0, sizeof sw);
@@ -309,7 +314,7 @@ static int hook_checkpoint(void *ud, cqr_server_ctx_t *ctx,
                            cqr_ckpt_info_t *out, char *why, size_t whylen)
 {
     (void)ctx;
-    return cqr_ckpt_run(ud, "rpc", out, why, whylen);
+    return run_and_wait(ud, "rpc", out, why, whylen);
 }
 
 static void async_cb(void *ud, int rc, const cqr_ckpt_info_t *info,
@@ -352,7 +357,7 @@ static void hook_shutdown(void *ud, cqr_server_ctx_t *ctx)
     cqr_log(CQR_LOG_INFO, "ckpt", "shutdown checkpoint");
     cqr_ckpt_info_t info;
     char why[512];
-    if (cqr_ckpt_run(ck, "shutdown", &info, why, sizeof why) != 0)
+    if (run_and_wait(ck, "shutdown", &info, why, sizeof why) != 0)
         cqr_log(CQR_LOG_ERROR, "ckpt", "shutdown checkpoint failed; the "
                 "previous generation stays the latest detail=\"%s\"", why);
 }
@@ -370,7 +375,7 @@ static void hook_phase(void *ud, const char *table, uint64_t phase_id,
     }
     cqr_ckpt_info_t info;
     char why[512];
-    if (cqr_ckpt_run(ck, "before_phase", &info, why, sizeof why) != 0)
+    if (run_and_wait(ck, "before_phase", &info, why, sizeof why) != 0)
         cqr_log(CQR_LOG_WARN, "ckpt", "checkpoint before phase failed "
                 "table=%s phase=%" PRIu64 " detail=\"%s\"", table, phase_id,
                 why);

@@ -30,7 +30,19 @@
  *
  * Threading: open and close on the main thread, before the listener and
  * after the I/O threads and phases stopped; cqr_ckpt_request and the
- * installed hooks from any thread.
+ * installed hooks from any thread. The store is used by one thread at a
+ * time (open, then the checkpoint thread); waiters are called on the
+ * checkpoint thread.
+ *
+ * Ownership: the checkpointer owns its store and thread; it borrows the
+ * server context and the config, which must outlive it (until
+ * cqr_ckpt_close returns). Restored tables go into ctx->reg and belong to
+ * the registry; a checkpoint holds registry references to the tables only
+ * for its own duration.
+ *
+ * Errors: 0 or a negative CQR_E* code (err.h). Every failure is also
+ * logged ("ckpt" module) with its reason; a failed checkpoint leaves the
+ * previous generation the latest and is counted in ctx->ckpt_stats.
  */
 #ifndef CQR_CKPT_H
 #define CQR_CKPT_H
@@ -52,11 +64,6 @@ int cqr_ckpt_open(cqr_server_ctx_t *ctx, const cqr_config_t *cfg,
 /* Asks for a checkpoint without waiting for it (the periodic timer).
  * `reason` is a static string for the log. */
 void cqr_ckpt_request(cqr_ckpt_t *ck, const char *reason);
-
-/* Takes a checkpoint and waits for it (shutdown, tests). 0 or an error,
- * with a reason in why. */
-int cqr_ckpt_run(cqr_ckpt_t *ck, const char *reason, cqr_ckpt_info_t *info,
-                 char *why, size_t whylen);
 
 /* Removes the hooks, lets a queued checkpoint finish, stops the thread
  * and closes the store. Later requests fail with CQR_ESHUTDOWN. NULL is a

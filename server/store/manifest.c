@@ -210,6 +210,81 @@ static uint64_t mget64(mrd_t *r)
     return v;
 }
 
+/* One page and its refs. Returns CQR_ENOMEM, or 0 with r->bad set when
+ * the bytes do not make a page (no more than the bytes left, a base then
+ * deltas, none newer than the manifest, pages in ascending order). */
+static int decode_page(mrd_t *r, cqr_mpage_t *pg, const cqr_mpage_t *prev,
+                       uint64_t gen)
+{
+    pg->type = mget32(r);
+    pg->index = mget32(r);
+    uint32_t nr = mget32(r);
+    (void)mget32(r);
+    if (nr == 0 || nr > r->n / 32) {
+        r->bad = 1;
+        return 0;
+    }
+    pg->refs = calloc(nr, sizeof *pg->refs);
+    if (!pg->refs)
+        return CQR_ENOMEM;
+    pg->nref = nr;
+    for (uint32_t k = 0; k < nr; k++) {
+        pg->refs[k].gen = mget64(r);
+        pg->refs[k].len = mget64(r);
+        pg->refs[k].hash = mget64(r);
+        pg->refs[k].delta = mget32(r);
+        (void)mget32(r);
+        if (pg->refs[k].gen > gen || pg->refs[k].delta != (k > 0))
+            r->bad = 1;
+    }
+    if (prev && (prev->type > pg->type ||
+                 (prev->type == pg->type && prev->index >= pg->index)))
+        r->bad = 1;
+    return 0;
+}
+
+/* One table and its pages; CQR_ENOMEM, or 0 with r->bad set when the
+ * bytes do not make a table. */
+static int decode_table(mrd_t *r, cqr_mtable_t *t, uint64_t gen)
+{
+    uint32_t nl = mget32(r);
+    if (nl == 0 || nl > CQR_STORE_NAME_MAX || nl > r->n) {
+        r->bad = 1;
+        return 0;
+    }
+    t->name = malloc(nl + 1);
+    if (!t->name)
+        return CQR_ENOMEM;
+    memcpy(t->name, r->p, nl);
+    t->name[nl] = 0;
+    r->p += nl;
+    r->n -= nl;
+    if (memchr(t->name, 0, nl)) {
+        r->bad = 1;
+        return 0;
+    }
+    t->kind = mget32(r);
+    t->dim = mget32(r);
+    t->known_ids = mget64(r);
+    t->phases_done = mget32(r);
+    uint32_t np = mget32(r);
+    if (np > r->n / 16) {
+        r->bad = 1;
+        return 0;
+    }
+    t->pages = calloc(np ? np : 1, sizeof *t->pages);
+    if (!t->pages)
+        return CQR_ENOMEM;
+    t->npages = np;
+    for (uint32_t p = 0; p < np && !r->bad; p++) {
+        int rc = decode_page(r, &t->pages[p], p > 0 ? &t->pages[p - 1] : NULL,
+                             gen);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 /* Parses and verifies a manifest; counts are checked against the bytes
  * left before anything is allocated. */
 int cqr_manifest_decode(const uint8_t *data, size_t len, uint64_t gen,
@@ -250,69 +325,9 @@ int cqr_manifest_decode(const uint8_t *data, size_t len, uint64_t gen,
         return CQR_ENOMEM;
     g->ntables = nt;
     for (uint32_t i = 0; i < nt && !r.bad; i++) {
-        cqr_mtable_t *t = &g->tables[i];
-        uint32_t nl = mget32(&r);
-        if (nl == 0 || nl > CQR_STORE_NAME_MAX || nl > r.n) {
-            r.bad = 1;
-            break;
-        }
-        t->name = malloc(nl + 1);
-        if (!t->name) {
+        if (decode_table(&r, &g->tables[i], gen)) {
             cqr_manifest_free(g);
             return CQR_ENOMEM;
-        }
-        memcpy(t->name, r.p, nl);
-        t->name[nl] = 0;
-        r.p += nl;
-        r.n -= nl;
-        if (memchr(t->name, 0, nl)) {
-            r.bad = 1;
-            break;
-        }
-        t->kind = mget32(&r);
-        t->dim = mget32(&r);
-        t->known_ids = mget64(&r);
-        t->phases_done = mget32(&r);
-        uint32_t np = mget32(&r);
-        if (np > r.n / 16) {
-            r.bad = 1;
-            break;
-        }
-        t->pages = calloc(np ? np : 1, sizeof *t->pages);
-        if (!t->pages) {
-            cqr_manifest_free(g);
-            return CQR_ENOMEM;
-        }
-        t->npages = np;
-        for (uint32_t p = 0; p < np && !r.bad; p++) {
-            cqr_mpage_t *pg = &t->pages[p];
-            pg->type = mget32(&r);
-            pg->index = mget32(&r);
-            uint32_t nr = mget32(&r);
-            (void)mget32(&r);
-            if (nr == 0 || nr > r.n / 32) {
-                r.bad = 1;
-                break;
-            }
-            pg->refs = calloc(nr, sizeof *pg->refs);
-            if (!pg->refs) {
-                cqr_manifest_free(g);
-                return CQR_ENOMEM;
-            }
-            pg->nref = nr;
-            for (uint32_t k = 0; k < nr; k++) {
-                pg->refs[k].gen = mget64(&r);
-                pg->refs[k].len = mget64(&r);
-                pg->refs[k].hash = mget64(&r);
-                pg->refs[k].delta = mget32(&r);
-                (void)mget32(&r);
-                if (pg->refs[k].gen > gen || pg->refs[k].delta != (k > 0))
-                    r.bad = 1;
-            }
-            if (p > 0 && (pg[-1].type > pg->type ||
-                          (pg[-1].type == pg->type &&
-                           pg[-1].index >= pg->index)))
-                r.bad = 1;
         }
     }
     if (r.bad || r.n != 0) {
@@ -340,7 +355,7 @@ uint64_t cqr_manifest_bytes(const cqr_manifest_t *g, uint64_t *segments)
     return b;
 }
 
-
+/* ---- Key sets ------------------------------------------------------------ */
 
 static void ks_add(cqr_keyset_t *ks, const uint8_t *k, size_t kl)
 {

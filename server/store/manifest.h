@@ -1,6 +1,7 @@
 /* manifest.h -- the store's key layout and generation manifests.
  *
- * Internal to the store (store.c); the layout is described in store.h.
+ * Internal to the store (store.c, store_write.c, store_read.c) and its
+ * tests; the key layout is described in store.h.
  * A manifest lists, for every table of a generation, every page and the
  * segment versions (a base, then deltas) that rebuild it. Encoded
  * little-endian with a trailing XXH3-64 of everything before it:
@@ -14,7 +15,21 @@
  * Decoding checks every count against the bytes left before allocating,
  * so a damaged manifest is an error, never a huge allocation.
  *
- * Not thread-safe; the store's mutex guards every use.
+ * Threading: no shared state; a manifest or key set is used by one
+ * thread at a time (in the store, under its mutex).
+ *
+ * Ownership: a cqr_manifest_t owns its tables, and each table its name,
+ * pages and refs (all malloc'd); cqr_manifest_free / cqr_mtable_free
+ * release them and leave the struct zeroed, so freeing twice is safe. The
+ * encoder's buffer is malloc'd for the caller. A key set owns copies of
+ * its keys (cqr_keyset_free).
+ *
+ * Errors: the key functions cannot fail (the caller provides
+ * CQR_STORE_KEY_MAX bytes; a table name is 1..CQR_STORE_NAME_MAX bytes,
+ * asserted). cqr_manifest_encode: 0 or CQR_ENOMEM. cqr_manifest_decode:
+ * CQR_ECORRUPT (short, checksum, magic, header or structure), CQR_EVERSION
+ * (an unknown manifest version), CQR_ENOMEM. A key set remembers a failed
+ * allocation in its `oom` flag instead of returning it.
  */
 #ifndef CQR_MANIFEST_H
 #define CQR_MANIFEST_H

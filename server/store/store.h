@@ -41,6 +41,10 @@
  * point of failure for all of them; full_every bounds how long a page can
  * go without being rewritten.
  *
+ * Code: store.c (open, list, retention and garbage collection),
+ * store_write.c (checkpoints), store_read.c (loads), manifest.c (keys and
+ * manifests), with the internals they share in store_impl.h.
+ *
  * Threading: every function may be called from any thread; calls on one
  * store are serialised by its mutex (a checkpoint blocks a concurrent
  * list or load until it finishes, so an event loop should not call them
@@ -49,6 +53,12 @@
  * During a checkpoint the tables serve lookups without pause and pushes
  * with the short pause of each table's export (persist.h); the caller
  * must keep the tables alive for the call.
+ *
+ * Ownership: the store owns its database handle and what it remembers of
+ * the last generation it wrote or loaded (the bases of incremental
+ * checkpoints); it borrows the tables of a checkpoint for the call. A
+ * load hands every table it restores to the table callback, which owns
+ * it from then on. Lists are malloc'd for the caller.
  *
  * Errors: 0 or a negative CQR_E* code (err.h): CQR_EIO for RocksDB
  * failures, CQR_ECORRUPT for data that fails verification, CQR_EVERSION

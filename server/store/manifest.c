@@ -317,6 +317,7 @@ int cqr_manifest_decode(const uint8_t *data, size_t len, uint64_t gen,
     uint32_t nt = mget32(&r);
     (void)mget32(&r);
     if (g->gen != gen || nt > r.n / 32) {
+        memset(g, 0, sizeof *g);
         snprintf(why, whylen, "manifest header disagrees with its key");
         return CQR_ECORRUPT;
     }
@@ -355,7 +356,7 @@ uint64_t cqr_manifest_bytes(const cqr_manifest_t *g, uint64_t *segments)
     return b;
 }
 
-/* ---- Key sets ------------------------------------------------------------ */
+/* ---- Key sets ---------------------------------------------------------- */
 
 static void ks_add(cqr_keyset_t *ks, const uint8_t *k, size_t kl)
 {

@@ -41,7 +41,8 @@ static int force_base(void *ud, uint32_t type, uint32_t index)
  * base's refs for unchanged pages. CQR_EINTERNAL when the export and the
  * base disagree (the caller then exports completely). */
 static int tman_build(cqr_store_t *s, const char *name, const cqr_export_t *x,
-                      const cqr_store_base_t *base, uint64_t gen, cqr_mtable_t *t)
+                      const cqr_store_base_t *base, uint64_t gen,
+                      cqr_mtable_t *t)
 {
     memset(t, 0, sizeof *t);
     t->name = strdup(name);
@@ -65,9 +66,10 @@ static int tman_build(cqr_store_t *s, const char *name, const cqr_export_t *x,
                        : NULL;
             if (!old) {
                 cqr_mtable_free(t);
-                return cqr_store_fail(s, CQR_EINTERNAL, "%s: %s/%u changed without a "
-                            "stored base", name, cqr_page_type_name(sg->type),
-                            sg->index);
+                return cqr_store_fail(s, CQR_EINTERNAL, "%s: %s/%u changed "
+                                      "without a stored base", name,
+                                      cqr_page_type_name(sg->type),
+                                      sg->index);
             }
         }
         uint32_t keep = sg->kind == CQR_SEG_BASE ? 0 : old->nref;

@@ -250,6 +250,44 @@ static int send_checkpoint_raw(uint16_t port)
     return fd;
 }
 
+/* A few rounds of pushes, each followed by an acknowledged checkpoint;
+ * *acked becomes the state of the last one. */
+static void pushes_and_checkpoints(cqrps_client_t *c, const tables_t *t,
+                                   tables_t *acked, uint64_t *st)
+{
+    int rounds = 1 + (int)(tu_rand(st) % 4);
+    for (int r = 0; r < rounds; r++) {
+        int pushes = 1 + (int)(tu_rand(st) % 6);
+        for (int p = 0; p < pushes; p++)
+            push(c, t->name[tu_rand(st) % t->n], 256,
+                 r % 2 ? 2000 : 1000000, st);
+        /* No push runs now: the digests are the state the checkpoint
+         * captures. */
+        tables_t now = *t;
+        digests(c, &now);
+        uint64_t gen;
+        ck_assert_msg(cqrps_checkpoint(c, &gen) == 0, "checkpoint: %s",
+                      cqrps_last_error(c));
+        *acked = now;
+    }
+}
+
+/* Pushes sent without waiting for their replies. */
+static void pushes_in_flight(cqrps_client_t *c, const tables_t *t,
+                             uint64_t *st)
+{
+    static uint64_t ids[4][512];
+    static float g[4][512 * DIM];
+    for (int k = 0; k < 4; k++) {
+        for (int i = 0; i < 512; i++)
+            ids[k][i] = tu_rand(st) % 1000000;
+        tu_fill(g[k], 512 * DIM, st);
+        cqrps_ticket_t tk;
+        ck_assert_int_eq(cqrps_push_start(c, t->name[k % t->n], ids[k], g[k],
+                                          512, &tk), 0);
+    }
+}
+
 START_TEST(test_crash_safety)
 {
     make_dir();
@@ -272,21 +310,7 @@ START_TEST(test_crash_safety)
 
     for (int it = 0; it < 20; it++) {
         /* Pushes and acknowledged checkpoints. */
-        int rounds = 1 + (int)(tu_rand(&st) % 4);
-        for (int r = 0; r < rounds; r++) {
-            int pushes = 1 + (int)(tu_rand(&st) % 6);
-            for (int p = 0; p < pushes; p++)
-                push(c, t.name[tu_rand(&st) % t.n], 256,
-                     r % 2 ? 2000 : 1000000, &st);
-            /* No push runs now: the digests are the state the
-             * checkpoint captures. */
-            tables_t now = t;
-            digests(c, &now);
-            uint64_t gen;
-            ck_assert_msg(cqrps_checkpoint(c, &gen) == 0, "checkpoint: %s",
-                          cqrps_last_error(c));
-            acked = now;
-        }
+        pushes_and_checkpoints(c, &t, &acked, &st);
         int kind = (int)(tu_rand(&st) % 3);
         kinds[kind]++;
         tables_t inflight = acked;
@@ -298,16 +322,7 @@ START_TEST(test_crash_safety)
             tu_sleep_ms((unsigned)(tu_rand(&st) % 20));
         } else if (kind == 1) {
             /* Pushes in flight, replies not awaited. */
-            static uint64_t ids[4][512];
-            static float g[4][512 * DIM];
-            for (int k = 0; k < 4; k++) {
-                for (int i = 0; i < 512; i++)
-                    ids[k][i] = tu_rand(&st) % 1000000;
-                tu_fill(g[k], 512 * DIM, &st);
-                cqrps_ticket_t tk;
-                ck_assert_int_eq(cqrps_push_start(c, t.name[k % t.n], ids[k],
-                                                  g[k], 512, &tk), 0);
-            }
+            pushes_in_flight(c, &t, &st);
             tu_sleep_ms((unsigned)(tu_rand(&st) % 5));
         } else {
             /* A checkpoint in flight: its state is `inflight`. */

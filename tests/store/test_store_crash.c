@@ -213,6 +213,70 @@ static int crash_child(const char *dir, int fd)
     }
 }
 
+/* Runs this binary as the crash child on dir; *pid is the child, the
+ * result reads its reports. */
+static FILE *spawn_child(const char *dir, pid_t *pid)
+{
+    int fds[2];
+    ck_assert_int_eq(pipe2(fds, O_CLOEXEC), 0);
+    *pid = fork();
+    ck_assert_int_ge(*pid, 0);
+    if (*pid == 0) {
+        char fdstr[16];
+        snprintf(fdstr, sizeof fdstr, "%d", fds[1]);
+        fcntl(fds[1], F_SETFD, 0);
+        execl("/proc/self/exe", "test_store_crash", "--crash-child", dir,
+              fdstr, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    return fdopen(fds[0], "r");
+}
+
+/* After a kill: the reopened store restores exactly the acknowledged
+ * generation, or the one in flight (pend_gen, 0 if none) if it had
+ * committed; then that one becomes the acknowledged one and the result
+ * is 1. */
+static int check_restored(const char *dir, int iter, uint64_t pend_gen,
+                          uint64_t pend_d, uint64_t *acked_gen,
+                          uint64_t *acked_d)
+{
+    int adopted = 0;
+    cqr_store_t *s = open_store(dir, 2);
+    tset_t loaded;
+    cqr_store_load_info_t li;
+    int rc = load(s, 0, &loaded, &li);
+    ck_assert_msg(rc == 0, "iteration %d: load: %s", iter,
+                  cqr_strerror(rc));
+    ck_assert_uint_eq(li.skipped, 0);
+    if (li.generation == 0) {
+        ck_assert_uint_eq(*acked_gen, 0);
+    } else {
+        uint64_t d = tset_digest(&loaded);
+        if (li.generation == *acked_gen) {
+            ck_assert_msg(d == *acked_d, "iteration %d: generation %llu "
+                          "differs from what was acknowledged", iter,
+                          (unsigned long long)*acked_gen);
+        } else {
+            /* The checkpoint in flight completed before the kill but
+             * was not reported: it must be exactly that state. */
+            ck_assert_msg(pend_gen && li.generation == pend_gen &&
+                              d == pend_d,
+                          "iteration %d: loaded generation %llu, "
+                          "acknowledged %llu, in flight %llu", iter,
+                          (unsigned long long)li.generation,
+                          (unsigned long long)*acked_gen,
+                          (unsigned long long)pend_gen);
+            *acked_gen = pend_gen;
+            *acked_d = pend_d;
+            adopted = 1;
+        }
+    }
+    tset_free(&loaded);
+    cqr_store_close(s);
+    return adopted;
+}
+
 START_TEST(test_store_crash)
 {
     char *dir = tmpdir();
@@ -221,20 +285,8 @@ START_TEST(test_store_crash)
     cqr_rng_t rng;
     cqr_rng_seed(&rng, (uint64_t)time(NULL));
     for (int iter = 0; iter < 20; iter++) {
-        int fds[2];
-        ck_assert_int_eq(pipe2(fds, O_CLOEXEC), 0);
-        pid_t pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-            char fdstr[16];
-            snprintf(fdstr, sizeof fdstr, "%d", fds[1]);
-            fcntl(fds[1], F_SETFD, 0);
-            execl("/proc/self/exe", "test_store_crash", "--crash-child",
-                  dir, fdstr, (char *)NULL);
-            _exit(127);
-        }
-        close(fds[1]);
-        FILE *f = fdopen(fds[0], "r");
+        pid_t pid;
+        FILE *f = spawn_child(dir, &pid);
         char line[256];
         uint64_t pend_gen = 0, pend_d = 0;
         int acks = 0;
@@ -288,39 +340,9 @@ START_TEST(test_store_crash)
         fclose(f);
         mid += pend_gen != 0;
 
-        cqr_store_t *s = open_store(dir, 2);
-        tset_t loaded;
-        cqr_store_load_info_t li;
-        int rc = load(s, 0, &loaded, &li);
-        ck_assert_msg(rc == 0, "iteration %d: load: %s", iter,
-                      cqr_strerror(rc));
-        ck_assert_uint_eq(li.skipped, 0);
-        if (li.generation == 0) {
-            ck_assert_uint_eq(acked_gen, 0);
-        } else {
-            uint64_t d = tset_digest(&loaded);
-            if (li.generation == acked_gen) {
-                ck_assert_msg(d == acked_d, "iteration %d: generation %llu "
-                              "differs from what was acknowledged", iter,
-                              (unsigned long long)acked_gen);
-            } else {
-                /* The checkpoint in flight completed before the kill but
-                 * was not reported: it must be exactly that state. */
-                ck_assert_msg(pend_gen && li.generation == pend_gen &&
-                                  d == pend_d,
-                              "iteration %d: loaded generation %llu, "
-                              "acknowledged %llu, in flight %llu", iter,
-                              (unsigned long long)li.generation,
-                              (unsigned long long)acked_gen,
-                              (unsigned long long)pend_gen);
-                acked_gen = pend_gen;
-                acked_d = pend_d;
-                adopted++;
-            }
-        }
         (void)acks;
-        tset_free(&loaded);
-        cqr_store_close(s);
+        adopted += check_restored(dir, iter, pend_gen, pend_d, &acked_gen,
+                                  &acked_d);
     }
     printf("crash: 20 kills, %d during a checkpoint (%d of those had "
            "committed), last generation %llu\n", mid, adopted,

@@ -37,6 +37,42 @@ static void teardown(void)
 
 #define SH_DIM 8
 
+/* Where IDs live is a contract between clients (C, Python, other
+ * versions of libcqrps) and the data already on the shards: pinned
+ * here, so a change of the mixer or of jump hash cannot pass unnoticed.
+ * The values were computed by the implementation of issue 7. */
+START_TEST(test_placement_pinned)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a over the placements */
+    for (uint32_t n = 1; n <= 9; n++) {
+        for (uint64_t i = 0; i < 5000; i++) {
+            uint64_t id =
+                i < 2500 ? i : (i * 0x9e3779b97f4a7c15ULL) ^ (i << 40);
+            h ^= cqrps_shard_of(id, n);
+            h *= 0x100000001b3ULL;
+        }
+    }
+    ck_assert_uint_eq(h, 0x2cb94e90f88344b0ULL);
+    static const struct {
+        uint64_t id;
+        uint32_t of3, of7, of1000;
+    } pin[] = {
+        {0, 0, 0, 0},
+        {1, 0, 0, 120},
+        {2, 2, 5, 141},
+        {12345, 1, 4, 577},
+        {UINT64_MAX, 0, 3, 222},
+        {1ULL << 63, 1, 1, 901},
+        {4242, 0, 4, 706},
+    };
+    for (size_t k = 0; k < sizeof pin / sizeof pin[0]; k++) {
+        ck_assert_uint_eq(cqrps_shard_of(pin[k].id, 3), pin[k].of3);
+        ck_assert_uint_eq(cqrps_shard_of(pin[k].id, 7), pin[k].of7);
+        ck_assert_uint_eq(cqrps_shard_of(pin[k].id, 1000), pin[k].of1000);
+    }
+}
+END_TEST
+
 START_TEST(test_sharded_full_table_equals_one_server)
 {
     cqrps_client_t *c = tu_connect(both), *r = tu_connect(ref.addr);
@@ -227,5 +263,8 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_sharded_full_table_equals_one_server);
     tcase_add_test(tc, test_sharded_admin);
     suite_add_tcase(s, tc);
+    TCase *pl = tcase_create("placement");
+    tcase_add_test(pl, test_placement_pinned);
+    suite_add_tcase(s, pl);
     return s;
 }

@@ -3,30 +3,26 @@
  * The tools' single way to obtain a token, so the CLI, the trainer, the
  * benchmark and the Python client agree: a file (trailing newline
  * stripped) wins over the environment variable; nothing on the command
- * line itself.
+ * line itself. The file is read by the reader the server uses too
+ * (proto/secret_file.h); only the wording and the leniency (a warning
+ * where the server refuses) are the tools' own.
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "cqrps.h"
+#include "proto/secret_file.h"
 
-static void wipe(void *p, size_t n)
-{
-    volatile unsigned char *v = p;
-    for (size_t i = 0; i < n; i++)
-        v[i] = 0;
-}
+_Static_assert(CQRPS_SECRET_MAX == CQR_SECRET_MAX,
+               "the tools read tokens with the shared reader");
 
 void cqrps_secret_free(char *secret, size_t len)
 {
     if (secret == NULL)
         return;
-    wipe(secret, len + 1);
+    cqr_secret_wipe(secret, len + 1);
     free(secret);
 }
 
@@ -43,65 +39,48 @@ static int dup_secret(const char *src, size_t n, char **out, size_t *len)
     return 0;
 }
 
+/* The shared reader (proto/secret_file.h) in the tools' words: a file
+ * that other users can read is loaded, with a warning in msg. */
 static int load_file(const char *path, char **out, size_t *len, char *msg,
                      size_t msglen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        snprintf(msg, msglen, "cannot open token file '%s': %s", path,
-                 strerror(errno));
-        return CQRPS_EIO;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        snprintf(msg, msglen, "token file '%s' is not a regular file",
-                 path);
-        close(fd);
-        return CQRPS_EINVAL;
-    }
-    /* Room for the limit, a CRLF, and one byte to detect "too long". */
-    char buf[CQRPS_SECRET_MAX + 3];
-    size_t n = 0;
-    while (n < sizeof buf) {
-        ssize_t r = read(fd, buf + n, sizeof buf - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            snprintf(msg, msglen, "cannot read token file '%s': %s", path,
-                     strerror(errno));
-            close(fd);
-            wipe(buf, sizeof buf);
-            return CQRPS_EIO;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-    }
-    close(fd);
-    if (n > 0 && buf[n - 1] == '\n') {
-        n--;
-        if (n > 0 && buf[n - 1] == '\r')
-            n--;
-    }
-    int rc = 0;
-    if (n == 0) {
-        snprintf(msg, msglen, "token file '%s' is empty", path);
-        rc = CQRPS_EINVAL;
-    } else if (n > CQRPS_SECRET_MAX) {
-        snprintf(msg, msglen, "token file '%s' holds more than %d bytes",
-                 path, CQRPS_SECRET_MAX);
-        rc = CQRPS_EINVAL;
-    } else {
-        rc = dup_secret(buf, n, out, len);
-        if (rc != 0)
-            snprintf(msg, msglen, "out of memory");
-        else if ((st.st_mode & (S_IROTH | S_IWOTH)) != 0)
+    cqr_secret_t sec;
+    switch (cqr_secret_read(path, 0, &sec)) {
+    case CQR_SECRET_OK:
+        *out = sec.data;
+        *len = sec.len;
+        if ((sec.mode & (S_IROTH | S_IWOTH)) != 0)
             snprintf(msg, msglen, "warning: token file '%s' is accessible "
                      "by other users (mode %04o); chmod 600 it", path,
-                     (unsigned)(st.st_mode & 07777));
+                     sec.mode);
+        return 0;
+    case CQR_SECRET_OPEN:
+        snprintf(msg, msglen, "cannot open token file '%s': %s", path,
+                 strerror(sec.err));
+        return CQRPS_EIO;
+    case CQR_SECRET_STAT:
+    case CQR_SECRET_NOT_REGULAR:
+    case CQR_SECRET_EXPOSED: /* not asked for */
+        snprintf(msg, msglen, "token file '%s' is not a regular file",
+                 path);
+        return CQRPS_EINVAL;
+    case CQR_SECRET_READ:
+        snprintf(msg, msglen, "cannot read token file '%s': %s", path,
+                 strerror(sec.err));
+        return CQRPS_EIO;
+    case CQR_SECRET_EMPTY:
+        snprintf(msg, msglen, "token file '%s' is empty", path);
+        return CQRPS_EINVAL;
+    case CQR_SECRET_TOO_LONG:
+        snprintf(msg, msglen, "token file '%s' holds more than %d bytes",
+                 path, CQRPS_SECRET_MAX);
+        return CQRPS_EINVAL;
+    case CQR_SECRET_NOMEM:
+        snprintf(msg, msglen, "out of memory");
+        return CQRPS_ENOMEM;
     }
-    wipe(buf, sizeof buf);
-    return rc;
+    snprintf(msg, msglen, "cannot read token file '%s'", path);
+    return CQRPS_EINTERNAL; /* not reached: every status is handled */
 }
 
 int cqrps_secret_load(const char *path, const char *env, char **out,

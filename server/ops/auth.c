@@ -2,8 +2,6 @@
 #include "ops/auth.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -11,10 +9,10 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "engine/err.h"
 #include "ops/log.h"
+#include "proto/secret_file.h"
 
 struct cqr_auth {
     uint8_t *token;       /* data-plane token, or NULL (no token needed) */
@@ -50,81 +48,56 @@ void cqr_auth_wipe_free(uint8_t *p, size_t len)
     free(p);
 }
 
+_Static_assert(CQR_TOKEN_MAX == CQR_SECRET_MAX,
+               "the server reads tokens with the shared reader");
+
 int cqr_auth_read_token(const char *path, const char *what, uint8_t **out,
                         size_t *len, char *err, size_t errlen)
 {
     *out = NULL;
     *len = 0;
-    /* Symlinks are followed on purpose (Kubernetes mounts secrets through
-     * them); the checks below look at the file that was opened. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
+    /* The shared reader (proto/secret_file.h); the server refuses a file
+     * that other users can read or write instead of warning. */
+    cqr_secret_t sec;
+    switch (cqr_secret_read(path, S_IROTH | S_IWOTH, &sec)) {
+    case CQR_SECRET_OK:
+        *out = (uint8_t *)sec.data;
+        *len = sec.len;
+        return 0;
+    case CQR_SECRET_OPEN:
         snprintf(err, errlen, "%s: cannot open '%s': %s", what, path,
-                 strerror(errno));
+                 strerror(sec.err));
         return CQR_EIO;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
+    case CQR_SECRET_STAT:
         snprintf(err, errlen, "%s: cannot stat '%s': %s", what, path,
-                 strerror(errno));
-        close(fd);
+                 strerror(sec.err));
         return CQR_EIO;
-    }
-    if (!S_ISREG(st.st_mode)) {
+    case CQR_SECRET_NOT_REGULAR:
         snprintf(err, errlen, "%s: '%s' is not a regular file", what, path);
-        close(fd);
         return CQR_EINVAL;
-    }
-    if ((st.st_mode & (S_IROTH | S_IWOTH)) != 0) {
+    case CQR_SECRET_EXPOSED:
         snprintf(err, errlen, "%s: '%s' is accessible by other users (mode "
                  "%04o); refusing a secret anyone can read: chmod 600 it "
                  "(or 640 for a group; Kubernetes: defaultMode 0400)",
-                 what, path, (unsigned)(st.st_mode & 07777));
-        close(fd);
+                 what, path, sec.mode);
         return CQR_EINVAL;
-    }
-    /* One byte more than the limit (plus a CRLF) tells "too long" apart. */
-    size_t cap = CQR_TOKEN_MAX + 3;
-    uint8_t *buf = malloc(cap);
-    if (buf == NULL) {
-        close(fd);
+    case CQR_SECRET_READ:
+        snprintf(err, errlen, "%s: cannot read '%s': %s", what, path,
+                 strerror(sec.err));
+        return CQR_EIO;
+    case CQR_SECRET_EMPTY:
+        snprintf(err, errlen, "%s: '%s' is empty", what, path);
+        return CQR_EINVAL;
+    case CQR_SECRET_TOO_LONG:
+        snprintf(err, errlen, "%s: '%s' holds more than the 4096 bytes a "
+                 "token may have", what, path);
+        return CQR_EINVAL;
+    case CQR_SECRET_NOMEM:
         snprintf(err, errlen, "%s: out of memory", what);
         return CQR_ENOMEM;
     }
-    size_t n = 0;
-    while (n < cap) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            snprintf(err, errlen, "%s: cannot read '%s': %s", what, path,
-                     strerror(errno));
-            close(fd);
-            cqr_auth_wipe_free(buf, cap);
-            return CQR_EIO;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-    }
-    close(fd);
-    /* Exactly one trailing newline goes (what `echo` and editors add);
-     * any other byte, blanks included, is part of the secret. */
-    if (n > 0 && buf[n - 1] == '\n') {
-        n--;
-        if (n > 0 && buf[n - 1] == '\r')
-            n--;
-    }
-    if (n == 0 || n > CQR_TOKEN_MAX) {
-        snprintf(err, errlen, "%s: '%s' %s", what, path,
-                 n == 0 ? "is empty" : "holds more than the 4096 bytes a "
-                 "token may have");
-        cqr_auth_wipe_free(buf, cap);
-        return CQR_EINVAL;
-    }
-    *out = buf;
-    *len = n;
-    return 0;
+    snprintf(err, errlen, "%s: cannot read '%s'", what, path);
+    return CQR_EINTERNAL; /* not reached: every status is handled above */
 }
 
 /* The Hello hook (rpc.h): decides sess->admin, or refuses. */

@@ -5,6 +5,8 @@
 #include <limits.h>
 #include <string.h>
 
+#include "proto/varint.h"
+
 /* Protobuf wire types. */
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
@@ -27,20 +29,14 @@ typedef struct cur {
  * only carry bit 63; anything above would be dropped by protobuf-c. */
 static int get_varint(cur_t *c, unsigned max, uint64_t *v)
 {
-    uint64_t x = 0;
-    for (unsigned i = 0; i < max && i < 10; i++) {
-        if (c->p == c->end)
-            return 0;
-        uint8_t b = *c->p++;
-        if (i == 9 && b > 1)
-            return 0;
-        x |= (uint64_t)(b & 0x7f) << (7 * i);
-        if ((b & 0x80) == 0) {
-            *v = x;
-            return 1;
-        }
-    }
-    return 0;
+    const uint8_t *start = c->p;
+    uint64_t x;
+    if (!cqr_varint_get(&c->p, c->end, max, &x))
+        return 0;
+    if (c->p - start == CQR_VARINT_MAX && c->p[-1] > 1)
+        return 0;
+    *v = x;
+    return 1;
 }
 
 /* A field key in its minimal encoding. */
@@ -241,27 +237,6 @@ size_t cqr_wire_align_hint(const uint8_t *body, size_t avail)
  * proto3 fields that hold their default (0, empty), always writes a set
  * oneof member (even an empty message), and writes minimal varints. */
 
-static size_t varint_len(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static size_t varint_put(uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
-    return n;
-}
-
 /* Response field numbers (status 2 and message 3 are default in an OK
  * reply, so never written here). */
 enum { RESP_ID = 1, RESP_LOOKUP = 13, RESP_PUSH = 14 };
@@ -271,17 +246,17 @@ static size_t lookup_reply_len(uint32_t dim, size_t vec_bytes)
 {
     size_t n = 0;
     if (dim != 0)
-        n += 1 + varint_len(dim);
+        n += 1 + cqr_varint_len(dim);
     if (vec_bytes != 0)
-        n += 1 + varint_len(vec_bytes) + vec_bytes;
+        n += 1 + cqr_varint_len(vec_bytes) + vec_bytes;
     return n;
 }
 
 size_t cqr_wire_lookup_head_len(uint64_t id, uint32_t dim, size_t vec_bytes)
 {
     size_t sub = lookup_reply_len(dim, vec_bytes);
-    size_t n = id != 0 ? 1 + varint_len(id) : 0;
-    return n + 1 + varint_len(sub) + sub - vec_bytes;
+    size_t n = id != 0 ? 1 + cqr_varint_len(id) : 0;
+    return n + 1 + cqr_varint_len(sub) + sub - vec_bytes;
 }
 
 size_t cqr_wire_lookup_head(uint8_t *p, uint64_t id, uint32_t dim,
@@ -290,17 +265,17 @@ size_t cqr_wire_lookup_head(uint8_t *p, uint64_t id, uint32_t dim,
     size_t n = 0;
     if (id != 0) {
         p[n++] = KEY(RESP_ID, WT_VARINT);
-        n += varint_put(p + n, id);
+        n += cqr_varint_put(p + n, id);
     }
     p[n++] = KEY(RESP_LOOKUP, WT_LEN);
-    n += varint_put(p + n, lookup_reply_len(dim, vec_bytes));
+    n += cqr_varint_put(p + n, lookup_reply_len(dim, vec_bytes));
     if (dim != 0) {
         p[n++] = KEY(1, WT_VARINT);
-        n += varint_put(p + n, dim);
+        n += cqr_varint_put(p + n, dim);
     }
     if (vec_bytes != 0) {
         p[n++] = KEY(2, WT_LEN);
-        n += varint_put(p + n, vec_bytes);
+        n += cqr_varint_put(p + n, vec_bytes);
     }
     return n;
 }
@@ -310,13 +285,13 @@ size_t cqr_wire_push_reply(uint8_t *p, uint64_t id, uint64_t applied)
     size_t n = 0;
     if (id != 0) {
         p[n++] = KEY(RESP_ID, WT_VARINT);
-        n += varint_put(p + n, id);
+        n += cqr_varint_put(p + n, id);
     }
     p[n++] = KEY(RESP_PUSH, WT_LEN);
-    p[n++] = (uint8_t)(applied != 0 ? 1 + varint_len(applied) : 0);
+    p[n++] = (uint8_t)(applied != 0 ? 1 + cqr_varint_len(applied) : 0);
     if (applied != 0) {
         p[n++] = KEY(1, WT_VARINT);
-        n += varint_put(p + n, applied);
+        n += cqr_varint_put(p + n, applied);
     }
     return n;
 }

@@ -1,14 +1,16 @@
-/* admin.c -- the RPCs other than lookup and push: tables, cluster phases,
- * stats, digests and checkpoints, each sent to one or every shard and
- * merged (see "Addresses and sharding" in cqrps.h for the rules).
+/* admin.c -- the RPCs other than lookup and push: tables (and the
+ * table-dim cache they fill), cluster phases, stats, digests and
+ * checkpoints, each sent to one or every shard and merged (see
+ * "Addresses and sharding" in cqrps.h for the rules; the layers are
+ * listed in op.h).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "client.h"
 #include "cqrps.pb-c.h"
-#include "internal.h"
 
 /* Default rows per codebook on the server (proto TableConfig.rows), used
  * only to split a default budget over shards. */
@@ -17,10 +19,14 @@
 typedef Cqrps__V1__Request req_t;
 typedef Cqrps__V1__Response resp_t;
 
-#define REQ_INIT(var, opname, OPCASE)                                        \
-    req_t var = CQRPS__V1__REQUEST__INIT;                                    \
-    var.op_case = CQRPS__V1__REQUEST__OP_##OPCASE;                           \
-    var.opname = &opname##_msg
+/* A Request for operation `op_case`; the caller points the member of the
+ * oneof at its message. */
+static req_t request(Cqrps__V1__Request__OpCase op_case)
+{
+    req_t r = CQRPS__V1__REQUEST__INIT;
+    r.op_case = op_case;
+    return r;
+}
 
 /* The reply of shard s if it is of the expected kind, else an error on
  * the client. */
@@ -30,8 +36,8 @@ static const resp_t *reply_of(cqrps_client_t *c, const cq_op_t *op,
     const resp_t *r = op->resp[s];
     /* Every member of the reply union is a pointer: check one for NULL. */
     if (!r || (int)r->reply_case != reply_case || !r->table) {
-        *rc = cq_fail(c, CQRPS_EPROTO, "reply from %s lacks its result",
-                      c->conns[s].addr);
+        *rc = cq_fail(&c->net, CQRPS_EPROTO, "reply from %s lacks its result",
+                      c->net.conns[s].addr);
         return NULL;
     }
     return r;
@@ -157,7 +163,7 @@ static int table_replies(cqrps_client_t *c, cq_op_t *op, const char *name,
 {
     int rc = 0;
     cqrps_table_info_t acc;
-    for (uint32_t s = 0; s < c->nconns; s++) {
+    for (uint32_t s = 0; s < c->net.nconns; s++) {
         const resp_t *r = reply_of(c, op, s, CQRPS__V1__RESPONSE__REPLY_TABLE,
                                    &rc);
         if (!r)
@@ -169,7 +175,7 @@ static int table_replies(cqrps_client_t *c, cq_op_t *op, const char *name,
         else
             info_merge(&acc, &t, s);
     }
-    cq_dim_put(c, name, acc.config.dim);
+    cq_dims_put(&c->net.dims, name, acc.config.dim);
     if (info)
         *info = acc;
     return 0;
@@ -199,7 +205,7 @@ static int merge_tables(cqrps_client_t *c, Cqrps__V1__TableInfo **const *lists,
     if (!arr || !seen) {
         free(arr);
         free(seen);
-        return cq_fail(c, CQRPS_ENOMEM, "out of memory");
+        return cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
     }
     size_t m = 0;
     for (uint32_t s = 0; s < nlists; s++) {
@@ -247,26 +253,28 @@ int cqrps_create_table(cqrps_client_t *c, const char *name,
                        const cqrps_table_config_t *cfg,
                        cqrps_table_info_t *info)
 {
-    if (!c || !cfg)
-        return c ? cq_fail(c, CQRPS_EINVAL, "config is NULL") : CQRPS_EINVAL;
+    if (!c)
+        return CQRPS_EINVAL;
+    if (!cfg)
+        return cq_fail(&c->net, CQRPS_EINVAL, "config is NULL");
     int rc = cq_check_name(c, name);
     if (rc < 0)
         return rc;
-    cq_op_t *op = cq_op_new(c, CQ_O_RPC, name);
+    cq_op_t *op = cq_op_new(CQ_O_RPC, name, c->net.nconns);
     if (!op)
-        return cq_fail(c, CQRPS_ENOMEM, "out of memory");
-    for (uint32_t s = 0; s < c->nconns; s++) {
+        return cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
+    for (uint32_t s = 0; s < c->net.nconns; s++) {
         pb_cfg_t pc;
-        cfg_to_pb(cfg, shard_rows(cfg, c->nconns, s), &pc);
-        Cqrps__V1__CreateTable create_table_msg =
-            CQRPS__V1__CREATE_TABLE__INIT;
-        create_table_msg.name = (char *)name;
-        create_table_msg.config = &pc.cfg;
-        REQ_INIT(req, create_table, CREATE_TABLE);
+        cfg_to_pb(cfg, shard_rows(cfg, c->net.nconns, s), &pc);
+        Cqrps__V1__CreateTable msg = CQRPS__V1__CREATE_TABLE__INIT;
+        msg.name = (char *)name;
+        msg.config = &pc.cfg;
+        req_t req = request(CQRPS__V1__REQUEST__OP_CREATE_TABLE);
+        req.create_table = &msg;
         if (cq_rpc_send(c, op, s, &req) < 0)
             break;
     }
-    cq_pump(c, NULL);
+    cq_pump(&c->net, NULL);
     rc = cq_op_finish(c, op);
     if (rc == 0)
         rc = table_replies(c, op, name, info);
@@ -281,12 +289,13 @@ int cqrps_drop_table(cqrps_client_t *c, const char *name)
     int rc = cq_check_name(c, name);
     if (rc < 0)
         return rc;
-    Cqrps__V1__DropTable drop_table_msg = CQRPS__V1__DROP_TABLE__INIT;
-    drop_table_msg.name = (char *)name;
-    REQ_INIT(req, drop_table, DROP_TABLE);
+    Cqrps__V1__DropTable msg = CQRPS__V1__DROP_TABLE__INIT;
+    msg.name = (char *)name;
+    req_t req = request(CQRPS__V1__REQUEST__OP_DROP_TABLE);
+    req.drop_table = &msg;
     cq_op_t *op;
     rc = cq_rpc(c, &req, CQ_RPC_ALL, name, &op);
-    cq_dim_drop(c, name);
+    cq_dims_drop(&c->net.dims, name);
     cq_op_free(op);
     return rc;
 }
@@ -298,13 +307,14 @@ int cqrps_list_tables(cqrps_client_t *c, cqrps_table_info_t **out,
         return CQRPS_EINVAL;
     *out = NULL;
     *n = 0;
-    Cqrps__V1__ListTables list_tables_msg = CQRPS__V1__LIST_TABLES__INIT;
-    REQ_INIT(req, list_tables, LIST_TABLES);
+    Cqrps__V1__ListTables msg = CQRPS__V1__LIST_TABLES__INIT;
+    req_t req = request(CQRPS__V1__REQUEST__OP_LIST_TABLES);
+    req.list_tables = &msg;
     cq_op_t *op;
     int rc = cq_rpc(c, &req, CQ_RPC_ALL | CQ_RPC_RETRY, NULL, &op);
-    Cqrps__V1__TableInfo **lists[c->nconns];
-    size_t counts[c->nconns];
-    for (uint32_t s = 0; rc == 0 && s < c->nconns; s++) {
+    Cqrps__V1__TableInfo **lists[c->net.nconns];
+    size_t counts[c->net.nconns];
+    for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
         const resp_t *r = reply_of(c, op, s, CQRPS__V1__RESPONSE__REPLY_TABLES,
                                    &rc);
         if (r) {
@@ -314,7 +324,7 @@ int cqrps_list_tables(cqrps_client_t *c, cqrps_table_info_t **out,
     }
     if (rc == 0)
         rc = merge_tables(c, (Cqrps__V1__TableInfo **const *)lists, counts,
-                          c->nconns, out, n);
+                          c->net.nconns, out, n);
     cq_op_free(op);
     return rc;
 }
@@ -327,16 +337,33 @@ int cqrps_describe_table(cqrps_client_t *c, const char *name,
     int rc = cq_check_name(c, name);
     if (rc < 0)
         return rc;
-    Cqrps__V1__DescribeTable describe_table_msg =
-        CQRPS__V1__DESCRIBE_TABLE__INIT;
-    describe_table_msg.name = (char *)name;
-    REQ_INIT(req, describe_table, DESCRIBE_TABLE);
+    Cqrps__V1__DescribeTable msg = CQRPS__V1__DESCRIBE_TABLE__INIT;
+    msg.name = (char *)name;
+    req_t req = request(CQRPS__V1__REQUEST__OP_DESCRIBE_TABLE);
+    req.describe_table = &msg;
     cq_op_t *op;
     rc = cq_rpc(c, &req, CQ_RPC_ALL | CQ_RPC_RETRY, name, &op);
     if (rc == 0)
         rc = table_replies(c, op, name, info);
     cq_op_free(op);
     return rc;
+}
+
+int cqrps_table_dim(cqrps_client_t *c, const char *name, uint32_t *dim)
+{
+    if (!c || !dim)
+        return CQRPS_EINVAL;
+    int rc = cq_check_name(c, name);
+    if (rc < 0)
+        return rc;
+    if (cq_dims_get(&c->net.dims, name, dim))
+        return 0;
+    cqrps_table_info_t info;
+    rc = cqrps_describe_table(c, name, &info); /* fills the cache */
+    if (rc < 0)
+        return rc;
+    *dim = info.config.dim;
+    return 0;
 }
 
 /* ---- Cluster phases ---------------------------------------------------- */
@@ -368,12 +395,12 @@ static void memo_put(cqrps_client_t *c, const char *table, uint64_t id,
         snprintf(m->table, sizeof(m->table), "%s", table);
     }
     if (!m->shard_ids)
-        m->shard_ids = malloc(c->nconns * sizeof(uint64_t));
+        m->shard_ids = malloc(c->net.nconns * sizeof(uint64_t));
     if (!m->shard_ids) {
         *m = c->memos[--c->nmemos];
         return;
     }
-    memcpy(m->shard_ids, ids, c->nconns * sizeof(uint64_t));
+    memcpy(m->shard_ids, ids, c->net.nconns * sizeof(uint64_t));
     m->id = id;
 }
 
@@ -384,13 +411,14 @@ int cqrps_cluster(cqrps_client_t *c, const char *table, uint64_t *phase_id)
     int rc = cq_check_name(c, table);
     if (rc < 0)
         return rc;
-    Cqrps__V1__Cluster cluster_msg = CQRPS__V1__CLUSTER__INIT;
-    cluster_msg.table = (char *)table;
-    REQ_INIT(req, cluster, CLUSTER);
+    Cqrps__V1__Cluster msg = CQRPS__V1__CLUSTER__INIT;
+    msg.table = (char *)table;
+    req_t req = request(CQRPS__V1__REQUEST__OP_CLUSTER);
+    req.cluster = &msg;
     cq_op_t *op;
     rc = cq_rpc(c, &req, CQ_RPC_ALL, table, &op);
-    uint64_t ids[c->nconns], maxid = 0;
-    for (uint32_t s = 0; rc == 0 && s < c->nconns; s++) {
+    uint64_t ids[c->net.nconns], maxid = 0;
+    for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
         const resp_t *r = reply_of(c, op, s,
                                    CQRPS__V1__RESPONSE__REPLY_CLUSTER, &rc);
         if (!r)
@@ -400,7 +428,7 @@ int cqrps_cluster(cqrps_client_t *c, const char *table, uint64_t *phase_id)
             maxid = ids[s];
     }
     if (rc == 0) {
-        if (c->nconns > 1)
+        if (c->net.nconns > 1)
             memo_put(c, table, maxid, ids);
         if (phase_id)
             *phase_id = maxid;
@@ -432,26 +460,26 @@ int cqrps_cluster_status(cqrps_client_t *c, const char *table,
     int rc = cq_check_name(c, table);
     if (rc < 0)
         return rc;
-    const cq_phase_memo_t *m = c->nconns > 1 ? memo_find(c, table) : NULL;
-    cq_op_t *op = cq_op_new(c, CQ_O_RPC, table);
+    const cq_phase_memo_t *m = c->net.nconns > 1 ? memo_find(c, table) : NULL;
+    cq_op_t *op = cq_op_new(CQ_O_RPC, table, c->net.nconns);
     if (!op)
-        return cq_fail(c, CQRPS_ENOMEM, "out of memory");
-    for (uint32_t s = 0; s < c->nconns; s++) {
-        Cqrps__V1__ClusterStatus cluster_status_msg =
-            CQRPS__V1__CLUSTER_STATUS__INIT;
-        cluster_status_msg.table = (char *)table;
-        cluster_status_msg.phase_id =
+        return cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
+    for (uint32_t s = 0; s < c->net.nconns; s++) {
+        Cqrps__V1__ClusterStatus msg = CQRPS__V1__CLUSTER_STATUS__INIT;
+        msg.table = (char *)table;
+        msg.phase_id =
             m && phase_id && phase_id == m->id ? m->shard_ids[s] : phase_id;
-        REQ_INIT(req, cluster_status, CLUSTER_STATUS);
+        req_t req = request(CQRPS__V1__REQUEST__OP_CLUSTER_STATUS);
+        req.cluster_status = &msg;
         if (cq_rpc_send(c, op, s, &req) < 0)
             break;
     }
-    cq_pump(c, NULL);
+    cq_pump(&c->net, NULL);
     rc = cq_op_finish(c, op);
     uint32_t done = 0, queued = 0, failed = 0;
     cqrps_phase_status_t acc;
     memset(&acc, 0, sizeof(acc));
-    for (uint32_t s = 0; rc == 0 && s < c->nconns; s++) {
+    for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
         const resp_t *r = reply_of(
             c, op, s, CQRPS__V1__RESPONSE__REPLY_CLUSTER_STATUS, &rc);
         if (!r)
@@ -472,18 +500,18 @@ int cqrps_cluster_status(cqrps_client_t *c, const char *table,
         }
         done += one.state == CQRPS_PHASE_DONE;
         queued += one.state == CQRPS_PHASE_QUEUED;
-        if (one.state == CQRPS_PHASE_FAILED && !failed++ && c->nconns > 1)
+        if (one.state == CQRPS_PHASE_FAILED && !failed++ && c->net.nconns > 1)
             snprintf(acc.error, sizeof(acc.error), "%.60s: %.180s",
-                     c->conns[s].addr, one.error);
+                     c->net.conns[s].addr, one.error);
     }
     if (rc == 0) {
-        if (c->nconns > 1) {
-            acc.fraction /= c->nconns;
-            acc.inertia /= c->nconns;
+        if (c->net.nconns > 1) {
+            acc.fraction /= c->net.nconns;
+            acc.inertia /= c->net.nconns;
             acc.phase_id = phase_id ? phase_id : acc.phase_id;
-            acc.state = done == c->nconns     ? CQRPS_PHASE_DONE
+            acc.state = done == c->net.nconns     ? CQRPS_PHASE_DONE
                         : failed              ? CQRPS_PHASE_FAILED
-                        : queued == c->nconns ? CQRPS_PHASE_QUEUED
+                        : queued == c->net.nconns ? CQRPS_PHASE_QUEUED
                                               : CQRPS_PHASE_RUNNING;
         }
         *st = acc;
@@ -510,13 +538,13 @@ int cqrps_cluster_wait(cqrps_client_t *c, const char *table,
         if (st->state == CQRPS_PHASE_DONE)
             return 0;
         if (st->state == CQRPS_PHASE_FAILED)
-            return cq_fail(c, CQRPS_EINTERNAL,
+            return cq_fail(&c->net, CQRPS_EINTERNAL,
                            "cluster phase %llu of table %s failed: %s",
                            (unsigned long long)st->phase_id, table,
                            st->error);
         uint64_t now = cq_now_ms();
         if (deadline && now >= deadline)
-            return cq_fail(c, CQRPS_ETIMEDOUT,
+            return cq_fail(&c->net, CQRPS_ETIMEDOUT,
                            "cluster phase %llu of table %s not done after "
                            "%u ms (%s, %.0f%%)",
                            (unsigned long long)st->phase_id, table,
@@ -555,13 +583,14 @@ int cqrps_stats(cqrps_client_t *c, cqrps_stats_t *st)
     if (!c || !st)
         return CQRPS_EINVAL;
     memset(st, 0, sizeof(*st));
-    Cqrps__V1__Stats stats_msg = CQRPS__V1__STATS__INIT;
-    REQ_INIT(req, stats, STATS);
+    Cqrps__V1__Stats msg = CQRPS__V1__STATS__INIT;
+    req_t req = request(CQRPS__V1__REQUEST__OP_STATS);
+    req.stats = &msg;
     cq_op_t *op;
     int rc = cq_rpc(c, &req, CQ_RPC_ALL | CQ_RPC_RETRY, NULL, &op);
-    Cqrps__V1__TableInfo **lists[c->nconns];
-    size_t counts[c->nconns], ncnt = 0;
-    for (uint32_t s = 0; rc == 0 && s < c->nconns; s++) {
+    Cqrps__V1__TableInfo **lists[c->net.nconns];
+    size_t counts[c->net.nconns], ncnt = 0;
+    for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
         const resp_t *r = reply_of(c, op, s, CQRPS__V1__RESPONSE__REPLY_STATS,
                                    &rc);
         if (!r)
@@ -585,12 +614,12 @@ int cqrps_stats(cqrps_client_t *c, cqrps_stats_t *st)
     }
     if (rc == 0)
         rc = merge_tables(c, (Cqrps__V1__TableInfo **const *)lists, counts,
-                          c->nconns, &st->tables, &st->ntables);
+                          c->net.nconns, &st->tables, &st->ntables);
     if (rc == 0 && ncnt) {
         st->counters = calloc(ncnt, sizeof(*st->counters));
         if (!st->counters)
-            rc = cq_fail(c, CQRPS_ENOMEM, "out of memory");
-        for (uint32_t s = 0; rc == 0 && s < c->nconns; s++) {
+            rc = cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
+        for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
             const Cqrps__V1__StatsReply *p = op->resp[s]->stats;
             for (size_t i = 0; rc == 0 && i < p->n_counters; i++) {
                 const char *key = p->counters[i]->key ? p->counters[i]->key
@@ -602,7 +631,7 @@ int cqrps_stats(cqrps_client_t *c, cqrps_stats_t *st)
                 if (k == st->ncounters) {
                     st->counters[k].name = strdup(key);
                     if (!st->counters[k].name) {
-                        rc = cq_fail(c, CQRPS_ENOMEM, "out of memory");
+                        rc = cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
                         break;
                     }
                     st->ncounters++;
@@ -627,19 +656,20 @@ int cqrps_digest(cqrps_client_t *c, const char *table, char hex[17])
     int rc = cq_check_name(c, table);
     if (rc < 0)
         return rc;
-    Cqrps__V1__Digest digest_msg = CQRPS__V1__DIGEST__INIT;
-    digest_msg.table = (char *)table;
-    REQ_INIT(req, digest, DIGEST);
+    Cqrps__V1__Digest msg = CQRPS__V1__DIGEST__INIT;
+    msg.table = (char *)table;
+    req_t req = request(CQRPS__V1__REQUEST__OP_DIGEST);
+    req.digest = &msg;
     cq_op_t *op;
     rc = cq_rpc(c, &req, CQ_RPC_ALL | CQ_RPC_RETRY, table, &op);
     uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a over the shards' digests */
-    for (uint32_t s = 0; rc == 0 && s < c->nconns; s++) {
+    for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
         const resp_t *r = reply_of(c, op, s, CQRPS__V1__RESPONSE__REPLY_DIGEST,
                                    &rc);
         if (!r)
             break;
         const char *d = r->digest->digest ? r->digest->digest : "";
-        if (c->nconns == 1) {
+        if (c->net.nconns == 1) {
             snprintf(hex, 17, "%s", d);
             break;
         }
@@ -650,7 +680,7 @@ int cqrps_digest(cqrps_client_t *c, const char *table, char hex[17])
         h ^= ',';
         h *= 0x100000001b3ULL;
     }
-    if (rc == 0 && c->nconns > 1)
+    if (rc == 0 && c->net.nconns > 1)
         snprintf(hex, 17, "%016llx", (unsigned long long)h);
     cq_op_free(op);
     return rc;
@@ -662,8 +692,9 @@ int cqrps_checkpoint(cqrps_client_t *c, uint64_t *generation)
 {
     if (!c)
         return CQRPS_EINVAL;
-    Cqrps__V1__Checkpoint checkpoint_msg = CQRPS__V1__CHECKPOINT__INIT;
-    REQ_INIT(req, checkpoint, CHECKPOINT);
+    Cqrps__V1__Checkpoint msg = CQRPS__V1__CHECKPOINT__INIT;
+    req_t req = request(CQRPS__V1__REQUEST__OP_CHECKPOINT);
+    req.checkpoint = &msg;
     cq_op_t *op;
     /* A first checkpoint of a large table takes minutes and the server
      * sends nothing meanwhile: wait without the request timeout (a dead
@@ -693,13 +724,13 @@ int cqrps_list_checkpoints(cqrps_client_t *c, cqrps_checkpoint_info_t **out,
         return CQRPS_EINVAL;
     *out = NULL;
     *n = 0;
-    Cqrps__V1__ListCheckpoints list_checkpoints_msg =
-        CQRPS__V1__LIST_CHECKPOINTS__INIT;
-    REQ_INIT(req, list_checkpoints, LIST_CHECKPOINTS);
+    Cqrps__V1__ListCheckpoints msg = CQRPS__V1__LIST_CHECKPOINTS__INIT;
+    req_t req = request(CQRPS__V1__REQUEST__OP_LIST_CHECKPOINTS);
+    req.list_checkpoints = &msg;
     cq_op_t *op;
     int rc = cq_rpc(c, &req, CQ_RPC_ALL | CQ_RPC_RETRY, NULL, &op);
     size_t total = 0;
-    for (uint32_t s = 0; rc == 0 && s < c->nconns; s++) {
+    for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
         const resp_t *r = reply_of(
             c, op, s, CQRPS__V1__RESPONSE__REPLY_CHECKPOINTS, &rc);
         if (r)
@@ -708,10 +739,10 @@ int cqrps_list_checkpoints(cqrps_client_t *c, cqrps_checkpoint_info_t **out,
     if (rc == 0 && total) {
         cqrps_checkpoint_info_t *arr = calloc(total, sizeof(*arr));
         if (!arr) {
-            rc = cq_fail(c, CQRPS_ENOMEM, "out of memory");
+            rc = cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
         } else {
             size_t k = 0;
-            for (uint32_t s = 0; s < c->nconns; s++) {
+            for (uint32_t s = 0; s < c->net.nconns; s++) {
                 const Cqrps__V1__ListCheckpointsReply *p =
                     op->resp[s]->checkpoints;
                 for (size_t i = 0; i < p->n_checkpoints; i++, k++) {

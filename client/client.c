@@ -1,18 +1,16 @@
-/* client.c -- libcqrps's client object: options, errors and names,
- * connect and close, operations and tickets, reply delivery, the
- * table-dim cache and the generic RPC path (see internal.h for the
- * model).
+/* client.c -- libcqrps's client object: options and names, connect and
+ * close, tickets, the end of an operation and the generic RPC path (see
+ * client.h; the layers are listed in op.h).
  */
-#include <assert.h>
-#include <stdarg.h>
+#include "client.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include "cqrps.pb-c.h"
-#include "internal.h"
+#include "shard.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "libcqrps moves IDs and vectors as raw little-endian bytes"
@@ -22,47 +20,7 @@
  * failed connect has no client to hold it. */
 static _Thread_local char tls_connect_error[CQ_ERRMSG_MAX];
 
-/* Table-dim cache entries kept per client before it is emptied. */
-#define CQ_DIMS_MAX 4096
-
-uint64_t cq_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* ---- Errors and names -------------------------------------------------- */
-
-const char *cqrps_strerror(int err)
-{
-    switch (err) {
-    case 0:
-        return "success";
-#define CQ_MSG_(name, num, wire, msg)                                        \
-    case CQRPS_E##name:                                                      \
-        return msg;
-        CQRPS_ERRNO_MAP(CQ_MSG_)
-#undef CQ_MSG_
-    default:
-        return "unknown error";
-    }
-}
-
-const char *cqrps_errname(int err)
-{
-    switch (err) {
-    case 0:
-        return "OK";
-#define CQ_NAME_(name, num, wire, msg)                                       \
-    case CQRPS_E##name:                                                      \
-        return wire;
-        CQRPS_ERRNO_MAP(CQ_NAME_)
-#undef CQ_NAME_
-    default:
-        return "UNKNOWN";
-    }
-}
+/* ---- Names ------------------------------------------------------------- */
 
 static const char *const kind_names[] = { "full", "hash", "ce", "cqr" };
 static const char *const opt_names[] = { "sgd", "adagrad", "adam" };
@@ -131,38 +89,18 @@ const char *cqrps_phase_state_name(cqrps_phase_state_t st)
     return name_of(phase_names, NELEM(phase_names), (int)st);
 }
 
-int cq_fail(cqrps_client_t *c, int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->last_error, sizeof(c->last_error), fmt, ap);
-    va_end(ap);
-    return err;
-}
-
-void cq_op_error(cq_op_t *op, int err, const char *fmt, ...)
-{
-    if (op->err)
-        return;
-    op->err = err;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(op->msg, sizeof(op->msg), fmt, ap);
-    va_end(ap);
-}
-
 const char *cqrps_last_error(cqrps_client_t *c)
 {
-    return c ? c->last_error : tls_connect_error;
+    return c ? c->net.last_error : tls_connect_error;
 }
 
 int cq_check_name(cqrps_client_t *c, const char *name)
 {
     if (!name || !*name)
-        return cq_fail(c, CQRPS_EINVAL, "table name is empty");
+        return cq_fail(&c->net, CQRPS_EINVAL, "table name is empty");
     if (strlen(name) > CQRPS_NAME_MAX)
-        return cq_fail(c, CQRPS_EINVAL, "table name longer than %d bytes",
-                       CQRPS_NAME_MAX);
+        return cq_fail(&c->net, CQRPS_EINVAL,
+                       "table name longer than %d bytes", CQRPS_NAME_MAX);
     return 0;
 }
 
@@ -223,7 +161,7 @@ int cqrps_connect(const char *addrs, const cqrps_options_t *opt,
     /* Keep copies: the caller's buffers are read during this call only. */
     if ((c->opt.token_len && !c->opt.token) ||
         (c->opt.admin_token_len && !c->opt.admin_token)) {
-        rc = cq_fail(c, CQRPS_EINVAL, "token length without a token");
+        rc = cq_fail(&c->net, CQRPS_EINVAL, "token length without a token");
         goto fail;
     }
     c->token = dup_bytes(c->opt.token, c->opt.token_len);
@@ -231,18 +169,19 @@ int cqrps_connect(const char *addrs, const cqrps_options_t *opt,
     c->client_name = c->opt.client_name ? strdup(c->opt.client_name) : NULL;
     if (!c->token || !c->admin_token ||
         (c->opt.client_name && !c->client_name)) {
-        rc = cq_fail(c, CQRPS_ENOMEM, "out of memory");
+        rc = cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
         goto fail;
     }
     c->opt.token = c->token;
     c->opt.admin_token = c->admin_token;
     c->opt.client_name = c->client_name;
+    c->net.opt = &c->opt;
 
-    rc = cq_parse_addrs(c, addrs);
+    rc = cq_parse_addrs(&c->net, addrs);
     if (rc < 0)
         goto fail;
-    for (uint32_t i = 0; i < c->nconns; i++) {
-        rc = cq_conn_ensure(c, &c->conns[i]);
+    for (uint32_t i = 0; i < c->net.nconns; i++) {
+        rc = cq_conn_ensure(&c->net, &c->net.conns[i]);
         if (rc < 0)
             goto fail;
     }
@@ -250,7 +189,7 @@ int cqrps_connect(const char *addrs, const cqrps_options_t *opt,
     return 0;
 fail:
     snprintf(tls_connect_error, sizeof(tls_connect_error), "%s",
-             c->last_error);
+             c->net.last_error);
     cqrps_close(c);
     return rc;
 }
@@ -261,22 +200,16 @@ void cqrps_close(cqrps_client_t *c)
         return;
     /* Pending entries point at tickets: close the sockets first (which
      * drops the entries), then free the tickets. */
-    for (uint32_t i = 0; i < c->nconns; i++)
-        cq_conn_fail(c, &c->conns[i], CQRPS_ECONN, "client closed");
+    cq_net_fail(&c->net, CQRPS_ECONN, "client closed");
     while (c->tickets) {
         cq_op_t *op = c->tickets;
         c->tickets = op->next;
         cq_op_free(op);
     }
-    for (uint32_t i = 0; i < c->nconns; i++)
-        cq_conn_free(&c->conns[i]);
+    cq_net_free(&c->net);
     for (size_t i = 0; i < c->nmemos; i++)
         free(c->memos[i].shard_ids);
     free(c->memos);
-    free(c->dims);
-    free(c->conns);
-    free(c->pfds);
-    free(c->pconns);
     free(c->token);
     free(c->admin_token);
     free(c->client_name);
@@ -285,21 +218,21 @@ void cqrps_close(cqrps_client_t *c)
 
 uint32_t cqrps_shard_count(const cqrps_client_t *c)
 {
-    return c ? c->nconns : 0;
+    return c ? c->net.nconns : 0;
 }
 
 int cqrps_server_info(cqrps_client_t *c, cqrps_server_info_t *info)
 {
     if (!c || !info)
         return CQRPS_EINVAL;
-    for (uint32_t i = 0; i < c->nconns; i++) {
-        int rc = cq_conn_ensure(c, &c->conns[i]);
+    for (uint32_t i = 0; i < c->net.nconns; i++) {
+        int rc = cq_conn_ensure(&c->net, &c->net.conns[i]);
         if (rc < 0)
             return rc;
     }
-    *info = c->conns[0].info;
-    for (uint32_t i = 1; i < c->nconns; i++) {
-        const cqrps_server_info_t *o = &c->conns[i].info;
+    *info = c->net.conns[0].info;
+    for (uint32_t i = 1; i < c->net.nconns; i++) {
+        const cqrps_server_info_t *o = &c->net.conns[i].info;
         if (o->max_frame_bytes && o->max_frame_bytes < info->max_frame_bytes)
             info->max_frame_bytes = o->max_frame_bytes;
         if (o->max_batch && o->max_batch < info->max_batch)
@@ -311,45 +244,12 @@ int cqrps_server_info(cqrps_client_t *c, cqrps_server_info_t *info)
 
 /* ---- Operations -------------------------------------------------------- */
 
-cq_op_t *cq_op_new(cqrps_client_t *c, cq_okind_t kind, const char *table)
-{
-    cq_op_t *op = calloc(1, sizeof(*op));
-    if (!op)
-        return NULL;
-    op->kind = kind;
-    if (table)
-        snprintf(op->table, sizeof(op->table), "%s", table);
-    if (kind == CQ_O_RPC) {
-        op->resp = calloc(c->nconns, sizeof(*op->resp));
-        if (!op->resp) {
-            free(op);
-            return NULL;
-        }
-        op->nresp = c->nconns;
-    }
-    return op;
-}
-
-void cq_op_free(cq_op_t *op)
-{
-    if (!op)
-        return;
-    assert(op->outstanding == 0);
-    for (uint32_t i = 0; op->resp && i < op->nresp; i++)
-        if (op->resp[i])
-            cqrps__v1__response__free_unpacked(op->resp[i], NULL);
-    free(op->resp);
-    free(op->bag_div);
-    for (size_t i = 0; i < sizeof(op->scratch) / sizeof(op->scratch[0]); i++)
-        free(op->scratch[i]);
-    free(op);
-}
-
 int cq_op_finish(cqrps_client_t *c, cq_op_t *op)
 {
-    cq_pump(c, op);
+    cq_pump(&c->net, op);
     if (op->err) {
-        snprintf(c->last_error, sizeof(c->last_error), "%s", op->msg);
+        snprintf(c->net.last_error, sizeof(c->net.last_error), "%s",
+                 op->msg);
         return op->err;
     }
     if (op->bag_div) {
@@ -374,7 +274,7 @@ int cqrps_wait(cqrps_client_t *c, cqrps_ticket_t ticket)
     while (*pp && (*pp)->ticket != ticket)
         pp = &(*pp)->next;
     if (!*pp || ticket == 0)
-        return cq_fail(c, CQRPS_EINVAL, "unknown ticket %llu",
+        return cq_fail(&c->net, CQRPS_EINVAL, "unknown ticket %llu",
                        (unsigned long long)ticket);
     cq_op_t *op = *pp;
     *pp = op->next;
@@ -383,174 +283,15 @@ int cqrps_wait(cqrps_client_t *c, cqrps_ticket_t ticket)
     return rc;
 }
 
-/* ---- Reply delivery ---------------------------------------------------- */
-
-static void deliver_vectors(cqrps_client_t *c, cq_conn_t *conn,
-                            const cq_pending_t *p, const cq_resp_hdr_t *h)
-{
-    cq_op_t *op = p->op;
-    uint32_t dim;
-    const unsigned char *vec;
-    size_t vlen;
-    if (h->reply_field != CQ_RESP_LOOKUP ||
-        cq_lookup_reply_decode(h->reply, h->reply_len, &dim, &vec, &vlen) <
-            0) {
-        cq_op_error(op, CQRPS_EPROTO, "malformed lookup reply from %s",
-                    conn->addr);
-        return;
-    }
-    if (dim != op->dim) {
-        cq_dim_drop(c, op->table);
-        cq_op_error(op, CQRPS_EDIM,
-                    "table %s has dim %u on %s, the client expected %u "
-                    "(dropped and created again?)",
-                    op->table, dim, conn->addr, op->dim);
-        return;
-    }
-    const size_t row = (size_t)dim * sizeof(float);
-    if (vlen != p->count * row) {
-        cq_op_error(op, CQRPS_EPROTO,
-                    "lookup reply from %s carries %zu bytes, expected %zu",
-                    conn->addr, vlen, p->count * row);
-        return;
-    }
-    float *out = op->out;
-    if (op->accumulate) {
-        float *dst = out + p->base * dim;
-        for (size_t i = 0; i < p->count * dim; i++) {
-            float v;
-            memcpy(&v, vec + i * sizeof(float), sizeof(v));
-            dst[i] += v;
-        }
-    } else if (p->pos) {
-        for (size_t j = 0; j < p->count; j++)
-            memcpy(out + (size_t)p->pos[j] * dim, vec + j * row, row);
-    } else {
-        memcpy(out + p->base * dim, vec, vlen);
-    }
-}
-
-void cq_deliver(cqrps_client_t *c, cq_conn_t *conn, const cq_pending_t *p,
-                const cq_resp_hdr_t *h, const unsigned char *body,
-                size_t len)
-{
-    cq_op_t *op = p->op;
-    assert(op->outstanding > 0);
-    if (h->status != 0) {
-        int err = h->status > 0x7fff ? CQRPS_EINTERNAL : -(int)h->status;
-        int mlen = h->msg_len > 400 ? 400 : (int)h->msg_len;
-        const char *m = h->msg;
-        if (mlen == 0) {
-            m = cqrps_strerror(err);
-            mlen = (int)strlen(m);
-        }
-        if (c->nconns > 1)
-            cq_op_error(op, err, "%s: %.*s", conn->addr, mlen, m);
-        else
-            cq_op_error(op, err, "%.*s", mlen, m);
-        if ((err == CQRPS_EDIM || err == CQRPS_ENOTFOUND) && op->table[0])
-            cq_dim_drop(c, op->table);
-    } else {
-        switch (p->kind) {
-        case CQ_P_LOOKUP:
-        case CQ_P_POOLED:
-            if (!op->err)
-                deliver_vectors(c, conn, p, h);
-            break;
-        case CQ_P_PUSH: {
-            uint64_t applied;
-            if (h->reply_field != CQ_RESP_PUSH ||
-                cq_push_reply_decode(h->reply, h->reply_len, &applied) < 0)
-                cq_op_error(op, CQRPS_EPROTO, "malformed push reply from %s",
-                            conn->addr);
-            break;
-        }
-        case CQ_P_RPC: {
-            Cqrps__V1__Response *r =
-                cqrps__v1__response__unpack(NULL, len, body);
-            if (!r) {
-                cq_op_error(op, CQRPS_EPROTO, "undecodable reply from %s",
-                            conn->addr);
-                break;
-            }
-            assert(conn->index < op->nresp);
-            if (op->resp[conn->index])
-                cqrps__v1__response__free_unpacked(op->resp[conn->index],
-                                                   NULL);
-            op->resp[conn->index] = r;
-            break;
-        }
-        }
-    }
-    op->outstanding--;
-}
-
-/* ---- Table-dim cache --------------------------------------------------- */
-
-void cq_dim_put(cqrps_client_t *c, const char *name, uint32_t dim)
-{
-    for (size_t i = 0; i < c->ndims; i++) {
-        if (strcmp(c->dims[i].name, name) == 0) {
-            c->dims[i].dim = dim;
-            return;
-        }
-    }
-    if (c->ndims >= CQ_DIMS_MAX)
-        c->ndims = 0; /* a client that cycles through many tables */
-    if (c->ndims == c->dims_cap) {
-        size_t ncap = c->dims_cap ? c->dims_cap * 2 : 8;
-        cq_dim_t *nd = realloc(c->dims, ncap * sizeof(*nd));
-        if (!nd)
-            return; /* a cache: failing to remember is harmless */
-        c->dims = nd;
-        c->dims_cap = ncap;
-    }
-    snprintf(c->dims[c->ndims].name, sizeof(c->dims[c->ndims].name), "%s",
-             name);
-    c->dims[c->ndims].dim = dim;
-    c->ndims++;
-}
-
-void cq_dim_drop(cqrps_client_t *c, const char *name)
-{
-    for (size_t i = 0; i < c->ndims; i++) {
-        if (strcmp(c->dims[i].name, name) == 0) {
-            c->dims[i] = c->dims[--c->ndims];
-            return;
-        }
-    }
-}
-
-int cqrps_table_dim(cqrps_client_t *c, const char *name, uint32_t *dim)
-{
-    if (!c || !dim)
-        return CQRPS_EINVAL;
-    int rc = cq_check_name(c, name);
-    if (rc < 0)
-        return rc;
-    for (size_t i = 0; i < c->ndims; i++) {
-        if (strcmp(c->dims[i].name, name) == 0) {
-            *dim = c->dims[i].dim;
-            return 0;
-        }
-    }
-    cqrps_table_info_t info;
-    rc = cqrps_describe_table(c, name, &info); /* fills the cache */
-    if (rc < 0)
-        return rc;
-    *dim = info.config.dim;
-    return 0;
-}
-
 /* ---- Generic RPC ------------------------------------------------------- */
 
 int cq_rpc_send(cqrps_client_t *c, cq_op_t *op, uint32_t s,
                 Cqrps__V1__Request *req)
 {
-    cq_conn_t *conn = &c->conns[s];
-    int rc = cq_conn_ensure(c, conn);
+    cq_conn_t *conn = &c->net.conns[s];
+    int rc = cq_conn_ensure(&c->net, conn);
     if (rc < 0) {
-        cq_op_error(op, rc, "%s", c->last_error);
+        cq_op_error(op, rc, "%s", c->net.last_error);
         return rc;
     }
     rc = cq_rpc_enqueue(conn, op, req);
@@ -569,14 +310,14 @@ int cq_rpc(cqrps_client_t *c, Cqrps__V1__Request *req, int flags,
     int rc = 0;
     *opp = NULL;
     for (int t = 0; t < tries; t++) {
-        cq_op_t *op = cq_op_new(c, CQ_O_RPC, table);
+        cq_op_t *op = cq_op_new(CQ_O_RPC, table, c->net.nconns);
         if (!op)
-            return cq_fail(c, CQRPS_ENOMEM, "out of memory");
-        uint32_t n = (flags & CQ_RPC_ALL) ? c->nconns : 1;
+            return cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
+        uint32_t n = (flags & CQ_RPC_ALL) ? c->net.nconns : 1;
         for (uint32_t s = 0; s < n; s++)
             if (cq_rpc_send(c, op, s, req) < 0)
                 break;
-        cq_pump(c, NULL);
+        cq_pump(&c->net, NULL);
         rc = cq_op_finish(c, op);
         *opp = op;
         if (rc != CQRPS_ECONN || t + 1 == tries)

@@ -1,6 +1,6 @@
 /* conn.c -- libcqrps's sockets: connect with a timeout, Hello, the write
  * queue, the poll() pump that writes and reads every connection at once,
- * and failure.
+ * and failure (see conn.h for the model and the rules).
  *
  * Sockets are non-blocking and every wait is a poll() with a deadline, so
  * no call blocks longer than its timeouts. Non-blocking matters for more
@@ -9,6 +9,8 @@
  * replies pile up (backpressure) and a client that only writes would wait
  * for each other forever.
  */
+#include "conn.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +18,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +27,7 @@
 #include <unistd.h>
 
 #include "cqrps.pb-c.h"
-#include "internal.h"
+#include "proto/varint.h"
 
 /* Replies larger than this are a protocol error whatever the server said
  * its frame limit is: a guard against a corrupt length prefix. */
@@ -40,7 +43,16 @@ static int conn_busy(const cq_conn_t *conn)
     return conn->pcount || conn->nsegs || conn->dst;
 }
 
-void cq_conn_init(cq_conn_t *conn, uint32_t index)
+int cq_fail(cq_net_t *net, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(net->last_error, sizeof(net->last_error), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+static void conn_init(cq_conn_t *conn, uint32_t index)
 {
     memset(conn, 0, sizeof(*conn));
     conn->index = index;
@@ -48,7 +60,7 @@ void cq_conn_init(cq_conn_t *conn, uint32_t index)
     conn->next_id = 1;
 }
 
-void cq_conn_close(cq_conn_t *conn)
+static void conn_close(cq_conn_t *conn)
 {
     if (conn->fd >= 0)
         close(conn->fd);
@@ -60,10 +72,10 @@ void cq_conn_close(cq_conn_t *conn)
     conn->dst_left = 0;
 }
 
-void cq_conn_free(cq_conn_t *conn)
+static void conn_free(cq_conn_t *conn)
 {
     assert(conn->pcount == 0);
-    cq_conn_close(conn);
+    conn_close(conn);
     free(conn->segs);
     free(conn->wown);
     free(conn->rbuf);
@@ -72,34 +84,61 @@ void cq_conn_free(cq_conn_t *conn)
     conn->fd = -1;
 }
 
-void cq_conn_fail(cqrps_client_t *c, cq_conn_t *conn, int err,
-                  const char *msg)
+static void conn_fail(cq_conn_t *conn, int err, const char *msg)
 {
-    (void)c;
     if (conn->dst) {
-        cq_op_error(conn->dpend.op, err, "%s", msg);
-        conn->dpend.op->outstanding--;
+        cq_op_abandon(conn->dpend.op, err, msg);
         conn->dst = NULL;
     }
     while (conn->pcount > 0) {
-        cq_pending_t *p = &conn->pend[conn->phead];
-        cq_op_error(p->op, err, "%s", msg);
-        assert(p->op->outstanding > 0);
-        p->op->outstanding--;
+        cq_op_abandon(conn->pend[conn->phead].op, err, msg);
         conn->phead = (conn->phead + 1) % conn->pcap;
         conn->pcount--;
     }
     conn->phead = 0;
-    cq_conn_close(conn);
+    conn_close(conn);
 }
 
-static void conn_fail_errno(cqrps_client_t *c, cq_conn_t *conn,
-                            const char *what, int e)
+static void conn_fail_errno(cq_conn_t *conn, const char *what, int e)
 {
     char msg[CQ_ERRMSG_MAX];
     snprintf(msg, sizeof(msg), "%s %s: %s", what, conn->addr, strerror(e));
-    cq_conn_fail(c, conn, e == ETIMEDOUT ? CQRPS_ETIMEDOUT : CQRPS_ECONN,
-                 msg);
+    conn_fail(conn, e == ETIMEDOUT ? CQRPS_ETIMEDOUT : CQRPS_ECONN, msg);
+}
+
+/* ---- The connections of a client --------------------------------------- */
+
+int cq_net_init(cq_net_t *net, uint32_t n)
+{
+    net->conns = calloc(n, sizeof(*net->conns));
+    net->pfds = calloc(n, sizeof(*net->pfds));
+    net->pconns = calloc(n, sizeof(*net->pconns));
+    if (!net->conns || !net->pfds || !net->pconns)
+        return cq_fail(net, CQRPS_ENOMEM, "out of memory");
+    net->nconns = n;
+    for (uint32_t i = 0; i < n; i++)
+        conn_init(&net->conns[i], i);
+    return 0;
+}
+
+void cq_net_fail(cq_net_t *net, int err, const char *msg)
+{
+    for (uint32_t i = 0; i < net->nconns; i++)
+        conn_fail(&net->conns[i], err, msg);
+}
+
+void cq_net_free(cq_net_t *net)
+{
+    for (uint32_t i = 0; i < net->nconns; i++)
+        conn_free(&net->conns[i]);
+    free(net->conns);
+    free(net->pfds);
+    free(net->pconns);
+    cq_dims_free(&net->dims);
+    net->conns = NULL;
+    net->pfds = NULL;
+    net->pconns = NULL;
+    net->nconns = 0;
 }
 
 /* ---- Write queue ------------------------------------------------------- */
@@ -164,13 +203,6 @@ void cq_conn_put_claimed(cq_conn_t *conn, size_t off, size_t len)
         assert(conn->nsegs < conn->segs_cap);
         conn->segs[conn->nsegs++] = (cq_wseg_t){ NULL, off, len };
     }
-}
-
-void cq_conn_put_owned(cq_conn_t *conn, const void *p, size_t len)
-{
-    size_t off;
-    memcpy(cq_conn_claim(conn, len, &off), p, len);
-    cq_conn_put_claimed(conn, off, len);
 }
 
 void cq_conn_put_ext(cq_conn_t *conn, const void *p, size_t len)
@@ -272,44 +304,45 @@ fail:
     return e;
 }
 
-static int conn_hello(cqrps_client_t *c, cq_conn_t *conn)
+static int conn_hello(cq_net_t *net, cq_conn_t *conn)
 {
+    const cqrps_options_t *opt = net->opt;
     Cqrps__V1__Hello hello = CQRPS__V1__HELLO__INIT;
     hello.protocol_version = CQRPS_PROTOCOL_VERSION;
-    hello.token.data = c->token;
-    hello.token.len = c->opt.token_len;
-    hello.admin_token.data = c->admin_token;
-    hello.admin_token.len = c->opt.admin_token_len;
-    hello.client_name = c->client_name ? c->client_name : "";
+    hello.token.data = (uint8_t *)opt->token;
+    hello.token.len = opt->token_len;
+    hello.admin_token.data = (uint8_t *)opt->admin_token;
+    hello.admin_token.len = opt->admin_token_len;
+    hello.client_name = (char *)(opt->client_name ? opt->client_name : "");
     Cqrps__V1__Request req = CQRPS__V1__REQUEST__INIT;
     req.op_case = CQRPS__V1__REQUEST__OP_HELLO;
     req.hello = &hello;
 
-    cq_op_t *op = cq_op_new(c, CQ_O_RPC, NULL);
+    cq_op_t *op = cq_op_new(CQ_O_RPC, NULL, net->nconns);
     if (!op)
-        return cq_fail(c, CQRPS_ENOMEM, "hello to %s: out of memory",
+        return cq_fail(net, CQRPS_ENOMEM, "hello to %s: out of memory",
                        conn->addr);
     int rc = cq_rpc_enqueue(conn, op, &req);
     if (rc < 0) {
         cq_op_free(op);
-        return cq_fail(c, rc, "hello to %s: %s", conn->addr,
+        return cq_fail(net, rc, "hello to %s: %s", conn->addr,
                        cqrps_strerror(rc));
     }
-    cq_pump(c, op);
+    cq_pump(net, op);
     rc = op->err;
     if (rc < 0) {
-        cq_fail(c, rc, "hello to %s: %s", conn->addr, op->msg);
+        cq_fail(net, rc, "hello to %s: %s", conn->addr, op->msg);
         goto out;
     }
     Cqrps__V1__Response *resp = op->resp[conn->index];
     if (!resp || resp->reply_case != CQRPS__V1__RESPONSE__REPLY_HELLO) {
-        rc = cq_fail(c, CQRPS_EPROTO, "hello to %s: reply without HelloReply",
-                     conn->addr);
+        rc = cq_fail(net, CQRPS_EPROTO,
+                     "hello to %s: reply without HelloReply", conn->addr);
         goto out;
     }
     Cqrps__V1__HelloReply *hr = resp->hello;
     if (hr->protocol_version != CQRPS_PROTOCOL_VERSION) {
-        rc = cq_fail(c, CQRPS_EVERSION,
+        rc = cq_fail(net, CQRPS_EVERSION,
                      "hello to %s: server speaks protocol %u, client %u",
                      conn->addr, hr->protocol_version,
                      CQRPS_PROTOCOL_VERSION);
@@ -325,11 +358,11 @@ static int conn_hello(cqrps_client_t *c, cq_conn_t *conn)
 out:
     cq_op_free(op);
     if (rc < 0 && conn->pcount == 0)
-        cq_conn_close(conn);
+        conn_close(conn);
     return rc;
 }
 
-static int conn_open(cqrps_client_t *c, cq_conn_t *conn)
+static int conn_open(cq_net_t *net, cq_conn_t *conn)
 {
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
@@ -338,9 +371,9 @@ static int conn_open(cqrps_client_t *c, cq_conn_t *conn)
     hints.ai_flags = AI_NUMERICSERV;
     int g = getaddrinfo(conn->host, conn->port, &hints, &res);
     if (g != 0)
-        return cq_fail(c, CQRPS_ECONN, "resolve %s: %s", conn->addr,
+        return cq_fail(net, CQRPS_ECONN, "resolve %s: %s", conn->addr,
                        gai_strerror(g));
-    uint64_t deadline = cq_now_ms() + c->opt.connect_timeout_ms;
+    uint64_t deadline = cq_now_ms() + net->opt->connect_timeout_ms;
     int e = ENOENT, fd = -1;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
         e = connect_one(ai, deadline, &fd);
@@ -349,21 +382,22 @@ static int conn_open(cqrps_client_t *c, cq_conn_t *conn)
     }
     freeaddrinfo(res);
     if (e == ETIMEDOUT)
-        return cq_fail(c, CQRPS_ECONN, "connect to %s: timed out after %u ms",
-                       conn->addr, c->opt.connect_timeout_ms);
+        return cq_fail(net, CQRPS_ECONN,
+                       "connect to %s: timed out after %u ms", conn->addr,
+                       net->opt->connect_timeout_ms);
     if (e != 0)
-        return cq_fail(c, CQRPS_ECONN, "connect to %s: %s", conn->addr,
+        return cq_fail(net, CQRPS_ECONN, "connect to %s: %s", conn->addr,
                        strerror(e));
     conn->fd = fd;
     conn->rlen = 0;
     conn->info.max_frame_bytes = 0;
-    int rc = conn_hello(c, conn);
+    int rc = conn_hello(net, conn);
     if (rc == 0)
         conn->ever_connected = 1;
     return rc;
 }
 
-int cq_conn_ensure(cqrps_client_t *c, cq_conn_t *conn)
+int cq_conn_ensure(cq_net_t *net, cq_conn_t *conn)
 {
     if (conn->fd >= 0 && !conn_busy(conn)) {
         /* An idle connection has nothing to read. If it is readable, the
@@ -371,15 +405,15 @@ int cq_conn_ensure(cqrps_client_t *c, cq_conn_t *conn)
          * for: either way the stream is not one to send on. */
         struct pollfd pfd = { conn->fd, POLLIN, 0 };
         if (poll(&pfd, 1, 0) > 0)
-            cq_conn_close(conn);
+            conn_close(conn);
     }
     if (conn->fd >= 0)
         return 0;
-    if (conn->ever_connected && !c->opt.reconnect)
-        return cq_fail(c, CQRPS_ECONN,
+    if (conn->ever_connected && !net->opt->reconnect)
+        return cq_fail(net, CQRPS_ECONN,
                        "connection to %s lost and reconnect is off",
                        conn->addr);
-    return conn_open(c, conn);
+    return conn_open(net, conn);
 }
 
 /* ---- The pump ---------------------------------------------------------- */
@@ -399,27 +433,29 @@ static uint32_t be32(const unsigned char *p)
 }
 
 /* Handles one frame body. Returns -1 if the connection failed. */
-static int conn_frame(cqrps_client_t *c, cq_conn_t *conn,
+static int conn_frame(cq_net_t *net, cq_conn_t *conn,
                       const unsigned char *body, size_t len)
 {
     char msg[CQ_ERRMSG_MAX];
     cq_resp_hdr_t h;
     if (cq_resp_scan(body, len, &h) < 0) {
         snprintf(msg, sizeof(msg), "malformed reply from %s", conn->addr);
-        cq_conn_fail(c, conn, CQRPS_EPROTO, msg);
+        conn_fail(conn, CQRPS_EPROTO, msg);
         return -1;
     }
     if (conn->pcount == 0 || conn->pend[conn->phead].id != h.id) {
         snprintf(msg, sizeof(msg),
                  "reply id %llu from %s does not match the request sent",
                  (unsigned long long)h.id, conn->addr);
-        cq_conn_fail(c, conn, CQRPS_EPROTO, msg);
+        conn_fail(conn, CQRPS_EPROTO, msg);
         return -1;
     }
     cq_pending_t p = conn->pend[conn->phead];
     conn->phead = (conn->phead + 1) % conn->pcap;
     conn->pcount--;
-    cq_deliver(c, conn, &p, &h, body, len);
+    const cq_origin_t from = { conn->addr, conn->index, net->nconns > 1,
+                               &net->dims };
+    cq_deliver(&from, &p, &h, body, len);
     return 0;
 }
 
@@ -429,16 +465,7 @@ static int conn_frame(cqrps_client_t *c, cq_conn_t *conn,
 static int hdr_varint(const unsigned char **p, const unsigned char *end,
                       uint64_t *v)
 {
-    uint64_t x = 0;
-    for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
-        unsigned char b = *(*p)++;
-        x |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *v = x;
-            return 0;
-        }
-    }
-    return -1;
+    return cqr_varint_get(p, end, CQR_VARINT_MAX, v) ? 0 : -1;
 }
 
 /* Tries to switch to direct receive for the frame starting at f (have
@@ -510,7 +537,7 @@ static int direct_begin(cq_conn_t *conn, const unsigned char *f,
 }
 
 /* Receives into the caller's output; completes the request when done. */
-static void direct_read(cqrps_client_t *c, cq_conn_t *conn)
+static void direct_read(cq_conn_t *conn)
 {
     while (conn->dst_left > 0) {
         ssize_t n = recv(conn->fd, conn->dst, conn->dst_left, MSG_DONTWAIT);
@@ -518,14 +545,14 @@ static void direct_read(cqrps_client_t *c, cq_conn_t *conn)
             char msg[CQ_ERRMSG_MAX];
             snprintf(msg, sizeof(msg),
                      "connection to %s closed by the server", conn->addr);
-            cq_conn_fail(c, conn, CQRPS_ECONN, msg);
+            conn_fail(conn, CQRPS_ECONN, msg);
             return;
         }
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
-                conn_fail_errno(c, conn, "read from", errno);
+                conn_fail_errno(conn, "read from", errno);
             return;
         }
         conn->dst += n;
@@ -537,13 +564,13 @@ static void direct_read(cqrps_client_t *c, cq_conn_t *conn)
     conn->dpend.op->outstanding--;
 }
 
-static void conn_read(cqrps_client_t *c, cq_conn_t *conn)
+static void conn_read(cq_net_t *net, cq_conn_t *conn)
 {
     char msg[CQ_ERRMSG_MAX];
     /* A bounded number of reads per wakeup keeps the shards fair. */
     for (int rounds = 0; rounds < 8 && conn->fd >= 0; rounds++) {
         if (conn->dst) {
-            direct_read(c, conn);
+            direct_read(conn);
             if (conn->dst || conn->fd < 0)
                 return; /* drained (or failed) mid-frame */
             continue;
@@ -555,7 +582,7 @@ static void conn_read(cqrps_client_t *c, cq_conn_t *conn)
                 snprintf(msg, sizeof(msg),
                          "reply of %u bytes from %s exceeds the limit", flen,
                          conn->addr);
-                cq_conn_fail(c, conn, CQRPS_EPROTO, msg);
+                conn_fail(conn, CQRPS_EPROTO, msg);
                 return;
             }
             if ((size_t)flen + 4 > want)
@@ -566,7 +593,7 @@ static void conn_read(cqrps_client_t *c, cq_conn_t *conn)
             if (!nb) {
                 snprintf(msg, sizeof(msg), "out of memory reading from %s",
                          conn->addr);
-                cq_conn_fail(c, conn, CQRPS_ENOMEM, msg);
+                conn_fail(conn, CQRPS_ENOMEM, msg);
                 return;
             }
             conn->rbuf = nb;
@@ -577,14 +604,14 @@ static void conn_read(cqrps_client_t *c, cq_conn_t *conn)
         if (n == 0) {
             snprintf(msg, sizeof(msg), "connection to %s closed by the server",
                      conn->addr);
-            cq_conn_fail(c, conn, CQRPS_ECONN, msg);
+            conn_fail(conn, CQRPS_ECONN, msg);
             return;
         }
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
-                conn_fail_errno(c, conn, "read from", errno);
+                conn_fail_errno(conn, "read from", errno);
             return;
         }
         conn->rlen += (size_t)n;
@@ -597,7 +624,7 @@ static void conn_read(cqrps_client_t *c, cq_conn_t *conn)
                 snprintf(msg, sizeof(msg),
                          "reply of %u bytes from %s exceeds the limit", flen,
                          conn->addr);
-                cq_conn_fail(c, conn, CQRPS_EPROTO, msg);
+                conn_fail(conn, CQRPS_EPROTO, msg);
                 return;
             }
             if (conn->rlen - pos - 4 < flen) {
@@ -607,7 +634,7 @@ static void conn_read(cqrps_client_t *c, cq_conn_t *conn)
                     conn->rlen = pos;
                 break;
             }
-            if (conn_frame(c, conn, conn->rbuf + pos + 4, flen) < 0)
+            if (conn_frame(net, conn, conn->rbuf + pos + 4, flen) < 0)
                 return;
             pos += 4 + (size_t)flen;
         }
@@ -620,7 +647,7 @@ static void conn_read(cqrps_client_t *c, cq_conn_t *conn)
     }
 }
 
-static void conn_write(cqrps_client_t *c, cq_conn_t *conn)
+static void conn_write(cq_conn_t *conn)
 {
     while (conn->fd >= 0 && conn->seg_pos < conn->nsegs) {
         struct iovec iov[CQ_IOV_BATCH];
@@ -644,7 +671,7 @@ static void conn_write(cqrps_client_t *c, cq_conn_t *conn)
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
-                conn_fail_errno(c, conn, "write to", errno);
+                conn_fail_errno(conn, "write to", errno);
             return;
         }
         conn->last_progress_ms = cq_now_ms();
@@ -668,31 +695,31 @@ static void conn_write(cqrps_client_t *c, cq_conn_t *conn)
     }
 }
 
-static int pump_done(const cqrps_client_t *c, const cq_op_t *op)
+static int pump_done(const cq_net_t *net, const cq_op_t *op)
 {
     if (op)
         return op->outstanding == 0;
-    for (uint32_t i = 0; i < c->nconns; i++)
-        if (c->conns[i].fd >= 0 && c->conns[i].nsegs > 0)
+    for (uint32_t i = 0; i < net->nconns; i++)
+        if (net->conns[i].fd >= 0 && net->conns[i].nsegs > 0)
             return 0;
     return 1;
 }
 
-int cq_pump(cqrps_client_t *c, cq_op_t *op)
+int cq_pump(cq_net_t *net, cq_op_t *op)
 {
-    const uint32_t rt = c->opt.request_timeout_ms;
-    while (!pump_done(c, op)) {
+    const uint32_t rt = net->opt->request_timeout_ms;
+    while (!pump_done(net, op)) {
         nfds_t nfds = 0;
         uint64_t now = cq_now_ms();
         int timeout = -1;
-        for (uint32_t i = 0; i < c->nconns; i++) {
-            cq_conn_t *conn = &c->conns[i];
+        for (uint32_t i = 0; i < net->nconns; i++) {
+            cq_conn_t *conn = &net->conns[i];
             if (conn->fd < 0 || !conn_busy(conn))
                 continue;
-            c->pfds[nfds].fd = conn->fd;
-            c->pfds[nfds].events = POLLIN | (conn->nsegs ? POLLOUT : 0);
-            c->pfds[nfds].revents = 0;
-            c->pconns[nfds] = conn;
+            net->pfds[nfds].fd = conn->fd;
+            net->pfds[nfds].events = POLLIN | (conn->nsegs ? POLLOUT : 0);
+            net->pfds[nfds].revents = 0;
+            net->pconns[nfds] = conn;
             nfds++;
             if (rt) {
                 uint64_t dl = conn->last_progress_ms + rt;
@@ -707,30 +734,30 @@ int cq_pump(cqrps_client_t *c, cq_op_t *op)
         assert(nfds > 0);
         if (nfds == 0)
             return CQRPS_EINTERNAL;
-        int rc = poll(c->pfds, nfds, timeout);
+        int rc = poll(net->pfds, nfds, timeout);
         if (rc < 0 && errno != EINTR) {
             for (nfds_t k = 0; k < nfds; k++)
-                conn_fail_errno(c, c->pconns[k], "poll on", errno);
+                conn_fail_errno(net->pconns[k], "poll on", errno);
             continue;
         }
         for (nfds_t k = 0; rc > 0 && k < nfds; k++) {
-            cq_conn_t *conn = c->pconns[k];
-            short re = c->pfds[k].revents;
+            cq_conn_t *conn = net->pconns[k];
+            short re = net->pfds[k].revents;
             if (re & (POLLIN | POLLERR | POLLHUP))
-                conn_read(c, conn);
+                conn_read(net, conn);
             if (conn->fd >= 0 && (re & POLLOUT))
-                conn_write(c, conn);
+                conn_write(conn);
         }
         if (rt) {
             now = cq_now_ms();
             for (nfds_t k = 0; k < nfds; k++) {
-                cq_conn_t *conn = c->pconns[k];
+                cq_conn_t *conn = net->pconns[k];
                 if (conn->fd >= 0 && conn_busy(conn) &&
                     now >= conn->last_progress_ms + rt) {
                     char msg[CQ_ERRMSG_MAX];
                     snprintf(msg, sizeof(msg),
                              "no reply from %s within %u ms", conn->addr, rt);
-                    cq_conn_fail(c, conn, CQRPS_ETIMEDOUT, msg);
+                    conn_fail(conn, CQRPS_ETIMEDOUT, msg);
                 }
             }
         }

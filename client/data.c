@@ -9,12 +9,15 @@
  * copied straight into the caller's output. With several, the IDs are
  * grouped per shard first (a counting sort, so each shard's IDs keep the
  * caller's order) and each reply row is scattered to its caller row.
+ * The top layer with admin.c (the layers are listed in op.h): a call
+ * learns its table's dim through cqrps_table_dim.
  */
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "client.h"
+#include "proto/varint.h"
 
 /* Bytes of a frame kept free for everything but the ID and vector
  * payloads (envelope, table name, offsets header). */
@@ -73,7 +76,7 @@ static int enqueue(cq_conn_t *conn, cq_op_t *op, const data_call_t *d,
     r.offset_base = nbags ? offsets[0] : 0;
     r.pooling = pooling;
     const size_t head_max = CQ_DATA_HEAD_MAX + r.table_len;
-    const size_t mid_max = 2 * CQ_VARINT_MAX;
+    const size_t mid_max = 2 * CQR_VARINT_MAX;
     const size_t tail_max = cq_data_tail_max(&r);
     if (cq_conn_reserve(conn, head_max + mid_max + tail_max, 5, 1) < 0)
         return CQRPS_ENOMEM;
@@ -207,31 +210,32 @@ static int check_call(cqrps_client_t *c, const data_call_t *d)
     if (rc < 0)
         return rc;
     if (d->n && !d->ids)
-        return cq_fail(c, CQRPS_EINVAL, "ids is NULL");
+        return cq_fail(&c->net, CQRPS_EINVAL, "ids is NULL");
     if (d->n > UINT32_MAX)
-        return cq_fail(c, CQRPS_EINVAL, "more than 2^32-1 IDs in one call");
+        return cq_fail(&c->net, CQRPS_EINVAL,
+                       "more than 2^32-1 IDs in one call");
     size_t rows = d->pooled ? d->nbags : d->n;
     if (rows && d->push && !d->grads)
-        return cq_fail(c, CQRPS_EINVAL, "grads is NULL");
+        return cq_fail(&c->net, CQRPS_EINVAL, "grads is NULL");
     if (rows && !d->push && !d->out)
-        return cq_fail(c, CQRPS_EINVAL, "out is NULL");
+        return cq_fail(&c->net, CQRPS_EINVAL, "out is NULL");
     if (d->pooled) {
         if (d->n && !d->nbags)
-            return cq_fail(c, CQRPS_EINVAL, "IDs given but no bags");
+            return cq_fail(&c->net, CQRPS_EINVAL, "IDs given but no bags");
         if (d->nbags && !d->offsets)
-            return cq_fail(c, CQRPS_EINVAL, "offsets is NULL");
+            return cq_fail(&c->net, CQRPS_EINVAL, "offsets is NULL");
         if (d->nbags > UINT32_MAX)
-            return cq_fail(c, CQRPS_EINVAL, "too many bags");
+            return cq_fail(&c->net, CQRPS_EINVAL, "too many bags");
         if ((unsigned)d->pooling > CQRPS_POOL_MEAN)
-            return cq_fail(c, CQRPS_EINVAL, "unknown pooling %d",
+            return cq_fail(&c->net, CQRPS_EINVAL, "unknown pooling %d",
                            (int)d->pooling);
         /* The split below relies on these; the server checks them too. */
         if (d->nbags && d->offsets[0] != 0)
-            return cq_fail(c, CQRPS_EINVAL, "offsets[0] must be 0");
+            return cq_fail(&c->net, CQRPS_EINVAL, "offsets[0] must be 0");
         for (size_t b = 0; b < d->nbags; b++)
             if (d->offsets[b] > d->n ||
                 (b && d->offsets[b] < d->offsets[b - 1]))
-                return cq_fail(c, CQRPS_EINVAL,
+                return cq_fail(&c->net, CQRPS_EINVAL,
                                "offsets must not decrease and stay <= n "
                                "(bag %zu)", b);
     }
@@ -243,7 +247,7 @@ static int check_call(cqrps_client_t *c, const data_call_t *d)
 static int start_sharded_bags(cqrps_client_t *c, cq_op_t *op,
                               const data_call_t *d)
 {
-    const uint32_t nsh = c->nconns;
+    const uint32_t nsh = c->net.nconns;
     const size_t nb = d->nbags, dim = op->dim;
     const int mean_push = d->push && d->pooling == CQRPS_POOL_MEAN;
     uint64_t *sid = op->scratch[0] = malloc(d->n * sizeof(uint64_t));
@@ -301,7 +305,7 @@ static int start_sharded_bags(cqrps_client_t *c, cq_op_t *op,
     for (uint32_t s = 0; rc == 0 && s < nsh; s++) {
         size_t cnt = first[s + 1] - first[s];
         if (cnt)
-            rc = enqueue_bags(c, &c->conns[s], op, d, sid + first[s], cnt,
+            rc = enqueue_bags(c, &c->net.conns[s], op, d, sid + first[s], cnt,
                               soff + (size_t)s * nb, nb, bg,
                               CQRPS_POOL_SUM);
     }
@@ -314,7 +318,7 @@ out:
 static int start_sharded_rows(cqrps_client_t *c, cq_op_t *op,
                               const data_call_t *d)
 {
-    const uint32_t nsh = c->nconns;
+    const uint32_t nsh = c->net.nconns;
     const size_t dim = op->dim;
     uint64_t *sid = op->scratch[0] = malloc(d->n * sizeof(uint64_t));
     uint32_t *spos = op->scratch[1] = malloc(d->n * sizeof(uint32_t));
@@ -334,7 +338,7 @@ static int start_sharded_rows(cqrps_client_t *c, cq_op_t *op,
     for (uint32_t s = 0; rc == 0 && s < nsh; s++) {
         size_t cnt = first[s + 1] - first[s];
         if (cnt)
-            rc = enqueue_rows(c, &c->conns[s], op, d, sid + first[s], cnt,
+            rc = enqueue_rows(c, &c->net.conns[s], op, d, sid + first[s], cnt,
                               d->push ? sgrads + first[s] * dim : NULL, 0,
                               spos + first[s]);
     }
@@ -360,9 +364,9 @@ static int data_start(cqrps_client_t *c, const data_call_t *d, cq_op_t **opp)
         if (rc < 0)
             return rc;
     }
-    cq_op_t *op = cq_op_new(c, CQ_O_DATA, d->table);
+    cq_op_t *op = cq_op_new(CQ_O_DATA, d->table, c->net.nconns);
     if (!op)
-        return cq_fail(c, CQRPS_ENOMEM, "out of memory");
+        return cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
     op->dim = dim;
     op->out = d->out;
     op->nbags = d->nbags;
@@ -378,26 +382,26 @@ static int data_start(cqrps_client_t *c, const data_call_t *d, cq_op_t **opp)
     }
     if (d->n == 0)
         return 0;
-    for (uint32_t s = 0; s < c->nconns; s++) {
-        rc = cq_conn_ensure(c, &c->conns[s]);
+    for (uint32_t s = 0; s < c->net.nconns; s++) {
+        rc = cq_conn_ensure(&c->net, &c->net.conns[s]);
         if (rc < 0) {
-            cq_op_error(op, rc, "%s", c->last_error);
+            cq_op_error(op, rc, "%s", c->net.last_error);
             return 0; /* reported by the wait, like any later failure */
         }
     }
-    if (c->nconns == 1 && d->pooled)
-        rc = enqueue_bags(c, &c->conns[0], op, d, d->ids, d->n, d->offsets,
+    if (c->net.nconns == 1 && d->pooled)
+        rc = enqueue_bags(c, &c->net.conns[0], op, d, d->ids, d->n, d->offsets,
                           d->nbags, d->grads, (uint32_t)d->pooling);
-    else if (c->nconns == 1)
-        rc = enqueue_rows(c, &c->conns[0], op, d, d->ids, d->n, d->grads, 0,
-                          NULL);
+    else if (c->net.nconns == 1)
+        rc = enqueue_rows(c, &c->net.conns[0], op, d, d->ids, d->n, d->grads,
+                          0, NULL);
     else if (d->pooled)
         rc = start_sharded_bags(c, op, d);
     else
         rc = start_sharded_rows(c, op, d);
     if (rc < 0)
         cq_op_error(op, rc, "%s", cqrps_strerror(rc));
-    cq_pump(c, NULL); /* the queue may point into the caller's arrays */
+    cq_pump(&c->net, NULL); /* the queue may point into the caller's arrays */
     return 0;
 }
 
@@ -437,25 +441,41 @@ static int data_ticket(cqrps_client_t *c, const data_call_t *d,
     return 0;
 }
 
-#define PLAIN(push_, ids_, n_, grads_, out_)                                  \
-    { .push = push_, .table = table, .ids = ids_, .n = n_, .grads = grads_,  \
-      .out = out_ }
-#define POOLED(push_, grads_, out_)                                           \
-    { .push = push_, .pooled = 1, .table = table, .ids = ids, .n = n,        \
-      .grads = grads_, .offsets = offsets, .nbags = nbags,                   \
-      .pooling = pooling, .out = out_ }
+/* A plain call: n rows. */
+static data_call_t plain_call(int push, const char *table,
+                              const uint64_t *ids, size_t n,
+                              const float *grads, float *out)
+{
+    data_call_t d = { .push = push, .table = table, .ids = ids, .n = n,
+                      .grads = grads, .out = out };
+    return d;
+}
+
+/* A pooled call: nbags bags over n IDs. */
+static data_call_t pooled_call(int push, const char *table,
+                               const uint64_t *ids, size_t n,
+                               const uint32_t *offsets, size_t nbags,
+                               cqrps_pooling_t pooling, const float *grads,
+                               float *out)
+{
+    data_call_t d = { .push = push, .pooled = 1, .table = table,
+                      .ids = ids, .n = n, .grads = grads,
+                      .offsets = offsets, .nbags = nbags,
+                      .pooling = pooling, .out = out };
+    return d;
+}
 
 int cqrps_lookup(cqrps_client_t *c, const char *table, const uint64_t *ids,
                  size_t n, float *out)
 {
-    data_call_t d = PLAIN(0, ids, n, NULL, out);
+    data_call_t d = plain_call(0, table, ids, n, NULL, out);
     return data_sync(c, &d);
 }
 
 int cqrps_push(cqrps_client_t *c, const char *table, const uint64_t *ids,
                const float *grads, size_t n)
 {
-    data_call_t d = PLAIN(1, ids, n, grads, NULL);
+    data_call_t d = plain_call(1, table, ids, n, grads, NULL);
     return data_sync(c, &d);
 }
 
@@ -464,7 +484,8 @@ int cqrps_lookup_pooled(cqrps_client_t *c, const char *table,
                         const uint32_t *offsets, size_t nbags,
                         cqrps_pooling_t pooling, float *out)
 {
-    data_call_t d = POOLED(0, NULL, out);
+    data_call_t d = pooled_call(0, table, ids, n, offsets, nbags,
+                                pooling, NULL, out);
     return data_sync(c, &d);
 }
 
@@ -473,7 +494,8 @@ int cqrps_push_pooled(cqrps_client_t *c, const char *table,
                       size_t nbags, cqrps_pooling_t pooling,
                       const float *bag_grads)
 {
-    data_call_t d = POOLED(1, bag_grads, NULL);
+    data_call_t d = pooled_call(1, table, ids, n, offsets, nbags,
+                                pooling, bag_grads, NULL);
     return data_sync(c, &d);
 }
 
@@ -481,7 +503,7 @@ int cqrps_lookup_start(cqrps_client_t *c, const char *table,
                        const uint64_t *ids, size_t n, float *out,
                        cqrps_ticket_t *ticket)
 {
-    data_call_t d = PLAIN(0, ids, n, NULL, out);
+    data_call_t d = plain_call(0, table, ids, n, NULL, out);
     return data_ticket(c, &d, ticket);
 }
 
@@ -489,7 +511,7 @@ int cqrps_push_start(cqrps_client_t *c, const char *table,
                      const uint64_t *ids, const float *grads, size_t n,
                      cqrps_ticket_t *ticket)
 {
-    data_call_t d = PLAIN(1, ids, n, grads, NULL);
+    data_call_t d = plain_call(1, table, ids, n, grads, NULL);
     return data_ticket(c, &d, ticket);
 }
 
@@ -499,7 +521,8 @@ int cqrps_lookup_pooled_start(cqrps_client_t *c, const char *table,
                               cqrps_pooling_t pooling, float *out,
                               cqrps_ticket_t *ticket)
 {
-    data_call_t d = POOLED(0, NULL, out);
+    data_call_t d = pooled_call(0, table, ids, n, offsets, nbags,
+                                pooling, NULL, out);
     return data_ticket(c, &d, ticket);
 }
 
@@ -509,6 +532,7 @@ int cqrps_push_pooled_start(cqrps_client_t *c, const char *table,
                             cqrps_pooling_t pooling, const float *bag_grads,
                             cqrps_ticket_t *ticket)
 {
-    data_call_t d = POOLED(1, bag_grads, NULL);
+    data_call_t d = pooled_call(1, table, ids, n, offsets, nbags,
+                                pooling, bag_grads, NULL);
     return data_ticket(c, &d, ticket);
 }

@@ -5,31 +5,23 @@
  * added at the end of the list only 1/n of the IDs move. The mix
  * (splitmix64's finaliser) matters because hashed feature IDs are often
  * small or sequential, and jump hash's LCG mixes low-entropy keys poorly
- * in its first steps.
+ * in its first steps. It is the engine's one mixer (cqr_mix64 in
+ * server/engine/hash.h, header-only), so placement and the server's
+ * hashing share one definition.
  */
+#include "shard.h"
+
 #include <ctype.h>
-#include <poll.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
+#include "engine/hash.h"
 
 uint32_t cqrps_shard_of(uint64_t id, uint32_t nshards)
 {
     if (nshards <= 1)
         return 0;
-    uint64_t key = mix64(id);
+    uint64_t key = cqr_mix64(id);
     int64_t b = -1, j = 0;
     while (j < (int64_t)nshards) {
         b = j;
@@ -41,7 +33,7 @@ uint32_t cqrps_shard_of(uint64_t id, uint32_t nshards)
 }
 
 /* Parses one "host:port" / "[v6]:port" item of length len into conn. */
-static int parse_one(cqrps_client_t *c, const char *s, size_t len,
+static int parse_one(cq_net_t *net, const char *s, size_t len,
                      cq_conn_t *conn)
 {
     while (len && isspace((unsigned char)*s)) {
@@ -51,9 +43,9 @@ static int parse_one(cqrps_client_t *c, const char *s, size_t len,
     while (len && isspace((unsigned char)s[len - 1]))
         len--;
     if (len == 0)
-        return cq_fail(c, CQRPS_EINVAL, "empty address in the list");
+        return cq_fail(net, CQRPS_EINVAL, "empty address in the list");
     if (len >= sizeof(conn->addr))
-        return cq_fail(c, CQRPS_EINVAL, "address too long: %.40s...", s);
+        return cq_fail(net, CQRPS_EINVAL, "address too long: %.40s...", s);
     memcpy(conn->addr, s, len);
     conn->addr[len] = '\0';
 
@@ -62,7 +54,7 @@ static int parse_one(cqrps_client_t *c, const char *s, size_t len,
     if (s[0] == '[') {
         const char *rb = memchr(s, ']', len);
         if (!rb || rb + 1 >= s + len || rb[1] != ':')
-            return cq_fail(c, CQRPS_EINVAL,
+            return cq_fail(net, CQRPS_EINVAL,
                            "bad address '%s': expected [v6addr]:port",
                            conn->addr);
         host = s + 1;
@@ -74,17 +66,17 @@ static int parse_one(cqrps_client_t *c, const char *s, size_t len,
             if (*p == ':')
                 colon = p;
         if (!colon)
-            return cq_fail(c, CQRPS_EINVAL,
+            return cq_fail(net, CQRPS_EINVAL,
                            "bad address '%s': expected host:port", conn->addr);
         host = s;
         hlen = (size_t)(colon - s);
         if (memchr(host, ':', hlen))
-            return cq_fail(c, CQRPS_EINVAL,
+            return cq_fail(net, CQRPS_EINVAL,
                            "bad address '%s': put an IPv6 address in "
                            "brackets", conn->addr);
     }
     if (hlen == 0 || hlen >= sizeof(conn->host))
-        return cq_fail(c, CQRPS_EINVAL, "bad address '%s': no host",
+        return cq_fail(net, CQRPS_EINVAL, "bad address '%s': no host",
                        conn->addr);
     memcpy(conn->host, host, hlen);
     conn->host[hlen] = '\0';
@@ -104,40 +96,35 @@ static int parse_one(cqrps_client_t *c, const char *s, size_t len,
     snprintf(conn->port, sizeof(conn->port), "%lu", v);
     return 0;
 bad_port:
-    return cq_fail(c, CQRPS_EINVAL, "bad address '%s': port must be 1..65535",
-                   conn->addr);
+    return cq_fail(net, CQRPS_EINVAL,
+                   "bad address '%s': port must be 1..65535", conn->addr);
 }
 
-int cq_parse_addrs(cqrps_client_t *c, const char *addrs)
+int cq_parse_addrs(cq_net_t *net, const char *addrs)
 {
     if (!addrs || !*addrs)
-        return cq_fail(c, CQRPS_EINVAL, "no server address given");
+        return cq_fail(net, CQRPS_EINVAL, "no server address given");
     uint32_t n = 1;
     for (const char *p = addrs; *p; p++)
         if (*p == ',')
             n++;
     if (n > 4096)
-        return cq_fail(c, CQRPS_EINVAL, "too many addresses (%u)", n);
-    c->conns = calloc(n, sizeof(*c->conns));
-    c->pfds = calloc(n, sizeof(*c->pfds));
-    c->pconns = calloc(n, sizeof(*c->pconns));
-    if (!c->conns || !c->pfds || !c->pconns)
-        return cq_fail(c, CQRPS_ENOMEM, "out of memory");
-    c->nconns = n;
-    for (uint32_t i = 0; i < n; i++)
-        cq_conn_init(&c->conns[i], i);
+        return cq_fail(net, CQRPS_EINVAL, "too many addresses (%u)", n);
+    int rc = cq_net_init(net, n);
+    if (rc < 0)
+        return rc;
     const char *p = addrs;
     for (uint32_t i = 0; i < n; i++) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
-        int rc = parse_one(c, p, len, &c->conns[i]);
+        rc = parse_one(net, p, len, &net->conns[i]);
         if (rc < 0)
             return rc;
         for (uint32_t k = 0; k < i; k++)
-            if (strcmp(c->conns[k].addr, c->conns[i].addr) == 0)
-                return cq_fail(c, CQRPS_EINVAL,
+            if (strcmp(net->conns[k].addr, net->conns[i].addr) == 0)
+                return cq_fail(net, CQRPS_EINVAL,
                                "address %s appears twice in the list",
-                               c->conns[i].addr);
+                               net->conns[i].addr);
         p = end ? end + 1 : p + len;
     }
     return 0;

@@ -8,43 +8,22 @@
 /* Protobuf wire types. */
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
-size_t cq_varint_len(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-size_t cq_varint_put(unsigned char *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (unsigned char)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (unsigned char)v;
-    return n;
-}
-
 static size_t tag_put(unsigned char *p, uint32_t field, uint32_t wt)
 {
-    return cq_varint_put(p, ((uint64_t)field << 3) | wt);
+    return cqr_varint_put(p, ((uint64_t)field << 3) | wt);
 }
 
 static size_t offsets_len(const cq_data_req_t *r)
 {
     size_t len = 0;
     for (size_t b = 0; b < r->nbags; b++)
-        len += cq_varint_len((uint32_t)(r->offsets[b] - r->offset_base));
+        len += cqr_varint_len((uint32_t)(r->offsets[b] - r->offset_base));
     return len;
 }
 
 size_t cq_data_tail_max(const cq_data_req_t *r)
 {
-    return 2 * CQ_VARINT_MAX + r->nbags * 5 + 2 * CQ_VARINT_MAX;
+    return 2 * CQR_VARINT_MAX + r->nbags * 5 + 2 * CQR_VARINT_MAX;
 }
 
 size_t cq_data_encode(const cq_data_req_t *r, unsigned char *head,
@@ -57,18 +36,18 @@ size_t cq_data_encode(const cq_data_req_t *r, unsigned char *head,
     const size_t ids_bytes = r->n * 8;
     const size_t olen = r->nbags ? offsets_len(r) : 0;
 
-    uint64_t sub = 1 + cq_varint_len(r->table_len) + r->table_len +
-                   1 + cq_varint_len(ids_bytes) + ids_bytes;
+    uint64_t sub = 1 + cqr_varint_len(r->table_len) + r->table_len +
+                   1 + cqr_varint_len(ids_bytes) + ids_bytes;
     if (r->push)
-        sub += 1 + cq_varint_len(r->grads_bytes) + r->grads_bytes;
+        sub += 1 + cqr_varint_len(r->grads_bytes) + r->grads_bytes;
     if (r->nbags)
-        sub += 1 + cq_varint_len(olen) + olen;
+        sub += 1 + cqr_varint_len(olen) + olen;
     if (r->pooling)
-        sub += 1 + cq_varint_len(r->pooling);
+        sub += 1 + cqr_varint_len(r->pooling);
     const uint32_t f_sub = r->push ? CQ_REQ_PUSH : CQ_REQ_LOOKUP;
-    uint64_t body = 1 + cq_varint_len(r->req_id) +
-                    cq_varint_len((uint64_t)f_sub << 3) +
-                    cq_varint_len(sub) + sub;
+    uint64_t body = 1 + cqr_varint_len(r->req_id) +
+                    cqr_varint_len((uint64_t)f_sub << 3) +
+                    cqr_varint_len(sub) + sub;
     if (body > UINT32_MAX)
         return 0;
 
@@ -79,35 +58,35 @@ size_t cq_data_encode(const cq_data_req_t *r, unsigned char *head,
     head[h++] = (unsigned char)(body >> 8);
     head[h++] = (unsigned char)body;
     h += tag_put(head + h, 1, WT_VARINT);
-    h += cq_varint_put(head + h, r->req_id);
+    h += cqr_varint_put(head + h, r->req_id);
     h += tag_put(head + h, f_sub, WT_LEN);
-    h += cq_varint_put(head + h, sub);
+    h += cqr_varint_put(head + h, sub);
     h += tag_put(head + h, 1, WT_LEN);
-    h += cq_varint_put(head + h, r->table_len);
+    h += cqr_varint_put(head + h, r->table_len);
     memcpy(head + h, r->table, r->table_len);
     h += r->table_len;
     h += tag_put(head + h, 2, WT_LEN);
-    h += cq_varint_put(head + h, ids_bytes);
+    h += cqr_varint_put(head + h, ids_bytes);
     *head_len = h;
 
     size_t m = 0;
     if (r->push) {
         m += tag_put(mid + m, 3, WT_LEN);
-        m += cq_varint_put(mid + m, r->grads_bytes);
+        m += cqr_varint_put(mid + m, r->grads_bytes);
     }
     *mid_len = m;
 
     size_t t = 0;
     if (r->nbags) {
         t += tag_put(tail + t, f_offsets, WT_LEN);
-        t += cq_varint_put(tail + t, olen);
+        t += cqr_varint_put(tail + t, olen);
         for (size_t b = 0; b < r->nbags; b++)
-            t += cq_varint_put(tail + t,
+            t += cqr_varint_put(tail + t,
                                (uint32_t)(r->offsets[b] - r->offset_base));
     }
     if (r->pooling) {
         t += tag_put(tail + t, f_pooling, WT_VARINT);
-        t += cq_varint_put(tail + t, r->pooling);
+        t += cqr_varint_put(tail + t, r->pooling);
     }
     *tail_len = t;
     return 4 + (size_t)body;
@@ -123,18 +102,8 @@ typedef struct cur {
 
 static int get_varint(cur_t *c, uint64_t *v)
 {
-    uint64_t x = 0;
-    for (unsigned shift = 0; shift < 64; shift += 7) {
-        if (c->p >= c->end)
-            return CQRPS_EPROTO;
-        unsigned char b = *c->p++;
-        x |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *v = x;
-            return 0;
-        }
-    }
-    return CQRPS_EPROTO;
+    return cqr_varint_get(&c->p, c->end, CQR_VARINT_MAX, v) ? 0
+                                                            : CQRPS_EPROTO;
 }
 
 /* Reads one field's key and, for length-delimited fields, its body. Other

@@ -10,8 +10,11 @@
  * proto/cqrps.proto, which stays the source of truth (a test checks that
  * protobuf-c decodes what this encoder writes and vice versa).
  *
- * The functions are pure: no allocation, no I/O. Decoders never read past
- * the given length and return CQRPS_EPROTO for anything malformed.
+ * Rules: the functions are pure (no allocation, no I/O, no state), so
+ * any thread may call them. Decoders never read past the given length and
+ * return CQRPS_EPROTO for anything malformed. Varints are proto/varint.h,
+ * the codec the server's hand codec uses too. The bottom of the library
+ * (the layers are listed in op.h).
  */
 #ifndef CQ_WIRE_H
 #define CQ_WIRE_H
@@ -19,8 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Largest encoding of a varint. */
-#define CQ_VARINT_MAX 10
+#include "proto/varint.h"
 
 /* Field numbers of proto/cqrps.proto used by the hand codec. */
 enum {
@@ -29,10 +31,6 @@ enum {
     CQ_RESP_LOOKUP = 13,   /* Response.lookup */
     CQ_RESP_PUSH = 14      /* Response.push */
 };
-
-size_t cq_varint_len(uint64_t v);
-/* Writes v at p (CQ_VARINT_MAX bytes available); returns bytes written. */
-size_t cq_varint_put(unsigned char *p, uint64_t v);
 
 /* A Lookup or Push request, described by its parts. The encoder writes the
  * bytes that surround the two raw arrays (ids, grads) into caller buffers;
@@ -54,7 +52,7 @@ typedef struct cq_data_req {
 
 /* Bytes needed for head and tail (without the table name, which goes in
  * head): upper bounds to size the buffers. */
-#define CQ_DATA_HEAD_MAX (4 + 6 * CQ_VARINT_MAX + 8)
+#define CQ_DATA_HEAD_MAX (4 + 6 * CQR_VARINT_MAX + 8)
 size_t cq_data_tail_max(const cq_data_req_t *r);
 
 /* Encodes a frame: head (4-byte length prefix, Request fields, the

@@ -1,0 +1,72 @@
+/* client.h -- the client object of libcqrps and its generic RPC path
+ * (never installed; the layers are listed in op.h).
+ *
+ * A cqrps_client_t owns its connections (net), copies of the option
+ * strings it was given, the live tickets (asynchronous operations) and,
+ * for sharded deployments, the per-shard ids of the cluster phases it
+ * started. admin.c and data.c build their calls from cq_rpc / cq_op_finish
+ * and the queue functions of conn.h.
+ *
+ * Threading: one thread at a time (cqrps.h).
+ * Errors: 0 or a negative CQRPS_E* code; the message of a failed call is
+ * in c->net.last_error (cqrps_last_error).
+ */
+#ifndef CQ_CLIENT_H
+#define CQ_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conn.h"
+#include "cqrps.h"
+#include "op.h"
+
+struct Cqrps__V1__Request;
+
+/* What a sharded cluster call returned per shard, so status calls ask
+ * each shard about its own phase. */
+typedef struct cq_phase_memo {
+    char table[CQRPS_NAME_MAX + 1];
+    uint64_t id;               /* id reported to the caller */
+    uint64_t *shard_ids;       /* nconns ids (owned) */
+} cq_phase_memo_t;
+
+struct cqrps_client {
+    cq_net_t net;              /* connections, errors, the dim cache */
+    cqrps_options_t opt;       /* options, pointers into the copies below
+                                  (net.opt points here) */
+    void *token;               /* copies of the option strings (owned) */
+    void *admin_token;
+    char *client_name;
+    uint64_t next_ticket;
+    cq_op_t *tickets;          /* live asynchronous operations */
+    cq_phase_memo_t *memos;    /* sharded cluster ids, one per table */
+    size_t nmemos, memos_cap;
+};
+
+/* Checks a table name (non-empty, at most CQRPS_NAME_MAX bytes). */
+int cq_check_name(cqrps_client_t *c, const char *name);
+
+/* Waits until op has every reply, copies its error to the client and
+ * returns it; divides a sharded mean pooling. Does not free op. */
+int cq_op_finish(cqrps_client_t *c, cq_op_t *op);
+
+/* Lower level of cq_rpc, for requests that differ per shard: connects
+ * shard s if needed and queues req there for op. A failure is recorded
+ * on op (and returned); whatever was queued before still counts. */
+int cq_rpc_send(cqrps_client_t *c, cq_op_t *op, uint32_t s,
+                struct Cqrps__V1__Request *req);
+
+/* Flags of cq_rpc. */
+enum {
+    CQ_RPC_ALL = 1,  /* send to every shard (else shard 0 only) */
+    CQ_RPC_RETRY = 2 /* idempotent: retry once after CQRPS_ECONN */
+};
+
+/* Sends req to the shards and waits for every reply. On 0, op->resp[s]
+ * holds each shard's reply (shard 0's only without CQ_RPC_ALL); *opp is
+ * set in every case and the caller frees it with cq_op_free. */
+int cq_rpc(cqrps_client_t *c, struct Cqrps__V1__Request *req, int flags,
+           const char *table, cq_op_t **opp);
+
+#endif

@@ -1,0 +1,274 @@
+/* op.c -- operations, reply delivery, the error table and the table-dim
+ * cache: the bottom of libcqrps (see op.h for the layers and the model).
+ */
+#include "op.h"
+
+#include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cqrps.pb-c.h"
+
+/* Table-dim cache entries kept per client before it is emptied. */
+#define CQ_DIMS_MAX 4096
+
+uint64_t cq_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- Errors ------------------------------------------------------------ */
+
+const char *cqrps_strerror(int err)
+{
+    switch (err) {
+    case 0:
+        return "success";
+#define CQ_MSG_(name, num, wire, msg)                                        \
+    case CQRPS_E##name:                                                      \
+        return msg;
+        CQRPS_ERRNO_MAP(CQ_MSG_)
+#undef CQ_MSG_
+    default:
+        return "unknown error";
+    }
+}
+
+const char *cqrps_errname(int err)
+{
+    switch (err) {
+    case 0:
+        return "OK";
+#define CQ_NAME_(name, num, wire, msg)                                       \
+    case CQRPS_E##name:                                                      \
+        return wire;
+        CQRPS_ERRNO_MAP(CQ_NAME_)
+#undef CQ_NAME_
+    default:
+        return "UNKNOWN";
+    }
+}
+
+/* ---- Operations -------------------------------------------------------- */
+
+cq_op_t *cq_op_new(cq_okind_t kind, const char *table, uint32_t nshards)
+{
+    cq_op_t *op = calloc(1, sizeof(*op));
+    if (!op)
+        return NULL;
+    op->kind = kind;
+    if (table)
+        snprintf(op->table, sizeof(op->table), "%s", table);
+    if (kind == CQ_O_RPC) {
+        op->resp = calloc(nshards, sizeof(*op->resp));
+        if (!op->resp) {
+            free(op);
+            return NULL;
+        }
+        op->nresp = nshards;
+    }
+    return op;
+}
+
+void cq_op_free(cq_op_t *op)
+{
+    if (!op)
+        return;
+    assert(op->outstanding == 0);
+    for (uint32_t i = 0; op->resp && i < op->nresp; i++)
+        if (op->resp[i])
+            cqrps__v1__response__free_unpacked(op->resp[i], NULL);
+    free(op->resp);
+    free(op->bag_div);
+    for (size_t i = 0; i < sizeof(op->scratch) / sizeof(op->scratch[0]); i++)
+        free(op->scratch[i]);
+    free(op);
+}
+
+void cq_op_error(cq_op_t *op, int err, const char *fmt, ...)
+{
+    if (op->err)
+        return;
+    op->err = err;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(op->msg, sizeof(op->msg), fmt, ap);
+    va_end(ap);
+}
+
+void cq_op_abandon(cq_op_t *op, int err, const char *msg)
+{
+    cq_op_error(op, err, "%s", msg);
+    assert(op->outstanding > 0);
+    op->outstanding--;
+}
+
+/* ---- Table-dim cache --------------------------------------------------- */
+
+void cq_dims_put(cq_dims_t *d, const char *name, uint32_t dim)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        if (strcmp(d->v[i].name, name) == 0) {
+            d->v[i].dim = dim;
+            return;
+        }
+    }
+    if (d->n >= CQ_DIMS_MAX)
+        d->n = 0; /* a client that cycles through many tables */
+    if (d->n == d->cap) {
+        size_t ncap = d->cap ? d->cap * 2 : 8;
+        cq_dim_t *nd = realloc(d->v, ncap * sizeof(*nd));
+        if (!nd)
+            return; /* a cache: failing to remember is harmless */
+        d->v = nd;
+        d->cap = ncap;
+    }
+    snprintf(d->v[d->n].name, sizeof(d->v[d->n].name), "%s", name);
+    d->v[d->n].dim = dim;
+    d->n++;
+}
+
+void cq_dims_drop(cq_dims_t *d, const char *name)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        if (strcmp(d->v[i].name, name) == 0) {
+            d->v[i] = d->v[--d->n];
+            return;
+        }
+    }
+}
+
+int cq_dims_get(const cq_dims_t *d, const char *name, uint32_t *dim)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        if (strcmp(d->v[i].name, name) == 0) {
+            *dim = d->v[i].dim;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void cq_dims_free(cq_dims_t *d)
+{
+    free(d->v);
+    memset(d, 0, sizeof(*d));
+}
+
+/* ---- Reply delivery ---------------------------------------------------- */
+
+static void deliver_vectors(const cq_origin_t *from, const cq_pending_t *p,
+                            const cq_resp_hdr_t *h)
+{
+    cq_op_t *op = p->op;
+    uint32_t dim;
+    const unsigned char *vec;
+    size_t vlen;
+    if (h->reply_field != CQ_RESP_LOOKUP ||
+        cq_lookup_reply_decode(h->reply, h->reply_len, &dim, &vec, &vlen) <
+            0) {
+        cq_op_error(op, CQRPS_EPROTO, "malformed lookup reply from %s",
+                    from->addr);
+        return;
+    }
+    if (dim != op->dim) {
+        cq_dims_drop(from->dims, op->table);
+        cq_op_error(op, CQRPS_EDIM,
+                    "table %s has dim %u on %s, the client expected %u "
+                    "(dropped and created again?)",
+                    op->table, dim, from->addr, op->dim);
+        return;
+    }
+    const size_t row = (size_t)dim * sizeof(float);
+    if (vlen != p->count * row) {
+        cq_op_error(op, CQRPS_EPROTO,
+                    "lookup reply from %s carries %zu bytes, expected %zu",
+                    from->addr, vlen, p->count * row);
+        return;
+    }
+    float *out = op->out;
+    if (op->accumulate) {
+        float *dst = out + p->base * dim;
+        for (size_t i = 0; i < p->count * dim; i++) {
+            float v;
+            memcpy(&v, vec + i * sizeof(float), sizeof(v));
+            dst[i] += v;
+        }
+    } else if (p->pos) {
+        for (size_t j = 0; j < p->count; j++)
+            memcpy(out + (size_t)p->pos[j] * dim, vec + j * row, row);
+    } else {
+        memcpy(out + p->base * dim, vec, vlen);
+    }
+}
+
+/* A reply with a non-OK status: the server's message (or the code's). */
+static void deliver_status(const cq_origin_t *from, cq_op_t *op,
+                           const cq_resp_hdr_t *h)
+{
+    int err = h->status > 0x7fff ? CQRPS_EINTERNAL : -(int)h->status;
+    int mlen = h->msg_len > 400 ? 400 : (int)h->msg_len;
+    const char *m = h->msg;
+    if (mlen == 0) {
+        m = cqrps_strerror(err);
+        mlen = (int)strlen(m);
+    }
+    if (from->sharded)
+        cq_op_error(op, err, "%s: %.*s", from->addr, mlen, m);
+    else
+        cq_op_error(op, err, "%.*s", mlen, m);
+    if ((err == CQRPS_EDIM || err == CQRPS_ENOTFOUND) && op->table[0])
+        cq_dims_drop(from->dims, op->table);
+}
+
+/* An RPC reply, unpacked by protobuf-c into the shard's slot. */
+static void deliver_rpc(const cq_origin_t *from, cq_op_t *op,
+                        const unsigned char *body, size_t len)
+{
+    Cqrps__V1__Response *r = cqrps__v1__response__unpack(NULL, len, body);
+    if (!r) {
+        cq_op_error(op, CQRPS_EPROTO, "undecodable reply from %s",
+                    from->addr);
+        return;
+    }
+    assert(from->shard < op->nresp);
+    if (op->resp[from->shard])
+        cqrps__v1__response__free_unpacked(op->resp[from->shard], NULL);
+    op->resp[from->shard] = r;
+}
+
+void cq_deliver(const cq_origin_t *from, const cq_pending_t *p,
+                const cq_resp_hdr_t *h, const unsigned char *body,
+                size_t len)
+{
+    cq_op_t *op = p->op;
+    assert(op->outstanding > 0);
+    if (h->status != 0) {
+        deliver_status(from, op, h);
+    } else {
+        switch (p->kind) {
+        case CQ_P_LOOKUP:
+        case CQ_P_POOLED:
+            if (!op->err)
+                deliver_vectors(from, p, h);
+            break;
+        case CQ_P_PUSH: {
+            uint64_t applied;
+            if (h->reply_field != CQ_RESP_PUSH ||
+                cq_push_reply_decode(h->reply, h->reply_len, &applied) < 0)
+                cq_op_error(op, CQRPS_EPROTO, "malformed push reply from %s",
+                            from->addr);
+            break;
+        }
+        case CQ_P_RPC:
+            deliver_rpc(from, op, body, len);
+            break;
+        }
+    }
+    op->outstanding--;
+}

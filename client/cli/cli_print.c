@@ -251,7 +251,8 @@ typedef struct lat_bucket {
 
 static int lat_cmp(const void *a, const void *b)
 {
-    double x = ((const lat_bucket_t *)a)->le, y = ((const lat_bucket_t *)b)->le;
+    double x = ((const lat_bucket_t *)a)->le;
+    double y = ((const lat_bucket_t *)b)->le;
     return x < y ? -1 : x > y;
 }
 

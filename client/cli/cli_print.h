@@ -1,10 +1,18 @@
-/* cli_print.h -- output helpers of the `cqrps` CLI (client/cli/cli.c).
+/* cli_print.h -- output helpers of the `cqrps` CLI (client/cli/): a
+ * small JSON writer and the human-readable tables, used by the commands'
+ * printers (cli_cmd.c) and the error report (cli.c).
  *
  * JSON: the js_* functions write one member of an object to stdout;
  * `first` tracks whether a comma is due and is set to 0 after the first
- * member. Strings are escaped per RFC 8259; a non-finite number is
- * written as null. Human output: aligned text for tables and configs.
- * Not part of libcqrps.
+ * member; the caller writes the braces. Strings are escaped per RFC 8259;
+ * a non-finite number is written as null. Human output: aligned text for
+ * tables and configs; the formats are the CLI's interface (scripts and
+ * tests read them), so they change only on purpose.
+ *
+ * Rules: everything writes to stdout with stdio, nothing fails or
+ * allocates beyond stdio and local buffers, nothing is kept: the
+ * arguments are read during the call only. Single-threaded (the CLI's
+ * one thread). Not part of libcqrps.
  */
 #ifndef CQRPS_CLI_PRINT_H
 #define CQRPS_CLI_PRINT_H

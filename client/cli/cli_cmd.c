@@ -1,0 +1,604 @@
+/* cli_cmd.c -- the commands of the `cqrps` CLI: the table cli.c runs
+ * (see cli.h for the model). A command is its parser, its library call
+ * and its two printers; the skeleton does the rest.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "cli_print.h"
+
+/* ---- Usage and arguments ----------------------------------------------- */
+
+static void usage_simple(FILE *f, const cli_command_t *cmd)
+{
+    fprintf(f, "usage: cqrps %s%s%s\n  %s\n", cmd->name,
+            *cmd->args ? " " : "", cmd->args, cmd->what);
+}
+
+/* The arguments of a command that takes NAME (cmd->args "NAME") or
+ * nothing, and only --help. */
+static int parse_simple(cli_t *cli, const cli_command_t *cmd, int argc,
+                        char **argv)
+{
+    static const struct option lo[] = { { "help", no_argument, NULL, 'h' },
+                                        { NULL, 0, NULL, 0 } };
+    const int want_name = *cmd->args != '\0';
+    int ch;
+    optind = 0;
+    while ((ch = getopt_long(argc, argv, "+h", lo, NULL)) != -1) {
+        if (ch == 'h') {
+            cmd->usage(stdout, cmd);
+            return -1;
+        }
+        cmd->usage(stderr, cmd);
+        return CLI_EXIT_USAGE;
+    }
+    if (argc - optind != want_name) {
+        cmd->usage(stderr, cmd);
+        return CLI_EXIT_USAGE;
+    }
+    cli->what = want_name ? argv[optind] : NULL;
+    return 0;
+}
+
+/* ---- create ------------------------------------------------------------ */
+
+static void usage_create(FILE *f, const cli_command_t *cmd)
+{
+    (void)cmd;
+    fprintf(f,
+            "usage: cqrps create NAME --kind full|hash|ce|cqr --dim D "
+            "[options]\n"
+            "  --chunks C         chunks per embedding (ce, cqr; default 4)\n"
+            "  --rows R           rows per codebook (hash, ce, cqr; default "
+            "1024)\n"
+            "  --seed S           seed of hashing, init and phases (default "
+            "0)\n"
+            "  --optimizer O      sgd|adagrad|adam (default adam)\n"
+            "  --lr X             learning rate (default per optimizer)\n"
+            "  --beta1 X, --beta2 X, --eps X   Adam parameters\n"
+            "  --weight-decay X   decoupled weight decay\n"
+            "  --init-scale X     uniform(-X, X) init (default 1/sqrt(dim))\n"
+            "  --cluster-every N  cqr: a phase every N pushed examples\n"
+            "  --max-phases M     cqr: at most M scheduled phases\n"
+            "  --cluster-iters N  k-means iterations per phase\n"
+            "  --cluster-sample N sample points per centroid\n"
+            "  --reset-optimizer  zero optimizer state at each phase\n"
+            "--chunks and --rows are ignored by kinds that do not use "
+            "them.\n");
+}
+
+enum { O_KIND = 256, O_DIM, O_CHUNKS, O_ROWS, O_SEED, O_OPT, O_LR, O_B1,
+       O_B2, O_EPS, O_WD, O_INIT, O_EVERY, O_MAXPH, O_ITERS, O_SAMPLE,
+       O_RESET };
+
+static const struct option create_options[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "kind", required_argument, NULL, O_KIND },
+    { "dim", required_argument, NULL, O_DIM },
+    { "chunks", required_argument, NULL, O_CHUNKS },
+    { "rows", required_argument, NULL, O_ROWS },
+    { "seed", required_argument, NULL, O_SEED },
+    { "optimizer", required_argument, NULL, O_OPT },
+    { "lr", required_argument, NULL, O_LR },
+    { "beta1", required_argument, NULL, O_B1 },
+    { "beta2", required_argument, NULL, O_B2 },
+    { "eps", required_argument, NULL, O_EPS },
+    { "weight-decay", required_argument, NULL, O_WD },
+    { "init-scale", required_argument, NULL, O_INIT },
+    { "cluster-every", required_argument, NULL, O_EVERY },
+    { "max-phases", required_argument, NULL, O_MAXPH },
+    { "cluster-iters", required_argument, NULL, O_ITERS },
+    { "cluster-sample", required_argument, NULL, O_SAMPLE },
+    { "reset-optimizer", no_argument, NULL, O_RESET },
+    { NULL, 0, NULL, 0 }
+};
+
+/* What create's options set beyond the config. */
+typedef struct create_args {
+    uint64_t chunks, rows; /* applied only to the kinds that use them */
+    int have_kind;
+} create_args_t;
+
+/* Applies option ch (argument a) to cfg/ca; 1 when a's value is bad. */
+static int create_option(int ch, const char *a, cqrps_table_config_t *cfg,
+                         create_args_t *ca)
+{
+    uint64_t v = 0;
+    int bad = 0;
+    switch (ch) {
+    case O_KIND:
+        bad = cqrps_kind_parse(a, &cfg->kind) < 0;
+        ca->have_kind = 1;
+        break;
+    case O_DIM:
+        bad = cli_parse_u64(a, UINT32_MAX, &v) < 0 || v == 0;
+        cfg->dim = (uint32_t)v;
+        break;
+    case O_CHUNKS:
+        bad = cli_parse_u64(a, UINT32_MAX, &ca->chunks) < 0 || ca->chunks == 0;
+        break;
+    case O_ROWS:
+        bad = cli_parse_u64(a, UINT32_MAX, &ca->rows) < 0 || ca->rows == 0;
+        break;
+    case O_SEED: bad = cli_parse_u64(a, UINT64_MAX, &cfg->seed) < 0; break;
+    case O_OPT: bad = cqrps_optimizer_parse(a, &cfg->optimizer) < 0; break;
+    case O_LR: bad = cli_parse_float(a, &cfg->lr) < 0; break;
+    case O_B1: bad = cli_parse_float(a, &cfg->beta1) < 0; break;
+    case O_B2: bad = cli_parse_float(a, &cfg->beta2) < 0; break;
+    case O_EPS: bad = cli_parse_float(a, &cfg->eps) < 0; break;
+    case O_WD: bad = cli_parse_float(a, &cfg->weight_decay) < 0; break;
+    case O_INIT: bad = cli_parse_float(a, &cfg->init_scale) < 0; break;
+    case O_EVERY:
+        bad = cli_parse_u64(a, UINT64_MAX, &cfg->schedule_every) < 0;
+        break;
+    case O_MAXPH:
+        bad = cli_parse_u64(a, UINT32_MAX, &v) < 0;
+        cfg->schedule_max_phases = (uint32_t)v;
+        break;
+    case O_ITERS:
+        bad = cli_parse_u64(a, UINT32_MAX, &v) < 0;
+        cfg->cluster_iters = (uint32_t)v;
+        break;
+    case O_SAMPLE:
+        bad = cli_parse_u64(a, UINT32_MAX, &v) < 0;
+        cfg->cluster_sample = (uint32_t)v;
+        break;
+    case O_RESET:
+        cfg->reset_optimizer = 1;
+        break;
+    }
+    return bad;
+}
+
+static int parse_create(cli_t *cli, const cli_command_t *cmd, int argc,
+                        char **argv)
+{
+    const struct option *lo = create_options;
+    cqrps_table_config_t *cfg = &cli->cfg;
+    cqrps_table_config_init(cfg, CQRPS_KIND_FULL, 0);
+    create_args_t ca = { 4, 1024, 0 };
+    int ch, li = -1;
+    optind = 0;
+    while ((ch = getopt_long(argc, argv, "h", lo, &li)) != -1) {
+        if (ch == 'h') {
+            cmd->usage(stdout, cmd);
+            return -1;
+        }
+        if (ch < O_KIND || ch > O_RESET) {
+            cmd->usage(stderr, cmd);
+            return CLI_EXIT_USAGE;
+        }
+        if (create_option(ch, optarg, cfg, &ca)) {
+            fprintf(stderr, "%s: create: bad value '%s' for --%s\n",
+                    cli_prog, optarg ? optarg : "",
+                    li >= 0 ? lo[li].name : "?");
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 1 || !ca.have_kind || cfg->dim == 0) {
+        fprintf(stderr, "%s: create needs NAME, --kind and --dim\n",
+                cli_prog);
+        cmd->usage(stderr, cmd);
+        return CLI_EXIT_USAGE;
+    }
+    cli->what = argv[optind];
+    if (cfg->kind == CQRPS_KIND_CE || cfg->kind == CQRPS_KIND_CQR)
+        cfg->chunks = (uint32_t)ca.chunks;
+    if (cfg->kind != CQRPS_KIND_FULL)
+        cfg->rows = (uint32_t)ca.rows;
+    return 0;
+}
+
+static int call_create(cli_t *cli, cli_result_t *r)
+{
+    return cqrps_create_table(cli->c, cli->what, &cli->cfg, &r->info);
+}
+
+static void json_info(const cli_t *cli, const cli_result_t *r, int *f)
+{
+    (void)cli;
+    js_key("table", f);
+    js_info(&r->info);
+}
+
+static void text_create(const cli_t *cli, const cli_result_t *r)
+{
+    (void)cli;
+    printf("created table %s\n", r->info.name);
+    print_describe(&r->info);
+}
+
+/* ---- drop, list, describe ---------------------------------------------- */
+
+static int call_drop(cli_t *cli, cli_result_t *r)
+{
+    (void)r;
+    return cqrps_drop_table(cli->c, cli->what);
+}
+
+static void json_drop(const cli_t *cli, const cli_result_t *r, int *f)
+{
+    (void)r;
+    js_kstr("dropped", cli->what, f);
+}
+
+static void text_drop(const cli_t *cli, const cli_result_t *r)
+{
+    (void)r;
+    printf("dropped table %s\n", cli->what);
+}
+
+static int call_list(cli_t *cli, cli_result_t *r)
+{
+    return cqrps_list_tables(cli->c, &r->tables, &r->ntables);
+}
+
+/* "KEY":[infos...] */
+static void json_infos(const char *key, const cqrps_table_info_t *t,
+                       size_t n, int *f)
+{
+    js_key(key, f);
+    putchar('[');
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            putchar(',');
+        js_info(&t[i]);
+    }
+    putchar(']');
+}
+
+static void json_list(const cli_t *cli, const cli_result_t *r, int *f)
+{
+    (void)cli;
+    json_infos("tables", r->tables, r->ntables, f);
+}
+
+static void text_list(const cli_t *cli, const cli_result_t *r)
+{
+    (void)cli;
+    if (r->ntables == 0)
+        printf("no tables\n");
+    else
+        print_table_rows(r->tables, r->ntables);
+}
+
+static int call_describe(cli_t *cli, cli_result_t *r)
+{
+    return cqrps_describe_table(cli->c, cli->what, &r->info);
+}
+
+static void text_describe(const cli_t *cli, const cli_result_t *r)
+{
+    (void)cli;
+    print_describe(&r->info);
+}
+
+/* ---- stats ------------------------------------------------------------- */
+
+static int call_stats(cli_t *cli, cli_result_t *r)
+{
+    return cqrps_stats(cli->c, &r->stats);
+}
+
+static void json_stats(const cli_t *cli, const cli_result_t *r, int *f)
+{
+    const cqrps_stats_t *st = &r->stats;
+    js_kstr("server_version", st->server_version, f);
+    js_ku64("shards", cqrps_shard_count(cli->c), f);
+    js_kdbl("uptime_seconds", st->uptime_seconds, f);
+    js_ku64("connections", st->connections, f);
+    js_ku64("requests", st->requests, f);
+    js_ku64("errors", st->errors, f);
+    js_ku64("bytes_in", st->bytes_in, f);
+    js_ku64("bytes_out", st->bytes_out, f);
+    json_infos("tables", st->tables, st->ntables, f);
+    js_key("counters", f);
+    int g = 1;
+    putchar('{');
+    for (size_t i = 0; i < st->ncounters; i++)
+        js_kdbl(st->counters[i].name, st->counters[i].value, &g);
+    putchar('}');
+}
+
+static void text_stats(const cli_t *cli, const cli_result_t *r)
+{
+    const cqrps_stats_t *st = &r->stats;
+    const uint32_t shards = cqrps_shard_count(cli->c);
+    char bi[32], bo[32];
+    human_bytes(st->bytes_in, bi, sizeof(bi));
+    human_bytes(st->bytes_out, bo, sizeof(bo));
+    printf("server:      cqrps-server %s (%u shard%s)\n",
+           st->server_version, shards, shards == 1 ? "" : "s");
+    printf("uptime:      %.1f s\n", st->uptime_seconds);
+    printf("connections: %" PRIu64 "\n", st->connections);
+    printf("requests:    %" PRIu64 " (%" PRIu64 " errors)\n", st->requests,
+           st->errors);
+    printf("traffic:     %s in, %s out\n", bi, bo);
+    print_latency(st);
+    if (st->ncounters) {
+        printf("counters:\n");
+        /* Histogram buckets are summarised above (--json has them). */
+        for (size_t i = 0; i < st->ncounters; i++)
+            if (!(strncmp(st->counters[i].name, "latency.", 8) == 0 &&
+                  strstr(st->counters[i].name, ".le.") != NULL))
+                printf("  %-36s %.6g\n", st->counters[i].name,
+                       st->counters[i].value);
+    }
+    if (st->ntables) {
+        printf("tables:\n");
+        print_table_rows(st->tables, st->ntables);
+    }
+}
+
+/* ---- cluster ----------------------------------------------------------- */
+
+static void usage_cluster(FILE *f, const cli_command_t *cmd)
+{
+    (void)cmd;
+    fprintf(f, "usage: cqrps cluster NAME [--wait] [--wait-timeout MS]\n"
+               "  --wait             wait for the phase, progress on "
+               "stderr\n"
+               "  --wait-timeout MS  give up waiting after MS (default: "
+               "none)\n");
+}
+
+static int parse_cluster(cli_t *cli, const cli_command_t *cmd, int argc,
+                         char **argv)
+{
+    static const struct option lo[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "wait", no_argument, NULL, 'w' },
+        { "wait-timeout", required_argument, NULL, 't' },
+        { NULL, 0, NULL, 0 }
+    };
+    int ch;
+    optind = 0;
+    while ((ch = getopt_long(argc, argv, "hw", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'h':
+            cmd->usage(stdout, cmd);
+            return -1;
+        case 'w':
+            cli->wait = 1;
+            break;
+        case 't':
+            if (cli_parse_u64(optarg, UINT32_MAX, &cli->wait_ms) < 0)
+                return cli_usage_error("bad --wait-timeout '%s'", optarg);
+            break;
+        default:
+            cmd->usage(stderr, cmd);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 1) {
+        cmd->usage(stderr, cmd);
+        return CLI_EXIT_USAGE;
+    }
+    cli->what = argv[optind];
+    return 0;
+}
+
+static double now_seconds(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + now.tv_nsec * 1e-9;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+/* Polls phase r->id until it is done, failed or --wait-timeout passed,
+ * with progress on stderr (here rather than in cqrps_cluster_wait, to
+ * show it). */
+static int wait_phase(cli_t *cli, cli_result_t *r)
+{
+    const int tty = isatty(STDERR_FILENO);
+    const double start = now_seconds();
+    char last_stage[32] = "";
+    cqrps_phase_status_t *st = &r->phase;
+    unsigned pause = 20;
+    r->waited = 1;
+    for (;;) {
+        int rc = cqrps_cluster_status(cli->c, cli->what, r->id, st);
+        if (rc < 0)
+            return rc;
+        if (st->state == CQRPS_PHASE_DONE || st->state == CQRPS_PHASE_FAILED)
+            break;
+        if (tty) {
+            fprintf(stderr, "\rcluster %s phase %" PRIu64 ": %-10s %5.1f%%",
+                    cli->what, r->id, st->stage, st->fraction * 100.0);
+        } else if (strcmp(st->stage, last_stage) != 0) {
+            fprintf(stderr, "cluster %s phase %" PRIu64 ": %s %.1f%%\n",
+                    cli->what, r->id, st->stage, st->fraction * 100.0);
+        }
+        snprintf(last_stage, sizeof(last_stage), "%s", st->stage);
+        double el = now_seconds() - start;
+        if (cli->wait_ms && el * 1000.0 >= (double)cli->wait_ms) {
+            if (tty)
+                fputc('\n', stderr);
+            fprintf(stderr, "%s: cluster %s: TIMED_OUT: phase %" PRIu64
+                            " not done after %" PRIu64 " ms\n",
+                    cli_prog, cli->what, r->id, cli->wait_ms);
+            r->timed_out = 1;
+            r->failed = 1;
+            return 0;
+        }
+        sleep_ms(pause);
+        pause = pause * 2 > 250 ? 250 : pause * 2;
+    }
+    if (tty)
+        fprintf(stderr, "\rcluster %s phase %" PRIu64 ": %-10s %5.1f%%\n",
+                cli->what, r->id, cqrps_phase_state_name(st->state), 100.0);
+    r->failed = st->state != CQRPS_PHASE_DONE;
+    return 0;
+}
+
+static int call_cluster(cli_t *cli, cli_result_t *r)
+{
+    int rc = cqrps_cluster(cli->c, cli->what, &r->id);
+    if (rc < 0 || !cli->wait)
+        return rc;
+    return wait_phase(cli, r);
+}
+
+static void json_cluster(const cli_t *cli, const cli_result_t *r, int *f)
+{
+    if (r->timed_out) {
+        js_kstr("status", "TIMED_OUT", f);
+    } else {
+        js_kstr("table", cli->what, f);
+        if (!r->waited) {
+            js_ku64("phase_id", r->id, f);
+            return;
+        }
+    }
+    js_key("phase", f);
+    js_phase(&r->phase);
+}
+
+static void text_cluster(const cli_t *cli, const cli_result_t *r)
+{
+    const cqrps_phase_status_t *st = &r->phase;
+    if (!r->waited)
+        printf("started cluster phase %" PRIu64 " of table %s\n", r->id,
+               cli->what);
+    else if (!r->timed_out && st->state == CQRPS_PHASE_DONE)
+        printf("cluster phase %" PRIu64 " of table %s done in %.3f s: "
+               "inertia %g, %" PRIu64 " ids assigned, %" PRIu64
+               " pushes replayed\n",
+               r->id, cli->what, st->seconds, st->inertia, st->ids_assigned,
+               st->replayed_pushes);
+}
+
+static void after_cluster(const cli_t *cli, const cli_result_t *r)
+{
+    if (r->waited && !r->timed_out && r->phase.state == CQRPS_PHASE_FAILED)
+        fprintf(stderr, "%s: cluster %s: phase %" PRIu64 " failed: %s\n",
+                cli_prog, cli->what, r->id, r->phase.error);
+}
+
+/* ---- digest, checkpoint, checkpoints ----------------------------------- */
+
+static int call_digest(cli_t *cli, cli_result_t *r)
+{
+    return cqrps_digest(cli->c, cli->what, r->digest);
+}
+
+static void json_digest(const cli_t *cli, const cli_result_t *r, int *f)
+{
+    js_kstr("table", cli->what, f);
+    js_kstr("digest", r->digest, f);
+}
+
+static void text_digest(const cli_t *cli, const cli_result_t *r)
+{
+    (void)cli;
+    printf("%s\n", r->digest);
+}
+
+static int call_checkpoint(cli_t *cli, cli_result_t *r)
+{
+    return cqrps_checkpoint(cli->c, &r->id);
+}
+
+static void json_checkpoint(const cli_t *cli, const cli_result_t *r, int *f)
+{
+    (void)cli;
+    js_ku64("generation", r->id, f);
+}
+
+static void text_checkpoint(const cli_t *cli, const cli_result_t *r)
+{
+    (void)cli;
+    printf("checkpoint generation %" PRIu64 "\n", r->id);
+}
+
+static int call_checkpoints(cli_t *cli, cli_result_t *r)
+{
+    return cqrps_list_checkpoints(cli->c, &r->checkpoints,
+                                  &r->ncheckpoints);
+}
+
+static void json_checkpoints(const cli_t *cli, const cli_result_t *r,
+                             int *f)
+{
+    (void)cli;
+    const cqrps_checkpoint_info_t *cp = r->checkpoints;
+    js_key("checkpoints", f);
+    putchar('[');
+    for (size_t i = 0; i < r->ncheckpoints; i++) {
+        int g = 1;
+        printf("%s{", i ? "," : "");
+        js_ku64("shard", cp[i].shard, &g);
+        js_ku64("generation", cp[i].generation, &g);
+        js_ku64("unix_time", cp[i].unix_time, &g);
+        js_ku64("bytes", cp[i].bytes, &g);
+        js_ku64("tables", cp[i].tables, &g);
+        putchar('}');
+    }
+    putchar(']');
+}
+
+static void text_checkpoints(const cli_t *cli, const cli_result_t *r)
+{
+    (void)cli;
+    const cqrps_checkpoint_info_t *cp = r->checkpoints;
+    if (r->ncheckpoints == 0) {
+        printf("no checkpoints\n");
+        return;
+    }
+    printf("%-5s %10s %-20s %12s %6s\n", "SHARD", "GENERATION", "TIME",
+           "BYTES", "TABLES");
+    for (size_t i = 0; i < r->ncheckpoints; i++) {
+        char tb[32] = "?";
+        time_t t = (time_t)cp[i].unix_time;
+        struct tm tm;
+        if (gmtime_r(&t, &tm))
+            strftime(tb, sizeof(tb), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        printf("%-5u %10" PRIu64 " %-20s %12" PRIu64 " %6u\n", cp[i].shard,
+               cp[i].generation, tb, cp[i].bytes, cp[i].tables);
+    }
+}
+
+/* ---- The table --------------------------------------------------------- */
+
+const cli_command_t cli_commands[] = {
+    { "create", "create NAME --kind full|hash|ce|cqr --dim D [options]", NULL,
+      NULL, usage_create, parse_create, call_create, json_info, text_create,
+      NULL },
+    { "drop", "drop NAME             drop a table", "NAME", "drop a table",
+      usage_simple, parse_simple, call_drop, json_drop, text_drop, NULL },
+    { "list", "list                  list the tables", "",
+      "list the tables", usage_simple, parse_simple, call_list, json_list,
+      text_list, NULL },
+    { "describe", "describe NAME         a table's config and figures",
+      "NAME", "a table's config and figures", usage_simple, parse_simple,
+      call_describe, json_info, text_describe, NULL },
+    { "stats", "stats                 server counters and tables", "",
+      "server counters and tables", usage_simple, parse_simple, call_stats,
+      json_stats, text_stats, NULL },
+    { "cluster", "cluster NAME [--wait] start a cluster phase (cqr tables)",
+      NULL, NULL, usage_cluster, parse_cluster, call_cluster, json_cluster,
+      text_cluster, after_cluster },
+    { "digest", "digest NAME           the table's state digest", "NAME",
+      "the table's state digest (16 hex digits)", usage_simple, parse_simple,
+      call_digest, json_digest, text_digest, NULL },
+    { "checkpoint", "checkpoint            take a checkpoint", "",
+      "take a checkpoint", usage_simple, parse_simple, call_checkpoint,
+      json_checkpoint, text_checkpoint, NULL },
+    { "checkpoints", "checkpoints           list the checkpoints", "",
+      "list the checkpoints", usage_simple, parse_simple, call_checkpoints,
+      json_checkpoints, text_checkpoints, NULL },
+};
+
+const size_t cli_ncommands = sizeof(cli_commands) / sizeof(cli_commands[0]);

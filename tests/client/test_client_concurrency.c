@@ -285,6 +285,72 @@ static void *cp_looker(void *arg)
     return NULL;
 }
 
+/* Waits until phase works past its snapshot and sample (the stages
+ * traffic should overlap), failing if it ends first or not by deadline. */
+static void wait_phase_working(cqrps_client_t *c, uint64_t phase,
+                               uint64_t deadline)
+{
+    cqrps_phase_status_t ps;
+    for (;;) {
+        ck_assert_int_eq(cqrps_cluster_status(c, "conc.cqr", phase, &ps), 0);
+        ck_assert_msg(ps.state != CQRPS_PHASE_DONE &&
+                          ps.state != CQRPS_PHASE_FAILED,
+                      "phase ended before traffic could start (%s)",
+                      cqrps_phase_state_name(ps.state));
+        if (ps.state == CQRPS_PHASE_RUNNING && ps.stage[0] &&
+            strcmp(ps.stage, "snapshot") != 0 &&
+            strcmp(ps.stage, "sample") != 0)
+            break;
+        ck_assert_msg(tu_now_ms() < deadline, "phase did not start");
+        tu_sleep_ms(1);
+    }
+}
+
+/* The phase and the acknowledged pushes of the pushers (th) replayed on
+ * the mirror m; c's answers must match it within the tolerance. ids
+ * has room for CP_PREPOP_BATCH IDs. */
+static void compare_with_engine(cqrps_client_t *c, cqr_table_t *m,
+                                const cp_thread_t *th, uint64_t *ids)
+{
+    /* The same calls in-process: pushes before, the phase, pushes after
+     * (in thread order; the server saw them interleaved, hence the
+     * tolerance). Compared on the IDs known before the phase. */
+    ck_assert_int_eq(cqr_table_cluster(m, NULL, NULL, NULL), 0);
+    float bg[CP_BATCH * CP_DIM];
+    uint64_t bids[CP_BATCH];
+    for (int t = 0; t < CP_PUSHERS; t++)
+        for (uint64_t j = 0; j < th[t].acked; j++) {
+            cp_batch(t, j, bids, bg);
+            ck_assert_int_eq(cqr_table_push(m, bids, bg, CP_BATCH), 0);
+        }
+    float *a = malloc((size_t)CP_PREPOP_BATCH * CP_DIM * sizeof(float));
+    float *b = malloc((size_t)CP_PREPOP_BATCH * CP_DIM * sizeof(float));
+    double worst = 0;
+    for (int t = 0; t < CP_PUSHERS; t++) {
+        for (uint64_t j = 0; j < th[t].acked && j < 50; j++) {
+            cp_batch(t, j, bids, bg);
+            for (int i = 0; i < CP_BATCH / 2; i++)
+                bids[i] = bids[2 * i + 1];
+            ck_assert_int_eq(
+                cqrps_lookup(c, "conc.cqr", bids, CP_BATCH / 2, a), 0);
+            ck_assert_int_eq(cqr_table_lookup(m, bids, CP_BATCH / 2, b), 0);
+            double d = tu_maxrel(a, b, CP_BATCH / 2 * CP_DIM);
+            worst = d > worst ? d : worst;
+        }
+    }
+    for (int i = 0; i < CP_PREPOP_BATCH; i++)
+        ids[i] = (uint64_t)i * (CP_PREPOP / CP_PREPOP_BATCH);
+    ck_assert_int_eq(cqrps_lookup(c, "conc.cqr", ids, CP_PREPOP_BATCH, a), 0);
+    ck_assert_int_eq(cqr_table_lookup(m, ids, CP_PREPOP_BATCH, b), 0);
+    double d = tu_maxrel(a, b, (size_t)CP_PREPOP_BATCH * CP_DIM);
+    worst = d > worst ? d : worst;
+    fprintf(stderr, "cluster under traffic: max relative difference from "
+                    "the in-process engine %.3g\n", worst);
+    ck_assert_msg(worst < 1e-4, "server and engine differ by %g", worst);
+    free(a);
+    free(b);
+}
+
 START_TEST(test_cluster_under_traffic_loses_nothing)
 {
     cqrps_client_t *c = tu_connect(srv.addr);
@@ -316,19 +382,7 @@ START_TEST(test_cluster_under_traffic_loses_nothing)
     ck_assert_int_eq(cqrps_cluster(c, "conc.cqr", &phase), 0);
     cqrps_phase_status_t ps;
     uint64_t deadline = tu_now_ms() + 60000;
-    for (;;) {
-        ck_assert_int_eq(cqrps_cluster_status(c, "conc.cqr", phase, &ps), 0);
-        ck_assert_msg(ps.state != CQRPS_PHASE_DONE &&
-                          ps.state != CQRPS_PHASE_FAILED,
-                      "phase ended before traffic could start (%s)",
-                      cqrps_phase_state_name(ps.state));
-        if (ps.state == CQRPS_PHASE_RUNNING && ps.stage[0] &&
-            strcmp(ps.stage, "snapshot") != 0 &&
-            strcmp(ps.stage, "sample") != 0)
-            break;
-        ck_assert_msg(tu_now_ms() < deadline, "phase did not start");
-        tu_sleep_ms(1);
-    }
+    wait_phase_working(c, phase, deadline);
     atomic_store(&cp_stop, 0);
     atomic_store(&cp_in_phase, 1);
     cp_thread_t th[CP_PUSHERS + CP_LOOKERS];
@@ -387,48 +441,12 @@ START_TEST(test_cluster_under_traffic_loses_nothing)
     ck_assert_uint_eq(info.known_ids, CP_PREPOP + new_ids);
     ck_assert_uint_eq(info.phases_done, 1);
 
-    /* The same calls in-process: pushes before, the phase, pushes after
-     * (in thread order; the server saw them interleaved, hence the
-     * tolerance). Compared on the IDs known before the phase. */
-    ck_assert_int_eq(cqr_table_cluster(m, NULL, NULL, NULL), 0);
-    float bg[CP_BATCH * CP_DIM];
-    uint64_t bids[CP_BATCH];
-    for (int t = 0; t < CP_PUSHERS; t++)
-        for (uint64_t j = 0; j < th[t].acked; j++) {
-            cp_batch(t, j, bids, bg);
-            ck_assert_int_eq(cqr_table_push(m, bids, bg, CP_BATCH), 0);
-        }
-    float *a = malloc((size_t)CP_PREPOP_BATCH * CP_DIM * sizeof(float));
-    float *b = malloc((size_t)CP_PREPOP_BATCH * CP_DIM * sizeof(float));
-    double worst = 0;
-    for (int t = 0; t < CP_PUSHERS; t++) {
-        for (uint64_t j = 0; j < th[t].acked && j < 50; j++) {
-            cp_batch(t, j, bids, bg);
-            for (int i = 0; i < CP_BATCH / 2; i++)
-                bids[i] = bids[2 * i + 1];
-            ck_assert_int_eq(
-                cqrps_lookup(c, "conc.cqr", bids, CP_BATCH / 2, a), 0);
-            ck_assert_int_eq(cqr_table_lookup(m, bids, CP_BATCH / 2, b), 0);
-            double d = tu_maxrel(a, b, CP_BATCH / 2 * CP_DIM);
-            worst = d > worst ? d : worst;
-        }
-    }
-    for (int i = 0; i < CP_PREPOP_BATCH; i++)
-        ids[i] = (uint64_t)i * (CP_PREPOP / CP_PREPOP_BATCH);
-    ck_assert_int_eq(cqrps_lookup(c, "conc.cqr", ids, CP_PREPOP_BATCH, a), 0);
-    ck_assert_int_eq(cqr_table_lookup(m, ids, CP_PREPOP_BATCH, b), 0);
-    double d = tu_maxrel(a, b, (size_t)CP_PREPOP_BATCH * CP_DIM);
-    worst = d > worst ? d : worst;
-    fprintf(stderr, "cluster under traffic: max relative difference from "
-                    "the in-process engine %.3g\n", worst);
-    ck_assert_msg(worst < 1e-4, "server and engine differ by %g", worst);
+    compare_with_engine(c, m, th, ids);
 
     ck_assert_int_eq(cqrps_drop_table(c, "conc.cqr"), 0);
     cqr_table_destroy(m);
     free(ids);
     free(g);
-    free(a);
-    free(b);
     cqrps_close(c);
 }
 END_TEST

@@ -126,6 +126,15 @@ static Cqrps__V1__Response *raw_response(int fd)
     return r;
 }
 
+/* Sends req and reads its response, which must come. */
+static Cqrps__V1__Response *raw_call(int fd, Cqrps__V1__Request *req)
+{
+    raw_request(fd, req);
+    Cqrps__V1__Response *r = raw_response(fd);
+    ck_assert_ptr_nonnull(r);
+    return r;
+}
+
 /* Asserts the server closes the connection (within RAW_MS). */
 static void raw_expect_eof(int fd)
 {
@@ -147,9 +156,7 @@ static void raw_hello(int fd)
     req.id = 1;
     req.op_case = CQRPS__V1__REQUEST__OP_HELLO;
     req.hello = &h;
-    raw_request(fd, &req);
-    Cqrps__V1__Response *r = raw_response(fd);
-    ck_assert_ptr_nonnull(r);
+    Cqrps__V1__Response *r = raw_call(fd, &req);
     ck_assert_int_eq(r->status, 0);
     cqrps__v1__response__free_unpacked(r, NULL);
 }
@@ -299,6 +306,81 @@ START_TEST(test_length_over_limit)
 }
 END_TEST
 
+/* Raw requests the library never sends (on table bad.t of dim 4): each
+ * gets its typed error and the connection stays usable. */
+static void raw_bad_requests(uint64_t *ids, float *g)
+{
+    Cqrps__V1__Response *r;
+    int fd = raw_connect(srv.port);
+    raw_hello(fd);
+    Cqrps__V1__Push push = CQRPS__V1__PUSH__INIT;
+    push.table = "bad.t";
+    push.n_ids = 4;
+    push.ids = ids;
+    push.grads.data = (uint8_t *)g;
+    push.grads.len = 3 * 4 * sizeof(float); /* 3 rows for 4 IDs */
+    Cqrps__V1__Request req = CQRPS__V1__REQUEST__INIT;
+    req.id = 2;
+    req.op_case = CQRPS__V1__REQUEST__OP_PUSH;
+    req.push = &push;
+    r = raw_call(fd, &req);
+    ck_assert_uint_eq(r->id, 2);
+    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__WRONG_DIM);
+    cqrps__v1__response__free_unpacked(r, NULL);
+
+    /* More IDs than --max-batch in one request. */
+    Cqrps__V1__Lookup lk = CQRPS__V1__LOOKUP__INIT;
+    lk.table = "bad.t";
+    lk.n_ids = MAX_BATCH + 1;
+    lk.ids = ids;
+    req.id = 3;
+    req.op_case = CQRPS__V1__REQUEST__OP_LOOKUP;
+    req.lookup = &lk;
+    r = raw_call(fd, &req);
+    ck_assert_uint_eq(r->id, 3);
+    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__LIMIT_EXCEEDED);
+    cqrps__v1__response__free_unpacked(r, NULL);
+
+    /* Bad pooled offsets straight to the server. */
+    uint32_t bad_offs[2] = { 0, 9 };
+    lk.n_ids = 4;
+    lk.n_offsets = 2;
+    lk.offsets = bad_offs;
+    req.id = 4;
+    r = raw_call(fd, &req);
+    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__INVALID_ARGUMENT);
+    cqrps__v1__response__free_unpacked(r, NULL);
+
+    /* A request with no operation, and a wrong protocol version. */
+    Cqrps__V1__Request empty = CQRPS__V1__REQUEST__INIT;
+    empty.id = 5;
+    r = raw_call(fd, &empty);
+    ck_assert_int_ne(r->status, CQRPS__V1__STATUS__OK);
+    cqrps__v1__response__free_unpacked(r, NULL);
+    Cqrps__V1__Hello h = CQRPS__V1__HELLO__INIT;
+    h.protocol_version = 99;
+    req.id = 6;
+    req.op_case = CQRPS__V1__REQUEST__OP_HELLO;
+    req.hello = &h;
+    r = raw_call(fd, &req);
+    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__BAD_VERSION);
+    cqrps__v1__response__free_unpacked(r, NULL);
+
+    /* A decodable error leaves the connection usable. */
+    lk.n_ids = 4;
+    lk.n_offsets = 0;
+    req.id = 7;
+    req.op_case = CQRPS__V1__REQUEST__OP_LOOKUP;
+    req.lookup = &lk;
+    r = raw_call(fd, &req);
+    ck_assert_uint_eq(r->id, 7);
+    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__OK);
+    ck_assert_int_eq(r->reply_case, CQRPS__V1__RESPONSE__REPLY_LOOKUP);
+    ck_assert_uint_eq(r->lookup->vectors.len, 4 * 4 * sizeof(float));
+    cqrps__v1__response__free_unpacked(r, NULL);
+    close(fd);
+}
+
 START_TEST(test_bad_requests_get_typed_errors)
 {
     cqrps_client_t *c = tu_connect(srv.addr);
@@ -370,87 +452,7 @@ START_TEST(test_bad_requests_get_typed_errors)
     ck_assert_uint_eq(dim, 4);
     cqrps_close(c);
 
-    /* Raw requests the library never sends. */
-    int fd = raw_connect(srv.port);
-    raw_hello(fd);
-    Cqrps__V1__Push push = CQRPS__V1__PUSH__INIT;
-    push.table = "bad.t";
-    push.n_ids = 4;
-    push.ids = ids;
-    push.grads.data = (uint8_t *)g;
-    push.grads.len = 3 * 4 * sizeof(float); /* 3 rows for 4 IDs */
-    Cqrps__V1__Request req = CQRPS__V1__REQUEST__INIT;
-    req.id = 2;
-    req.op_case = CQRPS__V1__REQUEST__OP_PUSH;
-    req.push = &push;
-    raw_request(fd, &req);
-    Cqrps__V1__Response *r = raw_response(fd);
-    ck_assert_ptr_nonnull(r);
-    ck_assert_uint_eq(r->id, 2);
-    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__WRONG_DIM);
-    cqrps__v1__response__free_unpacked(r, NULL);
-
-    /* More IDs than --max-batch in one request. */
-    Cqrps__V1__Lookup lk = CQRPS__V1__LOOKUP__INIT;
-    lk.table = "bad.t";
-    lk.n_ids = MAX_BATCH + 1;
-    lk.ids = ids;
-    req.id = 3;
-    req.op_case = CQRPS__V1__REQUEST__OP_LOOKUP;
-    req.lookup = &lk;
-    raw_request(fd, &req);
-    r = raw_response(fd);
-    ck_assert_ptr_nonnull(r);
-    ck_assert_uint_eq(r->id, 3);
-    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__LIMIT_EXCEEDED);
-    cqrps__v1__response__free_unpacked(r, NULL);
-
-    /* Bad pooled offsets straight to the server. */
-    uint32_t bad_offs[2] = { 0, 9 };
-    lk.n_ids = 4;
-    lk.n_offsets = 2;
-    lk.offsets = bad_offs;
-    req.id = 4;
-    raw_request(fd, &req);
-    r = raw_response(fd);
-    ck_assert_ptr_nonnull(r);
-    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__INVALID_ARGUMENT);
-    cqrps__v1__response__free_unpacked(r, NULL);
-
-    /* A request with no operation, and a wrong protocol version. */
-    Cqrps__V1__Request empty = CQRPS__V1__REQUEST__INIT;
-    empty.id = 5;
-    raw_request(fd, &empty);
-    r = raw_response(fd);
-    ck_assert_ptr_nonnull(r);
-    ck_assert_int_ne(r->status, CQRPS__V1__STATUS__OK);
-    cqrps__v1__response__free_unpacked(r, NULL);
-    Cqrps__V1__Hello h = CQRPS__V1__HELLO__INIT;
-    h.protocol_version = 99;
-    req.id = 6;
-    req.op_case = CQRPS__V1__REQUEST__OP_HELLO;
-    req.hello = &h;
-    raw_request(fd, &req);
-    r = raw_response(fd);
-    ck_assert_ptr_nonnull(r);
-    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__BAD_VERSION);
-    cqrps__v1__response__free_unpacked(r, NULL);
-
-    /* A decodable error leaves the connection usable. */
-    lk.n_ids = 4;
-    lk.n_offsets = 0;
-    req.id = 7;
-    req.op_case = CQRPS__V1__REQUEST__OP_LOOKUP;
-    req.lookup = &lk;
-    raw_request(fd, &req);
-    r = raw_response(fd);
-    ck_assert_ptr_nonnull(r);
-    ck_assert_uint_eq(r->id, 7);
-    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__OK);
-    ck_assert_int_eq(r->reply_case, CQRPS__V1__RESPONSE__REPLY_LOOKUP);
-    ck_assert_uint_eq(r->lookup->vectors.len, 4 * 4 * sizeof(float));
-    cqrps__v1__response__free_unpacked(r, NULL);
-    close(fd);
+    raw_bad_requests(ids, g);
     assert_server_up();
 }
 END_TEST

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/hash.h"
+
 void tu_server_start(cqr_test_server_t *s, const char *const *args)
 {
     int rc = cqr_test_server_start(s, args, TU_START_MS);
@@ -92,10 +94,8 @@ cqr_table_t *tu_mirror(const cqrps_table_config_t *cfg)
 
 uint64_t tu_rand(uint64_t *s)
 {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
+    /* The engine's PRNG step (cqr_rng_next) on a bare state word. */
+    return cqr_mix64(*s += 0x9e3779b97f4a7c15ULL);
 }
 
 float tu_randf(uint64_t *s)

@@ -39,7 +39,7 @@ void tu_engine_config(const cqrps_table_config_t *cfg,
 /* Creates the in-process mirror of cfg. */
 cqr_table_t *tu_mirror(const cqrps_table_config_t *cfg);
 
-/* Deterministic randomness: splitmix64. */
+/* Deterministic randomness: splitmix64 (the engine's mixer). */
 uint64_t tu_rand(uint64_t *state);
 /* A float in [-1, 1) that is a multiple of 1/1024 (exact in float). */
 float tu_randf(uint64_t *state);

@@ -160,6 +160,39 @@ static double counter(const cqrps_stats_t *st, const char *name)
     return 0;
 }
 
+/* Stats through c (NSH shards) are the sums of the shards' own figures
+ * (one[s] is a client of shard s alone); n IDs were pushed. */
+static void stats_are_sums(cqrps_client_t *c, cqrps_client_t *const *one,
+                           uint64_t n)
+{
+    cqrps_stats_t sum, part[NSH];
+    for (int s = 0; s < NSH; s++)
+        ck_assert_int_eq(cqrps_stats(one[s], &part[s]), 0);
+    ck_assert_int_eq(cqrps_stats(c, &sum), 0);
+    ck_assert_uint_eq(sum.ntables, 1);
+    uint64_t pushes = 0, kids = 0;
+    double push_ok = 0, phases = 0;
+    for (int s = 0; s < NSH; s++) {
+        ck_assert_uint_eq(part[s].ntables, 1);
+        pushes += part[s].tables[0].pushes;
+        kids += part[s].tables[0].known_ids;
+        push_ok += counter(&part[s], "req.push.OK");
+        phases += counter(&part[s], "phases_done");
+    }
+    ck_assert_uint_eq(sum.tables[0].pushes, pushes);
+    ck_assert_uint_eq(sum.tables[0].pushes, n);
+    ck_assert_uint_eq(sum.tables[0].known_ids, kids);
+    ck_assert_double_eq(counter(&sum, "req.push.OK"), push_ok);
+    ck_assert_double_eq(counter(&sum, "req.push.OK"), NSH);
+    ck_assert_double_eq(counter(&sum, "phases_done"), phases);
+    ck_assert_double_eq(phases, NSH);
+    ck_assert_double_eq(counter(&sum, "io_threads"),
+                        NSH * counter(&part[0], "io_threads"));
+    for (int s = 0; s < NSH; s++)
+        cqrps_stats_free(&part[s]);
+    cqrps_stats_free(&sum);
+}
+
 START_TEST(test_admin_reaches_every_shard)
 {
     cqrps_client_t *c = tu_connect(all);
@@ -207,33 +240,7 @@ START_TEST(test_admin_reaches_every_shard)
     }
     ck_assert_uint_eq(known, N);
 
-    /* Stats: the sharded figures are the sums of the shards' figures. */
-    cqrps_stats_t sum, part[NSH];
-    for (int s = 0; s < NSH; s++)
-        ck_assert_int_eq(cqrps_stats(one[s], &part[s]), 0);
-    ck_assert_int_eq(cqrps_stats(c, &sum), 0);
-    ck_assert_uint_eq(sum.ntables, 1);
-    uint64_t pushes = 0, kids = 0;
-    double push_ok = 0, phases = 0;
-    for (int s = 0; s < NSH; s++) {
-        ck_assert_uint_eq(part[s].ntables, 1);
-        pushes += part[s].tables[0].pushes;
-        kids += part[s].tables[0].known_ids;
-        push_ok += counter(&part[s], "req.push.OK");
-        phases += counter(&part[s], "phases_done");
-    }
-    ck_assert_uint_eq(sum.tables[0].pushes, pushes);
-    ck_assert_uint_eq(sum.tables[0].pushes, N);
-    ck_assert_uint_eq(sum.tables[0].known_ids, kids);
-    ck_assert_double_eq(counter(&sum, "req.push.OK"), push_ok);
-    ck_assert_double_eq(counter(&sum, "req.push.OK"), NSH);
-    ck_assert_double_eq(counter(&sum, "phases_done"), phases);
-    ck_assert_double_eq(phases, NSH);
-    ck_assert_double_eq(counter(&sum, "io_threads"),
-                        NSH * counter(&part[0], "io_threads"));
-    for (int s = 0; s < NSH; s++)
-        cqrps_stats_free(&part[s]);
-    cqrps_stats_free(&sum);
+    stats_are_sums(c, one, N);
 
     /* Checkpoint: every shard takes one, or every shard says it has no
      * persistence. */

@@ -135,6 +135,17 @@ static Cqrps__V1__Response *raw_call(int fd, Cqrps__V1__Request *req)
     return r;
 }
 
+/* Sends req and asserts its reply's status (and its id, unless id is 0). */
+static void raw_expect(int fd, Cqrps__V1__Request *req, uint64_t id,
+                       Cqrps__V1__Status status)
+{
+    Cqrps__V1__Response *r = raw_call(fd, req);
+    if (id)
+        ck_assert_uint_eq(r->id, id);
+    ck_assert_int_eq(r->status, status);
+    cqrps__v1__response__free_unpacked(r, NULL);
+}
+
 /* Asserts the server closes the connection (within RAW_MS). */
 static void raw_expect_eof(int fd)
 {
@@ -323,10 +334,7 @@ static void raw_bad_requests(uint64_t *ids, float *g)
     req.id = 2;
     req.op_case = CQRPS__V1__REQUEST__OP_PUSH;
     req.push = &push;
-    r = raw_call(fd, &req);
-    ck_assert_uint_eq(r->id, 2);
-    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__WRONG_DIM);
-    cqrps__v1__response__free_unpacked(r, NULL);
+    raw_expect(fd, &req, 2, CQRPS__V1__STATUS__WRONG_DIM);
 
     /* More IDs than --max-batch in one request. */
     Cqrps__V1__Lookup lk = CQRPS__V1__LOOKUP__INIT;
@@ -336,10 +344,7 @@ static void raw_bad_requests(uint64_t *ids, float *g)
     req.id = 3;
     req.op_case = CQRPS__V1__REQUEST__OP_LOOKUP;
     req.lookup = &lk;
-    r = raw_call(fd, &req);
-    ck_assert_uint_eq(r->id, 3);
-    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__LIMIT_EXCEEDED);
-    cqrps__v1__response__free_unpacked(r, NULL);
+    raw_expect(fd, &req, 3, CQRPS__V1__STATUS__LIMIT_EXCEEDED);
 
     /* Bad pooled offsets straight to the server. */
     uint32_t bad_offs[2] = { 0, 9 };
@@ -347,9 +352,7 @@ static void raw_bad_requests(uint64_t *ids, float *g)
     lk.n_offsets = 2;
     lk.offsets = bad_offs;
     req.id = 4;
-    r = raw_call(fd, &req);
-    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__INVALID_ARGUMENT);
-    cqrps__v1__response__free_unpacked(r, NULL);
+    raw_expect(fd, &req, 0, CQRPS__V1__STATUS__INVALID_ARGUMENT);
 
     /* A request with no operation, and a wrong protocol version. */
     Cqrps__V1__Request empty = CQRPS__V1__REQUEST__INIT;
@@ -362,9 +365,7 @@ static void raw_bad_requests(uint64_t *ids, float *g)
     req.id = 6;
     req.op_case = CQRPS__V1__REQUEST__OP_HELLO;
     req.hello = &h;
-    r = raw_call(fd, &req);
-    ck_assert_int_eq(r->status, CQRPS__V1__STATUS__BAD_VERSION);
-    cqrps__v1__response__free_unpacked(r, NULL);
+    raw_expect(fd, &req, 0, CQRPS__V1__STATUS__BAD_VERSION);
 
     /* A decodable error leaves the connection usable. */
     lk.n_ids = 4;

@@ -29,43 +29,32 @@ double bench_thread_cpu_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 uint64_t bench_id(uint64_t rank)
 {
-    /* mix64 is a bijection with mix64(0) == 0; offsetting the rank keeps
-     * the ID 0 out of the vocabulary (it is a special key in many maps,
-     * including ours, and we measure the common path). */
-    return mix64(rank + 0x5bd1e995ULL);
+    /* cqr_mix64 is a bijection with cqr_mix64(0) == 0; offsetting the
+     * rank keeps the ID 0 out of the vocabulary (it is a special key in
+     * many maps, including ours, and we measure the common path). */
+    return cqr_mix64(rank + 0x5bd1e995ULL);
 }
 
 void bench_rng_seed(bench_rng_t *r, uint64_t seed)
 {
-    r->s = seed * 0x2545f4914f6cdd1dULL + 1;
+    cqr_rng_seed(r, seed * 0x2545f4914f6cdd1dULL + 1);
 }
 
 uint64_t bench_rng_next(bench_rng_t *r)
 {
-    r->s += 0x9e3779b97f4a7c15ULL;
-    return mix64(r->s);
+    return cqr_rng_next(r);
 }
 
 double bench_rng_unit(bench_rng_t *r)
 {
-    return (double)(bench_rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+    return cqr_rng_double(r);
 }
 
 uint64_t bench_rng_below(bench_rng_t *r, uint64_t n)
 {
-    return (uint64_t)(((unsigned __int128)bench_rng_next(r) * n) >> 64);
+    return cqr_rng_below(r, n);
 }
 
 /* Rejection-inversion sampling of Zipf(s) over ranks 1..n (W. Hormann, G.

@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "engine/hash.h"
+
 /* Monotonic seconds. Thread-safe. */
 double bench_now(void);
 
@@ -33,10 +35,9 @@ double bench_thread_cpu_now(void);
 /* The ID of vocabulary rank r (a bijection on 64-bit integers, never 0). */
 uint64_t bench_id(uint64_t rank);
 
-/* splitmix64 generator. */
-typedef struct bench_rng {
-    uint64_t s; /* state */
-} bench_rng_t;
+/* The engine's splitmix64 generator (engine/hash.h), seeded so that
+ * small seeds (0, 1, 2, ...) start far apart. */
+typedef cqr_rng_t bench_rng_t;
 
 void bench_rng_seed(bench_rng_t *r, uint64_t seed);
 uint64_t bench_rng_next(bench_rng_t *r);

@@ -9,6 +9,12 @@
  * marked MADV_HUGEPAGE (honoured when transparent huge pages are
  * "madvise" or "always"; a no-op otherwise). Smaller ones come from
  * calloc. Memory is still committed only as it is touched.
+ *
+ * Threading: like calloc and free, safe from any thread.
+ * Ownership: the caller owns an array until it passes it, with the same
+ * n and size, to cqr_big_free (the size picks munmap or free).
+ * Errors: NULL when out of memory or when n x size overflows; the engine
+ * turns that into CQR_ENOMEM.
  */
 #ifndef CQR_BIGMEM_H
 #define CQR_BIGMEM_H

@@ -1,8 +1,23 @@
-/* hash.h -- seeded hashing, seed derivation and a small PRNG.
+/* hash.h -- the one mixer, the one PRNG, seeded hashing and seed
+ * derivation of the code base.
  *
- * Everything here is a pure function of its inputs and gives the same
- * result on every machine: IDs are hashed as their little-endian bytes
- * with XXH3 (xxhash, Debian's libxxhash), and the PRNG is splitmix64.
+ * One of each primitive: the engine (tables, k-means, the known-ID map),
+ * the benchmarks and the client library's shard placement all use the
+ * mixer and the PRNG from here, so that a sequence drawn in one place can
+ * be reproduced in another. Header-only (static inline): a user needs the
+ * xxhash headers and nothing to link.
+ *
+ * Determinism: everything here is a pure function of its inputs (the PRNG
+ * of its state) and gives the same result on every machine: IDs are
+ * hashed as their little-endian bytes with XXH3 (xxhash, Debian's
+ * libxxhash), the mixer is splitmix64's finaliser and the PRNG splitmix64.
+ * Changing any of them changes every table's initial values, every
+ * cluster phase and the checkpoints' meaning: never do.
+ *
+ * Threading: the functions are pure and safe from any thread; a cqr_rng_t
+ * is a plain value owned by one thread at a time.
+ *
+ * Errors: none; nothing here allocates or fails.
  */
 #ifndef CQR_HASH_H
 #define CQR_HASH_H
@@ -59,6 +74,19 @@ static inline uint64_t cqr_rng_next(cqr_rng_t *r)
 {
     r->s += 0x9e3779b97f4a7c15ULL;
     return cqr_mix64(r->s);
+}
+
+/* Uniform in [0, 1) with 53 bits: exact as a double. */
+static inline double cqr_rng_double(cqr_rng_t *r)
+{
+    return (double)(cqr_rng_next(r) >> 11) * 0x1.0p-53;
+}
+
+/* Uniform in [0, bound) by multiply-shift (no division); the bias,
+ * bound / 2^64, is far below anything a sampler here can notice. */
+static inline uint64_t cqr_rng_below(cqr_rng_t *r, uint64_t bound)
+{
+    return (uint64_t)(((unsigned __int128)cqr_rng_next(r) * bound) >> 64);
 }
 
 /* Uniform in [0, 1) with 24 bits: exact as a float. */

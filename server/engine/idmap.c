@@ -7,15 +7,8 @@
 
 #include "bigmem.h"
 #include "err.h"
-#include "hash.h"
 
 #define CQR_IDMAP_MIN 16
-
-static inline size_t slot_of(const cqr_idmap_t *m, uint64_t id)
-{
-    /* cap fits 32 bits in practice; fastrange on 64 keeps it general. */
-    return (size_t)(((unsigned __int128)cqr_mix64(id) * m->cap) >> 64);
-}
 
 static int alloc_arrays(cqr_idmap_t *m, size_t cap)
 {
@@ -68,7 +61,7 @@ void *cqr_idmap_find(const cqr_idmap_t *m, uint64_t id)
 {
     if (id == 0)
         return m->has_zero ? m->zero_val : NULL;
-    size_t i = slot_of(m, id);
+    size_t i = cqr_idmap_slot(m, id);
     for (;;) {
         uint64_t k = m->keys[i];
         if (k == id)
@@ -83,7 +76,7 @@ void *cqr_idmap_find(const cqr_idmap_t *m, uint64_t id)
 /* Places id in the arrays (known absent, room guaranteed). */
 static uint8_t *place(cqr_idmap_t *m, uint64_t id)
 {
-    size_t i = slot_of(m, id);
+    size_t i = cqr_idmap_slot(m, id);
     while (m->keys[i] != 0) {
         if (++i == m->cap)
             i = 0;

@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hash.h"
+
 typedef struct cqr_idmap {
     uint64_t *keys;    /* cap slots; 0 = empty */
     uint8_t *vals;     /* cap x vw bytes */
@@ -30,20 +32,20 @@ typedef struct cqr_idmap {
 int cqr_idmap_init(cqr_idmap_t *m, uint32_t vw, size_t initial);
 void cqr_idmap_free(cqr_idmap_t *m);
 
+/* The slot where a probe for `id` starts: fastrange of the mixed ID over
+ * the capacity (64-bit, so that any capacity works). */
+static inline size_t cqr_idmap_slot(const cqr_idmap_t *m, uint64_t id)
+{
+    return (size_t)(((unsigned __int128)cqr_mix64(id) * m->cap) >> 64);
+}
+
 /* Starts loading the cache lines that a probe for `id` reads first (its
  * key and value slots), so that a batch's probes overlap their misses
  * instead of paying them one after another. A hint: reads nothing,
  * changes nothing, never faults. */
 static inline void cqr_idmap_prefetch(const cqr_idmap_t *m, uint64_t id)
 {
-    /* slot_of() of idmap.c: fastrange of the splitmix64 finaliser. */
-    uint64_t x = id;
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    size_t i = (size_t)(((unsigned __int128)x * m->cap) >> 64);
+    size_t i = cqr_idmap_slot(m, id);
     __builtin_prefetch(&m->keys[i]);
     __builtin_prefetch(m->vals + i * m->vw);
     /* GCC 12's RTL passes delete such prefetches as dead code in some

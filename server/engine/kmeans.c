@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "hash.h"
 
 /* Points per tile: with KM_CB centroids a tile is at most 1 MiB. 128-512
  * rows and 256-1024 columns measured within noise of each other on Zen 4
@@ -49,35 +50,6 @@
 /* More threads than this only cost memory (one tile each). */
 #define KM_MAX_THREADS 256
 #define KM_NBLOCKS(n) (((n) + KM_PB - 1) / KM_PB)
-
-/* ---- PRNG ----------------------------------------------------------- */
-
-/* splitmix64: tiny, seedable from any value, passes BigCrush; plenty for
- * sampling seeds, and reproducible everywhere. */
-typedef struct rng {
-    uint64_t s;
-} rng_t;
-
-static uint64_t rng_next(rng_t *r)
-{
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* Uniform in [0, 1) with 53 random bits. */
-static double rng_double(rng_t *r)
-{
-    return (double)(rng_next(r) >> 11) * 0x1.0p-53;
-}
-
-/* Uniform in [0, bound) by multiply-shift; the bias, bound / 2^64, is far
- * below anything k-means can notice. */
-static size_t rng_below(rng_t *r, size_t bound)
-{
-    return (size_t)(((unsigned __int128)rng_next(r) * bound) >> 64);
-}
 
 /* ---- OpenBLAS ------------------------------------------------------- */
 
@@ -727,7 +699,7 @@ static void kpp_worker(void *ctx, uint32_t tid)
 }
 
 /* k-means++: each next seed is point i with probability D(i) / sum D. */
-static void init_plusplus(fit_t *f, pool_t *pool, rng_t *rng)
+static void init_plusplus(fit_t *f, pool_t *pool, cqr_rng_t *rng)
 {
     const size_t n = f->n, d = f->d, nb = KM_NBLOCKS(n);
     for (size_t i = 0; i < (n + 7) / 8 * 8; i++) {
@@ -745,7 +717,7 @@ static void init_plusplus(fit_t *f, pool_t *pool, rng_t *rng)
         f->kpp = kpp_avx2;
 #endif
 
-    size_t pick = rng_below(rng, n);
+    size_t pick = cqr_rng_below(rng, n);
     for (size_t j = 0;; j++) {
         memcpy(f->c + j * d, f->x + pick * f->xs, d * sizeof(float));
         if (j + 1 == f->k)
@@ -767,14 +739,14 @@ static void init_plusplus(fit_t *f, pool_t *pool, rng_t *rng)
         if (!(total > 0)) {
             /* Fewer distinct points than k: the rest repeat points, become
              * empty clusters, and Lloyd re-seeds them. */
-            pick = rng_below(rng, n);
+            pick = cqr_rng_below(rng, n);
             continue;
         }
         /* Walk the block sums, then the points, in the order the sums
          * were formed. The chosen block always has mass; if rounding runs
          * past its end, its last positive point is taken. Points with
          * D = 0 (seeds and their duplicates) are never picked. */
-        r = rng_double(rng) * total;
+        r = cqr_rng_double(rng) * total;
         size_t b = 0;
         while (b < last && acc + f->bsum[b] <= r)
             acc += f->bsum[b++];
@@ -791,12 +763,12 @@ static void init_plusplus(fit_t *f, pool_t *pool, rng_t *rng)
 }
 
 /* k distinct point indices, uniformly (partial Fisher-Yates). */
-static void init_random(fit_t *f, rng_t *rng)
+static void init_random(fit_t *f, cqr_rng_t *rng)
 {
     for (size_t i = 0; i < f->n; i++)
         f->perm[i] = i;
     for (size_t j = 0; j < f->k; j++) {
-        size_t r = j + rng_below(rng, f->n - j), tmp = f->perm[j];
+        size_t r = j + cqr_rng_below(rng, f->n - j), tmp = f->perm[j];
         f->perm[j] = f->perm[r];
         f->perm[r] = tmp;
         memcpy(f->c + j * f->d, f->x + f->perm[j] * f->xs,
@@ -913,7 +885,8 @@ int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
 
     /* Nothing fails past this point, so outputs are written only now. */
     cqr_blas_init();
-    rng_t rng = {p->seed};
+    cqr_rng_t rng;
+    cqr_rng_seed(&rng, p->seed);
     assign_job_t job = {
         .x = x, .n = n, .d = d, .xs = xstride, .cents = &ct,
         .assign = f.assign, .dist2 = f.dist2, .bsum = f.bsum, .ws = f.ws,

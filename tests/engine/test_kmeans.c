@@ -12,24 +12,19 @@
 #include <string.h>
 
 #include "engine/err.h"
+#include "engine/hash.h"
 #include "engine/kmeans.h"
 #include "check_main.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
-static uint64_t rng_state;
+/* The engine's PRNG (hash.h); each test seeds it first. */
+static cqr_rng_t rng;
 
-static uint64_t rnd(void)
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
+/* Uniform in (0, 1): never 0, so that log() below stays finite. */
 static double unif(void)
 {
-    return ((double)(rnd() >> 11) + 0.5) * 0x1.0p-53;
+    return ((double)(cqr_rng_next(&rng) >> 11) + 0.5) * 0x1.0p-53;
 }
 
 static double gauss(void)
@@ -154,7 +149,7 @@ static void check_blobs(cqr_kmeans_init_t init, uint32_t threads)
     const double sigma = 0.05;
     float *x = alloc_f(n * d), *centres = alloc_f(nc * d);
     float *c = alloc_f(nc * d);
-    rng_state = 12345;
+    cqr_rng_seed(&rng, 12345);
     make_blobs(x, n, d, centres, nc, sigma);
 
     cqr_kmeans_params_t p = params(25, 7, threads, init);
@@ -244,7 +239,7 @@ static void check_assign(size_t n, size_t d, size_t k, size_t xs,
 
 START_TEST(test_assign_vs_brute)
 {
-    rng_state = 99;
+    cqr_rng_seed(&rng, 99);
     check_assign(1000, 16, 1024, 16, 1, 0);
     check_assign(1000, 16, 1024, 16, 2, 0);
     check_assign(777, 8, 100, 8, 2, 0);       /* n, k not block multiples */
@@ -284,7 +279,7 @@ START_TEST(test_assign_ties)
      * 40 and 70 land in other lanes and accumulators. */
     const size_t kb = 100;
     float *cb = alloc_f(kb * d);
-    rng_state = 6;
+    cqr_rng_seed(&rng, 6);
     for (size_t i = 0; i < kb * d; i++)
         cb[i] = (float)gauss();
     memcpy(cb + 40 * d, cb + 3 * d, d * sizeof(float));
@@ -303,7 +298,7 @@ START_TEST(test_determinism)
     const size_t n = 5000, d = 16, k = 300;
     float *x = alloc_f(n * d), *centres = alloc_f(40 * d);
     float *c1 = alloc_f(k * d), *c2 = alloc_f(k * d);
-    rng_state = 4242;
+    cqr_rng_seed(&rng, 4242);
     make_blobs(x, n, d, centres, 40, 0.5);
     for (int init = 0; init <= 1; init++) {
         cqr_kmeans_params_t p = params(10, 77, 2, (cqr_kmeans_init_t)init);
@@ -338,7 +333,7 @@ START_TEST(test_stride)
     const size_t n = 3000, d = 4, xs = 12, k = 50;
     float *wide = alloc_f(n * xs), *packed = alloc_f(n * d);
     float *c1 = alloc_f(k * d), *c2 = alloc_f(k * d);
-    rng_state = 5;
+    cqr_rng_seed(&rng, 5);
     for (size_t i = 0; i < n * xs; i++)
         wide[i] = (float)gauss();
     for (size_t i = 0; i < n; i++)
@@ -361,7 +356,7 @@ START_TEST(test_large_k)
 {
     const size_t n = 4000, d = 8, k = 1100;
     float *x = alloc_f(n * d), *c = alloc_f(k * d);
-    rng_state = 8;
+    cqr_rng_seed(&rng, 8);
     for (size_t i = 0; i < n * d; i++)
         x[i] = (float)gauss();
     for (int init = 0; init <= 1; init++) {
@@ -409,7 +404,7 @@ static void check_few_points(size_t n, size_t k, int dup)
 
 START_TEST(test_fewer_points_than_k)
 {
-    rng_state = 31;
+    cqr_rng_seed(&rng, 31);
     check_few_points(10, 32, 0);
     check_few_points(10, 32, 1);
     check_few_points(1, 5, 0);
@@ -423,7 +418,7 @@ START_TEST(test_empty_cluster_reseed)
 {
     const size_t n = 200, d = 4, k = 20, ndup = 150;
     float *x = alloc_f(n * d), *c = alloc_f(k * d);
-    rng_state = 17;
+    cqr_rng_seed(&rng, 17);
     for (size_t i = 0; i < n; i++)
         for (size_t t = 0; t < d; t++)
             x[i * d + t] = i < ndup ? 1.0f : (float)(3.0 * gauss());
@@ -463,7 +458,7 @@ START_TEST(test_k1_mean)
 {
     const size_t n = 1000, d = 6;
     float *x = alloc_f(n * d), c[6];
-    rng_state = 3;
+    cqr_rng_seed(&rng, 3);
     double mean[6] = {0};
     for (size_t i = 0; i < n; i++)
         for (size_t t = 0; t < d; t++) {

@@ -25,12 +25,6 @@
 #include "kmeans.h"
 #include "table_impl.h"
 
-enum {
-    TAG_SAMPLE = 16,
-    TAG_KMEANS = 17,
-    TAG_RESEED = 18
-};
-
 struct cqr_phase {
     cqr_table_t *t;          /* the table (outlives the phase) */
     uint32_t phase_no;       /* 1-based */
@@ -259,7 +253,7 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
         for (size_t j = 0; j < n; j++)
             sample[m++] = (known_t){ids[j], (uint32_t)j};
     } else {
-        uint64_t sseed = cqr_derive_seed(cfg->seed, TAG_SAMPLE, ph->phase_no);
+        uint64_t sseed = cqr_derive_seed(cfg->seed, CQR_TAG_SAMPLE, ph->phase_no);
         unsigned __int128 thr = ((unsigned __int128)target << 64) / n;
         for (size_t j = 0; j < n; j++) {
             if ((unsigned __int128)cqr_hash_id(ids[j], sseed) < thr)
@@ -307,7 +301,7 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
         float *cent = ph->next->cb[i].param; /* B0[:, i] := centroids */
         cqr_kmeans_params_t kp = {
             .iters = cfg->cluster_iters,
-            .seed = cqr_derive_seed(cfg->seed, TAG_KMEANS,
+            .seed = cqr_derive_seed(cfg->seed, CQR_TAG_KMEANS,
                                     (uint64_t)ph->phase_no * CQR_MAX_CHUNKS + i),
             .threads = cfg->cluster_threads,
             .init = CQR_KMEANS_INIT_PLUSPLUS,
@@ -340,7 +334,7 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
         /* B1[:, i] := mean residual per row of a freshly seeded hash;
          * rows no ID hashes to become zero (never 0/0). */
         ph->next->seed_h[i] = cqr_derive_seed(
-            cfg->seed, TAG_RESEED, (uint64_t)ph->phase_no * CQR_MAX_CHUNKS + i);
+            cfg->seed, CQR_TAG_RESEED, (uint64_t)ph->phase_no * CQR_MAX_CHUNKS + i);
         memset(sums, 0, (size_t)k * w * sizeof(double));
         memset(counts, 0, (size_t)k * sizeof *counts);
         for (size_t j = 0; j < n; j++) {

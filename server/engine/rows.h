@@ -31,7 +31,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "table.h"
+#include "optim.h"
 
 typedef struct cqr_rows {
     uint32_t n;      /* rows */

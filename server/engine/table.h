@@ -31,6 +31,7 @@
 #include <stdint.h>
 
 #include "kmeans.h"
+#include "optim.h"
 
 typedef enum cqr_kind {
     CQR_KIND_FULL = 0,
@@ -39,26 +40,10 @@ typedef enum cqr_kind {
     CQR_KIND_CQR = 3
 } cqr_kind_t;
 
-typedef enum cqr_optim_kind {
-    CQR_OPT_SGD = 0,
-    CQR_OPT_ADAGRAD = 1, /* row-wise: one accumulator per row */
-    CQR_OPT_ADAM = 2     /* lazy Adam, per-row step count, bias corrected,
-                            decoupled weight decay (AdamW) */
-} cqr_optim_kind_t;
-
 typedef enum cqr_pooling {
     CQR_POOL_SUM = 0,
     CQR_POOL_MEAN = 1
 } cqr_pooling_t;
-
-typedef struct cqr_optim_config {
-    cqr_optim_kind_t kind; /* which optimizer */
-    float lr;              /* learning rate, > 0 */
-    float beta1;           /* Adam first-moment decay, [0, 1) */
-    float beta2;           /* Adam second-moment decay, [0, 1) */
-    float eps;             /* Adam/Adagrad denominator term, > 0 */
-    float weight_decay;    /* decoupled decay of touched rows, >= 0 */
-} cqr_optim_config_t;
 
 typedef struct cqr_table_config {
     cqr_kind_t kind;        /* table kind */

@@ -1,5 +1,12 @@
-/* table_impl.h -- a table's internals, shared by table.c and cluster.c
- * only. Nothing outside the engine includes this.
+/* table_impl.h -- a table's internals.
+ *
+ * Included by the files of the table module (table.c: create, state,
+ * stats, digest; table_config.c; table_known.c: known IDs and growth;
+ * table_lookup.c; table_push.c), by cluster.c and the persist_*.c files,
+ * which work on a table's state, and by the engine's own tests, which
+ * inspect it. Nothing outside server/engine/ and tests/engine/ includes
+ * it. Other modules change a table only through the functions declared
+ * here and in table.h (cluster.c: cqr_table_phase_*).
  *
  * Locking: `gate` (a writer-preferring rwlock) is outermost: every push
  * holds it shared for its whole call, an export (persist.c) holds it
@@ -25,8 +32,12 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
 
+#include "err.h"
+#include "hash.h"
 #include "idmap.h"
+#include "par.h"
 #include "rows.h"
 #include "table.h"
 
@@ -137,6 +148,15 @@ static inline void cqr_mark(uint32_t *m, uint32_t e)
         __atomic_store_n(m, e, __ATOMIC_RELAXED);
 }
 
+/* ---- table_known.c: known IDs and the growth they cause ---- */
+
+/* Registers the IDs of ids[0..n) that the table (full or cqr) does not
+ * know yet: a full table gives each a row at its initial value, a cqr
+ * table its hashed pointers. Growth is charged to the budget first
+ * (CQR_ELIMIT) and recorded for the next export. On error the IDs before
+ * the failing one stay registered. Exclusive lock held. */
+int cqr_table_add_known(cqr_table_t *t, const uint64_t *ids, size_t n);
+
 /* Appends one full block (rows and marks) to a full table. Exclusive
  * access (exclusive lock, or a table not yet shared). */
 int cqr_full_add_block(cqr_table_t *t);
@@ -164,18 +184,14 @@ static inline void cqr_ptr_set(uint8_t *v, uint32_t pw, uint32_t j, uint32_t p)
         v[pw * j + b] = (uint8_t)(p >> (8 * b));
 }
 
-/* The hashed B0 pointer and the B1 row of `id` in chunk i of state st. */
-uint32_t cqr_hash_p(const cqr_table_t *t, const cqr_cbstate_t *st,
-                    uint64_t id, uint32_t i);
-uint32_t cqr_hash_h(const cqr_table_t *t, const cqr_cbstate_t *st,
-                    uint64_t id, uint32_t i);
+/* ---- table.c: codebook states ---- */
 
-/* Allocates an empty state (seeds zero, codebooks zero, empty map). */
-int cqr_cbstate_alloc(const cqr_table_t *t, cqr_cbstate_t **out);
 /* Deep copy of src's seeds and codebooks; the copy's ID map is empty. */
 int cqr_cbstate_clone(const cqr_table_t *t, const cqr_cbstate_t *src,
                       cqr_cbstate_t **out);
 void cqr_cbstate_free(const cqr_table_t *t, cqr_cbstate_t *st);
+
+/* ---- table_push.c ---- */
 
 /* Applies a push to state st (codebook kinds): gradients of the same
  * codebook row summed, then one step per row. The IDs' pointers are read
@@ -184,7 +200,140 @@ void cqr_cbstate_free(const cqr_table_t *t, cqr_cbstate_t *st);
 void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
                   const float *grads, size_t n);
 
-/* Monotonic seconds. */
+/* Monotonic seconds (table.c). */
 double cqr_now(void);
+
+/* Tags of seeds derived from the table seed (cqr_derive_seed): each use
+ * of the seed gets its own stream. Never renumber: tables and phases
+ * would no longer be what their checkpoints and digests say. */
+enum {
+    CQR_TAG_SEED_P = 1,    /* the hashed B0 pointers, per chunk */
+    CQR_TAG_SEED_H = 2,    /* the B1 hash of a new table, per chunk */
+    CQR_TAG_CB_INIT = 3,   /* initial codebook values, per block */
+    CQR_TAG_FULL_INIT = 4, /* a full table row's initial value, per ID */
+    CQR_TAG_SAMPLE = 16,   /* a phase's sample of known IDs */
+    CQR_TAG_KMEANS = 17,   /* a phase's k-means seeding, per chunk */
+    CQR_TAG_RESEED = 18    /* a phase's new B1 hash, per chunk */
+};
+
+/* IDs per group of the lookup and push pipelines. The known-ID map and
+ * the rows of a full table are far larger than the caches: every probe
+ * and row is a miss to memory. Requesting a whole group's lines before
+ * using the first one overlaps those misses (about 4x faster gathers at
+ * 1e6 IDs). */
+#define CQR_LOOKUP_GROUP 16
+
+/* Splitting work over helpers: below CQR_PAR_MIN IDs a call runs alone;
+ * above, lookups and a push's resolve pass go in parts of about
+ * CQR_PAR_PART IDs (more parts than threads, so that a late helper still
+ * finds work). */
+#define CQR_PAR_MIN 512
+#define CQR_PAR_PART 256
+
+/* Items [*b, *e) of part i when n items are split into `parts`. */
+static inline void cqr_part_range(size_t n, unsigned parts, unsigned i,
+                                  size_t *b, size_t *e)
+{
+    *b = n * i / parts;
+    *e = n * (i + 1) / parts;
+}
+
+/* Parts of about CQR_PAR_PART for a split of n items of t's call by
+ * ranges, or 0 when the call runs alone (no helpers, or fewer than
+ * CQR_PAR_MIN). */
+static inline unsigned cqr_range_parts(const cqr_table_t *t, size_t n)
+{
+    if (!cqr_par_helpers(t->par) || n < CQR_PAR_MIN)
+        return 0;
+    return (unsigned)((n + CQR_PAR_PART - 1) / CQR_PAR_PART);
+}
+
+/* The hashed B0 pointer and the B1 row of `id` in chunk i of state st. */
+static inline uint32_t cqr_hash_p(const cqr_table_t *t,
+                                  const cqr_cbstate_t *st, uint64_t id,
+                                  uint32_t i)
+{
+    return cqr_fastrange(cqr_hash_id(id, st->seed_p[i]), t->k);
+}
+
+static inline uint32_t cqr_hash_h(const cqr_table_t *t,
+                                  const cqr_cbstate_t *st, uint64_t id,
+                                  uint32_t i)
+{
+    return cqr_fastrange(cqr_hash_id(id, st->seed_h[i]), t->k);
+}
+
+/* The B0 pointers p[0..c) and B1 rows h[0..c) of `id` in state st:
+ * learned (stored) pointers for known cqr IDs, hashed otherwise (p is
+ * left alone for hash tables). Returns 0 for a cqr ID the table does not
+ * know, 1 otherwise. */
+static inline int cqr_cb_pointers(const cqr_table_t *t,
+                                  const cqr_cbstate_t *st, uint64_t id,
+                                  uint32_t *p, uint32_t *h)
+{
+    const uint8_t *v = NULL;
+    if (t->cfg.kind == CQR_KIND_CQR)
+        v = cqr_idmap_find(&st->ids, id);
+    for (uint32_t i = 0; i < t->c; i++) {
+        if (t->ncb == 2)
+            p[i] = v ? cqr_ptr_get(v, t->pw, i) : cqr_hash_p(t, st, id, i);
+        h[i] = cqr_hash_h(t, st, id, i);
+    }
+    return v != NULL || t->cfg.kind != CQR_KIND_CQR;
+}
+
+/* Full tables: the block holding row `row`, and the row's index in it. */
+static inline cqr_rows_t *cqr_full_block(const cqr_table_t *t, uint32_t row,
+                                         uint32_t *local)
+{
+    *local = row & (CQR_FULL_BLOCK - 1);
+    return &t->blocks[row >> CQR_FULL_BLOCK_SHIFT];
+}
+
+/* Full tables: 1 and the ID's row if the table knows `id`, else 0. Lock
+ * held (either mode). */
+static inline int cqr_full_find(const cqr_table_t *t, uint64_t id,
+                                uint32_t *row)
+{
+    const void *v = cqr_idmap_find(&t->rowmap, id);
+    if (!v)
+        return 0;
+    memcpy(row, v, sizeof *row);
+    return 1;
+}
+
+/* Full tables: the deterministic initial value of `id`'s row (what a
+ * lookup of an unknown ID returns, and what its row starts from). */
+static inline void cqr_full_init_row(const cqr_table_t *t, uint64_t id,
+                                     float *out)
+{
+    cqr_rng_t rng;
+    cqr_rng_seed(&rng, cqr_derive_seed(t->cfg.seed, CQR_TAG_FULL_INIT, id));
+    for (uint32_t j = 0; j < t->cfg.dim; j++)
+        out[j] = cqr_rng_sym(&rng, t->cfg.init_scale);
+}
+
+/* Pooled calls: 0 if the bag offsets are valid for n IDs (offsets[0] ==
+ * 0, none decreasing, none past n), else CQR_EINVAL. */
+static inline int cqr_bags_check(const uint32_t *offsets, size_t nbags,
+                                 size_t n)
+{
+    if (nbags == 0)
+        return 0;
+    if (!offsets || offsets[0] != 0)
+        return CQR_EINVAL;
+    for (size_t b = 1; b < nbags; b++) {
+        if (offsets[b] < offsets[b - 1] || offsets[b] > n)
+            return CQR_EINVAL;
+    }
+    return 0;
+}
+
+/* End of bag b: the next bag's offset, or n for the last bag. */
+static inline size_t cqr_bag_end(const uint32_t *offsets, size_t nbags,
+                                 size_t n, size_t b)
+{
+    return b + 1 < nbags ? offsets[b + 1] : n;
+}
 
 #endif

@@ -1,0 +1,253 @@
+/* table_known.c -- a table's known IDs and the growth they cause.
+ *
+ * An ID becomes known at its first push (full and cqr tables): a full
+ * table gives it a row, a cqr table a stored copy of its hashed pointers
+ * (which a cluster phase later learns). Known IDs are what grows a table
+ * after its creation, so this file also charges that growth to the
+ * table's memory budget before allocating (budget.h) and keeps the
+ * insertion records that let an export write only the new map slots
+ * (persist.h). Everything here runs under the table's exclusive lock.
+ */
+#include <assert.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "budget.h"
+#include "table_impl.h"
+
+/* ---- Memory budget of growth ------------------------------------------- */
+
+/* Bytes of one full row block: parameters, optimizer state, Adam step,
+ * seqlock counter and change mark per row (rows.c, cqr_full_add_block). */
+static uint64_t full_block_bytes(const cqr_table_t *t)
+{
+    uint64_t w = t->cfg.dim;
+    uint64_t per_row = w * 4 +
+                       (uint64_t)cqr_optim_state_floats(t->cfg.optim.kind,
+                                                        t->cfg.dim) * 4 +
+                       (t->cfg.optim.kind == CQR_OPT_ADAM ? 4 : 0) + 4 + 4;
+    return per_row * CQR_FULL_BLOCK;
+}
+
+/* What the table grew by since creation. Lock held (either mode). */
+static uint64_t grown_locked(const cqr_table_t *t)
+{
+    if (t->cfg.kind == CQR_KIND_FULL)
+        return (uint64_t)t->nblocks * full_block_bytes(t) +
+               cqr_idmap_bytes(&t->rowmap);
+    if (t->cfg.kind == CQR_KIND_CQR && t->st)
+        return cqr_idmap_bytes(&t->st->ids);
+    return 0;
+}
+
+/* Charges growth of `bytes` to the budget before allocating it: 0, or
+ * CQR_ELIMIT with nothing charged. Exclusive lock held. */
+static int grow_charge(cqr_table_t *t, uint64_t bytes)
+{
+    if (!t->budget || bytes == 0)
+        return 0;
+    int rc = cqr_budget_charge(t->budget, bytes);
+    if (rc == 0)
+        t->charged += bytes;
+    return rc;
+}
+
+/* Gives back a charge whose allocation failed. Exclusive lock held. */
+static void grow_refund(cqr_table_t *t, uint64_t bytes)
+{
+    if (!t->budget || bytes == 0)
+        return;
+    cqr_budget_refund(t->budget, bytes);
+    t->charged -= bytes;
+}
+
+void cqr_table_budget_sync(cqr_table_t *t)
+{
+    if (!t->budget)
+        return;
+    uint64_t now = grown_locked(t);
+    if (now > t->charged)
+        cqr_budget_force(t->budget, now - t->charged);
+    else
+        cqr_budget_refund(t->budget, t->charged - now);
+    t->charged = now;
+}
+
+void cqr_table_set_budget(cqr_table_t *t, struct cqr_budget *budget)
+{
+    pthread_rwlock_wrlock(&t->lock);
+    if (t->budget)
+        cqr_budget_refund(t->budget, t->charged);
+    t->charged = 0;
+    t->budget = budget;
+    cqr_table_budget_sync(t);
+    pthread_rwlock_unlock(&t->lock);
+}
+
+uint64_t cqr_table_grown_bytes(cqr_table_t *t)
+{
+    pthread_rwlock_rdlock(&t->lock);
+    uint64_t n = grown_locked(t);
+    pthread_rwlock_unlock(&t->lock);
+    return n;
+}
+/* ---- Full tables' rows and the known-ID maps ---------------------------- */
+
+int cqr_full_add_block(cqr_table_t *t)
+{
+    if (t->nblocks == t->blocks_cap) {
+        size_t cap = t->blocks_cap ? 2 * t->blocks_cap : 16;
+        cqr_rows_t *nb = realloc(t->blocks, cap * sizeof *nb);
+        if (!nb)
+            return CQR_ENOMEM;
+        t->blocks = nb;
+        uint32_t **nm = realloc(t->fmark, cap * sizeof *nm);
+        if (!nm)
+            return CQR_ENOMEM;
+        t->fmark = nm;
+        uint32_t *np = realloc(t->fpage, cap * sizeof *np);
+        if (!np)
+            return CQR_ENOMEM;
+        t->fpage = np;
+        t->blocks_cap = cap;
+    }
+    size_t b = t->nblocks;
+    t->fmark[b] = calloc(CQR_FULL_BLOCK, sizeof(uint32_t));
+    if (!t->fmark[b])
+        return CQR_ENOMEM;
+    int rc = cqr_rows_init(&t->blocks[b], CQR_FULL_BLOCK, t->cfg.dim,
+                           t->cfg.optim.kind);
+    if (rc) {
+        free(t->fmark[b]);
+        return rc;
+    }
+    t->fpage[b] = 0;
+    t->nblocks++;
+    return 0;
+}
+
+/* Records that an ID was inserted into the known-ID map m (the full
+ * table's row map or the live cqr map) and now has value v; old_cap is
+ * the map's capacity before the insert. Keeps the insertion records that
+ * let an export write only the changed slots; when they would grow past
+ * a quarter of the map (or cannot grow), or the map was rehashed, the
+ * whole map is marked changed instead. Exclusive lock held. */
+static void track_insert(cqr_table_t *t, const cqr_idmap_t *m, size_t old_cap,
+                         const void *v)
+{
+    if (!__atomic_load_n(&t->ins_on, __ATOMIC_RELAXED))
+        return; /* never exported: the first export writes the whole map */
+    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    if (t->map_base_epoch == e)
+        return; /* already wholly changed in this epoch */
+    if (m->cap != old_cap || v == m->zero_val) {
+        /* The ID 0 lives outside the slots, in the exported meta. */
+        if (m->cap != old_cap) {
+            t->map_base_epoch = e;
+            t->ins_n = 0;
+        }
+        return;
+    }
+    if (t->ins_n == t->ins_cap) {
+        size_t cap = t->ins_cap ? 2 * t->ins_cap : 1024;
+        uint64_t *ns = cap <= (1u << 16) || cap <= m->count / 4
+                           ? realloc(t->ins_slot, cap * sizeof *ns) : NULL;
+        if (ns)
+            t->ins_slot = ns;
+        uint32_t *ne = ns ? realloc(t->ins_epoch, cap * sizeof *ne) : NULL;
+        if (ne)
+            t->ins_epoch = ne;
+        if (!ns || !ne) {
+            t->map_base_epoch = e;
+            t->ins_n = 0;
+            return;
+        }
+        t->ins_cap = cap;
+    }
+    t->ins_slot[t->ins_n] = (uint64_t)((const uint8_t *)v - m->vals) / m->vw;
+    t->ins_epoch[t->ins_n] = e;
+    t->ins_n++;
+}
+
+/* Gives `id` a row initialised to its deterministic initial value.
+ * Exclusive lock held. */
+static int full_new_row(cqr_table_t *t, uint64_t id)
+{
+    if (t->nrows >= UINT32_MAX)
+        return CQR_ELIMIT;
+    uint32_t row = (uint32_t)t->nrows;
+    size_t b = row >> CQR_FULL_BLOCK_SHIFT;
+    if (b == t->nblocks) {
+        uint64_t bytes = full_block_bytes(t);
+        int rc = grow_charge(t, bytes);
+        if (rc)
+            return rc;
+        rc = cqr_full_add_block(t);
+        if (rc) {
+            grow_refund(t, bytes);
+            return rc;
+        }
+    }
+    void *v;
+    int inserted;
+    size_t old_cap = t->rowmap.cap;
+    /* The ID 0 lives beside the map's arrays: it never grows them. */
+    uint64_t mgrow = id ? cqr_idmap_grow_bytes(&t->rowmap) : 0;
+    int rc = grow_charge(t, mgrow);
+    if (rc)
+        return rc;
+    rc = cqr_idmap_insert(&t->rowmap, id, &v, &inserted);
+    if (rc) {
+        grow_refund(t, mgrow);
+        return rc;
+    }
+    assert(inserted);
+    memcpy(v, &row, sizeof row);
+    track_insert(t, &t->rowmap, old_cap, v);
+    uint32_t local;
+    cqr_rows_t *blk = cqr_full_block(t, row, &local);
+    float *p = blk->param + (size_t)local * blk->w;
+    cqr_full_init_row(t, id, p);
+    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    cqr_mark(&t->fmark[b][local], e);
+    cqr_mark(&t->fpage[b], e);
+    t->nrows++;
+    return 0;
+}
+
+int cqr_table_add_known(cqr_table_t *t, const uint64_t *ids, size_t n)
+{
+    for (size_t j = 0; j < n; j++) {
+        if (t->cfg.kind == CQR_KIND_FULL) {
+            uint32_t row;
+            if (!cqr_full_find(t, ids[j], &row)) {
+                int rc = full_new_row(t, ids[j]);
+                if (rc)
+                    return rc;
+            }
+            continue;
+        }
+        void *v;
+        int inserted;
+        size_t old_cap = t->st->ids.cap;
+        uint64_t mgrow = 0;
+        if (ids[j] != 0 && !cqr_idmap_find(&t->st->ids, ids[j]))
+            mgrow = cqr_idmap_grow_bytes(&t->st->ids);
+        int rc = grow_charge(t, mgrow);
+        if (rc)
+            return rc;
+        rc = cqr_idmap_insert(&t->st->ids, ids[j], &v, &inserted);
+        if (rc) {
+            grow_refund(t, mgrow);
+            return rc;
+        }
+        if (inserted) {
+            for (uint32_t i = 0; i < t->c; i++)
+                cqr_ptr_set(v, t->pw, i, cqr_hash_p(t, t->st, ids[j], i));
+            track_insert(t, &t->st->ids, old_cap, v);
+        }
+    }
+    return 0;
+}
+

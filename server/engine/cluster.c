@@ -1,18 +1,24 @@
 /* cluster.c -- the cluster-and-rehash phase of cqr tables (DESIGN.md s1).
  *
- * begin   (exclusive lock, short): clone the codebooks and seeds into a
- *         private snapshot and start logging pushes.
+ * begin   (table held exclusively, short): the table clones the codebooks
+ *         and seeds into the phase's private snapshot and starts logging
+ *         pushes into the phase's push log (pushlog.h).
  * run     (no lock held for long): copy the known IDs and their pointers
  *         (shared lock), then per chunk: k-means on a sample of the IDs'
  *         snapshot chunk vectors, assignment of every ID to its nearest
  *         centroid, fresh B1 seed and mean residuals. Then replay the
  *         pushes logged so far onto the new state.
- * commit  (exclusive lock): replay the rest of the log and swap states.
+ * commit  (table held exclusively): replay the rest of the log; the table
+ *         swaps the new state in.
  *
  * Why replay: a push during the phase was computed by the trainer from
  * the live embeddings and applied to them, but the new state is built
  * from the snapshot. Replaying it after the swap keeps its effect, in the
  * order the pushes were acknowledged.
+ *
+ * The phase never writes the table's fields: it works on its own states
+ * (snap, next) and asks the table (cqr_table_phase_*, table_impl.h) for
+ * the rest.
  */
 #include <assert.h>
 #include <float.h>
@@ -23,6 +29,7 @@
 #include "err.h"
 #include "hash.h"
 #include "kmeans.h"
+#include "pushlog.h"
 #include "table_impl.h"
 
 struct cqr_phase {
@@ -31,6 +38,7 @@ struct cqr_phase {
     cqr_cbstate_t *snap;     /* codebooks and seeds at begin (private) */
     cqr_cbstate_t *next;     /* the state being built (private until
                                 commit) */
+    cqr_pushlog_t *log;      /* pushes during the phase (owned) */
     int ran;                 /* run finished successfully */
     int committed;           /* commit finished successfully */
     double t_begin;          /* cqr_now() at begin */
@@ -48,27 +56,15 @@ int cqr_phase_begin(cqr_table_t *t, cqr_phase_t **out)
         return CQR_ENOMEM;
     ph->t = t;
     ph->t_begin = cqr_now();
-    pthread_rwlock_wrlock(&t->lock);
-    if (t->phase) {
-        pthread_rwlock_unlock(&t->lock);
-        free(ph);
-        return CQR_EBUSY;
-    }
-    int rc = cqr_cbstate_clone(t, t->st, &ph->snap);
+    int rc = cqr_pushlog_create(t->cfg.dim, &ph->log);
+    if (rc == 0)
+        rc = cqr_table_phase_start(t, ph, ph->log, &ph->snap, &ph->phase_no);
     if (rc) {
-        pthread_rwlock_unlock(&t->lock);
+        cqr_pushlog_destroy(ph->log);
         free(ph);
         return rc;
     }
-    ph->phase_no = t->phases_done + 1;
     ph->res.phase_no = ph->phase_no;
-    t->phase = ph;
-    t->examples_prev_phase = t->examples_at_phase;
-    t->examples_at_phase = __atomic_load_n(&t->n_examples, __ATOMIC_RELAXED);
-    pthread_mutex_lock(&t->plock);
-    t->log_count = 0;
-    pthread_mutex_unlock(&t->plock);
-    pthread_rwlock_unlock(&t->lock);
     *out = ph;
     return 0;
 }
@@ -102,8 +98,8 @@ typedef struct progress_ctx {
     uint32_t chunks;     /* chunks in the phase */
 } progress_ctx_t;
 
-static void report(progress_ctx_t *pc, const char *stage, uint32_t chunk,
-                   double fraction, double inertia)
+static void report(const progress_ctx_t *pc, const char *stage,
+                   uint32_t chunk, double fraction, double inertia)
 {
     if (!pc->cb)
         return;
@@ -133,60 +129,250 @@ static uint32_t nearest(const float *cent, uint32_t k, uint32_t w,
     return best;
 }
 
-/* Applies logged pushes to the new state. IDs the new map does not hold
- * yet (first pushed during the phase) are assigned the centroid nearest
- * to their snapshot embedding first. Caller excludes concurrent use of
- * ph->next. */
-static int replay(cqr_phase_t *ph, cqr_logent_t *e)
+/* Replays one logged push onto the new state (a cqr_pushlog_fn). IDs the
+ * new map does not hold yet (first pushed during the phase) are assigned
+ * the centroid nearest to their snapshot embedding first. Caller excludes
+ * concurrent use of ph->next. */
+static int replay_push(void *ud, const uint64_t *ids, const float *grads,
+                       size_t n)
 {
+    cqr_phase_t *ph = ud;
     cqr_table_t *t = ph->t;
-    float *x = malloc(t->w * sizeof(float));
-    if (!x)
-        return CQR_ENOMEM;
-    int rc = 0;
-    while (e) {
-        for (size_t j = 0; j < e->n && rc == 0; j++) {
-            uint64_t id = e->ids[j];
-            if (cqr_idmap_find(&ph->next->ids, id))
-                continue;
-            void *v;
-            int inserted;
-            rc = cqr_idmap_insert(&ph->next->ids, id, &v, &inserted);
-            if (rc)
-                break;
-            for (uint32_t i = 0; i < t->c; i++) {
-                snap_chunk(t, ph->snap, id, i, cqr_hash_p(t, ph->snap, id, i),
-                           x);
-                cqr_ptr_set(v, t->pw, i,
-                            nearest(ph->next->cb[i].param, t->k, t->w, x));
-            }
-        }
+    float x[CQR_MAX_DIM];
+    for (size_t j = 0; j < n; j++) {
+        uint64_t id = ids[j];
+        if (cqr_idmap_find(&ph->next->ids, id))
+            continue;
+        void *v;
+        int inserted;
+        int rc = cqr_idmap_insert(&ph->next->ids, id, &v, &inserted);
         if (rc)
-            break;
-        cqr_cb_apply(t, ph->next, e->ids, e->grads, e->n);
-        ph->res.replayed_pushes++;
-        cqr_logent_t *done = e;
-        e = e->next;
-        free(done);
+            return rc;
+        for (uint32_t i = 0; i < t->c; i++) {
+            snap_chunk(t, ph->snap, id, i, cqr_hash_p(t, ph->snap, id, i), x);
+            cqr_ptr_set(v, t->pw, i,
+                        nearest(ph->next->cb[i].param, t->k, t->w, x));
+        }
     }
-    while (e) { /* on error, free what was not replayed */
-        cqr_logent_t *done = e;
-        e = e->next;
-        free(done);
+    cqr_cb_apply(t, ph->next, ids, grads, n);
+    return 0;
+}
+
+/* Replays what the log holds now. */
+static int replay(cqr_phase_t *ph)
+{
+    return cqr_pushlog_replay(ph->log, replay_push, ph,
+                              &ph->res.replayed_pushes);
+}
+
+/* ---- run ----------------------------------------------------------------
+ * The work of cqr_phase_run, on arrays that live for one run. */
+typedef struct run {
+    cqr_phase_t *ph;     /* the phase */
+    progress_ctx_t pc;   /* progress reports */
+    size_t n;            /* known IDs */
+    uint64_t *ids;       /* the n known IDs */
+    uint32_t *ptrs;      /* n x c their pointers in the snapshot */
+    known_t *sample;     /* m sampled IDs, sorted by ID */
+    size_t m;
+    float *xs;           /* m x w: a chunk of the sampled IDs' vectors */
+    float *xa;           /* n x w: a chunk of every ID's vector */
+    uint32_t *assign;    /* n: each ID's centroid in the chunk */
+    double *sums;        /* k x w: residual sums per B1 row */
+    uint32_t *counts;    /* k: IDs per B1 row */
+} run_t;
+
+static void run_free(run_t *r)
+{
+    free(r->ids);
+    free(r->ptrs);
+    free(r->sample);
+    free(r->xs);
+    free(r->xa);
+    free(r->assign);
+    free(r->sums);
+    free(r->counts);
+}
+
+/* A uniform sample chosen by hashing each ID with the phase's seed: the
+ * same IDs are chosen whatever the map's slot order, and sorting them by
+ * ID makes the k-means input order canonical too. */
+static int run_sample(run_t *r)
+{
+    const cqr_phase_t *ph = r->ph;
+    const cqr_table_config_t *cfg = &ph->t->cfg;
+    const size_t n = r->n;
+    size_t target = (size_t)ph->t->k * cfg->cluster_sample;
+    r->sample = malloc((n ? n : 1) * sizeof *r->sample);
+    if (!r->sample)
+        return CQR_ENOMEM;
+    size_t m = 0;
+    if (n <= target) {
+        for (size_t j = 0; j < n; j++)
+            r->sample[m++] = (known_t){r->ids[j], (uint32_t)j};
+    } else {
+        uint64_t sseed =
+            cqr_derive_seed(cfg->seed, CQR_TAG_SAMPLE, ph->phase_no);
+        unsigned __int128 thr = ((unsigned __int128)target << 64) / n;
+        for (size_t j = 0; j < n; j++) {
+            if ((unsigned __int128)cqr_hash_id(r->ids[j], sseed) < thr)
+                r->sample[m++] = (known_t){r->ids[j], (uint32_t)j};
+        }
     }
-    free(x);
+    qsort(r->sample, m, sizeof *r->sample, cmp_known);
+    r->m = m;
+    return 0;
+}
+
+/* The chunk buffers, and every known ID entered into the new map (its
+ * pointers are filled in chunk by chunk). */
+static int run_prepare(run_t *r)
+{
+    const cqr_table_t *t = r->ph->t;
+    const size_t n = r->n, w = t->w, k = t->k;
+    if (n > 0) {
+        r->xs = malloc(r->m * w * sizeof(float));
+        r->xa = malloc(n * w * sizeof(float));
+        r->assign = malloc(n * sizeof *r->assign);
+        r->sums = malloc(k * w * sizeof(double));
+        r->counts = malloc(k * sizeof *r->counts);
+        if (!r->xs || !r->xa || !r->assign || !r->sums || !r->counts)
+            return CQR_ENOMEM;
+    }
+    cqr_idmap_t *ids = &r->ph->next->ids;
+    /* Room for an eighth more IDs: sized exactly at the growth threshold,
+     * the first new ID after the commit would rehash the whole map (and
+     * make the next checkpoints rewrite it). */
+    int rc = cqr_idmap_reserve(ids, n + n / 8 + 16);
+    for (size_t j = 0; j < n && rc == 0; j++) {
+        void *v;
+        int inserted;
+        rc = cqr_idmap_insert(ids, r->ids[j], &v, &inserted);
+    }
     return rc;
 }
 
-/* Takes the whole log. plock must not be held. */
-static cqr_logent_t *take_log(cqr_table_t *t)
+/* B0[:, i] := the k-means centroids of the sample's chunk i; adds the
+ * final inertia to *inertia. */
+static int run_kmeans(run_t *r, uint32_t i, double *inertia)
 {
-    pthread_mutex_lock(&t->plock);
-    cqr_logent_t *e = t->log_head;
-    t->log_head = t->log_tail = NULL;
-    t->log_bytes = 0;
-    pthread_mutex_unlock(&t->plock);
-    return e;
+    cqr_phase_t *ph = r->ph;
+    const cqr_table_t *t = ph->t;
+    const cqr_table_config_t *cfg = &t->cfg;
+    const uint32_t c = t->c, w = t->w;
+    double t0 = cqr_now();
+    for (size_t s = 0; s < r->m; s++) {
+        size_t j = r->sample[s].row;
+        snap_chunk(t, ph->snap, r->ids[j], i, r->ptrs[j * c + i],
+                   r->xs + s * w);
+    }
+    cqr_kmeans_params_t kp = {
+        .iters = cfg->cluster_iters,
+        .seed = cqr_derive_seed(cfg->seed, CQR_TAG_KMEANS,
+                                (uint64_t)ph->phase_no * CQR_MAX_CHUNKS + i),
+        .threads = cfg->cluster_threads,
+        .init = CQR_KMEANS_INIT_PLUSPLUS,
+        .progress = r->pc.cb,
+        .progress_ud = r->pc.ud,
+        .chunk = i,
+        .chunks = c,
+    };
+    double in = 0.0;
+    int rc = cqr_kmeans_fit(r->xs, r->m, w, w, t->k, &kp,
+                            ph->next->cb[i].param, &in);
+    if (rc)
+        return rc;
+    *inertia = in;
+    ph->res.seconds_kmeans += cqr_now() - t0;
+    return 0;
+}
+
+/* Every known ID's pointer in chunk i := its nearest centroid. */
+static int run_assign(run_t *r, uint32_t i)
+{
+    cqr_phase_t *ph = r->ph;
+    const cqr_table_t *t = ph->t;
+    const uint32_t c = t->c, w = t->w;
+    const float *cent = ph->next->cb[i].param;
+    for (size_t j = 0; j < r->n; j++)
+        snap_chunk(t, ph->snap, r->ids[j], i, r->ptrs[j * c + i],
+                   r->xa + j * w);
+    int rc = cqr_kmeans_assign(r->xa, r->n, w, w, cent, t->k,
+                               t->cfg.cluster_threads, r->assign, NULL);
+    if (rc)
+        return rc;
+    for (size_t j = 0; j < r->n; j++) {
+        uint8_t *v = cqr_idmap_find(&ph->next->ids, r->ids[j]);
+        assert(v);
+        cqr_ptr_set(v, t->pw, i, r->assign[j]);
+    }
+    return 0;
+}
+
+/* B1[:, i] := mean residual per row of a freshly seeded hash; rows no ID
+ * hashes to become zero (never 0/0). */
+static void run_residual(run_t *r, uint32_t i)
+{
+    cqr_phase_t *ph = r->ph;
+    const cqr_table_t *t = ph->t;
+    const uint32_t c = t->c, w = t->w, k = t->k;
+    const float *cent = ph->next->cb[i].param;
+    ph->next->seed_h[i] = cqr_derive_seed(
+        t->cfg.seed, CQR_TAG_RESEED,
+        (uint64_t)ph->phase_no * CQR_MAX_CHUNKS + i);
+    memset(r->sums, 0, (size_t)k * w * sizeof(double));
+    memset(r->counts, 0, (size_t)k * sizeof *r->counts);
+    for (size_t j = 0; j < r->n; j++) {
+        uint32_t row = cqr_hash_h(t, ph->next, r->ids[j], i);
+        const float *x = r->xa + j * w;
+        const float *ct = cent + (size_t)r->assign[j] * w;
+        double *sr = r->sums + (size_t)row * w;
+        for (uint32_t d = 0; d < w; d++)
+            sr[d] += (double)x[d] - ct[d];
+        r->counts[row]++;
+    }
+    float *b1 = ph->next->cb[c + i].param;
+    for (uint32_t row = 0; row < k; row++) {
+        for (uint32_t d = 0; d < w; d++)
+            b1[(size_t)row * w + d] =
+                r->counts[row] ? (float)(r->sums[(size_t)row * w + d] /
+                                         r->counts[row])
+                               : 0.0f;
+    }
+}
+
+/* Chunk i: k-means, assignment, residuals. */
+static int run_chunk(run_t *r, uint32_t i, double *inertia)
+{
+    const uint32_t c = r->ph->t->c;
+    int rc = run_kmeans(r, i, inertia);
+    if (rc)
+        return rc;
+    double t1 = cqr_now();
+    report(&r->pc, "assign", i, (i + 0.5) / c, *inertia);
+    rc = run_assign(r, i);
+    if (rc)
+        return rc;
+    run_residual(r, i);
+    r->ph->res.seconds_assign += cqr_now() - t1;
+    report(&r->pc, "residual", i, (i + 1.0) / c, *inertia);
+    return 0;
+}
+
+/* The new state: the snapshot's codebooks (B0 and B1 are overwritten
+ * chunk by chunk), with their optimizer state unless the config resets
+ * it. */
+static int run_next_state(cqr_phase_t *ph)
+{
+    const cqr_table_t *t = ph->t;
+    int rc = cqr_cbstate_clone(t, ph->snap, &ph->next);
+    if (rc)
+        return rc;
+    if (t->cfg.reset_optimizer) {
+        for (uint32_t b = 0; b < 2 * t->c; b++)
+            cqr_rows_reset_state(&ph->next->cb[b]);
+    }
+    return 0;
 }
 
 int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
@@ -194,227 +380,62 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
     if (!ph || ph->ran || ph->committed)
         return CQR_EINVAL;
     cqr_table_t *t = ph->t;
-    const uint32_t c = t->c, w = t->w, k = t->k;
-    const cqr_table_config_t *cfg = &t->cfg;
-    progress_ctx_t pc = {.cb = cb, .ud = ud, .chunks = c};
-    uint64_t *ids = NULL;
-    uint32_t *ptrs = NULL, *assign = NULL;
-    known_t *sample = NULL;
-    float *xs = NULL, *xa = NULL;
-    double *sums = NULL;
-    uint32_t *counts = NULL;
-    int rc = 0;
+    const uint32_t c = t->c;
+    run_t r = {.ph = ph, .pc = {.cb = cb, .ud = ud, .chunks = c}};
 
-    /* The known IDs and their current pointers. Pointers change only at
-     * commits, and this phase is the only one, so the copy is exact. */
-    report(&pc, "snapshot", 0, 0.0, -1.0);
-    pthread_rwlock_rdlock(&t->lock);
-    size_t n = t->st->ids.count;
-    ids = malloc((n ? n : 1) * sizeof *ids);
-    ptrs = malloc((n ? n : 1) * c * sizeof *ptrs);
-    if (ids && ptrs) {
-        size_t pos = 0, j = 0;
-        uint64_t id;
-        void *v;
-        while (cqr_idmap_next(&t->st->ids, &pos, &id, &v)) {
-            ids[j] = id;
-            for (uint32_t i = 0; i < c; i++)
-                ptrs[j * c + i] = cqr_ptr_get(v, t->pw, i);
-            j++;
-        }
-        assert(j == n);
-    }
-    pthread_rwlock_unlock(&t->lock);
-    if (!ids || !ptrs) {
-        rc = CQR_ENOMEM;
+    report(&r.pc, "snapshot", 0, 0.0, -1.0);
+    int rc = cqr_table_known_pointers(t, &r.ids, &r.ptrs, &r.n);
+    if (rc)
         goto out;
-    }
     ph->res.seconds_snapshot = cqr_now() - ph->t_begin;
-
-    rc = cqr_cbstate_clone(t, ph->snap, &ph->next);
+    rc = run_next_state(ph);
+    if (rc == 0)
+        rc = run_sample(&r);
     if (rc)
         goto out;
-    if (cfg->reset_optimizer) {
-        for (uint32_t b = 0; b < 2 * c; b++)
-            cqr_rows_reset_state(&ph->next->cb[b]);
-    }
-
-    /* A uniform sample chosen by hashing each ID with the phase's seed:
-     * the same IDs are chosen whatever the map's slot order, and sorting
-     * them by ID makes the k-means input order canonical too. */
-    size_t target = (size_t)k * cfg->cluster_sample;
-    size_t m = 0;
-    sample = malloc((n ? n : 1) * sizeof *sample);
-    if (!sample) {
-        rc = CQR_ENOMEM;
-        goto out;
-    }
-    if (n <= target) {
-        for (size_t j = 0; j < n; j++)
-            sample[m++] = (known_t){ids[j], (uint32_t)j};
-    } else {
-        uint64_t sseed = cqr_derive_seed(cfg->seed, CQR_TAG_SAMPLE, ph->phase_no);
-        unsigned __int128 thr = ((unsigned __int128)target << 64) / n;
-        for (size_t j = 0; j < n; j++) {
-            if ((unsigned __int128)cqr_hash_id(ids[j], sseed) < thr)
-                sample[m++] = (known_t){ids[j], (uint32_t)j};
-        }
-    }
-    qsort(sample, m, sizeof *sample, cmp_known);
-    ph->res.sample_size = m;
-
-    if (n > 0) {
-        xs = malloc(m * (size_t)w * sizeof(float));
-        xa = malloc(n * (size_t)w * sizeof(float));
-        assign = malloc(n * sizeof *assign);
-        sums = malloc((size_t)k * w * sizeof(double));
-        counts = malloc((size_t)k * sizeof *counts);
-        if (!xs || !xa || !assign || !sums || !counts) {
-            rc = CQR_ENOMEM;
-            goto out;
-        }
-    }
-    /* Room for an eighth more IDs: sized exactly at the growth threshold,
-     * the first new ID after the commit would rehash the whole map (and
-     * make the next checkpoints rewrite it). */
-    rc = cqr_idmap_reserve(&ph->next->ids, n + n / 8 + 16);
+    ph->res.sample_size = r.m;
+    rc = run_prepare(&r);
     if (rc)
         goto out;
-    /* Every known ID enters the new map now; its pointers are filled in
-     * chunk by chunk below. */
-    for (size_t j = 0; j < n; j++) {
-        void *v;
-        int inserted;
-        rc = cqr_idmap_insert(&ph->next->ids, ids[j], &v, &inserted);
-        if (rc)
-            goto out;
-    }
 
     double inertia_sum = 0.0;
-    for (uint32_t i = 0; i < c && n > 0; i++) {
-        double t0 = cqr_now();
-        for (size_t s = 0; s < m; s++) {
-            size_t j = sample[s].row;
-            snap_chunk(t, ph->snap, ids[j], i, ptrs[j * c + i],
-                       xs + s * w);
-        }
-        float *cent = ph->next->cb[i].param; /* B0[:, i] := centroids */
-        cqr_kmeans_params_t kp = {
-            .iters = cfg->cluster_iters,
-            .seed = cqr_derive_seed(cfg->seed, CQR_TAG_KMEANS,
-                                    (uint64_t)ph->phase_no * CQR_MAX_CHUNKS + i),
-            .threads = cfg->cluster_threads,
-            .init = CQR_KMEANS_INIT_PLUSPLUS,
-            .progress = cb,
-            .progress_ud = ud,
-            .chunk = i,
-            .chunks = c,
-        };
+    for (uint32_t i = 0; i < c && r.n > 0; i++) {
         double inertia = 0.0;
-        rc = cqr_kmeans_fit(xs, m, w, w, k, &kp, cent, &inertia);
+        rc = run_chunk(&r, i, &inertia);
         if (rc)
             goto out;
         inertia_sum += inertia;
-        double t1 = cqr_now();
-        ph->res.seconds_kmeans += t1 - t0;
-
-        report(&pc, "assign", i, (i + 0.5) / c, inertia);
-        for (size_t j = 0; j < n; j++)
-            snap_chunk(t, ph->snap, ids[j], i, ptrs[j * c + i], xa + j * w);
-        rc = cqr_kmeans_assign(xa, n, w, w, cent, k, cfg->cluster_threads,
-                               assign, NULL);
-        if (rc)
-            goto out;
-        for (size_t j = 0; j < n; j++) {
-            uint8_t *v = cqr_idmap_find(&ph->next->ids, ids[j]);
-            assert(v);
-            cqr_ptr_set(v, t->pw, i, assign[j]);
-        }
-
-        /* B1[:, i] := mean residual per row of a freshly seeded hash;
-         * rows no ID hashes to become zero (never 0/0). */
-        ph->next->seed_h[i] = cqr_derive_seed(
-            cfg->seed, CQR_TAG_RESEED, (uint64_t)ph->phase_no * CQR_MAX_CHUNKS + i);
-        memset(sums, 0, (size_t)k * w * sizeof(double));
-        memset(counts, 0, (size_t)k * sizeof *counts);
-        for (size_t j = 0; j < n; j++) {
-            uint32_t r = cqr_hash_h(t, ph->next, ids[j], i);
-            const float *x = xa + j * w;
-            const float *ct = cent + (size_t)assign[j] * w;
-            double *sr = sums + (size_t)r * w;
-            for (uint32_t d = 0; d < w; d++)
-                sr[d] += (double)x[d] - ct[d];
-            counts[r]++;
-        }
-        float *b1 = ph->next->cb[c + i].param;
-        for (uint32_t r = 0; r < k; r++) {
-            for (uint32_t d = 0; d < w; d++)
-                b1[(size_t)r * w + d] =
-                    counts[r] ? (float)(sums[(size_t)r * w + d] / counts[r])
-                              : 0.0f;
-        }
-        ph->res.seconds_assign += cqr_now() - t1;
-        report(&pc, "residual", i, (i + 1.0) / c, inertia);
     }
-    ph->res.ids_assigned = n;
+    ph->res.ids_assigned = r.n;
     ph->res.inertia = c ? inertia_sum / c : 0.0;
 
     /* Replay what was pushed meanwhile, so the commit's pause covers only
      * the pushes that arrive from now on. */
-    report(&pc, "replay", 0, 1.0, ph->res.inertia);
-    rc = replay(ph, take_log(t));
-    if (rc)
-        goto out;
-    ph->ran = 1;
+    report(&r.pc, "replay", 0, 1.0, ph->res.inertia);
+    rc = replay(ph);
+    if (rc == 0)
+        ph->ran = 1;
 out:
-    free(ids);
-    free(ptrs);
-    free(sample);
-    free(xs);
-    free(xa);
-    free(assign);
-    free(sums);
-    free(counts);
+    run_free(&r);
     return rc;
+}
+
+/* The commit's work under the table's exclusive lock (a
+ * cqr_phase_finish_cb): the pushes logged since the run's replay. */
+static int commit_finish(void *ud)
+{
+    return replay(ud);
 }
 
 int cqr_phase_commit(cqr_phase_t *ph)
 {
     if (!ph || !ph->ran || ph->committed)
         return CQR_EINVAL;
-    cqr_table_t *t = ph->t;
-    pthread_rwlock_wrlock(&t->lock);
-    double t0 = cqr_now();
-    int rc = replay(ph, take_log(t));
-    if (rc) {
-        pthread_rwlock_unlock(&t->lock);
+    int rc = cqr_table_phase_commit(ph->t, ph->next, commit_finish, ph,
+                                    ph->t_begin, &ph->res);
+    if (rc)
         return rc;
-    }
-    cqr_cbstate_t *old = t->st;
-    t->st = ph->next;
-    ph->next = NULL;
-    t->phase = NULL;
-    /* The new known-ID map was sized for the IDs it holds: charge (or
-     * refund) the difference. */
-    cqr_table_budget_sync(t);
-    t->phases_done = ph->phase_no;
-    /* Every codebook row and pointer may have changed: the next export
-     * writes them all (exports exclude commits through the lock). */
-    t->cb_base_epoch = t->map_base_epoch =
-        __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
-    t->ins_n = 0;
-    double t1 = cqr_now();
-    ph->res.seconds_commit = t1 - t0;
-    ph->res.seconds_total = t1 - ph->t_begin;
-    pthread_mutex_lock(&t->plock);
-    t->last_inertia = ph->res.inertia;
-    t->last_phase_seconds = ph->res.seconds_total;
-    t->last_commit_seconds = ph->res.seconds_commit;
-    pthread_mutex_unlock(&t->plock);
-    pthread_rwlock_unlock(&t->lock);
-    /* No reader can hold the old state: they all ran under the lock we
-     * just held exclusively. */
-    cqr_cbstate_free(t, old);
+    ph->next = NULL; /* the table's live state now */
     ph->committed = 1;
     return 0;
 }
@@ -429,18 +450,9 @@ void cqr_phase_destroy(cqr_phase_t *ph)
     if (!ph)
         return;
     cqr_table_t *t = ph->t;
-    if (!ph->committed) {
-        pthread_rwlock_wrlock(&t->lock);
-        if (t->phase == ph)
-            t->phase = NULL;
-        cqr_logent_t *e = take_log(t);
-        pthread_rwlock_unlock(&t->lock);
-        while (e) {
-            cqr_logent_t *done = e;
-            e = e->next;
-            free(done);
-        }
-    }
+    if (!ph->committed)
+        cqr_table_phase_end(t, ph);
+    cqr_pushlog_destroy(ph->log);
     cqr_cbstate_free(t, ph->snap);
     cqr_cbstate_free(t, ph->next);
     free(ph);

@@ -163,15 +163,6 @@ int cqr_table_create(const cqr_table_config_t *cfg, cqr_table_t **out)
     return 0;
 }
 
-static void log_free(cqr_logent_t *e)
-{
-    while (e) {
-        cqr_logent_t *next = e->next;
-        free(e);
-        e = next;
-    }
-}
-
 void cqr_table_destroy(cqr_table_t *t)
 {
     if (!t)
@@ -193,7 +184,6 @@ void cqr_table_destroy(cqr_table_t *t)
         cqr_idmap_free(&t->rowmap);
     if (t->budget)
         cqr_budget_refund(t->budget, t->charged);
-    log_free(t->log_head);
     pthread_rwlock_destroy(&t->gate);
     pthread_rwlock_destroy(&t->lock);
     pthread_mutex_destroy(&t->plock);
@@ -208,6 +198,114 @@ const cqr_table_config_t *cqr_table_config(const cqr_table_t *t)
 void cqr_table_set_par(cqr_table_t *t, struct cqr_par *par)
 {
     t->par = par;
+}
+
+/* ---- Cluster phases: start, commit, end -------------------------------- */
+
+int cqr_table_phase_start(cqr_table_t *t, cqr_phase_t *ph, cqr_pushlog_t *log,
+                          cqr_cbstate_t **snap, uint32_t *phase_no)
+{
+    pthread_rwlock_wrlock(&t->lock);
+    int rc = t->phase ? CQR_EBUSY : cqr_cbstate_clone(t, t->st, snap);
+    if (rc == 0) {
+        *phase_no = t->phases_done + 1;
+        t->phase = ph;
+        t->log = log;
+        t->examples_prev_phase = t->examples_at_phase;
+        t->examples_at_phase =
+            __atomic_load_n(&t->n_examples, __ATOMIC_RELAXED);
+    }
+    pthread_rwlock_unlock(&t->lock);
+    return rc;
+}
+
+int cqr_table_known_pointers(cqr_table_t *t, uint64_t **ids, uint32_t **ptrs,
+                             size_t *n)
+{
+    const uint32_t c = t->c;
+    pthread_rwlock_rdlock(&t->lock);
+    const cqr_idmap_t *m = &t->st->ids;
+    size_t count = m->count;
+    uint64_t *id_out = malloc((count ? count : 1) * sizeof *id_out);
+    uint32_t *p_out = malloc((count ? count : 1) * c * sizeof *p_out);
+    if (id_out && p_out) {
+        size_t pos = 0, j = 0;
+        uint64_t id;
+        void *v;
+        while (cqr_idmap_next(m, &pos, &id, &v)) {
+            id_out[j] = id;
+            for (uint32_t i = 0; i < c; i++)
+                p_out[j * c + i] = cqr_ptr_get(v, t->pw, i);
+            j++;
+        }
+        assert(j == count);
+    }
+    pthread_rwlock_unlock(&t->lock);
+    if (!id_out || !p_out) {
+        free(id_out);
+        free(p_out);
+        return CQR_ENOMEM;
+    }
+    *ids = id_out;
+    *ptrs = p_out;
+    *n = count;
+    return 0;
+}
+
+/* After a structure was replaced wholesale: the next export writes every
+ * codebook row and every slot of the known-ID map (exports exclude this
+ * through the lock). Exclusive lock held. */
+static void mark_all_changed(cqr_table_t *t)
+{
+    t->cb_base_epoch = t->map_base_epoch =
+        __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    t->ins_n = 0;
+}
+
+int cqr_table_phase_commit(cqr_table_t *t, cqr_cbstate_t *next,
+                           cqr_phase_finish_cb finish, void *ud,
+                           double t_begin, cqr_phase_result_t *res)
+{
+    pthread_rwlock_wrlock(&t->lock);
+    double t0 = cqr_now();
+    int rc = finish(ud);
+    if (rc) {
+        pthread_rwlock_unlock(&t->lock);
+        return rc;
+    }
+    cqr_cbstate_t *old = t->st;
+    t->st = next;
+    t->phase = NULL;
+    t->log = NULL;
+    /* The new known-ID map was sized for the IDs it holds: charge (or
+     * refund) the difference. */
+    cqr_table_budget_sync(t);
+    t->phases_done = res->phase_no;
+    /* Every codebook row and pointer may have changed. */
+    mark_all_changed(t);
+    double t1 = cqr_now();
+    res->seconds_commit = t1 - t0;
+    res->seconds_total = t1 - t_begin;
+    pthread_mutex_lock(&t->plock);
+    t->last_inertia = res->inertia;
+    t->last_phase_seconds = res->seconds_total;
+    t->last_commit_seconds = res->seconds_commit;
+    pthread_mutex_unlock(&t->plock);
+    pthread_rwlock_unlock(&t->lock);
+    /* No reader can hold the old state: they all ran under the lock we
+     * just held exclusively. */
+    cqr_cbstate_free(t, old);
+    return 0;
+}
+
+void cqr_table_phase_end(cqr_table_t *t, const cqr_phase_t *ph)
+{
+    pthread_rwlock_wrlock(&t->lock);
+    if (t->phase == ph) {
+        t->phase = NULL;
+        t->log = NULL;
+    }
+    pthread_rwlock_unlock(&t->lock);
 }
 
 /* ---- Stats, digest, schedule ------------------------------------------- */

@@ -15,7 +15,8 @@
  * it shared; inserting new known IDs, a phase's begin and commit, and the
  * digest hold it exclusively; an export holds it shared (so that no
  * commit swaps the state under it). `plock` (a mutex) is inner: it guards
- * the push log of a running phase and the phase and export statistics.
+ * the phase and export statistics. The push log of a running phase has
+ * its own mutex (pushlog.h).
  * Row floats are guarded by their own seqlocks (rows.h).
  *
  * Change tracking (for incremental checkpoints, persist.h): `wepoch` is
@@ -38,6 +39,7 @@
 #include "hash.h"
 #include "idmap.h"
 #include "par.h"
+#include "pushlog.h"
 #include "rows.h"
 #include "table.h"
 
@@ -49,22 +51,11 @@ typedef struct cqr_cbstate {
     cqr_idmap_t ids;  /* cqr: known ID -> c B0 pointers of pw bytes */
 } cqr_cbstate_t;
 
-/* One push logged during a phase, replayed onto the new state. */
-typedef struct cqr_logent {
-    struct cqr_logent *next; /* FIFO order */
-    size_t n;                /* IDs */
-    uint64_t *ids;           /* n IDs (same allocation as the entry) */
-    float *grads;            /* n x dim gradients (same allocation) */
-} cqr_logent_t;
-
 #define CQR_FULL_BLOCK_SHIFT 16
 #define CQR_FULL_BLOCK (1u << CQR_FULL_BLOCK_SHIFT)
 /* Codebook rows per persistence page (one mark per page, persist.c). */
 #define CQR_CB_PAGE_SHIFT 16
 #define CQR_CB_PAGE (1u << CQR_CB_PAGE_SHIFT)
-/* Pushes logged during one phase, at most; beyond it pushes get
- * CQR_EBUSY until the phase commits. */
-#define CQR_PHASE_LOG_MAX_BYTES (1ull << 30)
 
 struct cqr_table {
     cqr_table_config_t cfg; /* immutable */
@@ -83,13 +74,12 @@ struct cqr_table {
     size_t blocks_cap;      /* full: slots in `blocks` */
     uint64_t nrows;         /* full: rows handed out */
 
-    pthread_mutex_t plock;  /* guards the log and the phase statistics */
+    pthread_mutex_t plock;  /* guards the phase and export statistics */
     cqr_phase_t *phase;     /* running phase (set and cleared under the
                                exclusive lock), or NULL */
-    cqr_logent_t *log_head; /* pushes logged during the phase */
-    cqr_logent_t *log_tail;
-    uint64_t log_bytes;     /* bytes held by the log */
-    uint64_t log_count;     /* pushes logged in this phase in all */
+    cqr_pushlog_t *log;     /* the running phase's push log (pushlog.h;
+                               owned by the phase), set and cleared with
+                               `phase` */
     uint32_t phases_done;   /* committed phases (exclusive lock) */
     uint64_t examples_at_phase; /* examples_pushed at the last begin */
     double last_inertia;    /* statistics of the last phase (plock) */
@@ -202,6 +192,47 @@ void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
 
 /* Monotonic seconds (table.c). */
 double cqr_now(void);
+
+/* ---- table.c: what a cluster phase asks of its table (cluster.c) ----
+ * A phase never writes a table's fields: it starts, reads the known IDs,
+ * commits or ends through these. */
+
+/* Starts phase ph of t: snapshots the codebooks and seeds into *snap
+ * (the phase's own copy), attaches `log` so that every push from now on
+ * is also logged there, records the schedule (a checkpoint taken during
+ * the phase keeps the pre-phase one) and gives the phase its number
+ * (committed phases + 1). CQR_EBUSY if a phase of t is running, or the
+ * clone's error; nothing changes then. */
+int cqr_table_phase_start(cqr_table_t *t, cqr_phase_t *ph, cqr_pushlog_t *log,
+                          cqr_cbstate_t **snap, uint32_t *phase_no);
+
+/* Copies the known IDs of a cqr table and their B0 pointers: *ids (n
+ * IDs) and *ptrs (n x c pointers), which the caller frees. Pointers change
+ * only at commits, so during a phase the copy is exact. CQR_ENOMEM. */
+int cqr_table_known_pointers(cqr_table_t *t, uint64_t **ids, uint32_t **ptrs,
+                             size_t *n);
+
+/* Called by a commit with the table held exclusively, before the swap:
+ * the replay of the last logged pushes onto the new state. */
+typedef int (*cqr_phase_finish_cb)(void *ud);
+
+/* Commits a phase: with the table held exclusively, calls finish(ud);
+ * then swaps `next` in as the live state (the table owns it from then on),
+ * ends the phase (no more logging), re-charges the budget for the new
+ * known-ID map, counts res->phase_no as done, marks every codebook row
+ * and pointer changed for the next export, and records res->inertia and
+ * the timings, which it also writes to res->seconds_commit and
+ * res->seconds_total (from t_begin). The old state is freed after the
+ * lock is released. If finish fails nothing changes and its error is
+ * returned (the caller still owns next). */
+int cqr_table_phase_commit(cqr_table_t *t, cqr_cbstate_t *next,
+                           cqr_phase_finish_cb finish, void *ud,
+                           double t_begin, cqr_phase_result_t *res);
+
+/* Ends phase ph without a commit, if it is t's running phase: pushes are
+ * no longer logged and the table keeps its live state. After it returns
+ * no push touches the phase's log. */
+void cqr_table_phase_end(cqr_table_t *t, const cqr_phase_t *ph);
 
 /* Tags of seeds derived from the table seed (cqr_derive_seed): each use
  * of the seed gets its own stream. Never renumber: tables and phases

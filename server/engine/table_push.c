@@ -393,33 +393,6 @@ static void full_apply_rows(cqr_table_t *t, const uint32_t *rows,
 }
 
 
-/* Copies a push into the running phase's log. plock held. */
-static int log_append(cqr_table_t *t, const uint64_t *ids,
-                      const float *grads, size_t n)
-{
-    size_t gbytes = n * t->cfg.dim * sizeof(float);
-    size_t bytes = sizeof(cqr_logent_t) + n * sizeof(uint64_t) + gbytes;
-    if (t->log_bytes + bytes > CQR_PHASE_LOG_MAX_BYTES)
-        return CQR_EBUSY;
-    cqr_logent_t *e = malloc(bytes);
-    if (!e)
-        return CQR_ENOMEM;
-    e->next = NULL;
-    e->n = n;
-    e->ids = (uint64_t *)(e + 1);
-    e->grads = (float *)(e->ids + n);
-    memcpy(e->ids, ids, n * sizeof(uint64_t));
-    memcpy(e->grads, grads, gbytes);
-    if (t->log_tail)
-        t->log_tail->next = e;
-    else
-        t->log_head = e;
-    t->log_tail = e;
-    t->log_bytes += bytes;
-    t->log_count++;
-    return 0;
-}
-
 static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
                      size_t n, uint64_t examples)
 {
@@ -468,10 +441,9 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
         if (rc)
             goto out;
     }
-    if (t->phase) {
-        pthread_mutex_lock(&t->plock);
-        rc = log_append(t, ids, grads, n);
-        pthread_mutex_unlock(&t->plock);
+    if (t->log) {
+        /* A running phase replays it onto its new state. */
+        rc = cqr_pushlog_append(t->log, ids, grads, n);
         if (rc) {
             pthread_rwlock_unlock(&t->lock);
             goto out;

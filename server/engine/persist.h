@@ -1,5 +1,8 @@
 /* persist.h -- export and import of a table's complete state, as segments.
  *
+ * Files: persist_segment.c (the framing and the cfg payload),
+ * persist_export.c, persist_import.c; persist_impl.h is what they share.
+ *
  * A table's state is a set of pages, each exported as one self-checking
  * byte string (a segment):
  *   cfg          the config (always written)

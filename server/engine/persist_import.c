@@ -1,0 +1,396 @@
+/* persist_import.c -- import of a table's state from segments.
+ *
+ * Import builds a fresh table from cqr_table_create and overwrites its
+ * state page by page, verifying every segment before it uses it and the
+ * whole table before it hands it out. persist.h has the formats.
+ */
+#include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "persist_impl.h"
+
+enum { IM_CFG, IM_META, IM_PAGES, IM_FAILED };
+
+struct cqr_import {
+    int state;           /* IM_*: what comes next */
+    cqr_table_t *t;      /* the table being built (private) */
+    uint8_t *have;       /* per page: base applied */
+    size_t ncbp;         /* codebook pages */
+    size_t nfp;          /* full row pages */
+    size_t nmp;          /* map pages */
+    uint64_t map_count;  /* IDs the meta says the map holds */
+    char err[200];       /* the last error */
+};
+
+static int im_fail(cqr_import_t *im, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(im->err, sizeof im->err, fmt, ap);
+    va_end(ap);
+    im->state = IM_FAILED;
+    return rc;
+}
+
+int cqr_import_begin(cqr_import_t **out)
+{
+    if (!out)
+        return CQR_EINVAL;
+    cqr_import_t *im = calloc(1, sizeof *im);
+    if (!im)
+        return CQR_ENOMEM;
+    *out = im;
+    return 0;
+}
+
+void cqr_import_abort(cqr_import_t *im)
+{
+    if (!im)
+        return;
+    cqr_table_destroy(im->t);
+    free(im->have);
+    free(im);
+}
+
+const char *cqr_import_error(const cqr_import_t *im)
+{
+    return im ? im->err : "";
+}
+
+static int im_cfg(cqr_import_t *im, cqr_rd_t *r)
+{
+    cqr_table_config_t cfg;
+    if (r->n != CQR_CFG_BYTES)
+        return im_fail(im, CQR_ECORRUPT, "cfg: %zu bytes, expected %u", r->n,
+                       CQR_CFG_BYTES);
+    cqr_cfg_get(r, &cfg);
+    char why[128];
+    if (cqr_table_config_check(&cfg, why, sizeof why))
+        return im_fail(im, CQR_ECORRUPT, "cfg: %s", why);
+    int rc = cqr_table_create(&cfg, &im->t);
+    if (rc)
+        return im_fail(im, rc, "cfg: creating the table: %s",
+                       cqr_strerror(rc));
+    im->state = IM_META;
+    return 0;
+}
+
+static int im_meta(cqr_import_t *im, cqr_rd_t *r)
+{
+    cqr_table_t *t = im->t;
+    t->phases_done = cqr_get_u32(r);
+    (void)cqr_get_u32(r);
+    t->examples_at_phase = cqr_get_u64(r);
+    t->n_examples = cqr_get_u64(r);
+    t->n_pushes = cqr_get_u64(r);
+    t->n_lookups = cqr_get_u64(r);
+    t->last_inertia = cqr_get_f64(r);
+    t->last_phase_seconds = cqr_get_f64(r);
+    t->last_commit_seconds = cqr_get_f64(r);
+    if (t->ncb) {
+        cqr_get(r, t->st->seed_p, (size_t)t->c * 8);
+        cqr_get(r, t->st->seed_h, (size_t)t->c * 8);
+    }
+    cqr_idmap_t *m = cqr_tracked_map(t);
+    if (m) {
+        uint64_t cap = cqr_get_u64(r), count = cqr_get_u64(r);
+        uint32_t vw = cqr_get_u32(r), has_zero = cqr_get_u32(r);
+        if (r->bad || vw != m->vw || has_zero > 1 || cap < 16 ||
+            cap > (1ull << 40) || count - has_zero >= cap || count < has_zero)
+            return im_fail(im, CQR_ECORRUPT,
+                           "meta: impossible map shape (cap %llu, count "
+                           "%llu, value width %u)",
+                           (unsigned long long)cap, (unsigned long long)count,
+                           vw);
+        cqr_idmap_free(m);
+        int rc = cqr_idmap_init(m, vw, (size_t)cap);
+        if (rc)
+            return im_fail(im, rc, "meta: map of %llu slots: %s",
+                           (unsigned long long)cap, cqr_strerror(rc));
+        assert(m->cap == cap);
+        m->count = count;
+        m->has_zero = (int)has_zero;
+        cqr_get(r, m->zero_val, vw);
+        im->map_count = count;
+        im->nmp = cqr_map_pages(cap);
+    }
+    if (t->cfg.kind == CQR_KIND_FULL) {
+        uint64_t nrows = cqr_get_u64(r);
+        if (r->bad || nrows >= UINT32_MAX || nrows != im->map_count)
+            return im_fail(im, CQR_ECORRUPT,
+                           "meta: %llu rows for %llu known IDs",
+                           (unsigned long long)nrows,
+                           (unsigned long long)im->map_count);
+        size_t nb = (nrows + CQR_FULL_BLOCK - 1) >> CQR_FULL_BLOCK_SHIFT;
+        for (size_t b = 0; b < nb; b++) {
+            int rc = cqr_full_add_block(t);
+            if (rc)
+                return im_fail(im, rc, "meta: row block %zu: %s", b,
+                               cqr_strerror(rc));
+        }
+        t->nrows = nrows;
+        im->nfp = nb;
+    }
+    if (r->bad || r->n != 0)
+        return im_fail(im, CQR_ECORRUPT, "meta: wrong length");
+    im->ncbp = (size_t)t->ncb * t->c * t->cbpages;
+    im->have = calloc(im->ncbp + im->nfp + im->nmp + 1, 1);
+    if (!im->have)
+        return im_fail(im, CQR_ENOMEM, "meta: out of memory");
+    im->state = IM_PAGES;
+    return 0;
+}
+
+/* Applies a rows payload (base or delta) to rows [lo, lo+n) of r. */
+static int im_rows(cqr_import_t *im, cqr_rd_t *r, cqr_seg_kind_t kind,
+                   cqr_rows_t *rows, uint32_t lo, uint32_t n, const char *what,
+                   uint32_t index)
+{
+    const cqr_table_t *t = im->t;
+    const size_t rb = cqr_row_bytes(t, rows->w);
+    if (kind == CQR_SEG_BASE) {
+        /* A full table's last page may have grown since its base; the
+         * rows added later come in deltas (new rows are always marked). */
+        if (r->n % rb || r->n / rb > n ||
+            (what[0] == 'c' && r->n / rb != n))
+            return im_fail(im, CQR_ECORRUPT, "%s/%u: %zu bytes for %u rows",
+                           what, index, r->n, n);
+        n = (uint32_t)(r->n / rb);
+        cqr_get(r, rows->param + (size_t)lo * rows->w,
+                (size_t)n * rows->w * 4);
+        if (rows->sw)
+            cqr_get(r, rows->state + (size_t)lo * rows->sw,
+                    (size_t)n * rows->sw * 4);
+        if (rows->step)
+            cqr_get(r, rows->step + lo, (size_t)n * 4);
+        return 0;
+    }
+    uint32_t m = cqr_get_u32(r);
+    (void)cqr_get_u32(r);
+    if (r->bad || m > n || r->n != (size_t)m * (4 + rb))
+        return im_fail(im, CQR_ECORRUPT, "%s/%u: bad delta length", what,
+                       index);
+    const uint8_t *ip = cqr_take(r, (size_t)m * 4);
+    for (uint32_t q = 0; q < m; q++) {
+        uint32_t j;
+        memcpy(&j, ip + 4 * (size_t)q, 4);
+        if (j >= n)
+            return im_fail(im, CQR_ECORRUPT, "%s/%u: delta row %u of %u",
+                           what, index, j, n);
+    }
+    for (uint32_t q = 0; q < m; q++) {
+        uint32_t j;
+        memcpy(&j, ip + 4 * (size_t)q, 4);
+        cqr_get(r, rows->param + (size_t)(lo + j) * rows->w,
+                (size_t)rows->w * 4);
+    }
+    for (uint32_t q = 0; rows->sw && q < m; q++) {
+        uint32_t j;
+        memcpy(&j, ip + 4 * (size_t)q, 4);
+        cqr_get(r, rows->state + (size_t)(lo + j) * rows->sw,
+                (size_t)rows->sw * 4);
+    }
+    for (uint32_t q = 0; rows->step && q < m; q++) {
+        uint32_t j;
+        memcpy(&j, ip + 4 * (size_t)q, 4);
+        rows->step[lo + j] = cqr_get_u32(r);
+    }
+    return 0;
+}
+
+static int im_map(cqr_import_t *im, cqr_rd_t *r, cqr_seg_kind_t kind,
+                  uint32_t p)
+{
+    cqr_idmap_t *m = cqr_tracked_map(im->t);
+    const uint32_t n = cqr_page_slots(m->cap, p);
+    const size_t lo = (size_t)p * CQR_MAP_PAGE;
+    if (kind == CQR_SEG_BASE) {
+        if (r->n != (size_t)n * (8 + m->vw))
+            return im_fail(im, CQR_ECORRUPT, "map/%u: %zu bytes, expected %zu",
+                           p, r->n, (size_t)n * (8 + m->vw));
+        cqr_get(r, m->keys + lo, (size_t)n * 8);
+        cqr_get(r, m->vals + lo * m->vw, (size_t)n * m->vw);
+        return 0;
+    }
+    uint32_t cnt = cqr_get_u32(r);
+    (void)cqr_get_u32(r);
+    if (r->bad || cnt > n || r->n != (size_t)cnt * (4 + 8 + m->vw))
+        return im_fail(im, CQR_ECORRUPT, "map/%u: bad delta length", p);
+    const uint8_t *sp = cqr_take(r, (size_t)cnt * 4);
+    const uint8_t *kp = cqr_take(r, (size_t)cnt * 8);
+    const uint8_t *vp = cqr_take(r, (size_t)cnt * m->vw);
+    for (uint32_t q = 0; q < cnt; q++) {
+        uint32_t s;
+        memcpy(&s, sp + 4 * (size_t)q, 4);
+        if (s >= n)
+            return im_fail(im, CQR_ECORRUPT, "map/%u: delta slot %u of %u", p,
+                           s, n);
+        memcpy(m->keys + lo + s, kp + 8 * (size_t)q, 8);
+        memcpy(m->vals + (lo + s) * m->vw, vp + (size_t)q * m->vw, m->vw);
+    }
+    return 0;
+}
+
+int cqr_import_segment(cqr_import_t *im, const uint8_t *data, size_t len)
+{
+    if (!im || !data)
+        return CQR_EINVAL;
+    if (im->state == IM_FAILED)
+        return CQR_EINVAL;
+    uint32_t type, index;
+    cqr_seg_kind_t kind;
+    int rc = cqr_seg_header(data, len, 1, &type, &index, &kind, NULL);
+    if (rc)
+        return im_fail(im, rc, "segment of %zu bytes: %s", len,
+                       rc == CQR_EVERSION ? "unknown format version"
+                                          : "bad header or checksum");
+    cqr_rd_t r = {data + CQR_SEGMENT_HEADER, len - CQR_SEGMENT_HEADER, 0};
+    if (im->state == IM_CFG) {
+        if (type != CQR_PAGE_CFG || kind != CQR_SEG_BASE)
+            return im_fail(im, CQR_ECORRUPT, "expected cfg, got %s/%u",
+                           cqr_page_type_name(type), index);
+        return im_cfg(im, &r);
+    }
+    if (im->state == IM_META) {
+        if (type != CQR_PAGE_META || kind != CQR_SEG_BASE)
+            return im_fail(im, CQR_ECORRUPT, "expected meta, got %s/%u",
+                           cqr_page_type_name(type), index);
+        return im_meta(im, &r);
+    }
+    cqr_table_t *t = im->t;
+    size_t slot;
+    switch (type) {
+    case CQR_PAGE_CB:
+        if (index >= im->ncbp)
+            goto range;
+        slot = index;
+        break;
+    case CQR_PAGE_ROWS:
+        if (index >= im->nfp)
+            goto range;
+        slot = im->ncbp + index;
+        break;
+    case CQR_PAGE_MAP:
+        if (index >= im->nmp)
+            goto range;
+        slot = im->ncbp + im->nfp + index;
+        break;
+    default:
+        return im_fail(im, CQR_ECORRUPT, "unexpected %s segment",
+                       cqr_page_type_name(type));
+    }
+    if (kind == CQR_SEG_DELTA && !im->have[slot])
+        return im_fail(im, CQR_ECORRUPT, "%s/%u: delta before its base",
+                       cqr_page_type_name(type), index);
+    if (kind == CQR_SEG_BASE && im->have[slot])
+        return im_fail(im, CQR_ECORRUPT, "%s/%u: two bases",
+                       cqr_page_type_name(type), index);
+    if (type == CQR_PAGE_CB) {
+        uint32_t b = index / t->cbpages, p = index % t->cbpages;
+        rc = im_rows(im, &r, kind, &t->st->cb[b], p * CQR_CB_PAGE,
+                     cqr_cb_page_rows(t, p), "cb", index);
+    } else if (type == CQR_PAGE_ROWS) {
+        rc = im_rows(im, &r, kind, &t->blocks[index], 0,
+                     cqr_full_page_rows(t, index), "rows", index);
+    } else {
+        rc = im_map(im, &r, kind, index);
+    }
+    if (rc == 0 && r.bad)
+        rc = im_fail(im, CQR_ECORRUPT, "%s/%u: truncated",
+                     cqr_page_type_name(type), index);
+    if (rc == 0)
+        im->have[slot] = 1;
+    return rc;
+range:
+    return im_fail(im, CQR_ECORRUPT, "%s/%u: no such page",
+                   cqr_page_type_name(type), index);
+}
+
+/* Checks what no single segment can: the map's count and its values. */
+static int im_check_map(cqr_import_t *im)
+{
+    cqr_table_t *t = im->t;
+    const cqr_idmap_t *m = cqr_tracked_map(t);
+    uint64_t n = (uint64_t)m->has_zero;
+    for (size_t s = 0; s < m->cap; s++) {
+        if (m->keys[s] == 0)
+            continue;
+        n++;
+        const uint8_t *v = m->vals + s * m->vw;
+        if (t->cfg.kind == CQR_KIND_FULL) {
+            uint32_t row;
+            memcpy(&row, v, 4);
+            if (row >= t->nrows)
+                return im_fail(im, CQR_ECORRUPT, "map: row %u of %llu", row,
+                               (unsigned long long)t->nrows);
+        } else {
+            for (uint32_t i = 0; i < t->c; i++) {
+                if (cqr_ptr_get(v, t->pw, i) >= t->k)
+                    return im_fail(im, CQR_ECORRUPT, "map: pointer out of "
+                                   "range");
+            }
+        }
+    }
+    if (m->has_zero) {
+        if (t->cfg.kind == CQR_KIND_FULL) {
+            uint32_t row;
+            memcpy(&row, m->zero_val, 4);
+            if (row >= t->nrows)
+                return im_fail(im, CQR_ECORRUPT, "meta: row of ID 0");
+        } else {
+            for (uint32_t i = 0; i < t->c; i++) {
+                if (cqr_ptr_get(m->zero_val, t->pw, i) >= t->k)
+                    return im_fail(im, CQR_ECORRUPT, "meta: pointer of ID 0");
+            }
+        }
+    }
+    if (n != im->map_count)
+        return im_fail(im, CQR_ECORRUPT, "map: %llu IDs, meta says %llu",
+                       (unsigned long long)n,
+                       (unsigned long long)im->map_count);
+    return 0;
+}
+
+int cqr_import_finish(cqr_import_t *im, cqr_table_t **out, uint32_t *cursor)
+{
+    if (!im || !out)
+        return CQR_EINVAL;
+    int rc = 0;
+    if (im->state != IM_PAGES) {
+        if (im->state != IM_FAILED)
+            im_fail(im, CQR_ECORRUPT, "incomplete: no %s",
+                    im->state == IM_CFG ? "cfg" : "meta");
+        rc = CQR_ECORRUPT;
+        goto fail;
+    }
+    size_t np = im->ncbp + im->nfp + im->nmp;
+    for (size_t i = 0; i < np; i++) {
+        if (!im->have[i]) {
+            uint32_t type = i < im->ncbp ? CQR_PAGE_CB
+                            : i < im->ncbp + im->nfp ? CQR_PAGE_ROWS
+                                                     : CQR_PAGE_MAP;
+            size_t idx = i < im->ncbp ? i
+                         : i < im->ncbp + im->nfp ? i - im->ncbp
+                                                  : i - im->ncbp - im->nfp;
+            rc = im_fail(im, CQR_ECORRUPT, "incomplete: no %s/%zu",
+                         cqr_page_type_name(type), idx);
+            goto fail;
+        }
+    }
+    if (cqr_tracked_map(im->t) && (rc = im_check_map(im)) != 0)
+        goto fail;
+    im->t->ins_on = 1; /* the next export is incremental from here */
+    *out = im->t;
+    if (cursor)
+        *cursor = im->t->wepoch;
+    im->t = NULL;
+    cqr_import_abort(im);
+    return 0;
+fail:
+    cqr_import_abort(im);
+    return rc;
+}

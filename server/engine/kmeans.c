@@ -40,6 +40,7 @@
 
 #include "err.h"
 #include "hash.h"
+#include "par.h"
 
 /* Points per tile: with KM_CB centroids a tile is at most 1 MiB. 128-512
  * rows and 256-1024 columns measured within noise of each other on Zen 4
@@ -72,116 +73,49 @@ const char *cqr_blas_init(void)
     return blas_core;
 }
 
-/* ---- a minimal thread pool ------------------------------------------ */
+/* ---- threads ------------------------------------------------------- */
 
-/* pool_run() runs fn(ctx, tid) on the caller (tid 0) and on every worker
- * (tids 1..nworkers) and returns when all are done. A pool lives for one
- * engine call, so k-means++ rounds do not pay for thread creation. */
-typedef void (*pool_fn)(void *ctx, uint32_t tid);
+/* The threads of one engine call: the caller and the helpers of a par
+ * pool (par.h) started for the call, so that k-means++ rounds do not pay
+ * for thread creation. A pass runs one part per thread; part i uses the
+ * scratch ws[i], whichever thread runs it, and every part takes blocks of
+ * points (or clusters) from the pass's atomic counter, so the results do
+ * not depend on which thread runs which part, nor on how many helpers
+ * started. */
+typedef struct km_pool {
+    cqr_par_t *par;    /* nthreads - 1 helpers, or NULL: all inline */
+    uint32_t nthreads; /* parts of every pass */
+} km_pool_t;
 
-typedef struct pool_worker {
-    struct pool *pool;
-    uint32_t tid;
-    pthread_t thread;
-} pool_worker_t;
+typedef void (*km_part_fn)(void *ctx, unsigned part);
 
-typedef struct pool {
-    pthread_mutex_t mu;
-    pthread_cond_t go;       /* signalled when gen changes or quit is set */
-    pthread_cond_t done;     /* signalled when pending drops to 0 */
-    pool_fn fn;              /* current job */
-    void *ctx;
-    uint64_t gen;            /* bumped once per job */
-    uint32_t pending;        /* workers still running the current job */
-    uint32_t nworkers;       /* workers actually started */
-    int quit;
-    pool_worker_t *workers;  /* NULL when the pool has no workers */
-} pool_t;
-
-static void *pool_main(void *arg)
+static int pool_init(km_pool_t *p, uint32_t nthreads)
 {
-    pool_worker_t *w = arg;
-    pool_t *p = w->pool;
-    uint64_t seen = 0;
-
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (!p->quit && p->gen == seen)
-            pthread_cond_wait(&p->go, &p->mu);
-        if (p->quit)
-            break;
-        seen = p->gen;
-        pool_fn fn = p->fn;
-        void *ctx = p->ctx;
-        pthread_mutex_unlock(&p->mu);
-        fn(ctx, w->tid);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0)
-            pthread_cond_signal(&p->done);
-    }
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
-}
-
-/* p must be zeroed. Starts up to nthreads - 1 workers; a failed
- * pthread_create is not an error, since results do not depend on the
- * thread count: the pool runs with the workers it got. */
-static int pool_init(pool_t *p, uint32_t nthreads)
-{
+    p->nthreads = nthreads;
+    p->par = NULL;
     if (nthreads <= 1)
         return 0;
-    p->workers = calloc(nthreads - 1, sizeof *p->workers);
-    if (!p->workers)
-        return CQR_ENOMEM;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->go, NULL);
-    pthread_cond_init(&p->done, NULL);
-    for (uint32_t i = 0; i + 1 < nthreads; i++) {
-        pool_worker_t *w = &p->workers[p->nworkers];
-        w->pool = p;
-        w->tid = p->nworkers + 1;
-        if (pthread_create(&w->thread, NULL, pool_main, w) != 0)
-            break;
-        p->nworkers++;
+    int rc = cqr_par_create(nthreads - 1, &p->par);
+    if (rc == CQR_EIO) {
+        /* A thread that could not start is not an error: the caller runs
+         * every part itself and the results are the same. */
+        p->par = NULL;
+        return 0;
     }
-    return 0;
+    return rc;
 }
 
-static void pool_run(pool_t *p, pool_fn fn, void *ctx)
+/* Runs fn(ctx, i) for every part i < nthreads; returns when all are
+ * done. */
+static void pool_run(const km_pool_t *p, km_part_fn fn, void *ctx)
 {
-    if (p->nworkers == 0) {
-        fn(ctx, 0);
-        return;
-    }
-    pthread_mutex_lock(&p->mu);
-    p->fn = fn;
-    p->ctx = ctx;
-    p->pending = p->nworkers;
-    p->gen++;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    fn(ctx, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0)
-        pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    cqr_par_run(p->par, p->nthreads, fn, ctx);
 }
 
-/* Safe on a zeroed pool whose init was never called or failed. */
-static void pool_destroy(pool_t *p)
+static void pool_destroy(km_pool_t *p)
 {
-    if (!p->workers)
-        return;
-    pthread_mutex_lock(&p->mu);
-    p->quit = 1;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    for (uint32_t i = 0; i < p->nworkers; i++)
-        pthread_join(p->workers[i].thread, NULL);
-    pthread_cond_destroy(&p->done);
-    pthread_cond_destroy(&p->go);
-    pthread_mutex_destroy(&p->mu);
-    free(p->workers);
+    cqr_par_destroy(p->par);
+    p->par = NULL;
 }
 
 /* ---- kernels -------------------------------------------------------- */
@@ -443,7 +377,7 @@ static void assign_block(assign_job_t *job, km_ws_t *w, size_t i0, size_t m)
         job->bsum[i0 / KM_PB] = s;
 }
 
-static void assign_worker(void *ctx, uint32_t tid)
+static void assign_worker(void *ctx, unsigned part)
 {
     assign_job_t *job = ctx;
     size_t b;
@@ -451,14 +385,15 @@ static void assign_worker(void *ctx, uint32_t tid)
                                           memory_order_relaxed)) <
            KM_NBLOCKS(job->n)) {
         size_t i0 = b * KM_PB;
-        assign_block(job, &job->ws[tid], i0,
+        assign_block(job, &job->ws[part], i0,
                      job->n - i0 < KM_PB ? job->n - i0 : KM_PB);
     }
 }
 
 /* Assigns every point to the centroids c; returns the mean of dist2 when
  * job->bsum is set. */
-static double assign_pass(assign_job_t *job, km_cents_t *ct, pool_t *pool,
+static double assign_pass(assign_job_t *job, km_cents_t *ct,
+                          const km_pool_t *pool,
                           const float *c)
 {
     cents_prepare(ct, c, job->d);
@@ -558,7 +493,7 @@ int cqr_kmeans_assign(const float *x, size_t n, size_t d, size_t xstride,
     const uint32_t nthreads = clamp_threads(threads, n);
     km_cents_t ct = {0};
     km_ws_t *ws = NULL;
-    pool_t pool = {0};
+    km_pool_t pool = {0};
 
     rc = CQR_ENOMEM;
     if (cents_alloc(&ct, k, d) ||
@@ -674,11 +609,11 @@ __attribute__((target("avx2"))) static int kpp_avx2(fit_t *f, size_t i0,
 }
 #endif
 
-static void kpp_worker(void *ctx, uint32_t tid)
+static void kpp_worker(void *ctx, unsigned part)
 {
     fit_t *f = ctx;
     size_t b;
-    (void)tid;
+    (void)part;
     while ((b = atomic_fetch_add_explicit(&f->next, 1,
                                           memory_order_relaxed)) <
            KM_NBLOCKS(f->n)) {
@@ -699,7 +634,7 @@ static void kpp_worker(void *ctx, uint32_t tid)
 }
 
 /* k-means++: each next seed is point i with probability D(i) / sum D. */
-static void init_plusplus(fit_t *f, pool_t *pool, cqr_rng_t *rng)
+static void init_plusplus(fit_t *f, const km_pool_t *pool, cqr_rng_t *rng)
 {
     const size_t n = f->n, d = f->d, nb = KM_NBLOCKS(n);
     for (size_t i = 0; i < (n + 7) / 8 * 8; i++) {
@@ -778,10 +713,10 @@ static void init_random(fit_t *f, cqr_rng_t *rng)
 
 /* New centroid = mean of its points, summed in double in point order;
  * clusters are handed out in blocks of 64. */
-static void mean_worker(void *ctx, uint32_t tid)
+static void mean_worker(void *ctx, unsigned part)
 {
     fit_t *f = ctx;
-    double *acc = f->ws[tid].acc;
+    double *acc = f->ws[part].acc;
     const size_t d = f->d;
     size_t b;
     while ((b = atomic_fetch_add_explicit(&f->next, 1,
@@ -806,7 +741,7 @@ static void mean_worker(void *ctx, uint32_t tid)
  * cluster (in index order) takes the point farthest from its centroid,
  * ties to the lower index. A scan per empty cluster is O(n), the order of
  * the argmin alone, and empty clusters are rare after k-means++. */
-static void update_centroids(fit_t *f, pool_t *pool)
+static void update_centroids(fit_t *f, const km_pool_t *pool)
 {
     const size_t k = f->k, n = f->n;
     memset(f->off, 0, (k + 1) * sizeof *f->off);
@@ -867,7 +802,7 @@ int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
     fit_t f = {.x = x, .n = n, .d = d, .xs = xstride, .k = k,
                .c = centroids};
     km_cents_t ct = {0};
-    pool_t pool = {0};
+    km_pool_t pool = {0};
 
     rc = CQR_ENOMEM;
     f.assign = malloc(npad * sizeof *f.assign);

@@ -9,11 +9,12 @@
  * centroids, the argmin fused into the block loop, so the n x k distance
  * matrix is never written.
  *
- * Threading: both functions split the points over `threads` POSIX threads
- * of their own (1 = run on the caller's thread). OpenBLAS itself must be
- * single-threaded (cqr_blas_init() does that once). Reductions are done per
- * fixed block of points and combined in block order, so a given input,
- * seed and thread count give bit-identical output.
+ * Threading: both functions split the points over `threads` threads: the
+ * caller and threads - 1 helpers of a par pool (par.h) that lives for the
+ * call (1 = the caller alone). OpenBLAS itself must be single-threaded
+ * (cqr_blas_init() does that once). Reductions are done per fixed block
+ * of points and combined in block order, so a given input, seed and
+ * thread count give bit-identical output.
  *
  * Errors: CQR_EINVAL for impossible shapes (n == 0, k == 0, d == 0, stride
  * < d), CQR_ENOMEM when a work buffer cannot be allocated. Nothing is

@@ -12,6 +12,10 @@
  * table restored from a checkpoint being attached), so `used` may exceed
  * `max` and further charges then fail until enough is refunded.
  *
+ * Ownership: the budget is a value its creator owns (the server's
+ * registry); the tables that charge it only point at it, so it outlives
+ * them.
+ *
  * Threading: every function is safe from any thread (one atomic counter;
  * charges are compare-and-swap, so two racing charges cannot both pass
  * the limit). max is set once by cqr_budget_init, before sharing.

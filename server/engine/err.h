@@ -5,6 +5,8 @@
  * ...), so proto/cqrps.proto's Status enum maps one to one onto this table.
  * Never renumber an entry: the numbers are on the wire. Add new ones at the
  * end. cqr_strerror() never returns NULL.
+ *
+ * Threading: pure functions; the strings they return are static.
  */
 #ifndef CQR_ERR_H
 #define CQR_ERR_H

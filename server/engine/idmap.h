@@ -10,6 +10,12 @@
  *
  * Not thread-safe: the owner (a table) guards it with its rwlock: find and
  * iteration under the read lock, insert under the write lock.
+ *
+ * Ownership: a cqr_idmap_t is a value owned by its table (or state); init
+ * allocates its arrays, free releases them. A value pointer is the map's
+ * and valid until the next insert (which may rehash).
+ * Errors: 0 or CQR_ENOMEM (init, insert, reserve); the map is unchanged
+ * after a failed insert or reserve.
  */
 #ifndef CQR_IDMAP_H
 #define CQR_IDMAP_H

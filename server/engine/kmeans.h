@@ -16,6 +16,9 @@
  * of points and combined in block order, so a given input, seed and
  * thread count give bit-identical output.
  *
+ * Ownership: inputs and outputs are the caller's buffers; nothing is kept
+ * after a call returns.
+ *
  * Errors: CQR_EINVAL for impossible shapes (n == 0, k == 0, d == 0, stride
  * < d), CQR_ENOMEM when a work buffer cannot be allocated. Nothing is
  * written to the outputs on error.

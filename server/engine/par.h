@@ -12,6 +12,16 @@
  * The parts must be independent (disjoint outputs). A part runs on
  * another thread while the caller keeps whatever locks it holds: the
  * caller's locks cover the helpers' reads and writes for the call.
+ *
+ * The engine has this one pool: tables share their large calls on it
+ * (cqr_table_set_par), and k-means starts one for each of its calls
+ * (kmeans.h).
+ *
+ * Threading: cqr_par_run may be called from any number of threads at
+ * once; create and destroy are ordered before and after every run.
+ * Ownership: the creator owns the pool; fn and arg stay the caller's and
+ * are used only until cqr_par_run returns.
+ * Errors: only cqr_par_create fails (CQR_ENOMEM, CQR_EIO); a run cannot.
  */
 #ifndef CQR_PAR_H
 #define CQR_PAR_H

@@ -208,22 +208,6 @@ static inline void row_load(const cqr_rows_t *r, const float *p, float *out)
 }
 #endif
 
-static inline void row_store(const cqr_rows_t *r, float *p, const float *val)
-{
-#ifdef CQR_ROWS_ATOMIC
-    row_store_atomic(r, p, val);
-#else
-    cqr_rows_copy_plain(p, val, NULL, r->w);
-#endif
-}
-
-void cqr_rows_set(cqr_rows_t *r, uint32_t row, const float *val)
-{
-    assert(row < r->n);
-    float *p = r->param + (size_t)row * r->w;
-    row_store(r, p, val);
-}
-
 /* One Adam step of w floats. Restrict pointers and no errno from sqrtf
  * (-fno-math-errno) let the compiler vectorise it; each float still gets
  * exactly the scalar operations in the scalar order (no FMA contraction:
@@ -395,7 +379,7 @@ void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
     }
     }
 #ifdef CQR_ROWS_ATOMIC
-    row_store(r, p, np);
+    row_store_atomic(r, p, np);
     row_unlock(&r->seq[row], s0);
     if (np != stackbuf)
         free(np);

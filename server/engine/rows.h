@@ -23,6 +23,11 @@
  * The optimizer state (Adagrad accumulator, Adam moments and step) is
  * touched only by the writer holding the row, or by a caller that holds
  * its table exclusively (digest, snapshot).
+ *
+ * Ownership: a cqr_rows_t is a value owned by its table (or a phase's
+ * private state); init allocates its arrays, free releases them.
+ * Errors: only init and clone fail (CQR_ENOMEM, nothing allocated then);
+ * a wrong row or optimizer is a programming error and asserts.
  */
 #ifndef CQR_ROWS_H
 #define CQR_ROWS_H
@@ -209,10 +214,6 @@ static inline void cqr_rows_read_sum(const cqr_rows_t *a, uint32_t ra,
     }
 #endif
 }
-
-/* Stores `val` as row `row`'s parameters without touching state; for
- * initialisation by a caller with exclusive access. */
-void cqr_rows_set(cqr_rows_t *r, uint32_t row, const float *val);
 
 /* One optimizer step of row `row` with gradient g[0..w) (already summed
  * over the push). Holds the row's seqlock for the step. */

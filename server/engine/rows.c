@@ -254,6 +254,23 @@ adam_row_avx2(float *restrict p, float *restrict m, float *restrict v,
 
 static adam_row_fn adam_row = adam_row_base;
 
+int cqr_rows_adam_body(cqr_adam_body_t body, float *p, float *m, float *v,
+                       const float *g, uint32_t w, float b1, float b2,
+                       float step_size, float bc2_sqrt, float eps)
+{
+    adam_row_fn fn = NULL;
+    if (body == CQR_ADAM_BODY_PLAIN)
+        fn = adam_row_base;
+#ifdef ROWS_HAVE_AVX2
+    if (body == CQR_ADAM_BODY_AVX2 && __builtin_cpu_supports("avx2"))
+        fn = adam_row_avx2;
+#endif
+    if (!fn)
+        return CQR_EUNSUPPORTED;
+    fn(p, m, v, g, w, b1, b2, step_size, bc2_sqrt, eps);
+    return 0;
+}
+
 /* Adam's bias corrections (float)(1 - b1^t) and (float)sqrt(1 - b2^t),
  * bit-identical to computing them with pow() at every step: for the
  * default betas they are computed once, with the same expressions, for

@@ -220,4 +220,20 @@ static inline void cqr_rows_read_sum(const cqr_rows_t *a, uint32_t ra,
 void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
                    const cqr_optim_config_t *o);
 
+/* The bodies of an Adam row step: cqr_rows_step runs the AVX2 one where
+ * the CPU has AVX2, the plain one elsewhere, and both must give the same
+ * bits (the tests check it through this function). */
+typedef enum cqr_adam_body {
+    CQR_ADAM_BODY_PLAIN = 0,
+    CQR_ADAM_BODY_AVX2 = 1
+} cqr_adam_body_t;
+
+/* Runs one Adam body over w floats: m = b1 m + (1 - b1) g, v = b2 v +
+ * (1 - b2) g^2, p -= step_size m / (sqrt(v) / bc2_sqrt + eps).
+ * CQR_EUNSUPPORTED if this build or CPU lacks that body (nothing is
+ * written then), else 0. */
+int cqr_rows_adam_body(cqr_adam_body_t body, float *p, float *m, float *v,
+                       const float *g, uint32_t w, float b1, float b2,
+                       float step_size, float bc2_sqrt, float eps);
+
 #endif

@@ -91,17 +91,20 @@ static inline uint64_t cqr_get_u64(cqr_rd_t *r)
     return v;
 }
 
+/* Floats travel as their bit patterns. */
 static inline float cqr_get_f32(cqr_rd_t *r)
 {
+    uint32_t bits = cqr_get_u32(r);
     float v;
-    cqr_get(r, &v, 4);
+    memcpy(&v, &bits, sizeof v);
     return v;
 }
 
 static inline double cqr_get_f64(cqr_rd_t *r)
 {
+    uint64_t bits = cqr_get_u64(r);
     double v;
-    cqr_get(r, &v, 8);
+    memcpy(&v, &bits, sizeof v);
     return v;
 }
 

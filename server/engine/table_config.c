@@ -12,6 +12,16 @@
 static const char *const kind_names[] = {"full", "hash", "ce", "cqr"};
 static const char *const optim_names[] = {"sgd", "adagrad", "adam"};
 
+/* The index of `name` in names[0..n), or -1. */
+static int name_index(const char *const *names, int n, const char *name)
+{
+    for (int i = 0; i < n; i++) {
+        if (strcmp(name, names[i]) == 0)
+            return i;
+    }
+    return -1;
+}
+
 const char *cqr_kind_name(cqr_kind_t kind)
 {
     return (unsigned)kind < 4 ? kind_names[kind] : "unknown";
@@ -19,13 +29,11 @@ const char *cqr_kind_name(cqr_kind_t kind)
 
 int cqr_kind_parse(const char *name, cqr_kind_t *out)
 {
-    for (int i = 0; i < 4; i++) {
-        if (strcmp(name, kind_names[i]) == 0) {
-            *out = (cqr_kind_t)i;
-            return 0;
-        }
-    }
-    return CQR_EINVAL;
+    int i = name_index(kind_names, 4, name);
+    if (i < 0)
+        return CQR_EINVAL;
+    *out = (cqr_kind_t)i;
+    return 0;
 }
 
 const char *cqr_optim_name(cqr_optim_kind_t kind)
@@ -35,13 +43,11 @@ const char *cqr_optim_name(cqr_optim_kind_t kind)
 
 int cqr_optim_parse(const char *name, cqr_optim_kind_t *out)
 {
-    for (int i = 0; i < 3; i++) {
-        if (strcmp(name, optim_names[i]) == 0) {
-            *out = (cqr_optim_kind_t)i;
-            return 0;
-        }
-    }
-    return CQR_EINVAL;
+    int i = name_index(optim_names, 3, name);
+    if (i < 0)
+        return CQR_EINVAL;
+    *out = (cqr_optim_kind_t)i;
+    return 0;
 }
 
 void cqr_table_config_default(cqr_table_config_t *cfg, cqr_kind_t kind,

@@ -23,6 +23,14 @@ static uint32_t get_val(const void *v)
     return x;
 }
 
+/* An empty map of values of vw bytes and `initial` slots. */
+static void map_init(cqr_idmap_t *m, uint32_t vw, size_t initial)
+{
+    ck_assert_int_eq(cqr_idmap_init(m, vw, initial), 0);
+    ck_assert_uint_eq(m->count, 0);
+    ck_assert_uint_ge(m->cap, initial);
+}
+
 /* Inserts id with val_of(id); returns whether it was new. */
 static int put(cqr_idmap_t *m, uint64_t id)
 {
@@ -41,8 +49,7 @@ static int put(cqr_idmap_t *m, uint64_t id)
 START_TEST(test_insert_find)
 {
     cqr_idmap_t m;
-    ck_assert_int_eq(cqr_idmap_init(&m, 4, 0), 0);
-    ck_assert_uint_eq(m.count, 0);
+    map_init(&m, 4, 0);
     ck_assert_ptr_null(cqr_idmap_find(&m, 42));
     ck_assert_int_eq(put(&m, 42), 1);
     void *v = cqr_idmap_find(&m, 42);
@@ -65,7 +72,7 @@ END_TEST
 START_TEST(test_extreme_ids)
 {
     cqr_idmap_t m;
-    ck_assert_int_eq(cqr_idmap_init(&m, 4, 0), 0);
+    map_init(&m, 4, 0);
     ck_assert_ptr_null(cqr_idmap_find(&m, 0));
     ck_assert_int_eq(put(&m, 0), 1);
     ck_assert_int_eq(put(&m, UINT64_MAX), 1);
@@ -99,7 +106,7 @@ START_TEST(test_many_ids)
 {
     enum { N = 200000 };
     cqr_idmap_t m;
-    ck_assert_int_eq(cqr_idmap_init(&m, 4, 0), 0);
+    map_init(&m, 4, 0);
     size_t rehashes = 0;
     for (uint64_t i = 0; i < N; i++) {
         uint64_t id = cqr_mix64(i + 1); /* distinct, never 0 */
@@ -143,7 +150,7 @@ START_TEST(test_reserve)
 {
     enum { N = 5000 };
     cqr_idmap_t m;
-    ck_assert_int_eq(cqr_idmap_init(&m, 8, 0), 0);
+    map_init(&m, 8, 0);
     ck_assert_int_eq(cqr_idmap_reserve(&m, N), 0);
     size_t cap = m.cap;
     const uint64_t *keys = m.keys;
@@ -168,9 +175,9 @@ START_TEST(test_deterministic)
 {
     enum { N = 30000 };
     cqr_idmap_t a, b, c;
-    ck_assert_int_eq(cqr_idmap_init(&a, 4, 0), 0);
-    ck_assert_int_eq(cqr_idmap_init(&b, 4, 0), 0);
-    ck_assert_int_eq(cqr_idmap_init(&c, 4, 1000), 0);
+    map_init(&a, 4, 0);
+    map_init(&b, 4, 0);
+    map_init(&c, 4, 1000);
     cqr_rng_t rng;
     cqr_rng_seed(&rng, 9);
     uint64_t *ids = malloc(N * sizeof *ids);
@@ -200,7 +207,7 @@ END_TEST
 START_TEST(test_wide_values)
 {
     cqr_idmap_t m;
-    ck_assert_int_eq(cqr_idmap_init(&m, 13, 0), 0);
+    map_init(&m, 13, 0);
     for (uint64_t id = 0; id < 2000; id++) {
         void *v;
         int inserted;

@@ -266,28 +266,30 @@ static void compare_steps(const cqr_optim_config_t *o, uint32_t n, uint32_t w,
     cqr_rows_free(&r);
 }
 
-static const uint32_t step_widths[] = {1, 3, 4, 8, 13, 16, 33, 64};
+/* compare_steps over widths with and without a scalar tail or a vector
+ * body, each without and with weight decay. */
+static void compare_widths(cqr_optim_config_t o, uint64_t seed)
+{
+    static const uint32_t widths[] = {1, 3, 4, 8, 13, 16, 33, 64};
+    for (int wd = 0; wd < 2; wd++) {
+        o.weight_decay = wd ? 0.5f : 0.0f;
+        for (size_t i = 0; i < sizeof widths / sizeof *widths; i++)
+            compare_steps(&o, 5, widths[i], 300, seed + i);
+    }
+}
 
 START_TEST(test_sgd_matches_reference)
 {
-    cqr_optim_config_t o = {.kind = CQR_OPT_SGD, .lr = 0.05f};
-    for (int wd = 0; wd < 2; wd++) {
-        o.weight_decay = wd ? 0.5f : 0.0f;
-        for (size_t i = 0; i < sizeof step_widths / sizeof *step_widths; i++)
-            compare_steps(&o, 5, step_widths[i], 300, 1 + i);
-    }
+    compare_widths((cqr_optim_config_t){.kind = CQR_OPT_SGD, .lr = 0.05f},
+                   1);
 }
 END_TEST
 
 START_TEST(test_adagrad_matches_reference)
 {
-    cqr_optim_config_t o = {.kind = CQR_OPT_ADAGRAD, .lr = 0.1f,
-                            .eps = 1e-6f};
-    for (int wd = 0; wd < 2; wd++) {
-        o.weight_decay = wd ? 0.5f : 0.0f;
-        for (size_t i = 0; i < sizeof step_widths / sizeof *step_widths; i++)
-            compare_steps(&o, 5, step_widths[i], 300, 10 + i);
-    }
+    compare_widths((cqr_optim_config_t){.kind = CQR_OPT_ADAGRAD, .lr = 0.1f,
+                                        .eps = 1e-6f},
+                   10);
 }
 END_TEST
 
@@ -295,18 +297,12 @@ END_TEST
  * pow() at every step: both equal the reference. */
 START_TEST(test_adam_matches_reference)
 {
-    cqr_optim_config_t o = {.kind = CQR_OPT_ADAM, .lr = 1e-2f, .eps = 1e-8f};
-    const float betas[2][2] = {{0.9f, 0.999f}, {0.8f, 0.99f}};
-    for (int b = 0; b < 2; b++) {
-        o.beta1 = betas[b][0];
-        o.beta2 = betas[b][1];
-        for (int wd = 0; wd < 2; wd++) {
-            o.weight_decay = wd ? 0.5f : 0.0f;
-            for (size_t i = 0; i < sizeof step_widths / sizeof *step_widths;
-                 i++)
-                compare_steps(&o, 5, step_widths[i], 300, 20 + i);
-        }
-    }
+    cqr_optim_config_t o = {.kind = CQR_OPT_ADAM, .lr = 1e-2f, .eps = 1e-8f,
+                            .beta1 = 0.9f, .beta2 = 0.999f};
+    compare_widths(o, 20);
+    o.beta1 = 0.8f;
+    o.beta2 = 0.99f;
+    compare_widths(o, 20);
 }
 END_TEST
 

@@ -5,12 +5,15 @@
  * table_lookup.c; table_push.c), by cluster.c and the persist_*.c files,
  * which work on a table's state, and by the engine's own tests, which
  * inspect it. Nothing outside server/engine/ and tests/engine/ includes
- * it. Other modules change a table only through the functions declared
- * here and in table.h (cluster.c: cqr_table_phase_*).
+ * it. Other modules change a live table only through the functions
+ * declared here and in table.h (cluster.c: cqr_table_phase_*); the
+ * exporter reads the state under the locks below, and the importer fills
+ * in a private table it has just created.
  *
  * Locking: `gate` (a writer-preferring rwlock) is outermost: every push
- * holds it shared for its whole call, an export (persist.c) holds it
- * exclusively while it copies the changed state; lookups never take it.
+ * holds it shared for its whole call, an export (persist_export.c) holds
+ * it exclusively while it copies the changed state; lookups never take
+ * it.
  * `lock` (a writer-preferring rwlock) comes next. Lookups and pushes hold
  * it shared; inserting new known IDs, a phase's begin and commit, and the
  * digest hold it exclusively; an export holds it shared (so that no
@@ -53,7 +56,7 @@ typedef struct cqr_cbstate {
 
 #define CQR_FULL_BLOCK_SHIFT 16
 #define CQR_FULL_BLOCK (1u << CQR_FULL_BLOCK_SHIFT)
-/* Codebook rows per persistence page (one mark per page, persist.c). */
+/* Codebook rows per persistence page (one mark per page, persist.h). */
 #define CQR_CB_PAGE_SHIFT 16
 #define CQR_CB_PAGE (1u << CQR_CB_PAGE_SHIFT)
 

@@ -161,7 +161,7 @@ START_TEST(test_seqlock_no_torn_rows)
 }
 END_TEST
 
-/* ---- optimizer steps against plain loops --------------------------------- */
+/* ---- optimizer steps against plain loops -------------------------------- */
 
 /* A plain copy of rows: parameters, optimizer state, Adam steps. */
 typedef struct ref_rows {
@@ -316,7 +316,7 @@ START_TEST(test_adam_long_row)
 }
 END_TEST
 
-/* ---- the Adam bodies ------------------------------------------------------ */
+/* ---- the Adam bodies ---------------------------------------------------- */
 
 START_TEST(test_adam_bodies_agree)
 {
@@ -353,7 +353,7 @@ START_TEST(test_adam_bodies_agree)
 }
 END_TEST
 
-/* ---- clone, reset, bytes -------------------------------------------------- */
+/* ---- clone, reset, bytes ------------------------------------------------ */
 
 START_TEST(test_clone_reset_bytes)
 {

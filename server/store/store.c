@@ -36,6 +36,18 @@ int cqr_store_fail_db(cqr_store_t *s, char *dberr, const char *what)
     return rc;
 }
 
+void cqr_store_warn(cqr_store_t *s, const char *fmt, ...)
+{
+    if (!s->o.warn)
+        return;
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    s->o.warn(s->o.warn_ud, msg);
+}
+
 double cqr_store_now(void)
 {
     struct timespec ts;
@@ -96,7 +108,62 @@ int cqr_store_man_read(cqr_store_t *s, uint64_t gen, cqr_manifest_t *g,
     return rc;
 }
 
-int cqr_store_man_list(cqr_store_t *s, uint64_t **gens, size_t *n)
+/* Appends gen to *gens (growing it); CQR_ENOMEM. */
+static int gens_push(uint64_t **gens, size_t *n, size_t *cap, uint64_t gen)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? 2 * *cap : 16;
+        uint64_t *ng = realloc(*gens, nc * sizeof *ng);
+        if (!ng)
+            return CQR_ENOMEM;
+        *gens = ng;
+        *cap = nc;
+    }
+    (*gens)[(*n)++] = gen;
+    return 0;
+}
+
+/* 1 if manifest gen exists, 0 if not, -1 if RocksDB cannot tell (a read
+ * error on a file whose key range covers it). */
+static int man_exists(cqr_store_t *s, uint64_t gen)
+{
+    uint8_t k[9];
+    size_t kl = cqr_key_manifest(k, gen);
+    char *err = NULL;
+    rocksdb_pinnableslice_t *ps =
+        rocksdb_get_pinned(s->db, s->ro, (const char *)k, kl, &err);
+    if (err) {
+        rocksdb_free(err);
+        return -1;
+    }
+    if (!ps)
+        return 0;
+    rocksdb_pinnableslice_destroy(ps);
+    return 1;
+}
+
+/* The fallback of a failed scan: the acknowledged generation and its
+ * present neighbours, found by point lookups (which read only the files
+ * whose key range covers each key, newest first), ascending. */
+static int man_probe(cqr_store_t *s, uint64_t **gens, size_t *n)
+{
+    size_t cap = 0;
+    if (s->acked == 0 || man_exists(s, s->acked) != 1)
+        return CQR_EIO;
+    uint64_t lo = s->acked, hi = s->acked;
+    while (lo > 1 && man_exists(s, lo - 1) == 1)
+        lo--;
+    while (hi < UINT64_MAX && man_exists(s, hi + 1) == 1)
+        hi++;
+    for (uint64_t g = lo; g <= hi; g++) {
+        if (gens_push(gens, n, &cap, g))
+            return CQR_ENOMEM;
+    }
+    return 0;
+}
+
+int cqr_store_man_list(cqr_store_t *s, int partial, uint64_t **gens,
+                       size_t *n)
 {
     *gens = NULL;
     *n = 0;
@@ -112,22 +179,27 @@ int cqr_store_man_list(cqr_store_t *s, uint64_t **gens, size_t *n)
             break;
         if (kl != 9)
             continue;
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 16;
-            uint64_t *ng = realloc(*gens, cap * sizeof *ng);
-            if (!ng) {
-                rc = CQR_ENOMEM;
-                break;
-            }
-            *gens = ng;
-        }
-        (*gens)[(*n)++] = cqr_be64_read(k + 1);
+        rc = gens_push(gens, n, &cap, cqr_be64_read(k + 1));
+        if (rc)
+            break;
     }
     char *err = NULL;
     rocksdb_iter_get_error(it, &err);
     rocksdb_iter_destroy(it);
     if (err) {
         rc = cqr_store_fail_db(s, err, "listing generations");
+        free(*gens);
+        *gens = NULL;
+        *n = 0;
+        if (partial && man_probe(s, gens, n) == 0) {
+            cqr_store_warn(s, "%s; found generations %llu..%llu around the "
+                           "acknowledged one by lookups (older ones may "
+                           "exist)", s->err,
+                           (unsigned long long)(*gens)[0],
+                           (unsigned long long)(*gens)[*n - 1]);
+            s->err[0] = 0;
+            rc = 0;
+        }
     }
     if (rc) {
         free(*gens);
@@ -136,7 +208,6 @@ int cqr_store_man_list(cqr_store_t *s, uint64_t **gens, size_t *n)
     }
     return rc;
 }
-
 
 /* ---- Garbage collection ------------------------------------------------- */
 /* gc() deletes the manifests of drop[0..ndrop) and those of their
@@ -155,7 +226,7 @@ static int gc_kept_keys(cqr_store_t *s, const uint64_t *drop, size_t ndrop,
 {
     uint64_t *gens;
     size_t ng;
-    int rc = cqr_store_man_list(s, &gens, &ng);
+    int rc = cqr_store_man_list(s, 0, &gens, &ng);
     if (rc)
         return rc;
     for (size_t i = 0; i < ng; i++) {
@@ -284,8 +355,10 @@ static int gc(cqr_store_t *s, const uint64_t *drop, size_t ndrop,
     if (rc == 0 && ndrop) {
         char *err = NULL;
         rocksdb_write(s->db, s->wo_sync, wb, &err);
-        if (err)
+        if (err) {
+            s->broken = 1;
             rc = cqr_store_fail_db(s, err, "garbage collection");
+        }
     }
     rocksdb_writebatch_destroy(wb);
     if (rc)
@@ -310,8 +383,10 @@ int cqr_store_drop_orphans(cqr_store_t *s)
     char *err = NULL;
     rocksdb_write(s->db, s->wo_sync, wb, &err);
     rocksdb_writebatch_destroy(wb);
-    return err ? cqr_store_fail_db(s, err, "removing unfinished checkpoints")
-               : 0;
+    if (!err)
+        return 0;
+    s->broken = 1;
+    return cqr_store_fail_db(s, err, "removing unfinished checkpoints");
 }
 
 int cqr_store_retain_locked(cqr_store_t *s, uint32_t keep,
@@ -319,7 +394,7 @@ int cqr_store_retain_locked(cqr_store_t *s, uint32_t keep,
 {
     uint64_t *gens;
     size_t ng;
-    int rc = cqr_store_man_list(s, &gens, &ng);
+    int rc = cqr_store_man_list(s, 0, &gens, &ng);
     if (rc)
         return rc;
     size_t ndrop = keep && ng > keep ? ng - keep : 0;
@@ -357,33 +432,91 @@ void cqr_store_close(cqr_store_t *s)
     if (s->fo)
         rocksdb_flushoptions_destroy(s->fo);
     bases_clear(s);
+    free(s->dir);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
 
-/* The format marker: written once, checked on every open. */
-static int check_format(cqr_store_t *s, const char *dir)
+/* The format marker: written once, checked on every open. Only a marker
+ * that reads and names another format stops the open: one that cannot be
+ * read (a damaged SST block) is reported, since every manifest and
+ * segment carries its own version as well. */
+static int check_format(cqr_store_t *s)
 {
     char *err = NULL;
     size_t vl;
     char *v = rocksdb_get(s->db, s->ro, "V", 1, &vl, &err);
-    if (err)
-        return cqr_store_fail_db(s, err, "reading the store format");
+    if (err) {
+        cqr_store_warn(s, "cannot read the store format marker (%s); "
+                       "going on: manifests and segments carry their own "
+                       "version", err);
+        rocksdb_free(err);
+        return 0;
+    }
     if (!v) {
         rocksdb_put(s->db, s->wo_sync, "V", 1, STORE_FORMAT,
                     strlen(STORE_FORMAT), &err);
-        if (err)
-            return cqr_store_fail_db(s, err, "writing the store format");
+        if (err) {
+            cqr_store_warn(s, "cannot write the store format marker (%s)",
+                           err);
+            rocksdb_free(err);
+            s->broken = 1;
+        }
         return 0;
     }
     int rc = 0;
     int same = vl == strlen(STORE_FORMAT) && memcmp(v, STORE_FORMAT, vl) == 0;
     if (!same)
         rc = cqr_store_fail(s, CQR_EVERSION, "%s: store format \"%.*s\", "
-                            "this build reads \"%s\"", dir,
+                            "this build reads \"%s\"", s->dir,
                             (int)(vl < 64 ? vl : 64), v, STORE_FORMAT);
     rocksdb_free(v);
     return rc;
+}
+
+/* Opens the database and finds the newest generation. */
+static int db_open(cqr_store_t *s)
+{
+    char *err = NULL;
+    s->db = rocksdb_open(s->opts, s->dir, &err);
+    if (!s->db)
+        return cqr_store_fail_db(s, err, s->dir);
+    uint64_t *gens;
+    size_t ng;
+    int rc = cqr_store_man_list(s, 1, &gens, &ng);
+    if (rc)
+        return rc;
+    s->last_gen = ng ? gens[ng - 1] : 0;
+    free(gens);
+    return 0;
+}
+
+int cqr_store_ready(cqr_store_t *s)
+{
+    if (s->db && !s->broken)
+        return 0;
+    char was[sizeof s->err];
+    snprintf(was, sizeof was, "%s", s->err[0] ? s->err : "?");
+    if (s->db) {
+        /* A clean close flushes what it can; what it cannot was never
+         * acknowledged. */
+        rocksdb_close(s->db);
+        s->db = NULL;
+    }
+    int rc = db_open(s);
+    if (rc) {
+        if (s->db) {
+            rocksdb_close(s->db);
+            s->db = NULL;
+        }
+        char now[sizeof s->err];
+        memcpy(now, s->err, sizeof now);
+        return cqr_store_fail(s, CQR_EIO, "the database cannot be reopened "
+                              "after a failure: %.400s", now);
+    }
+    s->broken = 0;
+    cqr_store_warn(s, "reopened the database after a failure (%s)", was);
+    return 0;
 }
 
 int cqr_store_open(const char *dir, const cqr_store_opts_t *o,
@@ -401,6 +534,7 @@ int cqr_store_open(const char *dir, const cqr_store_opts_t *o,
         cqr_store_opts_default(&s->o);
     if (s->o.batch_bytes == 0)
         s->o.batch_bytes = 32u << 20;
+    s->dir = strdup(dir);
     s->opts = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(s->opts, s->o.create ? 1 : 0);
     rocksdb_options_set_paranoid_checks(s->opts, 1);
@@ -422,32 +556,26 @@ int cqr_store_open(const char *dir, const cqr_store_opts_t *o,
     s->fo = rocksdb_flushoptions_create();
     rocksdb_flushoptions_set_wait(s->fo, 1);
 
-    char *err = NULL;
-    int rc = 0;
-    s->db = rocksdb_open(s->opts, dir, &err);
-    if (!s->db) {
-        rc = cqr_store_fail_db(s, err, dir);
-        goto out;
-    }
-    rc = check_format(s, dir);
-    if (rc)
-        goto out;
-    uint64_t *gens;
-    size_t ng;
-    rc = cqr_store_man_list(s, &gens, &ng);
-    if (rc)
-        goto out;
-    s->last_gen = ng ? gens[ng - 1] : 0;
-    free(gens);
-    /* Orphans of a checkpoint that crashed before its manifest. */
-    rc = cqr_store_drop_orphans(s);
-out:
+    int rc = s->dir ? 0 : cqr_store_fail(s, CQR_ENOMEM, "out of memory");
+    if (rc == 0)
+        rc = cqr_store_ack_read(s);
+    if (rc == 0)
+        rc = db_open(s);
+    if (rc == 0)
+        rc = check_format(s);
+    /* Orphans of a checkpoint that crashed before its manifest; they are
+     * harmless until the next checkpoint, which removes them first, so a
+     * failure here (a database that cannot write) does not stop the
+     * loads. */
+    if (rc == 0 && !s->broken && cqr_store_drop_orphans(s) != 0)
+        cqr_store_warn(s, "%s; the next checkpoint tries again", s->err);
     if (rc) {
         if (why)
             snprintf(why, whylen, "%s", s->err);
         cqr_store_close(s);
         return rc;
     }
+    s->err[0] = 0;
     *out = s;
     return 0;
 }
@@ -470,9 +598,11 @@ int cqr_store_list(cqr_store_t *s, cqr_store_gen_t **out, size_t *nout)
     *out = NULL;
     *nout = 0;
     pthread_mutex_lock(&s->mu);
-    uint64_t *gens;
-    size_t ng;
-    int rc = cqr_store_man_list(s, &gens, &ng);
+    uint64_t *gens = NULL;
+    size_t ng = 0;
+    int rc = cqr_store_ready(s);
+    if (rc == 0)
+        rc = cqr_store_man_list(s, 1, &gens, &ng);
     cqr_store_gen_t *v = NULL;
     if (rc == 0 && ng) {
         v = calloc(ng, sizeof *v);
@@ -515,7 +645,9 @@ int cqr_store_retain(cqr_store_t *s, uint32_t keep, uint32_t *deleted)
     if (!s || keep < 1)
         return CQR_EINVAL;
     pthread_mutex_lock(&s->mu);
-    int rc = cqr_store_retain_locked(s, keep, deleted, NULL);
+    int rc = cqr_store_ready(s);
+    if (rc == 0)
+        rc = cqr_store_retain_locked(s, keep, deleted, NULL);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -525,6 +657,10 @@ int cqr_store_usage(cqr_store_t *s, uint64_t *segments, uint64_t *bytes)
     if (!s)
         return CQR_EINVAL;
     pthread_mutex_lock(&s->mu);
+    if (cqr_store_ready(s) != 0) {
+        pthread_mutex_unlock(&s->mu);
+        return CQR_EIO;
+    }
     uint64_t n = 0;
     rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ro);
     const char start = 'S';

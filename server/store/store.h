@@ -17,19 +17,42 @@
  * Big-endian numbers make keys sort by generation, so the segments one
  * generation wrote are one key range.
  *
- * Atomicity: a checkpoint writes its segments first (write batches
- * without the WAL), then flushes the memtables to SST files (RocksDB
- * syncs them), then writes the manifest alone with sync=true (WAL fsync).
- * The manifest is the commit point: until it is durable, the generation
- * does not exist, and nothing an earlier manifest references has been
- * touched (segment keys carry their generation, so new segments never
- * overwrite live ones). A crash at any moment leaves every earlier
- * generation intact; the orphaned segments of an unfinished checkpoint
- * (generations above the last manifest) are removed with one range
- * delete at open and before each checkpoint. Retention deletes old
- * manifests and those of their segments that no kept generation
- * references, in one synced batch; it works from the manifests and never
- * scans the segments.
+ * Atomicity: a checkpoint writes its segments, then its manifest, all
+ * without RocksDB's WAL, and then flushes the memtables: RocksDB syncs
+ * the new SST and blob files and then records them in its own MANIFEST
+ * (synced), which is the commit point. Memtables are flushed in the order
+ * they were written, so the manifest never becomes durable before a
+ * segment it lists; until the flush is recorded, the generation does not
+ * exist, and nothing an earlier manifest references has been touched
+ * (segment keys carry their generation, so new segments never overwrite
+ * live ones). A committed generation lives in SST and blob files only:
+ * losing or truncating the WAL (`*.log`) cannot take it back. A crash at
+ * any moment leaves every earlier generation intact; the orphaned
+ * segments of an unfinished checkpoint (generations above the last
+ * manifest) are removed with one range delete at open and before each
+ * checkpoint. Retention deletes old manifests and those of their
+ * segments that no kept generation references, in one synced batch; it
+ * works from the manifests and never scans the segments.
+ *
+ * Acknowledgement record: after a generation is committed, and before
+ * cqr_store_checkpoint returns it, the store records its number in the
+ * file CQRPS-ACKED beside RocksDB's files (one text line with a
+ * checksum, written to a temporary file, synced, renamed, directory
+ * synced). A load reports it (cqr_store_load_info_t.acked) with the
+ * newest generation present, so that the caller can tell a generation
+ * that vanished (newest < acked: silent loss, e.g. a lost file) from one
+ * that is present but damaged (skipped with its reason). Data dirs
+ * written before the record existed load as before (acked 0).
+ *
+ * Storage faults: a checkpoint that fails on a RocksDB error (a full or
+ * read-only disk, a background error) leaves the database in an error
+ * state that RocksDB keeps until it is reopened; the store closes it and
+ * opens it again (replaying what it must) at the next call, so the first
+ * checkpoint after the fault clears succeeds. While the database cannot
+ * be reopened every call fails with CQR_EIO and says why. Problems that
+ * do not stop the store (a format marker or an old SST block it cannot
+ * read, a failed clean-up at open, a listing that had to fall back) are
+ * reported through opts.warn.
  *
  * Verification: every manifest and segment carries an XXH3 checksum, and
  * the manifest also records each segment's length and checksum, so a
@@ -76,6 +99,11 @@
 
 typedef struct cqr_store cqr_store_t;
 
+/* Reports a problem the store worked around, for the caller's log (a
+ * full sentence without a trailing period). Runs on the calling thread,
+ * with the store's mutex held: it must not call cqr_store_* functions. */
+typedef void (*cqr_store_warn_cb)(void *ud, const char *msg);
+
 typedef struct cqr_store_opts {
     uint32_t keep;        /* generations kept after each checkpoint, >= 1
                              (default 3); 0 = keep all */
@@ -85,6 +113,8 @@ typedef struct cqr_store_opts {
                              sharing nothing (0 = never; default 0) */
     int create;           /* create the database if missing (default 1) */
     uint64_t batch_bytes; /* segment bytes per write batch (default 32 MiB) */
+    cqr_store_warn_cb warn; /* may be NULL (default) */
+    void *warn_ud;        /* its argument */
 } cqr_store_opts_t;
 
 void cqr_store_opts_default(cqr_store_opts_t *o);
@@ -103,10 +133,13 @@ typedef struct cqr_store_progress {
 
 typedef void (*cqr_store_progress_cb)(void *ud, const cqr_store_progress_t *p);
 
-/* Opens (creating, with o->create) the database in `dir`, finds the
- * latest generation and deletes orphaned segments of unfinished
- * checkpoints. o may be NULL (defaults). On failure writes a reason to
- * why[0..whylen) if why is non-NULL. */
+/* Opens (creating, with o->create) the database in `dir`, reads the
+ * acknowledgement record, finds the latest generation and deletes
+ * orphaned segments of unfinished checkpoints. Only what prevents every
+ * load fails the open (RocksDB refuses the database, the generations
+ * cannot be listed at all, a store format this build does not read); the
+ * rest is reported through o->warn. o may be NULL (defaults). On failure
+ * writes a reason to why[0..whylen) if why is non-NULL. */
 int cqr_store_open(const char *dir, const cqr_store_opts_t *o,
                    cqr_store_t **out, char *why, size_t whylen);
 
@@ -140,10 +173,13 @@ typedef struct cqr_store_ckpt_stats {
  * (unique, 1..255 bytes). Each table is exported incrementally against
  * what this store last wrote or loaded for it, written, and released
  * before the next is exported (memory: the largest table's changes). On
- * success *generation (if non-NULL) is the new generation, durable before
- * the call returns, and retention (opts.keep) has run. On failure no
- * generation is created and the previous ones are untouched. cb (may be
- * NULL) reports progress; stats may be NULL. */
+ * success *generation (if non-NULL) is the new generation, durable and in
+ * the acknowledgement record before the call returns, and retention
+ * (opts.keep) has run. On failure no generation is acknowledged and the
+ * previous ones are untouched (a generation that committed before a
+ * later step failed may survive, complete, as the newest). After a
+ * failure on a RocksDB error the next call reopens the database first.
+ * cb (may be NULL) reports progress; stats may be NULL. */
 int cqr_store_checkpoint(cqr_store_t *s, cqr_table_t *const *tables,
                          const char *const *names, size_t n,
                          cqr_store_progress_cb cb, void *ud,
@@ -175,9 +211,14 @@ typedef struct cqr_store_load_info {
     uint32_t tables;      /* tables delivered */
     uint64_t bytes;       /* segment bytes read */
     double seconds;       /* the whole call */
-    uint32_t skipped;     /* newer generations that failed verification */
+    uint32_t skipped;     /* newer generations that could not be read
+                             (checksum, or RocksDB's read error) */
     char why[512];        /* "generation 7: table users: rows/3: checksum
                              mismatch; ..." for the skipped ones */
+    uint64_t newest;      /* the highest generation present, loadable or
+                             not (0: none) */
+    uint64_t acked;       /* the last acknowledged generation on record
+                             (0: none, e.g. a data dir of an older build) */
 } cqr_store_load_info_t;
 
 /* Restores a generation: `generation` 0 loads the newest one that
@@ -193,6 +234,12 @@ int cqr_store_load(cqr_store_t *s, uint64_t generation,
                    cqr_store_table_cb cb, void *ud,
                    cqr_store_progress_cb pcb, void *pud,
                    cqr_store_load_info_t *info);
+
+/* Rewrites the acknowledgement record to `generation` (which may be
+ * older than the one recorded): the operator accepted to go on from an
+ * older generation, and the next start must not report the loss again.
+ * CQR_EIO with a reason. */
+int cqr_store_set_acked(cqr_store_t *s, uint64_t generation);
 
 /* Keeps the newest `keep` generations (>= 1), deletes the older ones and
  * every segment no remaining generation (nor the base of the next

@@ -38,7 +38,8 @@ typedef struct cqr_store_base {
 } cqr_store_base_t;
 
 struct cqr_store {
-    rocksdb_t *db;
+    rocksdb_t *db;       /* NULL while a reopen fails */
+    char *dir;           /* the data dir (reopen, acknowledgement record) */
     rocksdb_options_t *opts;
     rocksdb_writeoptions_t *wo_nowal; /* segments: no WAL, flushed later */
     rocksdb_writeoptions_t *wo_sync;  /* manifests and deletions */
@@ -47,10 +48,31 @@ struct cqr_store {
     cqr_store_opts_t o;
     pthread_mutex_t mu;  /* serialises every call */
     uint64_t last_gen;   /* highest manifest present */
+    uint64_t acked;      /* the acknowledgement record (0: none) */
+    int broken;          /* a RocksDB write failed: reopen before use */
     cqr_store_base_t *bases; /* per table name */
     size_t nbases;
     char err[512];       /* last failure (mu) */
 };
+
+/* Reports a problem the store worked around through opts.warn. */
+void cqr_store_warn(cqr_store_t *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Reopens the database if a failure left it in an error state (or
+ * closed); 0, or CQR_EIO with the store's error set. Every entry point
+ * that touches the database calls it first. */
+int cqr_store_ready(cqr_store_t *s);
+
+/* Reads the acknowledgement record into s->acked (0 when there is none;
+ * an unreadable or damaged one is reported through opts.warn and counts
+ * as none). Always 0. */
+int cqr_store_ack_read(cqr_store_t *s);
+
+/* Writes the acknowledgement record (store.h) for generation gen: temp
+ * file, fsync, rename, directory fsync. CQR_EIO with the store's error
+ * set. */
+int cqr_store_ack_write(cqr_store_t *s, uint64_t gen);
 
 /* Records a formatted reason as the store's last failure; returns rc. */
 int cqr_store_fail(cqr_store_t *s, int rc, const char *fmt, ...)
@@ -80,12 +102,17 @@ int cqr_store_man_read(cqr_store_t *s, uint64_t gen, cqr_manifest_t *g,
 
 /* Generation numbers of all manifests, ascending; *gens is malloc'd (NULL
  * when there are none). CQR_ENOMEM, or CQR_EIO with the store's error
- * set. */
-int cqr_store_man_list(cqr_store_t *s, uint64_t **gens, size_t *n);
+ * set. With `partial`, a scan that fails (a damaged SST block in the
+ * manifests' key range) falls back to probing the generations around the
+ * acknowledged one, which yields the newest generations but maybe not
+ * all (reported through opts.warn); retention, which must know every
+ * generation, never asks for that. */
+int cqr_store_man_list(cqr_store_t *s, int partial, uint64_t **gens,
+                       size_t *n);
 
 /* Removes every segment of generations above the last manifest: the
- * orphans of a checkpoint that did not commit. Sets the store's error on
- * failure. */
+ * orphans of a checkpoint that did not commit. Sets the store's error (and
+ * `broken`) on failure. */
 int cqr_store_drop_orphans(cqr_store_t *s);
 
 /* Keeps the newest `keep` generations (0: all) and garbage-collects the

@@ -188,9 +188,11 @@ static int load_candidates(cqr_store_t *s, const uint64_t *generation,
 
 /* Tries the candidates newest first until one loads completely (*found,
  * held in l). Each failure is recorded in li and the next older one is
- * tried, unless `exact` (a chosen generation) or the failure is the
- * store's (CQR_EIO, CQR_ENOMEM). Generations exist and none verifies:
- * CQR_ECORRUPT, never an empty state. */
+ * tried, unless `exact` (a chosen generation) or memory ran out. A read
+ * error of RocksDB (a damaged or missing SST or blob file: "Corruption",
+ * "IO error") belongs to the generation that needed the data, like a
+ * checksum mismatch of ours: an older generation may not need it.
+ * Generations exist and none loads: CQR_ECORRUPT, never an empty state. */
 static int load_newest(cqr_store_t *s, const uint64_t *cand, size_t ncand,
                        int exact, ld_prog_t *lp, loaded_t *l,
                        cqr_store_load_info_t *li, int *found)
@@ -207,7 +209,7 @@ static int load_newest(cqr_store_t *s, const uint64_t *cand, size_t ncand,
             li->generation = gen;
             break;
         }
-        if (lr == CQR_ENOMEM || lr == CQR_EIO) {
+        if (lr == CQR_ENOMEM) {
             rc = cqr_store_fail(s, lr, "%s", why);
         } else {
             li->skipped++;
@@ -274,7 +276,11 @@ int cqr_store_load(cqr_store_t *s, uint64_t generation,
     s->err[0] = 0;
     uint64_t *gens = NULL;
     size_t ng = 0;
-    int rc = cqr_store_man_list(s, &gens, &ng);
+    int rc = cqr_store_ready(s);
+    if (rc == 0)
+        rc = cqr_store_man_list(s, 1, &gens, &ng);
+    li.newest = ng ? gens[ng - 1] : 0;
+    li.acked = s->acked;
     const uint64_t *cand = NULL;
     size_t ncand = 0;
     if (rc == 0)

@@ -218,16 +218,16 @@ static int checkpoint_table(cqr_store_t *s, cqr_table_t *table,
     return rc;
 }
 
-/* The commit: segments durable in SST files, then the manifest alone,
- * synced. Until the manifest is durable the generation does not exist. */
+/* The commit: the manifest goes into the memtable after every segment,
+ * without the WAL, and one flush makes all of it durable in SST and blob
+ * files; RocksDB's MANIFEST record of that flush is the commit point
+ * (store.h, "Atomicity"). Until it is durable the generation does not
+ * exist. */
 static int commit(cqr_store_t *s, cqr_manifest_t *g,
                   cqr_store_ckpt_stats_t *st)
 {
     double s0 = cqr_store_now();
     char *err = NULL;
-    rocksdb_flush(s->db, s->fo, &err);
-    if (err)
-        return cqr_store_fail_db(s, err, "flushing segments");
     g->bytes_new = st->bytes_written;
     uint8_t *mb;
     size_t ml;
@@ -235,11 +235,14 @@ static int commit(cqr_store_t *s, cqr_manifest_t *g,
     if (rc)
         return cqr_store_fail(s, rc, "out of memory");
     uint8_t k[9];
-    rocksdb_put(s->db, s->wo_sync, (const char *)k,
+    rocksdb_put(s->db, s->wo_nowal, (const char *)k,
                 cqr_key_manifest(k, g->gen), (const char *)mb, ml, &err);
     free(mb);
     if (err)
         return cqr_store_fail_db(s, err, "writing the manifest");
+    rocksdb_flush(s->db, s->fo, &err);
+    if (err)
+        return cqr_store_fail_db(s, err, "flushing the generation");
     st->seconds_sync = cqr_store_now() - s0;
     return 0;
 }
@@ -278,11 +281,14 @@ int cqr_store_checkpoint(cqr_store_t *s, cqr_table_t *const *tables,
     const double t0 = cqr_store_now();
     pthread_mutex_lock(&s->mu);
     s->err[0] = 0;
+    /* After a failure on a RocksDB error: reopen first. */
+    int rc = cqr_store_ready(s);
     const uint64_t gen = s->last_gen + 1;
     cqr_manifest_t g = {.gen = gen};
     /* A failed checkpoint in this process may have left segments of gen:
      * start from a clean range so that none of them survives unlisted. */
-    int rc = cqr_store_drop_orphans(s);
+    if (rc == 0)
+        rc = cqr_store_drop_orphans(s);
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
     g.unix_ns = (uint64_t)wall.tv_sec * 1000000000ull + (uint64_t)wall.tv_nsec;
@@ -309,9 +315,16 @@ int cqr_store_checkpoint(cqr_store_t *s, cqr_table_t *const *tables,
         /* The new generation is the base of the next checkpoint. */
         cqr_store_bases_adopt(s, nb, &g, n);
         nb = NULL;
+        /* Durable, then recorded, then returned: the record never names
+         * a generation that may not be on disk. */
+        rc = cqr_store_ack_write(s, gen);
+    }
+    if (rc == 0) {
         ck_report(&pp, "retain", NULL, (uint32_t)n, 0.0);
         retain_after(s, &st);
     }
+    if (rc == CQR_EIO)
+        s->broken = 1; /* RocksDB may hold an error state: reopen */
     cqr_manifest_free(&g);
     free(nb);
     pthread_mutex_unlock(&s->mu);

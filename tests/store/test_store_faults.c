@@ -361,6 +361,188 @@ START_TEST(test_wal_lost_after_ack)
 }
 END_TEST
 
+/* The acknowledgement record: a load reports the last acknowledged
+ * generation and the newest present, so that a generation that vanished
+ * (here: its manifest deleted) shows; a damaged record is reported and
+ * counts as none; a data dir without one (an older build's) loads as
+ * before; cqr_store_set_acked rewrites it. */
+static void warn_count(void *ud, const char *msg)
+{
+    (void)msg;
+    (*(int *)ud)++;
+}
+
+START_TEST(test_ack_record)
+{
+    uint64_t d[4];
+    char *dir = three_gens(d, 0);
+    cqr_store_load_info_t li;
+    uint64_t dg;
+    ck_assert_int_eq(open_load(dir, 0, &li, &dg), 0);
+    ck_assert_uint_eq(li.generation, 3);
+    ck_assert_uint_eq(li.acked, 3);
+    ck_assert_uint_eq(li.newest, 3);
+
+    /* Generation 3 vanishes without a trace. */
+    rocksdb_options_t *ro = rocksdb_options_create();
+    rocksdb_options_set_enable_blob_files(ro, 1);
+    char *err = NULL;
+    rocksdb_t *db = rocksdb_open(ro, dir, &err);
+    ck_assert_ptr_null(err);
+    rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
+    rocksdb_writeoptions_set_sync(wo, 1);
+    char mk[9] = {'M', 0, 0, 0, 0, 0, 0, 0, 3};
+    rocksdb_delete(db, wo, mk, 9, &err);
+    ck_assert_ptr_null(err);
+    rocksdb_writeoptions_destroy(wo);
+    rocksdb_close(db);
+    rocksdb_options_destroy(ro);
+    ck_assert_int_eq(open_load(dir, 0, &li, &dg), 0);
+    ck_assert_uint_eq(li.generation, 2);
+    ck_assert_uint_eq(li.skipped, 0);
+    ck_assert_uint_eq(li.newest, 2);
+    ck_assert_uint_eq(li.acked, 3);
+    ck_assert(dg == d[2]);
+
+    /* The operator accepts generation 2. */
+    cqr_store_opts_t o;
+    cqr_store_opts_default(&o);
+    int warns = 0;
+    o.warn = warn_count;
+    o.warn_ud = &warns;
+    cqr_store_t *s = NULL;
+    char why[256];
+    ck_assert_int_eq(cqr_store_open(dir, &o, &s, why, sizeof why), 0);
+    ck_assert_int_eq(cqr_store_set_acked(s, 2), 0);
+    cqr_store_close(s);
+    ck_assert_int_eq(warns, 0);
+    ck_assert_int_eq(open_load(dir, 0, &li, &dg), 0);
+    ck_assert_uint_eq(li.acked, 2);
+
+    /* A damaged record: reported, counts as none. */
+    char path[1024];
+    snprintf(path, sizeof path, "%s/CQRPS-ACKED", dir);
+    flip_bit(path, 20, 1);
+    ck_assert_int_eq(cqr_store_open(dir, &o, &s, why, sizeof why), 0);
+    tset_t ts;
+    ck_assert_int_eq(load(s, 0, &ts, &li), 0);
+    tset_free(&ts);
+    cqr_store_close(s);
+    ck_assert_int_eq(warns, 1);
+    ck_assert_uint_eq(li.acked, 0);
+    ck_assert_uint_eq(li.generation, 2);
+
+    /* No record at all: an older build's data dir. */
+    ck_assert_int_eq(unlink(path), 0);
+    ck_assert_int_eq(open_load(dir, 0, &li, &dg), 0);
+    ck_assert_uint_eq(li.acked, 0);
+    ck_assert_uint_eq(li.generation, 2);
+    ck_assert(dg == d[2]);
+    rmdir_all(dir);
+}
+END_TEST
+
+/* ---- 3. A full disk ----------------------------------------------------- */
+
+/* Mounts a tmpfs of `size` ("24m") on a new directory; NULL (and a
+ * message) when this process may not mount. */
+static char *tmpfs_mount(const char *size)
+{
+    if (geteuid() != 0) {
+        printf("SKIP: not root, no tmpfs for the full-disk test\n");
+        return NULL;
+    }
+    char *mnt = tmpdir();
+    char opt[64];
+    snprintf(opt, sizeof opt, "size=%s,mode=0700", size);
+    if (mount("tmpfs", mnt, "tmpfs", 0, opt) != 0) {
+        printf("SKIP: cannot mount a tmpfs (%s)\n", strerror(errno));
+        rmdir_all(mnt);
+        return NULL;
+    }
+    return mnt;
+}
+
+static void tmpfs_resize(const char *mnt, const char *size)
+{
+    char opt[64];
+    snprintf(opt, sizeof opt, "size=%s", size);
+    ck_assert_msg(mount(NULL, mnt, NULL, MS_REMOUNT, opt) == 0,
+                  "remount %s: %s", opt, strerror(errno));
+}
+
+static void tmpfs_unmount(char *mnt)
+{
+    ck_assert_int_eq(umount2(mnt, MNT_DETACH), 0);
+    rmdir_all(mnt);
+}
+
+/* Checkpoints of a ~3 MB table, each complete, on a 24 MB tmpfs until
+ * one fails (ENOSPC); it fails again while the disk is full; the tmpfs
+ * grows to 256 MB and the next checkpoint succeeds, and that generation
+ * loads exactly. */
+START_TEST(test_disk_full_recovers)
+{
+    char *mnt = tmpfs_mount("24m");
+    if (!mnt)
+        return;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/data", mnt);
+    cqr_store_opts_t o;
+    cqr_store_opts_default(&o);
+    o.keep = 0;
+    o.full_every = 1;
+    int warns = 0;
+    o.warn = warn_count;
+    o.warn_ud = &warns;
+    cqr_store_t *s = NULL;
+    char why[512];
+    ck_assert_int_eq(cqr_store_open(dir, &o, &s, why, sizeof why), 0);
+    cqr_table_t *t = make(CQR_KIND_FULL, CQR_OPT_SGD, 64, 0, 5);
+    cqr_rng_t rng;
+    cqr_rng_seed(&rng, 5);
+    const char *name = "big";
+    int ok = 0, rc = 0;
+    for (int i = 0; i < 40 && rc == 0; i++) {
+        push_random(t, &rng, 3, 4096, 0, 12000);
+        uint64_t gen;
+        rc = cqr_store_checkpoint(s, &t, &name, 1, NULL, NULL, &gen, NULL);
+        ok += rc == 0;
+    }
+    ck_assert_int_eq(rc, CQR_EIO);
+    ck_assert_int_gt(ok, 0);
+    cqr_store_error(s, why, sizeof why);
+    printf("disk full after %d checkpoints: %s\n", ok, why);
+    /* Still full: still failing, and saying so. */
+    uint64_t gen = 0;
+    ck_assert_int_eq(cqr_store_checkpoint(s, &t, &name, 1, NULL, NULL, &gen,
+                                          NULL), CQR_EIO);
+    tmpfs_resize(mnt, "256m");
+    push_random(t, &rng, 1, 64, 0, 12000);
+    uint64_t want = digest(t);
+    rc = cqr_store_checkpoint(s, &t, &name, 1, NULL, NULL, &gen, NULL);
+    cqr_store_error(s, why, sizeof why);
+    ck_assert_msg(rc == 0, "checkpoint after the disk has room again: %s: "
+                  "%s", cqr_strerror(rc), why);
+    ck_assert_uint_eq(gen, (uint64_t)ok + 1);
+    ck_assert_int_ge(warns, 1); /* "reopened the database ..." */
+    cqr_store_close(s);
+    cqr_table_destroy(t);
+    cqr_store_load_info_t li;
+    uint64_t dg;
+    ck_assert_int_eq(open_load(dir, 0, &li, &dg), 0);
+    ck_assert_uint_eq(li.generation, gen);
+    tset_t one;
+    memset(&one, 0, sizeof one);
+    s = open_store(dir, 0);
+    ck_assert_int_eq(load(s, gen, &one, &li), 0);
+    ck_assert(digest(one.t[0]) == want);
+    tset_free(&one);
+    cqr_store_close(s);
+    tmpfs_unmount(mnt);
+}
+END_TEST
+
 Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("store_faults");
@@ -370,6 +552,8 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_damaged_older_sst);
     tcase_add_test(tc, test_corrupt_random);
     tcase_add_test(tc, test_wal_lost_after_ack);
+    tcase_add_test(tc, test_ack_record);
+    tcase_add_test(tc, test_disk_full_recovers);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -100,6 +100,10 @@ static const cqr_config_option_t options[] = {
      OFF(allow_empty_restore),
      "start with no tables when checkpoints exist but none loads, "
      "instead of refusing to start (on|off)"},
+    {"accept-older-generation", CQR_CT_BOOL, 0, 0, "off",
+     OFF(accept_older_generation),
+     "start from the newest generation that loads when the last "
+     "acknowledged one is missing, instead of refusing to start (on|off)"},
     {"config", CQR_CT_PATH, 0, sizeof(((cqr_config_t *)0)->config_path),
      NULL, OFF(config_path),
      "read settings from FILE (name = value lines); flags override it"},

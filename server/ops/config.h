@@ -92,6 +92,9 @@ typedef struct cqr_config {
     int allow_empty_restore;   /* start empty when checkpoints exist but
                                   none can be loaded (instead of refusing
                                   to start) */
+    int accept_older_generation; /* start from an older generation when
+                                    the last acknowledged one vanished
+                                    (instead of refusing to start) */
     char config_path[4096];    /* --config FILE that was read, "" if none */
     int show_help;             /* --help was given: print usage, exit 0 */
     int show_version;          /* --version was given */

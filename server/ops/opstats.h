@@ -94,6 +94,14 @@ typedef struct cqr_ckpt_stats {
     atomic_uint_fast64_t pause_max_us; /* longest push pause of any table
                                           in the last success (set before
                                           it is recorded) */
+    atomic_uint_fast64_t failing;     /* checkpoints failed in a row since
+                                         the last success; 0 = healthy */
+    atomic_uint_fast64_t restore_skipped; /* damaged generations the
+                                             restore at start skipped */
+    atomic_uint_fast64_t restore_missing; /* acknowledged generations the
+                                             restore at start could not
+                                             bring back (acknowledged minus
+                                             restored; 0 = none lost) */
 } cqr_ckpt_stats_t;
 
 /* Records one checkpoint: ok = 1 with its generation, bytes written and

@@ -11,14 +11,23 @@
 #include <string.h>
 #include <time.h>
 
+#include "cqrps.pb-c.h"
 #include "engine/err.h"
 #include "ops/log.h"
+#include "ops/opstats.h"
 #include "engine/persist.h"
 #include "store/store.h"
 
 /* Per-table pause lines are info level up to this many tables, debug
  * beyond (the summary line always carries the longest pause). */
 #define TABLE_LINES_INFO 16
+/* After a failed checkpoint the thread tries again by itself, waiting
+ * RETRY_MIN_S, then twice as long after each further failure, at most
+ * RETRY_MAX_S: a full disk or a read-only remount that clears is noticed
+ * within a minute, and a store that keeps failing costs one attempt a
+ * minute. */
+#define RETRY_MIN_S 1.0
+#define RETRY_MAX_S 60.0
 
 /* Someone waiting for the next checkpoint. */
 typedef void (*waiter_cb)(void *ud, int rc, const cqr_ckpt_info_t *info,
@@ -49,6 +58,16 @@ struct cqr_ckpt {
                                  reads this copy: it must not wait for a
                                  running checkpoint on the store's mutex) */
     size_t ngens;
+    double retry_at;          /* monotonic time of the next retry after a
+                                 failure; 0 = none due */
+    /* The checkpoint thread's own (open before it starts): */
+    uint32_t streak;          /* consecutive failed checkpoints */
+    uint64_t good_gen;        /* last generation written or restored */
+    double good_mono;         /* when its checkpoint began (or the restore
+                                 ended) */
+    uint64_t good_pushes;     /* pushes acknowledged before that moment */
+    int exit_failed;          /* the shutdown checkpoint failed (set on
+                                 the main thread, by the shutdown hook) */
 };
 
 static double now_mono(void)
@@ -56,6 +75,21 @@ static double now_mono(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Pushes answered OK so far (every I/O thread). */
+static uint64_t pushes_acked(cqr_server_ctx_t *ctx)
+{
+    cqr_opstat_snap_t snap;
+    cqr_opstats_read(ctx->opstats, CQRPS__V1__REQUEST__OP_PUSH - 10, &snap);
+    return snap.status[0];
+}
+
+/* What the store worked around, for the operator. */
+static void store_warn(void *ud, const char *msg)
+{
+    (void)ud;
+    cqr_log(CQR_LOG_WARN, "ckpt", "store: %s", msg);
 }
 
 #if defined(__SANITIZE_THREAD__)
@@ -137,6 +171,10 @@ static int take(cqr_ckpt_t *ck, const char *reasons, cqr_ckpt_info_t *info,
         tables[i] = list[i]->table;
         names[i] = list[i]->name;
     }
+    /* Every push acknowledged before this point is in the generation
+     * (each table's export begins later). */
+    uint64_t pushes0 = pushes_acked(ctx);
+    double t0 = now_mono();
     uint64_t gen = 0;
     rc = cqr_store_checkpoint(ck->store, tables, names, n, NULL, NULL, &gen,
                               &st);
@@ -173,11 +211,22 @@ static int take(cqr_ckpt_t *ck, const char *reasons, cqr_ckpt_info_t *info,
                  (uint64_t)(st.pause_max_seconds * 1e6));
     cqr_ckpt_stats_record(&ctx->ckpt_stats, 1, gen, st.bytes_written,
                           st.seconds);
+    if (ck->streak > 0)
+        cqr_log(CQR_LOG_INFO, "ckpt", "checkpoints work again generation=%"
+                PRIu64 " after_failures=%" PRIu32, gen, ck->streak);
+    ck->streak = 0;
+    ck->good_gen = gen;
+    ck->good_mono = t0;
+    ck->good_pushes = pushes0;
+    atomic_store(&ctx->ckpt_stats.failing, 0);
 out:
     if (rc != 0) {
-        cqr_log(CQR_LOG_ERROR, "ckpt", "failed reason=%s err=%s detail=\"%s\"",
-                reasons, cqr_errname(rc), why);
+        ck->streak++;
+        cqr_log(CQR_LOG_ERROR, "ckpt", "failed reason=%s err=%s "
+                "consecutive=%" PRIu32 " detail=\"%s\"", reasons,
+                cqr_errname(rc), ck->streak, why);
         cqr_ckpt_stats_record(&ctx->ckpt_stats, 0, 0, 0, 0);
+        atomic_store(&ctx->ckpt_stats.failing, ck->streak);
     }
     free(tables);
     free(names);
@@ -188,13 +237,50 @@ out:
     return rc;
 }
 
+/* The absolute CLOCK_REALTIME time `mono` (a CLOCK_MONOTONIC time) falls
+ * on, for pthread_cond_timedwait. */
+static struct timespec deadline_of(double mono)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double wait = mono - now_mono();
+    if (wait < 0)
+        wait = 0;
+    double at = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + wait;
+    ts.tv_sec = (time_t)at;
+    ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+    return ts;
+}
+
+/* Adds `reason` to the reasons of the requested checkpoint (ck->mu). */
+static void add_reason(cqr_ckpt_t *ck, const char *reason)
+{
+    if (strstr(ck->reasons, reason) == NULL) {
+        size_t l = strlen(ck->reasons);
+        snprintf(ck->reasons + l, sizeof ck->reasons - l, "%s%s",
+                 l ? "," : "", reason);
+    }
+}
+
 static void *thread_main(void *arg)
 {
     cqr_ckpt_t *ck = arg;
     pthread_mutex_lock(&ck->mu);
     for (;;) {
-        while (!ck->want && !ck->stop)
-            pthread_cond_wait(&ck->cv, &ck->mu);
+        while (!ck->want && !ck->stop) {
+            if (ck->retry_at > 0 && now_mono() >= ck->retry_at) {
+                ck->retry_at = 0;
+                ck->want = 1;
+                add_reason(ck, "retry");
+                break;
+            }
+            if (ck->retry_at > 0) {
+                struct timespec ts = deadline_of(ck->retry_at);
+                pthread_cond_timedwait(&ck->cv, &ck->mu, &ts);
+            } else {
+                pthread_cond_wait(&ck->cv, &ck->mu);
+            }
+        }
         if (!ck->want)
             break; /* stopping and nothing asked */
         /* Everyone asking from now on waits for the next checkpoint. */
@@ -205,6 +291,7 @@ static void *thread_main(void *arg)
         memcpy(reasons, ck->reasons, sizeof reasons);
         ck->reasons[0] = '\0';
         ck->want = 0;
+        ck->retry_at = 0;
         pthread_mutex_unlock(&ck->mu);
 
         cqr_ckpt_info_t info;
@@ -217,6 +304,15 @@ static void *thread_main(void *arg)
             w = next;
         }
         pthread_mutex_lock(&ck->mu);
+        if (rc != 0 && !ck->stop) {
+            double wait = RETRY_MIN_S;
+            for (uint32_t i = 1; i < ck->streak && wait < RETRY_MAX_S; i++)
+                wait *= 2;
+            if (wait > RETRY_MAX_S)
+                wait = RETRY_MAX_S;
+            ck->retry_at = now_mono() + wait;
+            cqr_log(CQR_LOG_INFO, "ckpt", "retrying in seconds=%.0f", wait);
+        }
     }
     pthread_mutex_unlock(&ck->mu);
     return NULL;
@@ -245,11 +341,7 @@ static int enqueue(cqr_ckpt_t *ck, const char *reason, waiter_cb cb,
         *ck->wtail = w;
         ck->wtail = &w->next;
     }
-    if (strstr(ck->reasons, reason) == NULL) {
-        size_t l = strlen(ck->reasons);
-        snprintf(ck->reasons + l, sizeof ck->reasons - l, "%s%s",
-                 l ? "," : "", reason);
-    }
+    add_reason(ck, reason);
     ck->want = 1;
     pthread_cond_signal(&ck->cv);
     pthread_mutex_unlock(&ck->mu);
@@ -348,7 +440,10 @@ static int hook_list(void *ud, cqr_server_ctx_t *ctx, cqr_ckpt_info_t **out,
     return 0;
 }
 
-/* After the drain: the last checkpoint holds every acknowledged push. */
+/* After the drain: the last checkpoint holds every acknowledged push.
+ * If it fails, what was acknowledged since the last good generation is
+ * not on disk: say how much, and make the exit status say it failed
+ * (cqr_ckpt_close). */
 static void hook_shutdown(void *ud, cqr_server_ctx_t *ctx)
 {
     cqr_ckpt_t *ck = ud;
@@ -357,9 +452,18 @@ static void hook_shutdown(void *ud, cqr_server_ctx_t *ctx)
     cqr_log(CQR_LOG_INFO, "ckpt", "shutdown checkpoint");
     cqr_ckpt_info_t info;
     char why[512];
-    if (run_and_wait(ck, "shutdown", &info, why, sizeof why) != 0)
-        cqr_log(CQR_LOG_ERROR, "ckpt", "shutdown checkpoint failed; the "
-                "previous generation stays the latest detail=\"%s\"", why);
+    if (run_and_wait(ck, "shutdown", &info, why, sizeof why) == 0)
+        return;
+    /* The checkpoint thread is idle now: its fields are stable (the
+     * waiter's hand-off ordered them before us). */
+    uint64_t pushes = pushes_acked(ctx) - ck->good_pushes;
+    double age = now_mono() - ck->good_mono;
+    ck->exit_failed = 1;
+    cqr_log(CQR_LOG_ERROR, "ckpt", "shutdown checkpoint failed: work "
+            "acknowledged since generation=%" PRIu64 " is not on disk "
+            "pushes=%" PRIu64 " seconds=%.0f (and any table created, "
+            "dropped or clustered meanwhile); exiting with status 1 "
+            "detail=\"%s\"", ck->good_gen, pushes, age, why);
 }
 
 /* Phase worker thread, holding nothing: before the phase runs, wait for
@@ -416,6 +520,55 @@ static int restore_table(void *ud, const char *name, cqr_table_t *t)
     return 0;
 }
 
+/* The restored generation against the acknowledgement record (store.h):
+ * a newer acknowledged generation that is present but damaged was
+ * skipped with its reason, and the server starts; one that vanished
+ * without a trace (a lost file) is a silent loss, and the server refuses
+ * to start unless --accept-older-generation. Either way the loss is an
+ * error line and a metric. 0 or CQR_ECORRUPT. */
+static int check_acked(cqr_ckpt_t *ck, const cqr_store_load_info_t *li)
+{
+    const cqr_config_t *cfg = ck->cfg;
+    uint64_t got = li->generation, acked = li->acked;
+    if (acked == 0 || got >= acked)
+        return 0;
+    if (cfg->restore_generation != 0) {
+        cqr_log(CQR_LOG_WARN, "ckpt", "restoring generation=%" PRIu64
+                " as asked (--restore-generation); the last acknowledged "
+                "one is generation=%" PRIu64, got, acked);
+        return 0;
+    }
+    atomic_store(&ck->ctx->ckpt_stats.restore_missing, acked - got);
+    if (li->newest >= acked) {
+        cqr_log(CQR_LOG_ERROR, "ckpt", "the last acknowledged generation=%"
+                PRIu64 " is damaged (see the skipped generations); "
+                "restoring generation=%" PRIu64 ": work acknowledged after "
+                "it is lost", acked, got);
+        return 0;
+    }
+    cqr_log(CQR_LOG_ERROR, "ckpt", "the last acknowledged generation=%"
+            PRIu64 " is missing from dir=%s (newest present=%" PRIu64
+            "): it vanished without an error (a lost, truncated or "
+            "replaced file?); the newest that loads is generation=%" PRIu64
+            " and work acknowledged after it is lost", acked, cfg->data_dir,
+            li->newest, got);
+    if (!cfg->accept_older_generation) {
+        cqr_log(CQR_LOG_ERROR, "ckpt", "refusing to start from an older "
+                "generation than acknowledged; --accept-older-generation "
+                "on starts from generation=%" PRIu64, got);
+        return CQR_ECORRUPT;
+    }
+    int rc = cqr_store_set_acked(ck->store, got);
+    char serr[400] = "";
+    if (rc != 0)
+        cqr_store_error(ck->store, serr, sizeof serr);
+    cqr_log(CQR_LOG_WARN, "ckpt", "accepted generation=%" PRIu64 " in "
+            "place of acknowledged generation=%" PRIu64
+            " (--accept-older-generation)%s%s", got, acked,
+            rc ? "; cannot rewrite the record: " : "", serr);
+    return 0;
+}
+
 /* Loads the generation the config asks for; 0 or a logged error. */
 static int restore(cqr_ckpt_t *ck)
 {
@@ -434,6 +587,7 @@ static int restore(cqr_ckpt_t *ck)
     if (li.skipped > 0)
         cqr_log(CQR_LOG_ERROR, "ckpt", "skipped damaged generations count=%"
                 PRIu32 " detail=\"%s\"", li.skipped, li.why);
+    atomic_store(&ck->ctx->ckpt_stats.restore_skipped, li.skipped);
     if (rc != 0) {
         char serr[400];
         cqr_store_error(ck->store, serr, sizeof serr);
@@ -463,6 +617,11 @@ static int restore(cqr_ckpt_t *ck)
                     cqr_errname(rc), serr);
         return rc;
     }
+    rc = check_acked(ck, &li);
+    if (rc != 0)
+        return rc;
+    ck->good_gen = li.generation;
+    ck->good_mono = now_mono();
     if (li.generation == 0) {
         cqr_log(CQR_LOG_INFO, "ckpt", "no checkpoint in dir=%s; starting "
                 "with no tables", cfg->data_dir);
@@ -471,9 +630,9 @@ static int restore(cqr_ckpt_t *ck)
     atomic_store(&ck->ctx->ckpt_stats.generation, li.generation);
     cqr_log(CQR_LOG_INFO, "ckpt", "restored generation=%" PRIu64
             " tables=%" PRIu32 " known_ids=%" PRIu64 " bytes=%" PRIu64
-            " seconds=%.3f load_seconds=%.3f skipped=%" PRIu32,
-            li.generation, li.tables, r.known_ids, li.bytes,
-            now_mono() - t0, li.seconds, li.skipped);
+            " seconds=%.3f load_seconds=%.3f skipped=%" PRIu32
+            " acknowledged=%" PRIu64, li.generation, li.tables, r.known_ids,
+            li.bytes, now_mono() - t0, li.seconds, li.skipped, li.acked);
     return 0;
 }
 
@@ -506,6 +665,7 @@ int cqr_ckpt_open(cqr_server_ctx_t *ctx, const cqr_config_t *cfg,
     cqr_store_opts_t o;
     cqr_store_opts_default(&o);
     o.keep = cfg->checkpoint_keep;
+    o.warn = store_warn;
     char why[512] = "";
     double t0 = now_mono();
     int rc = cqr_store_open(cfg->data_dir, &o, &ck->store, why, sizeof why);
@@ -544,10 +704,10 @@ int cqr_ckpt_open(cqr_server_ctx_t *ctx, const cqr_config_t *cfg,
     return 0;
 }
 
-void cqr_ckpt_close(cqr_ckpt_t *ck)
+int cqr_ckpt_close(cqr_ckpt_t *ck)
 {
     if (ck == NULL)
-        return;
+        return 0;
     cqr_server_ctx_t *ctx = ck->ctx;
     cqr_phases_set_hook(ctx->phases, NULL, NULL);
     memset(&ctx->ckpt, 0, sizeof ctx->ckpt);
@@ -558,5 +718,7 @@ void cqr_ckpt_close(cqr_ckpt_t *ck)
     if (ck->started)
         pthread_join(ck->tid, NULL);
     assert(ck->waiters == NULL);
+    int rc = ck->exit_failed ? CQR_EIO : 0;
     ckpt_free(ck);
+    return rc;
 }

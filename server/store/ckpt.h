@@ -4,10 +4,23 @@
  * With --data-dir the server keeps its tables in a checkpoint store
  * (store.h, RocksDB). cqr_ckpt_open opens it and restores a generation
  * into the registry before the server listens: the newest one that
- * verifies (damaged newer ones are skipped, each with an error line), or
+ * loads (damaged newer ones are skipped, each with an error line), or
  * exactly --restore-generation. If generations exist but none loads, the
  * server refuses to start unless --allow-empty-restore says to start
- * empty; it never starts empty silently.
+ * empty; it never starts empty silently. The restored generation is
+ * checked against the store's acknowledgement record: an acknowledged
+ * generation that is present but damaged is an error line (and the
+ * server starts from the older one); one that vanished without a trace
+ * is an error line and a refusal to start, unless
+ * --accept-older-generation (which then rewrites the record). Both set
+ * ckpt_stats.restore_missing.
+ *
+ * A failed checkpoint is retried by the thread itself after 1 s, then
+ * after twice as long each time, at most 60 s apart, until one succeeds
+ * (the store reopens RocksDB first, store.h); ckpt_stats.failing counts
+ * the failures in a row meanwhile (/readyz, metrics). A failed shutdown
+ * checkpoint logs how much acknowledged work is not on disk and makes
+ * cqr_ckpt_close report it (exit status 1).
  *
  * Checkpoints run on one dedicated thread, one at a time, never on an I/O
  * thread or the main loop. Triggers: the Checkpoint RPC (its reply is
@@ -66,8 +79,9 @@ int cqr_ckpt_open(cqr_server_ctx_t *ctx, const cqr_config_t *cfg,
 void cqr_ckpt_request(cqr_ckpt_t *ck, const char *reason);
 
 /* Removes the hooks, lets a queued checkpoint finish, stops the thread
- * and closes the store. Later requests fail with CQR_ESHUTDOWN. NULL is a
- * no-op. */
-void cqr_ckpt_close(cqr_ckpt_t *ck);
+ * and closes the store. Later requests fail with CQR_ESHUTDOWN. Returns
+ * CQR_EIO if the shutdown checkpoint failed (acknowledged work is not on
+ * disk: the server's exit status must say so), else 0. NULL is a no-op. */
+int cqr_ckpt_close(cqr_ckpt_t *ck);
 
 #endif

@@ -363,6 +363,39 @@ CQRPS_API int cqrps_push_pooled_start(cqrps_client_t *c, const char *table,
  * error of its sub-batches). CQRPS_EINVAL for an unknown ticket. */
 CQRPS_API int cqrps_wait(cqrps_client_t *c, cqrps_ticket_t ticket);
 
+/* ---- De-duplicating a batch (no client, thread-safe) -------------------
+ * A trainer looks each distinct ID of a batch up once, hands every
+ * occurrence its row, and pushes each distinct ID once with the sum of its
+ * occurrences' gradients (what nn.Embedding with a sparse optimizer does).
+ * These three calls do that on the caller's buffers, with no sort. */
+
+/* Writes the distinct IDs of ids[0..n) to uniq[0..*nuniq) in order of
+ * first occurrence, and for every j the index inverse[j] of ids[j] in
+ * uniq (so uniq[inverse[j]] == ids[j]). uniq and inverse hold n entries
+ * each. A batch without repeats comes out unchanged: *nuniq == n, uniq ==
+ * ids and inverse[j] == j. CQRPS_EINVAL for NULL buffers or n >=
+ * 2^32 - 1, CQRPS_ENOMEM if the probe table (8 bytes per ID) cannot be
+ * allocated. */
+CQRPS_API int cqrps_dedup(const uint64_t *ids, size_t n, uint64_t *uniq,
+                          uint32_t *inverse, size_t *nuniq);
+
+/* Row j of out (n x dim floats) = row inverse[j] of rows (nuniq x dim):
+ * the lookup of the distinct IDs given back to every occurrence.
+ * CQRPS_EINVAL if an index is >= nuniq (out is then partly written). */
+CQRPS_API int cqrps_dedup_expand(const float *rows, size_t nuniq, size_t dim,
+                                 const uint32_t *inverse, size_t n,
+                                 float *out);
+
+/* Row r of out (nuniq x dim floats) = the sum of the rows j of grads
+ * (n x dim) with inverse[j] == r, added in order of j: the gradient to
+ * push for uniq[r]. inverse must be in first-occurrence order, as
+ * cqrps_dedup makes it (the first time index r appears, every index below
+ * r has appeared); anything else, or an index >= nuniq, or an index in
+ * [0, nuniq) that never appears, is CQRPS_EINVAL (out partly written). */
+CQRPS_API int cqrps_dedup_sum(const float *grads, size_t n, size_t dim,
+                              const uint32_t *inverse, size_t nuniq,
+                              float *out);
+
 /* ---- Cluster phases (cqr tables) --------------------------------------- */
 
 typedef struct cqrps_phase_status {

@@ -340,6 +340,14 @@ def _declare(lib: ctypes.CDLL) -> None:
                                            POINTER(POINTER(CheckpointInfo)),
                                            POINTER(c_size_t)]),
         "cqrps_checkpoint_list_free": (None, [POINTER(CheckpointInfo)]),
+        # Batch de-duplication (no client); pointers as plain addresses,
+        # since cqrps.torch calls them on every step.
+        "cqrps_dedup": (c_int, [c_void_p, c_size_t, c_void_p, c_void_p,
+                                POINTER(c_size_t)]),
+        "cqrps_dedup_expand": (c_int, [c_void_p, c_size_t, c_size_t,
+                                       c_void_p, c_size_t, c_void_p]),
+        "cqrps_dedup_sum": (c_int, [c_void_p, c_size_t, c_size_t, c_void_p,
+                                    c_size_t, c_void_p]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)

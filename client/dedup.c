@@ -85,14 +85,19 @@ int cqrps_dedup_expand(const float *rows, size_t nuniq, size_t dim,
 {
     if (n && (!rows || !inverse || !out || dim == 0))
         return CQRPS_EINVAL;
-    if (dim > SIZE_MAX / sizeof(float) / (nuniq ? nuniq : 1))
+    if (dim > SIZE_MAX / sizeof(float) / (n ? n : 1))
         return CQRPS_EINVAL;
     const size_t row_bytes = dim * sizeof(float);
-    for (size_t j = 0; j < n; j++) {
+    const int in_place = rows == out;
+    /* Backwards, so that rows may be out itself: in first-occurrence
+     * order r <= j, and when row j is filled only rows above j have been
+     * written. */
+    for (size_t j = n; j-- > 0;) {
         const uint32_t r = inverse[j];
-        if (r >= nuniq)
+        if (r >= nuniq || (in_place && r > j))
             return CQRPS_EINVAL;
-        memcpy(out + j * dim, rows + (size_t)r * dim, row_bytes);
+        if (!(in_place && r == j))
+            memcpy(out + j * dim, rows + (size_t)r * dim, row_bytes);
     }
     return 0;
 }

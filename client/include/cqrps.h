@@ -380,8 +380,12 @@ CQRPS_API int cqrps_dedup(const uint64_t *ids, size_t n, uint64_t *uniq,
                           uint32_t *inverse, size_t *nuniq);
 
 /* Row j of out (n x dim floats) = row inverse[j] of rows (nuniq x dim):
- * the lookup of the distinct IDs given back to every occurrence.
- * CQRPS_EINVAL if an index is >= nuniq (out is then partly written). */
+ * the lookup of the distinct IDs given back to every occurrence. rows may
+ * be out itself (the distinct rows looked up into the first nuniq rows of
+ * the output): then inverse must be in first-occurrence order, as
+ * cqrps_dedup makes it, and the rows spread in place with no second
+ * buffer. CQRPS_EINVAL if an index is >= nuniq, or, in place, not in
+ * first-occurrence order (out is then partly written). */
 CQRPS_API int cqrps_dedup_expand(const float *rows, size_t nuniq, size_t dim,
                                  const uint32_t *inverse, size_t n,
                                  float *out);

@@ -162,6 +162,18 @@ START_TEST(test_expand_and_sum)
         ck_assert_int_eq(memcmp(out + j * DIM, rows + d.inverse[j] * DIM,
                                 DIM * sizeof(float)), 0);
 
+    /* In place: the distinct rows in the first rows of the output. */
+    float *inplace = malloc(N * DIM * sizeof(float));
+    ck_assert_ptr_nonnull(inplace);
+    memcpy(inplace, rows, d.nuniq * DIM * sizeof(float));
+    ck_assert_int_eq(cqrps_dedup_expand(inplace, d.nuniq, DIM, d.inverse, N,
+                                        inplace), 0);
+    ck_assert_int_eq(memcmp(inplace, out, sizeof(out)), 0);
+    uint32_t later[2] = { 1, 0 }; /* row 1 first: not first-occurrence */
+    ck_assert_int_eq(cqrps_dedup_expand(inplace, 2, DIM, later, 2, inplace),
+                     CQRPS_EINVAL);
+    free(inplace);
+
     /* sum: bit for bit the in-order reference sum. */
     float grads[N * DIM];
     for (size_t i = 0; i < N * DIM; i++)

@@ -436,23 +436,44 @@ class Client:
                  client_name: Optional[str] = "cqrps-python",
                  reconnect: bool = True,
                  max_batch: Optional[int] = None) -> None:
-        self._L = _lib.lib()
-        self._c: Optional[int] = None
-        self._busy = threading.Lock()
-        self._pending: Dict[int, Optional[np.ndarray]] = {}
         if not isinstance(addrs, str):
             addrs = ",".join(addrs)
+        self._init_state(addrs)
+        self._params = {"connect_timeout": connect_timeout,
+                        "request_timeout": request_timeout,
+                        "client_name": client_name, "reconnect": reconnect,
+                        "max_batch": max_batch}
+        # Where the secrets come from, kept so that a copy or an unpickled
+        # client can connect again: literals stay in memory only (never in
+        # a pickle); files and $CQRPS_TOKEN are read again at each connect.
+        self._token = (_secret(token, "token"), token_file)
+        self._admin_token = (_secret(admin_token, "admin_token"),
+                             admin_token_file)
+        self._open()
+
+    def _init_state(self, addrs: str) -> None:
+        self._L = _lib.lib()
+        self._c: Optional[int] = None
+        self._closed = False
+        self._pid = os.getpid()  # the process that owns self._c
+        self._busy = threading.Lock()
+        self._pending: Dict[int, Optional[np.ndarray]] = {}
         self.addrs = addrs
+
+    def _open(self) -> None:
+        """Connects with the stored parameters; sets self._c."""
+        p = self._params
         opt = _lib.Options()
         self._L.cqrps_options_init(byref(opt))
-        if connect_timeout is not None:  # None: the library's 5 s
-            if not connect_timeout > 0:
+        if p["connect_timeout"] is not None:  # None: the library's 5 s
+            if not p["connect_timeout"] > 0:
                 raise InvalidArgument("connect_timeout: must be > 0 seconds")
-            opt.connect_timeout_ms = _ms(connect_timeout, "connect_timeout")
-        opt.request_timeout_ms = _ms(request_timeout, "request_timeout")
-        tok = _resolve_secret(token, token_file, "CQRPS_TOKEN", "token")
-        atok = _resolve_secret(admin_token, admin_token_file,
-                               "CQRPS_ADMIN_TOKEN", "admin_token")
+            opt.connect_timeout_ms = _ms(p["connect_timeout"],
+                                         "connect_timeout")
+        opt.request_timeout_ms = _ms(p["request_timeout"], "request_timeout")
+        tok = _resolve_secret(*self._token, "CQRPS_TOKEN", "token")
+        atok = _resolve_secret(*self._admin_token, "CQRPS_ADMIN_TOKEN",
+                               "admin_token")
         # The library copies tokens and names during cqrps_connect.
         tbuf = ctypes.create_string_buffer(tok, len(tok)) if tok else None
         abuf = ctypes.create_string_buffer(atok, len(atok)) if atok else None
@@ -462,27 +483,73 @@ class Client:
         if abuf is not None:
             opt.admin_token = ctypes.cast(abuf, ctypes.c_void_p)
             opt.admin_token_len = len(atok)
-        if client_name:
-            opt.client_name = client_name.encode("utf-8")
-        opt.reconnect = 1 if reconnect else 0
-        if max_batch is not None:
-            if not 0 < max_batch <= 0xFFFFFFFF:
+        if p["client_name"]:
+            opt.client_name = p["client_name"].encode("utf-8")
+        opt.reconnect = 1 if p["reconnect"] else 0
+        if p["max_batch"] is not None:
+            if not 0 < p["max_batch"] <= 0xFFFFFFFF:
                 raise InvalidArgument("max_batch: 1 .. 2**32-1")
-            opt.max_batch = max_batch
+            opt.max_batch = p["max_batch"]
         handle = ctypes.c_void_p()
-        rc = self._L.cqrps_connect(addrs.encode("utf-8"), byref(opt),
+        rc = self._L.cqrps_connect(self.addrs.encode("utf-8"), byref(opt),
                                    byref(handle))
         if rc != 0:
             msg = self._L.cqrps_last_error(None) or b""
             raise from_code(rc, _s(msg))
         self._c = handle.value
+        self._pid = os.getpid()
+
+    # -- copies, pickles and forks --
+    #
+    # A client is a connection, which cannot cross a process boundary. A
+    # copy or an unpickled client holds the connection parameters and
+    # connects at its first call ("lazily"), so modules that hold a client
+    # survive torch.save / torch.load, copy.deepcopy, mp.spawn and
+    # DataLoader workers. A client used in a forked child (fork start
+    # method) drops the parent's sockets there and connects anew.
+
+    def __getstate__(self) -> dict:
+        # Literal tokens are not written into pickles (which end up in
+        # model files): the unpickled client reads token_file again, or
+        # $CQRPS_TOKEN / $CQRPS_ADMIN_TOKEN.
+        return {"addrs": self.addrs, "params": dict(self._params),
+                "token_file": self._token[1],
+                "admin_token_file": self._admin_token[1],
+                "closed": self._closed}
+
+    def __setstate__(self, state: dict) -> None:
+        self._init_state(state["addrs"])
+        self._params = dict(state["params"])
+        self._token = (None, state["token_file"])
+        self._admin_token = (None, state["admin_token_file"])
+        self._closed = bool(state["closed"])
+
+    def __deepcopy__(self, memo: dict) -> "Client":
+        new = Client.__new__(Client)
+        new.__setstate__(self.__getstate__())
+        new._token = self._token  # in memory: literals may come along
+        new._admin_token = self._admin_token
+        return new
+
+    def __copy__(self) -> "Client":
+        return self.__deepcopy__({})
 
     # -- plumbing --
 
     def _handle(self) -> int:
-        if self._c is None:
-            raise Error("client is closed", code=_lib.EINVAL,
-                        name="INVALID_ARGUMENT")
+        if self._c is None or self._pid != os.getpid():
+            if self._closed:
+                raise Error("client is closed", code=_lib.EINVAL,
+                            name="INVALID_ARGUMENT")
+            if self._c is not None:
+                # Inherited through fork: the descriptors are copies of
+                # the parent's. Closing them here leaves the parent's
+                # connection alone (no shutdown is sent).
+                self._L.cqrps_close(self._c)
+                self._c = None
+                self._pending.clear()
+            self._open()
+        assert self._c is not None
         return self._c
 
     def _call(self, fn, *args) -> None:
@@ -512,6 +579,7 @@ class Client:
     def close(self) -> None:
         """Closes every connection; in-flight tickets are dropped. Idempotent."""
         with self._busy:
+            self._closed = True
             if self._c is not None:
                 self._L.cqrps_close(self._c)
                 self._c = None
@@ -520,7 +588,13 @@ class Client:
     @property
     def closed(self) -> bool:
         """True after :meth:`close`."""
-        return self._c is None
+        return self._closed
+
+    @property
+    def connected(self) -> bool:
+        """True while this process holds the connections (a copy or an
+        unpickled client connects at its first call)."""
+        return self._c is not None and self._pid == os.getpid()
 
     def __enter__(self) -> "Client":
         return self
@@ -538,7 +612,8 @@ class Client:
             self._c = None
 
     def __repr__(self) -> str:
-        state = "closed" if self._c is None else "open"
+        state = ("closed" if self._closed else
+                 "open" if self.connected else "not connected")
         return f"<cqrps.Client {self.addrs!r} {state}>"
 
     # -- server --

@@ -1,31 +1,48 @@
 """PyTorch modules whose embedding tables live on a cqrps server.
 
-:class:`RemoteEmbedding` is used like ``torch.nn.Embedding`` and
-:class:`RemoteEmbeddingBag` like ``torch.nn.EmbeddingBag``, but they hold
-no parameters: forward looks the rows up on the server, and backward
-*pushes* the gradient of those rows to the server, whose optimizer (the
-one the table was created with: SGD, Adagrad or Adam) applies it at once.
+:class:`RemoteEmbedding` is used like ``torch.nn.Embedding``,
+:class:`RemoteEmbeddingBag` like ``torch.nn.EmbeddingBag`` and
+:class:`RemoteEmbeddingCollection` like TorchRec's embedding collections
+(several features, plain and bags, in one module, fed a KeyedJaggedTensor
+or a dict). They hold no parameters: forward looks the rows up on the
+server, and backward *pushes* the gradient of those rows to the server,
+whose optimizer (the table's: SGD, Adagrad or Adam) applies it at once.
 So:
 
-- no local optimizer step is needed (or possible) for these embeddings:
-  give the local optimizer the model's other parameters only; the remote
-  rows have changed by the time ``loss.backward()`` returns;
+- no local optimizer steps these embeddings: give the local optimizer the
+  model's other parameters only; the remote rows have changed by the time
+  ``loss.backward()`` returns. :class:`RemoteOptimizer` is the
+  optimizer-like handle of the server-side hyperparameters, so that
+  ``torch.optim.lr_scheduler`` schedulers drive the tables' learning rate;
 - every backward is one server-side step: gradient accumulation over
-  several backward calls, gradient clipping and AMP loss scaling do not
-  apply to remote rows, and backward through the same graph twice
-  (``retain_graph=True``) pushes twice;
+  several backward calls and gradient clipping do not apply to remote
+  rows, and backward through the same graph twice (``retain_graph=True``)
+  pushes twice. Under mixed precision, give the module the GradScaler
+  (``grad_scaler=``): backward divides its scale out of the gradients and
+  skips (does not push, does not raise) a step whose gradients hold Inf
+  or NaN, as ``GradScaler.step`` skips the dense optimizer;
 - under ``torch.no_grad()`` (evaluation) forward only looks up.
 
-IDs are arbitrary 64-bit integers (int64 tensors are reinterpreted as
-unsigned, so negative hashed IDs are valid); there is no ``num_embeddings``.
-Within one forward the distinct IDs are looked up once, and backward sums
-the gradients of repeated IDs locally and pushes each distinct ID once
-(``dedup=True``, the default), which is what ``nn.Embedding`` plus a
-sparse optimizer would do.
+One forward of a module is one Lookup request per shard for all its
+tables, one backward one Push request per shard (``Client.lookup_many`` /
+``push_many``). IDs are arbitrary 64-bit integers (int64 tensors are
+reinterpreted as unsigned, so negative hashed IDs are valid). Within one
+forward the distinct IDs of a plain feature are looked up once, and
+backward sums the gradients of repeated IDs and pushes each distinct ID
+once (``dedup=True``, the default; libcqrps does it with a hash pass);
+bags are pooled on the server, one gradient per bag. ``prefetch`` starts
+the lookup of the next batch while the current step computes.
+
+Modules (and their clients) pickle: the copy connects again at its first
+call, so ``torch.save(model)``, ``copy.deepcopy``, ``mp.spawn`` and
+DataLoader workers work. ``state_dict()`` records each remote table's
+address, name, config and checkpoint generation, and ``load_state_dict``
+checks them (:mod:`cqrps._torch_state`).
 
 Threads: a module calls its client in forward and backward; like the
 client, use it from one thread at a time (PyTorch runs the backward of CPU
-tensors on the thread that calls ``backward()``).
+tensors on the thread that calls ``backward()``). A prefetch runs on its
+own thread with its own connection.
 
 :func:`cluster_tables` and :class:`ClusterSchedule` run the cluster phases
 of ``cqr`` tables between epochs.
@@ -34,98 +51,67 @@ of ``cqr`` tables between epochs.
 from __future__ import annotations
 
 import math
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping
+from typing import (Any, Dict, Iterable, List, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._torch_core import Feature, Part, RemoteModule
+from ._torch_optim import RemoteOptimizer
 from .client import Client, PhaseStatus, Pooling, _enum
 from .errors import InvalidArgument, WrongDim
 
-__all__ = ["RemoteEmbedding", "RemoteEmbeddingBag", "cluster_tables",
-           "ClusterSchedule"]
+__all__ = ["RemoteEmbedding", "RemoteEmbeddingBag",
+           "RemoteEmbeddingCollection", "RemoteOptimizer", "checkpoint",
+           "cluster_tables", "ClusterSchedule"]
+
+
+def _as_tensor(x: Any, what: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    try:
+        return torch.as_tensor(np.asarray(x))
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"{what}: {e}") from None
 
 
 def _ids_u64(ids: Tensor) -> np.ndarray:
-    """A CPU int64 tensor's IDs as np.uint64, sharing memory when it can."""
+    """A tensor's IDs as flat C-contiguous np.uint64, sharing memory with
+    a contiguous CPU int64 tensor."""
     t = ids.detach()
     if t.device.type != "cpu":
         t = t.cpu()
     if t.dtype != torch.int64:
-        if t.dtype.is_floating_point or t.dtype == torch.bool:
+        if t.dtype.is_floating_point or t.dtype == torch.bool or \
+                t.dtype.is_complex:
             raise InvalidArgument(
                 f"ids: expected an integer tensor, got {t.dtype}")
         t = t.to(torch.int64)
-    return t.contiguous().numpy().view(np.uint64)
+    return t.contiguous().numpy().reshape(-1).view(np.uint64)
 
 
-def _grad_f32(grad: Tensor) -> np.ndarray:
-    g = grad.detach()
-    if g.device.type != "cpu":
-        g = g.cpu()
-    return g.to(torch.float32).contiguous().numpy()
+def _offsets_np(offsets: Tensor) -> np.ndarray:
+    o = offsets.detach()
+    if o.device.type != "cpu":
+        o = o.cpu()
+    if o.dtype.is_floating_point or o.dtype == torch.bool:
+        raise InvalidArgument(f"offsets: expected integers, got {o.dtype}")
+    return o.to(torch.int64).numpy().reshape(-1)
 
 
-class _Lookup(torch.autograd.Function):
-    """Forward: lookup; backward: push. ``anchor`` is an empty tensor that
-    requires grad, so the output is part of the autograd graph although
-    the module has no local parameters."""
-
-    @staticmethod
-    def forward(ctx, anchor: Tensor, ids: Tensor,  # type: ignore[override]
-                mod: "RemoteEmbedding") -> Tensor:
-        flat = ids.reshape(-1)
-        if mod.dedup and flat.numel() > 1:
-            uniq, inverse = torch.unique(flat.detach().cpu(), sorted=True,
-                                         return_inverse=True)
-            u = _ids_u64(uniq)
-            rows = torch.from_numpy(mod.client.lookup(mod.table, u))
-            out = rows.index_select(0, inverse)
-        else:
-            u = _ids_u64(flat)
-            inverse = None
-            out = torch.from_numpy(mod.client.lookup(mod.table, u))
-        ctx.mod = mod
-        ctx.ids = u
-        ctx.inverse = inverse
-        ctx.nrows = u.shape[0]
-        return out.view(tuple(ids.shape) + (mod.dim,)).to(ids.device)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        mod: RemoteEmbedding = ctx.mod
-        g = grad.reshape(-1, mod.dim)
-        if g.device.type != "cpu":
-            g = g.cpu()
-        g = g.to(torch.float32)
-        if ctx.inverse is not None:
-            acc = torch.zeros(ctx.nrows, mod.dim, dtype=torch.float32)
-            acc.index_add_(0, ctx.inverse, g)
-            g = acc
-        mod.client.push(mod.table, ctx.ids, _grad_f32(g))
-        return None, None, None
-
-
-class _LookupPooled(torch.autograd.Function):
-    """Pooled lookup forward; pooled push backward (see _Lookup)."""
-
-    @staticmethod
-    def forward(ctx, anchor: Tensor, ids: np.ndarray,  # type: ignore[override]
-                offsets: np.ndarray, mod: "RemoteEmbeddingBag",
-                device: torch.device) -> Tensor:
-        out = mod.client.lookup_pooled(mod.table, ids, offsets, mod.mode)
-        ctx.mod = mod
-        ctx.ids = ids
-        ctx.offsets = offsets
-        return torch.from_numpy(out).to(device)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        mod: RemoteEmbeddingBag = ctx.mod
-        mod.client.push_pooled(mod.table, ctx.ids, ctx.offsets,
-                               _grad_f32(grad), mod.mode)
-        return None, None, None, None, None
+def _bag_starts(ends: np.ndarray, n: int, what: str) -> np.ndarray:
+    """KJT-style offsets (B + 1 entries, 0 .. n) as uint32 bag starts."""
+    if ends.size == 0 or int(ends[0]) != 0 or int(ends[-1]) != n or (
+            ends.size > 1 and bool(np.any(np.diff(ends) < 0))):
+        raise InvalidArgument(
+            f"{what}: offsets must hold B + 1 entries, start at 0, not "
+            f"decrease and end at len(values) ({n})")
+    if n > 0xFFFFFFFF:
+        raise InvalidArgument(f"{what}: at most 2**32-1 IDs per bag feature")
+    return ends[:-1].astype(np.uint32)
 
 
 def _check_dim(client: Client, table: str, dim: Optional[int]) -> int:
@@ -136,7 +122,7 @@ def _check_dim(client: Client, table: str, dim: Optional[int]) -> int:
     return actual
 
 
-class RemoteEmbedding(nn.Module):
+class RemoteEmbedding(RemoteModule):
     """``nn.Embedding`` whose table lives on a cqrps server.
 
     Args:
@@ -150,6 +136,9 @@ class RemoteEmbedding(nn.Module):
         dedup: look up and push each distinct ID of a batch once
             (default); False sends every ID as given (the server still
             sums repeated IDs of one push).
+        bf16: vectors and gradients as bfloat16 on the wire.
+        grad_scaler: a ``GradScaler`` to unscale gradients with (see the
+            module docs).
 
     forward(ids) takes an integer tensor of any shape and returns a
     float32 tensor of shape ``ids.shape + (dim,)`` on ids' device. Its
@@ -157,32 +146,37 @@ class RemoteEmbedding(nn.Module):
     """
 
     def __init__(self, client: Client, table: str, dim: Optional[int] = None,
-                 *, dedup: bool = True) -> None:
-        super().__init__()
-        self.client = client
+                 *, dedup: bool = True, bf16: bool = False,
+                 grad_scaler: Any = None) -> None:
+        d = _check_dim(client, table, dim)
+        super().__init__(client, [Feature(table, table, d, None)],
+                         dedup=dedup, bf16=bf16, grad_scaler=grad_scaler)
         self.table = table
-        self.dim = _check_dim(client, table, dim)
-        self.dedup = dedup
-        # Not a Parameter: no optimizer must see it, nothing is stored.
-        self._anchor = torch.zeros(0, requires_grad=True)
+        self.dim = d
 
-    def forward(self, ids: Tensor) -> Tensor:
-        if not isinstance(ids, Tensor):
-            ids = torch.as_tensor(ids)
-        return _Lookup.apply(self._anchor, ids, self)
+    def _parts(self, ids: Any) -> Tuple[List[Part], List[Tensor]]:
+        t = _as_tensor(ids, "ids")
+        return [Part(self.features[0], _ids_u64(t), None,
+                     tuple(t.shape))], [t]
+
+    def forward(self, ids: Any) -> Tensor:
+        parts, sources = self._parts(ids)
+        device = sources[0].device
+        return self._run(parts, sources, device)[0]
 
     def extra_repr(self) -> str:
         return f"table={self.table!r}, dim={self.dim}"
 
 
-class RemoteEmbeddingBag(nn.Module):
+class RemoteEmbeddingBag(RemoteModule):
     """``nn.EmbeddingBag`` (sum or mean) whose table lives on cqrps.
 
-    Pooling runs on the server (the pooled lookup and push calls), so only
-    one vector per bag crosses the network each way.
+    Pooling runs on the server (the pooled lookup and push), so only one
+    vector per bag crosses the network each way.
 
     Args:
-        client, table, dim: as for :class:`RemoteEmbedding`.
+        client, table, dim, bf16, grad_scaler: as for
+            :class:`RemoteEmbedding`.
         mode: "sum" or "mean" ("max" is not offered by the server).
         include_last_offset: as in ``nn.EmbeddingBag``: offsets has one
             more entry, the end of the last bag.
@@ -195,35 +189,41 @@ class RemoteEmbeddingBag(nn.Module):
     """
 
     def __init__(self, client: Client, table: str, dim: Optional[int] = None,
-                 mode: str = "mean", *,
-                 include_last_offset: bool = False) -> None:
-        super().__init__()
-        self.client = client
-        self.table = table
-        self.dim = _check_dim(client, table, dim)
+                 mode: str = "mean", *, include_last_offset: bool = False,
+                 bf16: bool = False, grad_scaler: Any = None) -> None:
+        d = _check_dim(client, table, dim)
         if mode == "max":
             raise InvalidArgument("mode='max' is not supported by cqrps; "
                                   "use 'sum' or 'mean'")
-        self.mode = _enum(Pooling, mode, "mode").name.lower()
+        m = _enum(Pooling, mode, "mode").name.lower()
+        super().__init__(client, [Feature(table, table, d, m)], dedup=False,
+                         bf16=bf16, grad_scaler=grad_scaler)
+        self.table = table
+        self.dim = d
+        self.mode = m
         self.include_last_offset = include_last_offset
-        self._anchor = torch.zeros(0, requires_grad=True)
 
-    def _bags(self, input: Tensor, offsets: Optional[Tensor]
-              ) -> Tuple[np.ndarray, np.ndarray]:
-        if input.dim() == 2:
+    def _parts(self, input: Any, offsets: Any = None,
+               per_sample_weights: Optional[Tensor] = None
+               ) -> Tuple[List[Part], List[Tensor]]:
+        if per_sample_weights is not None:
+            raise NotImplementedError(
+                "RemoteEmbeddingBag does not support per_sample_weights")
+        inp = _as_tensor(input, "input")
+        if inp.dim() == 2:
             if offsets is not None:
                 raise InvalidArgument(
                     "offsets must be None when input is 2-D (B, N)")
-            b, n = input.shape
-            ids = _ids_u64(input.reshape(-1))
-            offs = np.arange(0, b * n, n, dtype=np.uint32) if n else \
-                np.zeros(b, dtype=np.uint32)
-            return ids, offs
-        if input.dim() != 1 or offsets is None or offsets.dim() != 1:
+            b, n = inp.shape
+            ids = _ids_u64(inp)
+            offs = (np.arange(0, b * n, n, dtype=np.uint32) if n else
+                    np.zeros(b, dtype=np.uint32))
+            return [Part(self.features[0], ids, offs, (b,))], [inp]
+        if inp.dim() != 1 or offsets is None:
             raise InvalidArgument(
                 "expected 2-D input (B, N), or 1-D input with 1-D offsets")
-        ids = _ids_u64(input)
-        o = offsets.detach().cpu().to(torch.int64).numpy()
+        o = _offsets_np(_as_tensor(offsets, "offsets"))
+        ids = _ids_u64(inp)
         if self.include_last_offset:
             if o.size == 0 or int(o[-1]) != ids.size:
                 raise InvalidArgument("include_last_offset: the last offset "
@@ -231,34 +231,245 @@ class RemoteEmbeddingBag(nn.Module):
             o = o[:-1]
         if o.size == 0:
             raise InvalidArgument("offsets: at least one bag")
-        if int(o[0]) != 0 or (o.size > 1 and np.any(np.diff(o) < 0)) or \
-                int(o[-1]) > ids.size:
+        if int(o[0]) != 0 or (o.size > 1 and bool(np.any(np.diff(o) < 0))) \
+                or int(o[-1]) > ids.size:
             raise InvalidArgument("offsets: must start at 0, not decrease "
                                   "and stay within len(input)")
-        return ids, np.ascontiguousarray(o, dtype=np.uint32)
+        offs = np.ascontiguousarray(o, dtype=np.uint32)
+        return [Part(self.features[0], ids, offs, (o.size,))], [inp]
 
-    def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
+    def forward(self, input: Any, offsets: Any = None,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
-        if per_sample_weights is not None:
-            raise NotImplementedError(
-                "RemoteEmbeddingBag does not support per_sample_weights")
-        if not isinstance(input, Tensor):
-            input = torch.as_tensor(input)
-        if offsets is not None and not isinstance(offsets, Tensor):
-            offsets = torch.as_tensor(offsets)
-        ids, offs = self._bags(input, offsets)
-        return _LookupPooled.apply(self._anchor, ids, offs, self,
-                                   input.device)
+        parts, sources = self._parts(input, offsets, per_sample_weights)
+        return self._run(parts, sources, sources[0].device)[0]
 
     def extra_repr(self) -> str:
         return f"table={self.table!r}, dim={self.dim}, mode={self.mode!r}"
 
 
-TableRef = Union[str, RemoteEmbedding, RemoteEmbeddingBag]
+FeatureSpec = Union[str, Tuple[str], Tuple[str, Optional[str]],
+                    Dict[str, Any]]
 
 
-def _table_name(t: TableRef) -> str:
-    return t if isinstance(t, str) else t.table
+def _feature_spec(name: str, spec: FeatureSpec) -> Tuple[str, Optional[str]]:
+    """(table, pooling) of one feature's spec."""
+    if isinstance(spec, str):
+        return spec, None
+    if isinstance(spec, Mapping):
+        table, pooling = spec.get("table"), spec.get("pooling")
+    elif isinstance(spec, (tuple, list)) and 1 <= len(spec) <= 2:
+        table = spec[0]
+        pooling = spec[1] if len(spec) == 2 else None
+    else:
+        raise InvalidArgument(f"feature {name!r}: expected 'table', "
+                              f"(table, pooling) or a dict, got {spec!r}")
+    if not isinstance(table, str):
+        raise InvalidArgument(f"feature {name!r}: table must be a str")
+    if pooling is not None:
+        if pooling == "max":
+            raise InvalidArgument(f"feature {name!r}: pooling 'max' is not "
+                                  "supported by cqrps; use 'sum' or 'mean'")
+        pooling = _enum(Pooling, pooling, f"feature {name!r}: pooling"
+                        ).name.lower()
+    return table, pooling
+
+
+def _is_kjt(x: Any) -> bool:
+    """Duck-typed TorchRec KeyedJaggedTensor: keys(), values() and
+    offsets() or lengths(); torchrec itself is never imported."""
+    return (not isinstance(x, Mapping) and callable(getattr(x, "keys", None))
+            and callable(getattr(x, "values", None))
+            and (callable(getattr(x, "offsets", None)) or
+                 callable(getattr(x, "lengths", None))))
+
+
+def _jagged_offsets(x: Any) -> Tensor:
+    off = getattr(x, "offsets", None)
+    if callable(off):
+        return _as_tensor(off(), "offsets")
+    lengths = _as_tensor(x.lengths(), "lengths").to(torch.int64)
+    return torch.cat([torch.zeros(1, dtype=torch.int64),
+                      torch.cumsum(lengths.reshape(-1), 0)])
+
+
+def _split_kjt(kjt: Any) -> Dict[str, Tuple[Tensor, np.ndarray]]:
+    """Per key: (values slice, KJT-style offsets of its bags)."""
+    w = getattr(kjt, "weights_or_none", None)
+    if callable(w) and w() is not None:
+        raise NotImplementedError(
+            "RemoteEmbeddingCollection does not support weighted "
+            "KeyedJaggedTensors")
+    keys = list(kjt.keys())
+    values = _as_tensor(kjt.values(), "values").reshape(-1)
+    offs = _offsets_np(_jagged_offsets(kjt))
+    if not keys:
+        return {}
+    stride = kjt.stride() if callable(getattr(kjt, "stride", None)) else \
+        (offs.size - 1) // len(keys)
+    if offs.size != len(keys) * stride + 1:
+        raise InvalidArgument(f"KeyedJaggedTensor: {offs.size} offsets for "
+                              f"{len(keys)} keys of batch size {stride}")
+    out = {}
+    for k, key in enumerate(keys):
+        seg = offs[k * stride:(k + 1) * stride + 1]
+        lo, hi = int(seg[0]), int(seg[-1])
+        out[key] = (values[lo:hi], seg - lo)
+    return out
+
+
+class RemoteEmbeddingCollection(RemoteModule):
+    """Several features, each on its remote table, in one module: one
+    Lookup request per shard in forward, one Push per shard in backward.
+
+    Args:
+        client: a connected :class:`cqrps.Client`.
+        features: feature name -> spec, where a spec is a table name (a
+            plain feature: one row per ID), ``(table, pooling)`` or
+            ``{"table": ..., "pooling": ...}`` with pooling None, "sum"
+            or "mean" (a bag feature, pooled on the server). Features may
+            share a table.
+        dedup, bf16, grad_scaler: as for :class:`RemoteEmbedding`.
+
+    ``forward(batch)`` returns a dict feature -> float32 tensor, in the
+    order of ``features``. ``batch`` is either
+
+    - a TorchRec ``KeyedJaggedTensor`` (or any object with ``keys()``,
+      ``values()`` and ``offsets()`` or ``lengths()``, laid out as a KJT:
+      key-major, B entries per key): a plain feature gives (n, dim), one
+      row per value of that key; a bag feature gives (B, dim);
+    - or a dict feature -> input, an input being a tensor of IDs (plain:
+      any shape, giving ``shape + (dim,)``; bag: 2-D (B, N), B bags of N
+      IDs), a pair ``(values, offsets)`` with KJT-style offsets (B + 1
+      entries from 0 to ``len(values)``), or a jagged tensor with
+      ``values()`` and ``offsets()``.
+
+    Every feature of the module must be in the batch, and nothing else.
+    """
+
+    def __init__(self, client: Client,
+                 features: Union[Mapping, Sequence[Tuple[str, FeatureSpec]]],
+                 *, dedup: bool = True, bf16: bool = False,
+                 grad_scaler: Any = None) -> None:
+        items = list(features.items() if isinstance(features, Mapping)
+                     else features)
+        if not items:
+            raise InvalidArgument("features: at least one")
+        feats: List[Feature] = []
+        for name, spec in items:
+            if not isinstance(name, str):
+                raise InvalidArgument(f"feature names are str, got {name!r}")
+            table, pooling = _feature_spec(name, spec)
+            feats.append(Feature(name, table, _check_dim(client, table, None),
+                                 pooling))
+        if len({f.name for f in feats}) != len(feats):
+            raise InvalidArgument("features: names must be distinct")
+        super().__init__(client, feats, dedup=dedup, bf16=bf16,
+                         grad_scaler=grad_scaler)
+
+    @property
+    def feature_names(self) -> List[str]:
+        """The features, in output order."""
+        return [f.name for f in self.features]
+
+    def _inputs(self, batch: Any) -> Dict[str, Any]:
+        if isinstance(batch, Mapping):
+            per = dict(batch)
+        elif _is_kjt(batch):
+            per = _split_kjt(batch)
+        else:
+            raise InvalidArgument(
+                "batch: expected a KeyedJaggedTensor or a dict feature -> "
+                f"input, got {type(batch).__name__}")
+        names = set(self.feature_names)
+        if set(per) != names:
+            missing = sorted(names - set(per))
+            extra = sorted(set(per) - names)
+            raise InvalidArgument(f"batch: features missing {missing}, "
+                                  f"unknown {extra}")
+        return per
+
+    def _part(self, feat: Feature, x: Any) -> Tuple[Part, Tensor]:
+        offsets: Optional[np.ndarray] = None
+        if isinstance(x, (tuple, list)) and len(x) == 2 and not isinstance(
+                x[0], (int, np.integer)):
+            values = _as_tensor(x[0], f"{feat.name}: values")
+            offsets = x[1] if isinstance(x[1], np.ndarray) else \
+                _offsets_np(_as_tensor(x[1], f"{feat.name}: offsets"))
+        elif not isinstance(x, Tensor) and callable(
+                getattr(x, "values", None)) and callable(
+                getattr(x, "offsets", None)):
+            values = _as_tensor(x.values(), f"{feat.name}: values")
+            offsets = _offsets_np(_jagged_offsets(x))
+        else:
+            values = _as_tensor(x, feat.name)
+        if feat.pooling is None:
+            return Part(feat, _ids_u64(values), None,
+                        tuple(values.shape)), values
+        if offsets is None:
+            if values.dim() != 2:
+                raise InvalidArgument(
+                    f"{feat.name}: a bag feature takes (values, offsets) or "
+                    f"a 2-D (B, N) tensor")
+            b, n = values.shape
+            starts = np.arange(0, b * n, n, dtype=np.uint32) if n else \
+                np.zeros(b, dtype=np.uint32)
+            return Part(feat, _ids_u64(values), starts, (b,)), values
+        ids = _ids_u64(values)
+        starts = _bag_starts(offsets, ids.size, feat.name)
+        return Part(feat, ids, starts, (starts.size,)), values
+
+    def _parts(self, batch: Any) -> Tuple[List[Part], List[Tensor]]:
+        per = self._inputs(batch)
+        parts, sources = [], []
+        for f in self.features:
+            p, src = self._part(f, per[f.name])
+            parts.append(p)
+            sources.append(src)
+        return parts, sources
+
+    def forward(self, batch: Any) -> Dict[str, Tensor]:
+        parts, sources = self._parts(batch)
+        outs = self._run(parts, sources, sources[0].device)
+        return {f.name: o for f, o in zip(self.features, outs)}
+
+    def extra_repr(self) -> str:
+        return ", ".join(
+            f"{f.name}={f.table!r}" + (f"/{f.pooling}" if f.pooling else "")
+            for f in self.features)
+
+
+def _remote_modules(model: Any) -> List[RemoteModule]:
+    if isinstance(model, nn.Module):
+        return [m for m in model.modules() if isinstance(m, RemoteModule)]
+    out: List[RemoteModule] = []
+    for m in model:
+        out.extend(_remote_modules(m))
+    return out
+
+
+def checkpoint(model: Any) -> Dict[str, int]:
+    """Takes a server checkpoint for every client the remote modules of
+    ``model`` (a module, or an iterable of modules) use, and returns
+    address list -> generation. Call it right before ``state_dict()``, so
+    that the state dict names the checkpoint made for it. Unsupported on
+    servers without ``--data-dir``."""
+    done: Dict[int, Tuple[str, int]] = {}
+    for m in _remote_modules(model):
+        if id(m.client) not in done:
+            done[id(m.client)] = (m.client.addrs, m.client.checkpoint())
+    return dict(done.values())
+
+
+TableRef = Union[str, RemoteModule]
+
+
+def _table_names(tables: Iterable[TableRef]) -> List[str]:
+    """Table names of names and remote modules (every table of a
+    collection), each once, in order."""
+    names: List[str] = []
+    for t in tables:
+        names.extend([t] if isinstance(t, str) else t.tables)
+    return list(dict.fromkeys(names))
 
 
 def cluster_tables(client: Client, tables: Iterable[TableRef],
@@ -271,7 +482,7 @@ def cluster_tables(client: Client, tables: Iterable[TableRef],
     status per table, in order. The tables must be ``cqr`` (others raise
     Unsupported); Busy if a phase already runs on one.
     """
-    names = [_table_name(t) for t in tables]
+    names = _table_names(tables)
     started: List[PhaseStatus] = []
     try:
         for n in names:
@@ -316,7 +527,7 @@ class ClusterSchedule:
         self.fraction = fraction
         self.timeout = timeout
         self.phases = int(math.floor(fraction * epochs + 1e-9))
-        names = [_table_name(t) for t in tables]
+        names = _table_names(tables)
         self.tables = [n for n in names
                        if client.describe_table(n).kind == "cqr"]
 

@@ -41,7 +41,7 @@
 #include <stdint.h>
 
 #include "ops/config.h"
-#include "rpc/rpc.h"
+#include "rpc/server.h"
 
 /* Longest token accepted from a file (a Hello carrying more cannot
  * match). */

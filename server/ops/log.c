@@ -16,12 +16,6 @@ void cqr_log_set_level(cqr_log_level_t level)
     atomic_store_explicit(&log_level, (int)level, memory_order_relaxed);
 }
 
-cqr_log_level_t cqr_log_get_level(void)
-{
-    return (cqr_log_level_t)atomic_load_explicit(&log_level,
-                                                 memory_order_relaxed);
-}
-
 int cqr_log_enabled(cqr_log_level_t level)
 {
     return (int)level >= atomic_load_explicit(&log_level,

@@ -27,7 +27,6 @@ typedef enum cqr_log_level {
 
 /* Lines below `level` are dropped. The default is CQR_LOG_INFO. */
 void cqr_log_set_level(cqr_log_level_t level);
-cqr_log_level_t cqr_log_get_level(void);
 
 /* 1 if a line at `level` would be written (to skip costly formatting). */
 int cqr_log_enabled(cqr_log_level_t level);

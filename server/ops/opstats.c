@@ -131,32 +131,6 @@ void cqr_opstats_read(const cqr_opstats_t *s, uint32_t op,
     }
 }
 
-double cqr_opstat_quantile(const cqr_opstat_snap_t *snap, double q)
-{
-    if (snap->count == 0)
-        return 0.0;
-    if (q < 0)
-        q = 0;
-    if (q > 1)
-        q = 1;
-    double rank = q * (double)snap->count;
-    uint64_t seen = 0;
-    for (uint32_t b = 0; b <= CQR_LAT_NBOUNDS; b++) {
-        uint64_t n = snap->bucket[b];
-        if (n > 0 && (double)(seen + n) >= rank) {
-            /* Past the last bound there is no upper edge: report it. */
-            if (b == CQR_LAT_NBOUNDS)
-                return bounds_s[CQR_LAT_NBOUNDS - 1];
-            double lo = b == 0 ? 0.0 : bounds_s[b - 1];
-            double hi = bounds_s[b];
-            double f = (rank - (double)seen) / (double)n;
-            return lo + (hi - lo) * (f < 0 ? 0 : f);
-        }
-        seen += n;
-    }
-    return bounds_s[CQR_LAT_NBOUNDS - 1];
-}
-
 const double *cqr_opstats_bounds(void)
 {
     return bounds_s;

@@ -68,11 +68,6 @@ void cqr_opstats_record(cqr_opstats_t *s, uint32_t thread, uint32_t op,
 void cqr_opstats_read(const cqr_opstats_t *s, uint32_t op,
                       cqr_opstat_snap_t *out);
 
-/* The latency (seconds) under which a fraction q (0..1) of the requests
- * of snap fell, interpolated linearly inside the bucket as Prometheus'
- * histogram_quantile does; 0 when nothing was recorded. */
-double cqr_opstat_quantile(const cqr_opstat_snap_t *snap, double q);
-
 /* Bucket bounds in seconds: CQR_LAT_NBOUNDS entries. */
 const double *cqr_opstats_bounds(void);
 

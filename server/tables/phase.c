@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "engine/err.h"
+#include "net/list.h"
 #include "ops/log.h"
 
 /* Records kept overall, finished ones beyond this are pruned oldest
@@ -25,21 +26,26 @@ typedef struct job {
     cqr_entry_t *entry;     /* reference held while queued or running;
                                NULL once finished */
     cqr_phase_t *ph;        /* engine phase; owned by the queue, then by
-                               the one worker that dequeued it */
-    double t_begin;         /* monotonic seconds at begin */
+                               the one worker that dequeued it; NULL
+                               until a scheduled phase is begun */
+    double t_begin;         /* monotonic seconds at start or notice */
     /* Worker-only state for rate-limiting progress lines. */
     double last_log;        /* time of the last progress line */
     char last_stage[16];    /* stage of the last progress line */
     uint32_t last_chunk;    /* chunk of the last progress line */
-    struct job *qnext;      /* queue link (under mu) */
-    struct job *hprev, *hnext; /* history list, oldest first (under mu) */
+    cqr_list_t qlink;       /* pm->queue while queued (under mu) */
+    cqr_list_t hlink;       /* pm->hist once it has an id (under mu) */
+    cqr_list_t alink;       /* pm->active while it holds its table's
+                               claim (under mu) */
 } job_t;
 
 struct cqr_phases {
     pthread_mutex_t mu;     /* guards everything below and jobs' st */
     pthread_cond_t cv;      /* signals workers: queue non-empty or stop */
-    job_t *qhead, *qtail;   /* queued jobs, FIFO */
-    job_t *hhead, *htail;   /* every remembered job, by id */
+    cqr_list_t queue;       /* queued jobs, FIFO */
+    cqr_list_t hist;        /* every remembered job, by id */
+    cqr_list_t active;      /* jobs holding a claim: at most one per table,
+                               from start or notice to their end */
     size_t nhist;           /* length of the history list */
     uint64_t next_id;       /* last phase id handed out */
     int stopping;           /* shutdown began: no new starts */
@@ -48,9 +54,16 @@ struct cqr_phases {
     cqr_phase_hook_cb hook; /* before/after each phase (phase.h); set
                                before any phase starts */
     void *hook_ud;          /* its argument */
+    atomic_uint_fast64_t *start_errors; /* scheduled phases that could not
+                                           begin, or NULL */
     uint32_t nworkers;      /* threads in workers[] */
     pthread_t *workers;     /* the pool */
 };
+
+static job_t *hist_job(cqr_list_t *l)
+{
+    return cqr_container_of(l, job_t, hlink);
+}
 
 static double now_mono(void)
 {
@@ -60,18 +73,18 @@ static double now_mono(void)
 }
 
 /* Removes finished records beyond the per-table and total caps, oldest
- * first. Caller holds mu; returns jobs to free after unlocking (their
- * entries are already NULL). */
+ * first. Caller holds mu. */
 static void prune(cqr_phases_t *pm, uint64_t uid)
 {
     size_t of_table = 0;
-    for (job_t *j = pm->htail; j != NULL; j = j->hprev)
-        if (j->st.table_uid == uid)
+    for (cqr_list_t *l = pm->hist.next; l != &pm->hist; l = l->next)
+        if (hist_job(l)->st.table_uid == uid)
             of_table++;
-    job_t *j = pm->hhead;
-    while (j != NULL && (of_table > CQR_PHASE_HISTORY ||
-                         pm->nhist > HISTORY_TOTAL)) {
-        job_t *next = j->hnext;
+    cqr_list_t *l = pm->hist.next;
+    while (l != &pm->hist && (of_table > CQR_PHASE_HISTORY ||
+                              pm->nhist > HISTORY_TOTAL)) {
+        job_t *j = hist_job(l);
+        l = l->next; /* j may be freed below */
         int finished = j->st.state == CQR_PHASE_DONE ||
                        j->st.state == CQR_PHASE_FAILED;
         int over_table = j->st.table_uid == uid &&
@@ -79,16 +92,62 @@ static void prune(cqr_phases_t *pm, uint64_t uid)
         if (finished && (over_table || pm->nhist > HISTORY_TOTAL)) {
             if (j->st.table_uid == uid)
                 of_table--;
-            if (j->hprev) j->hprev->hnext = j->hnext;
-            else pm->hhead = j->hnext;
-            if (j->hnext) j->hnext->hprev = j->hprev;
-            else pm->htail = j->hprev;
+            cqr_list_del(&j->hlink);
             pm->nhist--;
             assert(j->entry == NULL && j->ph == NULL);
             free(j);
         }
-        j = next;
     }
+}
+
+/* 1 when a phase of the table with this uid is queued or running. Caller
+ * holds mu. */
+static int claimed(const cqr_phases_t *pm, uint64_t uid)
+{
+    for (const cqr_list_t *l = pm->active.next; l != &pm->active;
+         l = l->next)
+        if (cqr_container_of(l, job_t, alink)->st.table_uid == uid)
+            return 1;
+    return 0;
+}
+
+/* A job that claims e's table, or NULL (no memory). */
+static job_t *job_new(cqr_phases_t *pm, const cqr_entry_t *e)
+{
+    job_t *j = calloc(1, sizeof *j);
+    if (j == NULL)
+        return NULL;
+    j->pm = pm;
+    j->t_begin = now_mono();
+    j->st.table_uid = e->uid;
+    return j;
+}
+
+/* Gives the claiming job j an id, a history record and a place in the
+ * queue, with its own reference to e. Caller holds mu. */
+static uint64_t enqueue(cqr_phases_t *pm, job_t *j, cqr_entry_t *e,
+                        int scheduled)
+{
+    cqr_entry_ref(e);
+    j->entry = e;
+    j->st.phase_id = ++pm->next_id;
+    snprintf(j->st.table, sizeof j->st.table, "%s", e->name);
+    j->st.state = CQR_PHASE_QUEUED;
+    j->st.scheduled = scheduled;
+    j->st.inertia = -1;
+    cqr_list_add_tail(&pm->hist, &j->hlink);
+    pm->nhist++;
+    cqr_list_add_tail(&pm->queue, &j->qlink);
+    pm->counts.started++;
+    pm->counts.queued++;
+    if (scheduled)
+        pm->counts.scheduled++;
+    /* Logged before a worker can pick it up, so "queued" always comes
+     * before that phase's "done" in the log. */
+    cqr_log(CQR_LOG_INFO, "phase", "queued table=%s phase=%" PRIu64
+            " scheduled=%d", e->name, j->st.phase_id, scheduled);
+    pthread_cond_signal(&pm->cv);
+    return j->st.phase_id;
 }
 
 static void progress_cb(void *ud, const cqr_progress_t *p)
@@ -131,51 +190,93 @@ static void progress_cb(void *ud, const cqr_progress_t *p)
                 p->chunks, p->fraction);
 }
 
-/* Runs one dequeued job to its end on a worker thread. */
-static void run_job(cqr_phases_t *pm, job_t *j)
+/* Counts and logs a scheduled phase that could not be queued or begun. */
+static void start_error(cqr_phases_t *pm, const char *table, int rc)
 {
+    if (pm->start_errors != NULL)
+        atomic_fetch_add_explicit(pm->start_errors, 1,
+                                  memory_order_relaxed);
+    cqr_log(CQR_LOG_WARN, "phase", "scheduled start failed table=%s "
+            "err=%s", table, cqr_errname(rc));
+}
+
+/* Begins (when scheduled), runs and commits j on a worker thread; *at
+ * names the step that failed. */
+static int run_phase(cqr_phases_t *pm, job_t *j, cqr_phase_result_t *res,
+                     const char **at)
+{
+    /* A scheduled phase was queued unbegun (cqr_phases_due): begin it
+     * here, off the push path. */
+    *at = "begin";
+    if (j->ph == NULL) {
+        int rc = cqr_phase_begin(j->entry->table, &j->ph);
+        if (rc != 0) {
+            start_error(pm, j->st.table, rc);
+            return rc;
+        }
+    }
     if (pm->hook != NULL)
         pm->hook(pm->hook_ud, j->st.table, j->st.phase_id, 0);
     j->last_log = now_mono();
+    *at = "run";
     int rc = cqr_phase_run(j->ph, progress_cb, j);
-    const char *failed_at = "run";
     if (rc == 0) {
-        failed_at = "commit";
+        *at = "commit";
         rc = cqr_phase_commit(j->ph);
     }
-    cqr_phase_result_t res;
-    memset(&res, 0, sizeof res);
     if (rc == 0)
-        cqr_phase_result(j->ph, &res);
-    /* Uncommitted: the engine keeps its live state and stops logging. */
-    cqr_phase_destroy(j->ph);
-    double total = now_mono() - j->t_begin;
+        cqr_phase_result(j->ph, res);
+    return rc;
+}
 
+/* Records the end of j (result rc, failed step `at`, figures res) and
+ * releases its claim. Returns the table reference j held, for the caller
+ * to drop last, and j's final status in *st (j itself may be pruned). */
+static cqr_entry_t *finish(cqr_phases_t *pm, job_t *j, int rc,
+                           const char *at, const cqr_phase_result_t *res,
+                           cqr_phase_status_t *st)
+{
+    double total = now_mono() - j->t_begin;
     pthread_mutex_lock(&pm->mu);
     j->ph = NULL;
     cqr_entry_t *e = j->entry;
     j->entry = NULL;
+    cqr_list_del(&j->alink);
     if (rc == 0) {
         j->st.state = CQR_PHASE_DONE;
         j->st.fraction = 1.0;
-        j->st.inertia = res.inertia;
-        j->st.seconds = res.seconds_total > 0 ? res.seconds_total : total;
-        j->st.phase_no = res.phase_no;
-        j->st.ids_assigned = res.ids_assigned;
-        j->st.replayed_pushes = res.replayed_pushes;
-        j->st.commit_seconds = res.seconds_commit;
+        j->st.inertia = res->inertia;
+        j->st.seconds = res->seconds_total > 0 ? res->seconds_total : total;
+        j->st.phase_no = res->phase_no;
+        j->st.ids_assigned = res->ids_assigned;
+        j->st.replayed_pushes = res->replayed_pushes;
+        j->st.commit_seconds = res->seconds_commit;
         pm->counts.done++;
     } else {
         j->st.state = CQR_PHASE_FAILED;
         j->st.seconds = total;
-        snprintf(j->st.error, sizeof j->st.error, "%s failed: %s",
-                 failed_at, cqr_strerror(rc));
+        snprintf(j->st.error, sizeof j->st.error, "%s failed: %s", at,
+                 cqr_strerror(rc));
         pm->counts.failed++;
     }
     pm->counts.running--;
-    cqr_phase_status_t st = j->st;
-    prune(pm, st.table_uid); /* may free j */
+    *st = j->st;
+    prune(pm, st->table_uid); /* may free j */
     pthread_mutex_unlock(&pm->mu);
+    return e;
+}
+
+/* Runs one dequeued job to its end on a worker thread. */
+static void run_job(cqr_phases_t *pm, job_t *j)
+{
+    cqr_phase_result_t res;
+    memset(&res, 0, sizeof res);
+    const char *at = "begin";
+    int rc = run_phase(pm, j, &res, &at);
+    /* Uncommitted: the engine keeps its live state and stops logging. */
+    cqr_phase_destroy(j->ph);
+    cqr_phase_status_t st;
+    cqr_entry_t *e = finish(pm, j, rc, at, &res, &st);
 
     if (rc == 0)
         cqr_log(CQR_LOG_INFO, "phase",
@@ -187,10 +288,10 @@ static void run_job(cqr_phases_t *pm, job_t *j)
                 st.seconds, res.seconds_snapshot, res.seconds_kmeans,
                 res.seconds_assign, res.seconds_commit, res.inertia,
                 res.ids_assigned, res.sample_size, res.replayed_pushes);
-    else
+    else if (strcmp(at, "begin") != 0) /* begin failures: start_error */
         cqr_log(CQR_LOG_WARN, "phase",
                 "failed table=%s phase=%" PRIu64 " at=%s err=%s "
-                "seconds=%.3f", st.table, st.phase_id, failed_at,
+                "seconds=%.3f", st.table, st.phase_id, at,
                 cqr_errname(rc), st.seconds);
     if (rc == 0 && pm->hook != NULL)
         pm->hook(pm->hook_ud, st.table, st.phase_id, 1);
@@ -211,15 +312,12 @@ static void *worker_main(void *arg)
     cqr_phases_t *pm = arg;
     pthread_mutex_lock(&pm->mu);
     for (;;) {
-        while (pm->qhead == NULL && !pm->stopping)
+        while (cqr_list_empty(&pm->queue) && !pm->stopping)
             pthread_cond_wait(&pm->cv, &pm->mu);
-        if (pm->qhead == NULL)
+        cqr_list_t *l = cqr_list_pop(&pm->queue);
+        if (l == NULL)
             break; /* stopping and nothing queued */
-        job_t *j = pm->qhead;
-        pm->qhead = j->qnext;
-        if (pm->qhead == NULL)
-            pm->qtail = NULL;
-        j->qnext = NULL;
+        job_t *j = cqr_container_of(l, job_t, qlink);
         j->st.state = CQR_PHASE_RUNNING;
         pm->counts.queued--;
         pm->counts.running++;
@@ -231,7 +329,8 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int cqr_phases_create(uint32_t workers, cqr_phases_t **out)
+int cqr_phases_create(uint32_t workers, atomic_uint_fast64_t *start_errors,
+                      cqr_phases_t **out)
 {
     assert(workers >= 1);
     cqr_phases_t *pm = calloc(1, sizeof *pm);
@@ -242,6 +341,10 @@ int cqr_phases_create(uint32_t workers, cqr_phases_t **out)
         free(pm);
         return CQR_ENOMEM;
     }
+    cqr_list_init(&pm->queue);
+    cqr_list_init(&pm->hist);
+    cqr_list_init(&pm->active);
+    pm->start_errors = start_errors;
     pthread_mutex_init(&pm->mu, NULL);
     pthread_cond_init(&pm->cv, NULL);
     for (uint32_t i = 0; i < workers; i++) {
@@ -256,67 +359,65 @@ int cqr_phases_create(uint32_t workers, cqr_phases_t **out)
     return 0;
 }
 
-int cqr_phases_start(cqr_phases_t *pm, cqr_entry_t *e, int scheduled,
-                     uint64_t *phase_id)
+int cqr_phases_start(cqr_phases_t *pm, cqr_entry_t *e, uint64_t *phase_id)
 {
-    /* Cheap refusals first, so a Cluster RPC on a wrong table costs no
-     * snapshot. The engine re-checks both. */
+    /* A cheap refusal first, so a Cluster RPC on a wrong table costs no
+     * snapshot. The engine re-checks it. */
     if (cqr_table_config(e->table)->kind != CQR_KIND_CQR)
         return CQR_EUNSUPPORTED;
-    pthread_mutex_lock(&pm->mu);
-    int stopping = pm->stopping;
-    pthread_mutex_unlock(&pm->mu);
-    if (stopping)
-        return CQR_ESHUTDOWN;
-
-    job_t *j = calloc(1, sizeof *j);
+    job_t *j = job_new(pm, e);
     if (j == NULL)
         return CQR_ENOMEM;
-    j->pm = pm;
-    j->t_begin = now_mono();
-    int rc = cqr_phase_begin(e->table, &j->ph);
+    pthread_mutex_lock(&pm->mu);
+    int rc = pm->stopping ? CQR_ESHUTDOWN : 0;
+    if (rc == 0 && claimed(pm, e->uid))
+        rc = CQR_EBUSY;
+    if (rc == 0)
+        cqr_list_add_tail(&pm->active, &j->alink);
+    pthread_mutex_unlock(&pm->mu);
     if (rc != 0) {
         free(j);
         return rc;
     }
-
+    /* The table is claimed: begin (a snapshot) outside the lock. */
+    rc = cqr_phase_begin(e->table, &j->ph);
     pthread_mutex_lock(&pm->mu);
-    if (pm->stopping) {
-        /* Shutdown raced with us: abort without commit. */
+    if (rc == 0 && pm->stopping)
+        rc = CQR_ESHUTDOWN; /* shutdown raced with us: abort, no commit */
+    if (rc != 0) {
+        cqr_list_del(&j->alink);
         pthread_mutex_unlock(&pm->mu);
         cqr_phase_destroy(j->ph);
         free(j);
-        return CQR_ESHUTDOWN;
+        return rc;
     }
-    cqr_entry_ref(e);
-    j->entry = e;
-    j->st.phase_id = ++pm->next_id;
-    j->st.table_uid = e->uid;
-    snprintf(j->st.table, sizeof j->st.table, "%s", e->name);
-    j->st.state = CQR_PHASE_QUEUED;
-    j->st.scheduled = scheduled;
-    j->st.inertia = -1;
-    j->hprev = pm->htail;
-    if (pm->htail) pm->htail->hnext = j;
-    else pm->hhead = j;
-    pm->htail = j;
-    pm->nhist++;
-    if (pm->qtail) pm->qtail->qnext = j;
-    else pm->qhead = j;
-    pm->qtail = j;
-    pm->counts.started++;
-    pm->counts.queued++;
-    if (scheduled)
-        pm->counts.scheduled++;
-    uint64_t id = j->st.phase_id;
-    /* Logged before a worker can pick it up, so "queued" always comes
-     * before that phase's "done" in the log. */
-    cqr_log(CQR_LOG_INFO, "phase", "queued table=%s phase=%" PRIu64
-            " scheduled=%d", e->name, id, scheduled);
-    pthread_cond_signal(&pm->cv);
+    *phase_id = enqueue(pm, j, e, 0);
     pthread_mutex_unlock(&pm->mu);
-    *phase_id = id;
     return 0;
+}
+
+void cqr_phases_due(cqr_phases_t *pm, cqr_entry_t *e)
+{
+    /* Most notices find the phase already queued: no allocation then. */
+    pthread_mutex_lock(&pm->mu);
+    int skip = pm->stopping || claimed(pm, e->uid);
+    pthread_mutex_unlock(&pm->mu);
+    if (skip)
+        return;
+    job_t *j = job_new(pm, e);
+    if (j == NULL) {
+        start_error(pm, e->name, CQR_ENOMEM);
+        return;
+    }
+    pthread_mutex_lock(&pm->mu);
+    skip = pm->stopping || claimed(pm, e->uid);
+    if (!skip) {
+        cqr_list_add_tail(&pm->active, &j->alink);
+        enqueue(pm, j, e, 1);
+    }
+    pthread_mutex_unlock(&pm->mu);
+    if (skip)
+        free(j);
 }
 
 int cqr_phases_status(cqr_phases_t *pm, uint64_t table_uid,
@@ -324,7 +425,8 @@ int cqr_phases_status(cqr_phases_t *pm, uint64_t table_uid,
 {
     int rc = CQR_ENOPHASE;
     pthread_mutex_lock(&pm->mu);
-    for (job_t *j = pm->htail; j != NULL; j = j->hprev) {
+    for (cqr_list_t *l = pm->hist.prev; l != &pm->hist; l = l->prev) {
+        const job_t *j = hist_job(l);
         if (j->st.table_uid != table_uid)
             continue;
         if (phase_id != 0 && j->st.phase_id != phase_id)
@@ -347,6 +449,28 @@ void cqr_phases_counts(cqr_phases_t *pm, cqr_phase_counts_t *out)
     pthread_mutex_unlock(&pm->mu);
 }
 
+/* Ends a job taken off the queue at shutdown without running it. */
+static void abort_queued(cqr_phases_t *pm, job_t *j)
+{
+    cqr_phase_destroy(j->ph); /* NULL for a scheduled one */
+    pthread_mutex_lock(&pm->mu);
+    j->ph = NULL;
+    cqr_entry_t *e = j->entry;
+    j->entry = NULL;
+    cqr_list_del(&j->alink);
+    j->st.state = CQR_PHASE_FAILED;
+    snprintf(j->st.error, sizeof j->st.error,
+             "aborted: server shutting down");
+    pm->counts.queued--;
+    pm->counts.failed++;
+    /* Copy before unlocking: a worker may prune the record now. */
+    cqr_phase_status_t st = j->st;
+    pthread_mutex_unlock(&pm->mu);
+    cqr_log(CQR_LOG_INFO, "phase", "aborted table=%s phase=%" PRIu64
+            " reason=shutdown", st.table, st.phase_id);
+    cqr_entry_unref(e);
+}
+
 void cqr_phases_shutdown(cqr_phases_t *pm)
 {
     pthread_mutex_lock(&pm->mu);
@@ -356,33 +480,15 @@ void cqr_phases_shutdown(cqr_phases_t *pm)
     }
     pm->stopping = 1;
     /* Take the queued jobs away from the workers and abort them. */
-    job_t *q = pm->qhead;
-    pm->qhead = pm->qtail = NULL;
+    cqr_list_t queued;
+    cqr_list_move(&queued, &pm->queue);
     uint64_t running = pm->counts.running;
     pthread_cond_broadcast(&pm->cv);
     pthread_mutex_unlock(&pm->mu);
 
-    while (q != NULL) {
-        job_t *next = q->qnext;
-        cqr_phase_destroy(q->ph);
-        pthread_mutex_lock(&pm->mu);
-        q->ph = NULL;
-        q->qnext = NULL;
-        cqr_entry_t *e = q->entry;
-        q->entry = NULL;
-        q->st.state = CQR_PHASE_FAILED;
-        snprintf(q->st.error, sizeof q->st.error,
-                 "aborted: server shutting down");
-        pm->counts.queued--;
-        pm->counts.failed++;
-        /* Copy before unlocking: a worker may prune the record now. */
-        cqr_phase_status_t st = q->st;
-        pthread_mutex_unlock(&pm->mu);
-        cqr_log(CQR_LOG_INFO, "phase", "aborted table=%s phase=%" PRIu64
-                " reason=shutdown", st.table, st.phase_id);
-        cqr_entry_unref(e);
-        q = next;
-    }
+    for (cqr_list_t *l = cqr_list_pop(&queued); l != NULL;
+         l = cqr_list_pop(&queued))
+        abort_queued(pm, cqr_container_of(l, job_t, qlink));
     if (running > 0)
         cqr_log(CQR_LOG_INFO, "phase", "waiting for running phases "
                 "count=%" PRIu64, running);
@@ -398,12 +504,11 @@ void cqr_phases_destroy(cqr_phases_t *pm)
     if (pm == NULL)
         return;
     cqr_phases_shutdown(pm);
-    job_t *j = pm->hhead;
-    while (j != NULL) {
-        job_t *next = j->hnext;
+    for (cqr_list_t *l = cqr_list_pop(&pm->hist); l != NULL;
+         l = cqr_list_pop(&pm->hist)) {
+        job_t *j = hist_job(l);
         assert(j->entry == NULL && j->ph == NULL);
         free(j);
-        j = next;
     }
     pthread_cond_destroy(&pm->cv);
     pthread_mutex_destroy(&pm->mu);

@@ -1,24 +1,33 @@
 /* phase.h -- runs cluster phases off the loop threads and remembers them.
  *
- * A phase starts on the caller's thread (an I/O thread answering a Cluster
- * RPC, or a Push whose table's schedule says a phase is due):
- * cqr_phases_start calls the engine's cqr_phase_begin there -- short, it
- * snapshots the codebooks and starts logging pushes -- and queues the
- * phase. A small pool of worker threads (--cluster-workers) takes queued
- * phases in order and runs cqr_phase_run and cqr_phase_commit, reporting
- * progress to the log and to cqr_phases_status. While a phase is queued or
- * running it holds a reference to its table's registry entry, so dropping
- * the table is safe (the table dies when the phase lets go).
+ * Two ways in:
+ *   - cqr_phases_start (a Cluster RPC, on an I/O thread) begins the phase
+ *     on the caller's thread -- cqr_phase_begin is short: it snapshots
+ *     the codebooks and starts logging pushes -- and queues it, so the
+ *     reply can name a phase that already logs every later push;
+ *   - cqr_phases_due (a Push whose table's schedule says a phase is due)
+ *     only records the phase as queued and returns: the worker that takes
+ *     it begins it. The data path never enters the engine's phase code,
+ *     and the dependency points one way, from the request layer down to
+ *     the runner. Pushes between the notice and the begin are simply part
+ *     of the snapshot.
+ * A small pool of worker threads (--cluster-workers) takes queued phases
+ * in order and runs cqr_phase_run and cqr_phase_commit, reporting
+ * progress to the log and to cqr_phases_status. A table has at most one
+ * phase queued or running (its claim); while a phase holds the claim it
+ * also holds a reference to the table's registry entry, so dropping the
+ * table is safe (the table dies when the phase lets go).
  *
  * Phase ids are unique for the server's life (never reused across tables
  * or drop/re-create). The history keeps the latest few phases of every
  * table (CQR_PHASE_HISTORY) and a bounded number overall.
  *
- * Shutdown (cqr_phases_shutdown): new starts fail with CQR_ESHUTDOWN;
- * queued phases are aborted without commit (the engine keeps its live
- * state, which already holds every acknowledged push); running phases are
- * waited for and committed. The engine cannot interrupt cqr_phase_run, so
- * the wait is paid either way, and committing keeps the work done.
+ * Shutdown (cqr_phases_shutdown): new starts fail with CQR_ESHUTDOWN and
+ * due notices are ignored; queued phases are aborted without commit (the
+ * engine keeps its live state, which already holds every acknowledged
+ * push); running phases are waited for and committed. The engine cannot
+ * interrupt cqr_phase_run, so the wait is paid either way, and committing
+ * keeps the work done.
  *
  * Threading: every function is safe from any thread; cqr_phases_destroy
  * must come last, after cqr_phases_shutdown.
@@ -26,6 +35,7 @@
 #ifndef CQR_PHASE_H
 #define CQR_PHASE_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "tables/registry.h"
@@ -35,8 +45,9 @@
 typedef struct cqr_phases cqr_phases_t;
 
 typedef enum cqr_phase_state {
-    CQR_PHASE_QUEUED = 0,  /* begun (pushes are logged), waiting for a
-                              worker */
+    CQR_PHASE_QUEUED = 0,  /* waiting for a worker; begun (pushes are
+                              logged) when a Cluster RPC started it, to
+                              be begun by the worker when scheduled */
     CQR_PHASE_RUNNING = 1, /* k-means / assignment / commit in progress */
     CQR_PHASE_DONE = 2,    /* committed */
     CQR_PHASE_FAILED = 3   /* aborted or failed; error says why */
@@ -83,16 +94,26 @@ typedef void (*cqr_phase_hook_cb)(void *ud, const char *table,
  * (at start-up) or after cqr_phases_shutdown. */
 void cqr_phases_set_hook(cqr_phases_t *pm, cqr_phase_hook_cb cb, void *ud);
 
-/* Starts `workers` threads. CQR_ENOMEM / CQR_EINTERNAL on failure. */
-int cqr_phases_create(uint32_t workers, cqr_phases_t **out);
+/* Starts `workers` threads. A scheduled phase that cannot begin is
+ * counted in *start_errors (may be NULL) and logged. CQR_ENOMEM /
+ * CQR_EINTERNAL on failure. */
+int cqr_phases_create(uint32_t workers, atomic_uint_fast64_t *start_errors,
+                      cqr_phases_t **out);
 
 /* Begins a phase of e's table on the calling thread and queues it.
  * Returns its id in *phase_id. Errors: CQR_EUNSUPPORTED (not a cqr
  * table), CQR_EBUSY (a phase of this table is queued or running),
  * CQR_ESHUTDOWN, CQR_ENOMEM, or any error of cqr_phase_begin. On error
  * nothing was started. Takes its own reference to e. */
-int cqr_phases_start(cqr_phases_t *pm, cqr_entry_t *e, int scheduled,
-                     uint64_t *phase_id);
+int cqr_phases_start(cqr_phases_t *pm, cqr_entry_t *e, uint64_t *phase_id);
+
+/* Tells the runner that e's table's schedule says a phase is due: queues
+ * a scheduled phase that a worker begins, unless one of this table is
+ * already queued or running or the runner shuts down. Never fails (a
+ * phase that cannot be queued or begun is counted and logged); cheap
+ * enough for the push path: no engine call, one short lock. Takes its
+ * own reference to e when it queues. */
+void cqr_phases_due(cqr_phases_t *pm, cqr_entry_t *e);
 
 /* Status of phase `phase_id` of the table with uid `table_uid`, or of its
  * latest phase when phase_id is 0. CQR_ENOPHASE if unknown (or pruned). */

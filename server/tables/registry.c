@@ -286,14 +286,6 @@ void cqr_registry_list_free(cqr_entry_t **list, size_t n)
     free(list);
 }
 
-size_t cqr_registry_count(cqr_registry_t *reg)
-{
-    pthread_rwlock_rdlock(&reg->lock);
-    size_t n = reg->visible;
-    pthread_rwlock_unlock(&reg->lock);
-    return n;
-}
-
 uint64_t cqr_registry_bytes(cqr_registry_t *reg)
 {
     return cqr_budget_used(&reg->budget);

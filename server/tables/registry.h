@@ -98,9 +98,7 @@ int cqr_registry_remove(cqr_registry_t *reg, const char *name);
 int cqr_registry_list(cqr_registry_t *reg, cqr_entry_t ***out, size_t *n);
 void cqr_registry_list_free(cqr_entry_t **list, size_t n);
 
-/* Visible tables, and bytes charged to the budget (both racy snapshots,
- * for stats). */
-size_t cqr_registry_count(cqr_registry_t *reg);
+/* Bytes charged to the budget (a racy snapshot, for stats). */
 uint64_t cqr_registry_bytes(cqr_registry_t *reg);
 
 void cqr_entry_ref(cqr_entry_t *e);

@@ -3,11 +3,11 @@
  *
  * The main thread owns the listening socket and its own libuv loop: it
  * polls the socket, accepts connections and hands each one to an I/O
- * thread (conn.c). SIGINT/SIGTERM stop the acceptor; then the I/O threads
- * drain (bounded by SHUTDOWN_GRACE_MS), running cluster phases finish,
- * the shutdown hook runs (the exit checkpoint, ckpt.h), the tables
- * are freed and every loop is checked closed. A second signal during the
- * drain kills the process the default way.
+ * thread (net/iothread.h). SIGINT/SIGTERM stop the acceptor; then the
+ * I/O threads drain (bounded by SHUTDOWN_GRACE_MS), running cluster
+ * phases finish, the shutdown hook runs (the exit checkpoint, ckpt.h),
+ * the tables are freed and every loop is checked closed. A second signal
+ * during the drain kills the process the default way.
  *
  * Operations: with --metrics-listen the metrics/health endpoint
  * (metrics.h) starts before anything else and stops last; the main loop's
@@ -21,7 +21,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -31,16 +30,18 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "ops/auth.h"
-#include "store/ckpt.h"
-#include "ops/config.h"
-#include "net/conn.h"
 #include "engine/err.h"
 #include "engine/kmeans.h"
+#include "net/iothread.h"
+#include "net/listen.h"
+#include "ops/auth.h"
+#include "ops/config.h"
 #include "ops/log.h"
 #include "ops/metrics.h"
 #include "ops/notify.h"
-#include "rpc/rpc.h"
+#include "rpc/server.h"
+#include "store/ckpt.h"
+#include "tables/phase.h"
 
 /* Time the I/O threads get to answer received requests and flush. */
 #define SHUTDOWN_GRACE_MS 5000
@@ -183,57 +184,32 @@ static void on_signal(uv_signal_t *h, int signum)
  * real port when 0 was asked). Logs and returns -1 on failure. */
 static int open_listener(server_t *s)
 {
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char port[8];
-    snprintf(port, sizeof port, "%u", s->cfg.listen_port);
-    int gai = getaddrinfo(s->cfg.listen_host, port, &hints, &res);
-    if (gai != 0) {
+    char why[256];
+    int fd = -1;
+    int rc = cqr_listen_open(s->cfg.listen_host, s->cfg.listen_port, 0, &fd,
+                             why, sizeof why);
+    if (rc == CQR_EINVAL) {
         cqr_log(CQR_LOG_ERROR, "server", "cannot resolve listen=%s err=\"%s\"",
-                s->cfg.listen, gai_strerror(gai));
+                s->cfg.listen, why);
         return -1;
     }
-    int fd = -1, err = 0;
-    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-        fd = socket(ai->ai_family,
-                    ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    ai->ai_protocol);
-        if (fd < 0) {
-            err = errno;
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
-            listen(fd, SOMAXCONN) == 0)
-            break;
-        err = errno;
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0) {
+    if (rc != 0) {
         cqr_log(CQR_LOG_ERROR, "server", "cannot listen listen=%s err=\"%s\"",
-                s->cfg.listen, strerror(err));
+                s->cfg.listen, why);
         return -1;
     }
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) {
+    if (cqr_listen_addr(fd, s->addr, sizeof s->addr) != 0) {
         cqr_log(CQR_LOG_ERROR, "server", "getsockname failed err=\"%s\"",
                 strerror(errno));
         close(fd);
         return -1;
     }
-    cqr_format_addr((struct sockaddr *)&ss, s->addr, sizeof s->addr);
     s->listen_fd = fd;
     return 0;
 }
 
-static int run(server_t *s)
+/* The first log lines: version, BLAS core, effective config. */
+static void log_start(server_t *s)
 {
     const char *core = cqr_blas_init();
     s->ctx.blas_core = core;
@@ -245,7 +221,12 @@ static int run(server_t *s)
     cqr_log(CQR_LOG_INFO, "config", "%s", line);
     if (s->cfg.config_path[0] != '\0')
         cqr_log(CQR_LOG_INFO, "config", "read file=%s", s->cfg.config_path);
+}
 
+/* Tokens, the metrics endpoint, the restore, the listener and the I/O
+ * threads, in that order. 0, or 1 after logging why. */
+static int open_all(server_t *s)
+{
     /* Tokens are read once, before any connection can arrive. */
     char aerr[600];
     if (cqr_auth_setup(&s->ctx, &s->cfg, &s->auth, aerr, sizeof aerr) != 0) {
@@ -274,7 +255,13 @@ static int run(server_t *s)
         close(s->listen_fd);
         return 1;
     }
+    return 0;
+}
 
+/* The main loop's handles: the acceptor, the signals, the heartbeat and
+ * the checkpoint timer. */
+static void start_loop(server_t *s)
+{
     uv_loop_init(&s->loop);
     uv_poll_init_socket(&s->loop, &s->accept_poll, s->listen_fd);
     s->accept_poll.data = s;
@@ -302,7 +289,11 @@ static int run(server_t *s)
         uv_timer_start(&s->ckpt_timer, on_ckpt_timer, ms, ms);
         s->ckpt_timer_on = 1;
     }
+}
 
+/* Ready: the flags /readyz reads, the ready line, systemd's READY=1. */
+static void announce(server_t *s)
+{
     cqr_log(CQR_LOG_INFO, "server", "listening addr=%s threads=%" PRIu32,
             s->addr, s->cfg.threads);
     /* Readiness: a restore that runs before this point has finished;
@@ -325,9 +316,12 @@ static int run(server_t *s)
     if (cqr_notify(state) < 0)
         cqr_log(CQR_LOG_WARN, "server", "cannot notify systemd socket=%s "
                 "err=\"%s\"", getenv("NOTIFY_SOCKET"), strerror(errno));
+}
 
-    uv_run(&s->loop, UV_RUN_DEFAULT);
-
+/* After the main loop: drain the I/O threads, finish the phases, run the
+ * shutdown hook (the exit checkpoint), check the loop closed. */
+static int shut_down(server_t *s)
+{
     cqr_io_stop(s->io, SHUTDOWN_GRACE_MS);
     s->io = NULL;
     cqr_log(CQR_LOG_INFO, "server", "connections closed");
@@ -341,6 +335,17 @@ static int run(server_t *s)
         return 1;
     }
     return 0;
+}
+
+static int run(server_t *s)
+{
+    log_start(s);
+    if (open_all(s) != 0)
+        return 1;
+    start_loop(s);
+    announce(s);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    return shut_down(s);
 }
 
 int main(int argc, char **argv)

@@ -1,11 +1,8 @@
+/* conn.c -- one client connection (conn.h). */
 #include "net/conn.h"
 
-#include <arpa/inet.h>
 #include <assert.h>
 #include <inttypes.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +11,7 @@
 
 #include "engine/err.h"
 #include "ops/log.h"
+#include "rpc/rpc.h"
 #include "rpc/wire.h"
 
 /* Frames handled per read callback (or idle pass) before yielding. */
@@ -27,39 +25,10 @@
 #define TX_KEEP_MAX (1u << 20)
 /* How long a connection that got a fatal error reply may take to close. */
 #define LINGER_MS 2000
-/* Period of the sweep that enforces linger and shutdown deadlines. */
-#define SWEEP_MS 250
 /* Deferred replies a connection may wait for at once; beyond this (or
  * with --max-pending-bytes of later replies held behind them) it stops
  * taking requests until the oldest is answered. */
 #define MAX_DEFERRED 16
-
-/* Intrusive doubly-linked list with a sentinel head. */
-typedef struct link {
-    struct link *prev, *next;
-} link_t;
-
-static void list_init(link_t *h) { h->prev = h->next = h; }
-static int list_empty(const link_t *h) { return h->next == h; }
-static int linked(const link_t *l) { return l->next != NULL; }
-
-static void list_add(link_t *h, link_t *l)
-{
-    l->prev = h->prev;
-    l->next = h;
-    h->prev->next = l;
-    h->prev = l;
-}
-
-static void list_del(link_t *l)
-{
-    l->prev->next = l->next;
-    l->next->prev = l->prev;
-    l->prev = l->next = NULL;
-}
-
-#define container_of(p, type, member) \
-    ((type *)(void *)((char *)(p) - offsetof(type, member)))
 
 typedef enum conn_state {
     CONN_OPEN,     /* reading and answering */
@@ -70,28 +39,27 @@ typedef enum conn_state {
     CONN_CLOSING   /* uv_close called; freed in on_close */
 } conn_state_t;
 
-typedef struct io_thread io_thread_t;
 typedef struct conn conn_t;
 
-/* The place of a deferred reply (rpc.h) in a connection's reply order,
+/* The place of a deferred reply (server.h) in a connection's reply order,
  * with the replies to later requests held until it is sent. Owned by the
  * loop thread; the worker that finishes the request only hands it back
- * through io_thread.done. Outlives its connection if that closes first
- * (conn == NULL), until the reply arrives. */
+ * through cqr_io_thread_post. Outlives its connection if that closes
+ * first (conn == NULL), until the reply arrives. */
 typedef struct slot {
     cqr_deferred_t *d;        /* the request; its reply once filled */
-    io_thread_t *io;          /* loop thread it returns to */
+    cqr_io_thread_t *io;      /* loop thread it returns to */
     conn_t *conn;             /* owner; NULL once the connection is gone */
     int filled;               /* the reply arrived (loop thread) */
     cqr_buf_t after;          /* framed replies to later requests */
-    struct slot *next;        /* the connection's slots, oldest first */
-    struct slot *dnext;       /* io_thread.done link (under its mu) */
+    cqr_list_t link;          /* conn.slots, oldest first */
+    cqr_list_t dlink;         /* the thread's list of finished replies */
 } slot_t;
 
 struct conn {
     uv_tcp_t tcp;             /* the socket; tcp.data points here */
     uv_shutdown_t shut_req;   /* write-side shutdown when lingering */
-    io_thread_t *io;          /* owning loop thread */
+    cqr_io_thread_t *io;      /* owning loop thread */
     conn_state_t state;       /* see conn_state_t */
     cqr_frame_reader_t rx;    /* request bytes, reused between reads */
     cqr_buf_t tx;             /* replies of this batch, not yet written */
@@ -110,22 +78,14 @@ struct conn {
     int counted;              /* counted in conn_open */
     int shut;                 /* uv_shutdown requested */
     const char *why;          /* reason for the close log */
-    link_t all;               /* io_thread.conns */
-    link_t ready;             /* io_thread.ready: frames left to handle */
-    slot_t *shead, *stail;    /* deferred replies not sent yet, in
-                                 request order; later replies wait in
-                                 stail->after */
+    cqr_list_t all;           /* io->conns */
+    cqr_list_t ready;         /* io->ready: frames left to handle */
+    cqr_list_t slots;         /* deferred replies not sent yet, in request
+                                 order; later replies wait in the last
+                                 one's after buffer */
     uint32_t nslots;          /* slots in that list */
     uint64_t held;            /* bytes held in the slots' after buffers */
 };
-
-/* One accepted socket on its way from the acceptor to a loop thread. */
-typedef struct handoff {
-    int fd;                   /* owned */
-    int reject;               /* answer LIMIT_EXCEEDED and close */
-    char peer[64];            /* formatted remote address */
-    struct handoff *next;
-} handoff_t;
 
 /* One uv_write and the reply bytes it owns, freed in on_write. */
 typedef struct write_req {
@@ -135,55 +95,19 @@ typedef struct write_req {
     size_t unsent;            /* bytes this write adds to conn.pending */
 } write_req_t;
 
-struct io_thread {
-    cqr_io_t *io;             /* owner */
-    cqr_server_ctx_t *ctx;    /* shared server state */
-    uint32_t index;           /* 0-based, for logs */
-    uv_loop_t loop;           /* this thread's loop */
-    uv_async_t wake;          /* new sockets or the stop request */
-    uv_idle_t idle;           /* runs connections on the ready list */
-    uv_timer_t sweep;         /* linger and shutdown deadlines */
-    pthread_t tid;            /* the thread */
-    pthread_mutex_t mu;       /* guards inbox and stop_req */
-    handoff_t *inbox, *inbox_tail; /* sockets to adopt, FIFO */
-    int stop_req;             /* cqr_io_stop was called (under mu) */
-    slot_t *done;             /* finished deferred replies (under mu) */
-    uint64_t outstanding;     /* slots whose reply has not come back;
-                                 the loop stays up until it is 0 */
-    uint64_t stop_timeout_ms; /* grace period for the stop (under mu) */
-    int stopping;             /* loop thread's view of stop_req */
-    int handles_closed;       /* wake/idle/sweep closed */
-    uint64_t stop_deadline;   /* uv_now() deadline of a stop */
-    link_t conns;             /* every connection of this thread */
-    link_t ready;             /* connections with frames to handle */
-    uint8_t scratch[READ_CHUNK]; /* discarded input of lingering conns */
-};
-
-struct cqr_io {
-    cqr_server_ctx_t *ctx;    /* shared server state */
-    uint32_t n;               /* threads */
-    uint32_t next;            /* round-robin cursor (acceptor thread) */
-    io_thread_t *threads[];   /* n threads */
-};
-
 static void process(conn_t *c);
 static void close_now(conn_t *c, const char *why);
-static void on_idle(uv_idle_t *h);
 
-void cqr_format_addr(const struct sockaddr *sa, char *buf, size_t len)
+static slot_t *first_slot(const conn_t *c)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-        snprintf(buf, len, "%s:%u", host, ntohs(a->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-        snprintf(buf, len, "[%s]:%u", host, ntohs(a->sin6_port));
-    } else {
-        snprintf(buf, len, "unknown");
-    }
+    cqr_list_t *l = cqr_list_first(&c->slots);
+    return l != NULL ? cqr_container_of(l, slot_t, link) : NULL;
+}
+
+static slot_t *last_slot(const conn_t *c)
+{
+    return cqr_list_empty(&c->slots) ?
+           NULL : cqr_container_of(c->slots.prev, slot_t, link);
 }
 
 /* ---- reading state ---------------------------------------------------- */
@@ -197,8 +121,8 @@ static int held_over(const conn_t *c);
 
 static void update_reading(conn_t *c)
 {
-    int want = (c->state == CONN_OPEN && !c->paused && !linked(&c->ready) &&
-                !held_over(c)) ||
+    int want = (c->state == CONN_OPEN && !c->paused &&
+                !cqr_list_linked(&c->ready) && !held_over(c)) ||
                (c->state == CONN_LINGER && !c->eof);
     if (want == c->reading)
         return;
@@ -216,50 +140,44 @@ static void update_reading(conn_t *c)
     c->reading = want;
 }
 
-/* Queues c for the idle callback (it has frames to handle). */
+/* Queues c for the thread's idle pass (it has frames to handle). */
 static void mark_ready(conn_t *c)
 {
-    io_thread_t *t = c->io;
     if (c->state == CONN_CLOSING || c->state == CONN_LINGER ||
-        linked(&c->ready))
+        cqr_list_linked(&c->ready))
         return;
-    list_add(&t->ready, &c->ready);
-    if (!uv_is_active((uv_handle_t *)&t->idle))
-        uv_idle_start(&t->idle, on_idle);
+    cqr_list_add_tail(&c->io->ready, &c->ready);
+    cqr_io_thread_kick(c->io);
     update_reading(c);
 }
 
 static void unmark_ready(conn_t *c)
 {
-    if (linked(&c->ready))
-        list_del(&c->ready);
+    if (cqr_list_linked(&c->ready))
+        cqr_list_del(&c->ready);
 }
 
 /* ---- closing ---------------------------------------------------------- */
 
-static void maybe_exit(io_thread_t *t);
-
 static void on_close(uv_handle_t *h)
 {
     conn_t *c = h->data;
-    io_thread_t *t = c->io;
+    cqr_io_thread_t *t = c->io;
     cqr_server_ctx_t *ctx = t->ctx;
     assert(c->pending == 0);
-    list_del(&c->all);
+    cqr_list_del(&c->all);
     /* Replies still being worked on return to the thread, not to c. */
-    for (slot_t *sl = c->shead; sl != NULL;) {
-        slot_t *next = sl->next;
+    for (cqr_list_t *l = cqr_list_pop(&c->slots); l != NULL;
+         l = cqr_list_pop(&c->slots)) {
+        slot_t *sl = cqr_container_of(l, slot_t, link);
         cqr_buf_free(&sl->after);
         if (sl->filled) {
             cqr_rpc_deferred_release(sl->d, t->index);
             free(sl);
         } else {
             sl->conn = NULL;
-            sl->next = NULL;
         }
-        sl = next;
     }
-    c->shead = c->stail = NULL;
     cqr_log(c->counted ? CQR_LOG_INFO : CQR_LOG_DEBUG, "conn",
             "closed peer=%s thread=%" PRIu32 " reason=%s requests=%" PRIu64,
             c->sess.peer, t->index, c->why ? c->why : "-", c->requests);
@@ -269,7 +187,7 @@ static void on_close(uv_handle_t *h)
     cqr_frame_reader_free(&c->rx);
     cqr_buf_free(&c->tx);
     free(c);
-    maybe_exit(t);
+    cqr_io_thread_check_exit(t);
 }
 
 /* Closes at once: pending writes are cancelled (their callbacks run before
@@ -336,7 +254,7 @@ static void linger(conn_t *c, const char *why)
 
 static void on_write(uv_write_t *req, int status)
 {
-    write_req_t *w = container_of(req, write_req_t, req);
+    write_req_t *w = cqr_container_of(req, write_req_t, req);
     conn_t *c = req->handle->data;
     cqr_server_ctx_t *ctx = c->io->ctx;
     assert(c->pending >= w->unsent);
@@ -495,23 +413,17 @@ static void fail(conn_t *c, cqr_counter_t ctr, const char *why, int err,
  * until the oldest is answered (bounds what a connection can hold). */
 static int held_over(const conn_t *c)
 {
-    return c->shead != NULL &&
+    return !cqr_list_empty(&c->slots) &&
            (c->nslots >= MAX_DEFERRED ||
             c->held >= c->io->ctx->cfg->max_pending_bytes);
 }
 
-/* Any thread: the worker finished d; hand its slot back to the loop. The
- * async send happens under mu, so the loop (which needs mu to take the
- * slot, and stays up while it is outstanding) cannot be gone yet. */
+/* Any thread: the worker finished d; hand its slot back to the loop
+ * (which stays up while the slot is outstanding). */
 static void on_deferred_done(cqr_deferred_t *d)
 {
     slot_t *sl = d->ud;
-    io_thread_t *t = sl->io;
-    pthread_mutex_lock(&t->mu);
-    sl->dnext = t->done;
-    t->done = sl;
-    uv_async_send(&t->wake);
-    pthread_mutex_unlock(&t->mu);
+    cqr_io_thread_post(sl->io, &sl->dlink);
 }
 
 /* session.defer: reserves d's place after every reply queued so far. */
@@ -527,11 +439,7 @@ static int conn_defer(cqr_session_t *sess, cqr_deferred_t *d)
     cqr_buf_init(&sl->after);
     d->done = on_deferred_done;
     d->ud = sl;
-    if (c->stail != NULL)
-        c->stail->next = sl;
-    else
-        c->shead = sl;
-    c->stail = sl;
+    cqr_list_add_tail(&c->slots, &sl->link);
     c->nslots++;
     c->io->outstanding++;
     return 0;
@@ -544,11 +452,9 @@ static void deliver(conn_t *c)
     /* A connection on its way out sends nothing more. */
     int drop = c->state == CONN_LINGER || c->state == CONN_CLOSING;
     int closing = 0;
-    while (c->shead != NULL && c->shead->filled) {
-        slot_t *sl = c->shead;
-        c->shead = sl->next;
-        if (c->shead == NULL)
-            c->stail = NULL;
+    for (slot_t *sl = first_slot(c); sl != NULL && sl->filled;
+         sl = first_slot(c)) {
+        cqr_list_del(&sl->link);
         c->nslots--;
         c->held -= sl->after.len;
         cqr_buf_t *r = &sl->d->reply;
@@ -587,12 +493,11 @@ static void deliver(conn_t *c)
         mark_ready(c);
 }
 
-/* Loop thread: replies that came back (from on_wake). */
-static void take_done(io_thread_t *t, slot_t *list)
+void cqr_conn_take_done(cqr_io_thread_t *t, cqr_list_t *done)
 {
-    while (list != NULL) {
-        slot_t *sl = list;
-        list = sl->dnext;
+    for (cqr_list_t *l = cqr_list_pop(done); l != NULL;
+         l = cqr_list_pop(done)) {
+        slot_t *sl = cqr_container_of(l, slot_t, dlink);
         assert(t->outstanding > 0);
         t->outstanding--;
         sl->filled = 1;
@@ -602,34 +507,110 @@ static void take_done(io_thread_t *t, slot_t *list)
             free(sl);
             continue;
         }
-        if (sl == sl->conn->shead)
+        if (sl == first_slot(sl->conn))
             deliver(sl->conn);
     }
 }
 
 /* ---- frames ----------------------------------------------------------- */
 
+/* Answers one received frame: its reply goes to tx, or behind the last
+ * deferred reply. 0: go on; -1: the connection is ending (closed or
+ * lingering), take no more frames. */
+static int answer(conn_t *c, const uint8_t *body, size_t len)
+{
+    cqr_server_ctx_t *ctx = c->io->ctx;
+    /* Behind a deferred reply, replies wait in its slot. */
+    slot_t *last = last_slot(c);
+    cqr_buf_t *dst = last != NULL ? &last->after : &c->tx;
+    size_t before = dst->len;
+    size_t mark;
+    if (cqr_frame_begin(dst, &mark) != 0) {
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
+        close_now(c, "nomem");
+        return -1;
+    }
+    int rc = cqr_rpc_handle(ctx, &c->sess, body, len, dst);
+    if (rc == CQR_RPC_DEFERRED) {
+        dst->len = mark; /* its reply goes in the new slot */
+        return 0;
+    }
+    if (rc == CQR_ENOMEM) {
+        dst->len = mark;
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
+        cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                " reason=nomem", c->sess.peer, c->io->index);
+        flush(c);
+        close_now(c, "nomem");
+        return -1;
+    }
+    cqr_frame_end(dst, mark);
+    if (dst != &c->tx)
+        c->held += dst->len - before;
+    c->requests++;
+    if (rc == CQR_EPROTO) {
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_malformed, 1);
+        cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                " reason=malformed bytes=%zu", c->sess.peer, c->io->index,
+                len);
+        flush(c);
+        linger(c, "malformed");
+        return -1;
+    }
+    if (rc == CQR_EAUTH) {
+        /* The UNAUTHENTICATED (or version) reply is queued: send it and
+         * end the connection, as for a malformed request. */
+        cqr_ctr_add(ctx, CQR_CTR_conn_closed_auth, 1);
+        cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+                " reason=unauthenticated", c->sess.peer, c->io->index);
+        flush(c);
+        linger(c, "unauthenticated");
+        return -1;
+    }
+    if (c->tx.len >= FLUSH_BYTES)
+        flush(c);
+    return 0;
+}
+
+/* 1 when process() must stop before the next frame although more may be
+ * there: paused over the soft limit, its batch used up (a yield), or too
+ * much held behind deferred replies (deliver() comes back when a slot is
+ * answered). */
+static int must_yield(conn_t *c, int handled)
+{
+    if (c->paused)
+        return 1;
+    if (handled == FRAMES_PER_BATCH) {
+        cqr_ctr_add(c->io->ctx, CQR_CTR_yields, 1);
+        return 1;
+    }
+    return held_over(c);
+}
+
+/* Rejects a frame declaring more than --max-frame-bytes and ends the
+ * connection. */
+static void oversize(conn_t *c, size_t len)
+{
+    cqr_server_ctx_t *ctx = c->io->ctx;
+    char msg[160];
+    snprintf(msg, sizeof msg, "frame of %zu bytes exceeds "
+             "--max-frame-bytes %" PRIu64, len, ctx->cfg->max_frame_bytes);
+    flush(c);
+    fail(c, CQR_CTR_conn_closed_oversize, "oversize", CQR_ELIMIT, msg);
+    cqr_ctr_add(ctx, CQR_CTR_frames_oversize, 1);
+}
+
 /* Handles up to FRAMES_PER_BATCH received frames, then flushes. Leaves c
  * on the ready list if it stopped with frames left. */
 static void process(conn_t *c)
 {
-    cqr_server_ctx_t *ctx = c->io->ctx;
     int handled = 0;
     int more = 0; /* stopped with complete frames possibly left */
 
     unmark_ready(c);
     while (c->state == CONN_OPEN || c->state == CONN_DRAINING) {
-        if (c->paused) {
+        if (must_yield(c, handled)) {
             more = 1;
-            break;
-        }
-        if (handled == FRAMES_PER_BATCH) {
-            cqr_ctr_add(ctx, CQR_CTR_yields, 1);
-            more = 1;
-            break;
-        }
-        if (held_over(c)) {
-            more = 1; /* deliver() comes back when a slot is answered */
             break;
         }
         const uint8_t *body;
@@ -638,68 +619,15 @@ static void process(conn_t *c)
         if (rc == 0)
             break;
         if (rc == CQR_ELIMIT) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "frame of %zu bytes exceeds "
-                     "--max-frame-bytes %" PRIu64, len,
-                     ctx->cfg->max_frame_bytes);
-            flush(c);
-            fail(c, CQR_CTR_conn_closed_oversize, "oversize", CQR_ELIMIT,
-                 msg);
-            cqr_ctr_add(ctx, CQR_CTR_frames_oversize, 1);
+            oversize(c, len);
             return;
         }
         handled++;
         /* Bytes after this frame belong to the next one, which cannot be
          * older than the read that brought them. */
         c->frame_start = uv_now(&c->io->loop);
-        /* Behind a deferred reply, replies wait in its slot. */
-        cqr_buf_t *dst = c->stail != NULL ? &c->stail->after : &c->tx;
-        size_t before = dst->len;
-        size_t mark;
-        if (cqr_frame_begin(dst, &mark) != 0) {
-            cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
-            close_now(c, "nomem");
+        if (answer(c, body, len) != 0)
             return;
-        }
-        rc = cqr_rpc_handle(ctx, &c->sess, body, len, dst);
-        if (rc == CQR_RPC_DEFERRED) {
-            dst->len = mark; /* its reply goes in the new slot */
-            continue;
-        }
-        if (rc == CQR_ENOMEM) {
-            dst->len = mark;
-            cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
-            cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
-                    " reason=nomem", c->sess.peer, c->io->index);
-            flush(c);
-            close_now(c, "nomem");
-            return;
-        }
-        cqr_frame_end(dst, mark);
-        if (dst != &c->tx)
-            c->held += dst->len - before;
-        c->requests++;
-        if (rc == CQR_EPROTO) {
-            cqr_ctr_add(ctx, CQR_CTR_conn_closed_malformed, 1);
-            cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
-                    " reason=malformed bytes=%zu", c->sess.peer,
-                    c->io->index, len);
-            flush(c);
-            linger(c, "malformed");
-            return;
-        }
-        if (rc == CQR_EAUTH) {
-            /* The UNAUTHENTICATED (or version) reply is queued: send it
-             * and end the connection, as for a malformed request. */
-            cqr_ctr_add(ctx, CQR_CTR_conn_closed_auth, 1);
-            cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
-                    " reason=unauthenticated", c->sess.peer, c->io->index);
-            flush(c);
-            linger(c, "unauthenticated");
-            return;
-        }
-        if (c->tx.len >= FLUSH_BYTES)
-            flush(c);
     }
     flush(c);
     if (c->state == CONN_CLOSING || c->state == CONN_LINGER)
@@ -708,7 +636,7 @@ static void process(conn_t *c)
         if (!c->paused && !held_over(c))
             mark_ready(c);
     } else if (c->state == CONN_DRAINING && c->tx.len == 0 &&
-               c->shead == NULL) {
+               cqr_list_empty(&c->slots)) {
         /* Every received frame is answered. */
         if (c->pending == 0)
             linger(c, c->eof ? "eof" : "shutdown");
@@ -780,49 +708,27 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     process(c);
 }
 
-/* ---- the loop thread -------------------------------------------------- */
+/* ---- the thread's calls ----------------------------------------------- */
 
-static void on_idle(uv_idle_t *h)
-{
-    io_thread_t *t = h->data;
-    /* Run each connection that was ready at the start of this pass once;
-     * ones that yield again go to the back for the next pass. */
-    link_t batch;
-    list_init(&batch);
-    if (!list_empty(&t->ready)) {
-        batch.next = t->ready.next;
-        batch.prev = t->ready.prev;
-        batch.next->prev = &batch;
-        batch.prev->next = &batch;
-        list_init(&t->ready);
-    }
-    while (!list_empty(&batch)) {
-        conn_t *c = container_of(batch.next, conn_t, ready);
-        list_del(&c->ready);
-        process(c);
-    }
-    if (list_empty(&t->ready))
-        uv_idle_stop(&t->idle);
-}
-
-static void adopt(io_thread_t *t, handoff_t *hf)
+void cqr_conn_open(cqr_io_thread_t *t, int fd, const char *peer,
+                   int reject)
 {
     cqr_server_ctx_t *ctx = t->ctx;
     conn_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
         cqr_log(CQR_LOG_WARN, "conn", "dropping peer=%s thread=%" PRIu32
-                " reason=nomem", hf->peer, t->index);
-        close(hf->fd);
-        if (!hf->reject)
+                " reason=nomem", peer, t->index);
+        close(fd);
+        if (!reject)
             cqr_ctr_sub(ctx, CQR_CTR_conn_open, 1);
         cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
         return;
     }
     c->io = t;
     c->tcp.data = c;
-    c->counted = !hf->reject;
+    c->counted = !reject;
     c->last_active = c->frame_start = uv_now(&t->loop);
-    cqr_session_init(ctx, &c->sess, hf->peer, t->index);
+    cqr_session_init(ctx, &c->sess, peer, t->index);
     c->sess.defer = conn_defer;
     c->sess.defer_ud = c;
     cqr_frame_reader_init(&c->rx, ctx->cfg->max_frame_bytes, READ_CHUNK);
@@ -831,15 +737,16 @@ static void adopt(io_thread_t *t, handoff_t *hf)
     c->rx.align = cqr_wire_align_hint;
     cqr_buf_init(&c->tx);
     uv_tcp_init(&t->loop, &c->tcp);
-    list_add(&t->conns, &c->all);
-    if (uv_tcp_open(&c->tcp, hf->fd) != 0) {
-        close(hf->fd); /* not owned by the handle when open failed */
+    cqr_list_init(&c->slots);
+    cqr_list_add_tail(&t->conns, &c->all);
+    if (uv_tcp_open(&c->tcp, fd) != 0) {
+        close(fd); /* not owned by the handle when open failed */
         close_now(c, "open_failed");
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
 
-    if (hf->reject) {
+    if (reject) {
         char msg[128];
         snprintf(msg, sizeof msg, "server has its maximum of %" PRIu32
                  " connections (--max-connections)",
@@ -863,46 +770,6 @@ static void adopt(io_thread_t *t, handoff_t *hf)
         return;
     }
     update_reading(c);
-}
-
-static void begin_stop(io_thread_t *t, uint64_t timeout_ms)
-{
-    t->stopping = 1;
-    t->stop_deadline = uv_now(&t->loop) + timeout_ms;
-    for (link_t *l = t->conns.next; l != &t->conns;) {
-        conn_t *c = container_of(l, conn_t, all);
-        l = l->next; /* c may be unlinked below */
-        if (c->state == CONN_OPEN) {
-            c->state = CONN_DRAINING;
-            mark_ready(c); /* answer what was received, then finish */
-        } else if (c->state == CONN_LINGER && c->deadline > t->stop_deadline) {
-            c->deadline = t->stop_deadline;
-        }
-    }
-}
-
-static void on_wake(uv_async_t *h)
-{
-    io_thread_t *t = h->data;
-    pthread_mutex_lock(&t->mu);
-    handoff_t *list = t->inbox;
-    t->inbox = t->inbox_tail = NULL;
-    int stop = t->stop_req;
-    uint64_t timeout = t->stop_timeout_ms;
-    slot_t *done = t->done;
-    t->done = NULL;
-    pthread_mutex_unlock(&t->mu);
-
-    take_done(t, done);
-    while (list != NULL) {
-        handoff_t *next = list->next;
-        adopt(t, list);
-        free(list);
-        list = next;
-    }
-    if (stop && !t->stopping)
-        begin_stop(t, timeout);
-    maybe_exit(t);
 }
 
 /* Slow and silent peers (called by the sweep for open connections):
@@ -932,7 +799,8 @@ static void check_timeouts(conn_t *c, uint64_t now)
     uint64_t idle_ms = (uint64_t)cfg->idle_timeout * 1000;
     /* A connection waiting for a deferred reply (a long checkpoint) is
      * not idle. */
-    if (idle_ms > 0 && c->shead == NULL && now - c->last_active >= idle_ms) {
+    if (idle_ms > 0 && cqr_list_empty(&c->slots) &&
+        now - c->last_active >= idle_ms) {
         if (c->pending > 0) {
             cqr_ctr_add(c->io->ctx, CQR_CTR_conn_closed_idle, 1);
             cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
@@ -949,12 +817,10 @@ static void check_timeouts(conn_t *c, uint64_t now)
     }
 }
 
-static void on_sweep(uv_timer_t *h)
+void cqr_conn_sweep(cqr_io_thread_t *t, uint64_t now)
 {
-    io_thread_t *t = h->data;
-    uint64_t now = uv_now(&t->loop);
-    for (link_t *l = t->conns.next; l != &t->conns;) {
-        conn_t *c = container_of(l, conn_t, all);
+    for (cqr_list_t *l = t->conns.next; l != &t->conns;) {
+        conn_t *c = cqr_container_of(l, conn_t, all);
         l = l->next;
         if (c->state == CONN_CLOSING)
             continue;
@@ -975,159 +841,27 @@ static void on_sweep(uv_timer_t *h)
     }
 }
 
-/* Once stopping and every connection is gone, closes the thread's own
- * handles so uv_run returns. */
-static void maybe_exit(io_thread_t *t)
+void cqr_conn_run_ready(cqr_io_thread_t *t)
 {
-    if (!t->stopping || t->handles_closed || !list_empty(&t->conns) ||
-        t->outstanding > 0)
-        return;
-    t->handles_closed = 1;
-    uv_close((uv_handle_t *)&t->wake, NULL);  /* embedded: nothing to free */
-    uv_close((uv_handle_t *)&t->idle, NULL);
-    uv_close((uv_handle_t *)&t->sweep, NULL);
+    /* Run each connection that was ready at the start of this pass once;
+     * ones that yield again go to the back for the next pass. */
+    cqr_list_t batch;
+    cqr_list_move(&batch, &t->ready);
+    for (cqr_list_t *l = cqr_list_pop(&batch); l != NULL;
+         l = cqr_list_pop(&batch))
+        process(cqr_container_of(l, conn_t, ready));
 }
 
-static void *io_thread_main(void *arg)
+void cqr_conn_stop_all(cqr_io_thread_t *t)
 {
-    io_thread_t *t = arg;
-    uv_run(&t->loop, UV_RUN_DEFAULT);
-    /* Sockets handed over after the stop never reached adopt(). */
-    pthread_mutex_lock(&t->mu);
-    handoff_t *list = t->inbox;
-    t->inbox = t->inbox_tail = NULL;
-    pthread_mutex_unlock(&t->mu);
-    while (list != NULL) {
-        handoff_t *next = list->next;
-        close(list->fd);
-        if (!list->reject)
-            cqr_ctr_sub(t->ctx, CQR_CTR_conn_open, 1);
-        free(list);
-        list = next;
-    }
-    int rc = uv_loop_close(&t->loop);
-    if (rc != 0)
-        cqr_log(CQR_LOG_ERROR, "conn", "loop did not close thread=%" PRIu32
-                " err=%s", t->index, uv_err_name(rc));
-    assert(rc == 0 && "a handle leaked on an I/O loop");
-    return NULL;
-}
-
-static void thread_free(io_thread_t *t)
-{
-    pthread_mutex_destroy(&t->mu);
-    free(t);
-}
-
-static int thread_start(cqr_io_t *io, uint32_t index, io_thread_t **out)
-{
-    io_thread_t *t = calloc(1, sizeof *t);
-    if (t == NULL)
-        return CQR_ENOMEM;
-    t->io = io;
-    t->ctx = io->ctx;
-    t->index = index;
-    list_init(&t->conns);
-    list_init(&t->ready);
-    pthread_mutex_init(&t->mu, NULL);
-    if (uv_loop_init(&t->loop) != 0) {
-        thread_free(t);
-        return CQR_EINTERNAL;
-    }
-    uv_async_init(&t->loop, &t->wake, on_wake);
-    t->wake.data = t;
-    uv_idle_init(&t->loop, &t->idle);
-    t->idle.data = t;
-    uv_timer_init(&t->loop, &t->sweep);
-    t->sweep.data = t;
-    uv_timer_start(&t->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
-    /* The sweep timer must not keep a stopping loop alive by itself; it is
-     * closed in maybe_exit like the others. */
-    if (pthread_create(&t->tid, NULL, io_thread_main, t) != 0) {
-        uv_close((uv_handle_t *)&t->wake, NULL);
-        uv_close((uv_handle_t *)&t->idle, NULL);
-        uv_close((uv_handle_t *)&t->sweep, NULL);
-        uv_run(&t->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&t->loop);
-        thread_free(t);
-        return CQR_EINTERNAL;
-    }
-    *out = t;
-    return 0;
-}
-
-int cqr_io_start(cqr_server_ctx_t *ctx, uint32_t nthreads, cqr_io_t **out)
-{
-    assert(nthreads >= 1);
-    cqr_io_t *io = calloc(1, sizeof *io + nthreads * sizeof(io_thread_t *));
-    if (io == NULL)
-        return CQR_ENOMEM;
-    io->ctx = ctx;
-    for (uint32_t i = 0; i < nthreads; i++) {
-        int rc = thread_start(io, i, &io->threads[i]);
-        if (rc != 0) {
-            io->n = i;
-            cqr_io_stop(io, 0);
-            return rc;
+    for (cqr_list_t *l = t->conns.next; l != &t->conns;) {
+        conn_t *c = cqr_container_of(l, conn_t, all);
+        l = l->next; /* c may be unlinked below */
+        if (c->state == CONN_OPEN) {
+            c->state = CONN_DRAINING;
+            mark_ready(c); /* answer what was received, then finish */
+        } else if (c->state == CONN_LINGER && c->deadline > t->stop_deadline) {
+            c->deadline = t->stop_deadline;
         }
-        io->n = i + 1;
     }
-    *out = io;
-    return 0;
-}
-
-void cqr_io_hand_off(cqr_io_t *io, int fd, const char *peer, int reject)
-{
-    cqr_server_ctx_t *ctx = io->ctx;
-    if (!reject) {
-        cqr_ctr_add(ctx, CQR_CTR_conn_accepted, 1);
-        cqr_ctr_add(ctx, CQR_CTR_conn_open, 1);
-    }
-    io_thread_t *t = io->threads[io->next++ % io->n];
-    handoff_t *hf = calloc(1, sizeof *hf);
-    if (hf == NULL) {
-        close(fd);
-        if (!reject)
-            cqr_ctr_sub(ctx, CQR_CTR_conn_open, 1);
-        cqr_log(CQR_LOG_WARN, "conn", "dropping peer=%s reason=nomem", peer);
-        return;
-    }
-    hf->fd = fd;
-    hf->reject = reject;
-    snprintf(hf->peer, sizeof hf->peer, "%s", peer);
-    pthread_mutex_lock(&t->mu);
-    int stopped = t->stop_req;
-    if (!stopped) {
-        if (t->inbox_tail) t->inbox_tail->next = hf;
-        else t->inbox = hf;
-        t->inbox_tail = hf;
-    }
-    pthread_mutex_unlock(&t->mu);
-    if (stopped) {
-        close(fd);
-        if (!reject)
-            cqr_ctr_sub(ctx, CQR_CTR_conn_open, 1);
-        free(hf);
-        return;
-    }
-    uv_async_send(&t->wake);
-}
-
-void cqr_io_stop(cqr_io_t *io, uint64_t timeout_ms)
-{
-    if (io == NULL)
-        return;
-    for (uint32_t i = 0; i < io->n; i++) {
-        io_thread_t *t = io->threads[i];
-        pthread_mutex_lock(&t->mu);
-        t->stop_req = 1;
-        t->stop_timeout_ms = timeout_ms;
-        pthread_mutex_unlock(&t->mu);
-        uv_async_send(&t->wake);
-    }
-    for (uint32_t i = 0; i < io->n; i++) {
-        pthread_join(io->threads[i]->tid, NULL);
-        thread_free(io->threads[i]);
-    }
-    free(io);
 }

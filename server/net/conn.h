@@ -1,17 +1,20 @@
-/* conn.h -- I/O threads and client connections.
- *
- * `threads` I/O threads each run their own libuv loop. The acceptor (on
- * the main thread, see main.c) hands every accepted socket to one of them
- * round-robin; the connection then lives on that loop thread for its
- * whole life, and only that thread touches its state.
+/* conn.h -- one client connection on its loop thread (iothread.h): read
+ * frames, hand each to the RPC layer, write the replies in order, and
+ * hold the peer to its limits.
  *
  * A connection reads frames into one reused buffer (frame.h), runs each
- * request through cqr_rpc_handle on its loop thread and writes the replies
- * in request order. Work per event is bounded: at most a fixed number of
- * frames per read, then the connection yields to the others and continues
- * from an idle callback. Unsent reply bytes are counted: over
- * --max-pending-bytes the connection stops being read until they drain
- * below half; over four times that it is closed.
+ * request through cqr_rpc_handle on its loop thread and writes the
+ * replies in request order. Work per event is bounded: at most a fixed
+ * number of frames per read, then the connection yields to the others
+ * and continues from the thread's idle handle. Unsent reply bytes are
+ * counted: over --max-pending-bytes the connection stops being read until
+ * they drain below half; over four times that it is closed.
+ *
+ * States (one enum): OPEN reads and answers; DRAINING reads no more but
+ * answers what it received (the peer sent EOF, or the server stops);
+ * LINGER has sent its last reply, shut its write side and discards input
+ * until EOF or a deadline; CLOSING waits for libuv's close callback,
+ * which frees it. A connection is never freed inside its own callbacks.
  *
  * Slow peers: a frame still incomplete --frame-timeout seconds after its
  * first byte, and a connection with no traffic either way for
@@ -22,60 +25,56 @@
  * timeout.
  *
  * Forced disconnects (undecodable request, frame over --max-frame-bytes,
- * connection limit, UNAUTHENTICATED, timeouts) send an error reply first, shut down the write side
- * after it, and discard input until the peer closes or a short deadline
- * passes -- so the peer reads the error instead of a reset. Every forced
- * disconnect is logged with the peer and the reason and counted.
+ * connection limit, UNAUTHENTICATED, timeouts) send an error reply first,
+ * shut down the write side after it, and discard input until the peer
+ * closes or a short deadline passes -- so the peer reads the error
+ * instead of a reset. Every forced disconnect is logged with the peer and
+ * the reason and counted.
  *
- * Threading: cqr_io_start, cqr_io_hand_off and cqr_io_stop are called
- * from one thread (the main thread). Connections are never freed inside
- * their own callbacks: they are marked closing and freed in the libuv
- * close callback.
- *
- * Deferred replies (rpc.h): a request whose work runs elsewhere
+ * Deferred replies (server.h): a request whose work runs elsewhere
  * (Checkpoint, on the checkpoint thread) reserves a slot in its
  * connection's reply order; later requests are still read and answered,
  * but their replies wait behind the slot, so replies always leave in
  * request order. The worker hands the finished reply back through the
- * thread's async handle. A connection waiting for 16 slots, or holding
- * --max-pending-bytes of replies behind them, stops taking requests until
- * the oldest slot is answered. A connection that closes first abandons
- * its slots; the loop stays up until every abandoned reply came back, so
- * cqr_io_stop waits for running checkpoints that were asked for.
+ * thread (cqr_io_thread_post). A connection waiting for 16 slots, or
+ * holding --max-pending-bytes of replies behind them, stops taking
+ * requests until the oldest slot is answered. A connection that closes
+ * first abandons its slots; the thread keeps them (t->outstanding) until
+ * their replies came back.
  *
  * Known limit: other requests run on the I/O thread, so a slow one (a
  * huge CreateTable) delays the other connections of that thread.
+ *
+ * Threading: everything here runs on the connection's loop thread; the
+ * I/O thread calls these functions from its handles' callbacks.
  */
 #ifndef CQR_CONN_H
 #define CQR_CONN_H
 
-#include <stddef.h>
 #include <stdint.h>
-#include <sys/socket.h>
 
-#include "rpc/rpc.h"
+#include "net/iothread.h"
 
-typedef struct cqr_io cqr_io_t;
+/* Adopts an accepted socket (owned from here on) as a connection of t.
+ * With reject set it only gets a LIMIT_EXCEEDED reply and is closed; an
+ * accepted one was already counted in conn_open by the acceptor. */
+void cqr_conn_open(cqr_io_thread_t *t, int fd, const char *peer,
+                   int reject);
 
-/* Starts `nthreads` I/O threads. Errors: CQR_ENOMEM, CQR_EINTERNAL (a loop
- * or thread could not start); nothing is left running on error. */
-int cqr_io_start(cqr_server_ctx_t *ctx, uint32_t nthreads, cqr_io_t **out);
+/* Runs each connection that was on t->ready at the start of the call
+ * once; ones that yield again are ready for the next pass. */
+void cqr_conn_run_ready(cqr_io_thread_t *t);
 
-/* Gives an accepted, connected socket to the next I/O thread. Takes
- * ownership of fd in every case. `peer` is the formatted remote address.
- * With reject set the connection only receives a LIMIT_EXCEEDED reply
- * (too many connections) and is closed. Counts the connection in
- * conn_open (unless rejected) right away, so the acceptor's limit check
- * sees it. */
-void cqr_io_hand_off(cqr_io_t *io, int fd, const char *peer, int reject);
+/* Enforces the deadlines at time `now` (uv_now): the stop's grace period,
+ * the linger deadline, --frame-timeout and --idle-timeout. */
+void cqr_conn_sweep(cqr_io_thread_t *t, uint64_t now);
 
-/* Graceful stop: every thread stops reading, answers the requests it has
- * already received, flushes the replies and closes its connections; what
- * is still open after timeout_ms is closed by force. Joins the threads,
- * checks that every loop closed with no open handle, and frees io. */
-void cqr_io_stop(cqr_io_t *io, uint64_t timeout_ms);
+/* The thread began to stop (t->stopping, t->stop_deadline are set): open
+ * connections drain, lingering ones end by the stop's deadline. */
+void cqr_conn_stop_all(cqr_io_thread_t *t);
 
-/* "1.2.3.4:5" or "[::1]:5" for an IPv4/IPv6 socket address. */
-void cqr_format_addr(const struct sockaddr *sa, char *buf, size_t len);
+/* Deferred replies that came back (links cqr_io_thread_post handed
+ * over): each is sent in its place, or dropped if its connection went. */
+void cqr_conn_take_done(cqr_io_thread_t *t, cqr_list_t *done);
 
 #endif

@@ -4,7 +4,6 @@
 
 #include <inttypes.h>
 #include <microhttpd.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,10 +12,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "net/conn.h"
 #include "engine/err.h"
-#include "ops/log.h"
 #include "engine/table.h"
+#include "net/listen.h"
+#include "ops/log.h"
+#include "tables/phase.h"
+#include "tables/registry.h"
 
 /* Concurrent scrapers are few; more connections wait in the backlog. */
 #define HTTP_CONNECTIONS 16
@@ -35,7 +36,9 @@ uint64_t cqr_health_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-int cqr_health_live(cqr_server_ctx_t *ctx, char *why, size_t whylen)
+/* 1 if live, 0 if not; why[0..whylen) gets a one-line reason either way
+ * ("ok", "main loop stalled for 12000 ms"). */
+static int health_live(cqr_server_ctx_t *ctx, char *why, size_t whylen)
 {
     uint64_t hb = atomic_load(&ctx->heartbeat_ms);
     if (hb == 0) {
@@ -59,7 +62,9 @@ int cqr_health_live(cqr_server_ctx_t *ctx, char *why, size_t whylen)
     return 1;
 }
 
-int cqr_health_ready(cqr_server_ctx_t *ctx, char *why, size_t whylen)
+/* 1 if ready, 0 if not, with a reason in why ("ready", "restoring the
+ * checkpoint"). */
+static int health_ready(cqr_server_ctx_t *ctx, char *why, size_t whylen)
 {
     if (!atomic_load(&ctx->restored)) {
         snprintf(why, whylen, "restoring the checkpoint");
@@ -161,10 +166,7 @@ static void render_server(text_t *t, cqr_server_ctx_t *ctx)
 
     struct timespec rt;
     clock_gettime(CLOCK_REALTIME, &rt);
-    struct timespec mt;
-    clock_gettime(CLOCK_MONOTONIC, &mt);
-    double up = (double)mt.tv_sec + (double)mt.tv_nsec * 1e-9 -
-                ctx->start_mono;
+    double up = cqr_server_uptime(ctx);
     one(t, "cqrps_uptime_seconds", "gauge", "Seconds since the server "
         "started.", up);
     one(t, "cqrps_start_time_seconds", "gauge", "Start time of the server "
@@ -173,7 +175,7 @@ static void render_server(text_t *t, cqr_server_ctx_t *ctx)
     char why[128];
     one(t, "cqrps_ready", "gauge", "1 when /readyz answers 200 (restore "
         "finished and the listener accepts).",
-        cqr_health_ready(ctx, why, sizeof why));
+        health_ready(ctx, why, sizeof why));
     one(t, "cqrps_restored", "gauge", "1 once the restore at start "
         "finished (or none was needed).", atomic_load(&ctx->restored));
     one(t, "cqrps_io_threads", "gauge", "I/O threads (--threads).",
@@ -266,6 +268,78 @@ typedef struct tfam {
     const char *help;
 } tfam_t;
 
+/* The per-table families, in the order of put_table_sample's cases. */
+static const tfam_t table_fams[] = {
+    {"cqrps_table_known_ids", "gauge",
+     "IDs that received a gradient (full and cqr tables)."},
+    {"cqrps_table_memory_bytes", "gauge",
+     "Memory of a table by part: params (codebooks or rows), optimizer "
+     "state, index (known-ID map)."},
+    {"cqrps_table_lookup_ids_total", "counter", "IDs looked up."},
+    {"cqrps_table_push_ids_total", "counter", "IDs pushed."},
+    {"cqrps_table_examples_pushed_total", "counter",
+     "Rows of plain pushes plus bags of pooled pushes."},
+    {"cqrps_table_cluster_phases_total", "counter",
+     "Committed cluster phases of the table."},
+    {"cqrps_table_cluster_phase_running", "gauge",
+     "1 while a cluster phase of the table runs."},
+    {"cqrps_table_cluster_last_inertia", "gauge",
+     "Mean k-means inertia of the table's last cluster phase."},
+    {"cqrps_table_cluster_last_duration_seconds", "gauge",
+     "Wall time of the table's last cluster phase."},
+    {"cqrps_table_cluster_last_commit_seconds", "gauge",
+     "Push pause of the table's last phase commit."},
+};
+
+/* The sample(s) of family f (an index into table_fams) for table e. */
+static void put_table_sample(text_t *t, size_t f, const cqr_entry_t *e,
+                             const cqr_table_stats_t *s)
+{
+    const char *fn = table_fams[f].name;
+    const char *kind = cqr_kind_name(cqr_table_config(e->table)->kind);
+    /* Names are [A-Za-z0-9_.-] (registry.h): no escaping. */
+    const char *tn = e->name;
+    switch (f) {
+    case 0:
+        put(t, "%s{table=\"%s\",kind=\"%s\"} %" PRIu64 "\n", fn, tn, kind,
+            s->known_ids);
+        break;
+    case 1:
+        put(t, "%s{table=\"%s\",kind=\"%s\",part=\"params\"} %" PRIu64 "\n",
+            fn, tn, kind, s->param_bytes);
+        put(t, "%s{table=\"%s\",kind=\"%s\",part=\"optimizer\"} %" PRIu64
+            "\n", fn, tn, kind, s->optim_bytes);
+        put(t, "%s{table=\"%s\",kind=\"%s\",part=\"index\"} %" PRIu64 "\n",
+            fn, tn, kind, s->index_bytes);
+        break;
+    case 2:
+        put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fn, tn, s->lookups);
+        break;
+    case 3:
+        put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fn, tn, s->pushes);
+        break;
+    case 4:
+        put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fn, tn,
+            s->examples_pushed);
+        break;
+    case 5:
+        put(t, "%s{table=\"%s\"} %" PRIu32 "\n", fn, tn, s->phases_done);
+        break;
+    case 6:
+        put(t, "%s{table=\"%s\"} %" PRIu32 "\n", fn, tn, s->phase_running);
+        break;
+    case 7:
+        put(t, "%s{table=\"%s\"} %.17g\n", fn, tn, s->last_inertia);
+        break;
+    case 8:
+        put(t, "%s{table=\"%s\"} %.17g\n", fn, tn, s->last_phase_seconds);
+        break;
+    case 9:
+        put(t, "%s{table=\"%s\"} %.17g\n", fn, tn, s->last_commit_seconds);
+        break;
+    }
+}
+
 static void render_tables(text_t *t, cqr_server_ctx_t *ctx)
 {
     cqr_entry_t **list = NULL;
@@ -287,83 +361,10 @@ static void render_tables(text_t *t, cqr_server_ctx_t *ctx)
     }
     for (size_t i = 0; i < n; i++)
         cqr_table_stats(list[i]->table, &st[i]);
-
-    static const tfam_t fams[] = {
-        {"cqrps_table_known_ids", "gauge",
-         "IDs that received a gradient (full and cqr tables)."},
-        {"cqrps_table_memory_bytes", "gauge",
-         "Memory of a table by part: params (codebooks or rows), optimizer "
-         "state, index (known-ID map)."},
-        {"cqrps_table_lookup_ids_total", "counter", "IDs looked up."},
-        {"cqrps_table_push_ids_total", "counter", "IDs pushed."},
-        {"cqrps_table_examples_pushed_total", "counter",
-         "Rows of plain pushes plus bags of pooled pushes."},
-        {"cqrps_table_cluster_phases_total", "counter",
-         "Committed cluster phases of the table."},
-        {"cqrps_table_cluster_phase_running", "gauge",
-         "1 while a cluster phase of the table runs."},
-        {"cqrps_table_cluster_last_inertia", "gauge",
-         "Mean k-means inertia of the table's last cluster phase."},
-        {"cqrps_table_cluster_last_duration_seconds", "gauge",
-         "Wall time of the table's last cluster phase."},
-        {"cqrps_table_cluster_last_commit_seconds", "gauge",
-         "Push pause of the table's last phase commit."},
-    };
-    for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
-        head(t, fams[f].name, fams[f].type, fams[f].help);
-        for (size_t i = 0; i < n; i++) {
-            const cqr_table_stats_t *s = &st[i];
-            const char *kind =
-                cqr_kind_name(cqr_table_config(list[i]->table)->kind);
-            /* Names are [A-Za-z0-9_.-] (registry.h): no escaping. */
-            const char *tn = list[i]->name;
-            switch (f) {
-            case 0:
-                put(t, "%s{table=\"%s\",kind=\"%s\"} %" PRIu64 "\n",
-                    fams[f].name, tn, kind, s->known_ids);
-                break;
-            case 1:
-                put(t, "%s{table=\"%s\",kind=\"%s\",part=\"params\"} %"
-                    PRIu64 "\n", fams[f].name, tn, kind, s->param_bytes);
-                put(t, "%s{table=\"%s\",kind=\"%s\",part=\"optimizer\"} %"
-                    PRIu64 "\n", fams[f].name, tn, kind, s->optim_bytes);
-                put(t, "%s{table=\"%s\",kind=\"%s\",part=\"index\"} %"
-                    PRIu64 "\n", fams[f].name, tn, kind, s->index_bytes);
-                break;
-            case 2:
-                put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fams[f].name, tn,
-                    s->lookups);
-                break;
-            case 3:
-                put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fams[f].name, tn,
-                    s->pushes);
-                break;
-            case 4:
-                put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fams[f].name, tn,
-                    s->examples_pushed);
-                break;
-            case 5:
-                put(t, "%s{table=\"%s\"} %" PRIu32 "\n", fams[f].name, tn,
-                    s->phases_done);
-                break;
-            case 6:
-                put(t, "%s{table=\"%s\"} %" PRIu32 "\n", fams[f].name, tn,
-                    s->phase_running);
-                break;
-            case 7:
-                put(t, "%s{table=\"%s\"} %.17g\n", fams[f].name, tn,
-                    s->last_inertia);
-                break;
-            case 8:
-                put(t, "%s{table=\"%s\"} %.17g\n", fams[f].name, tn,
-                    s->last_phase_seconds);
-                break;
-            case 9:
-                put(t, "%s{table=\"%s\"} %.17g\n", fams[f].name, tn,
-                    s->last_commit_seconds);
-                break;
-            }
-        }
+    for (size_t f = 0; f < sizeof table_fams / sizeof table_fams[0]; f++) {
+        head(t, table_fams[f].name, table_fams[f].type, table_fams[f].help);
+        for (size_t i = 0; i < n; i++)
+            put_table_sample(t, f, list[i], &st[i]);
     }
     free(st);
     if (n > 0)
@@ -424,7 +425,9 @@ static void render_checkpoints(text_t *t, cqr_server_ctx_t *ctx)
         "none yet).", (double)atomic_load(&c->unix_time));
 }
 
-int cqr_metrics_render(cqr_server_ctx_t *ctx, char **text, size_t *len)
+/* The /metrics body: malloc'd, NUL-terminated text in *text (length in
+ * *len), for the caller to free. CQR_ENOMEM on failure. */
+static int render(cqr_server_ctx_t *ctx, char **text, size_t *len)
 {
     text_t t = {malloc(16384), 0, 16384, 0};
     if (t.p == NULL)
@@ -500,7 +503,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     if (strcmp(url, "/metrics") == 0) {
         char *text;
         size_t len;
-        if (cqr_metrics_render(m->ctx, &text, &len) != 0)
+        if (render(m->ctx, &text, &len) != 0)
             return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
                               "out of memory");
         return reply(conn, MHD_HTTP_OK,
@@ -508,12 +511,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
                      MHD_RESPMEM_MUST_FREE);
     }
     if (strcmp(url, "/healthz") == 0) {
-        int ok = cqr_health_live(m->ctx, why, sizeof why);
+        int ok = health_live(m->ctx, why, sizeof why);
         return reply_text(conn, ok ? MHD_HTTP_OK
                                    : MHD_HTTP_SERVICE_UNAVAILABLE, why);
     }
     if (strcmp(url, "/readyz") == 0) {
-        int ok = cqr_health_ready(m->ctx, why, sizeof why);
+        int ok = health_ready(m->ctx, why, sizeof why);
         return reply_text(conn, ok ? MHD_HTTP_OK
                                    : MHD_HTTP_SERVICE_UNAVAILABLE, why);
     }
@@ -535,61 +538,69 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     cqr_log(CQR_LOG_WARN, "metrics", "http: %s", msg);
 }
 
+/* Binds the endpoint's socket like the client listener (listen.h), with
+ * SO_REUSEPORT and IPV6_V6ONLY as libmicrohttpd set them when it bound
+ * the socket itself (LISTENING_ADDRESS_REUSE). 0, or the error after
+ * logging it. */
+static int open_socket(const cqr_addr_t *addr, int *fd, char *bound,
+                       size_t boundlen)
+{
+    char why[256];
+    int rc = cqr_listen_open(addr->host, addr->port,
+                             CQR_LISTEN_V6ONLY | CQR_LISTEN_REUSEPORT, fd,
+                             why, sizeof why);
+    if (rc == CQR_EINVAL) {
+        cqr_log(CQR_LOG_ERROR, "metrics", "cannot resolve metrics-listen=%s "
+                "err=\"%s\"", addr->text, why);
+        return CQR_EINVAL;
+    }
+    /* The real address (and port, when 0 was asked) from the socket. */
+    if (rc == 0 && cqr_listen_addr(*fd, bound, boundlen) != 0) {
+        close(*fd);
+        rc = CQR_EIO;
+    }
+    if (rc != 0) {
+        cqr_log(CQR_LOG_ERROR, "metrics", "cannot listen metrics-listen=%s "
+                "(address in use or not local?)", addr->text);
+        return CQR_EIO;
+    }
+    return 0;
+}
+
 int cqr_metrics_start(cqr_server_ctx_t *ctx, const cqr_addr_t *addr,
                       cqr_metrics_t **out, char *bound, size_t boundlen)
 {
     *out = NULL;
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char port[8];
-    snprintf(port, sizeof port, "%u", addr->port);
-    int gai = getaddrinfo(addr->host, port, &hints, &res);
-    if (gai != 0) {
-        cqr_log(CQR_LOG_ERROR, "metrics", "cannot resolve metrics-listen=%s "
-                "err=\"%s\"", addr->text, gai_strerror(gai));
-        return CQR_EINVAL;
-    }
+    int fd = -1;
+    int rc = open_socket(addr, &fd, bound, boundlen);
+    if (rc != 0)
+        return rc;
     cqr_metrics_t *m = calloc(1, sizeof *m);
     if (m == NULL) {
-        freeaddrinfo(res);
+        close(fd);
         return CQR_ENOMEM;
     }
     m->ctx = ctx;
+    int family = AF_UNSPEC;
+    socklen_t fl = sizeof family;
+    getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &fl);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
-    if (res->ai_family == AF_INET6)
+    if (family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    /* From here the daemon owns fd: it closes it when it stops, and when
+     * it fails to start. */
     m->daemon = MHD_start_daemon(
         flags, addr->port, NULL, NULL, on_request, m,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, (void *)NULL,
-        MHD_OPTION_SOCK_ADDR, res->ai_addr,
+        MHD_OPTION_LISTEN_SOCKET, fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONNECTIONS,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
         MHD_OPTION_END);
-    int family = res->ai_family;
-    freeaddrinfo(res);
     if (m->daemon == NULL) {
         cqr_log(CQR_LOG_ERROR, "metrics", "cannot listen metrics-listen=%s "
                 "(address in use or not local?)", addr->text);
         free(m);
         return CQR_EIO;
-    }
-    /* The real address (and port, when 0 was asked) from the socket. */
-    const union MHD_DaemonInfo *di =
-        MHD_get_daemon_info(m->daemon, MHD_DAEMON_INFO_LISTEN_FD);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (di != NULL && getsockname(di->listen_fd, (struct sockaddr *)&ss,
-                                  &sl) == 0) {
-        cqr_format_addr((struct sockaddr *)&ss, bound, boundlen);
-    } else {
-        di = MHD_get_daemon_info(m->daemon, MHD_DAEMON_INFO_BIND_PORT);
-        unsigned real = di != NULL ? di->port : addr->port;
-        snprintf(bound, boundlen, family == AF_INET6 ? "[%s]:%u" : "%s:%u",
-                 addr->host, real);
     }
     cqr_log(CQR_LOG_INFO, "metrics", "listening addr=%s paths=/metrics,"
             "/healthz,/readyz", bound);

@@ -22,8 +22,7 @@
  * another host (see config.h).
  *
  * Threading: start and stop from the main thread; the context must
- * outlive the endpoint. cqr_metrics_render and the health functions may
- * run on any thread.
+ * outlive the endpoint. cqr_health_now_ms may run on any thread.
  */
 #ifndef CQR_METRICS_H
 #define CQR_METRICS_H
@@ -32,7 +31,7 @@
 #include <stdint.h>
 
 #include "ops/config.h"
-#include "rpc/rpc.h"
+#include "rpc/server.h"
 
 /* A heartbeat older than this fails /healthz. */
 #define CQR_HEALTH_STALL_MS 10000
@@ -49,15 +48,6 @@ int cqr_metrics_start(cqr_server_ctx_t *ctx, const cqr_addr_t *addr,
 /* Stops serving (waits for a running request) and frees m. NULL is a
  * no-op. */
 void cqr_metrics_stop(cqr_metrics_t *m);
-
-/* The /metrics body: malloc'd, NUL-terminated text in *text (length in
- * *len), for the caller to free. CQR_ENOMEM on failure. */
-int cqr_metrics_render(cqr_server_ctx_t *ctx, char **text, size_t *len);
-
-/* 1 if live / ready, 0 if not; why[0..whylen) gets a one-line reason
- * either way ("ok", "restoring", "main loop stalled for 12000 ms"). */
-int cqr_health_live(cqr_server_ctx_t *ctx, char *why, size_t whylen);
-int cqr_health_ready(cqr_server_ctx_t *ctx, char *why, size_t whylen);
 
 /* CLOCK_MONOTONIC in milliseconds (the heartbeat's clock). */
 uint64_t cqr_health_now_ms(void);

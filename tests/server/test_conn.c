@@ -17,7 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "net/conn.h"
+#include "net/iothread.h"
+#include "net/listen.h"
 #include "cqrps.pb-c.h"
 #include "engine/err.h"
 #include "net/frame.h"

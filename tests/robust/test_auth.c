@@ -20,9 +20,7 @@
 #include "ops/log.h"
 #include "rpc/rpc.h"
 #include "check_main.h"
-
-typedef Cqrps__V1__Request Request;
-typedef Cqrps__V1__Response Response;
+#include "rpc_call.h"
 
 static char dir[64];
 
@@ -196,7 +194,6 @@ END_TEST
 static cqr_config_t cfg;
 static cqr_server_ctx_t ctx;
 static cqr_auth_t *auth;
-static uint64_t next_id = 1;
 
 #define TOKEN "data-token-0123456789abcdef"
 #define ADMIN "admin-token-0123456789abcdef"
@@ -222,65 +219,28 @@ static void ctx_done(void)
     auth = NULL;
 }
 
-/* Runs one request; *rc gets cqr_rpc_handle's result. */
-static Response *run(cqr_session_t *s, Request *q, int *rc)
-{
-    q->id = next_id++;
-    size_t n = cqrps__v1__request__get_packed_size(q);
-    uint8_t *buf = malloc(n ? n : 1);
-    cqrps__v1__request__pack(q, buf);
-    cqr_buf_t out;
-    cqr_buf_init(&out);
-    *rc = cqr_rpc_handle(&ctx, s, buf, n, &out);
-    free(buf);
-    Response *r = cqrps__v1__response__unpack(NULL, out.len, out.data);
-    ck_assert_ptr_nonnull(r);
-    ck_assert_uint_eq(r->id, q->id);
-    cqr_buf_free(&out);
-    return r;
-}
-
-/* Status of one request, freeing the reply; *rc as in run(). */
+/* Status of one request (rpc_call.h), freeing the reply; *rc gets
+ * cqr_rpc_handle's result. */
 static int status_of(cqr_session_t *s, Request *q, int *rc)
 {
-    Response *r = run(s, q, rc);
-    int st = -(int)r->status;
-    cqrps__v1__response__free_unpacked(r, NULL);
-    return st;
+    return rq_status(rq_call(&ctx, s, q, rc));
 }
 
 static int hello(cqr_session_t *s, const char *tok, const char *adm,
                  int *admin_out, int *rc)
 {
-    Cqrps__V1__Hello h = CQRPS__V1__HELLO__INIT;
-    h.protocol_version = 1;
-    if (tok) {
-        h.token.data = (uint8_t *)tok;
-        h.token.len = strlen(tok);
-    }
-    if (adm) {
-        h.admin_token.data = (uint8_t *)adm;
-        h.admin_token.len = strlen(adm);
-    }
-    h.client_name = (char *)"test";
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_HELLO;
-    q.hello = &h;
-    Response *r = run(s, &q, rc);
+    Response *r = rq_hello(&ctx, s, 1, "test", tok, adm, rc);
     int st = -(int)r->status;
     if (admin_out)
         *admin_out = st == 0 && r->hello != NULL && r->hello->admin;
-    cqrps__v1__response__free_unpacked(r, NULL);
+    rq_done(r);
     return st;
 }
 
 static int op_list(cqr_session_t *s, int *rc)
 {
-    Cqrps__V1__ListTables m = CQRPS__V1__LIST_TABLES__INIT;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_LIST_TABLES;
-    q.list_tables = &m;
-    return status_of(s, &q, rc);
+    return rq_status(rq_simple(&ctx, s, CQRPS__V1__REQUEST__OP_LIST_TABLES,
+                               rc));
 }
 
 static int op_create(cqr_session_t *s, const char *name, int *rc)
@@ -289,42 +249,23 @@ static int op_create(cqr_session_t *s, const char *name, int *rc)
     tc.kind = CQRPS__V1__TABLE_KIND__CQR;
     tc.dim = 8;
     tc.rows = 16;
-    Cqrps__V1__CreateTable m = CQRPS__V1__CREATE_TABLE__INIT;
-    m.name = (char *)name;
-    m.config = &tc;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_CREATE_TABLE;
-    q.create_table = &m;
-    return status_of(s, &q, rc);
+    return rq_status(rq_create(&ctx, s, name, &tc, rc));
 }
 
 static int op_drop(cqr_session_t *s, const char *name, int *rc)
 {
-    Cqrps__V1__DropTable m = CQRPS__V1__DROP_TABLE__INIT;
-    m.name = (char *)name;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_DROP_TABLE;
-    q.drop_table = &m;
-    return status_of(s, &q, rc);
+    return rq_status(rq_drop(&ctx, s, name, rc));
 }
 
 static int op_cluster(cqr_session_t *s, const char *name, int *rc)
 {
-    Cqrps__V1__Cluster m = CQRPS__V1__CLUSTER__INIT;
-    m.table = (char *)name;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_CLUSTER;
-    q.cluster = &m;
-    return status_of(s, &q, rc);
+    return rq_status(rq_cluster(&ctx, s, name, rc));
 }
 
 static int op_checkpoint(cqr_session_t *s, int *rc)
 {
-    Cqrps__V1__Checkpoint m = CQRPS__V1__CHECKPOINT__INIT;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_CHECKPOINT;
-    q.checkpoint = &m;
-    return status_of(s, &q, rc);
+    return rq_status(rq_simple(&ctx, s, CQRPS__V1__REQUEST__OP_CHECKPOINT,
+                               rc));
 }
 
 START_TEST(test_no_tokens_installs_nothing)

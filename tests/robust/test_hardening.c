@@ -135,29 +135,14 @@ static int run_cli(const char *const *args, const char *env, char *err,
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-START_TEST(test_tokens)
+/* Raw connections to a server that wants tokens: a request before Hello
+ * is answered UNAUTHENTICATED, and the connection is closed; so is a
+ * wrong Hello; requests pipelined behind a bad Hello are never run. */
+static void tokens_raw(const cqr_test_server_t *s)
 {
-    cqr_test_server_t s;
-    /* Debug logging: the most the server ever writes about a Hello. */
-    const char *args[] = {"--auth-token-file", tok_path,
-                          "--admin-token-file", adm_path,
-                          "--log-level", "debug", NULL};
-    tu_server_start(&s, args);
-
-    /* libcqrps: no token, a wrong one, a wrong admin token. */
-    int rc;
-    ck_assert_ptr_null(connect_with(s.addr, NULL, NULL, &rc));
-    ck_assert_int_eq(rc, CQRPS_EAUTH);
-    ck_assert_ptr_null(connect_with(s.addr, WRONG, NULL, &rc));
-    ck_assert_int_eq(rc, CQRPS_EAUTH);
-    ck_assert_ptr_null(connect_with(s.addr, TOKEN, WRONG, &rc));
-    ck_assert_int_eq(rc, CQRPS_EAUTH);
-
-    /* Raw: a request before Hello is answered UNAUTHENTICATED, and the
-     * connection is closed; so is a wrong Hello. */
     cqr_buf_t b;
     cqr_buf_init(&b);
-    int fd = rw_connect(s.port);
+    int fd = rw_connect(s->port);
     rw_list(&b, 5);
     rw_response_t *r = rw_call(fd, &b, 5000);
     ck_assert_ptr_nonnull(r);
@@ -166,7 +151,7 @@ START_TEST(test_tokens)
     rw_free(r);
     ck_assert(rw_wait_closed(fd, 5000));
     close(fd);
-    fd = rw_connect(s.port);
+    fd = rw_connect(s->port);
     rw_hello(&b, 1, WRONG, NULL);
     r = rw_call(fd, &b, 5000);
     ck_assert_ptr_nonnull(r);
@@ -175,8 +160,7 @@ START_TEST(test_tokens)
     rw_free(r);
     ck_assert(rw_wait_closed(fd, 5000));
     close(fd);
-    /* Requests pipelined behind a bad Hello are never run. */
-    fd = rw_connect(s.port);
+    fd = rw_connect(s->port);
     rw_hello(&b, 1, WRONG, NULL);
     rw_create(&b, 2, "sneaky", CQRPS__V1__TABLE_KIND__HASH, 4, 8);
     ck_assert_int_eq(rw_write_all(fd, b.data, b.len), 0);
@@ -187,9 +171,15 @@ START_TEST(test_tokens)
     rw_free(r);
     ck_assert(rw_wait_closed(fd, 5000));
     close(fd);
+    cqr_buf_free(&b);
+}
 
-    /* The data token: the data plane and CreateTable, not admin. */
-    cqrps_client_t *c = connect_with(s.addr, TOKEN, NULL, &rc);
+/* libcqrps: the data token gives the data plane and CreateTable, not
+ * admin; both tokens give admin. */
+static void tokens_library(const cqr_test_server_t *s)
+{
+    int rc;
+    cqrps_client_t *c = connect_with(s->addr, TOKEN, NULL, &rc);
     ck_assert_msg(c != NULL, "connect: %s", cqrps_last_error(NULL));
     cqrps_server_info_t si;
     ck_assert_int_eq(cqrps_server_info(c, &si), 0);
@@ -213,39 +203,63 @@ START_TEST(test_tokens)
     ck_assert_int_eq(cqrps_checkpoint(c, NULL), CQRPS_EPERM);
     cqrps_close(c);
 
-    /* Both tokens: admin. */
-    c = connect_with(s.addr, TOKEN, ADMIN, &rc);
+    c = connect_with(s->addr, TOKEN, ADMIN, &rc);
     ck_assert_ptr_nonnull(c);
     ck_assert_int_eq(cqrps_server_info(c, &si), 0);
     ck_assert_int_eq(si.admin, 1);
     ck_assert_int_eq(cqrps_cluster(c, "t", &phase), 0);
     ck_assert_int_eq(cqrps_drop_table(c, "t"), 0);
     cqrps_close(c);
+}
 
-    /* The CLI: files and environment work, a missing token fails, the
-     * deprecated --token still works but warns. */
+/* The CLI: files and environment work, a missing token fails, the
+ * deprecated --token still works but warns. */
+static void tokens_cli(const cqr_test_server_t *s)
+{
     char err[2048];
-    const char *list_file[] = {"--addr", s.addr, "--token-file", tok_path,
+    const char *list_file[] = {"--addr", s->addr, "--token-file", tok_path,
                                "list", NULL};
     ck_assert_int_eq(run_cli(list_file, NULL, err, sizeof err), 0);
-    const char *list_plain[] = {"--addr", s.addr, "list", NULL};
+    const char *list_plain[] = {"--addr", s->addr, "list", NULL};
     ck_assert_int_eq(run_cli(list_plain, "CQRPS_TOKEN=" TOKEN, err,
                              sizeof err), 0);
     ck_assert_int_eq(run_cli(list_plain, NULL, err, sizeof err), 1);
     ck_assert_ptr_nonnull(strstr(err, "AUTH"));
-    const char *list_argv[] = {"--addr", s.addr, "--token", TOKEN, "list",
+    const char *list_argv[] = {"--addr", s->addr, "--token", TOKEN, "list",
                                NULL};
     ck_assert_int_eq(run_cli(list_argv, NULL, err, sizeof err), 0);
     ck_assert_ptr_nonnull(strstr(err, "deprecated"));
-    const char *drop_noadm[] = {"--addr", s.addr, "--token-file", tok_path,
+    const char *drop_noadm[] = {"--addr", s->addr, "--token-file", tok_path,
                                 "drop", "nope", NULL};
     ck_assert_int_eq(run_cli(drop_noadm, NULL, err, sizeof err), 1);
     ck_assert_ptr_nonnull(strstr(err, "PERM"));
-    const char *drop_adm[] = {"--addr", s.addr, "--token-file", tok_path,
+    const char *drop_adm[] = {"--addr", s->addr, "--token-file", tok_path,
                               "--admin-token-file", adm_path, "drop",
                               "nope", NULL};
     ck_assert_int_eq(run_cli(drop_adm, NULL, err, sizeof err), 1);
     ck_assert_msg(strstr(err, "NOT") != NULL, "cli: %s", err);
+}
+
+START_TEST(test_tokens)
+{
+    cqr_test_server_t s;
+    /* Debug logging: the most the server ever writes about a Hello. */
+    const char *args[] = {"--auth-token-file", tok_path,
+                          "--admin-token-file", adm_path,
+                          "--log-level", "debug", NULL};
+    tu_server_start(&s, args);
+
+    /* libcqrps: no token, a wrong one, a wrong admin token. */
+    int rc;
+    ck_assert_ptr_null(connect_with(s.addr, NULL, NULL, &rc));
+    ck_assert_int_eq(rc, CQRPS_EAUTH);
+    ck_assert_ptr_null(connect_with(s.addr, WRONG, NULL, &rc));
+    ck_assert_int_eq(rc, CQRPS_EAUTH);
+    ck_assert_ptr_null(connect_with(s.addr, TOKEN, WRONG, &rc));
+    ck_assert_int_eq(rc, CQRPS_EAUTH);
+    tokens_raw(&s);
+    tokens_library(&s);
+    tokens_cli(&s);
 
     /* No secret, right or wrong, ever reached the log. */
     char *log = stop_keep_log(&s);
@@ -257,7 +271,6 @@ START_TEST(test_tokens)
     /* Nor a recognisable piece of one. */
     ck_assert_ptr_null(strstr(log, "3f9c2a7be81d"));
     free(log);
-    cqr_buf_free(&b);
 }
 END_TEST
 

@@ -305,18 +305,11 @@ static double counter(cqrps_client_t *c, const char *name)
     return v;
 }
 
-START_TEST(test_robust_200)
+/* The two tables and their in-process mirrors; returns the server's RSS
+ * (KiB) after a little warm-up, the baseline of the bound. */
+static long make_tables(cqr_test_server_t *s)
 {
-    raise_nofile();
-    cqr_test_server_t s;
-    const char *args[] = {"--threads", "2", "--idle-timeout", "4",
-                          "--frame-timeout", "2", "--max-frame-bytes", "1M",
-                          "--max-pending-bytes", "256K",
-                          "--log-level", "warn", NULL};
-    tu_server_start(&s, args);
-
-    /* The tables, and their mirrors. */
-    cqrps_client_t *adm = tu_connect(s.addr);
+    cqrps_client_t *adm = tu_connect(s->addr);
     cqrps_table_config_t fc, hc;
     tu_config(&fc, CQRPS_KIND_FULL, CQRPS_OPT_ADAM, DIM);
     tu_config(&hc, CQRPS_KIND_HASH, CQRPS_OPT_SGD, DIM);
@@ -333,55 +326,68 @@ START_TEST(test_robust_200)
     ck_assert_int_eq(cqrps_lookup(adm, "hash", wids, 256, wv), 0);
     cqrps_close(adm);
     tu_sleep_ms(200);
-    long base_kb = rss_kb(s.pid, "VmRSS");
+    long base_kb = rss_kb(s->pid, "VmRSS");
     ck_assert_int_gt(base_kb, 0);
+    return base_kb;
+}
 
-    /* 200 connections at once. */
-    uint64_t t0 = rw_now_ms();
-    int idx = 0;
+/* 200 connections at once, the kinds interleaved so every I/O thread
+ * gets some of each. */
+static void start_all(uint16_t port, uint64_t t0)
+{
     struct { kind_t k; int n; } mix[] = {
         {K_VALID, N_VALID}, {K_GARBAGE, N_GARBAGE}, {K_TRUNC, N_TRUNC},
         {K_TRUNC_EOF, N_TRUNC_EOF}, {K_TRICKLE, N_TRICKLE},
         {K_DEAF, N_DEAF}, {K_IDLE, N_IDLE}};
-    /* Interleave the kinds so every I/O thread gets some of each. */
     int left[7];
     for (int k = 0; k < 7; k++)
         left[k] = mix[k].n;
+    int idx = 0;
     while (idx < N_ALL)
         for (int k = 0; k < 7; k++)
             if (left[k]-- > 0) {
-                start_client(&cl[idx], mix[k].k, idx, s.port, t0);
+                start_client(&cl[idx], mix[k].k, idx, port, t0);
                 idx++;
             }
+}
 
-    long peak_kb = base_kb;
+/* One pass over the clients: trainers run their rounds (and finish after
+ * RUN_MS), everyone sends what it has. 1 while anyone is still busy. */
+static int act(uint64_t now, uint64_t t0)
+{
+    int hostile_open = 0, valid_open = 0;
+    for (int i = 0; i < N_ALL; i++) {
+        client_t *c = &cl[i];
+        if (c->kind == K_VALID && c->fd >= 0) {
+            int quiet = c->waiting == 0 && c->out.len == 0;
+            if (now - t0 >= RUN_MS && (quiet || c->server_closed)) {
+                close(c->fd);
+                c->fd = -1;
+            } else if (quiet && !c->server_closed && now >= c->next_ms) {
+                valid_round(c);
+                c->next_ms = now + 80 + tu_rand(&c->rng) % 40;
+            }
+        }
+        send_some(c, now);
+        if (c->kind != K_VALID && c->kind != K_DEAF && c->fd >= 0 &&
+            !c->server_closed)
+            hostile_open++;
+    }
+    for (int i = 0; i < N_ALL; i++)
+        if (cl[i].kind == K_VALID && cl[i].fd >= 0)
+            valid_open++;
+    return hostile_open > 0 || valid_open > 0;
+}
+
+/* Drives every client until the trainers are done and the server closed
+ * every hostile one; returns the peak RSS (KiB) seen meanwhile. */
+static long drive(const cqr_test_server_t *s, uint64_t t0, long peak_kb)
+{
     struct pollfd pfd[N_ALL];
     for (;;) {
         uint64_t now = rw_now_ms();
         ck_assert_msg(now - t0 < DEADLINE_MS, "run took too long");
-        int hostile_open = 0;
-        for (int i = 0; i < N_ALL; i++) {
-            client_t *c = &cl[i];
-            if (c->kind == K_VALID && c->fd >= 0) {
-                int quiet = c->waiting == 0 && c->out.len == 0;
-                if (now - t0 >= RUN_MS && (quiet || c->server_closed)) {
-                    close(c->fd);
-                    c->fd = -1;
-                } else if (quiet && !c->server_closed && now >= c->next_ms) {
-                    valid_round(c);
-                    c->next_ms = now + 80 + tu_rand(&c->rng) % 40;
-                }
-            }
-            send_some(c, now);
-            if (c->kind != K_VALID && c->kind != K_DEAF && c->fd >= 0 &&
-                !c->server_closed)
-                hostile_open++;
-        }
-        int valid_open = 0;
-        for (int i = 0; i < N_ALL; i++)
-            if (cl[i].kind == K_VALID && cl[i].fd >= 0)
-                valid_open++;
-        if (hostile_open == 0 && valid_open == 0)
+        if (!act(now, t0))
             break;
         for (int i = 0; i < N_ALL; i++) {
             client_t *c = &cl[i];
@@ -395,15 +401,21 @@ START_TEST(test_robust_200)
         for (int i = 0; i < N_ALL; i++)
             if (pfd[i].revents != 0)
                 recv_some(&cl[i]);
-        long r = rss_kb(s.pid, "VmRSS");
+        long r = rss_kb(s->pid, "VmRSS");
         if (r > peak_kb)
             peak_kb = r;
     }
-    uint64_t run_ms = rw_now_ms() - t0;
+    return peak_kb;
+}
 
+/* Every trainer stayed connected and got right answers; every hostile
+ * client but the deaf ones was closed. Frees the clients' buffers and
+ * returns the trainers' rounds. */
+static int check_clients(void)
+{
     /* Deaf clients are not drained here: with their tiny receive window
      * the kernel would trickle the server's queued replies for a long
-     * time. That the server closed them is in its counters below (and
+     * time. That the server closed them is in its counters (and
      * conn_open falls to 1). */
     int rounds = 0, errors = 0;
     for (int i = 0; i < N_ALL; i++) {
@@ -428,9 +440,12 @@ START_TEST(test_robust_200)
     }
     ck_assert_int_eq(errors, 0);
     ck_assert_int_ge(rounds, N_VALID * 20);
+    return rounds;
+}
 
-    /* Exact answers afterwards: every trainer ID and 4096 hash IDs. */
-    cqrps_client_t *c = tu_connect(s.addr);
+/* Exact answers afterwards: every trainer ID and 4096 hash IDs. */
+static void check_answers(cqrps_client_t *c)
+{
     size_t n = (size_t)N_VALID * IDS_PER_CLIENT;
     size_t cap = n > 4096 ? n : 4096;
     uint64_t *ids = malloc(cap * sizeof *ids);
@@ -451,10 +466,16 @@ START_TEST(test_robust_200)
     ck_assert_int_eq(cqrps_lookup(c, "hash", ids, 4096, got), 0);
     ck_assert_int_eq(cqr_table_lookup(hmirror, ids, 4096, want), 0);
     ck_assert(tu_same(got, want, 4096 * DIM, "hash table after the run"));
+    free(ids);
+    free(got);
+    free(want);
+}
 
-    /* Once the server has closed every hostile connection (the deaf ones
-     * last: they stay busy while the server still reads their requests),
-     * only this one is left, and each kind was closed for its reason. */
+/* Once the server has closed every hostile connection (the deaf ones
+ * last: they stay busy while the server still reads their requests),
+ * only c's is left, and each kind was closed for its reason. */
+static void check_closes(cqrps_client_t *c)
+{
     double open_now = -1;
     for (int tries = 0; tries < 300; tries++) {
         open_now = counter(c, "conn_open");
@@ -484,6 +505,28 @@ START_TEST(test_robust_200)
                             counter(c, "conn_closed_backpressure") +
                             counter(c, "conn_closed_frame_timeout"),
                         N_IDLE + N_DEAF + N_TRUNC + N_TRICKLE);
+}
+
+START_TEST(test_robust_200)
+{
+    raise_nofile();
+    cqr_test_server_t s;
+    const char *args[] = {"--threads", "2", "--idle-timeout", "4",
+                          "--frame-timeout", "2", "--max-frame-bytes", "1M",
+                          "--max-pending-bytes", "256K",
+                          "--log-level", "warn", NULL};
+    tu_server_start(&s, args);
+    long base_kb = make_tables(&s);
+
+    uint64_t t0 = rw_now_ms();
+    start_all(s.port, t0);
+    long peak_kb = drive(&s, t0, base_kb);
+    uint64_t run_ms = rw_now_ms() - t0;
+    int rounds = check_clients();
+
+    cqrps_client_t *c = tu_connect(s.addr);
+    check_answers(c);
+    check_closes(c);
     for (int i = 0; i < N_ALL; i++)
         if (cl[i].fd >= 0)
             close(cl[i].fd);
@@ -503,9 +546,6 @@ START_TEST(test_robust_200)
                   "server RSS grew by %ld KiB, over the %ld KiB bound",
                   peak_kb - base_kb, bound_kb);
 
-    free(ids);
-    free(got);
-    free(want);
     cqr_table_destroy(mirror);
     cqr_table_destroy(hmirror);
     tu_server_stop(&s);

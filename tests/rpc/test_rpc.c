@@ -19,14 +19,11 @@
 #include "tables/registry.h"
 #include "rpc/rpc.h"
 #include "check_main.h"
-
-typedef Cqrps__V1__Request Request;
-typedef Cqrps__V1__Response Response;
+#include "rpc_call.h"
 
 static cqr_config_t cfg;
 static cqr_server_ctx_t ctx;
 static cqr_session_t sess;
-static uint64_t next_id = 1;
 
 static void setup_with(void (*tweak)(cqr_config_t *))
 {
@@ -47,36 +44,26 @@ static void teardown(void) { cqr_server_ctx_free(&ctx); }
 static Response *call_raw(cqr_session_t *s, const uint8_t *body, size_t len,
                           int *rc)
 {
-    cqr_buf_t out;
-    cqr_buf_init(&out);
-    *rc = cqr_rpc_handle(&ctx, s, body, len, &out);
-    /* CQR_EAUTH: the reply is there, and the connection would close. */
-    ck_assert(*rc == 0 || *rc == CQR_EPROTO || *rc == CQR_EAUTH);
-    Response *r = cqrps__v1__response__unpack(NULL, out.len, out.data);
-    ck_assert_ptr_nonnull(r);
-    cqr_buf_free(&out);
+    return rq_raw(&ctx, s, body, len, rc);
+}
+
+/* A reply of session s: an unauthenticated session's request is
+ * answered, then closed. */
+static Response *checked(cqr_session_t *s, Response *r, int rc)
+{
+    ck_assert_int_eq(rc, s->authed ? 0 : CQR_EAUTH);
+    ck_assert_ptr_nonnull(r->message);
     return r;
 }
 
 static Response *call_as(cqr_session_t *s, Request *q)
 {
-    q->id = next_id++;
-    size_t n = cqrps__v1__request__get_packed_size(q);
-    uint8_t *buf = malloc(n ? n : 1);
-    cqrps__v1__request__pack(q, buf);
     int rc;
-    Response *r = call_raw(s, buf, n, &rc);
-    free(buf);
-    /* An unauthenticated session's request is answered, then closed. */
-    ck_assert_int_eq(rc, s->authed ? 0 : CQR_EAUTH);
-    ck_assert_uint_eq(r->id, q->id);
-    ck_assert_ptr_nonnull(r->message);
-    return r;
+    Response *r = rq_call(&ctx, s, q, &rc);
+    return checked(s, r, rc);
 }
 
-static Response *call(Request *q) { return call_as(&sess, q); }
-
-static void done(Response *r) { cqrps__v1__response__free_unpacked(r, NULL); }
+static void done(Response *r) { rq_done(r); }
 
 /* Asserts the status and that the message contains `frag`, then frees. */
 static void expect(Response *r, int err, const char *frag)
@@ -88,7 +75,7 @@ static void expect(Response *r, int err, const char *frag)
     done(r);
 }
 
-/* ---- request builders ------------------------------------------------ */
+/* ---- request builders (rpc_call.h), as sess ---------------------------- */
 
 static Response *create(const char *name, Cqrps__V1__TableKind kind,
                         uint32_t dim, uint32_t chunks, uint32_t rows,
@@ -103,134 +90,78 @@ static Response *create(const char *name, Cqrps__V1__TableKind kind,
     tc.seed = 42;
     tc.optimizer = opt;
     tc.schedule = sched;
-    Cqrps__V1__CreateTable ct = CQRPS__V1__CREATE_TABLE__INIT;
-    ct.name = (char *)name;
-    ct.config = &tc;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_CREATE_TABLE;
-    q.create_table = &ct;
-    return call(&q);
+    int rc;
+    Response *r = rq_create(&ctx, &sess, name, &tc, &rc);
+    return checked(&sess, r, rc);
 }
 
 static Response *lookup(const char *table, const uint64_t *ids, size_t n,
                         uint32_t *offsets, size_t nb, int mean)
 {
-    Cqrps__V1__Lookup m = CQRPS__V1__LOOKUP__INIT;
-    m.table = (char *)table;
-    m.ids = (uint64_t *)ids;
-    m.n_ids = n;
-    m.offsets = offsets;
-    m.n_offsets = nb;
-    m.pooling = mean ? CQRPS__V1__POOLING__MEAN : CQRPS__V1__POOLING__SUM;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_LOOKUP;
-    q.lookup = &m;
-    return call(&q);
+    int rc;
+    Response *r = rq_lookup(&ctx, &sess, table, ids, n, offsets, nb, mean,
+                            &rc);
+    return checked(&sess, r, rc);
 }
 
 static Response *push(const char *table, const uint64_t *ids, size_t n,
                       const float *g, size_t gfloats, uint32_t *offsets,
                       size_t nb)
 {
-    Cqrps__V1__Push m = CQRPS__V1__PUSH__INIT;
-    m.table = (char *)table;
-    m.ids = (uint64_t *)ids;
-    m.n_ids = n;
-    m.grads.data = (uint8_t *)g;
-    m.grads.len = gfloats * sizeof(float);
-    m.offsets = offsets;
-    m.n_offsets = nb;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_PUSH;
-    q.push = &m;
-    return call(&q);
+    int rc;
+    Response *r = rq_push(&ctx, &sess, table, ids, n, g, gfloats, offsets,
+                          nb, &rc);
+    return checked(&sess, r, rc);
 }
 
 static Response *drop(const char *name)
 {
-    Cqrps__V1__DropTable m = CQRPS__V1__DROP_TABLE__INIT;
-    m.name = (char *)name;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_DROP_TABLE;
-    q.drop_table = &m;
-    return call(&q);
+    int rc;
+    Response *r = rq_drop(&ctx, &sess, name, &rc);
+    return checked(&sess, r, rc);
 }
 
 static Response *describe(const char *name)
 {
-    Cqrps__V1__DescribeTable m = CQRPS__V1__DESCRIBE_TABLE__INIT;
-    m.name = (char *)name;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_DESCRIBE_TABLE;
-    q.describe_table = &m;
-    return call(&q);
+    int rc;
+    Response *r = rq_describe(&ctx, &sess, name, &rc);
+    return checked(&sess, r, rc);
 }
 
 static Response *digest(const char *name)
 {
-    Cqrps__V1__Digest m = CQRPS__V1__DIGEST__INIT;
-    m.table = (char *)name;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_DIGEST;
-    q.digest = &m;
-    return call(&q);
+    int rc;
+    Response *r = rq_digest(&ctx, &sess, name, &rc);
+    return checked(&sess, r, rc);
 }
 
 static Response *cluster(const char *name)
 {
-    Cqrps__V1__Cluster m = CQRPS__V1__CLUSTER__INIT;
-    m.table = (char *)name;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_CLUSTER;
-    q.cluster = &m;
-    return call(&q);
+    int rc;
+    Response *r = rq_cluster(&ctx, &sess, name, &rc);
+    return checked(&sess, r, rc);
 }
 
 static Response *cluster_status(const char *name, uint64_t phase)
 {
-    Cqrps__V1__ClusterStatus m = CQRPS__V1__CLUSTER_STATUS__INIT;
-    m.table = (char *)name;
-    m.phase_id = phase;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_CLUSTER_STATUS;
-    q.cluster_status = &m;
-    return call(&q);
+    int rc;
+    Response *r = rq_cluster_status(&ctx, &sess, name, phase, &rc);
+    return checked(&sess, r, rc);
 }
 
 static Response *simple(Cqrps__V1__Request__OpCase op)
 {
-    Cqrps__V1__ListTables lt = CQRPS__V1__LIST_TABLES__INIT;
-    Cqrps__V1__Stats st = CQRPS__V1__STATS__INIT;
-    Cqrps__V1__Checkpoint ck = CQRPS__V1__CHECKPOINT__INIT;
-    Cqrps__V1__ListCheckpoints lc = CQRPS__V1__LIST_CHECKPOINTS__INIT;
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = op;
-    switch (op) {
-    case CQRPS__V1__REQUEST__OP_LIST_TABLES: q.list_tables = &lt; break;
-    case CQRPS__V1__REQUEST__OP_STATS: q.stats = &st; break;
-    case CQRPS__V1__REQUEST__OP_CHECKPOINT: q.checkpoint = &ck; break;
-    case CQRPS__V1__REQUEST__OP_LIST_CHECKPOINTS:
-        q.list_checkpoints = &lc;
-        break;
-    default: ck_abort();
-    }
-    return call(&q);
+    int rc;
+    Response *r = rq_simple(&ctx, &sess, op, &rc);
+    return checked(&sess, r, rc);
 }
 
 static Response *hello_as(cqr_session_t *s, uint32_t version,
                           const char *token)
 {
-    Cqrps__V1__Hello h = CQRPS__V1__HELLO__INIT;
-    h.protocol_version = version;
-    h.client_name = (char *)"unit test";
-    if (token) {
-        h.token.data = (uint8_t *)token;
-        h.token.len = strlen(token);
-    }
-    Request q = CQRPS__V1__REQUEST__INIT;
-    q.op_case = CQRPS__V1__REQUEST__OP_HELLO;
-    q.hello = &h;
-    return call_as(s, &q);
+    int rc;
+    Response *r = rq_hello(&ctx, s, version, "unit test", token, NULL, &rc);
+    return checked(s, r, rc);
 }
 
 /* The same table built directly on the engine, for reference values. */

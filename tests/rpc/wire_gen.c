@@ -1,0 +1,108 @@
+/* wire_gen.c -- random requests for the RPC suites (wire_gen.h). */
+#include "wire_gen.h"
+
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+uint64_t rnd(void)
+{
+    uint64_t x = rng_state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    rng_state = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+
+uint64_t below(uint64_t n) { return n ? rnd() % n : 0; }
+
+/* A value of a random bit length, so every varint width shows up. */
+uint64_t rnd_bits(void)
+{
+    unsigned bits = (unsigned)below(65);
+    if (bits == 0)
+        return 0;
+    uint64_t v = rnd();
+    return bits == 64 ? v : v & ((UINT64_C(1) << bits) - 1);
+}
+
+static size_t rnd_count(void)
+{
+    switch (below(5)) {
+    case 0: return 0;
+    case 1: return 1;
+    case 2: return (size_t)below(8);
+    case 3: return (size_t)below(300);
+    default: return (size_t)below(3000);
+    }
+}
+
+void gen_request(gen_t *g, int push)
+{
+    memset(g, 0, sizeof *g);
+    cqrps__v1__request__init(&g->q);
+    g->q.id = rnd_bits();
+    size_t nl = below(4) == 0 ? below(CQR_NAME_MAX + 1) : below(12);
+    for (size_t i = 0; i < nl; i++)
+        g->name[i] = (char)(0x20 + below(0x7f - 0x20));
+    g->name[nl] = '\0';
+    size_t n = rnd_count();
+    g->ids = malloc((n ? n : 1) * sizeof *g->ids);
+    for (size_t i = 0; i < n; i++)
+        g->ids[i] = below(3) == 0 ? rnd() : below(100);
+    size_t nb = below(3) == 0 ? rnd_count() : 0;
+    g->offsets = malloc((nb ? nb : 1) * sizeof *g->offsets);
+    for (size_t i = 0; i < nb; i++)
+        g->offsets[i] = (uint32_t)(below(2) ? below(n + 2) : rnd_bits());
+    int pooling = (int)below(2);
+    if (!push) {
+        cqrps__v1__lookup__init(&g->lk);
+        g->lk.table = g->name;
+        g->lk.ids = g->ids;
+        g->lk.n_ids = n;
+        g->lk.offsets = g->offsets;
+        g->lk.n_offsets = nb;
+        g->lk.pooling = (Cqrps__V1__Pooling)pooling;
+        g->q.op_case = CQRPS__V1__REQUEST__OP_LOOKUP;
+        g->q.lookup = &g->lk;
+    } else {
+        size_t gl = below(3) == 0 ? below(5000) : (nb ? nb : n) * 4 * 8;
+        g->grads = malloc(gl ? gl : 1);
+        for (size_t i = 0; i < gl; i++)
+            g->grads[i] = (uint8_t)rnd();
+        cqrps__v1__push__init(&g->ps);
+        g->ps.table = g->name;
+        g->ps.ids = g->ids;
+        g->ps.n_ids = n;
+        g->ps.grads.data = g->grads;
+        g->ps.grads.len = gl;
+        g->ps.offsets = g->offsets;
+        g->ps.n_offsets = nb;
+        g->ps.pooling = (Cqrps__V1__Pooling)pooling;
+        g->q.op_case = CQRPS__V1__REQUEST__OP_PUSH;
+        g->q.push = &g->ps;
+    }
+}
+
+void gen_free(gen_t *g)
+{
+    free(g->ids);
+    free(g->offsets);
+    free(g->grads);
+}
+
+/* Packs q into a malloc'd buffer, `shift` bytes in (so that its fields
+ * land at every alignment); *n gets the body length. */
+uint8_t *pack_at(const Cqrps__V1__Request *q, size_t shift, size_t *n,
+                        uint8_t **mem)
+{
+    *n = cqrps__v1__request__get_packed_size(q);
+    *mem = malloc(*n + shift + 1);
+    ck_assert_ptr_nonnull(*mem);
+    ck_assert_uint_eq(cqrps__v1__request__pack(q, *mem + shift), *n);
+    return *mem + shift;
+}
+

@@ -1,0 +1,49 @@
+/* wire_gen.h -- random Lookup and Push requests for the suites of the
+ * RPC layer (test_wire.c: the codec against protobuf-c; test_rpc_fast.c:
+ * the request path with and without it).
+ *
+ * The randomness is a fixed xorshift sequence, so every run of a suite
+ * sees the same requests. Not thread-safe (one sequence per process).
+ * Allocation failures abort the test (check's assertions).
+ */
+#ifndef CQR_TEST_WIRE_GEN_H
+#define CQR_TEST_WIRE_GEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cqrps.pb-c.h"
+#include "tables/registry.h"
+
+/* The next value of the sequence. */
+uint64_t rnd(void);
+
+/* Uniform in [0, n); 0 when n is 0. */
+uint64_t below(uint64_t n);
+
+/* A value of a random bit length, so every varint width shows up. */
+uint64_t rnd_bits(void);
+
+/* One random Lookup or Push and the storage its message points to. */
+typedef struct gen {
+    Cqrps__V1__Request q;
+    Cqrps__V1__Lookup lk;
+    Cqrps__V1__Push ps;
+    char name[CQR_NAME_MAX + 8];
+    uint64_t *ids;
+    uint32_t *offsets;
+    uint8_t *grads;
+} gen_t;
+
+/* Fills g with a random Lookup (push 0) or Push (push 1): any name of
+ * printable ASCII, IDs, offsets, pooling and gradients of random sizes,
+ * valid or not. Release with gen_free. */
+void gen_request(gen_t *g, int push);
+void gen_free(gen_t *g);
+
+/* Packs q into a malloc'd buffer *mem, `shift` bytes in (so that its
+ * fields land at every alignment); returns the body, *n its length. */
+uint8_t *pack_at(const Cqrps__V1__Request *q, size_t shift, size_t *n,
+                 uint8_t **mem);
+
+#endif

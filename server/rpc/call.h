@@ -105,13 +105,6 @@ int cqr_call_table_infos(cqr_call_t *c, size_t *n);
 void cqr_call_ckpt_reply(Cqrps__V1__CheckpointReply *r,
                          const cqr_ckpt_info_t *info);
 
-/* Counts one reply of status err (0 = OK) in the context's counters. */
-void cqr_call_count_status(cqr_server_ctx_t *ctx, int err);
-
-/* Packs resp after out->len. CQR_ENOMEM / CQR_ELIMIT leave out alone. */
-int cqr_call_pack(cqr_server_ctx_t *ctx, const Response *resp,
-                  cqr_buf_t *out);
-
 /* ---- operations -------------------------------------------------------
  * data.c */
 int cqr_op_lookup(cqr_call_t *c, const cqr_data_req_t *m);

@@ -29,7 +29,7 @@
 _Static_assert(CQR_WIRE_NAME_MAX == CQR_NAME_MAX,
                "the fast decoder takes every valid table name");
 
-/* ---- helpers of the operations (call.h) ------------------------------ */
+/* ---- helpers of the operations (call.h), packing, errors ------------- */
 
 int cqr_call_fail(cqr_call_t *c, int err, const char *fmt, ...)
 {
@@ -63,7 +63,8 @@ int cqr_call_table(cqr_call_t *c, const char *name)
     return 0;
 }
 
-void cqr_call_count_status(cqr_server_ctx_t *ctx, int err)
+/* Counts one reply of status err (0 = OK) in the context's counters. */
+static void count_status(cqr_server_ctx_t *ctx, int err)
 {
     unsigned s = (unsigned)-err;
     if (s < CQR_STATUS_COUNT)
@@ -73,8 +74,8 @@ void cqr_call_count_status(cqr_server_ctx_t *ctx, int err)
         cqr_ctr_add(ctx, CQR_CTR_errors, 1);
 }
 
-int cqr_call_pack(cqr_server_ctx_t *ctx, const Response *resp,
-                  cqr_buf_t *out)
+/* Packs resp after out->len. CQR_ENOMEM / CQR_ELIMIT leave out alone. */
+static int pack(cqr_server_ctx_t *ctx, const Response *resp, cqr_buf_t *out)
 {
     size_t size = cqrps__v1__response__get_packed_size(resp);
     if (size > ctx->cfg->max_frame_bytes)
@@ -95,8 +96,8 @@ int cqr_rpc_error(cqr_server_ctx_t *ctx, cqr_buf_t *out, uint64_t id,
     resp.id = id;
     resp.status = (Cqrps__V1__Status)-err;
     resp.message = (char *)(msg != NULL ? msg : cqr_strerror(err));
-    cqr_call_count_status(ctx, err);
-    return cqr_call_pack(ctx, &resp, out);
+    count_status(ctx, err);
+    return pack(ctx, &resp, out);
 }
 
 /* ---- decoding ---------------------------------------------------------- */
@@ -334,13 +335,13 @@ static int reply(cqr_call_t *c, int err, int *status)
     if (c->deferred)
         return CQR_RPC_DEFERRED; /* statistics come with the reply */
     if (c->appended) {
-        cqr_call_count_status(ctx, 0);
+        count_status(ctx, 0);
         return 0;
     }
     c->resp.status = CQRPS__V1__STATUS__OK;
-    int rc = cqr_call_pack(ctx, &c->resp, c->out);
+    int rc = pack(ctx, &c->resp, c->out);
     if (rc == 0) {
-        cqr_call_count_status(ctx, 0);
+        count_status(ctx, 0);
     } else if (rc == CQR_ELIMIT) {
         snprintf(c->msg, sizeof c->msg, "reply of %zu bytes exceeds "
                  "--max-frame-bytes %" PRIu64,
@@ -451,9 +452,9 @@ void cqr_rpc_checkpoint_done(cqr_deferred_t *d, int err,
         resp.status = CQRPS__V1__STATUS__OK;
         resp.reply_case = CQRPS__V1__RESPONSE__REPLY_CHECKPOINT;
         resp.checkpoint = &r;
-        rc = cqr_call_pack(ctx, &resp, &d->reply);
+        rc = pack(ctx, &resp, &d->reply);
         if (rc == 0)
-            cqr_call_count_status(ctx, 0);
+            count_status(ctx, 0);
         else
             err = rc;
     }

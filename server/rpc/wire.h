@@ -24,13 +24,22 @@
  *     omitted); the lookup encoder writes only the header, so the engine
  *     can write the vectors where they go.
  *
- * proto/cqrps.proto stays the source of truth: tests/server/test_wire.c
- * checks both directions against protobuf-c on random messages.
+ * proto/cqrps.proto stays the source of truth: tests/rpc/test_wire.c
+ * checks both directions against protobuf-c on random messages, and
+ * tests/rpc/test_rpc_fast.c the request path with and without the codec.
  *
- * The functions are pure: no allocation, no I/O, no alignment
- * assumptions (the payload pointers may be unaligned; the caller copies
- * or checks before handing them to the engine). Decoding never reads
- * outside [body, body + len).
+ * Ownership: a decoded request points into the body it was decoded from
+ * (nothing is copied or allocated); it is valid as long as that body.
+ * The encoders write into the caller's buffer.
+ *
+ * Errors: there are none. Decoding declines (returns 0) whatever it does
+ * not take, valid or not, and protobuf-c then decides; the encoders
+ * cannot fail given room for CQR_WIRE_HEAD_MAX bytes.
+ *
+ * Threading: none. The functions are pure: no allocation, no I/O, no
+ * shared state, no alignment assumptions (the payload pointers may be
+ * unaligned; the caller copies or checks before handing them to the
+ * engine). Decoding never reads outside [body, body + len).
  */
 #ifndef CQR_WIRE_H
 #define CQR_WIRE_H

@@ -20,23 +20,29 @@
  * max-frame-bytes minus this and the whole reply still fits a frame. */
 #define REPLY_SLACK 256
 
-/* Checks a batch's sizes against the limits and computes the vector
- * bytes of its reply or gradient (rows x dim x 4). */
-static int batch_limits(cqr_call_t *c, size_t n_ids, size_t n_offsets,
-                        uint32_t dim, uint64_t *vec_bytes)
+/* Looks up the request's table (a reference in c->entry) and checks the
+ * batch's sizes against the limits; sets *t, *dim and *vec_bytes, the
+ * bytes of the reply's vectors or of the gradients (rows x dim x 4). */
+static int open_batch(cqr_call_t *c, const cqr_data_req_t *m,
+                      cqr_table_t **t, uint32_t *dim, uint64_t *vec_bytes)
 {
+    int rc = cqr_call_table(c, m->table);
+    if (rc != 0)
+        return rc;
+    *t = c->entry->table;
+    *dim = cqr_table_config(*t)->dim;
     const cqr_config_t *cfg = c->ctx->cfg;
-    if (n_ids > cfg->max_batch)
+    if (m->n_ids > cfg->max_batch)
         return cqr_call_fail(c, CQR_ELIMIT, "%zu IDs in one request; the "
-                             "limit is %" PRIu64 " (--max-batch)", n_ids,
+                             "limit is %" PRIu64 " (--max-batch)", m->n_ids,
                              cfg->max_batch);
-    if (n_offsets > cfg->max_batch)
+    if (m->n_offsets > cfg->max_batch)
         return cqr_call_fail(c, CQR_ELIMIT, "%zu bags in one request; the "
-                             "limit is %" PRIu64 " (--max-batch)", n_offsets,
-                             cfg->max_batch);
-    uint64_t rows = n_offsets > 0 ? n_offsets : n_ids;
+                             "limit is %" PRIu64 " (--max-batch)",
+                             m->n_offsets, cfg->max_batch);
+    uint64_t rows = m->n_offsets > 0 ? m->n_offsets : m->n_ids;
     /* rows <= 2^30 and dim <= 4096: no overflow in 64 bits. */
-    *vec_bytes = rows * (uint64_t)dim * sizeof(float);
+    *vec_bytes = rows * (uint64_t)*dim * sizeof(float);
     return 0;
 }
 
@@ -62,13 +68,10 @@ static float *place_vectors(cqr_buf_t *out, size_t at, uint64_t bytes,
 
 int cqr_op_lookup(cqr_call_t *c, const cqr_data_req_t *m)
 {
-    int rc = cqr_call_table(c, m->table);
-    if (rc != 0)
-        return rc;
-    cqr_table_t *t = c->entry->table;
-    uint32_t dim = cqr_table_config(t)->dim;
-    uint64_t bytes = 0;
-    rc = batch_limits(c, m->n_ids, m->n_offsets, dim, &bytes);
+    cqr_table_t *t;
+    uint32_t dim;
+    uint64_t bytes;
+    int rc = open_batch(c, m, &t, &dim, &bytes);
     if (rc != 0)
         return rc;
     if (bytes > c->ctx->cfg->max_frame_bytes - REPLY_SLACK)
@@ -122,13 +125,10 @@ int cqr_op_lookup(cqr_call_t *c, const cqr_data_req_t *m)
 
 int cqr_op_push(cqr_call_t *c, const cqr_data_req_t *m)
 {
-    int rc = cqr_call_table(c, m->table);
-    if (rc != 0)
-        return rc;
-    cqr_table_t *t = c->entry->table;
-    uint32_t dim = cqr_table_config(t)->dim;
-    uint64_t bytes = 0;
-    rc = batch_limits(c, m->n_ids, m->n_offsets, dim, &bytes);
+    cqr_table_t *t;
+    uint32_t dim;
+    uint64_t bytes;
+    int rc = open_batch(c, m, &t, &dim, &bytes);
     if (rc != 0)
         return rc;
     if ((unsigned)m->pooling > CQR_POOL_MEAN)

@@ -104,23 +104,33 @@ START_TEST(test_errors)
 }
 END_TEST
 
+/* cqr_format_addr of the numeric address `host` (IPv4 or IPv6). */
+static void format(const char *host, uint16_t port, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(port);
+    } else {
+        ck_assert_int_eq(inet_pton(AF_INET6, host, &a6->sin6_addr), 1);
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(port);
+    }
+    cqr_format_addr((struct sockaddr *)&ss, buf, len);
+}
+
 START_TEST(test_format)
 {
     char buf[64];
-    struct sockaddr_in a4;
-    memset(&a4, 0, sizeof a4);
-    a4.sin_family = AF_INET;
-    a4.sin_port = htons(7070);
-    inet_pton(AF_INET, "10.1.2.3", &a4.sin_addr);
-    cqr_format_addr((struct sockaddr *)&a4, buf, sizeof buf);
+    format("10.1.2.3", 7070, buf, sizeof buf);
     ck_assert_str_eq(buf, "10.1.2.3:7070");
-    struct sockaddr_in6 a6;
-    memset(&a6, 0, sizeof a6);
-    a6.sin6_family = AF_INET6;
-    a6.sin6_port = htons(9100);
-    inet_pton(AF_INET6, "::1", &a6.sin6_addr);
-    cqr_format_addr((struct sockaddr *)&a6, buf, sizeof buf);
+    format("::1", 9100, buf, sizeof buf);
     ck_assert_str_eq(buf, "[::1]:9100");
+    format("fe80::1:2", 1, buf, sizeof buf);
+    ck_assert_str_eq(buf, "[fe80::1:2]:1");
     struct sockaddr other;
     memset(&other, 0, sizeof other);
     other.sa_family = AF_UNIX;

@@ -42,8 +42,8 @@ BATCH = {"user": torch.tensor([1, 2, 3]),
          "tags": (torch.tensor([4, 5, 6, 7]), torch.tensor([0, 1, 3, 4]))}
 
 
-def child_lookup(module, batch, queue) -> None:
-    """Runs in a spawned process: the unpickled module connects anew."""
+def child_lookup(rank, module, batch, queue) -> None:
+    """Runs in a process of mp.spawn: the unpickled module connects anew."""
     with torch.no_grad():
         out = module(batch)
     queue.put({k: v.numpy() for k, v in out.items()}
@@ -165,13 +165,10 @@ class StateTest(ServerTestCase):
         m = self.model("spawn")
         with torch.no_grad():
             want = m.sparse(BATCH)
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        p = ctx.Process(target=child_lookup, args=(m.sparse, BATCH, q))
-        p.start()
-        got = q.get(timeout=120)
-        p.join(60)
-        self.assertEqual(p.exitcode, 0)
+        q = mp.get_context("spawn").SimpleQueue()
+        mp.spawn(child_lookup, args=(m.sparse, BATCH, q), nprocs=1,
+                 join=True)
+        got = q.get()
         for k in want:
             np.testing.assert_array_equal(got[k], want[k].numpy())
 

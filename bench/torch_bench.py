@@ -226,7 +226,7 @@ def run(addr: str, args: argparse.Namespace) -> None:
                     args.rounds, 3)
     per = {k: (v[0] / 4, v[1] / 4) for k, v in rt.items()}
     show(f"train step 8 x {b}, sync", per["sync"])
-    show(f"train step, prefetch", per["prefetch"])
+    show("train step, prefetch", per["prefetch"])
     for t in [name] + names:
         c.drop_table(t)
     c.close()

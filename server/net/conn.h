@@ -45,6 +45,13 @@
  * Known limit: other requests run on the I/O thread, so a slow one (a
  * huge CreateTable) delays the other connections of that thread.
  *
+ * Errors: nothing is returned; whatever goes wrong with a connection
+ * ends that connection (logged and counted), never another one.
+ *
+ * Ownership: a connection owns its socket, buffers and session, and is
+ * freed in libuv's close callback; its deferred slots outlive it when
+ * their replies are still out (the thread then owns them).
+ *
  * Threading: everything here runs on the connection's loop thread; the
  * I/O thread calls these functions from its handles' callbacks.
  */

@@ -16,6 +16,8 @@
  * element is queued. Iterate with plain loops over l->next until the
  * head; save l->next first when the loop may unlink l.
  *
+ * Errors: none; the functions cannot fail.
+ *
  * Threading: none; callers lock around a shared list.
  */
 #ifndef CQR_LIST_H

@@ -100,7 +100,7 @@ int cqr_auth_read_token(const char *path, const char *what, uint8_t **out,
     return CQR_EINTERNAL; /* not reached: every status is handled above */
 }
 
-/* The Hello hook (rpc.h): decides sess->admin, or refuses. */
+/* The Hello hook (rpc/server.h): decides sess->admin, or refuses. */
 static int auth_hello(void *ud, cqr_session_t *sess, const uint8_t *token,
                       size_t token_len, const uint8_t *admin_token,
                       size_t admin_len)

@@ -5,7 +5,7 @@
  *                       send Hello with this token before anything else;
  *                       any other request, or a wrong token, gets
  *                       UNAUTHENTICATED and the connection is closed
- *                       (rpc.c, conn.c).
+ *                       (rpc/rpc.c, net/conn.c).
  *   --admin-token-file  the admin token. With it, DropTable, Cluster and
  *                       Checkpoint (and any later restore-like operation)
  *                       need a Hello that carried this token; otherwise

@@ -11,6 +11,10 @@
  * packing: the table references in c->entry and c->list, the blocks
  * cqr_call_keep took and c->blocks / c->infos.
  *
+ * Ownership: the call owns what it keeps (table references, kept
+ * blocks) until rpc.c releases it after encoding the reply; the request
+ * it reads is borrowed for the call's duration.
+ *
  * Threading: a call belongs to one thread; the context it points to is
  * shared (server.h).
  */

@@ -29,6 +29,9 @@
  * interrupt cqr_phase_run, so the wait is paid either way, and committing
  * keeps the work done.
  *
+ * Errors: 0 or a negative CQR_E* code, per function below; a due notice
+ * never fails (what goes wrong is counted and logged).
+ *
  * Threading: every function is safe from any thread; cqr_phases_destroy
  * must come last, after cqr_phases_shutdown.
  */

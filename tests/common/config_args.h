@@ -1,5 +1,5 @@
 /* config_args.h -- parsing a command line in tests of the server's config
- * (tests/server/test_config.c, tests/deploy/test_deploy_config.c). */
+ * (tests/ops/test_config.c, tests/deploy/test_deploy_config.c). */
 #ifndef CQR_TEST_CONFIG_ARGS_H
 #define CQR_TEST_CONFIG_ARGS_H
 

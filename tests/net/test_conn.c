@@ -24,7 +24,7 @@
 #include "engine/err.h"
 #include "net/frame.h"
 #include "ops/log.h"
-#include "rpc/rpc.h"
+#include "rpc/server.h"
 #include "check_main.h"
 
 typedef Cqrps__V1__Request Request;

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cqrps.pb-c.h"
+#include "proto/varint.h"
 #include "rpc/wire.h"
 #include "check_main.h"
 #include "wire_gen.h"
@@ -115,26 +116,14 @@ START_TEST(test_decode_matches_protobuf)
 }
 END_TEST
 
-/* Appends a varint. */
-static size_t put_varint(uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
-    return n;
-}
-
 /* A Request {id = 7, op {sub}} around hand-made Lookup/Push bytes. */
 static size_t wrap(uint8_t *out, uint32_t op, const uint8_t *sub, size_t n)
 {
     size_t k = 0;
     out[k++] = 0x08;
     out[k++] = 7;
-    k += put_varint(out + k, (uint64_t)op << 3 | 2);
-    k += put_varint(out + k, n);
+    k += cqr_varint_put(out + k, (uint64_t)op << 3 | 2);
+    k += cqr_varint_put(out + k, n);
     memcpy(out + k, sub, n);
     return k + n;
 }
@@ -235,11 +224,11 @@ START_TEST(test_decline_odd_input)
     /* A name of CQR_NAME_MAX bytes is taken, one more is declined. */
     uint8_t sub[200], big[256];
     sub[0] = 0x0a;
-    size_t h = 1 + put_varint(sub + 1, CQR_NAME_MAX);
+    size_t h = 1 + cqr_varint_put(sub + 1, CQR_NAME_MAX);
     memset(sub + h, 'n', CQR_NAME_MAX + 1);
     len = wrap(big, L, sub, h + CQR_NAME_MAX);
     ck_assert_int_eq(check_bytes(big, len), 1);
-    h = 1 + put_varint(sub + 1, CQR_NAME_MAX + 1);
+    h = 1 + cqr_varint_put(sub + 1, CQR_NAME_MAX + 1);
     expect_decline_sub(L, sub, h + CQR_NAME_MAX + 1);
 
     /* What protobuf-c reads the same way is taken: fields in any order,

@@ -99,7 +99,8 @@ for v in $VARIANTS; do
     echo "quality: unknown variant '$v'" >&2; exit 2
   fi
 done
-if [ -z "$REPORT_ONLY" ] && [ ! -f "$DATA/u.data" ] && [ ! -f "$DATA" ]; then
+if [ -z "$REPORT_ONLY" ] && [ ! -f "$DATA/u.data" ] && [ ! -f "$DATA/ratings.dat" ] &&
+   [ ! -f "$DATA" ]; then
   echo "quality: no MovieLens-100k at $DATA (set DATA or --data to the ml-100k" >&2
   echo "directory; it is at ../shared/data/ml-100k beside the project root)" >&2
   exit 2

@@ -268,10 +268,14 @@ int ml_read_udata(const char *path, ml_raw_t **raw, size_t *n, char *err,
 
     *raw = NULL;
     *n = 0;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        /* ml-100k has u.data; the later releases have ratings.dat. */
         snprintf(file, sizeof file, "%s/u.data", path);
-    else
+        if (stat(file, &st) != 0)
+            snprintf(file, sizeof file, "%s/ratings.dat", path);
+    } else {
         snprintf(file, sizeof file, "%s", path);
+    }
     f = fopen(file, "r");
     if (!f) {
         set_err(err, errlen, "%s: %s (download MovieLens-100k and pass the "
@@ -286,6 +290,10 @@ int ml_read_udata(const char *path, ml_raw_t **raw, size_t *n, char *err,
         lineno++;
         if (line[0] == '\n' || line[0] == '#')
             continue;
+        /* ratings.dat separates its fields with "::" */
+        for (char *c = line; *c; c++)
+            if (*c == ':')
+                *c = ' ';
         if (sscanf(line, "%llu %llu %d %lld", &u, &it, &r, &ts) != 4 ||
             r < 1 || r > 5) {
             set_err(err, errlen, "%s:%zu: expected 'user item rating "

@@ -56,8 +56,9 @@ int ml_split(const ml_raw_t *raw, size_t n, ml_data_t *out, char *err,
              size_t errlen);
 
 /* Reads a u.data file (tab- or space-separated: user item rating
- * timestamp) into a malloc'd array *raw of *n rows. `path` is the file or
- * a directory holding u.data (the ml-100k folder). */
+ * timestamp), or a later release's ratings.dat (the same fields separated
+ * by "::"), into a malloc'd array *raw of *n rows. `path` is the file or
+ * a directory holding u.data (the ml-100k folder) or ratings.dat. */
 int ml_read_udata(const char *path, ml_raw_t **raw, size_t *n, char *err,
                   size_t errlen);
 

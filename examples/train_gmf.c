@@ -33,7 +33,7 @@
 
 typedef struct opts {
     const char *addr;        /* server address list */
-    const char *data;        /* u.data or the ml-100k directory */
+    const char *data;        /* u.data, ratings.dat or their directory */
     int synthetic;           /* 1: built-in planted-groups data */
     cqrps_kind_t kind;       /* table kind of both tables */
     uint32_t ppd;            /* parameters per dimension per table */
@@ -84,8 +84,9 @@ static void usage(FILE *f)
         "                       --kind full|hash|ce|cqr --ppd P --seed S\n"
         "                       [--epochs 10] [--tsv FILE] [options]\n"
         "\n"
-        "Trains GMF, p = sigmoid(<user, item>), on MovieLens u.data (PATH is\n"
-        "the file or the ml-100k directory) or on built-in synthetic data,\n"
+        "Trains GMF, p = sigmoid(<user, item>), on MovieLens u.data or\n"
+        "ratings.dat (PATH is the file or its directory, e.g. ml-100k) or on\n"
+        "built-in synthetic data,\n"
         "with both embedding tables on a cqrps server.\n"
         "\n"
         "Budget: P parameters per dimension per table: hash has P rows, ce\n"

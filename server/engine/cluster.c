@@ -22,6 +22,7 @@
  */
 #include <assert.h>
 #include <float.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,7 @@ struct cqr_phase {
     cqr_pushlog_t *log;      /* pushes during the phase (owned) */
     int ran;                 /* run finished successfully */
     int committed;           /* commit finished successfully */
+    atomic_int cancel;       /* raised by cqr_phase_cancel (any thread) */
     double t_begin;          /* cqr_now() at begin */
     cqr_phase_result_t res;  /* figures so far */
 };
@@ -176,6 +178,7 @@ typedef struct run {
     known_t *sample;     /* m sampled IDs, sorted by ID */
     size_t m;
     float *xs;           /* m x w: a chunk of the sampled IDs' vectors */
+    uint32_t *sassign;   /* m: each sampled ID's centroid (k-means) */
     float *xa;           /* n x w: a chunk of every ID's vector */
     uint32_t *assign;    /* n: each ID's centroid in the chunk */
     double *sums;        /* k x w: residual sums per B1 row */
@@ -188,6 +191,7 @@ static void run_free(run_t *r)
     free(r->ptrs);
     free(r->sample);
     free(r->xs);
+    free(r->sassign);
     free(r->xa);
     free(r->assign);
     free(r->sums);
@@ -232,11 +236,13 @@ static int run_prepare(run_t *r)
     const size_t n = r->n, w = t->w, k = t->k;
     if (n > 0) {
         r->xs = malloc(r->m * w * sizeof(float));
+        r->sassign = malloc(r->m * sizeof *r->sassign);
         r->xa = malloc(n * w * sizeof(float));
         r->assign = malloc(n * sizeof *r->assign);
         r->sums = malloc(k * w * sizeof(double));
         r->counts = malloc(k * sizeof *r->counts);
-        if (!r->xs || !r->xa || !r->assign || !r->sums || !r->counts)
+        if (!r->xs || !r->sassign || !r->xa || !r->assign || !r->sums ||
+            !r->counts)
             return CQR_ENOMEM;
     }
     cqr_idmap_t *ids = &r->ph->next->ids;
@@ -252,8 +258,18 @@ static int run_prepare(run_t *r)
     return rc;
 }
 
-/* B0[:, i] := the k-means centroids of the sample's chunk i; adds the
- * final inertia to *inertia. */
+/* Where chunk i's k-means ends in the phase's 0..1 progress: the share
+ * of its distance work planned for k-means (m points, up to iters + 1
+ * passes) against the assignment of the other known IDs (one pass). */
+static double kmeans_share(const run_t *r)
+{
+    double wk = (double)r->m * (r->ph->t->cfg.cluster_iters + 1);
+    double wa = r->m == r->n ? 0.0 : (double)r->n;
+    return wk / (wk + wa + 1.0);
+}
+
+/* B0[:, i] := the k-means centroids of the sample's chunk i; sets
+ * *inertia to the final inertia. */
 static int run_kmeans(run_t *r, uint32_t i, double *inertia)
 {
     cqr_phase_t *ph = r->ph;
@@ -268,39 +284,68 @@ static int run_kmeans(run_t *r, uint32_t i, double *inertia)
     }
     cqr_kmeans_params_t kp = {
         .iters = cfg->cluster_iters,
+        .tol = cfg->cluster_tol,
         .seed = cqr_derive_seed(cfg->seed, CQR_TAG_KMEANS,
                                 (uint64_t)ph->phase_no * CQR_MAX_CHUNKS + i),
         .threads = cfg->cluster_threads,
         .init = CQR_KMEANS_INIT_PLUSPLUS,
+        .cancel = &ph->cancel,
         .progress = r->pc.cb,
         .progress_ud = r->pc.ud,
         .chunk = i,
         .chunks = c,
+        .frac0 = (double)i / c,
+        .frac1 = (i + kmeans_share(r)) / c,
     };
-    double in = 0.0;
+    cqr_kmeans_result_t kr;
     int rc = cqr_kmeans_fit(r->xs, r->m, w, w, t->k, &kp,
-                            ph->next->cb[i].param, &in);
+                            ph->next->cb[i].param, r->sassign, &kr);
     if (rc)
         return rc;
-    *inertia = in;
+    *inertia = kr.inertia;
+    ph->res.kmeans_iters_sum += kr.iters;
+    if (kr.iters > ph->res.kmeans_iters_max)
+        ph->res.kmeans_iters_max = kr.iters;
     ph->res.seconds_kmeans += cqr_now() - t0;
     return 0;
 }
 
-/* Every known ID's pointer in chunk i := its nearest centroid. */
-static int run_assign(run_t *r, uint32_t i)
+/* Known IDs per assignment call: progress and a cancel check between
+ * slices (the k-means cancel flag is also checked within each). */
+#define ASSIGN_SLICE ((size_t)1 << 18)
+
+/* Every known ID's pointer in chunk i := its nearest centroid. When the
+ * sample holds every known ID, k-means' final pass already computed that
+ * (against the same final centroids), and only the vectors are moved to
+ * the ID order. */
+static int run_assign(run_t *r, uint32_t i, double inertia)
 {
     cqr_phase_t *ph = r->ph;
     const cqr_table_t *t = ph->t;
     const uint32_t c = t->c, w = t->w;
     const float *cent = ph->next->cb[i].param;
-    for (size_t j = 0; j < r->n; j++)
-        snap_chunk(t, ph->snap, r->ids[j], i, r->ptrs[j * c + i],
-                   r->xa + j * w);
-    int rc = cqr_kmeans_assign(r->xa, r->n, w, w, cent, t->k,
-                               t->cfg.cluster_threads, r->assign, NULL);
-    if (rc)
-        return rc;
+    if (r->m == r->n) {
+        for (size_t s = 0; s < r->m; s++) {
+            size_t j = r->sample[s].row;
+            r->assign[j] = r->sassign[s];
+            memcpy(r->xa + j * w, r->xs + s * w, w * sizeof(float));
+        }
+    } else {
+        cqr_kmeans_params_t kp = {.threads = t->cfg.cluster_threads,
+                                  .cancel = &ph->cancel};
+        const double f0 = (i + kmeans_share(r)) / c, f1 = (i + 1.0) / c;
+        for (size_t j = 0; j < r->n; j++)
+            snap_chunk(t, ph->snap, r->ids[j], i, r->ptrs[j * c + i],
+                       r->xa + j * w);
+        for (size_t a = 0; a < r->n; a += ASSIGN_SLICE) {
+            size_t len = r->n - a < ASSIGN_SLICE ? r->n - a : ASSIGN_SLICE;
+            report(&r->pc, "assign", i, f0 + (f1 - f0) * a / r->n, inertia);
+            int rc = cqr_kmeans_assign(r->xa + a * w, len, w, w, cent, t->k,
+                                       &kp, r->assign + a, NULL);
+            if (rc)
+                return rc;
+        }
+    }
     for (size_t j = 0; j < r->n; j++) {
         uint8_t *v = cqr_idmap_find(&ph->next->ids, r->ids[j]);
         assert(v);
@@ -349,8 +394,7 @@ static int run_chunk(run_t *r, uint32_t i, double *inertia)
     if (rc)
         return rc;
     double t1 = cqr_now();
-    report(&r->pc, "assign", i, (i + 0.5) / c, *inertia);
-    rc = run_assign(r, i);
+    rc = run_assign(r, i, *inertia);
     if (rc)
         return rc;
     run_residual(r, i);
@@ -401,7 +445,8 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
     double inertia_sum = 0.0;
     for (uint32_t i = 0; i < c && r.n > 0; i++) {
         double inertia = 0.0;
-        rc = run_chunk(&r, i, &inertia);
+        rc = atomic_load(&ph->cancel) ? CQR_ECANCELED
+                                      : run_chunk(&r, i, &inertia);
         if (rc)
             goto out;
         inertia_sum += inertia;
@@ -412,7 +457,7 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
     /* Replay what was pushed meanwhile, so the commit's pause covers only
      * the pushes that arrive from now on. */
     report(&r.pc, "replay", 0, 1.0, ph->res.inertia);
-    rc = replay(ph);
+    rc = atomic_load(&ph->cancel) ? CQR_ECANCELED : replay(ph);
     if (rc == 0)
         ph->ran = 1;
 out:
@@ -431,6 +476,8 @@ int cqr_phase_commit(cqr_phase_t *ph)
 {
     if (!ph || !ph->ran || ph->committed)
         return CQR_EINVAL;
+    if (atomic_load(&ph->cancel))
+        return CQR_ECANCELED;
     int rc = cqr_table_phase_commit(ph->t, ph->next, commit_finish, ph,
                                     ph->t_begin, &ph->res);
     if (rc)
@@ -438,6 +485,11 @@ int cqr_phase_commit(cqr_phase_t *ph)
     ph->next = NULL; /* the table's live state now */
     ph->committed = 1;
     return 0;
+}
+
+void cqr_phase_cancel(cqr_phase_t *ph)
+{
+    atomic_store(&ph->cancel, 1);
 }
 
 void cqr_phase_result(const cqr_phase_t *ph, cqr_phase_result_t *res)

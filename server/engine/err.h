@@ -33,7 +33,8 @@
     X(CONN, 17, "connection failed or lost")                                 \
     X(SHUTDOWN, 18, "server is shutting down")                               \
     X(INTERNAL, 19, "internal error")                                        \
-    X(NOPHASE, 20, "no such cluster phase")
+    X(NOPHASE, 20, "no such cluster phase")                                  \
+    X(CANCELED, 21, "cancelled")
 
 typedef enum cqr_err {
 #define CQR_ERR_ENUM_(name, num, msg) CQR_E##name = -(num),

@@ -40,6 +40,7 @@
 
 #include "err.h"
 #include "hash.h"
+#include "kmeans_kernels.h"
 #include "par.h"
 
 /* Points per tile: with KM_CB centroids a tile is at most 1 MiB. 128-512
@@ -141,148 +142,6 @@ static inline float sqdist(const float *a, const float *b, size_t d)
     return s;
 }
 
-/* For each of m tile rows, finds the first minimum of cn[j] + row[j] over
- * j < cb and takes it into (best, bidx) if strictly smaller; j0 is the
- * tile's first centroid, so earlier tiles win ties. */
-typedef void (*argmin_fn)(const float *tile, size_t ldt, size_t m,
-                          const float *cn, size_t cb, uint32_t j0,
-                          float *best, uint32_t *bidx);
-
-/* Portable version. Each kernel also has an AVX2 copy picked at run time
- * with __builtin_cpu_supports (not target_clones: its ifunc resolver
- * crashes under ThreadSanitizer). Generic 32-byte vectors compiled for
- * baseline x86-64, which is what Debian builds for, run several times
- * slower than these plain loops, hence two bodies. */
-static void argmin_scalar(const float *tile, size_t ldt, size_t m,
-                          const float *cn, size_t cb, uint32_t j0,
-                          float *best, uint32_t *bidx)
-{
-    for (size_t i = 0; i < m; i++) {
-        const float *row = tile + i * ldt;
-        for (size_t j = 0; j < cb; j++) {
-            if (cn[j] + row[j] < best[i]) {
-                best[i] = cn[j] + row[j];
-                bidx[i] = j0 + (uint32_t)j;
-            }
-        }
-    }
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define KM_HAVE_AVX2 1
-typedef float v8sf __attribute__((vector_size(32)));
-typedef int32_t v8si __attribute__((vector_size(32)));
-
-/* Unaligned 8-float load, and "any lane set" of a compare mask. */
-#define KM_LOAD8(p)                                                         \
-    __extension__({                                                         \
-        v8sf v_;                                                            \
-        memcpy(&v_, (p), sizeof v_);                                        \
-        v_;                                                                 \
-    })
-#define KM_ANY(m)                                                           \
-    __extension__({                                                         \
-        uint64_t w_[4];                                                     \
-        memcpy(w_, &(m), sizeof w_);                                        \
-        (w_[0] | w_[1] | w_[2] | w_[3]) != 0;                               \
-    })
-#define KM_SEL(m, a, b) (((m) & (a)) | (~(m) & (b)))
-/* (ma, xa) takes (mb, xb) where that pair is smaller, by value and then
- * by index. Strict, so NaN never wins. */
-#define KM_PAIR_MIN(ma, xa, mb, xb)                                         \
-    do {                                                                    \
-        v8si t_ = ((mb) < (ma)) | (((mb) == (ma)) & ((xb) < (xa)));         \
-        (ma) = (v8sf)KM_SEL(t_, (v8si)(mb), (v8si)(ma));                    \
-        (xa) = KM_SEL(t_, (xb), (xa));                                      \
-    } while (0)
-/* The same within a lane, where the new index is always the larger. */
-#define KM_STEP(mn, ix, v, jb)                                              \
-    do {                                                                    \
-        v8si t_ = (v) < (mn);                                               \
-        (mn) = (v8sf)KM_SEL(t_, (v8si)(v), (v8si)(mn));                     \
-        (ix) = KM_SEL(t_, (jb), (ix));                                      \
-    } while (0)
-#define KM_FOLD(m, x, a, b, c, d, e, f, g, h)                               \
-    do {                                                                    \
-        v8sf ms_ = __builtin_shufflevector(m, m, a, b, c, d, e, f, g, h);   \
-        v8si xs_ = __builtin_shufflevector(x, x, a, b, c, d, e, f, g, h);   \
-        KM_PAIR_MIN(m, x, ms_, xs_);                                        \
-    } while (0)
-
-/* Four accumulators hide the compare-and-blend latency and record only
- * the iteration's base index (lane and accumulator give the rest); the 32
- * candidates are then folded without branches, since a data-dependent
- * branch per candidate cost a third of the time. */
-__attribute__((target("avx2"))) static void
-argmin_avx2(const float *tile, size_t ldt, size_t m, const float *cn,
-            size_t cb, uint32_t j0, float *best, uint32_t *bidx)
-{
-    const size_t cv = cb - cb % 32;
-    const v8si lane = {0, 1, 2, 3, 4, 5, 6, 7};
-    const v8sf inf = {INFINITY, INFINITY, INFINITY, INFINITY,
-                      INFINITY, INFINITY, INFINITY, INFINITY};
-    for (size_t i = 0; i < m; i++) {
-        const float *row = tile + i * ldt;
-        float bv = INFINITY;
-        uint32_t bi = 0;
-        if (cv > 0) {
-            v8sf m0 = inf, m1 = inf, m2 = inf, m3 = inf;
-            v8si x0 = lane - lane, x1 = x0, x2 = x0, x3 = x0, jb = x0;
-            for (size_t j = 0; j < cv; j += 32, jb += 32) {
-                v8sf v0 = KM_LOAD8(row + j) + KM_LOAD8(cn + j);
-                v8sf v1 = KM_LOAD8(row + j + 8) + KM_LOAD8(cn + j + 8);
-                v8sf v2 = KM_LOAD8(row + j + 16) + KM_LOAD8(cn + j + 16);
-                v8sf v3 = KM_LOAD8(row + j + 24) + KM_LOAD8(cn + j + 24);
-                KM_STEP(m0, x0, v0, jb);
-                KM_STEP(m1, x1, v1, jb);
-                KM_STEP(m2, x2, v2, jb);
-                KM_STEP(m3, x3, v3, jb);
-            }
-            x0 += lane;
-            x1 += lane + 8;
-            x2 += lane + 16;
-            x3 += lane + 24;
-            KM_PAIR_MIN(m0, x0, m1, x1);
-            KM_PAIR_MIN(m2, x2, m3, x3);
-            KM_PAIR_MIN(m0, x0, m2, x2);
-            KM_FOLD(m0, x0, 4, 5, 6, 7, 0, 1, 2, 3);
-            KM_FOLD(m0, x0, 2, 3, 0, 1, 6, 7, 4, 5);
-            KM_FOLD(m0, x0, 1, 0, 3, 2, 5, 4, 7, 6);
-            bv = m0[0];
-            bi = (uint32_t)x0[0];
-        }
-        for (size_t j = cv; j < cb; j++) {
-            if (cn[j] + row[j] < bv) {
-                bv = cn[j] + row[j];
-                bi = (uint32_t)j;
-            }
-        }
-        if (bv < best[i]) {
-            best[i] = bv;
-            bidx[i] = j0 + bi;
-        }
-    }
-}
-#endif
-
-static int have_avx2(void)
-{
-#ifdef KM_HAVE_AVX2
-    return __builtin_cpu_supports("avx2");
-#else
-    return 0;
-#endif
-}
-
-static argmin_fn pick_argmin(void)
-{
-#ifdef KM_HAVE_AVX2
-    if (have_avx2())
-        return argmin_avx2;
-#endif
-    return argmin_scalar;
-}
-
 /* ---- blockwise assignment ------------------------------------------- */
 
 /* Per-thread scratch, allocated once per engine call. */
@@ -302,6 +161,9 @@ typedef struct km_cents {
     float *mu;       /* d, the centroids' mean */
     size_t k;
     size_t ldt;      /* tile row length: min(k, KM_CB) rounded up to 16 */
+    cqr_km_fused_fn fused; /* the fused kernel, or NULL: sgemm tiles */
+    size_t D;        /* fused: padded width (4, 8 or 16) */
+    float *cw;       /* fused: k rows of D + 1, [cn, -2 cs, 0...] */
 } km_cents_t;
 
 /* One assignment pass; blocks of KM_PB points are taken from `next`. */
@@ -313,9 +175,17 @@ typedef struct assign_job {
     float *dist2;       /* n outputs or NULL */
     double *bsum;       /* per point block sum of dist2, or NULL */
     km_ws_t *ws;        /* one per thread */
-    argmin_fn argmin;
+    cqr_km_argmin_fn argmin;
+    const atomic_int *cancel; /* the caller's flag, or NULL */
     atomic_size_t next;
 } assign_job_t;
+
+/* Whether the caller asked to stop (a relaxed load: the flag only ever
+ * goes from 0 to nonzero, and a late look costs one more block). */
+static int cancelled(const atomic_int *flag)
+{
+    return flag && atomic_load_explicit(flag, memory_order_relaxed) != 0;
+}
 
 static void cents_prepare(km_cents_t *ct, const float *c, size_t d)
 {
@@ -336,9 +206,50 @@ static void cents_prepare(km_cents_t *ct, const float *c, size_t d)
         }
         ct->cn[j] = (float)s;
     }
+    for (size_t j = 0; ct->fused && j < k; j++) {
+        float *w = ct->cw + j * (ct->D + 1);
+        w[0] = ct->cn[j];
+        for (size_t t = 0; t < ct->D; t++)
+            w[1 + t] = t < d ? -2.0f * ct->cs[j * d + t] : 0.0f;
+    }
 }
 
-static void assign_block(assign_job_t *job, km_ws_t *w, size_t i0, size_t m)
+/* Centroids per call of the fused kernel: (D + 1) x 512 floats stay in
+ * L1 while every lane group of a point block passes over them. */
+#define KM_FB 512
+
+/* best/bidx of points [0, m) of a block against all centroids, with the
+ * fused kernel: the block is shifted and transposed into groups of
+ * CQR_KM_FL lanes (padding lanes and rows are zero and never read
+ * back). */
+static void fused_block(assign_job_t *job, km_ws_t *w, size_t i0, size_t m)
+{
+    const km_cents_t *ct = job->cents;
+    const size_t d = job->d, D = ct->D, L = CQR_KM_FL;
+    const size_t ng = (m + L - 1) / L;
+    for (size_t g = 0; g < ng; g++) {
+        float *xt = w->xb + g * D * L;
+        for (size_t l = 0; l < L; l++) {
+            size_t i = g * L + l;
+            const float *xr = job->x + (i0 + i) * job->xs;
+            for (size_t t = 0; t < D; t++)
+                xt[t * L + l] = i < m && t < d ? xr[t] - ct->mu[t] : 0.0f;
+        }
+    }
+    for (size_t i = 0; i < ng * L; i++) {
+        w->best[i] = INFINITY;
+        w->bidx[i] = 0;
+    }
+    for (size_t j0 = 0; j0 < ct->k; j0 += KM_FB) {
+        size_t cnt = ct->k - j0 < KM_FB ? ct->k - j0 : KM_FB;
+        for (size_t g = 0; g < ng; g++)
+            ct->fused(w->xb + g * D * L, ct->cw + j0 * (D + 1), cnt,
+                      (uint32_t)j0, w->best + g * L, w->bidx + g * L);
+    }
+}
+
+/* best/bidx of points [0, m) of a block, with sgemm tiles. */
+static void tile_block(assign_job_t *job, km_ws_t *w, size_t i0, size_t m)
 {
     const km_cents_t *ct = job->cents;
     const size_t d = job->d, k = ct->k, ldt = ct->ldt;
@@ -361,6 +272,16 @@ static void assign_block(assign_job_t *job, km_ws_t *w, size_t i0, size_t m)
         job->argmin(w->tile, ldt, m, ct->cn + j0, cb, (uint32_t)j0,
                     w->best, w->bidx);
     }
+}
+
+static void assign_block(assign_job_t *job, km_ws_t *w, size_t i0, size_t m)
+{
+    const km_cents_t *ct = job->cents;
+    const size_t d = job->d, k = ct->k;
+    if (ct->fused)
+        fused_block(job, w, i0, m);
+    else
+        tile_block(job, w, i0, m);
     double s = 0;
     for (size_t i = 0; i < m; i++) {
         uint32_t a = w->bidx[i];
@@ -384,6 +305,8 @@ static void assign_worker(void *ctx, unsigned part)
     while ((b = atomic_fetch_add_explicit(&job->next, 1,
                                           memory_order_relaxed)) <
            KM_NBLOCKS(job->n)) {
+        if (cancelled(job->cancel))
+            break;
         size_t i0 = b * KM_PB;
         assign_block(job, &job->ws[part], i0,
                      job->n - i0 < KM_PB ? job->n - i0 : KM_PB);
@@ -412,8 +335,11 @@ static double assign_pass(assign_job_t *job, km_cents_t *ct,
  * bidx | acc, each rounded up to 64 bytes. Released with free(). */
 static km_ws_t *ws_alloc(uint32_t nthreads, size_t d, size_t ldt)
 {
+    /* xb also holds the fused kernel's transposed block (up to 16
+     * padded rows). */
+    const size_t dx = d < CQR_KM_FUSED_MAXD ? CQR_KM_FUSED_MAXD : d;
     const size_t sz[5] = {KM_PB * ldt * sizeof(float),
-                          KM_PB * d * sizeof(float), KM_PB * sizeof(float),
+                          KM_PB * dx * sizeof(float), KM_PB * sizeof(float),
                           KM_PB * sizeof(uint32_t), d * sizeof(double)};
     size_t per = 0, head = (nthreads * sizeof(km_ws_t) + 63) / 64 * 64;
     for (int q = 0; q < 5; q++)
@@ -440,14 +366,19 @@ static int cents_alloc(km_cents_t *ct, size_t k, size_t d)
 {
     ct->k = k;
     ct->ldt = ((k < KM_CB ? k : KM_CB) + 15) / 16 * 16;
+    ct->D = cqr_km_fused_width(d);
+    ct->fused = ct->D ? cqr_km_pick_fused(ct->D) : NULL;
     ct->cs = malloc(k * d * sizeof(float));
     ct->cn = malloc(k * sizeof(float));
     ct->mu = malloc(d * sizeof(float));
-    return ct->cs && ct->cn && ct->mu ? 0 : CQR_ENOMEM;
+    ct->cw = ct->fused ? malloc(k * (ct->D + 1) * sizeof(float)) : NULL;
+    return ct->cs && ct->cn && ct->mu && (!ct->fused || ct->cw)
+               ? 0 : CQR_ENOMEM;
 }
 
 static void cents_free(km_cents_t *ct)
 {
+    free(ct->cw);
     free(ct->cs);
     free(ct->cn);
     free(ct->mu);
@@ -481,16 +412,19 @@ static uint32_t clamp_threads(uint32_t threads, size_t n)
 }
 
 int cqr_kmeans_assign(const float *x, size_t n, size_t d, size_t xstride,
-                      const float *centroids, size_t k, uint32_t threads,
-                      uint32_t *assign, float *dist2)
+                      const float *centroids, size_t k,
+                      const cqr_kmeans_params_t *p, uint32_t *assign,
+                      float *dist2)
 {
-    int rc = check_shapes(x, n, d, xstride, k, threads);
+    if (!p)
+        return CQR_EINVAL;
+    int rc = check_shapes(x, n, d, xstride, k, p->threads);
     if (rc)
         return rc;
     if (!centroids || !assign)
         return CQR_EINVAL;
 
-    const uint32_t nthreads = clamp_threads(threads, n);
+    const uint32_t nthreads = clamp_threads(p->threads, n);
     km_cents_t ct = {0};
     km_ws_t *ws = NULL;
     km_pool_t pool = {0};
@@ -505,9 +439,11 @@ int cqr_kmeans_assign(const float *x, size_t n, size_t d, size_t xstride,
     assign_job_t job = {
         .x = x, .n = n, .d = d, .xs = xstride, .cents = &ct,
         .assign = assign, .dist2 = dist2, .ws = ws,
-        .argmin = pick_argmin(),
+        .argmin = cqr_km_pick_argmin(), .cancel = p->cancel,
     };
     assign_pass(&job, &ct, &pool, centroids);
+    if (cancelled(p->cancel))
+        rc = CQR_ECANCELED;
 out:
     pool_destroy(&pool);
     free(ws);
@@ -633,8 +569,10 @@ static void kpp_worker(void *ctx, unsigned part)
     }
 }
 
-/* k-means++: each next seed is point i with probability D(i) / sum D. */
-static void init_plusplus(fit_t *f, const km_pool_t *pool, cqr_rng_t *rng)
+/* k-means++: each next seed is point i with probability D(i) / sum D.
+ * CQR_ECANCELED if the caller's flag rises (checked every round). */
+static int init_plusplus(fit_t *f, const km_pool_t *pool, cqr_rng_t *rng,
+                         const atomic_int *cancel)
 {
     const size_t n = f->n, d = f->d, nb = KM_NBLOCKS(n);
     for (size_t i = 0; i < (n + 7) / 8 * 8; i++) {
@@ -656,7 +594,9 @@ static void init_plusplus(fit_t *f, const km_pool_t *pool, cqr_rng_t *rng)
     for (size_t j = 0;; j++) {
         memcpy(f->c + j * d, f->x + pick * f->xs, d * sizeof(float));
         if (j + 1 == f->k)
-            return;
+            return 0;
+        if (cancelled(cancel))
+            return CQR_ECANCELED;
         /* cc[j] = 0 makes round 0 compute every distance. */
         for (size_t t = 0; t < j; t++)
             f->cc[t] = sqdist(f->c + t * d, f->c + j * d, d);
@@ -775,21 +715,60 @@ static void report(const cqr_kmeans_params_t *p, uint32_t iter, double in)
 {
     if (!p->progress)
         return;
+    double f0 = p->frac0, f1 = p->frac1;
+    if (f0 == 0 && f1 == 0)
+        f1 = 1;
     cqr_progress_t pr = {
         .stage = "kmeans", .chunk = p->chunk, .chunks = p->chunks,
         .iter = iter, .iters = p->iters,
-        .fraction = (double)iter / (double)p->iters, .inertia = in,
+        .fraction = f0 + (f1 - f0) * (double)iter / (double)p->iters,
+        .inertia = in,
     };
     p->progress(p->progress_ud, &pr);
 }
 
+/* k-means++ seeding costs k rounds over its points, which for large n
+ * and k costs more than the Lloyd iterations after it; seeding from a
+ * uniform subsample of KM_SEED_PER_CENTROID points per centroid (at least
+ * KM_SEED_MIN) loses little, since Lloyd then runs on every point. Below
+ * that size every point takes part, as before. */
+#define KM_SEED_PER_CENTROID 16
+#define KM_SEED_MIN 65536
+
+/* Seeds f's centroids by k-means++ on a uniform subsample of m < n points
+ * (partial Fisher-Yates over perm), copied into `sub` (m x d). */
+static int init_plusplus_sub(fit_t *f, const km_pool_t *pool, cqr_rng_t *rng,
+                             const atomic_int *cancel, size_t m, float *sub)
+{
+    const float *x = f->x;
+    const size_t n = f->n, xs = f->xs, d = f->d;
+    for (size_t i = 0; i < n; i++)
+        f->perm[i] = i;
+    for (size_t j = 0; j < m; j++) {
+        size_t r = j + cqr_rng_below(rng, n - j), tmp = f->perm[j];
+        f->perm[j] = f->perm[r];
+        f->perm[r] = tmp;
+    }
+    for (size_t j = 0; j < m; j++)
+        memcpy(sub + j * d, x + f->perm[j] * xs, d * sizeof(float));
+    f->x = sub;
+    f->n = m;
+    f->xs = d;
+    int rc = init_plusplus(f, pool, rng, cancel);
+    f->x = x;
+    f->n = n;
+    f->xs = xs;
+    return rc;
+}
+
 int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
                    size_t k, const cqr_kmeans_params_t *p, float *centroids,
-                   double *inertia)
+                   uint32_t *assign, cqr_kmeans_result_t *res)
 {
     if (!p || !centroids || p->iters == 0 ||
         (p->init != CQR_KMEANS_INIT_PLUSPLUS &&
-         p->init != CQR_KMEANS_INIT_RANDOM))
+         p->init != CQR_KMEANS_INIT_RANDOM) ||
+        !(p->tol >= 0 && p->tol < 1))
         return CQR_EINVAL;
     int rc = check_shapes(x, n, d, xstride, k, p->threads);
     if (rc)
@@ -798,11 +777,18 @@ int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
     const uint32_t nthreads = clamp_threads(p->threads, n);
     const size_t npad = (n + 7) / 8 * 8;
     const int plusplus = p->init == CQR_KMEANS_INIT_PLUSPLUS && n > k;
-    const int transpose = plusplus && have_avx2();
+    const int transpose = plusplus && cqr_km_have_avx2();
+    size_t nseed = n;
+    if (plusplus && k <= SIZE_MAX / KM_SEED_PER_CENTROID) {
+        size_t m = k * KM_SEED_PER_CENTROID;
+        m = m < KM_SEED_MIN ? KM_SEED_MIN : m;
+        nseed = m < n ? m : n;
+    }
     fit_t f = {.x = x, .n = n, .d = d, .xs = xstride, .k = k,
                .c = centroids};
     km_cents_t ct = {0};
     km_pool_t pool = {0};
+    float *sub = NULL;
 
     rc = CQR_ENOMEM;
     f.assign = malloc(npad * sizeof *f.assign);
@@ -812,22 +798,27 @@ int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
     f.off = malloc((k + 1) * sizeof *f.off);
     f.cc = malloc(k * sizeof *f.cc);
     f.xt = transpose ? malloc(npad * d * sizeof(float)) : NULL;
+    sub = nseed < n ? malloc(nseed * d * sizeof(float)) : NULL;
     if (!f.assign || !f.dist2 || !f.bsum || !f.perm || !f.off || !f.cc ||
-        (transpose && !f.xt) || cents_alloc(&ct, k, d) ||
+        (transpose && !f.xt) || (nseed < n && !sub) ||
+        cents_alloc(&ct, k, d) ||
         !(f.ws = ws_alloc(nthreads, d, ct.ldt)) || pool_init(&pool, nthreads))
         goto out;
     rc = 0;
 
-    /* Nothing fails past this point, so outputs are written only now. */
+    /* Nothing fails past this point but a cancel, so outputs are written
+     * only now. */
     cqr_blas_init();
     cqr_rng_t rng;
     cqr_rng_seed(&rng, p->seed);
     assign_job_t job = {
         .x = x, .n = n, .d = d, .xs = xstride, .cents = &ct,
         .assign = f.assign, .dist2 = f.dist2, .bsum = f.bsum, .ws = f.ws,
-        .argmin = pick_argmin(),
+        .argmin = cqr_km_pick_argmin(), .cancel = p->cancel,
     };
     double in;
+    uint32_t iters = 0;
+    int converged = 0;
     if (n <= k) {
         /* Every point is its own centroid (inertia 0 is optimal); the
          * surplus centroids repeat points, so none is ever NaN. */
@@ -835,25 +826,48 @@ int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
             memcpy(centroids + j * d, x + (j % n) * xstride,
                    d * sizeof(float));
         in = assign_pass(&job, &ct, &pool, centroids);
+        converged = 1;
         report(p, p->iters, in);
     } else {
-        if (plusplus)
-            init_plusplus(&f, &pool, &rng);
+        if (plusplus && nseed < n)
+            rc = init_plusplus_sub(&f, &pool, &rng, p->cancel, nseed, sub);
+        else if (plusplus)
+            rc = init_plusplus(&f, &pool, &rng, p->cancel);
         else
             init_random(&f, &rng);
+        if (rc)
+            goto out;
         in = assign_pass(&job, &ct, &pool, centroids);
         /* Update, then assign against the new centroids: the reported
-         * inertia is exact and the last pass is the final assignment. */
-        for (uint32_t it = 1; it <= p->iters; it++) {
+         * inertia is exact and the last pass is the final assignment.
+         * Lloyd never raises the inertia (re-seeding an empty cluster
+         * lowers it too), so a small relative decrease means the
+         * centroids have settled. */
+        for (uint32_t it = 1; it <= p->iters && !cancelled(p->cancel);
+             it++) {
+            double prev = in;
             update_centroids(&f, &pool);
             in = assign_pass(&job, &ct, &pool, centroids);
+            iters = it;
             report(p, it, in);
+            if (p->tol > 0 && !(prev - in > p->tol * prev)) {
+                converged = 1;
+                break;
+            }
         }
     }
-    if (inertia)
-        *inertia = in;
+    if (cancelled(p->cancel)) {
+        rc = CQR_ECANCELED;
+        goto out;
+    }
+    if (assign)
+        memcpy(assign, f.assign, n * sizeof *assign);
+    if (res)
+        *res = (cqr_kmeans_result_t){.inertia = in, .iters = iters,
+                                     .converged = converged};
 out:
     pool_destroy(&pool);
+    free(sub);
     free(f.ws);
     cents_free(&ct);
     free(f.xt);

@@ -20,12 +20,14 @@
  * after a call returns.
  *
  * Errors: CQR_EINVAL for impossible shapes (n == 0, k == 0, d == 0, stride
- * < d), CQR_ENOMEM when a work buffer cannot be allocated. Nothing is
- * written to the outputs on error.
+ * < d), CQR_ENOMEM when a work buffer cannot be allocated, CQR_ECANCELED
+ * when the caller's cancel flag was raised. Nothing is written to the
+ * outputs on error, except where stated.
  */
 #ifndef CQR_KMEANS_H
 #define CQR_KMEANS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,7 +39,8 @@ typedef struct cqr_progress {
     uint32_t chunk;      /* chunk being processed, 0-based */
     uint32_t chunks;     /* number of chunks in the phase */
     uint32_t iter;       /* k-means iteration done (stage "kmeans") */
-    uint32_t iters;      /* k-means iterations planned */
+    uint32_t iters;      /* k-means iterations at most (the cap; a fit
+                            may converge before) */
     double fraction;     /* 0..1 over the whole operation */
     double inertia;      /* mean squared distance to the nearest centroid
                             after the last iteration, or -1 if unknown */
@@ -53,15 +56,31 @@ typedef enum cqr_kmeans_init {
 } cqr_kmeans_init_t;
 
 typedef struct cqr_kmeans_params {
-    uint32_t iters;          /* Lloyd iterations (>= 1) */
+    uint32_t iters;          /* Lloyd iterations at most (>= 1) */
+    double tol;              /* stop once an iteration lowers the inertia
+                                by less than tol times its previous value
+                                (0 = always run `iters` iterations) */
     uint64_t seed;           /* seeds initialisation and re-seeding */
     uint32_t threads;        /* worker threads, >= 1 */
     cqr_kmeans_init_t init;  /* initialisation method */
+    const atomic_int *cancel; /* optional: once nonzero, the call stops
+                                 within one block of work per thread and
+                                 returns CQR_ECANCELED */
     cqr_progress_cb progress; /* optional, called after every iteration
                                  with stage "kmeans" */
     void *progress_ud;       /* passed to progress */
     uint32_t chunk, chunks;  /* copied into the progress reports */
+    double frac0, frac1;     /* the reports' fraction runs from frac0 to
+                                frac1 as iterations go by (both 0: 0..1) */
 } cqr_kmeans_params_t;
+
+/* What a fit did. */
+typedef struct cqr_kmeans_result {
+    double inertia;          /* final mean squared distance of a point to
+                                its nearest centroid */
+    uint32_t iters;          /* Lloyd iterations run (<= params.iters) */
+    int converged;           /* 1: stopped early by params.tol */
+} cqr_kmeans_result_t;
 
 /* Call once per process before any k-means work: pins OpenBLAS to one
  * thread (the engine threads itself) and returns OpenBLAS's core name for
@@ -69,21 +88,25 @@ typedef struct cqr_kmeans_params {
 const char *cqr_blas_init(void);
 
 /* Fits k centroids to n points of dimension d (row stride xstride).
- * Writes k x d centroids (row stride d) to `centroids`, and if `inertia`
- * is non-NULL the final mean squared distance of a point to its nearest
- * centroid. If n < k, the first n centroids are distinct points and the
- * rest duplicate points (no centroid is ever NaN). Empty clusters are
- * re-seeded with the point farthest from its centroid. */
+ * Writes k x d centroids (row stride d) to `centroids`; if `assign` is
+ * non-NULL, each point's nearest final centroid (n entries, as
+ * cqr_kmeans_assign would give); if `res` is non-NULL, what the fit did.
+ * If n < k, the first n centroids are distinct points and the rest
+ * duplicate points (no centroid is ever NaN). Empty clusters are re-seeded
+ * with the point farthest from its centroid. Seeding (k-means++) runs on
+ * a uniform subsample when n is much larger than k (see kmeans.c). */
 int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
                    size_t k, const cqr_kmeans_params_t *p, float *centroids,
-                   double *inertia);
+                   uint32_t *assign, cqr_kmeans_result_t *res);
 
 /* Writes, for each of n points (row stride xstride), the index of the
  * nearest of k centroids (row stride d) to assign[i]; ties go to the lower
  * index. If dist2 is non-NULL it receives the squared distance (clamped at
- * 0). Uses `threads` threads. */
+ * 0). Uses p->threads threads and honours p->cancel (the other fields of
+ * p are ignored). On CQR_ECANCELED assign and dist2 are partly written. */
 int cqr_kmeans_assign(const float *x, size_t n, size_t d, size_t xstride,
-                      const float *centroids, size_t k, uint32_t threads,
-                      uint32_t *assign, float *dist2);
+                      const float *centroids, size_t k,
+                      const cqr_kmeans_params_t *p, uint32_t *assign,
+                      float *dist2);
 
 #endif

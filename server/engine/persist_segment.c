@@ -114,7 +114,9 @@ void cqr_cfg_put(cqr_wr_t *w, const cqr_table_config_t *c)
     cqr_put_u32(w, c->reset_optimizer);
     cqr_put_u64(w, c->schedule_every);
     cqr_put_u32(w, c->schedule_max_phases);
-    cqr_put_u32(w, 0); /* reserved */
+    /* Was reserved (written as 0): a checkpoint from before cluster_tol
+     * restores with 0, every iteration, which is what it ran. */
+    cqr_put_f32(w, c->cluster_tol);
     cqr_put_u64(w, 0); /* reserved */
 }
 
@@ -139,6 +141,6 @@ void cqr_cfg_get(cqr_rd_t *r, cqr_table_config_t *c)
     c->reset_optimizer = cqr_get_u32(r);
     c->schedule_every = cqr_get_u64(r);
     c->schedule_max_phases = cqr_get_u32(r);
-    (void)cqr_get_u32(r);
+    c->cluster_tol = cqr_get_f32(r);
     (void)cqr_get_u64(r);
 }

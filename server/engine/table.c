@@ -444,6 +444,7 @@ int cqr_table_digest(cqr_table_t *t, uint64_t *out)
     digest_f32(x, c->optim.weight_decay);
     digest_u64(x, c->cluster_iters);
     digest_u64(x, c->cluster_sample);
+    digest_f32(x, c->cluster_tol);
     digest_u64(x, c->reset_optimizer);
     digest_u64(x, c->schedule_every);
     digest_u64(x, c->schedule_max_phases);

@@ -55,7 +55,11 @@ typedef struct cqr_table_config {
     float init_scale;       /* initial values uniform in (-s, s) */
     cqr_optim_config_t optim; /* optimizer and its parameters */
     /* Cluster phases (cqr only). */
-    uint32_t cluster_iters;        /* k-means iterations per phase */
+    uint32_t cluster_iters;        /* k-means iterations per phase, at
+                                      most */
+    float cluster_tol;             /* k-means stops once an iteration
+                                      lowers the inertia by less than this
+                                      fraction; 0 = every iteration runs */
     uint32_t cluster_sample;       /* sample points per centroid */
     uint32_t cluster_threads;      /* worker threads of a phase */
     uint32_t reset_optimizer;      /* 1: zero codebook optimizer state at
@@ -91,11 +95,14 @@ typedef struct cqr_table_stats {
     double last_commit_seconds; /* pause of the last phase's commit */
 } cqr_table_stats_t;
 
+/* The default relative inertia tolerance of a phase's k-means. */
+#define CQR_DEFAULT_CLUSTER_TOL 1e-3f
+
 /* Fills `cfg` with the defaults for `kind` and `dim`: chunks 4 (ce, cqr;
  * fewer if dim is not divisible), rows 1024 (hash, ce, cqr), seed 0,
  * init_scale 1/sqrt(dim), Adam lr 1e-3 betas 0.9/0.999 eps 1e-8, cluster
- * 25 iterations, 200 samples per centroid, 1 thread, optimizer state kept,
- * no schedule. */
+ * at most 25 iterations with tolerance CQR_DEFAULT_CLUSTER_TOL, 200
+ * samples per centroid, 1 thread, optimizer state kept, no schedule. */
 void cqr_table_config_default(cqr_table_config_t *cfg, cqr_kind_t kind,
                               uint32_t dim);
 
@@ -203,7 +210,16 @@ int cqr_table_cluster_due(cqr_table_t *t);
  *           returned is reflected in the table.
  * cqr_phase_destroy frees the phase; if it was not committed the table
  * keeps its live state and stops logging. Exactly one thread drives a
- * phase. */
+ * phase.
+ *
+ * Cancel: cqr_phase_cancel may be called from any thread while the phase
+ * exists (the caller keeps it alive). run then stops within one block of
+ * k-means or assignment work per thread (milliseconds) and returns
+ * CQR_ECANCELED, and commit refuses with CQR_ECANCELED; destroying the
+ * phase then leaves the table as if the phase had never begun, with every
+ * push made meanwhile applied (they were applied to the live state). Only
+ * the schedule's count of examples restarts at the cancelled phase's
+ * begin, so a cancelled scheduled phase is not retried at once. */
 typedef struct cqr_phase cqr_phase_t;
 
 typedef struct cqr_phase_result {
@@ -212,6 +228,9 @@ typedef struct cqr_phase_result {
     uint64_t sample_size;       /* points k-means ran on, per chunk */
     double inertia;             /* mean over chunks of the final inertia */
     uint64_t replayed_pushes;   /* pushes logged during the phase */
+    uint32_t kmeans_iters_max;  /* k-means iterations of the chunk that
+                                   ran the most (<= cluster_iters) */
+    uint32_t kmeans_iters_sum;  /* k-means iterations over all chunks */
     double seconds_snapshot;    /* begin + copying the known IDs */
     double seconds_kmeans;      /* k-means on the sample, all chunks */
     double seconds_assign;      /* assignment + residuals, all chunks */
@@ -222,6 +241,7 @@ typedef struct cqr_phase_result {
 int cqr_phase_begin(cqr_table_t *t, cqr_phase_t **out);
 int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud);
 int cqr_phase_commit(cqr_phase_t *ph);
+void cqr_phase_cancel(cqr_phase_t *ph);
 void cqr_phase_result(const cqr_phase_t *ph, cqr_phase_result_t *res);
 void cqr_phase_destroy(cqr_phase_t *ph);
 

@@ -71,6 +71,7 @@ void cqr_table_config_default(cqr_table_config_t *cfg, cqr_kind_t kind,
     cfg->optim.eps = 1e-8f;
     cfg->optim.weight_decay = 0.0f;
     cfg->cluster_iters = 25;
+    cfg->cluster_tol = CQR_DEFAULT_CLUSTER_TOL;
     cfg->cluster_sample = 200;
     cfg->cluster_threads = 1;
 }
@@ -138,6 +139,8 @@ int cqr_table_config_check(const cqr_table_config_t *cfg, char *why,
         return reject(why, whylen,
                       "cluster iterations %u out of range 1..10000",
                       cfg->cluster_iters);
+    if (!(cfg->cluster_tol >= 0.0f && cfg->cluster_tol < 1.0f))
+        return reject(why, whylen, "cluster tolerance must be in [0, 1)");
     if (cfg->cluster_sample < 1 || cfg->cluster_sample > 100000)
         return reject(why, whylen,
                       "cluster sample per centroid %u out of range "

@@ -6,6 +6,7 @@
  * argument validation.
  */
 #include <check.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -110,6 +111,27 @@ static cqr_kmeans_params_t params(uint32_t iters, uint64_t seed,
     return p;
 }
 
+/* cqr_kmeans_fit keeping only the inertia (most tests look at nothing
+ * else). */
+static int fit(const float *x, size_t n, size_t d, size_t xs, size_t k,
+               const cqr_kmeans_params_t *p, float *c, double *inertia)
+{
+    cqr_kmeans_result_t r;
+    int rc = cqr_kmeans_fit(x, n, d, xs, k, p, c, NULL, &r);
+    if (rc == 0)
+        *inertia = r.inertia;
+    return rc;
+}
+
+/* cqr_kmeans_assign on `threads` threads. */
+static int assign(const float *x, size_t n, size_t d, size_t xs,
+                  const float *c, size_t k, uint32_t threads, uint32_t *a,
+                  float *d2)
+{
+    cqr_kmeans_params_t p = {.threads = threads};
+    return cqr_kmeans_assign(x, n, d, xs, c, k, &p, a, d2);
+}
+
 /* ---- tests ------------------------------------------------------------ */
 
 START_TEST(test_blas_init)
@@ -159,7 +181,7 @@ static void check_blobs(cqr_kmeans_init_t init, uint32_t threads)
     p.chunk = 3;
     p.chunks = 4;
     double inertia = -1;
-    ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, nc, &p, c, &inertia), 0);
+    ck_assert_int_eq(fit(x, n, d, d, nc, &p, c, &inertia), 0);
 
     ck_assert_int_eq(log.bad, 0);
     ck_assert_uint_eq(log.calls, 25);
@@ -204,7 +226,7 @@ static void check_assign(size_t n, size_t d, size_t k, size_t xs,
     for (size_t i = 0; i < k * d; i++)
         c[i] = (float)(offset + gauss());
     ck_assert_int_eq(
-        cqr_kmeans_assign(x, n, d, xs, c, k, threads, a, dist2), 0);
+        assign(x, n, d, xs, c, k, threads, a, dist2), 0);
 
     size_t mismatches = 0;
     for (size_t i = 0; i < n; i++) {
@@ -228,7 +250,7 @@ static void check_assign(size_t n, size_t d, size_t k, size_t xs,
     /* dist2 is optional and does not change the assignment. */
     uint32_t *a2 = malloc(n * sizeof *a2);
     ck_assert_ptr_nonnull(a2);
-    ck_assert_int_eq(cqr_kmeans_assign(x, n, d, xs, c, k, 1, a2, NULL), 0);
+    ck_assert_int_eq(assign(x, n, d, xs, c, k, 1, a2, NULL), 0);
     ck_assert_mem_eq(a, a2, n * sizeof *a);
     free(a2);
     free(a);
@@ -251,6 +273,127 @@ START_TEST(test_assign_vs_brute)
 }
 END_TEST
 
+/* The same with the sgemm tiles on a CPU that has the fused kernel (on
+ * others this repeats the test above). */
+START_TEST(test_assign_vs_brute_tiles)
+{
+    setenv("CQR_KMEANS_NO_FUSED", "1", 1);
+    cqr_rng_seed(&rng, 99);
+    check_assign(1000, 16, 1024, 16, 1, 0);
+    check_assign(777, 8, 100, 8, 2, 0);
+    check_assign(513, 3, 37, 3, 2, 0);
+    check_assign(600, 16, 64, 16, 2, 100.0f);
+    unsetenv("CQR_KMEANS_NO_FUSED");
+}
+END_TEST
+
+/* Fused widths: every padded width and both sides of each pad. */
+START_TEST(test_assign_widths)
+{
+    cqr_rng_seed(&rng, 21);
+    for (size_t d = 1; d <= 17; d++)
+        check_assign(300, d, 70, d, 2, 0);
+}
+END_TEST
+
+/* Easy data converges early under a tolerance; tolerance 0 runs every
+ * iteration. The assignment returned is the final centroids' nearest. */
+START_TEST(test_early_stop)
+{
+    const size_t nc = 16, d = 8, n = 4000;
+    float *x = alloc_f(n * d), *centres = alloc_f(nc * d);
+    float *c = alloc_f(nc * d);
+    uint32_t *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    ck_assert(a && b);
+    cqr_rng_seed(&rng, 77);
+    make_blobs(x, n, d, centres, nc, 0.05);
+    cqr_kmeans_params_t p = params(25, 3, 2, CQR_KMEANS_INIT_PLUSPLUS);
+    cqr_kmeans_result_t r;
+
+    p.tol = 1e-4;
+    ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, nc, &p, c, a, &r), 0);
+    ck_assert_msg(r.iters >= 1 && r.iters < 25, "iters %u", r.iters);
+    ck_assert_int_eq(r.converged, 1);
+    ck_assert(close_rel(r.inertia, inertia_ref(x, n, d, d, c, nc), 1e-4, 0));
+    ck_assert_int_eq(assign(x, n, d, d, c, nc, 1, b, NULL), 0);
+    ck_assert_mem_eq(a, b, n * sizeof *a);
+
+    p.tol = 0;
+    ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, nc, &p, c, a, &r), 0);
+    ck_assert_uint_eq(r.iters, 25);
+    ck_assert_int_eq(r.converged, 0);
+
+    p.tol = 1.5; /* not a fraction */
+    ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, nc, &p, c, a, &r),
+                     CQR_EINVAL);
+    free(x);
+    free(centres);
+    free(c);
+    free(a);
+    free(b);
+}
+END_TEST
+
+/* A raised cancel flag stops fit and assign; a lowered one does not. */
+START_TEST(test_cancel)
+{
+    const size_t n = 3000, d = 8, k = 40;
+    float *x = alloc_f(n * d), *c = alloc_f(k * d);
+    uint32_t *a = malloc(n * sizeof *a);
+    ck_assert_ptr_nonnull(a);
+    cqr_rng_seed(&rng, 9);
+    for (size_t i = 0; i < n * d; i++)
+        x[i] = (float)gauss();
+    atomic_int flag = 0;
+    cqr_kmeans_params_t p = params(10, 1, 2, CQR_KMEANS_INIT_PLUSPLUS);
+    p.cancel = &flag;
+    cqr_kmeans_result_t r = {.iters = 999};
+    ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c, a, &r), 0);
+    ck_assert_uint_eq(r.iters, 10);
+    ck_assert_int_eq(cqr_kmeans_assign(x, n, d, d, c, k, &p, a, NULL), 0);
+    atomic_store(&flag, 1);
+    r.iters = 999;
+    ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c, a, &r),
+                     CQR_ECANCELED);
+    ck_assert_uint_eq(r.iters, 999); /* res is not written */
+    p.init = CQR_KMEANS_INIT_RANDOM;
+    ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c, a, &r),
+                     CQR_ECANCELED);
+    ck_assert_int_eq(cqr_kmeans_assign(x, n, d, d, c, k, &p, a, NULL),
+                     CQR_ECANCELED);
+    free(x);
+    free(c);
+    free(a);
+}
+END_TEST
+
+/* Many more points than KM_SEED_MIN: seeding runs on a subsample and
+ * Lloyd on every point; every planted centre still gets a centroid (k is
+ * 4 per blob, so that an unlucky seeding cannot leave one out). */
+START_TEST(test_seed_subsample)
+{
+    const size_t nc = 16, k = 64, d = 4, n = 100000;
+    float *x = alloc_f(n * d), *centres = alloc_f(nc * d);
+    float *c = alloc_f(k * d);
+    cqr_rng_seed(&rng, 5150);
+    make_blobs(x, n, d, centres, nc, 0.05);
+    cqr_kmeans_params_t p = params(25, 4, 2, CQR_KMEANS_INIT_PLUSPLUS);
+    p.tol = 1e-4;
+    double in;
+    ck_assert_int_eq(fit(x, n, d, d, k, &p, c, &in), 0);
+    ck_assert(all_finite(c, k * d));
+    ck_assert(in < (double)d * 0.05 * 0.05);
+    for (size_t j = 0; j < nc; j++) {
+        double best = min_dist2_ref(centres + j * d, d, c, k, NULL);
+        ck_assert_msg(sqrt(best) < 0.15, "centre %zu missed by %g", j,
+                      sqrt(best));
+    }
+    free(x);
+    free(centres);
+    free(c);
+}
+END_TEST
+
 /* Exact ties go to the lower index. */
 START_TEST(test_assign_ties)
 {
@@ -268,7 +411,7 @@ START_TEST(test_assign_ties)
     memcpy(x + 2 * d, c + 3 * d, d * sizeof(float));
     uint32_t a[3];
     float d2[3];
-    ck_assert_int_eq(cqr_kmeans_assign(x, n, d, d, c, k, 2, a, d2), 0);
+    ck_assert_int_eq(assign(x, n, d, d, c, k, 2, a, d2), 0);
     ck_assert_uint_eq(a[0], 1);
     ck_assert_uint_eq(a[1], 1);
     ck_assert_uint_eq(a[2], 3);
@@ -284,7 +427,7 @@ START_TEST(test_assign_ties)
         cb[i] = (float)gauss();
     memcpy(cb + 40 * d, cb + 3 * d, d * sizeof(float));
     memcpy(cb + 70 * d, cb + 3 * d, d * sizeof(float));
-    ck_assert_int_eq(cqr_kmeans_assign(cb + 40 * d, 1, d, d, cb, kb, 1, a,
+    ck_assert_int_eq(assign(cb + 40 * d, 1, d, d, cb, kb, 1, a,
                                        NULL), 0);
     ck_assert_uint_eq(a[0], 3);
     free(cb);
@@ -303,20 +446,20 @@ START_TEST(test_determinism)
     for (int init = 0; init <= 1; init++) {
         cqr_kmeans_params_t p = params(10, 77, 2, (cqr_kmeans_init_t)init);
         double in1, in2;
-        ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c1, &in1), 0);
-        ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c2, &in2), 0);
+        ck_assert_int_eq(fit(x, n, d, d, k, &p, c1, &in1), 0);
+        ck_assert_int_eq(fit(x, n, d, d, k, &p, c2, &in2), 0);
         ck_assert_mem_eq(c1, c2, k * d * sizeof(float));
         ck_assert(in1 == in2);
         p.threads = 1;
-        ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c2, &in2), 0);
+        ck_assert_int_eq(fit(x, n, d, d, k, &p, c2, &in2), 0);
         ck_assert_mem_eq(c1, c2, k * d * sizeof(float));
         ck_assert(in1 == in2);
         p.threads = 3;
-        ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c2, &in2), 0);
+        ck_assert_int_eq(fit(x, n, d, d, k, &p, c2, &in2), 0);
         ck_assert_mem_eq(c1, c2, k * d * sizeof(float));
         /* A different seed gives a different fit. */
         p.seed = 78;
-        ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c2, &in2), 0);
+        ck_assert_int_eq(fit(x, n, d, d, k, &p, c2, &in2), 0);
         ck_assert(memcmp(c1, c2, k * d * sizeof(float)) != 0);
         ck_assert(close_rel(in1, inertia_ref(x, n, d, d, c1, k), 1e-4, 0));
     }
@@ -340,8 +483,8 @@ START_TEST(test_stride)
         memcpy(packed + i * d, wide + i * xs + 4, d * sizeof(float));
     cqr_kmeans_params_t p = params(8, 1, 2, CQR_KMEANS_INIT_PLUSPLUS);
     double in1, in2;
-    ck_assert_int_eq(cqr_kmeans_fit(wide + 4, n, d, xs, k, &p, c1, &in1), 0);
-    ck_assert_int_eq(cqr_kmeans_fit(packed, n, d, d, k, &p, c2, &in2), 0);
+    ck_assert_int_eq(fit(wide + 4, n, d, xs, k, &p, c1, &in1), 0);
+    ck_assert_int_eq(fit(packed, n, d, d, k, &p, c2, &in2), 0);
     ck_assert_mem_eq(c1, c2, k * d * sizeof(float));
     ck_assert(in1 == in2);
     free(wide);
@@ -362,7 +505,7 @@ START_TEST(test_large_k)
     for (int init = 0; init <= 1; init++) {
         cqr_kmeans_params_t p = params(5, 3, 2, (cqr_kmeans_init_t)init);
         double in;
-        ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c, &in), 0);
+        ck_assert_int_eq(fit(x, n, d, d, k, &p, c, &in), 0);
         ck_assert(all_finite(c, k * d));
         ck_assert(close_rel(in, inertia_ref(x, n, d, d, c, k), 1e-4, 0));
     }
@@ -383,7 +526,7 @@ static void check_few_points(size_t n, size_t k, int dup)
     for (int init = 0; init <= 1; init++) {
         cqr_kmeans_params_t p = params(5, 11, 2, (cqr_kmeans_init_t)init);
         double in = -1;
-        ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c, &in), 0);
+        ck_assert_int_eq(fit(x, n, d, d, k, &p, c, &in), 0);
         ck_assert(all_finite(c, k * d));
         ck_assert(in == 0.0);
         for (size_t i = 0; i < n; i++) {
@@ -433,7 +576,7 @@ START_TEST(test_empty_cluster_reseed)
 
     cqr_kmeans_params_t p = params(20, 2, 2, CQR_KMEANS_INIT_RANDOM);
     double in = -1;
-    ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, k, &p, c, &in), 0);
+    ck_assert_int_eq(fit(x, n, d, d, k, &p, c, &in), 0);
     ck_assert(all_finite(c, k * d));
     ck_assert(in <= trivial);
     ck_assert(close_rel(in, inertia_ref(x, n, d, d, c, k), 1e-4, 1e-9));
@@ -467,7 +610,7 @@ START_TEST(test_k1_mean)
         }
     cqr_kmeans_params_t p = params(3, 1, 2, CQR_KMEANS_INIT_PLUSPLUS);
     double in;
-    ck_assert_int_eq(cqr_kmeans_fit(x, n, d, d, 1, &p, c, &in), 0);
+    ck_assert_int_eq(fit(x, n, d, d, 1, &p, c, &in), 0);
     for (size_t t = 0; t < d; t++)
         ck_assert(fabs(c[t] - mean[t] / (double)n) < 1e-5);
     free(x);
@@ -484,50 +627,50 @@ START_TEST(test_bad_args)
         c[i] = 42.0f;
     cqr_kmeans_params_t p = params(5, 1, 1, CQR_KMEANS_INIT_PLUSPLUS);
 
-    ck_assert_int_eq(cqr_kmeans_fit(NULL, 8, 4, 4, 2, &p, c, &in),
+    ck_assert_int_eq(fit(NULL, 8, 4, 4, 2, &p, c, &in),
                      CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_fit(x, 0, 4, 4, 2, &p, c, &in), CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_fit(x, 8, 0, 4, 2, &p, c, &in), CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_fit(x, 8, 4, 3, 2, &p, c, &in), CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_fit(x, 8, 4, 4, 0, &p, c, &in), CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_fit(x, 8, 4, 4, 2, NULL, c, &in),
+    ck_assert_int_eq(fit(x, 0, 4, 4, 2, &p, c, &in), CQR_EINVAL);
+    ck_assert_int_eq(fit(x, 8, 0, 4, 2, &p, c, &in), CQR_EINVAL);
+    ck_assert_int_eq(fit(x, 8, 4, 3, 2, &p, c, &in), CQR_EINVAL);
+    ck_assert_int_eq(fit(x, 8, 4, 4, 0, &p, c, &in), CQR_EINVAL);
+    ck_assert_int_eq(fit(x, 8, 4, 4, 2, NULL, c, &in),
                      CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_fit(x, 8, 4, 4, 2, &p, NULL, &in),
+    ck_assert_int_eq(fit(x, 8, 4, 4, 2, &p, NULL, &in),
                      CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_fit(x, SIZE_MAX / 2, 4, 4, 2, &p, c, &in),
+    ck_assert_int_eq(fit(x, SIZE_MAX / 2, 4, 4, 2, &p, c, &in),
                      CQR_EINVAL);
     cqr_kmeans_params_t q = p;
     q.iters = 0;
-    ck_assert_int_eq(cqr_kmeans_fit(x, 8, 4, 4, 2, &q, c, &in), CQR_EINVAL);
+    ck_assert_int_eq(fit(x, 8, 4, 4, 2, &q, c, &in), CQR_EINVAL);
     q = p;
     q.threads = 0;
-    ck_assert_int_eq(cqr_kmeans_fit(x, 8, 4, 4, 2, &q, c, &in), CQR_EINVAL);
+    ck_assert_int_eq(fit(x, 8, 4, 4, 2, &q, c, &in), CQR_EINVAL);
     q = p;
     q.init = (cqr_kmeans_init_t)7;
-    ck_assert_int_eq(cqr_kmeans_fit(x, 8, 4, 4, 2, &q, c, &in), CQR_EINVAL);
+    ck_assert_int_eq(fit(x, 8, 4, 4, 2, &q, c, &in), CQR_EINVAL);
     /* Nothing is written on error. */
     ck_assert(in == 123);
     for (size_t i = 0; i < 16; i++)
         ck_assert(c[i] == 42.0f);
 
-    ck_assert_int_eq(cqr_kmeans_assign(NULL, 8, 4, 4, c, 2, 1, a, d2),
+    ck_assert_int_eq(assign(NULL, 8, 4, 4, c, 2, 1, a, d2),
                      CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_assign(x, 0, 4, 4, c, 2, 1, a, d2),
+    ck_assert_int_eq(assign(x, 0, 4, 4, c, 2, 1, a, d2),
                      CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_assign(x, 8, 0, 4, c, 2, 1, a, d2),
+    ck_assert_int_eq(assign(x, 8, 0, 4, c, 2, 1, a, d2),
                      CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_assign(x, 8, 4, 2, c, 2, 1, a, d2),
+    ck_assert_int_eq(assign(x, 8, 4, 2, c, 2, 1, a, d2),
                      CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_assign(x, 8, 4, 4, NULL, 2, 1, a, d2),
+    ck_assert_int_eq(assign(x, 8, 4, 4, NULL, 2, 1, a, d2),
                      CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_assign(x, 8, 4, 4, c, 0, 1, a, d2),
+    ck_assert_int_eq(assign(x, 8, 4, 4, c, 0, 1, a, d2),
                      CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_assign(x, 8, 4, 4, c, 2, 0, a, d2),
+    ck_assert_int_eq(assign(x, 8, 4, 4, c, 2, 0, a, d2),
                      CQR_EINVAL);
-    ck_assert_int_eq(cqr_kmeans_assign(x, 8, 4, 4, c, 2, 1, NULL, d2),
+    ck_assert_int_eq(assign(x, 8, 4, 4, c, 2, 1, NULL, d2),
                      CQR_EINVAL);
     ck_assert_int_eq(
-        cqr_kmeans_assign(x, 8, 4, 4, c, (size_t)UINT32_MAX + 2, 1, a, d2),
+        assign(x, 8, 4, 4, c, (size_t)UINT32_MAX + 2, 1, a, d2),
         CQR_EINVAL);
 }
 END_TEST
@@ -541,6 +684,11 @@ static Suite *kmeans_suite(void)
     tcase_add_test(tc, test_blobs_plusplus);
     tcase_add_test(tc, test_blobs_plusplus_1thread);
     tcase_add_test(tc, test_assign_vs_brute);
+    tcase_add_test(tc, test_assign_vs_brute_tiles);
+    tcase_add_test(tc, test_assign_widths);
+    tcase_add_test(tc, test_early_stop);
+    tcase_add_test(tc, test_cancel);
+    tcase_add_test(tc, test_seed_subsample);
     tcase_add_test(tc, test_assign_ties);
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_stride);

@@ -53,7 +53,9 @@ typedef struct opts {
     double seconds;       /* timed duration of lookup/push */
     uint32_t threads;     /* caller threads (lookup/push), phase workers */
     uint32_t helpers;     /* engine helper threads for each call (par.h) */
-    uint32_t iters;       /* k-means iterations */
+    uint32_t iters;       /* k-means iterations (at most) */
+    double tol;           /* k-means tolerance; < 0: the table default
+                             (cluster) or 0 (kmeans: fixed iterations) */
     uint32_t sample;      /* sample points per centroid */
     uint32_t warm_batch;  /* IDs per warm-up push */
     const char *dump;     /* kmeans: points file */
@@ -67,6 +69,7 @@ static void usage(void)
         "  [--kind full|hash|ce|cqr] [--optimizer sgd|adagrad|adam] [--dim 64]\n"
         "  [--chunks 4] [--rows 1024] [--batch 1024] [--vocab 1e6] [--zipf S]\n"
         "  [--seconds 3] [--threads 1] [--helpers 0] [--iters 25] [--sample 100]\n"
+        "  [--tol X (k-means relative inertia tolerance; 0 = every iteration)]\n"
         "  [--dump FILE] [--json]\n");
 }
 
@@ -75,7 +78,8 @@ static int parse_opts(int argc, char **argv, opts_t *o)
     *o = (opts_t){.mode = "lookup", .kind = CQR_KIND_CQR, .opt = CQR_OPT_ADAM,
                   .dim = 64, .chunks = 4, .rows = 1024, .batch = 1024,
                   .vocab = 1000000, .seconds = 3.0, .threads = 1,
-                  .iters = 25, .sample = 100, .warm_batch = 65536};
+                  .iters = 25, .sample = 100, .warm_batch = 65536,
+                  .tol = -1};
     static const struct option lo[] = {
         {"mode", 1, 0, 'm'},   {"kind", 1, 0, 'k'},    {"optimizer", 1, 0, 'o'},
         {"dim", 1, 0, 'd'},    {"chunks", 1, 0, 'c'},  {"rows", 1, 0, 'r'},
@@ -83,6 +87,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"seconds", 1, 0, 's'}, {"threads", 1, 0, 't'}, {"iters", 1, 0, 'i'},
         {"sample", 1, 0, 'S'}, {"dump", 1, 0, 'D'},    {"json", 0, 0, 'j'},
         {"warm-batch", 1, 0, 'W'}, {"helpers", 1, 0, 'H'},
+        {"tol", 1, 0, 'T'},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int ch;
     uint64_t v;
@@ -114,6 +119,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             break;
         case 'z': o->zipf = atof(optarg); break;
         case 's': o->seconds = atof(optarg); break;
+        case 'T': o->tol = atof(optarg); break;
         case 'D': o->dump = optarg; break;
         case 'j': o->json = 1; break;
         default: return -1;
@@ -136,6 +142,8 @@ static int make_table(const opts_t *o, cqr_table_t **t)
     cfg.cluster_iters = o->iters;
     cfg.cluster_sample = o->sample;
     cfg.cluster_threads = o->threads;
+    if (o->tol >= 0)
+        cfg.cluster_tol = (float)o->tol;
     cfg.seed = 42;
     char why[256] = "";
     int rc = cqr_table_config_check(&cfg, why, sizeof why);
@@ -349,16 +357,18 @@ typedef struct progress_state {
     double t0;         /* phase start */
     double last;       /* last report */
     char stage[32];    /* last stage reported */
+    double every;      /* seconds between reports within a stage */
 } progress_state_t;
 
 static void on_progress(void *ud, const cqr_progress_t *p)
 {
     progress_state_t *ps = ud;
     double now = bench_now();
-    if (strcmp(ps->stage, p->stage) || now - ps->last > 1.0) {
-        bench_log(PROG, "phase: %-8s chunk %u/%u iter %u/%u  %.0f%%  %.2f s",
-                  p->stage, p->chunk + 1, p->chunks, p->iter, p->iters,
-                  100.0 * p->fraction, now - ps->t0);
+    if (strcmp(ps->stage, p->stage) || now - ps->last > ps->every) {
+        bench_log(PROG, "phase: %-8s chunk %u/%u iter %u/%u  %.0f%%  %.2f s"
+                  "  inertia %.6g", p->stage, p->chunk + 1, p->chunks,
+                  p->iter, p->iters, 100.0 * p->fraction, now - ps->t0,
+                  p->inertia);
         snprintf(ps->stage, sizeof ps->stage, "%s", p->stage);
         ps->last = now;
     }
@@ -379,7 +389,8 @@ static int run_cluster(const opts_t *o)
     if (rc)
         goto out;
     uint64_t rss1 = bench_rss_bytes();
-    progress_state_t ps = {.t0 = bench_now()};
+    progress_state_t ps = {.t0 = bench_now(),
+                           .every = getenv("BENCH_PROGRESS_ALL") ? 0 : 1.0};
     cqr_phase_result_t res;
     double cpu0 = bench_cpu_now();
     double t0 = bench_now();
@@ -394,11 +405,13 @@ static int run_cluster(const opts_t *o)
     bench_log(PROG,
               "cluster known=%llu k=%u chunks=%u iters=%u sample/centroid=%u "
               "threads=%u: total %.2f s (snapshot %.2f, kmeans %.2f, assign "
-              "%.2f, commit %.3f), %.2f CPU-s, inertia %.4g",
+              "%.2f, commit %.3f), %.2f CPU-s, inertia %.4g, k-means "
+              "iterations %u max %u over %u chunks",
               (unsigned long long)o->vocab, o->rows, o->chunks, o->iters,
               o->sample, o->threads, wall, res.seconds_snapshot,
               res.seconds_kmeans, res.seconds_assign, res.seconds_commit, cpu,
-              res.inertia);
+              res.inertia, res.kmeans_iters_max, res.kmeans_iters_sum,
+              o->chunks);
     if (o->json)
         printf("{\"bench\":\"engine\",\"op\":\"cluster\",\"kind\":\"cqr\","
                "\"dim\":%u,\"chunks\":%u,\"rows\":%u,\"vocab\":%llu,"
@@ -407,6 +420,7 @@ static int run_cluster(const opts_t *o)
                "\"seconds_snapshot\":%.4f,\"seconds_kmeans\":%.4f,"
                "\"seconds_assign\":%.4f,\"seconds_commit\":%.4f,"
                "\"cpu_s\":%.3f,\"sample_size\":%llu,\"ids_assigned\":%llu,\"inertia\":%.6g,"
+               "\"tol\":%g,\"kmeans_iters_max\":%u,\"kmeans_iters_sum\":%u,"
                "\"rss_warm_bytes\":%llu,\"peak_rss_bytes\":%llu,"
                "\"blas_core\":\"%s\"}\n",
                o->dim, o->chunks, o->rows, (unsigned long long)o->vocab,
@@ -414,7 +428,8 @@ static int run_cluster(const opts_t *o)
                res.seconds_snapshot, res.seconds_kmeans, res.seconds_assign,
                res.seconds_commit, cpu, (unsigned long long)res.sample_size,
                (unsigned long long)res.ids_assigned, res.inertia,
-               (unsigned long long)(rss1 - rss0), (unsigned long long)peak,
+               (double)cqr_table_config(t)->cluster_tol, res.kmeans_iters_max,
+               res.kmeans_iters_sum, (unsigned long long)(rss1 - rss0), (unsigned long long)peak,
                bench_blas_core());
 out:
     cqr_table_destroy(t);
@@ -541,28 +556,31 @@ static int run_kmeans(const opts_t *o)
     sgemm_figs_t sg;
     measure_sgemm(w, k, &sg);
     double secs = 0.0, cpu_secs = 0.0, inertia_sum = 0.0;
+    uint64_t iters_run = 0;
     for (uint32_t i = 0; i < c; i++) {
         cqr_kmeans_params_t kp = {.iters = o->iters, .seed = 99 + i,
+                                  .tol = o->tol > 0 ? o->tol : 0,
                                   .threads = o->threads,
                                   .init = CQR_KMEANS_INIT_PLUSPLUS,
                                   .chunk = i, .chunks = c};
-        double inertia = 0.0;
+        cqr_kmeans_result_t kr;
         double t0 = bench_now(), c0 = bench_cpu_now();
         rc = cqr_kmeans_fit(pts + (size_t)i * n * w, n, w, w, k, &kp, cent,
-                            &inertia);
+                            NULL, &kr);
         double el = bench_now() - t0;
         cpu_secs += bench_cpu_now() - c0;
         if (rc)
             goto out;
         secs += el;
-        inertia_sum += inertia;
-        bench_log(PROG, "kmeans chunk %u/%u: %.3f s, inertia %.5g", i + 1, c,
-                  el, inertia);
+        inertia_sum += kr.inertia;
+        iters_run += kr.iters;
+        bench_log(PROG, "kmeans chunk %u/%u: %.3f s, %u iterations, "
+                  "inertia %.5g", i + 1, c, el, kr.iters, kr.inertia);
     }
     /* FLOPs of the Lloyd iterations' cross products only (2 n k w per
      * iteration per chunk); the k-means++ seeding and the argmin passes
      * are extra work not counted, so the rate is a lower bound. */
-    double flops = 2.0 * (double)n * k * w * o->iters * c;
+    double flops = 2.0 * (double)n * k * w * (double)iters_run;
     double gf = flops / secs / 1e9;
     /* Per CPU-second: comparable with sgemm's rate whatever the load. */
     double per_thread = cpu_secs > 0 ? flops / cpu_secs / 1e9 : 0.0;

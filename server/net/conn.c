@@ -407,6 +407,22 @@ static void fail(conn_t *c, cqr_counter_t ctr, const char *why, int err,
     linger(c, why);
 }
 
+/* Ends the connection after the replies already queued: counts `ctr`,
+ * logs "closing ... reason=<why><extra>", sends what is queued, then
+ * lingers (the peer reads every reply) or closes at once. */
+static void give_up(conn_t *c, cqr_counter_t ctr, const char *why,
+                    const char *extra, int lingering)
+{
+    cqr_ctr_add(c->io->ctx, ctr, 1);
+    cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
+            " reason=%s%s", c->sess.peer, c->io->index, why, extra);
+    flush(c);
+    if (lingering)
+        linger(c, why);
+    else
+        close_now(c, why);
+}
+
 /* ---- deferred replies -------------------------------------------------- */
 
 /* Too many replies waiting behind deferred ones: take no more requests
@@ -476,12 +492,8 @@ static void deliver(conn_t *c)
         free(sl);
     }
     if (closing) {
-        cqr_ctr_add(c->io->ctx, CQR_CTR_conn_closed_nomem, 1);
-        cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
-                " reason=nomem (deferred reply)", c->sess.peer,
-                c->io->index);
-        flush(c);
-        close_now(c, "nomem");
+        give_up(c, CQR_CTR_conn_closed_nomem, "nomem", " (deferred reply)",
+                0);
         return;
     }
     if (drop)
@@ -537,11 +549,7 @@ static int answer(conn_t *c, const uint8_t *body, size_t len)
     }
     if (rc == CQR_ENOMEM) {
         dst->len = mark;
-        cqr_ctr_add(ctx, CQR_CTR_conn_closed_nomem, 1);
-        cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
-                " reason=nomem", c->sess.peer, c->io->index);
-        flush(c);
-        close_now(c, "nomem");
+        give_up(c, CQR_CTR_conn_closed_nomem, "nomem", "", 0);
         return -1;
     }
     cqr_frame_end(dst, mark);
@@ -549,22 +557,15 @@ static int answer(conn_t *c, const uint8_t *body, size_t len)
         c->held += dst->len - before;
     c->requests++;
     if (rc == CQR_EPROTO) {
-        cqr_ctr_add(ctx, CQR_CTR_conn_closed_malformed, 1);
-        cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
-                " reason=malformed bytes=%zu", c->sess.peer, c->io->index,
-                len);
-        flush(c);
-        linger(c, "malformed");
+        char extra[32];
+        snprintf(extra, sizeof extra, " bytes=%zu", len);
+        give_up(c, CQR_CTR_conn_closed_malformed, "malformed", extra, 1);
         return -1;
     }
     if (rc == CQR_EAUTH) {
         /* The UNAUTHENTICATED (or version) reply is queued: send it and
          * end the connection, as for a malformed request. */
-        cqr_ctr_add(ctx, CQR_CTR_conn_closed_auth, 1);
-        cqr_log(CQR_LOG_WARN, "conn", "closing peer=%s thread=%" PRIu32
-                " reason=unauthenticated", c->sess.peer, c->io->index);
-        flush(c);
-        linger(c, "unauthenticated");
+        give_up(c, CQR_CTR_conn_closed_auth, "unauthenticated", "", 1);
         return -1;
     }
     if (c->tx.len >= FLUSH_BYTES)

@@ -20,17 +20,23 @@
  * max-frame-bytes minus this and the whole reply still fits a frame. */
 #define REPLY_SLACK 256
 
+/* A data request's table and sizes, once open_batch checked them. */
+typedef struct batch {
+    cqr_table_t *t;     /* the table (c->entry holds the reference) */
+    uint32_t dim;       /* its dimension */
+    uint64_t bytes;     /* the reply's vectors or the gradients: rows x
+                           dim x 4 */
+} batch_t;
+
 /* Looks up the request's table (a reference in c->entry) and checks the
- * batch's sizes against the limits; sets *t, *dim and *vec_bytes, the
- * bytes of the reply's vectors or of the gradients (rows x dim x 4). */
-static int open_batch(cqr_call_t *c, const cqr_data_req_t *m,
-                      cqr_table_t **t, uint32_t *dim, uint64_t *vec_bytes)
+ * batch's sizes against the limits. */
+static int open_batch(cqr_call_t *c, const cqr_data_req_t *m, batch_t *b)
 {
     int rc = cqr_call_table(c, m->table);
     if (rc != 0)
         return rc;
-    *t = c->entry->table;
-    *dim = cqr_table_config(*t)->dim;
+    b->t = c->entry->table;
+    b->dim = cqr_table_config(b->t)->dim;
     const cqr_config_t *cfg = c->ctx->cfg;
     if (m->n_ids > cfg->max_batch)
         return cqr_call_fail(c, CQR_ELIMIT, "%zu IDs in one request; the "
@@ -42,7 +48,7 @@ static int open_batch(cqr_call_t *c, const cqr_data_req_t *m,
                              m->n_offsets, cfg->max_batch);
     uint64_t rows = m->n_offsets > 0 ? m->n_offsets : m->n_ids;
     /* rows <= 2^30 and dim <= 4096: no overflow in 64 bits. */
-    *vec_bytes = rows * (uint64_t)*dim * sizeof(float);
+    b->bytes = rows * (uint64_t)b->dim * sizeof(float);
     return 0;
 }
 
@@ -68,16 +74,14 @@ static float *place_vectors(cqr_buf_t *out, size_t at, uint64_t bytes,
 
 int cqr_op_lookup(cqr_call_t *c, const cqr_data_req_t *m)
 {
-    cqr_table_t *t;
-    uint32_t dim;
-    uint64_t bytes;
-    int rc = open_batch(c, m, &t, &dim, &bytes);
+    batch_t b;
+    int rc = open_batch(c, m, &b);
     if (rc != 0)
         return rc;
-    if (bytes > c->ctx->cfg->max_frame_bytes - REPLY_SLACK)
+    if (b.bytes > c->ctx->cfg->max_frame_bytes - REPLY_SLACK)
         return cqr_call_fail(c, CQR_ELIMIT, "reply would carry %" PRIu64
                              " bytes of vectors, over --max-frame-bytes %"
-                             PRIu64 "; split the batch", bytes,
+                             PRIu64 "; split the batch", b.bytes,
                              c->ctx->cfg->max_frame_bytes);
     if ((unsigned)m->pooling > CQR_POOL_MEAN)
         return cqr_call_fail(c, CQR_EINVAL, "unknown pooling %d",
@@ -89,22 +93,22 @@ int cqr_op_lookup(cqr_call_t *c, const cqr_data_req_t *m)
      * engine succeeded, so a failure leaves nothing behind. */
     cqr_buf_t *out = c->out;
     size_t start = out->len;
-    size_t head = cqr_wire_lookup_head_len(c->id, dim, (size_t)bytes);
-    size_t size = head + (size_t)bytes;
+    size_t head = cqr_wire_lookup_head_len(c->id, b.dim, (size_t)b.bytes);
+    size_t size = head + (size_t)b.bytes;
     assert(head <= CQR_WIRE_HEAD_MAX && size <= c->ctx->cfg->max_frame_bytes);
     if (cqr_buf_reserve(out, size + _Alignof(float) - 1) != 0)
         return cqr_call_fail(c, CQR_ENOMEM, "cannot allocate %" PRIu64
-                             " bytes for the reply", bytes);
+                             " bytes for the reply", b.bytes);
     size_t lag = 0;
     float *vec = NULL;
-    if (bytes > 0)
-        vec = place_vectors(out, start + head, bytes, &lag);
+    if (b.bytes > 0)
+        vec = place_vectors(out, start + head, b.bytes, &lag);
     if (m->n_offsets > 0)
-        rc = cqr_table_lookup_pooled(t, m->ids, m->n_ids, m->offsets,
+        rc = cqr_table_lookup_pooled(b.t, m->ids, m->n_ids, m->offsets,
                                      m->n_offsets,
                                      (cqr_pooling_t)m->pooling, vec);
     else if (m->n_ids > 0)
-        rc = cqr_table_lookup(t, m->ids, m->n_ids, vec);
+        rc = cqr_table_lookup(b.t, m->ids, m->n_ids, vec);
     if (rc == CQR_EINVAL && m->n_offsets > 0)
         return cqr_call_fail(c, rc, "offsets must start at 0, never "
                              "decrease and stay within the %zu IDs",
@@ -114,8 +118,8 @@ int cqr_op_lookup(cqr_call_t *c, const cqr_data_req_t *m)
 
     uint8_t *p = out->data + start;
     if (lag != 0)
-        memmove(p + head, p + head + lag, (size_t)bytes);
-    size_t w = cqr_wire_lookup_head(p, c->id, dim, (size_t)bytes);
+        memmove(p + head, p + head + lag, (size_t)b.bytes);
+    size_t w = cqr_wire_lookup_head(p, c->id, b.dim, (size_t)b.bytes);
     assert(w == head);
     (void)w;
     out->len = start + size;
@@ -125,21 +129,20 @@ int cqr_op_lookup(cqr_call_t *c, const cqr_data_req_t *m)
 
 int cqr_op_push(cqr_call_t *c, const cqr_data_req_t *m)
 {
-    cqr_table_t *t;
-    uint32_t dim;
-    uint64_t bytes;
-    int rc = open_batch(c, m, &t, &dim, &bytes);
+    batch_t b;
+    int rc = open_batch(c, m, &b);
     if (rc != 0)
         return rc;
     if ((unsigned)m->pooling > CQR_POOL_MEAN)
         return cqr_call_fail(c, CQR_EINVAL, "unknown pooling %d",
                              m->pooling);
-    if ((uint64_t)m->grads_len != bytes)
+    if ((uint64_t)m->grads_len != b.bytes)
         return cqr_call_fail(c, CQR_EDIM, "grads has %zu bytes; %zu %s x "
                              "dim %" PRIu32 " x 4 = %" PRIu64 " expected",
                              m->grads_len,
                              m->n_offsets > 0 ? m->n_offsets : m->n_ids,
-                             m->n_offsets > 0 ? "bags" : "IDs", dim, bytes);
+                             m->n_offsets > 0 ? "bags" : "IDs", b.dim,
+                             b.bytes);
 
     /* The gradients are used where they lie -- in the request frame
      * (fast decoder) or in protobuf-c's copy -- when float-aligned; the
@@ -148,19 +151,19 @@ int cqr_op_push(cqr_call_t *c, const cqr_data_req_t *m)
     if (((uintptr_t)m->grads & (_Alignof(float) - 1)) == 0) {
         g = (const float *)(const void *)m->grads;
     } else {
-        float *copy = malloc(bytes);
+        float *copy = malloc(b.bytes);
         if (copy == NULL)
             return cqr_call_fail(c, CQR_ENOMEM, "cannot copy gradients");
-        memcpy(copy, m->grads, bytes);
+        memcpy(copy, m->grads, b.bytes);
         cqr_call_keep(c, copy);
         g = copy;
     }
     if (m->n_offsets > 0)
-        rc = cqr_table_push_pooled(t, m->ids, m->n_ids, m->offsets,
+        rc = cqr_table_push_pooled(b.t, m->ids, m->n_ids, m->offsets,
                                    m->n_offsets, (cqr_pooling_t)m->pooling,
                                    g);
     else if (m->n_ids > 0)
-        rc = cqr_table_push(t, m->ids, g, m->n_ids);
+        rc = cqr_table_push(b.t, m->ids, g, m->n_ids);
     switch (rc) {
     case 0:
         break;
@@ -196,7 +199,7 @@ int cqr_op_push(cqr_call_t *c, const cqr_data_req_t *m)
     c->appended = 1;
     /* A schedule that says a phase is due only tells the phase runner,
      * which begins the phase on its own thread (phase.h). */
-    if (cqr_table_cluster_due(t))
+    if (cqr_table_cluster_due(b.t))
         cqr_phases_due(c->ctx->phases, c->entry);
     return 0;
 }

@@ -547,6 +547,11 @@ int cqr_store_open(const char *dir, const cqr_store_opts_t *o,
     rocksdb_options_set_min_blob_size(s->opts, 4096);
     rocksdb_options_set_blob_file_size(s->opts, 256u << 20);
     rocksdb_options_set_enable_blob_gc(s->opts, 1);
+    /* Every write goes through write() and every sync through
+     * fsync/fdatasync (RocksDB's defaults, stated because the power-loss
+     * test's layer, tests/store/powerloss.c, sees only those calls). */
+    rocksdb_options_set_allow_mmap_writes(s->opts, 0);
+    rocksdb_options_set_use_direct_io_for_flush_and_compaction(s->opts, 0);
     s->wo_nowal = rocksdb_writeoptions_create();
     rocksdb_writeoptions_disable_WAL(s->wo_nowal, 1);
     s->wo_sync = rocksdb_writeoptions_create();

@@ -551,6 +551,12 @@ int cqr_store_open(const char *dir, const cqr_store_opts_t *o,
      * fsync/fdatasync (RocksDB's defaults, stated because the power-loss
      * test's layer, tests/store/powerloss.c, sees only those calls). */
     rocksdb_options_set_allow_mmap_writes(s->opts, 0);
+    /* RocksDB's own log (the LOG file) only gets the options at open and
+     * fatal errors: Debian's librocksdb keeps its assertions, and after
+     * one failed append (a full or read-only disk) the next append to
+     * that file aborts the server. The server's log reports every
+     * failure with RocksDB's message. */
+    rocksdb_options_set_info_log_level(s->opts, 4 /* FATAL_LEVEL */);
     rocksdb_options_set_use_direct_io_for_flush_and_compaction(s->opts, 0);
     s->wo_nowal = rocksdb_writeoptions_create();
     rocksdb_writeoptions_disable_WAL(s->wo_nowal, 1);

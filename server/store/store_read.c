@@ -273,10 +273,11 @@ int cqr_store_load(cqr_store_t *s, uint64_t generation,
     memset(&li, 0, sizeof li);
     const double t0 = cqr_store_now();
     pthread_mutex_lock(&s->mu);
-    s->err[0] = 0;
     uint64_t *gens = NULL;
     size_t ng = 0;
     int rc = cqr_store_ready(s);
+    if (rc == 0)
+        s->err[0] = 0;
     if (rc == 0)
         rc = cqr_store_man_list(s, 1, &gens, &ng);
     li.newest = ng ? gens[ng - 1] : 0;

@@ -280,9 +280,11 @@ int cqr_store_checkpoint(cqr_store_t *s, cqr_table_t *const *tables,
     memset(&st, 0, sizeof st);
     const double t0 = cqr_store_now();
     pthread_mutex_lock(&s->mu);
-    s->err[0] = 0;
-    /* After a failure on a RocksDB error: reopen first. */
+    /* After a failure on a RocksDB error: reopen first (its message says
+     * what failed last). */
     int rc = cqr_store_ready(s);
+    if (rc == 0)
+        s->err[0] = 0;
     const uint64_t gen = s->last_gen + 1;
     cqr_manifest_t g = {.gen = gen};
     /* A failed checkpoint in this process may have left segments of gen:

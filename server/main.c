@@ -15,7 +15,8 @@
  * (notify.h) READY=1 follows the ready line and STOPPING=1 the signal.
  *
  * Exit status: 0 after a clean stop (also for --help/--version), 2 for
- * bad flags, 1 when the server cannot start.
+ * bad flags, 1 when the server cannot start or its exit checkpoint
+ * failed (acknowledged work is not on disk; ckpt.h).
  */
 /* accept4 */
 #define _GNU_SOURCE
@@ -385,8 +386,10 @@ int main(int argc, char **argv)
      * through the drain and the shutdown hook, answering /readyz 503. */
     cqr_metrics_stop(s.metrics);
     s.metrics = NULL;
-    /* After the endpoint (it reads the hooks) and the exit checkpoint. */
-    cqr_ckpt_close(s.ckpt);
+    /* After the endpoint (it reads the hooks) and the exit checkpoint;
+     * a failed exit checkpoint lost acknowledged work: status 1. */
+    if (cqr_ckpt_close(s.ckpt) != 0 && rc == 0)
+        rc = 1;
     s.ckpt = NULL;
     cqr_server_ctx_free(&s.ctx);
     cqr_auth_destroy(s.auth); /* every session is gone */

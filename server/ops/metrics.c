@@ -75,6 +75,12 @@ static int health_ready(cqr_server_ctx_t *ctx, char *why, size_t whylen)
                  "stopping)");
         return 0;
     }
+    uint64_t failing = atomic_load(&ctx->ckpt_stats.failing);
+    if (failing > 0) {
+        snprintf(why, whylen, "checkpoints failing (%" PRIu64 " in a row; "
+                 "see the log)", failing);
+        return 0;
+    }
     snprintf(why, whylen, "ready");
     return 1;
 }
@@ -423,6 +429,16 @@ static void render_checkpoints(text_t *t, cqr_server_ctx_t *ctx)
     one(t, "cqrps_checkpoint_last_success_timestamp_seconds", "gauge",
         "When the last successful checkpoint finished (Unix time; 0: "
         "none yet).", (double)atomic_load(&c->unix_time));
+    one(t, "cqrps_checkpoint_failing", "gauge",
+        "Checkpoints failed in a row since the last success (0: healthy; "
+        "retried by themselves).", (double)atomic_load(&c->failing));
+    one(t, "cqrps_restore_skipped_generations", "gauge",
+        "Damaged generations the restore at start skipped.",
+        (double)atomic_load(&c->restore_skipped));
+    one(t, "cqrps_restore_missing_generations", "gauge",
+        "Acknowledged generations the restore at start could not bring "
+        "back (0: nothing acknowledged was lost).",
+        (double)atomic_load(&c->restore_missing));
 }
 
 /* The /metrics body: malloc'd, NUL-terminated text in *text (length in

@@ -12,8 +12,10 @@
  *             checkpoint is not a hang), 503 when its heartbeat is older
  *             than CQR_HEALTH_STALL_MS.
  *   /readyz   readiness: 200 "ready" only once the restore finished and
- *             the listener accepts; 503 with the reason before that and
- *             while the server stops (so a load balancer drains it).
+ *             the listener accepts; 503 with the reason before that,
+ *             while the server stops (so a load balancer drains it) and
+ *             while checkpoints fail (work acknowledged meanwhile is not
+ *             on disk).
  *
  * The endpoint runs on libmicrohttpd's own thread, never on an I/O loop:
  * a scrape reads atomics and takes the registry's read lock and each

@@ -13,6 +13,8 @@
  *   themselves. Full again, a SIGTERM's exit checkpoint fails: exit
  *   status 1 and an error line that counts the pushes not on disk; the
  *   restart restores the last good generation.
+ * - A disk that turns read-only and writable again (the power-loss
+ *   layer's injected EROFS): the same recovery.
  * Servers run on 127.0.0.1:0 and are stopped by PID; data dirs are
  * temporary directories removed at the end.
  */
@@ -399,6 +401,71 @@ START_TEST(test_disk_full)
 }
 END_TEST
 
+/* A disk that turns read-only and back (the power-loss layer fails every
+ * change under the data dir with EROFS while a control file exists: a
+ * read-only remount is refused while RocksDB holds files open for
+ * writing): checkpoints fail and say so, and the first retry after the
+ * disk is writable again succeeds. */
+START_TEST(test_read_only_recovers)
+{
+    make_dir();
+    char ctl[128], shd[128];
+    snprintf(ctl, sizeof ctl, "%s.fail", dir);
+    snprintf(shd, sizeof shd, "%s.shadow", dir);
+    ck_assert_int_eq(mkdir(shd, 0700), 0);
+    setenv("CQR_PL_DIR", dir, 1);
+    setenv("CQR_PL_SHADOW", shd, 1);
+    setenv("CQR_PL_FAIL", ctl, 1);
+    setenv("LD_PRELOAD", CQR_POWERLOSS_LIB, 1);
+    const char *asan = getenv("ASAN_OPTIONS");
+    char ao[512];
+    snprintf(ao, sizeof ao, "%s%sverify_asan_link_order=0", asan ? asan : "",
+             asan && asan[0] ? ":" : "");
+    setenv("ASAN_OPTIONS", ao, 1);
+    const char *args[] = {"--metrics-listen", "127.0.0.1:0", NULL};
+    cqr_test_server_t s;
+    start(&s, args);
+    unsetenv("LD_PRELOAD");
+    unsetenv("CQR_PL_DIR");
+    uint16_t mport = metrics_port(&s);
+    cqrps_client_t *c = tu_connect(s.addr);
+    tables_t t = {0};
+    create(c, &t, "full", CQRPS_KIND_FULL, CQRPS_OPT_ADAM);
+    uint64_t st = 4, gen;
+    push(c, "full", 512, 100000, &st);
+    ck_assert_int_eq(cqrps_checkpoint(c, &gen), 0);
+
+    FILE *f = fopen(ctl, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("EROFS\n", f);
+    fclose(f);
+    push(c, "full", 512, 100000, &st);
+    ck_assert_int_ne(cqrps_checkpoint(c, &gen), 0);
+    ck_assert_msg(strstr(cqrps_last_error(c), "Read-only") != NULL,
+                  "checkpoint error: %s", cqrps_last_error(c));
+    const char *body;
+    ck_assert(metric(mport, "cqrps_checkpoint_failing") >= 1);
+    ck_assert_int_eq(http_get(mport, "/readyz", &body), 503);
+
+    ck_assert_int_eq(unlink(ctl), 0);
+    wait_metric(mport, "cqrps_checkpoint_failing", 0, 90000);
+    ck_assert_int_eq(http_get(mport, "/readyz", &body), 200);
+    push(c, "full", 512, 100000, &st);
+    ck_assert_int_eq(cqrps_checkpoint(c, &gen), 0);
+    tables_t want = t;
+    digests(c, &want);
+    cqrps_close(c);
+    tu_server_stop(&s);
+    start(&s, NULL);
+    expect_state(&s, &want);
+    tu_server_stop(&s);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", shd);
+    ck_assert_int_eq(system(cmd), 0);
+    remove_dir();
+}
+END_TEST
+
 Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("server_faults");
@@ -407,6 +474,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_damaged_newest_starts);
     tcase_add_test(tc, test_wal_lost_and_vanished);
     tcase_add_test(tc, test_disk_full);
+    tcase_add_test(tc, test_read_only_recovers);
     suite_add_tcase(s, tc);
     return s;
 }

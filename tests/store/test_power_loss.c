@@ -220,11 +220,6 @@ START_TEST(test_power_loss)
     snprintf(work, sizeof work, "%s/work", tmpl);
     snprintf(shadow, sizeof shadow, "%s/shadow", tmpl);
     snprintf(plog, sizeof plog, "%s/log", tmpl);
-    const char *asan = getenv("ASAN_OPTIONS");
-    char ao[512];
-    snprintf(ao, sizeof ao, "%s%sverify_asan_link_order=0", asan ? asan : "",
-             asan && asan[0] ? ":" : "");
-    setenv("ASAN_OPTIONS", ao, 1);
 
     /* The data dir every run starts from: three tables, generation 1. */
     snprintf(dir, sizeof dir, "%s", base);
@@ -379,6 +374,13 @@ END_TEST
 
 Suite *cqr_test_suite(void)
 {
+    /* The layer loads before an ASan build's runtime (children inherit
+     * this). */
+    const char *asan = getenv("ASAN_OPTIONS");
+    char ao[512];
+    snprintf(ao, sizeof ao, "%s%sverify_asan_link_order=0", asan ? asan : "",
+             asan && asan[0] ? ":" : "");
+    setenv("ASAN_OPTIONS", ao, 1);
     Suite *s = suite_create("power_loss");
     TCase *tc = tcase_create("power_loss");
     tcase_set_timeout(tc, 900);

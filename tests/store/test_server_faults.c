@@ -246,7 +246,7 @@ START_TEST(test_wal_lost_and_vanished)
     while ((e = readdir(dd)) != NULL) {
         size_t nl = strlen(e->d_name);
         if (nl > 4 && strcmp(e->d_name + nl - 4, ".log") == 0) {
-            char p[256];
+            char p[sizeof dir + 256];
             snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
             ck_assert_int_eq(unlink(p), 0);
         }

@@ -260,7 +260,7 @@ START_TEST(test_corrupt_random)
     char *work = tmpdir();
     cqr_rng_t rng;
     cqr_rng_seed(&rng, 2024);
-    int trials = 40, some = 0, fell_back = 0;
+    int trials = 30, some = 0, fell_back = 0;
     for (int trial = 0; trial < trials; trial++) {
         /* A random file among the SST and blob files, a random bit. */
         char files[64][512];

@@ -5,7 +5,7 @@
  * Rules: header-only and pure (static inline, no allocation, no I/O), so
  * both libraries inline it on their hot paths without a link dependency.
  * The encoder writes the minimal encoding protobuf writes, so hand-encoded
- * bytes equal protobuf-c's (tests/server/test_wire.c and
+ * bytes equal protobuf-c's (tests/rpc/test_wire.c and
  * tests/client/test_client_rpc.c compare them). The decoder never reads
  * past `end`; which inputs it declines beyond "truncated or longer than
  * max bytes" is each caller's policy (the server also refuses a tenth

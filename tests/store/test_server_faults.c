@@ -315,6 +315,19 @@ static void wait_metric(uint16_t mport, const char *series, double v,
     }
 }
 
+/* The tmpfs of test_disk_full, unmounted by the teardown if the test
+ * fails before it does ("" when none). */
+static char g_mnt[32];
+
+static void unmount_left(void)
+{
+    if (g_mnt[0] == '\0')
+        return;
+    umount2(g_mnt, MNT_DETACH);
+    rmdir(g_mnt);
+    g_mnt[0] = '\0';
+}
+
 START_TEST(test_disk_full)
 {
     if (geteuid() != 0) {
@@ -330,6 +343,7 @@ START_TEST(test_disk_full)
         rmdir(mnt);
         return;
     }
+    snprintf(g_mnt, sizeof g_mnt, "%s", mnt);
     snprintf(dir, sizeof dir, "%s/data", mnt);
     const char *args[] = {"--checkpoint-keep", "0", "--metrics-listen",
                           "127.0.0.1:0", NULL};
@@ -398,6 +412,7 @@ START_TEST(test_disk_full)
     tu_server_stop(&s);
     ck_assert_int_eq(umount2(mnt, MNT_DETACH), 0);
     rmdir(mnt);
+    g_mnt[0] = '\0';
 }
 END_TEST
 
@@ -471,6 +486,7 @@ Suite *cqr_test_suite(void)
     Suite *s = suite_create("server_faults");
     TCase *tc = tcase_create("faults");
     tcase_set_timeout(tc, 300);
+    tcase_add_checked_fixture(tc, NULL, unmount_left);
     tcase_add_test(tc, test_damaged_newest_starts);
     tcase_add_test(tc, test_wal_lost_and_vanished);
     tcase_add_test(tc, test_disk_full);

@@ -444,6 +444,19 @@ END_TEST
 
 /* ---- 3. A full disk ----------------------------------------------------- */
 
+/* The tmpfs mounted by the running test, unmounted by the teardown if
+ * the test fails before it does. */
+static char *g_mnt;
+
+static void unmount_left(void)
+{
+    if (g_mnt == NULL)
+        return;
+    umount2(g_mnt, MNT_DETACH);
+    rmdir_all(g_mnt);
+    g_mnt = NULL;
+}
+
 /* Mounts a tmpfs of `size` ("24m") on a new directory; NULL (and a
  * message) when this process may not mount. */
 static char *tmpfs_mount(const char *size)
@@ -460,6 +473,7 @@ static char *tmpfs_mount(const char *size)
         rmdir_all(mnt);
         return NULL;
     }
+    g_mnt = mnt;
     return mnt;
 }
 
@@ -475,6 +489,7 @@ static void tmpfs_unmount(char *mnt)
 {
     ck_assert_int_eq(umount2(mnt, MNT_DETACH), 0);
     rmdir_all(mnt);
+    g_mnt = NULL;
 }
 
 /* Checkpoints of a ~3 MB table, each complete, on a 24 MB tmpfs until
@@ -548,6 +563,7 @@ Suite *cqr_test_suite(void)
     Suite *s = suite_create("store_faults");
     TCase *tc = tcase_create("damage");
     tcase_set_timeout(tc, 600);
+    tcase_add_checked_fixture(tc, NULL, unmount_left);
     tcase_add_test(tc, test_damaged_newest_blob);
     tcase_add_test(tc, test_damaged_older_sst);
     tcase_add_test(tc, test_corrupt_random);

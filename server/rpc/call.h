@@ -26,6 +26,8 @@
 
 #include "cqrps.pb-c.h"
 #include "rpc/rpc.h"
+#include "tables/phase.h"
+#include "tables/registry.h"
 
 typedef Cqrps__V1__Request Request;
 typedef Cqrps__V1__Response Response;

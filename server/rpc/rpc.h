@@ -26,11 +26,6 @@
 
 #include "net/frame.h"
 #include "rpc/server.h"
-/* store/ckpt.c still reaches the registry and the phase runner through
- * this header; once it includes them itself these two go, and the
- * connection layer sees no table at all. */
-#include "tables/phase.h"
-#include "tables/registry.h"
 
 /* Handles one request body and appends one encoded Response body to out
  * (no frame header: the caller brackets it with cqr_frame_begin/end).

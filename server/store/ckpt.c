@@ -17,6 +17,7 @@
 #include "ops/opstats.h"
 #include "engine/persist.h"
 #include "store/store.h"
+#include "tables/phase.h"
 
 /* Per-table pause lines are info level up to this many tables, debug
  * beyond (the summary line always carries the longest pause). */

@@ -61,7 +61,8 @@
 #define CQR_CKPT_H
 
 #include "ops/config.h"
-#include "rpc/rpc.h"
+#include "rpc/server.h"
+#include "tables/registry.h"
 
 typedef struct cqr_ckpt cqr_ckpt_t;
 

@@ -16,8 +16,9 @@
 #include "engine/err.h"
 #include "net/frame.h"
 #include "ops/log.h"
-#include "tables/registry.h"
 #include "rpc/rpc.h"
+#include "tables/phase.h"
+#include "tables/registry.h"
 #include "check_main.h"
 #include "rpc_call.h"
 

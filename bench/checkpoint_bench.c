@@ -132,12 +132,10 @@ static int collect_one(void *ud, const char *name, cqr_table_t *t)
     return 0;
 }
 
-static void run(const opts_t *o, cqr_kind_t kind, const char *dir,
-                result_t *r)
+/* Creates the table and pushes o->ids known IDs into it. */
+static cqr_table_t *build(const opts_t *o, cqr_kind_t kind,
+                          bench_rng_t *rng, result_t *r)
 {
-    memset(r, 0, sizeof *r);
-    r->kind = cqr_kind_name(kind);
-    r->ids = o->ids;
     cqr_table_config_t cfg;
     cqr_table_config_default(&cfg, kind, o->dim);
     cfg.optim.kind = o->opt;
@@ -147,8 +145,6 @@ static void run(const opts_t *o, cqr_kind_t kind, const char *dir,
     int rc = cqr_table_create(&cfg, &t);
     if (rc)
         die("create", rc);
-    bench_rng_t rng;
-    bench_rng_seed(&rng, 42);
 
     bench_log(PROG, "%s: building %llu known IDs, dim %u, %s", r->kind,
               (unsigned long long)o->ids, o->dim, cqr_optim_name(o->opt));
@@ -158,7 +154,7 @@ static void run(const opts_t *o, cqr_kind_t kind, const char *dir,
     for (uint64_t lo = 0; lo < o->ids; lo += chunk) {
         size_t m = o->ids - lo < chunk ? (size_t)(o->ids - lo) : chunk;
         uint64_t *ids = fill_ids(lo, m);
-        push_ids(t, ids, m, o->dim, &rng);
+        push_ids(t, ids, m, o->dim, rng);
         free(ids);
     }
     r->build_s = bench_now() - t0;
@@ -170,21 +166,19 @@ static void run(const opts_t *o, cqr_kind_t kind, const char *dir,
               r->build_s, (unsigned long long)st.known_ids,
               st.param_bytes / 1e6, st.optim_bytes / 1e6,
               st.index_bytes / 1e6, (r->rss_table - rss0) / 1e6);
+    return t;
+}
 
-    cqr_store_opts_t so;
-    cqr_store_opts_default(&so);
-    so.keep = 2;
-    cqr_store_t *s;
-    char why[512];
-    rc = cqr_store_open(dir, &so, &s, why, sizeof why);
-    if (rc) {
-        bench_log(PROG, "open %s: %s", dir, why);
-        exit(1);
-    }
+/* One complete checkpoint, one after touching a fraction of the known IDs
+ * and, for cqr, one after new IDs (insertion records); then the disk use. */
+static void checkpoints(const opts_t *o, cqr_kind_t kind, cqr_table_t *t,
+                        cqr_store_t *s, bench_rng_t *rng, result_t *r)
+{
     const char *name = r->kind;
     double last = 0;
     uint64_t gen;
-    rc = cqr_store_checkpoint(s, &t, &name, 1, progress, &last, &gen, &r->c1);
+    int rc = cqr_store_checkpoint(s, &t, &name, 1, progress, &last, &gen,
+                                  &r->c1);
     if (rc)
         die("checkpoint 1", rc);
     log_ckpt("checkpoint 1 (complete)", &r->c1);
@@ -193,8 +187,8 @@ static void run(const opts_t *o, cqr_kind_t kind, const char *dir,
     size_t nt = (size_t)(o->ids * o->touch);
     uint64_t *tids = malloc((nt ? nt : 1) * sizeof *tids);
     for (size_t j = 0; j < nt; j++)
-        tids[j] = bench_id(bench_rng_below(&rng, o->ids));
-    push_ids(t, tids, nt, o->dim, &rng);
+        tids[j] = bench_id(bench_rng_below(rng, o->ids));
+    push_ids(t, tids, nt, o->dim, rng);
     rc = cqr_store_checkpoint(s, &t, &name, 1, progress, &last, &gen, &r->c2);
     if (rc)
         die("checkpoint 2", rc);
@@ -203,7 +197,7 @@ static void run(const opts_t *o, cqr_kind_t kind, const char *dir,
     if (kind == CQR_KIND_CQR) {
         /* New IDs change the pointer map (insertion records). */
         uint64_t *nids = fill_ids(o->ids, nt);
-        push_ids(t, nids, nt, o->dim, &rng);
+        push_ids(t, nids, nt, o->dim, rng);
         free(nids);
         rc = cqr_store_checkpoint(s, &t, &name, 1, progress, &last, &gen,
                                   &r->c3);
@@ -214,21 +208,24 @@ static void run(const opts_t *o, cqr_kind_t kind, const char *dir,
     }
     uint64_t segs;
     cqr_store_usage(s, &segs, &r->disk_bytes);
-    uint64_t want;
-    cqr_table_digest(t, &want);
-    cqr_table_destroy(t);
-    cqr_store_close(s);
+}
 
+/* Reopens the store, loads the newest generation and compares digests. */
+static void restore(const char *dir, const cqr_store_opts_t *so,
+                    uint64_t want, result_t *r)
+{
     bench_log(PROG, "%s: restoring", r->kind);
-    t0 = bench_now();
-    rc = cqr_store_open(dir, &so, &s, why, sizeof why);
+    double t0 = bench_now();
+    cqr_store_t *s;
+    char why[512];
+    int rc = cqr_store_open(dir, so, &s, why, sizeof why);
     if (rc) {
         bench_log(PROG, "reopen %s: %s", dir, why);
         exit(1);
     }
     cqr_table_t *u = NULL;
     cqr_store_load_info_t li;
-    last = 0;
+    double last = 0;
     rc = cqr_store_load(s, 0, collect_one, &u, progress, &last, &li);
     if (rc)
         die("load", rc);
@@ -243,6 +240,34 @@ static void run(const opts_t *o, cqr_kind_t kind, const char *dir,
               r->restore_s, li.bytes / 1e6, r->digest_ok ? "equal" : "DIFFERS");
     cqr_table_destroy(u);
     cqr_store_close(s);
+}
+
+static void run(const opts_t *o, cqr_kind_t kind, const char *dir,
+                result_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->kind = cqr_kind_name(kind);
+    r->ids = o->ids;
+    bench_rng_t rng;
+    bench_rng_seed(&rng, 42);
+    cqr_table_t *t = build(o, kind, &rng, r);
+
+    cqr_store_opts_t so;
+    cqr_store_opts_default(&so);
+    so.keep = 2;
+    cqr_store_t *s;
+    char why[512];
+    int rc = cqr_store_open(dir, &so, &s, why, sizeof why);
+    if (rc) {
+        bench_log(PROG, "open %s: %s", dir, why);
+        exit(1);
+    }
+    checkpoints(o, kind, t, s, &rng, r);
+    uint64_t want;
+    cqr_table_digest(t, &want);
+    cqr_table_destroy(t);
+    cqr_store_close(s);
+    restore(dir, &so, want, r);
 }
 
 static void json_ckpt(const char *key, const cqr_store_ckpt_stats_t *c)

@@ -237,7 +237,9 @@ static void simple(Cqrps__V1__Request__OpCase op, const char *table)
 
 /* ---- fuzz_rpc seeds ------------------------------------------------------ */
 
-static void rpc_seeds(void)
+/* fuzz_rpc seeds: a whole training session per kind and a scheduled
+ * cqr table whose pushes start phases. */
+static void rpc_session_seeds(void)
 {
     const char *T = "fuzz_rpc";
     static const struct {
@@ -286,6 +288,13 @@ static void rpc_seeds(void)
     simple(CQRPS__V1__REQUEST__OP_CLUSTER_STATUS, "sched");
     lookup("sched", 64, 0, 0);
     save(T, "session-scheduled");
+}
+
+/* fuzz_rpc seeds: every operation alone, on an empty server. */
+static void rpc_op_seeds(void)
+{
+    const char *T = "fuzz_rpc";
+    char name[64];
 
     /* Every operation alone, on an empty server. */
     static const struct {
@@ -315,6 +324,12 @@ static void rpc_seeds(void)
     create("c", CQRPS__V1__TABLE_KIND__CQR, 32, 4, 64,
            CQRPS__V1__OPTIMIZER__ADAM, 0);
     save(T, "op-create");
+}
+
+/* fuzz_rpc seeds: each authentication mode, right and wrong tokens. */
+static void rpc_auth_seeds(void)
+{
+    const char *T = "fuzz_rpc";
 
     /* Authentication, each mode. */
     begin(FUZZ_AUTH_BOTH);
@@ -360,6 +375,13 @@ static void rpc_seeds(void)
     hello("nope", NULL);
     simple(CQRPS__V1__REQUEST__OP_LIST_TABLES, NULL);
     save(T, "auth-data-rehello");
+}
+
+/* fuzz_rpc seeds: errors, limits and malformed frames. */
+static void rpc_error_seeds(void)
+{
+    const char *T = "fuzz_rpc";
+    char name[64];
 
     /* The errors a server must answer (and keep the connection). */
     begin(FUZZ_AUTH_NONE);
@@ -415,6 +437,14 @@ static void rpc_seeds(void)
     }
     simple(CQRPS__V1__REQUEST__OP_LIST_TABLES, NULL);
     save(T, "empty-body");
+}
+
+static void rpc_seeds(void)
+{
+    rpc_session_seeds();
+    rpc_op_seeds();
+    rpc_auth_seeds();
+    rpc_error_seeds();
 }
 
 /* ---- fuzz_frame seeds ---------------------------------------------------- */

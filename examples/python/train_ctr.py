@@ -48,6 +48,22 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _blas_threads(argv) -> None:
+    """OpenBLAS sizes its thread pool when it loads (with torch): small
+    matrices on a shared machine run best on --threads (default 1)."""
+    n = "1"
+    for i, x in enumerate(argv):
+        if x == "--threads" and i + 1 < len(argv):
+            n = argv[i + 1]
+        elif x.startswith("--threads="):
+            n = x.split("=", 1)[1]
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", n)
+    os.environ.setdefault("OMP_NUM_THREADS", n)
+
+
+_blas_threads(sys.argv[1:])
 sys.path.insert(0, HERE)
 try:
     import cqrps  # noqa: F401

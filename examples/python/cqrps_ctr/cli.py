@@ -65,6 +65,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g.add_argument("--emb-lr", type=float, default=0.0,
                    help="the tables' Adam lr (0: the server's default)")
     g.add_argument("--cluster-frac", type=float, default=0.75)
+    g.add_argument("--bf16", action="store_true",
+                   help="vectors and gradients as bfloat16 on the wire")
     g.add_argument("--init-scale", type=float, default=0.0,
                    help="for experiments: the tables' initial scale (0: "
                         "the server's default, which a user gets)")

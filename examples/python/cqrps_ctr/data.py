@@ -16,7 +16,7 @@ Cache: a parsed data set is stored as one ``.npy`` per array under
 ``<cache dir>/<key>/`` (written to a temporary directory and renamed, so
 readers never see half a cache); the key covers the reader version, the
 format, the options and every input file's path, size and mtime. Workers
-open the arrays memory-mapped, so N workers share one copy.
+open large arrays memory-mapped, so N workers share one copy.
 
 Errors: a malformed row raises :class:`BadData` with the file, the line
 number and what was expected; with ``skip_bad`` such rows are dropped and
@@ -37,6 +37,8 @@ import numpy as np
 
 #: Bump when a reader's output changes, so stale caches are not used.
 READER_VERSION = 3
+#: Cached data sets larger than this are memory-mapped, not read.
+MMAP_BYTES = 256 << 20
 
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
@@ -281,8 +283,13 @@ def load_cache(root: str, key: str) -> Optional[Data]:
     except (OSError, ValueError):
         return None
 
+    # Small sets are read into memory (gathers from a map are slower);
+    # large ones are mapped, so the workers share the page cache.
+    size = sum(e.stat().st_size for e in os.scandir(d))
+    mode = "r" if size > MMAP_BYTES else None
+
     def arr(name: str) -> np.ndarray:
-        return np.load(os.path.join(d, name + ".npy"), mmap_mode="r")
+        return np.load(os.path.join(d, name + ".npy"), mmap_mode=mode)
 
     def part(prefix: str) -> Part:
         dense = arr(f"{prefix}.dense") if meta["ndense"] else None

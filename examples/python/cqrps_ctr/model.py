@@ -10,13 +10,9 @@ vectors concatenated with the vectors; a top MLP ``-> 64 -> 32 -> 1``
 Front-ends turn a :class:`~.data.Batch` into a ``(B, F, d)`` tensor in
 feature order (plain features, then bags):
 
-- :class:`RemoteFeatures`: tables on cqrps. One forward starts the lookup
-  of every table (pipelined on the client's connections) and waits for
-  them; backward starts the push of every table and returns, and the next
-  forward (or :meth:`RemoteFeatures.flush`) waits for those pushes first.
-  So pushes overlap the dense optimizer step and the next batch's
-  preparation, and a lookup never overtakes the push before it. Distinct
-  IDs of a plain feature are looked up and pushed once (gradients summed).
+- :class:`RemoteFeatures`: tables on cqrps, through
+  ``cqrps.torch.RemoteEmbeddingCollection``: one Lookup and one Push
+  request per shard per step for all the tables.
 - :class:`LocalFeatures`: the baseline, ``nn.EmbeddingBag`` tables in this
   process (sparse gradients for SparseAdam, or dense ones for Adam).
 """
@@ -30,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import cqrps
+from cqrps.torch import RemoteEmbeddingCollection
 
 from .data import Batch, Feature
 
@@ -76,85 +73,38 @@ class DenseArch(nn.Module):
 # ---- Remote tables -------------------------------------------------------------
 
 
-class _Remote(torch.autograd.Function):
-    """Forward: one lookup per table, pipelined; backward: pushes."""
-
-    @staticmethod
-    def forward(ctx, anchor: Tensor, batch: Batch,  # type: ignore[override]
-                mod: "RemoteFeatures") -> Tensor:
-        mod.flush()
-        c, dim = mod.client, mod.dim
-        b = len(batch)
-        nplain = len(batch.ids)
-        out = np.empty((b, nplain + len(batch.bags), dim), np.float32)
-        tickets = []
-        uniq: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for j, ids in enumerate(batch.ids):
-            u, inv = np.unique(ids, return_inverse=True)
-            rows = np.empty((len(u), dim), np.float32)
-            tickets.append(c.lookup_start(mod.tables[j], u, rows))
-            uniq.append((u, inv, rows))
-        bag_out = []
-        for k, (vals, offs) in enumerate(batch.bags):
-            rows = np.empty((len(offs), dim), np.float32)
-            tickets.append(c.lookup_pooled_start(
-                mod.tables[nplain + k], vals, offs, "mean", rows))
-            bag_out.append(rows)
-        for t in tickets:
-            t.wait()
-        for j, (_, inv, rows) in enumerate(uniq):
-            out[:, j] = rows[inv]
-        for k, rows in enumerate(bag_out):
-            out[:, nplain + k] = rows
-        ctx.mod = mod
-        ctx.plain = [(u, inv) for u, inv, _ in uniq]
-        ctx.bags = batch.bags
-        return torch.from_numpy(out)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        mod: RemoteFeatures = ctx.mod
-        g = grad.detach().to(torch.float32).contiguous()
-        nplain = len(ctx.plain)
-        for j, (u, inv) in enumerate(ctx.plain):
-            acc = torch.zeros(len(u), mod.dim, dtype=torch.float32)
-            acc.index_add_(0, torch.from_numpy(inv.astype(np.int64)), g[:, j])
-            mod.pending.append(mod.client.push_start(
-                mod.tables[j], u, acc.numpy()))
-        for k, (vals, offs) in enumerate(ctx.bags):
-            mod.pending.append(mod.client.push_pooled_start(
-                mod.tables[nplain + k], vals, offs,
-                np.ascontiguousarray(g[:, nplain + k].numpy()), "mean"))
-        return None, None, None
-
-
 class RemoteFeatures(nn.Module):
-    """Every feature's table on cqrps (``tables`` in feature order: plain
-    features, then bags). Holds no parameters; see the module docs."""
+    """Every feature's table on cqrps, through one
+    :class:`cqrps.torch.RemoteEmbeddingCollection` (``tables`` in feature
+    order: plain features, then bags, mean pooled on the server).
 
-    def __init__(self, client: cqrps.Client, tables: Sequence[str],
-                 dim: int) -> None:
+    A step is one Lookup request per shard in forward and one Push request
+    per shard in backward, for all the tables together; repeated IDs of a
+    plain feature are looked up and pushed once (the client de-duplicates
+    them). ``bf16``: vectors and gradients as bfloat16 on the wire.
+    """
+
+    def __init__(self, client: cqrps.Client, features: Sequence[Feature],
+                 tables: Sequence[str], bf16: bool = False) -> None:
         super().__init__()
-        self.client = client
-        self.tables = list(tables)
-        self.dim = dim
-        self.pending: List[cqrps.Ticket] = []
-        self._anchor = torch.zeros(0, requires_grad=True)
-
-    def flush(self) -> None:
-        """Waits for the pushes in flight (raises their first error)."""
-        pending, self.pending = self.pending, []
-        err: Optional[BaseException] = None
-        for t in pending:
-            try:
-                t.wait()
-            except cqrps.Error as e:  # wait for all, then raise the first
-                err = err or e
-        if err is not None:
-            raise err
+        spec: Dict[str, object] = {
+            f.name: (t, "mean") if f.bag else t
+            for f, t in zip(features, tables)}
+        self.coll = RemoteEmbeddingCollection(client, spec, bf16=bf16)
+        self.plain = [f.name for f in features if not f.bag]
+        self.bags = [f.name for f in features if f.bag]
 
     def forward(self, batch: Batch) -> Tensor:
-        return _Remote.apply(self._anchor, batch, self)
+        inp: Dict[str, object] = {}
+        for name, ids in zip(self.plain, batch.ids):
+            inp[name] = torch.from_numpy(ids.view(np.int64))
+        for name, (vals, offs) in zip(self.bags, batch.bags):
+            o = np.empty(len(offs) + 1, dtype=np.int64)
+            o[:-1] = offs
+            o[-1] = len(vals)
+            inp[name] = (torch.from_numpy(vals.view(np.int64)), o)
+        out = self.coll(inp)
+        return torch.stack([out[n] for n in self.plain + self.bags], dim=1)
 
 
 # ---- Local tables (the baseline) -------------------------------------------------

@@ -228,8 +228,8 @@ class Worker:
             if self.rank == 0:
                 create_tables(self.client, self.plan, a, resume)
             self.barrier()
-            self.emb = RemoteFeatures(self.client,
-                                      [t.name for t in self.plan], a.dim)
+            self.emb = RemoteFeatures(self.client, self.data.features,
+                                      [t.name for t in self.plan], a.bf16)
         self.model: torch.nn.Module = self.dense
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.dense)
@@ -255,6 +255,13 @@ class Worker:
             self.emb.load_state_dict(ck["emb"])
             self.opt_sparse.load_state_dict(ck["opt_sparse"])
         self.state = State(**ck["state"])
+        if isinstance(self.emb, RemoteFeatures) and ck.get("remote"):
+            # The tables' own entry (address, configs, generation): a
+            # mismatch is worth a note, not a stop (a server restored on
+            # another port holds the same tables).
+            res = self.emb.load_state_dict(ck["remote"], strict=False)
+            for k in res.unexpected_keys:
+                self.say(f"note: resume: {k}")
         gen = self.state.generation
         self.say(f"resume epoch={self.state.epoch} generation="
                  f"{gen if gen is not None else 'none'} from {self.ckpt}")
@@ -277,6 +284,8 @@ class Worker:
         ck = {"tables": [t.name for t in self.plan],
               "dense": self.dense.state_dict(), "opt": self.opt.state_dict(),
               "emb": self.emb.state_dict() if self.opt_sparse else None,
+              "remote": self.emb.state_dict()
+              if isinstance(self.emb, RemoteFeatures) else None,
               "opt_sparse": self.opt_sparse.state_dict()
               if self.opt_sparse else None,
               "state": self.state.__dict__}
@@ -340,8 +349,6 @@ class Worker:
                 print(f"progress epoch={epoch + 1} step={s + 1}/{len(steps)}"
                       f" examples_per_s={rate:.0f} eta_s={left:.0f}",
                       file=sys.stderr, flush=True)
-        if isinstance(self.emb, RemoteFeatures):
-            self.emb.flush()
         return total, seen, time.monotonic() - t0, len(steps)
 
     def validate(self) -> Tuple[float, float]:

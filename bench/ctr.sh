@@ -21,8 +21,9 @@
 #           batch 1024 and 4096 and of the same model with local
 #           nn.EmbeddingBag tables (sparse gradients, SparseAdam) in one
 #           process, ROUNDS (3) interleaved rounds, medians; requests per
-#           step from the server's counters with 1 and 2 shards; the same
-#           on synthetic-ctr (26 features, 1e6 IDs) at batch 4096.
+#           step from the server's counters with 1 and 2 shards; bfloat16
+#           on the wire on and off; the same on synthetic-ctr (26 features,
+#           1e6 IDs) at batch 4096.
 # scale     two shards, synthetic-ctr with about 1e7 distinct IDs (2.8e6
 #           rows, 4e7-ID vocabulary, Zipf 0.5), cqr at P=1024, one epoch at
 #           batch 4096: examples/s, the servers' memory, bytes per known ID.
@@ -245,12 +246,14 @@ if want speed; then
         for w in 1 2 4; do
           speed_run "ml-cqr-w$w-b$b" --addr "$A" "${ML[@]}" --kind cqr --ppd 256 --workers "$w" --batch "$b" --max-steps "$steps"
         done
+        speed_run "ml-cqr-w1-b$b-bf16" --addr "$A" "${ML[@]}" --kind cqr --ppd 256 --batch "$b" --max-steps "$steps" --bf16
         speed_run "ml-full-w1-b$b" --addr "$A" "${ML[@]}" --kind full --ppd 256 --batch "$b" --max-steps "$steps"
         speed_run "ml-cqr-2shards-b$b" --addr "$A,$B" "${ML[@]}" --kind cqr --ppd 256 --batch "$b" --max-steps "$steps"
       done
     fi
     speed_run "synth-local-b4096" "${SY[@]}" --kind full --ppd 1024 --local sparse_adam --batch 4096 --max-steps "$sy_steps"
     speed_run "synth-cqr-w1-b4096" --addr "$A" "${SY[@]}" --kind cqr --ppd 1024 --batch 4096 --max-steps "$sy_steps"
+    speed_run "synth-cqr-w1-b4096-bf16" --addr "$A" "${SY[@]}" --kind cqr --ppd 1024 --batch 4096 --max-steps "$sy_steps" --bf16
     speed_run "synth-full-w1-b4096" --addr "$A" "${SY[@]}" --kind full --ppd 1024 --batch 4096 --max-steps "$sy_steps"
     speed_run "synth-cqr-2shards-b4096" --addr "$A,$B" "${SY[@]}" --kind cqr --ppd 1024 --batch 4096 --max-steps "$sy_steps"
   done

@@ -11,18 +11,16 @@ import time
 import traceback
 from typing import Any, List, Optional, Tuple
 
-import numpy as np
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+import multiprocessing as mp
 
 import cqrps
 
-from .data import BadData, Data, default_cache_dir
+from . import PROG, RunError
+from .data import BadData, default_cache_dir
 from .readers import FORMATS, load
-from .synth import synthetic
-from .train import (PROG, TSV_HEADER, RunError, Worker, init_dist,
-                    memory_report, run_dir_meta)
+
+# torch and the training loop load in the workers only (.train): a parent
+# that only starts workers stays light.
 
 #: Exit status of a worker whose error another worker caused.
 SECONDARY = 3
@@ -125,100 +123,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return a
 
 
-def load_data(a: argparse.Namespace, verbose: bool) -> Data:
-    t0 = time.monotonic()
-    if a.format == "synthetic-ctr":
-        d = synthetic(a.rows, a.vocab, a.data_seed, a.zipf)
-        how = "generated on the fly"
-    else:
-        d, cached = load(a.format, a.data, a.valid, a.skip_bad,
-                         None if a.no_cache else a.cache_dir)
-        how = "from the cache" if cached else "read"
-    if verbose:
-        tr, va = d.train, d.valid
-        pos = ""
-        if hasattr(tr, "label"):
-            pos = (f" train_pos={float(np.mean(tr.label)):.4f} "
-                   f"valid_pos={float(np.mean(va.label)):.4f}")
-        print(f"data {d.name} train={len(tr)} valid={len(va)}{pos} "
-              f"dense={d.ndense} bad_rows={d.bad_rows} ({how} in "
-              f"{time.monotonic() - t0:.2f} s; split: "
-              f"{d.notes.get('split', '')})", flush=True)
-        print("features " + " ".join(
-            f"{f.name}={f.vocab}{'(bag)' if f.bag else ''}"
-            for f in d.features), flush=True)
-    return d
-
-
-def run_rank(a: argparse.Namespace, rank: int, world: int,
-             prefix: str) -> int:
-    """One worker from start to end; raises on failure."""
-    torch.set_num_threads(max(1, a.threads))
-    if world > 1:
-        init_dist(rank, world, a.dist_timeout)
-    if rank == 0 and a.run_dir:
-        prefix = run_dir_meta(a, prefix)
-    if world > 1:
-        box = [prefix]
-        dist.broadcast_object_list(box, src=0)
-        prefix = str(box[0])
-        if rank != 0:
-            dist.barrier()  # rank 0 fills the cache first
-    data = load_data(a, verbose=rank == 0 and not a.quiet)
-    if world > 1 and rank == 0:
-        dist.barrier()
-    w = Worker(a, data, rank, world, prefix)
-    ok = False
-    try:
-        if not a.local:
-            w.connect()
-        resume = bool(a.resume and w.ckpt and os.path.exists(w.ckpt))
-        w.build(resume)
-        if resume:
-            w.load_checkpoint()
-        if rank == 0 and not a.quiet:
-            kinds = " ".join(f"{t.feature.name}={t.kind}"
-                             + (f"/{t.rows}" if t.rows else "")
-                             for t in w.plan)
-            print(f"tables prefix={prefix} workers={world} batch={a.batch} "
-                  f"{'local=' + a.local if a.local else 'addr=' + a.addr} "
-                  f"{kinds}", flush=True)
-        tsv = None
-        if rank == 0 and a.tsv:
-            new = not os.path.exists(a.tsv) or os.path.getsize(a.tsv) == 0
-            tsv = open(a.tsv, "a")
-            if new:
-                tsv.write(TSV_HEADER)
-        try:
-            st = w.run(tsv)
-        finally:
-            if tsv:
-                tsv.close()
-        if rank == 0:
-            if w.client is not None:
-                memory_report(w.client, w.plan, a.dim, sys.stdout)
-            st.done = True
-            w.save_checkpoint()
-            print(f"best_auc={st.best_auc:.6f} best_logloss="
-                  f"{st.best_ll:.6f}", flush=True)
-        ok = True
-    finally:
-        drop = w.client is not None and rank == 0 and not a.keep and \
-            (ok or not a.run_dir)
-        if world > 1 and ok:
-            dist.barrier()
-        if drop:
-            assert w.client is not None
-            for t in w.plan:
-                try:
-                    w.client.drop_table(t.name)
-                except cqrps.Error:
-                    pass
-        if w.client is not None:
-            w.client.close()
-    return 0
-
-
 def describe_error(a: argparse.Namespace, e: BaseException
                    ) -> Tuple[int, str]:
     """(level, one-line message): level 0 a cause, 1 a consequence of
@@ -252,6 +156,7 @@ def spawned(rank: int, world: int, a: argparse.Namespace, prefix: str,
             errq: Any) -> None:
     """Entry of a worker process started by --workers."""
     try:
+        from .train import run_rank
         run_rank(a, rank, world, prefix)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -346,6 +251,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return 2
             a.workers = env_world
             rank = int(os.environ["RANK"])
+            from .train import run_rank
             if env_world == 1:
                 return run_rank(a, 0, 1, prefix)
             try:
@@ -356,8 +262,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return SECONDARY if level == 1 else 1
         if a.workers > 1:
             if not a.no_cache and a.format != "synthetic-ctr":
-                load_data(a, verbose=False)  # fill the cache once
+                load(a.format, a.data, a.valid, a.skip_bad,
+                     a.cache_dir)  # fill the cache once, for every worker
             return spawn_workers(a, prefix)
+        from .train import run_rank
         return run_rank(a, 0, 1, prefix)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -44,15 +44,11 @@ import torch.nn.functional as F
 import cqrps
 from cqrps.torch import cluster_tables
 
+from . import PROG, RunError
 from .data import Data, Feature
 from .model import DenseArch, LocalFeatures, RemoteFeatures, feature_vocabs
-
-PROG = "train_ctr.py"
-
-
-class RunError(Exception):
-    """A failure to report in one line (no traceback)."""
-
+from .readers import load
+from .synth import synthetic
 
 # ---- Metrics -------------------------------------------------------------------
 
@@ -488,3 +484,100 @@ def run_dir_meta(a: Any, prefix: str) -> str:
         json.dump({"ident": ident, "prefix": prefix}, f)
     os.replace(path + ".tmp", path)
     return prefix
+
+
+# ---- A worker from start to end ----------------------------------------------
+
+
+def load_data(a: Any, verbose: bool) -> Data:
+    t0 = time.monotonic()
+    if a.format == "synthetic-ctr":
+        d = synthetic(a.rows, a.vocab, a.data_seed, a.zipf)
+        how = "generated on the fly"
+    else:
+        d, cached = load(a.format, a.data, a.valid, a.skip_bad,
+                         None if a.no_cache else a.cache_dir)
+        how = "from the cache" if cached else "read"
+    if verbose:
+        tr, va = d.train, d.valid
+        pos = ""
+        if hasattr(tr, "label"):
+            pos = (f" train_pos={float(np.mean(tr.label)):.4f} "
+                   f"valid_pos={float(np.mean(va.label)):.4f}")
+        print(f"data {d.name} train={len(tr)} valid={len(va)}{pos} "
+              f"dense={d.ndense} bad_rows={d.bad_rows} ({how} in "
+              f"{time.monotonic() - t0:.2f} s; split: "
+              f"{d.notes.get('split', '')})", flush=True)
+        print("features " + " ".join(
+            f"{f.name}={f.vocab}{'(bag)' if f.bag else ''}"
+            for f in d.features), flush=True)
+    return d
+
+
+def run_rank(a: Any, rank: int, world: int,
+             prefix: str) -> int:
+    """One worker from start to end; raises on failure."""
+    torch.set_num_threads(max(1, a.threads))
+    if world > 1:
+        init_dist(rank, world, a.dist_timeout)
+    if rank == 0 and a.run_dir:
+        prefix = run_dir_meta(a, prefix)
+    if world > 1:
+        box = [prefix]
+        dist.broadcast_object_list(box, src=0)
+        prefix = str(box[0])
+        if rank != 0:
+            dist.barrier()  # rank 0 fills the cache first
+    data = load_data(a, verbose=rank == 0 and not a.quiet)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    w = Worker(a, data, rank, world, prefix)
+    ok = False
+    try:
+        if not a.local:
+            w.connect()
+        resume = bool(a.resume and w.ckpt and os.path.exists(w.ckpt))
+        w.build(resume)
+        if resume:
+            w.load_checkpoint()
+        if rank == 0 and not a.quiet:
+            kinds = " ".join(f"{t.feature.name}={t.kind}"
+                             + (f"/{t.rows}" if t.rows else "")
+                             for t in w.plan)
+            print(f"tables prefix={prefix} workers={world} batch={a.batch} "
+                  f"{'local=' + a.local if a.local else 'addr=' + a.addr} "
+                  f"{kinds}", flush=True)
+        tsv = None
+        if rank == 0 and a.tsv:
+            new = not os.path.exists(a.tsv) or os.path.getsize(a.tsv) == 0
+            tsv = open(a.tsv, "a")
+            if new:
+                tsv.write(TSV_HEADER)
+        try:
+            st = w.run(tsv)
+        finally:
+            if tsv:
+                tsv.close()
+        if rank == 0:
+            if w.client is not None:
+                memory_report(w.client, w.plan, a.dim, sys.stdout)
+            st.done = True
+            w.save_checkpoint()
+            print(f"best_auc={st.best_auc:.6f} best_logloss="
+                  f"{st.best_ll:.6f}", flush=True)
+        ok = True
+    finally:
+        drop = w.client is not None and rank == 0 and not a.keep and \
+            (ok or not a.run_dir)
+        if world > 1 and ok:
+            dist.barrier()
+        if drop:
+            assert w.client is not None
+            for t in w.plan:
+                try:
+                    w.client.drop_table(t.name)
+                except cqrps.Error:
+                    pass
+        if w.client is not None:
+            w.client.close()
+    return 0

@@ -349,6 +349,42 @@ int cqrps_describe_table(cqrps_client_t *c, const char *name,
     return rc;
 }
 
+int cqrps_update_optimizer(cqrps_client_t *c, const char *table,
+                           const cqrps_optimizer_update_t *u,
+                           cqrps_table_info_t *info)
+{
+    const unsigned all = CQRPS_OPT_LR | CQRPS_OPT_BETA1 | CQRPS_OPT_BETA2 |
+                         CQRPS_OPT_EPS | CQRPS_OPT_WEIGHT_DECAY;
+    if (!c || !u)
+        return CQRPS_EINVAL;
+    int rc = cq_check_name(c, table);
+    if (rc < 0)
+        return rc;
+    if (u->set & ~all)
+        return cq_fail(&c->net, CQRPS_EINVAL, "unknown bits 0x%x in set",
+                       u->set & ~all);
+    /* The bits are the wire's (UpdateOptimizer.set). */
+    Cqrps__V1__OptimizerConfig vals = CQRPS__V1__OPTIMIZER_CONFIG__INIT;
+    vals.lr = u->lr;
+    vals.beta1 = u->beta1;
+    vals.beta2 = u->beta2;
+    vals.eps = u->eps;
+    vals.weight_decay = u->weight_decay;
+    Cqrps__V1__UpdateOptimizer msg = CQRPS__V1__UPDATE_OPTIMIZER__INIT;
+    msg.table = (char *)table;
+    msg.optimizer = &vals;
+    msg.set = u->set;
+    req_t req = request(CQRPS__V1__REQUEST__OP_UPDATE_OPTIMIZER);
+    req.update_optimizer = &msg;
+    cq_op_t *op;
+    /* Setting values twice is harmless: retried after a lost connection. */
+    rc = cq_rpc(c, &req, CQ_RPC_ALL | CQ_RPC_RETRY, table, &op);
+    if (rc == 0)
+        rc = table_replies(c, op, table, info);
+    cq_op_free(op);
+    return rc;
+}
+
 int cqrps_table_dim(cqrps_client_t *c, const char *name, uint32_t *dim)
 {
     if (!c || !dim)

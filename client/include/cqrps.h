@@ -301,6 +301,36 @@ CQRPS_API int cqrps_describe_table(cqrps_client_t *c, const char *name,
 CQRPS_API int cqrps_table_dim(cqrps_client_t *c, const char *name,
                               uint32_t *dim);
 
+/* Which hyperparameters a cqrps_optimizer_update_t changes. */
+#define CQRPS_OPT_LR 1u
+#define CQRPS_OPT_BETA1 2u
+#define CQRPS_OPT_BETA2 4u
+#define CQRPS_OPT_EPS 8u
+#define CQRPS_OPT_WEIGHT_DECAY 16u
+
+/* New values for some of a table's optimizer hyperparameters; the
+ * optimizer's kind and its state (moments, step counts) stay. */
+typedef struct cqrps_optimizer_update {
+    unsigned set;        /* CQRPS_OPT_* bits of the fields to change */
+    float lr;            /* > 0 */
+    float beta1;         /* [0, 1) */
+    float beta2;         /* [0, 1) */
+    float eps;           /* > 0 */
+    float weight_decay;  /* >= 0 */
+} cqrps_optimizer_update_t;
+
+/* Changes the hyperparameters of a table's optimizer while it trains
+ * (an LR schedule): pushes applied after the reply use them. Any client
+ * may call it (it is a trainer's operation, not an admin one). The new
+ * values are part of the table's config: describe shows them and
+ * checkpoints keep them. *info (if non-NULL) receives the table as
+ * described afterwards. CQRPS_EINVAL for a value out of range (nothing
+ * changes), CQRPS_ENOTFOUND. Sharded: every shard (a failure on one
+ * may leave others changed; the call can simply be repeated). */
+CQRPS_API int cqrps_update_optimizer(cqrps_client_t *c, const char *table,
+                                     const cqrps_optimizer_update_t *u,
+                                     cqrps_table_info_t *info);
+
 /* ---- Lookups and pushes ------------------------------------------------ */
 
 /* Writes n x dim floats to out: the embeddings of ids[0..n). n == 0 is a
@@ -362,6 +392,62 @@ CQRPS_API int cqrps_push_pooled_start(cqrps_client_t *c, const char *table,
 /* Waits for every reply of the ticket and returns its result (the first
  * error of its sub-batches). CQRPS_EINVAL for an unknown ticket. */
 CQRPS_API int cqrps_wait(cqrps_client_t *c, cqrps_ticket_t ticket);
+
+/* ---- Several tables in one request -------------------------------------
+ * A trainer with many sparse features looks up (and pushes) every table
+ * of a step at once: one Lookup and one Push request per shard carry a
+ * part per table, answered in one reply in part order. Each part is plain
+ * (one row per ID) or pooled (bags, as cqrps_lookup_pooled), with its own
+ * table and dim. The results equal those of one single-table call per
+ * part, in part order, bit for bit (also when a table appears in several
+ * parts: its parts are applied one after the other).
+ *
+ * A request the server refuses is refused whole: the message names the
+ * part ("part 2: no such table 'x'") and a refused push applies nothing
+ * of any part. What is not atomic: a call larger than one request
+ * (max_batch IDs per part, the server's part and frame limits) is sent
+ * as several requests, and a sharded call sends one request per shard;
+ * each request is applied or refused on its own (as for cqrps_push). */
+
+/* One table's share of a multi-table call. */
+typedef struct cqrps_part {
+    const char *table;        /* table name */
+    const uint64_t *ids;      /* n IDs */
+    size_t n;
+    const uint32_t *offsets;  /* NULL: a plain part (n rows); else a
+                                 pooled part: nbags bag starts, with the
+                                 rules of cqrps_lookup_pooled */
+    size_t nbags;             /* pooled: bags */
+    cqrps_pooling_t pooling;  /* pooled: how a bag pools */
+    float *out;               /* lookup: n (plain) or nbags (pooled) x dim
+                                 floats, dim being the part's table's */
+    const float *grads;       /* push: n or nbags x dim floats */
+} cqrps_part_t;
+
+/* Flags of the multi-table calls. */
+#define CQRPS_BF16 1u /* vectors (lookup) or gradients (push) travel as
+                         bfloat16: half the bytes; the server rounds its
+                         vectors to nearest-even, the client its
+                         gradients; the caller's arrays stay float32 */
+
+/* Looks up every part (`out` of each) / pushes every part (`grads`).
+ * nparts == 0 is a no-op. Unknown flags: CQRPS_EINVAL. */
+CQRPS_API int cqrps_lookup_multi(cqrps_client_t *c, const cqrps_part_t *parts,
+                                 size_t nparts, unsigned flags);
+CQRPS_API int cqrps_push_multi(cqrps_client_t *c, const cqrps_part_t *parts,
+                               size_t nparts, unsigned flags);
+
+/* Asynchronous variants (the *_start rules above: the parts array, IDs,
+ * offsets and gradients may be reused when the call returns; every part's
+ * `out` must stay valid until cqrps_wait returns). */
+CQRPS_API int cqrps_lookup_multi_start(cqrps_client_t *c,
+                                       const cqrps_part_t *parts,
+                                       size_t nparts, unsigned flags,
+                                       cqrps_ticket_t *ticket);
+CQRPS_API int cqrps_push_multi_start(cqrps_client_t *c,
+                                     const cqrps_part_t *parts,
+                                     size_t nparts, unsigned flags,
+                                     cqrps_ticket_t *ticket);
 
 /* ---- De-duplicating a batch (no client, thread-safe) -------------------
  * A trainer looks each distinct ID of a batch up once, hands every

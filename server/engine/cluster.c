@@ -45,6 +45,8 @@ struct cqr_phase {
     atomic_int cancel;       /* raised by cqr_phase_cancel (any thread) */
     double t_begin;          /* cqr_now() at begin */
     cqr_phase_result_t res;  /* figures so far */
+    cqr_optim_config_t optim; /* the optimizer config of the replay
+                                 running now */
 };
 
 int cqr_phase_begin(cqr_table_t *t, cqr_phase_t **out)
@@ -156,11 +158,13 @@ static int replay_push(void *ud, const uint64_t *ids, const float *grads,
                         nearest(ph->next->cb[i].param, t->k, t->w, x));
         }
     }
-    cqr_cb_apply(t, ph->next, ids, grads, n);
+    cqr_cb_apply(t, ph->next, &ph->optim, ids, grads, n);
     return 0;
 }
 
-/* Replays what the log holds now. */
+/* Replays what the log holds now with ph->optim, which the caller sets
+ * to the optimizer config in force (an update may change it while the
+ * phase runs). */
 static int replay(cqr_phase_t *ph)
 {
     return cqr_pushlog_replay(ph->log, replay_push, ph,
@@ -457,6 +461,7 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
     /* Replay what was pushed meanwhile, so the commit's pause covers only
      * the pushes that arrive from now on. */
     report(&r.pc, "replay", 0, 1.0, ph->res.inertia);
+    cqr_table_optim(ph->t, &ph->optim);
     rc = atomic_load(&ph->cancel) ? CQR_ECANCELED : replay(ph);
     if (rc == 0)
         ph->ran = 1;
@@ -469,7 +474,9 @@ out:
  * cqr_phase_finish_cb): the pushes logged since the run's replay. */
 static int commit_finish(void *ud)
 {
-    return replay(ud);
+    cqr_phase_t *ph = ud;
+    ph->optim = ph->t->cfg.optim; /* exclusive lock held */
+    return replay(ph);
 }
 
 int cqr_phase_commit(cqr_phase_t *ph)

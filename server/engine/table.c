@@ -7,6 +7,7 @@
 
 #include <assert.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -193,6 +194,43 @@ void cqr_table_destroy(cqr_table_t *t)
 const cqr_table_config_t *cqr_table_config(const cqr_table_t *t)
 {
     return &t->cfg;
+}
+
+void cqr_table_optim(cqr_table_t *t, cqr_optim_config_t *out)
+{
+    pthread_rwlock_rdlock(&t->lock);
+    *out = t->cfg.optim;
+    pthread_rwlock_unlock(&t->lock);
+}
+
+int cqr_table_update_optim(cqr_table_t *t, const cqr_optim_config_t *next,
+                           char *why, size_t whylen)
+{
+    if (!t || !next)
+        return CQR_EINVAL;
+    if (next->kind != t->cfg.optim.kind) {
+        if (why && whylen)
+            snprintf(why, whylen, "the optimizer is %s; its kind cannot "
+                     "change", cqr_optim_name(t->cfg.optim.kind));
+        return CQR_EINVAL;
+    }
+    cqr_table_config_t cfg = t->cfg; /* only optim is ever written */
+    cfg.optim = *next;
+    int rc = cqr_table_config_check(&cfg, why, whylen);
+    if (rc)
+        return rc;
+    /* Pushes step rows with t->cfg.optim under the shared lock (so does
+     * a phase's replay), exports copy it under the shared lock, the
+     * digest under the exclusive one: the exclusive lock makes the
+     * change one step between two pushes. */
+    pthread_rwlock_wrlock(&t->lock);
+    t->cfg.optim.lr = next->lr; /* not the kind, read without the lock */
+    t->cfg.optim.beta1 = next->beta1;
+    t->cfg.optim.beta2 = next->beta2;
+    t->cfg.optim.eps = next->eps;
+    t->cfg.optim.weight_decay = next->weight_decay;
+    pthread_rwlock_unlock(&t->lock);
+    return 0;
 }
 
 void cqr_table_set_par(cqr_table_t *t, struct cqr_par *par)

@@ -155,8 +155,24 @@ int cqr_optim_parse(const char *name, cqr_optim_kind_t *out);
 int cqr_table_create(const cqr_table_config_t *cfg, cqr_table_t **out);
 void cqr_table_destroy(cqr_table_t *t);
 
-/* The table's config (immutable for the table's life). */
+/* The table's config. Every field is immutable for the table's life but
+ * the optimizer's hyperparameters (cqr_table_update_optim): read those
+ * through cqr_table_optim. */
 const cqr_table_config_t *cqr_table_config(const cqr_table_t *t);
+
+/* The optimizer config in force now (a consistent copy). */
+void cqr_table_optim(cqr_table_t *t, cqr_optim_config_t *out);
+
+/* Replaces the optimizer's hyperparameters (lr, betas, eps, weight
+ * decay) with next's; the kind must stay (CQR_EINVAL otherwise) and the
+ * values must pass cqr_table_config_check (CQR_EINVAL, a one-line reason
+ * in why). The optimizer state (moments, step counts) is kept. Pushes
+ * that return after this call returns use the new values, pushes that
+ * returned before it used the old ones (none uses a mix); a running
+ * phase replays the pushes it logged with the values in force at the
+ * replay. Exports and the digest include the new values. */
+int cqr_table_update_optim(cqr_table_t *t, const cqr_optim_config_t *next,
+                           char *why, size_t whylen);
 
 /* Writes n x dim floats to out. Never allocates per ID and never grows the
  * table. */

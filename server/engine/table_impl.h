@@ -61,7 +61,9 @@ typedef struct cqr_cbstate {
 #define CQR_CB_PAGE (1u << CQR_CB_PAGE_SHIFT)
 
 struct cqr_table {
-    cqr_table_config_t cfg; /* immutable */
+    cqr_table_config_t cfg; /* immutable, but for the optimizer's
+                               hyperparameters: written under the
+                               exclusive lock, read under the lock */
     uint32_t c;             /* chunks (1 for full and hash) */
     uint32_t w;             /* floats per chunk: dim / c */
     uint32_t k;             /* rows per codebook (0 for full) */
@@ -186,11 +188,13 @@ void cqr_cbstate_free(const cqr_table_t *t, cqr_cbstate_t *st);
 
 /* ---- table_push.c ---- */
 
-/* Applies a push to state st (codebook kinds): gradients of the same
- * codebook row summed, then one step per row. The IDs' pointers are read
- * from st->ids (hashed if absent). Caller guarantees st is not freed
- * meanwhile (shared table lock, or st is private). */
-void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
+/* Applies a push to state st (codebook kinds) with optimizer config o:
+ * gradients of the same codebook row summed, then one step per row. The
+ * IDs' pointers are read from st->ids (hashed if absent). Caller
+ * guarantees st is not freed meanwhile (shared table lock, or st is
+ * private). */
+void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st,
+                  const cqr_optim_config_t *o, const uint64_t *ids,
                   const float *grads, size_t n);
 
 /* Monotonic seconds (table.c). */

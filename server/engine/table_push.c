@@ -178,6 +178,7 @@ static size_t cb_resolve_range(const cqr_table_t *t, const cqr_cbstate_t *st,
  * them per row in `a` (set up for those chunks, empty), steps each row
  * once, marks them, and empties a's dense index again. */
 static void cb_apply_chunks(cqr_table_t *t, cqr_cbstate_t *st,
+                            const cqr_optim_config_t *o,
                             const uint32_t *ptrs, const float *grads,
                             size_t n, uint32_t c0, uint32_t c1, agg_t *a)
 {
@@ -199,7 +200,7 @@ static void cb_apply_chunks(cqr_table_t *t, cqr_cbstate_t *st,
     for (size_t u = 0; u < a->nu; u++) {
         uint32_t blk = (uint32_t)(a->ukeys[u] >> 32);
         uint32_t row = (uint32_t)a->ukeys[u];
-        cqr_rows_step(&st->cb[blk], row, a->acc + u * a->w, &t->cfg.optim);
+        cqr_rows_step(&st->cb[blk], row, a->acc + u * a->w, o);
         cqr_mark(&t->cbmark[(size_t)blk * t->k + row], e);
         cqr_mark(&t->cbpage[(size_t)blk * t->cbpages +
                             (row >> CQR_CB_PAGE_SHIFT)], e);
@@ -210,6 +211,7 @@ static void cb_apply_chunks(cqr_table_t *t, cqr_cbstate_t *st,
 typedef struct cb_job {
     cqr_table_t *t;
     cqr_cbstate_t *st;
+    const cqr_optim_config_t *o;
     const float *grads;
     size_t n;
     uint32_t *ptrs;
@@ -231,7 +233,7 @@ static void cb_apply_part(void *arg, unsigned i)
     a.ukeys += off;
     a.acc += off * a.w;
     a.nu = 0;
-    cb_apply_chunks(j->t, j->st, j->ptrs, j->grads, j->n, c0, c1, &a);
+    cb_apply_chunks(j->t, j->st, j->o, j->ptrs, j->grads, j->n, c0, c1, &a);
 }
 
 /* This thread's room for a push's rows per ID: every codebook's row of
@@ -248,7 +250,8 @@ static size_t resolve_rows(cqr_table_t *t, const cqr_cbstate_t *st,
 
 /* The apply pass over resolved rows. */
 static void cb_apply_resolved(cqr_table_t *t, cqr_cbstate_t *st,
-                              uint32_t *ptrs, const float *grads, size_t n)
+                              const cqr_optim_config_t *o, uint32_t *ptrs,
+                              const float *grads, size_t n)
 {
     agg_t a;
     int rc = agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
@@ -256,21 +259,23 @@ static void cb_apply_resolved(cqr_table_t *t, cqr_cbstate_t *st,
     (void)rc;
     unsigned helpers = cqr_par_helpers(t->par);
     if (helpers && n >= CQR_PAR_MIN && t->c >= 2 && a.didx) {
-        cb_job_t j = {.t = t, .st = st, .grads = grads, .n = n, .ptrs = ptrs,
+        cb_job_t j = {.t = t, .st = st, .o = o, .grads = grads, .n = n,
+                      .ptrs = ptrs,
                       .base = &a,
                       .parts = helpers + 1 < t->c ? helpers + 1 : t->c};
         cqr_par_run(t->par, j.parts, cb_apply_part, &j);
     } else
-        cb_apply_chunks(t, st, ptrs, grads, n, 0, t->c, &a);
+        cb_apply_chunks(t, st, o, ptrs, grads, n, 0, t->c, &a);
 }
 
-void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st, const uint64_t *ids,
+void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st,
+                  const cqr_optim_config_t *o, const uint64_t *ids,
                   const float *grads, size_t n)
 {
     uint32_t *ptrs = id_rows(t, n);
     assert(ptrs && "out of memory for push scratch");
     resolve_rows(t, st, ids, n, ptrs);
-    cb_apply_resolved(t, st, ptrs, grads, n);
+    cb_apply_resolved(t, st, o, ptrs, grads, n);
 }
 
 /* Steps the summed rows [u0, u1) of a full push. */
@@ -452,7 +457,7 @@ static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
     if (full)
         full_apply_rows(t, rows, grads, n);
     else
-        cb_apply_resolved(t, t->st, rows, grads, n);
+        cb_apply_resolved(t, t->st, &t->cfg.optim, rows, grads, n);
     pthread_rwlock_unlock(&t->lock);
     __atomic_fetch_add(&t->n_pushes, n, __ATOMIC_RELAXED);
     __atomic_fetch_add(&t->n_examples, examples, __ATOMIC_RELAXED);

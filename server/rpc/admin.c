@@ -23,14 +23,16 @@ static void fill_info(cqr_info_block_t *b, const cqr_entry_t *e)
     const cqr_table_config_t *tc = cqr_table_config(e->table);
     cqr_table_stats_t st;
     cqr_table_stats(e->table, &st);
+    cqr_optim_config_t o; /* may change at run time: read it whole */
+    cqr_table_optim(e->table, &o);
 
     cqrps__v1__optimizer_config__init(&b->opt);
-    b->opt.kind = (Cqrps__V1__Optimizer)tc->optim.kind;
-    b->opt.lr = tc->optim.lr;
-    b->opt.beta1 = tc->optim.beta1;
-    b->opt.beta2 = tc->optim.beta2;
-    b->opt.eps = tc->optim.eps;
-    b->opt.weight_decay = tc->optim.weight_decay;
+    b->opt.kind = (Cqrps__V1__Optimizer)o.kind;
+    b->opt.lr = o.lr;
+    b->opt.beta1 = o.beta1;
+    b->opt.beta2 = o.beta2;
+    b->opt.eps = o.eps;
+    b->opt.weight_decay = o.weight_decay;
 
     cqrps__v1__cluster_schedule__init(&b->sched);
     b->sched.every_examples = tc->schedule_every;
@@ -298,6 +300,59 @@ int cqr_op_describe(cqr_call_t *c, const Cqrps__V1__DescribeTable *m)
     int rc = cqr_call_table(c, m->name);
     if (rc != 0)
         return rc;
+    fill_info(&c->one, c->entry);
+    c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_TABLE;
+    c->resp.table = &c->one.info;
+    return 0;
+}
+
+/* Bits of UpdateOptimizer.set (proto/cqrps.proto). */
+enum {
+    SET_LR = 1,
+    SET_BETA1 = 2,
+    SET_BETA2 = 4,
+    SET_EPS = 8,
+    SET_WEIGHT_DECAY = 16,
+    SET_ALL = 31
+};
+
+/* A data operation, not an admin one: learning-rate schedules run in
+ * every trainer, which should not need the admin secret (that one drops
+ * tables and starts phases); the change is bounded by the same checks
+ * as a CreateTable's config. */
+int cqr_op_update_optimizer(cqr_call_t *c, const Cqrps__V1__UpdateOptimizer *m)
+{
+    int rc = cqr_call_table(c, m->table);
+    if (rc != 0)
+        return rc;
+    if (m->set & ~(uint32_t)SET_ALL)
+        return cqr_call_fail(c, CQR_EINVAL, "unknown bits 0x%" PRIx32
+                             " in set", m->set & ~(uint32_t)SET_ALL);
+    cqr_table_t *t = c->entry->table;
+    cqr_optim_config_t o;
+    cqr_table_optim(t, &o);
+    const Cqrps__V1__OptimizerConfig *v = m->optimizer;
+    if (v == NULL && m->set != 0)
+        return cqr_call_fail(c, CQR_EINVAL, "set names fields but the "
+                             "request carries no optimizer values");
+    if (m->set & SET_LR)
+        o.lr = v->lr;
+    if (m->set & SET_BETA1)
+        o.beta1 = v->beta1;
+    if (m->set & SET_BETA2)
+        o.beta2 = v->beta2;
+    if (m->set & SET_EPS)
+        o.eps = v->eps;
+    if (m->set & SET_WEIGHT_DECAY)
+        o.weight_decay = v->weight_decay;
+    char why[256] = "";
+    rc = cqr_table_update_optim(t, &o, why, sizeof why);
+    if (rc != 0)
+        return cqr_call_fail(c, rc, "%s", why[0] ? why : cqr_strerror(rc));
+    cqr_log(CQR_LOG_INFO, "rpc", "optimizer updated table=%s lr=%g "
+            "beta1=%g beta2=%g eps=%g weight_decay=%g", c->entry->name,
+            (double)o.lr, (double)o.beta1, (double)o.beta2, (double)o.eps,
+            (double)o.weight_decay);
     fill_info(&c->one, c->entry);
     c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_TABLE;
     c->resp.table = &c->one.info;

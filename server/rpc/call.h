@@ -126,6 +126,8 @@ int cqr_op_cluster_status(cqr_call_t *c, const Cqrps__V1__ClusterStatus *m);
 int cqr_op_digest(cqr_call_t *c, const Cqrps__V1__Digest *m);
 int cqr_op_checkpoint(cqr_call_t *c);
 int cqr_op_list_checkpoints(cqr_call_t *c);
+int cqr_op_update_optimizer(cqr_call_t *c,
+                            const Cqrps__V1__UpdateOptimizer *m);
 /* stats.c */
 int cqr_op_stats(cqr_call_t *c);
 

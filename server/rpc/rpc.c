@@ -313,6 +313,8 @@ static int dispatch(cqr_call_t *c)
         return cqr_op_checkpoint(c);
     case CQRPS__V1__REQUEST__OP_LIST_CHECKPOINTS:
         return cqr_op_list_checkpoints(c);
+    case CQRPS__V1__REQUEST__OP_UPDATE_OPTIMIZER:
+        return cqr_op_update_optimizer(c, q->update_optimizer);
     default:
         /* Also a newer client's operation: the field is unknown here. */
         return cqr_call_fail(c, CQR_EUNSUPPORTED, "request carries no "

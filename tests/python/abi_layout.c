@@ -30,6 +30,24 @@ int main(void)
     OFF(cqrps_server_info_t, max_frame_bytes);
     OFF(cqrps_server_info_t, max_batch);
 
+    SIZE(cqrps_part_t);
+    OFF(cqrps_part_t, table);
+    OFF(cqrps_part_t, ids);
+    OFF(cqrps_part_t, n);
+    OFF(cqrps_part_t, offsets);
+    OFF(cqrps_part_t, nbags);
+    OFF(cqrps_part_t, pooling);
+    OFF(cqrps_part_t, out);
+    OFF(cqrps_part_t, grads);
+
+    SIZE(cqrps_optimizer_update_t);
+    OFF(cqrps_optimizer_update_t, set);
+    OFF(cqrps_optimizer_update_t, lr);
+    OFF(cqrps_optimizer_update_t, beta1);
+    OFF(cqrps_optimizer_update_t, beta2);
+    OFF(cqrps_optimizer_update_t, eps);
+    OFF(cqrps_optimizer_update_t, weight_decay);
+
     SIZE(cqrps_table_config_t);
     OFF(cqrps_table_config_t, kind);
     OFF(cqrps_table_config_t, dim);

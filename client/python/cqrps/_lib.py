@@ -114,6 +114,42 @@ class ServerInfo(Structure):
     ]
 
 
+class Part(Structure):
+    """cqrps_part_t: one table's share of a multi-table call."""
+
+    _fields_ = [
+        ("table", c_char_p),
+        ("ids", c_void_p),
+        ("n", c_size_t),
+        ("offsets", c_void_p),
+        ("nbags", c_size_t),
+        ("pooling", c_enum),
+        ("out", c_void_p),
+        ("grads", c_void_p),
+    ]
+
+
+BF16 = 1
+"""CQRPS_BF16: vectors or gradients travel as bfloat16."""
+
+
+class OptimizerUpdate(Structure):
+    """cqrps_optimizer_update_t."""
+
+    _fields_ = [
+        ("set", c_uint32),
+        ("lr", c_float),
+        ("beta1", c_float),
+        ("beta2", c_float),
+        ("eps", c_float),
+        ("weight_decay", c_float),
+    ]
+
+
+#: CQRPS_OPT_* bits of OptimizerUpdate.set, by field name.
+OPT_BITS = {"lr": 1, "beta1": 2, "beta2": 4, "eps": 8, "weight_decay": 16}
+
+
 class TableConfig(Structure):
     """cqrps_table_config_t."""
 
@@ -220,6 +256,8 @@ STRUCTS = {
     "cqrps_counter_t": Counter,
     "cqrps_stats_t": Stats,
     "cqrps_checkpoint_info_t": CheckpointInfo,
+    "cqrps_part_t": Part,
+    "cqrps_optimizer_update_t": OptimizerUpdate,
 }
 """C type name -> ctypes mirror, for the layout test."""
 
@@ -327,6 +365,17 @@ def _declare(lib: ctypes.CDLL) -> None:
                                             c_size_t, u32p, c_size_t,
                                             c_enum, f32p, u64p]),
         "cqrps_wait": (c_int, [client, c_uint64]),
+        "cqrps_lookup_multi": (c_int, [client, POINTER(Part), c_size_t,
+                                       c_uint32]),
+        "cqrps_push_multi": (c_int, [client, POINTER(Part), c_size_t,
+                                     c_uint32]),
+        "cqrps_lookup_multi_start": (c_int, [client, POINTER(Part),
+                                             c_size_t, c_uint32, u64p]),
+        "cqrps_push_multi_start": (c_int, [client, POINTER(Part), c_size_t,
+                                           c_uint32, u64p]),
+        "cqrps_update_optimizer": (c_int, [client, c_char_p,
+                                           POINTER(OptimizerUpdate),
+                                           POINTER(TableInfo)]),
         "cqrps_cluster": (c_int, [client, c_char_p, u64p]),
         "cqrps_cluster_status": (c_int, [client, c_char_p, c_uint64,
                                          POINTER(PhaseStatus)]),

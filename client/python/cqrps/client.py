@@ -636,6 +636,131 @@ class Client:
         self._call(self._L.cqrps_push_pooled, bname, _p64(a), a.size,
                    _p32(o), o.size, pool, _pf(g))
 
+    # -- several tables in one request --
+
+    # FIRST VERSION of lookup_many / push_many: libcqrps still sends one
+    # request per part (tests that count requests skip until it is True).
+    _MULTI_PART_REQUESTS = False
+
+    def _part(self, p, push: bool, keep: list) -> Tuple[_lib.Part, int,
+                                                        Tuple[int, ...]]:
+        """One cqrps_part_t from a tuple; the arrays it points to are
+        appended to ``keep``. Returns the part, its table's dim and the
+        shape of its rows (without dim)."""
+        if not isinstance(p, (tuple, list)):
+            raise InvalidArgument(f"part: expected a tuple, got {p!r}")
+        k = len(p)
+        if push and k not in (3, 5) or not push and k not in (2, 4):
+            want = ("(table, ids, grads) or (table, ids, grads, offsets, "
+                    "pooling)" if push else
+                    "(table, ids) or (table, ids, offsets, pooling)")
+            raise InvalidArgument(f"part: expected {want}, got {k} items")
+        name = p[0]
+        bname = _name(name)
+        offs = p[3] if push and k == 5 else (p[2] if not push and k == 4
+                                              else None)
+        c = _lib.Part()
+        c.table = bname
+        a = as_ids(p[1])
+        if offs is None:
+            shape = a.shape
+        else:
+            a = a.ravel()
+            o = _as_offsets(offs, a.size)
+            keep.append(o)
+            c.offsets = o.ctypes.data
+            c.nbags = o.size
+            c.pooling = _enum(Pooling, p[4] if push else p[3], "pooling")
+            shape = (o.size,)
+        keep.append(bname)
+        keep.append(a)
+        c.ids = a.ctypes.data
+        c.n = a.size
+        return c, self._dim(name), shape
+
+    def lookup_many(self, parts, bf16: bool = False,
+                    out: Optional[Sequence[np.ndarray]] = None
+                    ) -> List[np.ndarray]:
+        """Looks up several tables in one request per shard.
+
+        ``parts``: ``(table, ids)`` (plain: one row per ID) or ``(table,
+        ids, offsets, pooling)`` tuples (pooled as :meth:`lookup_pooled`;
+        ``offsets`` None means plain). Returns one float32 array per part,
+        in part order, shaped as :meth:`lookup` / :meth:`lookup_pooled`
+        shape theirs, bit for bit what they return. ``bf16``: the vectors
+        travel as bfloat16 (half the bytes) and come back rounded to it.
+        ``out`` (optional): one array per part to fill in place, as
+        :meth:`lookup`'s ``out``.
+        """
+        parts = list(parts)
+        if out is not None and len(out) != len(parts):
+            raise InvalidArgument(f"out: expected {len(parts)} arrays, got "
+                                  f"{len(out)}")
+        arr = (_lib.Part * max(len(parts), 1))()
+        keep: list = []
+        res: List[np.ndarray] = []
+        for i, p in enumerate(parts):
+            if isinstance(p, (tuple, list)) and len(p) == 4 and p[2] is None:
+                p = p[:2]
+            c, dim, shape = self._part(p, False, keep)
+            r = self._out(out[i] if out is not None else None, shape + (dim,))
+            c.out = r.ctypes.data
+            arr[i] = c
+            res.append(r)
+        self._call(self._L.cqrps_lookup_multi, arr, len(parts),
+                   _lib.BF16 if bf16 else 0)
+        return res
+
+    def push_many(self, parts, bf16: bool = False) -> None:
+        """Pushes to several tables in one request per shard.
+
+        ``parts``: ``(table, ids, grads)`` or ``(table, ids, grads,
+        offsets, pooling)`` tuples (``offsets`` None means plain), with
+        the gradients :meth:`push` / :meth:`push_pooled` take. Applied as
+        those calls one after the other would be; a request the server
+        refuses (any bad part: its index is in the message) applies
+        nothing of any part. ``bf16``: the gradients travel as bfloat16
+        (rounded to nearest even).
+        """
+        parts = list(parts)
+        arr = (_lib.Part * max(len(parts), 1))()
+        keep: list = []
+        for i, p in enumerate(parts):
+            if isinstance(p, (tuple, list)) and len(p) == 5 and p[3] is None:
+                p = p[:3]
+            c, dim, shape = self._part(p, True, keep)
+            rows = int(np.prod(shape)) if len(shape) else 1
+            g = self._grads(p[2], rows, dim)
+            keep.append(g)
+            c.grads = g.ctypes.data
+            arr[i] = c
+        self._call(self._L.cqrps_push_multi, arr, len(parts),
+                   _lib.BF16 if bf16 else 0)
+
+    def update_optimizer(self, table: str, lr: Optional[float] = None,
+                         beta1: Optional[float] = None,
+                         beta2: Optional[float] = None,
+                         eps: Optional[float] = None,
+                         weight_decay: Optional[float] = None) -> None:
+        """Changes hyperparameters of a table's optimizer while it trains
+        (what an LR scheduler does); None leaves a value as it is. The
+        optimizer's kind and state stay; pushes after the call use the new
+        values; describe shows them and checkpoints keep them.
+        InvalidArgument for a value out of range (nothing changes)."""
+        u = _lib.OptimizerUpdate()
+        for key, v in (("lr", lr), ("beta1", beta1), ("beta2", beta2),
+                       ("eps", eps), ("weight_decay", weight_decay)):
+            if v is None:
+                continue
+            try:
+                setattr(u, key, float(v))
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"{key}: expected a number, got "
+                                      f"{v!r}") from None
+            u.set |= _lib.OPT_BITS[key]
+        self._call(self._L.cqrps_update_optimizer, _name(table), byref(u),
+                   None)
+
     # -- asynchronous variants --
 
     def _start(self, fn, out: Optional[np.ndarray], *args) -> Ticket:

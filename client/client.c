@@ -237,12 +237,28 @@ int cqrps_server_info(cqrps_client_t *c, cqrps_server_info_t *info)
             info->max_frame_bytes = o->max_frame_bytes;
         if (o->max_batch && o->max_batch < info->max_batch)
             info->max_batch = o->max_batch;
+        if (o->max_parts < info->max_parts)
+            info->max_parts = o->max_parts;
         info->admin = info->admin && o->admin;
     }
     return 0;
 }
 
 /* ---- Operations -------------------------------------------------------- */
+
+/* Divides each bag's row of out by its size (a sharded mean pooling). */
+static void cq_bags_divide(float *out, uint32_t dim, const uint32_t *div,
+                           size_t nbags)
+{
+    for (size_t b = 0; b < nbags; b++) {
+        if (div[b] <= 1)
+            continue;
+        float inv = 1.0f / (float)div[b];
+        float *row = out + b * dim;
+        for (uint32_t k = 0; k < dim; k++)
+            row[k] *= inv;
+    }
+}
 
 int cq_op_finish(cqrps_client_t *c, cq_op_t *op)
 {
@@ -252,17 +268,13 @@ int cq_op_finish(cqrps_client_t *c, cq_op_t *op)
                  op->msg);
         return op->err;
     }
-    if (op->bag_div) {
-        /* Sharded mean pooling: the shards summed, the client divides. */
-        for (size_t b = 0; b < op->nbags; b++) {
-            if (op->bag_div[b] <= 1)
-                continue;
-            float inv = 1.0f / (float)op->bag_div[b];
-            float *row = op->out + b * op->dim;
-            for (uint32_t k = 0; k < op->dim; k++)
-                row[k] *= inv;
-        }
-    }
+    /* Sharded mean pooling: the shards summed, the client divides. */
+    if (op->bag_div)
+        cq_bags_divide(op->out, op->dim, op->bag_div, op->nbags);
+    for (size_t i = 0; i < op->nparts; i++)
+        if (op->parts[i].bag_div)
+            cq_bags_divide(op->parts[i].out, op->parts[i].dim,
+                           op->parts[i].bag_div, op->parts[i].rows);
     return 0;
 }
 

@@ -44,6 +44,21 @@ struct cqrps_client {
     size_t nmemos, memos_cap;
 };
 
+/* ---- data.c: what the multi-table calls (multi.c) share ---- */
+
+/* Groups the IDs by shard. Fills first[nsh + 1] and writes, in shard
+ * order, the IDs to sid and their caller positions to spos (n each).
+ * CQRPS_ENOMEM. */
+int cq_split_ids(const uint64_t *ids, size_t n, uint32_t nsh,
+                 size_t *first, uint64_t *sid, uint32_t *spos);
+
+/* The same for bags: first[nsh + 1] and cur[nsh] zeroed by the caller;
+ * sid gets the IDs in shard order, bag by bag, and soff[s * nb + b] the
+ * start of bag b in shard s's slice. */
+void cq_split_bags(const uint64_t *ids, size_t n, const uint32_t *offsets,
+                   size_t nb, uint32_t nsh, size_t *first, size_t *cur,
+                   uint64_t *sid, uint32_t *soff);
+
 /* Checks a table name (non-empty, at most CQRPS_NAME_MAX bytes). */
 int cq_check_name(cqrps_client_t *c, const char *name);
 

@@ -355,6 +355,7 @@ static int conn_hello(cq_net_t *net, cq_conn_t *conn)
     in->admin = hr->admin ? 1 : 0;
     in->max_frame_bytes = hr->max_frame_bytes;
     in->max_batch = hr->max_batch;
+    in->max_parts = hr->max_parts;
 out:
     cq_op_free(op);
     if (rc < 0 && conn->pcount == 0)

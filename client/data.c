@@ -175,10 +175,8 @@ static int enqueue_bags(cqrps_client_t *c, cq_conn_t *conn, cq_op_t *op,
     return 0;
 }
 
-/* Groups the IDs by shard. Fills first[nsh + 1] and writes, in shard
- * order, the IDs to sid and their caller positions to spos. */
-static int split_ids(const uint64_t *ids, size_t n, uint32_t nsh,
-                     size_t *first, uint64_t *sid, uint32_t *spos)
+int cq_split_ids(const uint64_t *ids, size_t n, uint32_t nsh,
+                 size_t *first, uint64_t *sid, uint32_t *spos)
 {
     uint32_t *sh = malloc((n ? n : 1) * sizeof(*sh));
     size_t *fill = calloc(nsh, sizeof(*fill));
@@ -242,6 +240,27 @@ static int check_call(cqrps_client_t *c, const data_call_t *d)
     return 0;
 }
 
+void cq_split_bags(const uint64_t *ids, size_t n, const uint32_t *offsets,
+                   size_t nb, uint32_t nsh, size_t *first, size_t *cur,
+                   uint64_t *sid, uint32_t *soff)
+{
+    /* Count per shard, then place the IDs bag by bag, so each shard's
+     * slice keeps the bags in order and soff holds its bag starts. */
+    for (size_t j = 0; j < n; j++)
+        first[cqrps_shard_of(ids[j], nsh) + 1]++;
+    for (uint32_t s = 0; s < nsh; s++)
+        first[s + 1] += first[s];
+    for (size_t b = 0; b < nb; b++) {
+        for (uint32_t s = 0; s < nsh; s++)
+            soff[(size_t)s * nb + b] = (uint32_t)cur[s];
+        size_t end = b + 1 < nb ? offsets[b + 1] : n;
+        for (size_t j = offsets[b]; j < end; j++) {
+            uint32_t s = cqrps_shard_of(ids[j], nsh);
+            sid[first[s] + cur[s]++] = ids[j];
+        }
+    }
+}
+
 /* Sharded pooled call: per-shard IDs and bag starts, pooled by SUM on the
  * shards and merged (summed, then divided for mean) by the client. */
 static int start_sharded_bags(cqrps_client_t *c, cq_op_t *op,
@@ -261,21 +280,7 @@ static int start_sharded_bags(cqrps_client_t *c, cq_op_t *op,
     if (!sid || !soff || (mean_push && !sgrads) || !first || !cur)
         goto out;
 
-    /* Count per shard, then place the IDs bag by bag, so each shard's
-     * slice keeps the bags in order and soff holds its bag starts. */
-    for (size_t j = 0; j < d->n; j++)
-        first[cqrps_shard_of(d->ids[j], nsh) + 1]++;
-    for (uint32_t s = 0; s < nsh; s++)
-        first[s + 1] += first[s];
-    for (size_t b = 0; b < nb; b++) {
-        for (uint32_t s = 0; s < nsh; s++)
-            soff[(size_t)s * nb + b] = (uint32_t)cur[s];
-        size_t end = b + 1 < nb ? d->offsets[b + 1] : d->n;
-        for (size_t j = d->offsets[b]; j < end; j++) {
-            uint32_t s = cqrps_shard_of(d->ids[j], nsh);
-            sid[first[s] + cur[s]++] = d->ids[j];
-        }
-    }
+    cq_split_bags(d->ids, d->n, d->offsets, nb, nsh, first, cur, sid, soff);
 
     const float *bg = d->grads;
     if (mean_push) {
@@ -330,7 +335,7 @@ static int start_sharded_rows(cqrps_client_t *c, cq_op_t *op,
         free(first);
         return CQRPS_ENOMEM;
     }
-    int rc = split_ids(d->ids, d->n, nsh, first, sid, spos);
+    int rc = cq_split_ids(d->ids, d->n, nsh, first, sid, spos);
     if (rc == 0 && d->push)
         for (size_t k = 0; k < d->n; k++)
             memcpy(sgrads + k * dim, d->grads + (size_t)spos[k] * dim,

@@ -11,6 +11,8 @@
 #include <time.h>
 
 #include "cqrps.pb-c.h"
+#include "proto/bf16.h"
+#include "proto/varint.h"
 
 /* Table-dim cache entries kept per client before it is emptied. */
 #define CQ_DIMS_MAX 4096
@@ -85,9 +87,31 @@ void cq_op_free(cq_op_t *op)
             cqrps__v1__response__free_unpacked(op->resp[i], NULL);
     free(op->resp);
     free(op->bag_div);
+    for (size_t i = 0; i < op->nowned; i++)
+        free(op->owned[i]);
+    free(op->owned);
+    free(op->parts);
     for (size_t i = 0; i < sizeof(op->scratch) / sizeof(op->scratch[0]); i++)
         free(op->scratch[i]);
     free(op);
+}
+
+void *cq_op_own(cq_op_t *op, void *p)
+{
+    if (!p)
+        return NULL;
+    if (op->nowned == op->owned_cap) {
+        size_t ncap = op->owned_cap ? 2 * op->owned_cap : 8;
+        void **n = realloc(op->owned, ncap * sizeof(*n));
+        if (!n) {
+            free(p);
+            return NULL;
+        }
+        op->owned = n;
+        op->owned_cap = ncap;
+    }
+    op->owned[op->nowned++] = p;
+    return p;
 }
 
 void cq_op_error(cq_op_t *op, int err, const char *fmt, ...)
@@ -207,10 +231,117 @@ static void deliver_vectors(const cq_origin_t *from, const cq_pending_t *p,
     }
 }
 
-/* A reply with a non-OK status: the server's message (or the code's). */
-static void deliver_status(const cq_origin_t *from, cq_op_t *op,
+/* Rows (vectors) of a multi-table reply into the operation's parts:
+ * segment by segment, float32 or bfloat16, copied, scattered (sharded
+ * plain parts) or added (sharded pooled parts). The reply was checked. */
+static void mlookup_copy(cq_op_t *op, const cq_mseg_t *sg,
+                         const unsigned char *v, int bf16)
+{
+    const cq_mpart_t *pt = &op->parts[sg->part];
+    const size_t dim = pt->dim, esize = bf16 ? 2 : sizeof(float);
+    const size_t row = dim * esize;
+    if (pt->accumulate) {
+        float *dst = pt->out + sg->base * dim;
+        for (size_t i = 0; i < sg->count * dim; i++) {
+            float x;
+            if (bf16) {
+                uint16_t b;
+                memcpy(&b, v + 2 * i, sizeof(b));
+                x = cqr_bf16_to_float(b);
+            } else {
+                memcpy(&x, v + 4 * i, sizeof(x));
+            }
+            dst[i] += x;
+        }
+    } else if (sg->pos) {
+        for (size_t j = 0; j < sg->count; j++) {
+            float *dst = pt->out + (size_t)sg->pos[j] * dim;
+            if (bf16)
+                cqr_bf16_widen(v + j * row, dim, dst);
+            else
+                memcpy(dst, v + j * row, row);
+        }
+    } else if (bf16) {
+        cqr_bf16_widen(v, sg->count * dim, pt->out + sg->base * dim);
+    } else {
+        memcpy(pt->out + sg->base * dim, v, sg->count * row);
+    }
+}
+
+/* A multi-table lookup's reply: the dims of its segments (the dims
+ * field, or a single-table reply's dim for a request of one segment sent
+ * to a server without parts), then the vectors. */
+static void deliver_mlookup(const cq_origin_t *from, const cq_pending_t *p,
+                            const cq_resp_hdr_t *h)
+{
+    cq_op_t *op = p->op;
+    cq_lookup_reply_t r;
+    if (h->reply_field != CQ_RESP_LOOKUP ||
+        cq_lookup_reply_scan(h->reply, h->reply_len, &r) < 0 ||
+        (r.dims_len == 0 && p->nsegs != 1)) {
+        cq_op_error(op, CQRPS_EPROTO, "malformed lookup reply from %s",
+                    from->addr);
+        return;
+    }
+    const unsigned char *dp = r.dims, *dend = r.dims + r.dims_len;
+    const size_t esize = r.bf16 ? 2 : sizeof(float);
+    size_t total = 0;
+    for (size_t k = 0; k < p->nsegs; k++) {
+        const cq_mpart_t *pt = &op->parts[p->segs[k].part];
+        uint64_t dim = r.dim;
+        if (r.dims_len && !cqr_varint_get(&dp, dend, 5, &dim)) {
+            cq_op_error(op, CQRPS_EPROTO, "malformed lookup reply from %s",
+                        from->addr);
+            return;
+        }
+        if (dim != pt->dim) {
+            cq_dims_drop(from->dims, pt->table);
+            cq_op_error(op, CQRPS_EDIM,
+                        "part %u: table %s has dim %llu on %s, the client "
+                        "expected %u (dropped and created again?)",
+                        (unsigned)p->segs[k].part, pt->table,
+                        (unsigned long long)dim, from->addr, pt->dim);
+            return;
+        }
+        total += p->segs[k].count * pt->dim * esize;
+    }
+    if (dp != dend || total != r.vec_len) {
+        cq_op_error(op, CQRPS_EPROTO,
+                    "lookup reply from %s carries %zu bytes, expected %zu",
+                    from->addr, r.vec_len, total);
+        return;
+    }
+    const unsigned char *v = r.vec;
+    for (size_t k = 0; k < p->nsegs; k++) {
+        mlookup_copy(op, &p->segs[k], v, r.bf16);
+        v += p->segs[k].count * op->parts[p->segs[k].part].dim * esize;
+    }
+}
+
+/* A message "part K: ..." of a multi-table request names the request's
+ * part K: *k gets it and *rest what follows; 0 if m is not such. */
+static int part_prefix(const char *m, int mlen, size_t *k, int *rest)
+{
+    int i = 5;
+    if (mlen < 8 || memcmp(m, "part ", 5) != 0)
+        return 0;
+    size_t v = 0;
+    while (i < mlen && m[i] >= '0' && m[i] <= '9' && v < 100000)
+        v = v * 10 + (size_t)(m[i++] - '0');
+    if (i == 5 || i + 1 >= mlen || m[i] != ':' || m[i + 1] != ' ')
+        return 0;
+    *k = v;
+    *rest = i + 2;
+    return 1;
+}
+
+/* A reply with a non-OK status: the server's message (or the code's).
+ * In a multi-table request the part the server names is the request's:
+ * the message names the caller's part instead. */
+static void deliver_status(const cq_origin_t *from, const cq_pending_t *p,
                            const cq_resp_hdr_t *h)
 {
+    cq_op_t *op = p->op;
     int err = h->status > 0x7fff ? CQRPS_EINTERNAL : -(int)h->status;
     int mlen = h->msg_len > 400 ? 400 : (int)h->msg_len;
     const char *m = h->msg;
@@ -218,12 +349,28 @@ static void deliver_status(const cq_origin_t *from, cq_op_t *op,
         m = cqrps_strerror(err);
         mlen = (int)strlen(m);
     }
+    char buf[CQ_ERRMSG_MAX];
+    size_t k;
+    int rest;
+    const cq_mpart_t *named = NULL;
+    if (p->segs && part_prefix(m, mlen, &k, &rest) && k < p->nsegs) {
+        named = &op->parts[p->segs[k].part];
+        snprintf(buf, sizeof(buf), "part %u: %.*s",
+                 (unsigned)p->segs[k].part, mlen - rest, m + rest);
+        m = buf;
+        mlen = (int)strlen(buf);
+    }
     if (from->sharded)
         cq_op_error(op, err, "%s: %.*s", from->addr, mlen, m);
     else
         cq_op_error(op, err, "%.*s", mlen, m);
-    if ((err == CQRPS_EDIM || err == CQRPS_ENOTFOUND) && op->table[0])
+    if (err != CQRPS_EDIM && err != CQRPS_ENOTFOUND)
+        return;
+    if (op->table[0])
         cq_dims_drop(from->dims, op->table);
+    for (size_t i = 0; i < op->nparts; i++)
+        if (!named || named == &op->parts[i])
+            cq_dims_drop(from->dims, op->parts[i].table);
 }
 
 /* An RPC reply, unpacked by protobuf-c into the shard's slot. */
@@ -249,13 +396,17 @@ void cq_deliver(const cq_origin_t *from, const cq_pending_t *p,
     cq_op_t *op = p->op;
     assert(op->outstanding > 0);
     if (h->status != 0) {
-        deliver_status(from, op, h);
+        deliver_status(from, p, h);
     } else {
         switch (p->kind) {
         case CQ_P_LOOKUP:
         case CQ_P_POOLED:
             if (!op->err)
                 deliver_vectors(from, p, h);
+            break;
+        case CQ_P_MLOOKUP:
+            if (!op->err)
+                deliver_mlookup(from, p, h);
             break;
         case CQ_P_PUSH: {
             uint64_t applied;

@@ -47,8 +47,19 @@ typedef enum cq_pkind {
     CQ_P_LOOKUP = 0,   /* rows of vectors into op->out */
     CQ_P_POOLED = 1,   /* bags of pooled vectors into op->out */
     CQ_P_PUSH = 2,     /* an acknowledgement */
-    CQ_P_RPC = 3       /* any other reply: unpacked by protobuf-c */
+    CQ_P_RPC = 3,      /* any other reply: unpacked by protobuf-c */
+    CQ_P_MLOOKUP = 4   /* a multi-table lookup's vectors, by segment */
 } cq_pkind_t;
+
+/* One segment of a multi-table request: rows of one of the operation's
+ * parts (the request's part k is segs[k]). */
+typedef struct cq_mseg {
+    uint32_t part;        /* the operation's part (op->parts) */
+    size_t base;          /* first output row (or bag) of the segment */
+    size_t count;         /* rows (or bags) its reply carries */
+    const uint32_t *pos;  /* sharded plain part: output row of each reply
+                             row (owned by op), or NULL: contiguous */
+} cq_mseg_t;
 
 typedef struct cq_pending {
     uint64_t id;          /* Request.id the reply must echo */
@@ -59,7 +70,21 @@ typedef struct cq_pending {
     const uint32_t *pos;  /* sharded lookup: output row of each reply row,
                              count entries (owned by op); NULL when the
                              rows are contiguous from base */
+    const cq_mseg_t *segs; /* a multi-table operation's request: its
+                              segments in part order (owned by op) */
+    size_t nsegs;
 } cq_pending_t;
+
+/* A multi-table operation's part: where its results go. */
+typedef struct cq_mpart {
+    const char *table;    /* the table (a copy owned by op) */
+    uint32_t dim;         /* its dim as the client knows it */
+    float *out;           /* lookup output (caller memory) */
+    size_t rows;          /* rows (or bags) of out */
+    int accumulate;       /* sharded pooled lookup: add replies */
+    uint32_t *bag_div;    /* sharded mean pooling: bag sizes to divide by
+                             at the end (owned by op), or NULL */
+} cq_mpart_t;
 
 /* An operation: one public call, or one ticket. */
 typedef enum cq_okind {
@@ -85,6 +110,10 @@ struct cq_op {
     void *scratch[3];          /* per-shard copies (owned) */
     struct Cqrps__V1__Response **resp; /* RPC: one reply per shard */
     uint32_t nresp;            /* entries of resp */
+    cq_mpart_t *parts;         /* multi-table: nparts parts (owned) */
+    size_t nparts;
+    void **owned;              /* buffers freed with op (cq_op_own) */
+    size_t nowned, owned_cap;
     cq_op_t *next;             /* the client's list of live tickets */
 };
 
@@ -93,6 +122,9 @@ struct cq_op {
 cq_op_t *cq_op_new(cq_okind_t kind, const char *table, uint32_t nshards);
 /* Frees op and what it owns; NULL is a no-op. Requires outstanding 0. */
 void cq_op_free(cq_op_t *op);
+/* Makes op own p (freed by cq_op_free); returns p, or NULL (and frees
+ * p) when out of memory. NULL p is returned as is. */
+void *cq_op_own(cq_op_t *op, void *p);
 /* Records the first error of an operation; later ones are dropped. */
 void cq_op_error(cq_op_t *op, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

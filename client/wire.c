@@ -92,6 +92,113 @@ size_t cq_data_encode(const cq_data_req_t *r, unsigned char *head,
     return 4 + (size_t)body;
 }
 
+/* ---- Multi-table requests ---------------------------------------------- */
+
+static size_t mpart_offsets_len(const cq_mpart_enc_t *p)
+{
+    size_t len = 0;
+    for (size_t b = 0; b < p->nbags; b++)
+        len += cqr_varint_len((uint32_t)(p->offsets[b] - p->offset_base));
+    return len;
+}
+
+size_t cq_mpart_tail_max(const cq_mpart_enc_t *p)
+{
+    return 2 * CQR_VARINT_MAX + p->nbags * 5 + 2 * CQR_VARINT_MAX;
+}
+
+uint64_t cq_mpart_len(const cq_mpart_enc_t *p)
+{
+    const uint64_t ids = (uint64_t)p->n * 8;
+    uint64_t len = 0;
+    if (p->table_len)
+        len += 1 + cqr_varint_len(p->table_len) + p->table_len;
+    if (p->n)
+        len += 1 + cqr_varint_len(ids) + ids;
+    if (p->nbags) {
+        size_t ol = mpart_offsets_len(p);
+        len += 1 + cqr_varint_len(ol) + ol;
+    }
+    if (p->pooling)
+        len += 1 + cqr_varint_len(p->pooling);
+    return len;
+}
+
+uint64_t cq_mpart_field_len(const cq_mpart_enc_t *p)
+{
+    uint64_t len = cq_mpart_len(p);
+    return 1 + cqr_varint_len(len) + len;
+}
+
+size_t cq_mpart_head(unsigned char *b, uint32_t field,
+                     const cq_mpart_enc_t *p)
+{
+    size_t h = tag_put(b, field, WT_LEN);
+    h += cqr_varint_put(b + h, cq_mpart_len(p));
+    if (p->table_len) {
+        h += tag_put(b + h, 1, WT_LEN);
+        h += cqr_varint_put(b + h, p->table_len);
+        memcpy(b + h, p->table, p->table_len);
+        h += p->table_len;
+    }
+    if (p->n) {
+        h += tag_put(b + h, 2, WT_LEN);
+        h += cqr_varint_put(b + h, (uint64_t)p->n * 8);
+    }
+    return h;
+}
+
+size_t cq_mpart_tail(unsigned char *b, const cq_mpart_enc_t *p)
+{
+    size_t t = 0;
+    if (p->nbags) {
+        t += tag_put(b + t, 3, WT_LEN);
+        t += cqr_varint_put(b + t, mpart_offsets_len(p));
+        for (size_t k = 0; k < p->nbags; k++)
+            t += cqr_varint_put(b + t,
+                                (uint32_t)(p->offsets[k] - p->offset_base));
+    }
+    if (p->pooling) {
+        t += tag_put(b + t, 4, WT_VARINT);
+        t += cqr_varint_put(b + t, p->pooling);
+    }
+    return t;
+}
+
+size_t cq_multi_head(unsigned char *b, int push, uint64_t req_id,
+                     uint64_t sub, size_t grads_bytes)
+{
+    const uint32_t f_sub = push ? CQ_REQ_PUSH : CQ_REQ_LOOKUP;
+    uint64_t body = 1 + cqr_varint_len(req_id) +
+                    cqr_varint_len((uint64_t)f_sub << 3) +
+                    cqr_varint_len(sub) + sub;
+    if (body > UINT32_MAX)
+        return 0;
+    size_t h = 0;
+    b[h++] = (unsigned char)(body >> 24);
+    b[h++] = (unsigned char)(body >> 16);
+    b[h++] = (unsigned char)(body >> 8);
+    b[h++] = (unsigned char)body;
+    h += tag_put(b + h, 1, WT_VARINT);
+    h += cqr_varint_put(b + h, req_id);
+    h += tag_put(b + h, f_sub, WT_LEN);
+    h += cqr_varint_put(b + h, sub);
+    if (push && grads_bytes) {
+        h += tag_put(b + h, 3, WT_LEN);
+        h += cqr_varint_put(b + h, grads_bytes);
+    }
+    return h;
+}
+
+size_t cq_multi_trailer(unsigned char *b, int push, int bf16)
+{
+    if (!bf16)
+        return 0;
+    size_t t = tag_put(b, push ? CQ_PUSH_BF16 : CQ_LOOKUP_BF16, WT_VARINT);
+    b[t++] = 1;
+    return t;
+}
+
 /* ---- Decoding ---------------------------------------------------------- */
 
 /* A cursor over [p, end). */
@@ -197,6 +304,37 @@ int cq_lookup_reply_decode(const unsigned char *buf, size_t len,
         } else if (f == 2 && wt == WT_LEN) {
             *vec = body;
             *vec_len = blen;
+        }
+    }
+    return 0;
+}
+
+int cq_lookup_reply_scan(const unsigned char *buf, size_t len,
+                         cq_lookup_reply_t *r)
+{
+    cur_t c = { buf, buf + len };
+    memset(r, 0, sizeof(*r));
+    r->vec = buf;
+    r->dims = buf;
+    while (c.p < c.end) {
+        uint32_t f, wt;
+        uint64_t v = 0;
+        const unsigned char *body = NULL;
+        size_t blen = 0;
+        if (get_field(&c, &f, &wt, &v, &body, &blen) < 0)
+            return CQRPS_EPROTO;
+        if (f == 1 && wt == WT_VARINT) {
+            if (v > UINT32_MAX)
+                return CQRPS_EPROTO;
+            r->dim = (uint32_t)v;
+        } else if (f == 2 && wt == WT_LEN) {
+            r->vec = body;
+            r->vec_len = blen;
+        } else if (f == 3 && wt == WT_LEN) {
+            r->dims = body;
+            r->dims_len = blen;
+        } else if (f == 4 && wt == WT_VARINT) {
+            r->bf16 = v != 0;
         }
     }
     return 0;

@@ -216,6 +216,10 @@ typedef struct cqrps_server_info {
     int admin;                 /* 1 if the admin token was accepted */
     uint32_t max_frame_bytes;  /* the server's frame limit */
     uint32_t max_batch;        /* the server's IDs-per-request limit */
+    uint32_t max_parts;        /* table parts per request (multi-table
+                                  calls); 0: a server without them, to
+                                  which those calls send a request per
+                                  part */
 } cqrps_server_info_t;
 
 CQRPS_API int cqrps_server_info(cqrps_client_t *c, cqrps_server_info_t *info);

@@ -37,12 +37,29 @@ typedef struct cqr_pushlog cqr_pushlog_t;
 /* A log for pushes of `dim` floats per ID. CQR_ENOMEM on failure. */
 int cqr_pushlog_create(uint32_t dim, cqr_pushlog_t **out);
 
+/* Lowers the log's limit (CQR_PUSHLOG_MAX_BYTES) to max bytes: for the
+ * tests of what a full log refuses. */
+void cqr_pushlog_set_max(cqr_pushlog_t *log, uint64_t max);
+
 /* Frees the log and the pushes it still holds. NULL is a no-op. */
 void cqr_pushlog_destroy(cqr_pushlog_t *log);
 
 /* Copies a push of n IDs and n x dim gradients to the end of the log. */
 int cqr_pushlog_append(cqr_pushlog_t *log, const uint64_t *ids,
                        const float *grads, size_t n);
+
+/* The two halves of append, for a push of several tables that must be
+ * logged in every table's log or in none (table_push.c): reserve copies
+ * the push into an entry that counts against the log's limit (CQR_EBUSY,
+ * CQR_ENOMEM; nothing reserved then) but is not in the log yet; publish
+ * appends it (it cannot fail), cancel frees it. Every reserved entry is
+ * published or cancelled, on the log it was reserved on. */
+typedef struct cqr_pushlog_ent cqr_pushlog_ent_t;
+int cqr_pushlog_reserve(cqr_pushlog_t *log, const uint64_t *ids,
+                        const float *grads, size_t n,
+                        cqr_pushlog_ent_t **out);
+void cqr_pushlog_publish(cqr_pushlog_t *log, cqr_pushlog_ent_t *e);
+void cqr_pushlog_cancel(cqr_pushlog_t *log, cqr_pushlog_ent_t *e);
 
 /* Called by a replay for each logged push, oldest first; returns 0 or a
  * negative CQR_E* code, which stops the replay. */

@@ -196,6 +196,50 @@ const cqr_table_config_t *cqr_table_config(const cqr_table_t *t)
     return &t->cfg;
 }
 
+static int by_uid(const void *a, const void *b)
+{
+    const cqr_table_t *x = *(cqr_table_t *const *)a;
+    const cqr_table_t *y = *(cqr_table_t *const *)b;
+    return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+int cqr_tableset_init(cqr_tableset_t *s, const cqr_part_t *parts, size_t np)
+{
+    const size_t cap = sizeof s->inl / sizeof s->inl[0];
+    s->t = np <= cap ? s->inl : malloc(np * sizeof *s->t);
+    if (!s->t)
+        return CQR_ENOMEM;
+    for (size_t i = 0; i < np; i++)
+        s->t[i] = parts[i].t;
+    qsort(s->t, np, sizeof *s->t, by_uid);
+    size_t n = 0;
+    for (size_t i = 0; i < np; i++)
+        if (n == 0 || s->t[n - 1] != s->t[i])
+            s->t[n++] = s->t[i];
+    s->n = n;
+    return 0;
+}
+
+void cqr_tableset_free(cqr_tableset_t *s)
+{
+    if (s->t != s->inl)
+        free(s->t);
+    s->t = NULL;
+    s->n = 0;
+}
+
+void cqr_tableset_lock(const cqr_tableset_t *s, int gate)
+{
+    for (size_t i = 0; i < s->n; i++)
+        pthread_rwlock_rdlock(gate ? &s->t[i]->gate : &s->t[i]->lock);
+}
+
+void cqr_tableset_unlock(const cqr_tableset_t *s, int gate)
+{
+    for (size_t i = s->n; i-- > 0;)
+        pthread_rwlock_unlock(gate ? &s->t[i]->gate : &s->t[i]->lock);
+}
+
 void cqr_table_optim(cqr_table_t *t, cqr_optim_config_t *out)
 {
     pthread_rwlock_rdlock(&t->lock);

@@ -199,6 +199,40 @@ int cqr_table_push_pooled(cqr_table_t *t, const uint64_t *ids, size_t n,
                           const uint32_t *offsets, size_t nbags,
                           cqr_pooling_t pool, const float *bag_grads);
 
+/* ---- Several tables in one call -----------------------------------------
+ * One request of a trainer carries a part per table (DESIGN.md s4b). The
+ * parts of a call give the same results as the single-table calls above,
+ * one per part in part order (a table may appear in several parts: they
+ * are applied one after the other). A lookup's parts run on the helpers
+ * (par.h) at once; a push applies its parts in order, each split over the
+ * helpers as a single push is. */
+typedef struct cqr_part {
+    cqr_table_t *t;           /* the part's table */
+    const uint64_t *ids;      /* n IDs */
+    size_t n;
+    const uint32_t *offsets;  /* NULL: a plain part (n rows); else a
+                                 pooled part of nbags bags (as
+                                 cqr_table_lookup_pooled) */
+    size_t nbags;
+    cqr_pooling_t pool;       /* pooled parts */
+    float *out;               /* lookup: n or nbags rows of t's dim */
+    const float *grads;       /* push: n or nbags rows of t's dim */
+} cqr_part_t;
+
+/* Looks up every part. Every part is checked before any is looked up: on
+ * error *bad (if non-NULL) is the index of the failing part and nothing
+ * is written. The lookup of each table is consistent (no phase commit in
+ * the middle of a part). */
+int cqr_tables_lookup(const cqr_part_t *parts, size_t nparts, size_t *bad);
+
+/* Pushes every part, all or nothing: on any error (CQR_EINVAL,
+ * CQR_ENONFINITE, CQR_EBUSY, CQR_ELIMIT, CQR_ENOMEM) *bad (if non-NULL) is
+ * the failing part's index and no gradient of any part is applied. (As
+ * for a single push, IDs a full or cqr table registered for the request
+ * before a CQR_ELIMIT or CQR_ENOMEM stay known at their initial values.)
+ * An export sees the push whole or not at all. */
+int cqr_tables_push(const cqr_part_t *parts, size_t nparts, size_t *bad);
+
 void cqr_table_stats(cqr_table_t *t, cqr_table_stats_t *st);
 
 /* A 64-bit digest of the table's complete state: config, seeds,

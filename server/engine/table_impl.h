@@ -179,6 +179,26 @@ static inline void cqr_ptr_set(uint8_t *v, uint32_t pw, uint32_t j, uint32_t p)
         v[pw * j + b] = (uint8_t)(p >> (8 * b));
 }
 
+/* ---- table.c: the tables of a multi-table call ---- */
+
+/* The distinct tables of a call's parts in lock order (by uid): calls
+ * that hold several tables' gates or locks take them in this order, so
+ * no two wait on each other in a cycle. A table of several parts is
+ * locked once (rwlocks are not recursive). */
+typedef struct cqr_tableset {
+    cqr_table_t **t;        /* n distinct tables, by uid */
+    size_t n;
+    cqr_table_t *inl[8];    /* storage for small sets */
+} cqr_tableset_t;
+
+/* CQR_ENOMEM (nothing to free then). */
+int cqr_tableset_init(cqr_tableset_t *s, const cqr_part_t *parts, size_t np);
+void cqr_tableset_free(cqr_tableset_t *s);
+/* Takes every table's gate (gate != 0) or lock, shared, in order; unlock
+ * releases them in reverse order. */
+void cqr_tableset_lock(const cqr_tableset_t *s, int gate);
+void cqr_tableset_unlock(const cqr_tableset_t *s, int gate);
+
 /* ---- table.c: codebook states ---- */
 
 /* Deep copy of src's seeds and codebooks; the copy's ID map is empty. */

@@ -5,6 +5,7 @@
  * Large lookups are split by ID ranges over the table's helpers (par.h).
  */
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "scratch.h"
@@ -90,73 +91,189 @@ static void lookup_locked(cqr_table_t *t, const uint64_t *ids, size_t n,
     }
 }
 
+/* ---- lookups of one or several parts -----------------------------------
+ * Every lookup goes through cqr_tables_lookup: the parts are checked,
+ * every table is locked (shared, in uid order: cqr_tableset_t), and the
+ * IDs of all parts are looked up in units of about CQR_PAR_PART IDs that
+ * the helpers share (a small call runs alone); pooled parts look their
+ * IDs up into the thread's pool scratch and pool them afterwards. */
+
+/* Rows of a part: IDs (plain) or bags (pooled). */
+static size_t part_rows(const cqr_part_t *p)
+{
+    return p->offsets ? p->nbags : p->n;
+}
+
+static int part_check(const cqr_part_t *p)
+{
+    if (!p->t || (p->n && !p->ids) || (part_rows(p) && !p->out))
+        return CQR_EINVAL;
+    if (!p->offsets)
+        return 0;
+    if ((unsigned)p->pool > CQR_POOL_MEAN || (p->nbags == 0 && p->n > 0))
+        return CQR_EINVAL;
+    return cqr_bags_check(p->offsets, p->nbags, p->n);
+}
+
+/* A call's units: unit u of part i is IDs [b, e) of that part. */
 typedef struct lookup_job {
-    cqr_table_t *t;
-    const uint64_t *ids;
-    float *out;
-    size_t n;
-    unsigned parts;
+    const cqr_part_t *pp;
+    float *const *dst;     /* where each part's n rows go */
+    const size_t *first;   /* np + 1: part i has units [first[i],
+                              first[i+1]) */
+    size_t np;
 } lookup_job_t;
 
-static void lookup_part(void *arg, unsigned i)
+static void lookup_unit(void *arg, unsigned u)
 {
-    lookup_job_t *j = arg;
+    const lookup_job_t *j = arg;
+    size_t lo = 0, hi = j->np; /* the part: first[i] <= u < first[i+1] */
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (j->first[mid] <= u)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    const cqr_part_t *p = &j->pp[lo];
+    unsigned k = (unsigned)(j->first[lo + 1] - j->first[lo]);
     size_t b, e;
-    cqr_part_range(j->n, j->parts, i, &b, &e);
-    lookup_locked(j->t, j->ids + b, e - b,
-                  j->out + b * (size_t)j->t->cfg.dim);
+    cqr_part_range(p->n, k, (unsigned)(u - j->first[lo]), &b, &e);
+    lookup_locked(p->t, p->ids + b, e - b,
+                  j->dst[lo] + b * (size_t)p->t->cfg.dim);
+}
+
+/* Sums (or averages) a pooled part's rows into its bags. */
+static void pool_bags(const cqr_part_t *p, const float *rows)
+{
+    const uint32_t dim = p->t->cfg.dim;
+    for (size_t b = 0; b < p->nbags; b++) {
+        float *o = p->out + b * dim;
+        memset(o, 0, dim * sizeof(float));
+        size_t lo = p->offsets[b];
+        size_t hi = cqr_bag_end(p->offsets, p->nbags, p->n, b);
+        for (size_t j = lo; j < hi; j++) {
+            const float *r = rows + j * dim;
+            for (uint32_t d = 0; d < dim; d++)
+                o[d] += r[d];
+        }
+        if (p->pool == CQR_POOL_MEAN && hi > lo) {
+            float inv = 1.0f / (float)(hi - lo);
+            for (uint32_t d = 0; d < dim; d++)
+                o[d] *= inv;
+        }
+    }
+}
+
+/* Parts whose bookkeeping lives on the stack. */
+#define LOOKUP_INLINE 8
+
+/* The locked part of cqr_tables_lookup; dst and first have np (+ 1)
+ * entries. */
+static void lookup_parts(const cqr_part_t *pp, size_t np, float **dst,
+                         size_t *first, size_t total)
+{
+    struct cqr_par *par = NULL;
+    for (size_t i = 0; i < np && !par; i++)
+        par = pp[i].t->par;
+    const int split = cqr_par_helpers(par) && total >= CQR_PAR_MIN;
+    first[0] = 0;
+    for (size_t i = 0; i < np; i++) {
+        size_t units = split ? (pp[i].n + CQR_PAR_PART - 1) / CQR_PAR_PART
+                             : (pp[i].n > 0);
+        first[i + 1] = first[i] + units;
+    }
+    lookup_job_t j = {pp, dst, first, np};
+    if (split)
+        cqr_par_run(par, (unsigned)first[np], lookup_unit, &j);
+    else
+        for (size_t i = 0; i < np; i++)
+            if (pp[i].n)
+                lookup_locked(pp[i].t, pp[i].ids, pp[i].n, dst[i]);
+}
+
+int cqr_tables_lookup(const cqr_part_t *pp, size_t np, size_t *bad)
+{
+    size_t badv = 0;
+    if (!bad)
+        bad = &badv;
+    if (np && !pp)
+        return CQR_EINVAL;
+    size_t pooled = 0, total = 0;
+    for (size_t i = 0; i < np; i++) {
+        int rc = part_check(&pp[i]);
+        if (rc) {
+            *bad = i;
+            return rc;
+        }
+        if (pp[i].offsets)
+            pooled += pp[i].n * pp[i].t->cfg.dim;
+        total += pp[i].n;
+    }
+    /* Empty bags pool to zeros. */
+    for (size_t i = 0; i < np; i++)
+        if (pp[i].offsets && pp[i].n == 0 && pp[i].nbags)
+            memset(pp[i].out, 0,
+                   pp[i].nbags * pp[i].t->cfg.dim * sizeof(float));
+    if (total == 0)
+        return 0;
+    float *rows = NULL;
+    if (pooled) {
+        rows = cqr_scratch(CQR_SCRATCH_POOL_ROWS, pooled * sizeof(float));
+        if (!rows) {
+            *bad = 0;
+            return CQR_ENOMEM;
+        }
+    }
+    float *dst_inl[LOOKUP_INLINE];
+    size_t first_inl[LOOKUP_INLINE + 1];
+    float **dst = np <= LOOKUP_INLINE ? dst_inl : malloc(np * sizeof *dst);
+    size_t *first = np <= LOOKUP_INLINE ? first_inl
+                                        : malloc((np + 1) * sizeof *first);
+    cqr_tableset_t set = {0};
+    int rc = dst && first ? cqr_tableset_init(&set, pp, np) : CQR_ENOMEM;
+    if (rc == 0) {
+        float *r = rows;
+        for (size_t i = 0; i < np; i++) {
+            dst[i] = pp[i].offsets ? r : pp[i].out;
+            if (pp[i].offsets)
+                r += pp[i].n * pp[i].t->cfg.dim;
+        }
+        cqr_tableset_lock(&set, 0);
+        lookup_parts(pp, np, dst, first, total);
+        cqr_tableset_unlock(&set, 0);
+        cqr_tableset_free(&set);
+        for (size_t i = 0; i < np; i++) {
+            if (pp[i].offsets && pp[i].n)
+                pool_bags(&pp[i], dst[i]);
+            __atomic_fetch_add(&pp[i].t->n_lookups, pp[i].n,
+                               __ATOMIC_RELAXED);
+        }
+    } else {
+        *bad = 0;
+    }
+    if (dst != dst_inl)
+        free(dst);
+    if (first != first_inl)
+        free(first);
+    return rc;
 }
 
 int cqr_table_lookup(cqr_table_t *t, const uint64_t *ids, size_t n,
                      float *out)
 {
-    if (!t || (n && (!ids || !out)))
-        return CQR_EINVAL;
-    pthread_rwlock_rdlock(&t->lock);
-    unsigned parts = cqr_range_parts(t, n);
-    if (parts) {
-        lookup_job_t j = {t, ids, out, n, parts};
-        cqr_par_run(t->par, j.parts, lookup_part, &j);
-    } else
-        lookup_locked(t, ids, n, out);
-    pthread_rwlock_unlock(&t->lock);
-    __atomic_fetch_add(&t->n_lookups, n, __ATOMIC_RELAXED);
-    return 0;
+    cqr_part_t p = {.t = t, .ids = ids, .n = n, .out = out};
+    return cqr_tables_lookup(&p, 1, NULL);
 }
 
 int cqr_table_lookup_pooled(cqr_table_t *t, const uint64_t *ids, size_t n,
                             const uint32_t *offsets, size_t nbags,
                             cqr_pooling_t pool, float *out)
 {
-    if (!t || (n && !ids) || (nbags && !out) || (unsigned)pool > CQR_POOL_MEAN)
-        return CQR_EINVAL;
-    int rc = cqr_bags_check(offsets, nbags, n);
-    if (rc)
-        return rc;
-    if (nbags == 0 && n > 0)
-        return CQR_EINVAL;
-    const uint32_t dim = t->cfg.dim;
-    float *rows = cqr_scratch(CQR_SCRATCH_POOL_ROWS,
-                              (n ? n : 1) * dim * sizeof(float));
-    if (!rows)
-        return CQR_ENOMEM;
-    rc = cqr_table_lookup(t, ids, n, rows);
-    if (rc)
-        return rc;
-    for (size_t b = 0; b < nbags; b++) {
-        float *o = out + b * dim;
-        memset(o, 0, dim * sizeof(float));
-        size_t lo = offsets[b], hi = cqr_bag_end(offsets, nbags, n, b);
-        for (size_t j = lo; j < hi; j++) {
-            const float *r = rows + j * dim;
-            for (uint32_t d = 0; d < dim; d++)
-                o[d] += r[d];
-        }
-        if (pool == CQR_POOL_MEAN && hi > lo) {
-            float inv = 1.0f / (float)(hi - lo);
-            for (uint32_t d = 0; d < dim; d++)
-                o[d] *= inv;
-        }
-    }
-    return 0;
+    /* No bags: nothing to write (offsets may then be NULL). */
+    if (nbags == 0)
+        return t && (unsigned)pool <= CQR_POOL_MEAN && !n ? 0 : CQR_EINVAL;
+    cqr_part_t p = {.t = t, .ids = ids, .n = n, .offsets = offsets,
+                    .nbags = nbags, .pool = pool, .out = out};
+    return cqr_tables_lookup(&p, 1, NULL);
 }

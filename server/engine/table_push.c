@@ -67,6 +67,27 @@ static int agg_init(agg_t *a, size_t maxent, uint32_t w, size_t dense_keys)
     return 0;
 }
 
+/* Makes sure agg_init(a, maxent, w, dense_keys) will not allocate: this
+ * thread's scratch grows to what it asks for (scratch only grows). */
+static int agg_reserve(size_t maxent, uint32_t w, size_t dense_keys)
+{
+    if (dense_keys > 0 && dense_keys <= AGG_DENSE_MAX) {
+        if (!cqr_scratch_dense(dense_keys))
+            return CQR_ENOMEM;
+    } else {
+        size_t slots = 16;
+        while (slots < 2 * maxent)
+            slots <<= 1;
+        if (!cqr_scratch(CQR_SCRATCH_AGG_HKEYS, slots * sizeof(uint64_t)) ||
+            !cqr_scratch(CQR_SCRATCH_AGG_HIDX, slots * sizeof(uint32_t)))
+            return CQR_ENOMEM;
+    }
+    if (!cqr_scratch(CQR_SCRATCH_AGG_UKEYS, maxent * sizeof(uint64_t)) ||
+        !cqr_scratch(CQR_SCRATCH_AGG_ACC, maxent * (size_t)w * sizeof(float)))
+        return CQR_ENOMEM;
+    return 0;
+}
+
 /* Puts the dense index back to all UINT32_MAX (k: rows per codebook, as
  * in cb_add). Must follow every dense use of agg_init that added keys. */
 static void agg_done(agg_t *a, uint32_t k)
@@ -397,116 +418,300 @@ static void full_apply_rows(cqr_table_t *t, const uint32_t *rows,
         full_step_range(t, &a, 0, a.nu);
 }
 
+/* ---- pushes of one or several parts ------------------------------------
+ * Every push, single or multi-table, goes through cqr_tables_push:
+ *   check     every part's arguments, bags and gradients (nothing locked)
+ *   prepare   pooled gradients spread to their IDs, this thread's scratch
+ *             reserved for the largest part (the apply cannot fail)
+ *   lock      every table's gate, then every table's lock (shared), in
+ *             uid order (cqr_tableset_t)
+ *   resolve   every part's rows; parts with IDs the table does not know
+ *             register them (exclusive lock, one table at a time) and the
+ *             locks are taken again, until no part has unknown IDs
+ *   log       every part whose table runs a phase reserves its log entry;
+ *             all are published only when all are reserved
+ *   apply     the parts in order, each split over its table's helpers
+ * so that a refusal at any stage leaves every table's rows unchanged. */
 
-static int push_impl(cqr_table_t *t, const uint64_t *ids, const float *grads,
-                     size_t n, uint64_t examples)
+/* A float is NaN or Inf exactly when its exponent bits are all ones: an
+ * integer test that vectorises, with no branch per float. */
+static int all_finite(const float *g, size_t nf)
 {
-    /* A float is NaN or Inf exactly when its exponent bits are all ones:
-     * an integer test that vectorises, with no branch per float. */
-    const size_t nf = n * t->cfg.dim;
     uint32_t nonfinite = 0;
     for (size_t j = 0; j < nf; j++) {
         uint32_t b;
-        memcpy(&b, &grads[j], sizeof b);
+        memcpy(&b, &g[j], sizeof b);
         nonfinite |= (b & 0x7f800000u) == 0x7f800000u;
     }
-    if (nonfinite)
-        return CQR_ENONFINITE;
-    const int track = t->cfg.kind == CQR_KIND_FULL ||
-                      t->cfg.kind == CQR_KIND_CQR;
-    /* Reserve this thread's scratch now, so that the apply below cannot
-     * fail halfway through a push. */
-    agg_t a;
-    int rc = t->cfg.kind == CQR_KIND_FULL
-                 ? agg_init(&a, n, t->cfg.dim, 0)
-                 : agg_init(&a, n * t->c * t->ncb, t->w, cb_dense_keys(t));
-    if (rc)
-        return rc;
-    uint32_t *rows = id_rows(t, n);
+    return !nonfinite;
+}
+
+/* Rows of a part: IDs (plain) or bags (pooled). */
+static size_t part_rows(const cqr_part_t *p)
+{
+    return p->offsets ? p->nbags : p->n;
+}
+
+/* Checks a part's arguments (not its table's state). */
+static int part_check(const cqr_part_t *p, int push)
+{
+    if (!p->t || (p->n && !p->ids))
+        return CQR_EINVAL;
+    size_t rows = part_rows(p);
+    if (rows && (push ? !p->grads : !p->out))
+        return CQR_EINVAL;
+    if (!p->offsets)
+        return 0;
+    if ((unsigned)p->pool > CQR_POOL_MEAN || (p->nbags == 0 && p->n > 0))
+        return CQR_EINVAL;
+    return cqr_bags_check(p->offsets, p->nbags, p->n);
+}
+
+/* What a push keeps per part between its stages. */
+typedef struct push_st {
+    const float *g;          /* n x dim gradients, one row per ID */
+    uint32_t *rows;          /* the IDs' rows (id_rows layout) */
+    cqr_pushlog_ent_t *ent;  /* the reserved log entry, or NULL */
+    int unknown;             /* IDs to register before applying */
+} push_st_t;
+
+/* Rows of a part in the id_rows layout. */
+static size_t rows_per_id(const cqr_table_t *t)
+{
+    return t->ncb ? (size_t)t->ncb * t->c : 1;
+}
+
+/* The prepare stage: pooled gradients spread to their IDs (in the
+ * thread's pool scratch), room for every part's rows (the thread's rows
+ * scratch), and the aggregation scratch of the largest part. */
+static int push_prepare(const cqr_part_t *pp, size_t np, push_st_t *st)
+{
+    size_t pooled = 0, nrows = 0;
+    for (size_t i = 0; i < np; i++) {
+        if (pp[i].offsets)
+            pooled += pp[i].n * pp[i].t->cfg.dim;
+        nrows += (pp[i].n ? pp[i].n : 1) * rows_per_id(pp[i].t);
+    }
+    float *g = NULL;
+    if (pooled) {
+        g = cqr_scratch(CQR_SCRATCH_POOL_GRADS, pooled * sizeof(float));
+        if (!g)
+            return CQR_ENOMEM;
+    }
+    uint32_t *rows = cqr_scratch(CQR_SCRATCH_ID_ROWS,
+                                 nrows * sizeof(uint32_t));
     if (!rows)
         return CQR_ENOMEM;
-    const int full = t->cfg.kind == CQR_KIND_FULL;
-    /* The gate makes the push one step for an export: wholly before its
-     * copy or wholly after it, counters included. */
-    pthread_rwlock_rdlock(&t->gate);
-    for (;;) {
-        /* Finding every ID's rows (the map probes: cache misses, split
-         * over the helpers) also tells whether some are new. */
-        pthread_rwlock_rdlock(&t->lock);
-        size_t unknown = resolve_rows(t, t->st, ids, n, rows);
-        if (!track || unknown == 0)
-            break;
-        /* New IDs: register them exclusively, then apply under the
-         * shared lock. A phase commit in between may swap in a map
-         * without them, hence the loop. */
-        pthread_rwlock_unlock(&t->lock);
-        pthread_rwlock_wrlock(&t->lock);
-        rc = cqr_table_add_known(t, ids, n);
-        pthread_rwlock_unlock(&t->lock);
+    for (size_t i = 0; i < np; i++) {
+        const cqr_part_t *p = &pp[i];
+        const cqr_table_t *t = p->t;
+        const uint32_t dim = t->cfg.dim;
+        st[i].rows = rows;
+        rows += (p->n ? p->n : 1) * rows_per_id(t);
+        st[i].ent = NULL;
+        st[i].unknown = 0;
+        if (!p->offsets) {
+            st[i].g = p->grads;
+        } else {
+            for (size_t b = 0; b < p->nbags; b++) {
+                size_t lo = p->offsets[b];
+                size_t hi = cqr_bag_end(p->offsets, p->nbags, p->n, b);
+                float scale = p->pool == CQR_POOL_MEAN && hi > lo
+                                  ? 1.0f / (float)(hi - lo) : 1.0f;
+                const float *gb = p->grads + b * dim;
+                for (size_t j = lo; j < hi; j++)
+                    for (uint32_t d = 0; d < dim; d++)
+                        g[j * dim + d] = gb[d] * scale;
+            }
+            st[i].g = g;
+            g += p->n * dim;
+        }
+        /* Scratch only grows: reserved for every part, it is there for
+         * the largest, and the apply's own requests cannot fail. */
+        int rc = t->cfg.kind == CQR_KIND_FULL
+                     ? agg_reserve(p->n, dim, 0)
+                     : agg_reserve(p->n * t->c * t->ncb, t->w,
+                                   cb_dense_keys(t));
         if (rc)
-            goto out;
+            return rc;
     }
-    if (t->log) {
-        /* A running phase replays it onto its new state. */
-        rc = cqr_pushlog_append(t->log, ids, grads, n);
+    return 0;
+}
+
+/* The resolve stage under every table's shared lock: 1 if some part has
+ * IDs its table must register first (their st[i].unknown is set). */
+static int push_resolve(const cqr_part_t *pp, size_t np, push_st_t *st)
+{
+    int any = 0;
+    for (size_t i = 0; i < np; i++) {
+        cqr_table_t *t = pp[i].t;
+        const int track = t->cfg.kind == CQR_KIND_FULL ||
+                          t->cfg.kind == CQR_KIND_CQR;
+        size_t unknown = pp[i].n ? resolve_rows(t, t->st, pp[i].ids,
+                                                pp[i].n, st[i].rows) : 0;
+        st[i].unknown = track && unknown > 0;
+        any |= st[i].unknown;
+    }
+    return any;
+}
+
+/* The log stage: every part whose table runs a phase reserves its
+ * entry, or none does (*bad names the part refused). */
+static int log_reserve(const cqr_part_t *pp, size_t np, push_st_t *st,
+                       size_t *bad)
+{
+    int rc = 0;
+    size_t i;
+    for (i = 0; i < np && rc == 0; i++)
+        if (pp[i].t->log && pp[i].n)
+            rc = cqr_pushlog_reserve(pp[i].t->log, pp[i].ids, st[i].g,
+                                     pp[i].n, &st[i].ent);
+    if (rc == 0)
+        return 0;
+    *bad = i - 1;
+    for (size_t k = 0; k + 1 < i; k++)
+        if (st[k].ent)
+            cqr_pushlog_cancel(pp[k].t->log, st[k].ent);
+    return rc;
+}
+
+/* Publishes (a running phase replays them onto its new state) or cancels
+ * the reserved entries. */
+static void log_finish(const cqr_part_t *pp, size_t np, push_st_t *st,
+                       int publish)
+{
+    for (size_t i = 0; i < np; i++) {
+        if (!st[i].ent)
+            continue;
+        if (publish)
+            cqr_pushlog_publish(pp[i].t->log, st[i].ent);
+        else
+            cqr_pushlog_cancel(pp[i].t->log, st[i].ent);
+        st[i].ent = NULL;
+    }
+}
+
+static int push_locked(const cqr_part_t *pp, size_t np, push_st_t *st,
+                       const cqr_tableset_t *set, size_t *bad)
+{
+    for (;;) {
+        cqr_tableset_lock(set, 0);
+        int unknown = push_resolve(pp, np, st);
+        /* The logs are asked before any ID is registered, so that a full
+         * log refuses a push that would otherwise leave new IDs behind. */
+        int rc = log_reserve(pp, np, st, bad);
         if (rc) {
+            cqr_tableset_unlock(set, 0);
+            return rc;
+        }
+        if (!unknown)
+            break;
+        /* New IDs: register them exclusively, one table at a time (the
+         * gates stay held), then resolve again under the shared locks:
+         * a phase may begin, commit or end in between. */
+        log_finish(pp, np, st, 0);
+        cqr_tableset_unlock(set, 0);
+        for (size_t i = 0; i < np; i++) {
+            if (!st[i].unknown)
+                continue;
+            cqr_table_t *t = pp[i].t;
+            pthread_rwlock_wrlock(&t->lock);
+            rc = cqr_table_add_known(t, pp[i].ids, pp[i].n);
             pthread_rwlock_unlock(&t->lock);
-            goto out;
+            if (rc) {
+                *bad = i;
+                return rc;
+            }
         }
     }
-    if (full)
-        full_apply_rows(t, rows, grads, n);
-    else
-        cb_apply_resolved(t, t->st, &t->cfg.optim, rows, grads, n);
-    pthread_rwlock_unlock(&t->lock);
-    __atomic_fetch_add(&t->n_pushes, n, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&t->n_examples, examples, __ATOMIC_RELAXED);
-out:
-    pthread_rwlock_unlock(&t->gate);
+    log_finish(pp, np, st, 1);
+    for (size_t i = 0; i < np; i++) {
+        cqr_table_t *t = pp[i].t;
+        if (!pp[i].n)
+            continue;
+        if (t->cfg.kind == CQR_KIND_FULL)
+            full_apply_rows(t, st[i].rows, st[i].g, pp[i].n);
+        else
+            cb_apply_resolved(t, t->st, &t->cfg.optim, st[i].rows, st[i].g,
+                              pp[i].n);
+    }
+    cqr_tableset_unlock(set, 0);
+    for (size_t i = 0; i < np; i++) {
+        __atomic_fetch_add(&pp[i].t->n_pushes, pp[i].n, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&pp[i].t->n_examples, part_rows(&pp[i]),
+                           __ATOMIC_RELAXED);
+    }
+    return 0;
+}
+
+/* Parts whose per-part state lives on the stack. */
+#define PUSH_INLINE 8
+
+int cqr_tables_push(const cqr_part_t *pp, size_t np, size_t *bad)
+{
+    size_t badv = 0;
+    if (!bad)
+        bad = &badv;
+    if (np && !pp)
+        return CQR_EINVAL;
+    for (size_t i = 0; i < np; i++) {
+        int rc = part_check(&pp[i], 1);
+        if (rc == 0 && !all_finite(pp[i].grads,
+                                   part_rows(&pp[i]) * pp[i].t->cfg.dim))
+            rc = CQR_ENONFINITE;
+        if (rc) {
+            *bad = i;
+            return rc;
+        }
+    }
+    size_t live = 0; /* parts with IDs (a pooled part of empty bags has
+                        none, and pushes nothing) */
+    for (size_t i = 0; i < np; i++)
+        live += pp[i].n > 0;
+    if (live == 0)
+        return 0;
+    push_st_t inl[PUSH_INLINE];
+    push_st_t *st = np <= PUSH_INLINE ? inl : malloc(np * sizeof *st);
+    cqr_tableset_t set;
+    int rc = st ? cqr_tableset_init(&set, pp, np) : CQR_ENOMEM;
+    if (rc) {
+        if (st != inl)
+            free(st);
+        *bad = 0;
+        return rc;
+    }
+    rc = push_prepare(pp, np, st);
+    if (rc) {
+        *bad = 0;
+    } else {
+        /* The gates make the push one step for an export: wholly before
+         * its copy or wholly after it, counters included. */
+        cqr_tableset_lock(&set, 1);
+        rc = push_locked(pp, np, st, &set, bad);
+        cqr_tableset_unlock(&set, 1);
+    }
+    cqr_tableset_free(&set);
+    if (st != inl)
+        free(st);
     return rc;
 }
 
 int cqr_table_push(cqr_table_t *t, const uint64_t *ids, const float *grads,
                    size_t n)
 {
-    if (!t || (n && (!ids || !grads)))
-        return CQR_EINVAL;
-    if (n == 0)
-        return 0;
-    return push_impl(t, ids, grads, n, n);
+    cqr_part_t p = {.t = t, .ids = ids, .n = n, .grads = grads};
+    return cqr_tables_push(&p, 1, NULL);
 }
 
 int cqr_table_push_pooled(cqr_table_t *t, const uint64_t *ids, size_t n,
                           const uint32_t *offsets, size_t nbags,
                           cqr_pooling_t pool, const float *bag_grads)
 {
-    if (!t || (n && !ids) || (nbags && !bag_grads) ||
-        (unsigned)pool > CQR_POOL_MEAN)
-        return CQR_EINVAL;
-    int rc = cqr_bags_check(offsets, nbags, n);
-    if (rc)
-        return rc;
+    /* No bags: nothing to push (offsets may then be NULL). */
     if (nbags == 0)
-        return n ? CQR_EINVAL : 0;
-    const uint32_t dim = t->cfg.dim;
-    for (size_t j = 0; j < nbags * dim; j++) {
-        if (!isfinite(bag_grads[j]))
-            return CQR_ENONFINITE;
-    }
-    if (n == 0)
-        return 0;
-    float *g = cqr_scratch(CQR_SCRATCH_POOL_GRADS, n * dim * sizeof(float));
-    if (!g)
-        return CQR_ENOMEM;
-    for (size_t b = 0; b < nbags; b++) {
-        size_t lo = offsets[b], hi = cqr_bag_end(offsets, nbags, n, b);
-        float scale = pool == CQR_POOL_MEAN && hi > lo
-                          ? 1.0f / (float)(hi - lo) : 1.0f;
-        const float *gb = bag_grads + b * dim;
-        for (size_t j = lo; j < hi; j++) {
-            for (uint32_t d = 0; d < dim; d++)
-                g[j * dim + d] = gb[d] * scale;
-        }
-    }
-    return push_impl(t, ids, g, n, nbags);
+        return t && (!n || ids) && (unsigned)pool <= CQR_POOL_MEAN && !n
+                   ? 0 : CQR_EINVAL;
+    cqr_part_t p = {.t = t, .ids = ids, .n = n, .offsets = offsets,
+                    .nbags = nbags, .pool = pool, .grads = bag_grads};
+    return cqr_tables_push(&p, 1, NULL);
 }

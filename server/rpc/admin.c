@@ -15,6 +15,7 @@
 #include "engine/err.h"
 #include "ops/log.h"
 #include "rpc/call.h"
+#include "rpc/wire.h"
 
 /* ---- table info ------------------------------------------------------ */
 
@@ -131,6 +132,7 @@ int cqr_op_hello(cqr_call_t *c, const Cqrps__V1__Hello *h)
     /* The config bounds keep both within uint32. */
     r->max_frame_bytes = (uint32_t)ctx->cfg->max_frame_bytes;
     r->max_batch = (uint32_t)ctx->cfg->max_batch;
+    r->max_parts = CQR_WIRE_MAX_PARTS;
     c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_HELLO;
     c->resp.hello = r;
     return 0;

@@ -41,16 +41,27 @@ typedef struct cqr_info_block {
     Cqrps__V1__ClusterConfig cl;
 } cqr_info_block_t;
 
-/* A Lookup or Push as the operations see it, whichever decoder read it
- * (wire.h's from the frame, or protobuf-c's), so that both share every
- * check and message. */
-typedef struct cqr_data_req {
+/* One table's part of a Lookup or Push as the operations see it,
+ * whichever decoder read it (wire.h's from the frame, or protobuf-c's),
+ * so that both share every check and message. */
+typedef struct cqr_data_part {
     const char *table;        /* NUL-terminated */
     const uint64_t *ids;      /* n_ids, 8-byte aligned */
     size_t n_ids;
     const uint32_t *offsets;  /* n_offsets bag starts */
     size_t n_offsets;
     int pooling;              /* the Pooling value received */
+} cqr_data_part_t;
+
+/* A Lookup or Push: its parts (one for a single-table request, taken
+ * from the request's own table fields) and its gradients. */
+typedef struct cqr_data_req {
+    const cqr_data_part_t *parts; /* n_parts */
+    size_t n_parts;
+    int multi;                /* the parts came in `parts`: the reply
+                                 gives each part's dim */
+    int mixed;                /* table fields beside `parts`: refused */
+    int bf16;                 /* vectors / gradients as bfloat16 */
     const uint8_t *grads;     /* Push: grads_len bytes, any alignment */
     size_t grads_len;
 } cqr_data_req_t;
@@ -73,6 +84,10 @@ typedef struct cqr_call {
     Response resp;
     char msg[512];            /* reply message; "" = cqr_strerror */
     cqr_entry_t *entry;       /* table reference, released at the end */
+    cqr_entry_t **entries;    /* a multi-table request's references, one
+                                 per part (NULL = not taken), nentries
+                                 slots, malloc'd, released at the end */
+    size_t nentries;
     cqr_entry_t **list;       /* ListTables/Stats references */
     size_t nlist;
     union {

@@ -124,10 +124,12 @@ static void pb_free(void *ud, void *p)
 /* A request the fast decoder read, with the copies the engine needs. */
 typedef struct fast_req {
     cqr_data_req_t d;                  /* what the operations see */
-    char table[CQR_WIRE_NAME_MAX + 1]; /* the name, NUL-terminated */
-    uint64_t ids[FAST_INLINE];         /* unaligned IDs, copied */
-    uint32_t offsets[FAST_INLINE];     /* offsets, decoded */
-    void *heap;                        /* the same for larger batches */
+    cqr_data_part_t one;               /* a single-table request's part */
+    char table[CQR_WIRE_NAME_MAX + 1]; /* its name, NUL-terminated */
+    uint64_t ids[FAST_INLINE];         /* its unaligned IDs, copied */
+    uint32_t offsets[FAST_INLINE];     /* its offsets, decoded */
+    void *heap;                        /* the same for larger batches and
+                                          for multi-table requests */
 } fast_req_t;
 
 /* One decoded request, by whichever decoder took it. */
@@ -139,6 +141,103 @@ typedef struct decoded {
     uint64_t id;              /* Request.id */
     uint32_t op_case;         /* Request oneof case */
 } decoded_t;
+
+static int misaligned64(const void *p)
+{
+    return ((uintptr_t)p & (_Alignof(uint64_t) - 1)) != 0;
+}
+
+/* Fills *dp from the wire's part w: the name copied to `name`
+ * (NUL-terminated), the IDs used in place when aligned or else copied to
+ * *ids, the offsets decoded to *offs (both cursors advance). */
+static void fast_part(const cqr_wire_part_t *w, cqr_data_part_t *dp,
+                      char *name, uint64_t **ids, uint32_t **offs)
+{
+    if (w->table_len > 0)
+        memcpy(name, w->table, w->table_len);
+    name[w->table_len] = '\0';
+    dp->table = name;
+    dp->ids = NULL;
+    if (w->n_ids > 0 && misaligned64(w->ids)) {
+        memcpy(*ids, w->ids, w->n_ids * sizeof(uint64_t));
+        dp->ids = *ids;
+        *ids += w->n_ids;
+    } else if (w->n_ids > 0) {
+        dp->ids = (const uint64_t *)(const void *)w->ids;
+    }
+    dp->n_ids = w->n_ids;
+    dp->offsets = NULL;
+    if (w->n_offsets > 0) {
+        cqr_wire_part_offsets(w, *offs);
+        dp->offsets = *offs;
+        *offs += w->n_offsets;
+    }
+    dp->n_offsets = w->n_offsets;
+    dp->pooling = (int)w->pooling;
+}
+
+/* A single-table request: its part in f (large copies on the heap). */
+static int fast_single(const cqr_wire_data_t *w, fast_req_t *f)
+{
+    cqr_wire_part_t one = {w->table, w->table_len, w->ids, w->n_ids,
+                           w->offsets, w->offsets_len, w->n_offsets,
+                           w->pooling};
+    /* Counts are bounded by the frame's size, itself bounded by
+     * --max-frame-bytes, like protobuf-c's allocations. */
+    size_t nid = misaligned64(w->ids) ? w->n_ids : 0; /* IDs to copy */
+    size_t hid = nid > FAST_INLINE ? nid : 0;
+    size_t hoff = w->n_offsets > FAST_INLINE ? w->n_offsets : 0;
+    if (hid + hoff > 0) {
+        f->heap = malloc(hid * sizeof(uint64_t) + hoff * sizeof(uint32_t));
+        if (f->heap == NULL)
+            return 0;
+    }
+    uint64_t *ids = hid > 0 ? (uint64_t *)f->heap : f->ids;
+    uint32_t *offsets = f->offsets;
+    if (hoff > 0) /* after the heap's IDs, if any: 8-aligned */
+        offsets = (uint32_t *)(void *)((uint64_t *)f->heap + hid);
+    fast_part(&one, &f->one, f->table, &ids, &offsets);
+    f->d.parts = &f->one;
+    f->d.n_parts = 1;
+    return 1;
+}
+
+/* A multi-table request: its parts, names and copies in one heap block
+ * (parts, then IDs, offsets and names). */
+static int fast_multi(const cqr_wire_data_t *w, fast_req_t *f)
+{
+    const uint8_t *end = w->parts + w->parts_len;
+    size_t nid = 0, noff = 0;
+    const uint8_t *cur = w->parts;
+    for (size_t i = 0; i < w->n_parts; i++) {
+        cqr_wire_part_t p;
+        cqr_wire_part_next(&cur, end, &p);
+        nid += misaligned64(p.ids) ? p.n_ids : 0;
+        noff += p.n_offsets;
+    }
+    const size_t name = CQR_WIRE_NAME_MAX + 1;
+    f->heap = malloc(w->n_parts * sizeof(cqr_data_part_t) +
+                     nid * sizeof(uint64_t) + noff * sizeof(uint32_t) +
+                     w->n_parts * name);
+    if (f->heap == NULL)
+        return 0;
+    cqr_data_part_t *parts = f->heap;
+    uint64_t *ids = (uint64_t *)(void *)(parts + w->n_parts);
+    uint32_t *offs = (uint32_t *)(void *)(ids + nid);
+    char *names = (char *)(offs + noff);
+    cur = w->parts;
+    for (size_t i = 0; i < w->n_parts; i++) {
+        cqr_wire_part_t p;
+        cqr_wire_part_next(&cur, end, &p);
+        fast_part(&p, &parts[i], names + i * name, &ids, &offs);
+    }
+    f->d.parts = parts;
+    f->d.n_parts = w->n_parts;
+    f->d.multi = 1;
+    f->d.mixed = w->table_len > 0 || w->n_ids > 0 || w->n_offsets > 0 ||
+                 w->pooling != 0;
+    return 1;
+}
 
 /* Reads a Lookup or Push with the hand decoder (wire.h), straight from
  * the frame: the gradients stay there, and the IDs too when they are
@@ -152,43 +251,12 @@ static int fast_decode(const uint8_t *body, size_t len, fast_req_t *f,
     f->heap = NULL;
     if (!cqr_wire_decode_data(body, len, &w))
         return 0;
-    /* Counts are bounded by the frame's size, itself bounded by
-     * --max-frame-bytes, like protobuf-c's allocations. */
-    size_t nid = ((uintptr_t)w.ids & (_Alignof(uint64_t) - 1)) != 0 ?
-                 w.n_ids : 0; /* IDs to copy */
-    size_t hid = nid > FAST_INLINE ? nid : 0;
-    size_t hoff = w.n_offsets > FAST_INLINE ? w.n_offsets : 0;
-    if (hid + hoff > 0) {
-        f->heap = malloc(hid * sizeof(uint64_t) + hoff * sizeof(uint32_t));
-        if (f->heap == NULL)
-            return 0;
-    }
-    uint64_t *ids = hid > 0 ? (uint64_t *)f->heap : f->ids;
-    uint32_t *offsets = f->offsets;
-    if (hoff > 0) /* after the heap's IDs, if any: 8-aligned */
-        offsets = (uint32_t *)(void *)((uint64_t *)f->heap + hid);
-
-    cqr_data_req_t *d = &f->d;
-    memset(d, 0, sizeof *d);
-    if (w.table_len > 0)
-        memcpy(f->table, w.table, w.table_len);
-    f->table[w.table_len] = '\0';
-    d->table = f->table;
-    if (nid > 0) {
-        memcpy(ids, w.ids, nid * sizeof(uint64_t));
-        d->ids = ids;
-    } else if (w.n_ids > 0) {
-        d->ids = (const uint64_t *)(const void *)w.ids;
-    }
-    d->n_ids = w.n_ids;
-    if (w.n_offsets > 0) {
-        cqr_wire_offsets(&w, offsets);
-        d->offsets = offsets;
-    }
-    d->n_offsets = w.n_offsets;
-    d->pooling = (int)w.pooling;
-    d->grads = w.grads;
-    d->grads_len = w.grads_len;
+    memset(&f->d, 0, sizeof f->d);
+    f->d.bf16 = w.bf16;
+    f->d.grads = w.grads;
+    f->d.grads_len = w.grads_len;
+    if (!(w.n_parts == 0 ? fast_single(&w, f) : fast_multi(&w, f)))
+        return 0;
     *id = w.id;
     *op_case = w.op;
     return 1;
@@ -246,49 +314,90 @@ static int undecodable(cqr_server_ctx_t *ctx, const decoded_t *q,
 
 /* ---- dispatch ---------------------------------------------------------- */
 
-/* The request's Lookup or Push: the fast decoder's, or one filled in
- * from protobuf-c's message (whose arrays are malloc'd, so aligned). */
-static const cqr_data_req_t *data_of(const cqr_call_t *c, cqr_data_req_t *d)
+/* protobuf-c's TablePart or single-table fields as a part. */
+static void pb_part(cqr_data_part_t *d, char *table, const uint64_t *ids,
+                    size_t n_ids, const uint32_t *offsets, size_t n_offsets,
+                    int pooling)
 {
-    if (c->fast != NULL)
-        return c->fast;
+    d->table = table;
+    d->ids = ids;
+    d->n_ids = n_ids;
+    d->offsets = offsets;
+    d->n_offsets = n_offsets;
+    d->pooling = pooling;
+}
+
+/* The request's Lookup or Push: the fast decoder's, or one filled in
+ * from protobuf-c's message (whose arrays are malloc'd, so aligned) into
+ * *d, with a single-table request's part in *one. CQR_ENOMEM. */
+static int data_of(cqr_call_t *c, cqr_data_req_t *d, cqr_data_part_t *one,
+                   const cqr_data_req_t **out)
+{
+    if (c->fast != NULL) {
+        *out = c->fast;
+        return 0;
+    }
     const Request *q = c->req;
+    Cqrps__V1__TablePart **pbp;
+    size_t np;
     memset(d, 0, sizeof *d);
     if (q->op_case == CQRPS__V1__REQUEST__OP_LOOKUP) {
         const Cqrps__V1__Lookup *m = q->lookup;
-        d->table = m->table;
-        d->ids = m->ids;
-        d->n_ids = m->n_ids;
-        d->offsets = m->offsets;
-        d->n_offsets = m->n_offsets;
-        d->pooling = (int)m->pooling;
+        pb_part(one, m->table, m->ids, m->n_ids, m->offsets, m->n_offsets,
+                (int)m->pooling);
+        d->bf16 = m->bf16;
+        pbp = m->parts;
+        np = m->n_parts;
     } else {
         assert(q->op_case == CQRPS__V1__REQUEST__OP_PUSH);
         const Cqrps__V1__Push *m = q->push;
-        d->table = m->table;
-        d->ids = m->ids;
-        d->n_ids = m->n_ids;
-        d->offsets = m->offsets;
-        d->n_offsets = m->n_offsets;
-        d->pooling = (int)m->pooling;
+        pb_part(one, m->table, m->ids, m->n_ids, m->offsets, m->n_offsets,
+                (int)m->pooling);
         d->grads = m->grads.data;
         d->grads_len = m->grads.len;
+        d->bf16 = m->bf16;
+        pbp = m->parts;
+        np = m->n_parts;
     }
-    return d;
+    d->parts = one;
+    d->n_parts = 1;
+    if (np > 0) {
+        cqr_data_part_t *parts = malloc(np * sizeof *parts);
+        if (parts == NULL)
+            return cqr_call_fail(c, CQR_ENOMEM, "out of memory");
+        cqr_call_keep(c, parts);
+        for (size_t i = 0; i < np; i++)
+            pb_part(&parts[i], pbp[i]->table, pbp[i]->ids, pbp[i]->n_ids,
+                    pbp[i]->offsets, pbp[i]->n_offsets,
+                    (int)pbp[i]->pooling);
+        d->parts = parts;
+        d->n_parts = np;
+        d->multi = 1;
+        d->mixed = one->table[0] != '\0' || one->n_ids > 0 ||
+                   one->n_offsets > 0 || one->pooling != 0;
+    }
+    *out = d;
+    return 0;
 }
 
 static int dispatch(cqr_call_t *c)
 {
     const Request *q = c->req;
-    cqr_data_req_t d;
     if (!c->sess->authed && c->op_case != CQRPS__V1__REQUEST__OP_HELLO)
         return cqr_call_fail(c, CQR_EAUTH,
                              "send Hello with a valid token first");
     /* Only Lookup and Push come from the fast decoder (q == NULL). */
-    if (c->op_case == CQRPS__V1__REQUEST__OP_LOOKUP)
-        return cqr_op_lookup(c, data_of(c, &d));
-    if (c->op_case == CQRPS__V1__REQUEST__OP_PUSH)
-        return cqr_op_push(c, data_of(c, &d));
+    if (c->op_case == CQRPS__V1__REQUEST__OP_LOOKUP ||
+        c->op_case == CQRPS__V1__REQUEST__OP_PUSH) {
+        cqr_data_req_t d;
+        cqr_data_part_t one;
+        const cqr_data_req_t *m = NULL;
+        int rc = data_of(c, &d, &one, &m);
+        if (rc != 0)
+            return rc;
+        return c->op_case == CQRPS__V1__REQUEST__OP_LOOKUP
+                   ? cqr_op_lookup(c, m) : cqr_op_push(c, m);
+    }
     assert(q != NULL);
     switch (q->op_case) {
     case CQRPS__V1__REQUEST__OP_HELLO:
@@ -368,6 +477,10 @@ static void call_release(cqr_call_t *c)
         cqr_registry_list_free(c->list, c->nlist);
     if (c->entry != NULL)
         cqr_entry_unref(c->entry);
+    for (size_t i = 0; i < c->nentries; i++)
+        if (c->entries[i] != NULL)
+            cqr_entry_unref(c->entries[i]);
+    free(c->entries);
 }
 
 /* Runs the decoded request q and appends its reply; cqr_rpc_handle's
@@ -406,6 +519,25 @@ static int run_call(cqr_server_ctx_t *ctx, cqr_session_t *sess,
     return rc;
 }
 
+/* The reply to a Lookup or Push of more than CQR_WIRE_MAX_PARTS parts,
+ * refused before decoding; cqr_rpc_handle's return codes. */
+static int too_many_parts(cqr_server_ctx_t *ctx, cqr_session_t *sess,
+                          cqr_buf_t *out, size_t parts, uint64_t id,
+                          uint32_t op, unsigned *opi, int *status)
+{
+    *opi = op - 10u;
+    atomic_fetch_add_explicit(&ctx->ctr.ops[*opi], 1, memory_order_relaxed);
+    char msg[160];
+    snprintf(msg, sizeof msg, "request carries %zu table parts; the limit "
+             "is %u", parts, CQR_WIRE_MAX_PARTS);
+    *status = CQR_ELIMIT;
+    int rc = cqr_rpc_error(ctx, out, id, CQR_ELIMIT, msg);
+    /* As run_call: an unauthenticated session gets one answer. */
+    if (rc == 0 && ctx->auth.hello != NULL && !sess->authed)
+        return CQR_EAUTH;
+    return rc;
+}
+
 /* The request path proper; *opi and *status receive the operation slot
  * and the status sent, for cqr_rpc_handle's statistics. */
 static int handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
@@ -414,6 +546,13 @@ static int handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
 {
     cqr_ctr_add(ctx, CQR_CTR_requests, 1);
     *opi = CQR_OP_COUNT - 1;
+    /* A TablePart costs a decoder far more memory than its bytes (a few
+     * bytes of frame, a hundred of decoded message): bound them first. */
+    uint64_t pid;
+    uint32_t pop;
+    size_t parts = cqr_wire_count_parts(body, len, &pid, &pop);
+    if (parts > CQR_WIRE_MAX_PARTS)
+        return too_many_parts(ctx, sess, out, parts, pid, pop, opi, status);
     decoded_t q;
     if (!decode(body, len, &q))
         return undecodable(ctx, &q, out, status);

@@ -58,7 +58,27 @@
 /* Largest encoding cqr_wire_lookup_head and cqr_wire_push_reply write. */
 #define CQR_WIRE_HEAD_MAX 40u
 
-/* The fields of a Lookup or Push request, pointing into the body. */
+/* Most table parts (TablePart) one Lookup or Push may carry. */
+#define CQR_WIRE_MAX_PARTS 1024u
+
+/* One TablePart of a multi-table request, pointing into the body. */
+typedef struct cqr_wire_part {
+    const uint8_t *table;     /* table name, table_len bytes, printable
+                                 ASCII, not NUL-terminated */
+    size_t table_len;
+    const uint8_t *ids;       /* n_ids little-endian uint64, unaligned */
+    size_t n_ids;
+    const uint8_t *offsets;   /* packed varints, as in cqr_wire_data_t */
+    size_t offsets_len;
+    size_t n_offsets;
+    uint32_t pooling;         /* 0 (SUM) or 1 (MEAN) */
+} cqr_wire_part_t;
+
+/* The fields of a Lookup or Push request, pointing into the body. The
+ * table fields are the request's own (a single-table request); a
+ * multi-table request has its n_parts TableParts in [parts, parts +
+ * parts_len) (consecutive fields, keys included: read them with
+ * cqr_wire_part_next). */
 typedef struct cqr_wire_data {
     uint32_t op;              /* CQR_WIRE_LOOKUP or CQR_WIRE_PUSH */
     uint64_t id;              /* Request.id (0 when absent) */
@@ -75,6 +95,10 @@ typedef struct cqr_wire_data {
     const uint8_t *grads;     /* Push: grads_len bytes, unaligned; NULL
                                  for Lookup and for an absent field */
     size_t grads_len;
+    const uint8_t *parts;     /* the TablePart fields, or NULL */
+    size_t parts_len;
+    size_t n_parts;
+    int bf16;                 /* the bf16 field (0 or 1) */
 } cqr_wire_data_t;
 
 /* Decodes body as a Request carrying a Lookup or a Push. 1: *d describes
@@ -88,6 +112,24 @@ int cqr_wire_decode_data(const uint8_t *body, size_t len,
  * successful cqr_wire_decode_data. */
 void cqr_wire_offsets(const cqr_wire_data_t *d, uint32_t *out);
 
+/* Reads the TablePart at *cur into *p and moves *cur past it: called
+ * d->n_parts times from cur = d->parts, with end = d->parts +
+ * d->parts_len, after a successful decode (which checked them all). */
+void cqr_wire_part_next(const uint8_t **cur, const uint8_t *end,
+                        cqr_wire_part_t *p);
+
+/* The same as cqr_wire_offsets for a part. */
+void cqr_wire_part_offsets(const cqr_wire_part_t *p, uint32_t *out);
+
+/* The number of TableParts in the Lookup or Push of a Request body,
+ * counted without decoding them: what a decoder would allocate for, so
+ * that the caller can refuse more than CQR_WIRE_MAX_PARTS first. 0 for
+ * other requests and for bytes it cannot follow. *id gets the Request's
+ * id (0 when absent), *op the operation (CQR_WIRE_LOOKUP or
+ * CQR_WIRE_PUSH; 0 for others). */
+size_t cqr_wire_count_parts(const uint8_t *body, size_t len, uint64_t *id,
+                            uint32_t *op);
+
 /* The frame reader's align hint (frame.h) for Push requests: from the
  * first avail bytes of a Request body, the offset within it of a Push's
  * gradients, or SIZE_MAX (another request, or the fields before the
@@ -95,18 +137,31 @@ void cqr_wire_offsets(const cqr_wire_data_t *d, uint32_t *out);
  * later as usual, so a wrong answer costs a copy, nothing else. */
 size_t cqr_wire_align_hint(const uint8_t *body, size_t avail);
 
-/* Bytes of the encoding of an OK Response {id, lookup {dim, vectors}}
- * with vec_bytes of vectors, without the vectors themselves: the vectors
- * start at that offset and the Response is that many plus vec_bytes
- * long. */
-size_t cqr_wire_lookup_head_len(uint64_t id, uint32_t dim, size_t vec_bytes);
+/* Bytes of the encoding of an OK Response {id, lookup {dim, vectors,
+ * dims, bf16}} with vec_bytes of vectors and tail_len bytes of the fields
+ * after them (cqr_wire_lookup_tail), without the vectors and the tail:
+ * the vectors start at that offset, the tail follows them, and the
+ * Response is that many plus vec_bytes plus tail_len long. dim 0 leaves
+ * the dim field out (a multi-table reply). */
+size_t cqr_wire_lookup_head_len(uint64_t id, uint32_t dim, size_t vec_bytes,
+                                size_t tail_len);
 
 /* Writes that header to p (cqr_wire_lookup_head_len bytes, at most
  * CQR_WIRE_HEAD_MAX) and returns its length; the caller writes vec_bytes
- * of vectors right after it. vec_bytes must be below 2^32 minus the
- * header (replies are bounded by --max-frame-bytes first). */
+ * of vectors right after it, then the tail. vec_bytes + tail_len must be
+ * below 2^32 minus the header (replies are bounded by --max-frame-bytes
+ * first). */
 size_t cqr_wire_lookup_head(uint8_t *p, uint64_t id, uint32_t dim,
-                            size_t vec_bytes);
+                            size_t vec_bytes, size_t tail_len);
+
+/* Bytes of the LookupReply fields after the vectors: the packed dims
+ * (ndims of them; none for a single-table reply) and bf16. */
+size_t cqr_wire_lookup_tail_len(const uint32_t *dims, size_t ndims,
+                                int bf16);
+
+/* Writes them to p; returns cqr_wire_lookup_tail_len's value. */
+size_t cqr_wire_lookup_tail(uint8_t *p, const uint32_t *dims, size_t ndims,
+                            int bf16);
 
 /* Writes an OK Response {id, push {applied}} to p (at most
  * CQR_WIRE_HEAD_MAX bytes) and returns its length. */

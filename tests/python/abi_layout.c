@@ -29,6 +29,7 @@ int main(void)
     OFF(cqrps_server_info_t, admin);
     OFF(cqrps_server_info_t, max_frame_bytes);
     OFF(cqrps_server_info_t, max_batch);
+    OFF(cqrps_server_info_t, max_parts);
 
     SIZE(cqrps_part_t);
     OFF(cqrps_part_t, table);

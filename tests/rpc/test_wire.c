@@ -23,6 +23,43 @@
 typedef Cqrps__V1__Request Request;
 typedef Cqrps__V1__Response Response;
 
+/* Asserts that the fast decoder's part w is protobuf-c's part p. */
+static void expect_same_part(const cqr_wire_part_t *w,
+                             const Cqrps__V1__TablePart *p)
+{
+    ck_assert_uint_eq(w->table_len, strlen(p->table));
+    if (w->table_len > 0)
+        ck_assert_mem_eq(w->table, p->table, w->table_len);
+    ck_assert_uint_eq(w->n_ids, p->n_ids);
+    if (p->n_ids > 0 && memcmp(w->ids, p->ids, 8 * p->n_ids) != 0)
+        ck_abort_msg("a part's IDs differ");
+    ck_assert_uint_eq(w->n_offsets, p->n_offsets);
+    uint32_t *offs = malloc((p->n_offsets ? p->n_offsets : 1) * 4);
+    cqr_wire_part_offsets(w, offs);
+    if (p->n_offsets > 0 && memcmp(offs, p->offsets, 4 * p->n_offsets) != 0)
+        ck_abort_msg("a part's offsets differ");
+    free(offs);
+    ck_assert_uint_eq(w->pooling, (uint32_t)p->pooling);
+}
+
+/* The parts and the bf16 flag of d against protobuf-c's. */
+static void expect_same_parts(const cqr_wire_data_t *d, const Request *q)
+{
+    int lookup = q->op_case == CQRPS__V1__REQUEST__OP_LOOKUP;
+    size_t np = lookup ? q->lookup->n_parts : q->push->n_parts;
+    Cqrps__V1__TablePart **pp = lookup ? q->lookup->parts : q->push->parts;
+    ck_assert_int_eq(d->bf16, lookup ? q->lookup->bf16 : q->push->bf16);
+    ck_assert_uint_eq(d->n_parts, np);
+    const uint8_t *cur = d->parts;
+    const uint8_t *end = np > 0 ? d->parts + d->parts_len : NULL;
+    for (size_t i = 0; i < np; i++) {
+        cqr_wire_part_t w;
+        cqr_wire_part_next(&cur, end, &w);
+        expect_same_part(&w, pp[i]);
+    }
+    ck_assert_ptr_eq(cur, end);
+}
+
 /* Asserts that d holds exactly protobuf-c's reading of the same body. */
 static void expect_same(const cqr_wire_data_t *d, const Request *q)
 {
@@ -77,6 +114,7 @@ static void expect_same(const cqr_wire_data_t *d, const Request *q)
                          offsets[i]);
     free(offs);
     ck_assert_int_eq((int)d->pooling, pooling);
+    expect_same_parts(d, q);
 }
 
 /* The decoder's contract on any bytes: decline, or read what protobuf-c
@@ -98,9 +136,12 @@ static int check_bytes(const uint8_t *body, size_t len)
 
 START_TEST(test_decode_matches_protobuf)
 {
-    for (int iter = 0; iter < 4000; iter++) {
+    for (int iter = 0; iter < 6000; iter++) {
         gen_t g;
-        gen_request(&g, iter % 2);
+        if (iter % 3 == 2)
+            gen_multi(&g, iter % 2);
+        else
+            gen_request(&g, iter % 2);
         size_t n;
         uint8_t *mem;
         uint8_t *body = pack_at(&g.q, (size_t)below(8), &n, &mem);
@@ -196,9 +237,19 @@ START_TEST(test_decline_odd_input)
     SUB(L, 0x12, 0, 0x12, 0);                /* ids twice (concatenated) */
     SUB(L, 0x1a, 0, 0x1a, 0);                /* offsets twice */
     SUB(L, 0x20, 0, 0x20, 1);                /* pooling twice */
-    SUB(L, 0x30, 1);                         /* unknown field 6 */
-    SUB(L, 0x2a, 0);                         /* unknown field 5 (LEN) */
-    SUB(P, 0x30, 1);                         /* unknown field 6 */
+    SUB(L, 0x38, 1);                         /* unknown field 7 */
+    SUB(L, 0x3a, 0);                         /* unknown field 7 (LEN) */
+    SUB(P, 0x40, 1);                         /* unknown field 8 */
+    SUB(P, 0x30, 1);                         /* parts as a varint */
+    SUB(L, 0x30, 2);                         /* bf16 other than 0/1 */
+    SUB(L, 0x30, 1, 0x30, 1);                /* bf16 twice */
+    SUB(L, 0x2a, 0, 0x30, 1, 0x2a, 0);       /* parts apart */
+    SUB(L, 0x2a, 2, 0x28, 1);                /* a part's unknown field */
+    SUB(L, 0x2a, 6, 0x0a, 1, 't', 0x0a, 1, 't'); /* a part's name twice */
+    SUB(L, 0x2a, 2, 0x20, 2);                /* a part's bad pooling */
+    SUB(L, 0x2a, 3, 0x0a, 1, 0x00);          /* a part's bad name */
+    SUB(L, 0x2a, 3, 0x12, 1, 0);             /* a part's odd ids */
+    SUB(L, 0x2a, 5, 0x0a, 1, 't');           /* a part runs past */
     SUB(L, 0x11, 1, 0, 0, 0, 0, 0, 0, 0);   /* ids unpacked (fixed64) */
     SUB(L, 0x18, 1);                         /* offsets unpacked */
     SUB(P, 0x20, 1);                         /* offsets unpacked */
@@ -310,9 +361,16 @@ END_TEST
  * as soon as the fields before them have arrived, and nothing else. */
 START_TEST(test_align_hint)
 {
-    for (int iter = 0; iter < 400; iter++) {
+    for (int iter = 0; iter < 500; iter++) {
         gen_t g;
-        gen_request(&g, iter % 3 != 0);
+        /* Multi-table pushes too: protobuf encoders write the gradients
+         * (field 3) before the parts (field 6), as libcqrps does. */
+        if (iter >= 400)
+            gen_multi(&g, 1);
+        else
+            gen_request(&g, iter % 3 != 0);
+        for (size_t i = 0; i < g.ps.n_parts; i++)
+            g.part[i].n_ids %= 40;
         g.lk.n_ids %= 40;
         g.ps.n_ids %= 40;
         size_t n;
@@ -361,9 +419,20 @@ START_TEST(test_lookup_reply_bytes)
                                        (uint32_t)below(4097);
         size_t vb = rnd_vec_bytes();
         Cqrps__V1__LookupReply lr = CQRPS__V1__LOOKUP_REPLY__INIT;
+        /* A multi-table reply: no dim, the parts' dims, maybe bf16. */
+        uint32_t dims[40];
+        size_t nd = below(3) == 0 ? (size_t)below(41) : 0;
+        for (size_t i = 0; i < nd; i++)
+            dims[i] = (uint32_t)(below(2) ? below(4097) + 1 : rnd_bits());
+        int bf16 = (int)below(2);
+        if (nd > 0)
+            dim = 0;
         lr.dim = dim;
         lr.vectors.data = vec;
         lr.vectors.len = vb;
+        lr.dims = dims;
+        lr.n_dims = nd;
+        lr.bf16 = bf16;
         Response resp = CQRPS__V1__RESPONSE__INIT;
         resp.id = id;
         resp.status = CQRPS__V1__STATUS__OK;
@@ -373,13 +442,16 @@ START_TEST(test_lookup_reply_bytes)
         uint8_t *a = malloc(want);
         ck_assert_uint_eq(cqrps__v1__response__pack(&resp, a), want);
 
-        size_t head = cqr_wire_lookup_head_len(id, dim, vb);
+        size_t tail = cqr_wire_lookup_tail_len(dims, nd, bf16);
+        size_t head = cqr_wire_lookup_head_len(id, dim, vb, tail);
         ck_assert_uint_le(head, CQR_WIRE_HEAD_MAX);
-        ck_assert_uint_eq(head + vb, want);
-        uint8_t *b = malloc(head + vb + 1);
-        ck_assert_uint_eq(cqr_wire_lookup_head(b, id, dim, vb), head);
+        ck_assert_uint_eq(head + vb + tail, want);
+        uint8_t *b = malloc(head + vb + tail + 1);
+        ck_assert_uint_eq(cqr_wire_lookup_head(b, id, dim, vb, tail), head);
         if (vb > 0)
             memcpy(b + head, vec, vb);
+        ck_assert_uint_eq(cqr_wire_lookup_tail(b + head + vb, dims, nd,
+                                               bf16), tail);
         ck_assert_mem_eq(a, b, want);
         free(a);
         free(b);

@@ -87,11 +87,66 @@ void gen_request(gen_t *g, int push)
     }
 }
 
+void gen_multi(gen_t *g, int push)
+{
+    gen_request(g, push);
+    size_t np = 1 + (size_t)below(GEN_PARTS);
+    for (size_t i = 0; i < np; i++) {
+        Cqrps__V1__TablePart *p = &g->part[i];
+        cqrps__v1__table_part__init(p);
+        size_t nl = (size_t)below(12);
+        for (size_t k = 0; k < nl; k++)
+            g->pname[i][k] = (char)(0x20 + below(0x7f - 0x20));
+        g->pname[i][nl] = '\0';
+        size_t n = (size_t)below(3) == 0 ? (size_t)below(2000)
+                                         : (size_t)below(20);
+        g->pids[i] = malloc((n ? n : 1) * sizeof(uint64_t));
+        for (size_t k = 0; k < n; k++)
+            g->pids[i][k] = below(2) ? rnd() : below(100);
+        size_t nb = below(2) ? (size_t)below(n + 2) : 0;
+        g->poffs[i] = malloc((nb ? nb : 1) * sizeof(uint32_t));
+        for (size_t k = 0; k < nb; k++)
+            g->poffs[i][k] = (uint32_t)(below(4) ? below(n + 1) : rnd_bits());
+        p->table = g->pname[i];
+        p->ids = g->pids[i];
+        p->n_ids = n;
+        p->offsets = g->poffs[i];
+        p->n_offsets = nb;
+        p->pooling = (Cqrps__V1__Pooling)below(2);
+        g->parts[i] = p;
+    }
+    int mixed = below(8) == 0;
+    protobuf_c_boolean bf16 = below(2) != 0;
+    if (!push) {
+        g->lk.parts = g->parts;
+        g->lk.n_parts = np;
+        g->lk.bf16 = bf16;
+        if (!mixed) {
+            g->lk.table = (char *)"";
+            g->lk.n_ids = g->lk.n_offsets = 0;
+            g->lk.pooling = 0;
+        }
+    } else {
+        g->ps.parts = g->parts;
+        g->ps.n_parts = np;
+        g->ps.bf16 = bf16;
+        if (!mixed) {
+            g->ps.table = (char *)"";
+            g->ps.n_ids = g->ps.n_offsets = 0;
+            g->ps.pooling = 0;
+        }
+    }
+}
+
 void gen_free(gen_t *g)
 {
     free(g->ids);
     free(g->offsets);
     free(g->grads);
+    for (size_t i = 0; i < GEN_PARTS; i++) {
+        free(g->pids[i]);
+        free(g->poffs[i]);
+    }
 }
 
 /* Packs q into a malloc'd buffer, `shift` bytes in (so that its fields

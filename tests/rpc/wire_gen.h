@@ -24,6 +24,9 @@ uint64_t below(uint64_t n);
 /* A value of a random bit length, so every varint width shows up. */
 uint64_t rnd_bits(void);
 
+/* Most table parts gen_multi makes. */
+#define GEN_PARTS 5
+
 /* One random Lookup or Push and the storage its message points to. */
 typedef struct gen {
     Cqrps__V1__Request q;
@@ -33,6 +36,12 @@ typedef struct gen {
     uint64_t *ids;
     uint32_t *offsets;
     uint8_t *grads;
+    /* gen_multi's parts */
+    Cqrps__V1__TablePart part[GEN_PARTS];
+    Cqrps__V1__TablePart *parts[GEN_PARTS];
+    char pname[GEN_PARTS][16];
+    uint64_t *pids[GEN_PARTS];
+    uint32_t *poffs[GEN_PARTS];
 } gen_t;
 
 /* Fills g with a random Lookup (push 0) or Push (push 1): any name of
@@ -40,6 +49,11 @@ typedef struct gen {
  * valid or not. Release with gen_free. */
 void gen_request(gen_t *g, int push);
 void gen_free(gen_t *g);
+
+/* The same with 1..GEN_PARTS table parts of random names, IDs, offsets
+ * and pooling, a random bf16 flag, and (mostly) no table fields beside
+ * them. Release with gen_free. */
+void gen_multi(gen_t *g, int push);
 
 /* Packs q into a malloc'd buffer *mem, `shift` bytes in (so that its
  * fields land at every alignment); returns the body, *n its length. */

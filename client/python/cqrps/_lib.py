@@ -111,6 +111,7 @@ class ServerInfo(Structure):
         ("admin", c_int),
         ("max_frame_bytes", c_uint32),
         ("max_batch", c_uint32),
+        ("max_parts", c_uint32),
     ]
 
 

@@ -164,6 +164,7 @@ class ServerInfo:
     admin: bool            #: the admin token was accepted
     max_frame_bytes: int   #: the server's frame limit
     max_batch: int         #: the server's IDs-per-request limit
+    max_parts: int = 0     #: table parts per request (0: none)
 
 
 @dataclass(frozen=True)

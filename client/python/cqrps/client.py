@@ -464,7 +464,8 @@ class Client:
         si = _lib.ServerInfo()
         self._call(self._L.cqrps_server_info, byref(si))
         return ServerInfo(_s(si.server_version), si.protocol_version,
-                          bool(si.admin), si.max_frame_bytes, si.max_batch)
+                          bool(si.admin), si.max_frame_bytes, si.max_batch,
+                          si.max_parts)
 
     def stats(self) -> Stats:
         """Server statistics, with every table's figures and counters."""

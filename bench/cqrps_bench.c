@@ -6,6 +6,7 @@
  *               [--optimizer adam|sgd|adagrad] [--warm 0|1] [--depth P]
  *               [--threads T] [--table NAME] [--keep] [--server-pid PID]
  *               [--token-file F] [--admin-token-file F]
+ *               [--tables N] [--calls multi|single|pipelined] [--bf16]
  *
  * Tokens come from the files, else $CQRPS_TOKEN / $CQRPS_ADMIN_TOKEN.
  *
@@ -26,6 +27,17 @@
  *      rows pushed), latency p50/p99/p999 per batch, and with --json one
  *      JSON line. With --server-pid, the server's CPU seconds (from
  *      /proc/PID/stat) per million embeddings.
+ *
+ * Several tables (--tables N > 1, or --bf16, or --calls): N tables
+ * NAME_0 .. NAME_{N-1} of the same configuration are created and warmed,
+ * and a connection runs steps one after the other (depth 1): a step
+ * looks up (pushes) --batch IDs in every table, as one multi-table call
+ * (--calls multi, the default: one request per shard), as N synchronous
+ * single-table calls (single: N round trips) or as N single-table calls
+ * started together and then waited for (pipelined). --bf16 sends the
+ * multi-table call's vectors or gradients as bfloat16. Embeddings count
+ * every table's IDs; the latency is a step's; the JSON line adds the
+ * server's Lookup and Push requests per step (its op.* counters).
  *
  * Progress goes to stderr; the JSON line to stdout.
  */
@@ -64,6 +76,11 @@ typedef struct opts {
     int json;                /* print a JSON line */
     const char *token_file;  /* --token-file, else $CQRPS_TOKEN */
     const char *admin_file;  /* --admin-token-file, else $CQRPS_ADMIN_TOKEN */
+    uint32_t tables;         /* tables per step (1: the classic run) */
+    const char *calls;       /* multi, single or pipelined */
+    int bf16;                /* multi-table calls in bfloat16 */
+    int steps;               /* run steps (several tables, bf16, calls) */
+    char (*names)[CQRPS_NAME_MAX + 1]; /* the tables' names */
     char *token;             /* loaded secrets (cqrps_secret_load) */
     size_t token_len;
     char *admin_token;
@@ -79,6 +96,7 @@ static void usage(void)
         "  [--optimizer adam|sgd|adagrad] [--warm 1|0] [--depth 1]\n"
         "  [--threads N] [--table NAME] [--keep] [--server-pid PID]\n"
         "  [--token-file F] [--admin-token-file F]\n"
+        "  [--tables N] [--calls multi|single|pipelined] [--bf16]\n"
         "Tokens come from the files, else $CQRPS_TOKEN and "
         "$CQRPS_ADMIN_TOKEN.\n");
 }
@@ -98,7 +116,8 @@ static int parse_opts(int argc, char **argv, opts_t *o)
 {
     *o = (opts_t){.op = "lookup", .table = "bench", .kind = CQRPS_KIND_CQR,
                   .opt = CQRPS_OPT_ADAM, .dim = 64, .batch = 1024, .conns = 1,
-                  .depth = 1, .vocab = 1000000, .seconds = 5.0, .warm = 1};
+                  .depth = 1, .vocab = 1000000, .seconds = 5.0, .warm = 1,
+                  .tables = 1, .calls = "multi"};
     static const struct option lo[] = {
         {"addr", 1, 0, 'a'},    {"op", 1, 0, 'o'},      {"table", 1, 0, 'T'},
         {"kind", 1, 0, 'k'},    {"optimizer", 1, 0, 'O'}, {"dim", 1, 0, 'd'},
@@ -108,6 +127,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"warm", 1, 0, 'w'},    {"keep", 0, 0, 'K'},    {"server-pid", 1, 0, 'P'},
         {"json", 0, 0, 'j'},    {"help", 0, 0, 'h'},
         {"token-file", 1, 0, 'F'}, {"admin-token-file", 1, 0, 'G'},
+        {"tables", 1, 0, 'N'},  {"calls", 1, 0, 'C'},   {"bf16", 0, 0, 'B'},
         {0, 0, 0, 0}};
     int ch;
     uint64_t v;
@@ -125,7 +145,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
                 return -1;
             break;
         case 'd': case 'r': case 'c': case 'b': case 'n': case 't': case 'p':
-        case 'v':
+        case 'v': case 'N':
             if (bench_parse_count(optarg, &v))
                 return -1;
             if (ch == 'd') o->dim = (uint32_t)v;
@@ -136,7 +156,10 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             if (ch == 't') o->threads = (uint32_t)v;
             if (ch == 'p') o->depth = (uint32_t)v;
             if (ch == 'v') o->vocab = v;
+            if (ch == 'N') o->tables = (uint32_t)v;
             break;
+        case 'C': o->calls = optarg; o->steps = 1; break;
+        case 'B': o->bf16 = 1; break;
         case 'z': o->zipf = atof(optarg); break;
         case 's': o->seconds = atof(optarg); break;
         case 'w': o->warm = atoi(optarg) != 0; break;
@@ -155,10 +178,33 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         return -1;
     if (!o->addr || (strcmp(o->op, "lookup") && strcmp(o->op, "push")) ||
         !o->dim || !o->batch || !o->conns || !o->depth || !o->vocab ||
-        o->seconds <= 0)
+        o->seconds <= 0 || !o->tables || o->tables > 1024 ||
+        (strcmp(o->calls, "multi") && strcmp(o->calls, "single") &&
+         strcmp(o->calls, "pipelined")))
         return -1;
     if (!o->threads || o->threads > o->conns)
         o->threads = o->conns;
+    o->steps |= o->tables > 1 || o->bf16;
+    if (o->steps) {
+        if (o->depth != 1 || (o->bf16 && strcmp(o->calls, "multi"))) {
+            bench_log(PROG, "steps run at depth 1; --bf16 needs --calls "
+                      "multi");
+            return -1;
+        }
+        o->threads = o->conns; /* one connection per thread */
+    }
+    o->names = calloc(o->tables, sizeof *o->names);
+    if (!o->names)
+        return -1;
+    for (uint32_t i = 0; i < o->tables; i++) {
+        int w = o->tables == 1
+                    ? snprintf(o->names[i], sizeof o->names[i], "%s",
+                               o->table)
+                    : snprintf(o->names[i], sizeof o->names[i], "%s_%u",
+                               o->table, i);
+        if (w < 0 || (size_t)w >= sizeof o->names[i])
+            return -1;
+    }
     return 0;
 }
 
@@ -180,7 +226,8 @@ static cqrps_client_t *open_client(const opts_t *o, const char *name)
     return c;
 }
 
-static int create_table(cqrps_client_t *c, const opts_t *o)
+static int create_table(cqrps_client_t *c, const opts_t *o,
+                        const char *name)
 {
     cqrps_table_config_t cfg;
     cqrps_table_config_init(&cfg, o->kind, o->dim);
@@ -188,24 +235,24 @@ static int create_table(cqrps_client_t *c, const opts_t *o)
     cfg.chunks = o->chunks;
     cfg.optimizer = o->opt;
     cfg.seed = 42;
-    int rc = cqrps_drop_table(c, o->table);
+    int rc = cqrps_drop_table(c, name);
     /* Without the admin token the drop is refused; the create below then
      * says whether an old table is in the way. */
     if (rc == CQRPS_EPERM)
-        bench_log(PROG, "drop %s: %s (continuing)", o->table,
+        bench_log(PROG, "drop %s: %s (continuing)", name,
                   cqrps_last_error(c));
     else if (rc && rc != CQRPS_ENOTFOUND) {
-        bench_log(PROG, "drop %s: %s", o->table, cqrps_last_error(c));
+        bench_log(PROG, "drop %s: %s", name, cqrps_last_error(c));
         return rc;
     }
     cqrps_table_info_t info;
-    rc = cqrps_create_table(c, o->table, &cfg, &info);
+    rc = cqrps_create_table(c, name, &cfg, &info);
     if (rc) {
-        bench_log(PROG, "create %s: %s", o->table, cqrps_last_error(c));
+        bench_log(PROG, "create %s: %s", name, cqrps_last_error(c));
         return rc;
     }
     bench_log(PROG, "table %s: kind=%s dim=%u chunks=%u rows=%u optimizer=%s",
-              o->table, cqrps_kind_name(info.config.kind), info.config.dim,
+              name, cqrps_kind_name(info.config.kind), info.config.dim,
               info.config.chunks, info.config.rows,
               cqrps_optimizer_name(info.config.optimizer));
     return 0;
@@ -219,6 +266,7 @@ static int create_table(cqrps_client_t *c, const opts_t *o)
 typedef struct warmer {
     pthread_t th;          /* the thread */
     const opts_t *o;       /* options */
+    const char *table;     /* the table warmed */
     uint64_t lo, hi;       /* rank range [lo, hi) */
     uint64_t done;         /* IDs pushed (relaxed atomic) */
     int rc;                /* first error */
@@ -261,7 +309,7 @@ static void *warm_main(void *arg)
         for (size_t j = 0; j < n; j++)
             bi[j] = bench_id(base + j);
         size_t nbags = (n + WARM_BAG - 1) / WARM_BAG;
-        int rc = cqrps_push_pooled_start(c, o->table, bi, n, offs, nbags,
+        int rc = cqrps_push_pooled_start(c, w->table, bi, n, offs, nbags,
                                          CQRPS_POOL_SUM, g, &tk[slot]);
         if (rc) {
             w->rc = rc;
@@ -289,7 +337,7 @@ out:
     return NULL;
 }
 
-static int warm_table(const opts_t *o, double *secs)
+static int warm_table(const opts_t *o, const char *table, double *secs)
 {
     uint32_t nw = o->conns < 2 ? 2 : o->conns; /* keep the server busy */
     warmer_t *ws = calloc(nw, sizeof *ws);
@@ -297,7 +345,7 @@ static int warm_table(const opts_t *o, double *secs)
         return CQRPS_ENOMEM;
     double t0 = bench_now(), last = t0;
     for (uint32_t i = 0; i < nw; i++) {
-        ws[i] = (warmer_t){.o = o, .lo = o->vocab * i / nw,
+        ws[i] = (warmer_t){.o = o, .table = table, .lo = o->vocab * i / nw,
                            .hi = o->vocab * (i + 1) / nw};
         pthread_create(&ws[i].th, NULL, warm_main, &ws[i]);
     }
@@ -465,6 +513,115 @@ out:
     return NULL;
 }
 
+/* ---- steps over several tables ------------------------------------------ */
+
+/* One step: batch IDs in every table, as the options' calls say. */
+static int run_step(cqrps_client_t *c, const opts_t *o, int push,
+                    cqrps_part_t *parts, cqrps_ticket_t *tk)
+{
+    const uint32_t n = o->tables;
+    if (!strcmp(o->calls, "multi")) {
+        unsigned fl = o->bf16 ? CQRPS_BF16 : 0;
+        return push ? cqrps_push_multi(c, parts, n, fl)
+                    : cqrps_lookup_multi(c, parts, n, fl);
+    }
+    int rc = 0;
+    if (!strcmp(o->calls, "single")) {
+        for (uint32_t i = 0; i < n && !rc; i++)
+            rc = push ? cqrps_push(c, parts[i].table, parts[i].ids,
+                                   parts[i].grads, parts[i].n)
+                      : cqrps_lookup(c, parts[i].table, parts[i].ids,
+                                     parts[i].n, parts[i].out);
+        return rc;
+    }
+    uint32_t started = 0;
+    for (; started < n && !rc; started++)
+        rc = push ? cqrps_push_start(c, parts[started].table,
+                                     parts[started].ids, parts[started].grads,
+                                     parts[started].n, &tk[started])
+                  : cqrps_lookup_start(c, parts[started].table,
+                                       parts[started].ids, parts[started].n,
+                                       parts[started].out, &tk[started]);
+    if (rc)
+        started--; /* the failed start holds no ticket */
+    for (uint32_t i = 0; i < started; i++) {
+        int w = cqrps_wait(c, tk[i]);
+        if (w && !rc)
+            rc = w;
+    }
+    return rc;
+}
+
+/* A connection running steps (depth 1) until t_end. */
+static void *step_main(void *arg)
+{
+    worker_t *w = arg;
+    const opts_t *o = w->o;
+    const int push = !strcmp(o->op, "push");
+    const uint32_t nt = o->tables;
+    const size_t b = o->batch, rowsz = b * o->dim;
+    cqrps_client_t *c = open_client(o, "cqrps-bench");
+    uint64_t *ids = malloc((size_t)NB * nt * b * sizeof *ids);
+    float *grads = malloc(nt * rowsz * sizeof *grads);
+    float *outs = malloc(nt * rowsz * sizeof *outs);
+    cqrps_part_t *parts = calloc(nt, sizeof *parts);
+    cqrps_ticket_t *tk = calloc(nt, sizeof *tk);
+    if (!c || !ids || !grads || !outs || !parts || !tk) {
+        w->rc = c ? CQRPS_ENOMEM : CQRPS_ECONN;
+        goto out;
+    }
+    bench_rng_t r;
+    bench_rng_seed(&r, 1000 + w->idx);
+    bench_ranks_t z;
+    bench_ranks_init(&z, o->vocab, o->zipf);
+    bench_draw_ids(&z, &r, ids, (size_t)NB * nt * b);
+    for (size_t j = 0; j < nt * rowsz; j++)
+        grads[j] = (float)(bench_rng_unit(&r) - 0.5) * 0.01f;
+    for (uint64_t step = 0; bench_now() < w->t_end; step++) {
+        const uint64_t *base = ids + (size_t)(step % NB) * nt * b;
+        for (uint32_t i = 0; i < nt; i++)
+            parts[i] = (cqrps_part_t){.table = o->names[i],
+                                      .ids = base + (size_t)i * b, .n = b,
+                                      .out = outs + (size_t)i * rowsz,
+                                      .grads = grads + (size_t)i * rowsz};
+        double t0 = bench_now();
+        int rc = run_step(c, o, push, parts, tk);
+        if (rc) {
+            w->rc = rc;
+            bench_log(PROG, "%s: %s", o->op, cqrps_last_error(c));
+            goto out;
+        }
+        bench_lat_add(&w->lat, (bench_now() - t0) * 1e6);
+        w->batches++;
+    }
+out:
+    cqrps_close(c);
+    free(ids);
+    free(grads);
+    free(outs);
+    free(parts);
+    free(tk);
+    return NULL;
+}
+
+/* The server's Lookup and Push requests so far (summed over shards), or
+ * -1. */
+static double data_requests(cqrps_client_t *admin)
+{
+    cqrps_stats_t st;
+    memset(&st, 0, sizeof st);
+    double n = -1;
+    if (!cqrps_stats(admin, &st)) {
+        n = 0;
+        for (size_t i = 0; i < st.ncounters; i++)
+            if (!strcmp(st.counters[i].name, "op.lookup") ||
+                !strcmp(st.counters[i].name, "op.push"))
+                n += st.counters[i].value;
+    }
+    cqrps_stats_free(&st);
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     opts_t o;
@@ -483,10 +640,12 @@ int main(int argc, char **argv)
                   si.max_frame_bytes);
     double warm_s = 0.0;
     int rc = 0;
-    if (o.warm) {
-        rc = create_table(admin, &o);
+    for (uint32_t i = 0; i < o.tables && o.warm && !rc; i++) {
+        double s = 0;
+        rc = create_table(admin, &o, o.names[i]);
         if (!rc)
-            rc = warm_table(&o, &warm_s);
+            rc = warm_table(&o, o.names[i], &s);
+        warm_s += s;
         if (rc) {
             bench_log(PROG, "warm-up failed: %s", cqrps_strerror(rc));
             cqrps_close(admin);
@@ -495,14 +654,15 @@ int main(int argc, char **argv)
     }
     cqrps_table_info_t info;
     memset(&info, 0, sizeof info);
-    rc = cqrps_describe_table(admin, o.table, &info);
+    rc = cqrps_describe_table(admin, o.names[0], &info);
     if (rc) {
-        bench_log(PROG, "describe %s: %s", o.table, cqrps_last_error(admin));
+        bench_log(PROG, "describe %s: %s", o.names[0],
+                  cqrps_last_error(admin));
         cqrps_close(admin);
         return 1;
     }
     if (info.config.dim != o.dim) {
-        bench_log(PROG, "table %s has dim %u, not %u", o.table,
+        bench_log(PROG, "table %s has dim %u, not %u", o.names[0],
                   info.config.dim, o.dim);
         cqrps_close(admin);
         return 1;
@@ -512,19 +672,24 @@ int main(int argc, char **argv)
               "%.1f s, known IDs %llu",
               o.op, o.conns, o.threads, o.depth, o.batch, o.seconds,
               (unsigned long long)info.known_ids);
+    if (o.steps)
+        bench_log(PROG, "steps of %u table(s), %s calls%s", o.tables,
+                  o.calls, o.bf16 ? ", bfloat16" : "");
 
     worker_t *ws = calloc(o.threads, sizeof *ws);
     if (!ws) {
         cqrps_close(admin);
         return 1;
     }
+    double req0 = data_requests(admin);
     double cpu0 = o.server_pid ? bench_proc_cpu_seconds(o.server_pid) : -1;
     double t0 = bench_now();
     for (uint32_t i = 0; i < o.threads; i++) {
         uint32_t nc = o.conns / o.threads + (i < o.conns % o.threads);
         ws[i] = (worker_t){.o = &o, .idx = i, .nconns = nc,
                            .t_end = t0 + o.seconds};
-        pthread_create(&ws[i].th, NULL, worker_main, &ws[i]);
+        pthread_create(&ws[i].th, NULL, o.steps ? step_main : worker_main,
+                       &ws[i]);
     }
     uint64_t batches = 0;
     bench_lat_t all = {0};
@@ -538,9 +703,13 @@ int main(int argc, char **argv)
     }
     double el = bench_now() - t0;
     double cpu1 = o.server_pid ? bench_proc_cpu_seconds(o.server_pid) : -1;
+    double req1 = data_requests(admin);
+    double req_per_step = req0 >= 0 && req1 >= 0 && batches
+                              ? (req1 - req0) / (double)batches : -1;
     free(ws);
-    if (!o.keep && o.warm)
-        cqrps_drop_table(admin, o.table);
+    for (uint32_t i = 0; i < o.tables && !o.keep && o.warm; i++)
+        cqrps_drop_table(admin, o.names[i]);
+    free(o.names);
     cqrps_close(admin);
     cqrps_secret_free(o.token, o.token_len);
     cqrps_secret_free(o.admin_token, o.admin_token_len);
@@ -551,13 +720,13 @@ int main(int argc, char **argv)
         return 1;
     }
     bench_lat_sort(&all);
-    double emb = (double)batches * o.batch / el;
+    double emb = (double)batches * o.batch * o.tables / el;
     double mb = emb * o.dim * 4 / 1e6;
     double p50 = bench_lat_pct(&all, 0.5), p99 = bench_lat_pct(&all, 0.99),
            p999 = bench_lat_pct(&all, 0.999);
     double cpu = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
     double cpu_per_m = cpu >= 0 && batches
-                           ? cpu / ((double)batches * o.batch / 1e6) : -1;
+                           ? cpu / (emb * el / 1e6) : -1;
     bench_log(PROG,
               "%s kind=%s dim=%u batch=%u conns=%u depth=%u vocab=%llu "
               "zipf=%g: %.3f M emb/s, %.0f MB/s, p50 %.1f us p99 %.1f us "
@@ -565,6 +734,11 @@ int main(int argc, char **argv)
               o.op, cqrps_kind_name(o.kind), o.dim, o.batch, o.conns, o.depth,
               (unsigned long long)o.vocab, o.zipf, emb / 1e6, mb, p50, p99,
               p999, cpu_per_m, cpu >= 0 ? cpu / el : -1);
+    if (o.steps)
+        bench_log(PROG, "%u table(s) per step, %s calls%s: %.1f steps/s, "
+                  "%.2f Lookup/Push requests per step (server counters)",
+                  o.tables, o.calls, o.bf16 ? ", bf16" : "",
+                  (double)batches / el, req_per_step);
     if (o.json)
         printf("{\"bench\":\"cqrps\",\"op\":\"%s\",\"kind\":\"%s\","
                "\"optimizer\":\"%s\",\"dim\":%u,\"batch\":%u,\"conns\":%u,"
@@ -573,13 +747,17 @@ int main(int argc, char **argv)
                "\"mb_per_s\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,"
                "\"p999_us\":%.2f,\"server_cpu_s\":%.3f,"
                "\"server_cpu_s_per_m\":%.4f,\"server_cores\":%.3f,"
-               "\"warm_seconds\":%.3f,\"blas_core\":\"%s\"}\n",
+               "\"warm_seconds\":%.3f,\"blas_core\":\"%s\","
+               "\"tables\":%u,\"calls\":\"%s\",\"bf16\":%s,"
+               "\"steps_per_s\":%.2f,\"requests_per_step\":%.3f}\n",
                o.op, cqrps_kind_name(o.kind), cqrps_optimizer_name(o.opt),
                o.dim, o.batch, o.conns, o.threads, o.depth,
                (unsigned long long)o.vocab, o.zipf,
                (unsigned long long)info.known_ids, el, emb, mb, p50, p99, p999,
                cpu, cpu_per_m, cpu >= 0 ? cpu / el : -1, warm_s,
-               bench_blas_core());
+               bench_blas_core(), o.tables, o.steps ? o.calls : "classic",
+               o.bf16 ? "true" : "false", (double)batches / el,
+               req_per_step);
     bench_lat_free(&all);
     fflush(stdout);
     return 0;

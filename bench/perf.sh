@@ -14,7 +14,9 @@
 #      line), and stops both by PID at exit;
 #   4. runs the physical limits (loopback TCP, in-process engine), the Redis
 #      baseline, cqrps lookups and pushes, the scaling curves (batch,
-#      vocabulary, server threads), cluster phases (known IDs, k), the
+#      vocabulary, server threads, client connections), steps over
+#      several tables (one multi-table call against one call per table,
+#      bfloat16), cluster phases (known IDs, k), the
 #      k-means comparison with faiss and scikit-learn and the memory per
 #      known ID;
 #   5. prints the figures, the ratios cqrps/Redis and cqrps/loopback, and
@@ -111,6 +113,7 @@ if [ "$QUICK" = 1 ]; then
     B_LIST="256 1024 4096"
     V_LIST="100000 1000000"
     THR_LIST="1 2"
+    CONN_LIST="1 4"
     CL_V_LIST=""
     CL_K_LIST="256"
     MEM_V_LIST="1000000"
@@ -119,6 +122,7 @@ else
     B_LIST="64 256 1024 4096 16384"
     V_LIST="100000 1000000 10000000 100000000"
     THR_LIST="1 2 4"
+    CONN_LIST="1 2 4 8"
     CL_V_LIST="100000 10000000"
     CL_K_LIST="256 2048"
     MEM_V_LIST="1000000 10000000"
@@ -319,6 +323,42 @@ if [ "$QUICK" = 0 ]; then
         --kind full --dim 64 --batch 1024 --conns 1 --vocab 1e7 \
         --seconds "$TS" --server-pid "$SRV_PID" --table t_vocab --json
 fi
+
+say "scaling: client connections (cqr lookups, 1e6 IDs, depth 2, $SRV_THREADS I/O threads)"
+for n in $CONN_LIST; do
+    run "scale_conns_$n" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+        --dim 64 --batch 1024 --conns "$n" --depth 2 --vocab 1e6 \
+        --seconds "$TS" --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
+done
+
+# A step of a model with 8 tables: batch 4096 IDs in each, one connection
+# at depth 1. The reference is one table's calls at the same batch; the
+# step goes as one multi-table call (one request), as 8 single-table
+# round trips, as 8 single-table calls in flight together, and as one
+# multi-table call in bfloat16.
+say "several tables per step (8 cqr tables of 1e5 IDs, batch 4096 each, one connection)"
+w=1
+for op in lookup push; do
+    run "multi_multi_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" --kind cqr \
+        --optimizer adam --dim 64 --batch 4096 --conns 1 --vocab 1e5 \
+        --tables 8 --calls multi --seconds "$TS" --server-pid "$SRV_PID" \
+        --table t_multi --keep --warm "$w" --json
+    w=0
+    run "multi_ref_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" --kind cqr \
+        --optimizer adam --dim 64 --batch 4096 --conns 1 --vocab 1e5 \
+        --seconds "$TS" --server-pid "$SRV_PID" --table t_multi_0 --warm 0 \
+        --json
+    for calls in single pipelined; do
+        run "multi_${calls}_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" \
+            --kind cqr --optimizer adam --dim 64 --batch 4096 --conns 1 \
+            --vocab 1e5 --tables 8 --calls "$calls" --seconds "$TS" \
+            --server-pid "$SRV_PID" --table t_multi --warm 0 --json
+    done
+    run "multi_bf16_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" --kind cqr \
+        --optimizer adam --dim 64 --batch 4096 --conns 1 --vocab 1e5 \
+        --tables 8 --calls multi --bf16 --seconds "$TS" \
+        --server-pid "$SRV_PID" --table t_multi --warm 0 --json
+done
 
 say "scaling: server I/O threads (cqr lookups, 1e6 IDs, 4 connections, depth 2)"
 stop_cqrps

@@ -181,6 +181,27 @@ def main():
             r_ = ratio(a_, b_) if a_ and a_ > 0 and b_ and b_ > 0 else None
             target(f"{op} {kind}: server CPU per embedding, Redis / cqrps "
                    "(per core)", r_, "reported", True, "{:.2f}x")
+    # Several tables per step (8 tables, batch 4096 each, one connection).
+    for op in ("lookup", "push"):
+        one = get(f"multi_ref_{op}")
+        r_ = ratio(get(f"multi_multi_{op}"), one)
+        target(f"{op}: 8-table call / one-table call, per ID", r_, ">= 1x",
+               r_ is not None and r_ >= 1, "{:.2f}x")
+        r_ = ratio(get(f"multi_multi_{op}", "steps_per_s"),
+                   get(f"multi_single_{op}", "steps_per_s"))
+        target(f"{op}: 8-table step, one call / 8 round trips", r_, ">= 3x",
+               r_ is not None and r_ >= 3, "{:.2f}x")
+        rq = get(f"multi_multi_{op}", "requests_per_step")
+        target(f"{op}: requests per 8-table step (server counters)", rq,
+               "1", rq is not None and abs(rq - 1) < 0.01, "{:.2f}")
+    # Many connections (depth 2 each) against one.
+    c1 = get("scale_conns_1")
+    r_ = ratio(get("scale_conns_4"), c1)
+    target("lookup cqr: 4 connections / 1 connection (depth 2)", r_,
+           ">= 1x", r_ is not None and r_ >= 1, "{:.2f}x")
+    p99 = get("scale_conns_4", "p99_us")
+    target("lookup cqr, 4 connections: p99 per batch (us)", p99, "< 2000 us",
+           p99 is not None and p99 < 2000, "{:.0f}")
     cl = res.get("cluster_target")
     tot = cl.get("seconds_total") if cl and not cl.get("failed") else None
     target("cluster phase 1e6 IDs, k=1024, end to end (s)", tot, "< 15 s",
@@ -294,6 +315,37 @@ def main():
             p(f"| {et} | {op} | {d[1:]} | {fmt_rate(r['emb_per_s'])} | "
               f"{r['p99_us']:.0f} | {r.get('server_cores', -1):.2f} | "
               f"{r.get('server_cpu_s_per_m', -1):.3f} |")
+    conns = sorted((int(t.rsplit("_", 1)[1]), r) for t, r in res.items()
+                   if t.startswith("scale_conns_") and not r.get("failed"))
+    if conns:
+        p("\n## Lookups against client connections (cqr, 1e6 IDs, depth 2 "
+          "each)\n")
+        p("| connections | emb/s | p50 us | p99 us | server cores busy |")
+        p("|---|---|---|---|---|")
+        for n, r in conns:
+            p(f"| {n} | {fmt_rate(r['emb_per_s'])} | {r['p50_us']:.0f} | "
+              f"{r['p99_us']:.0f} | {r.get('server_cores', -1):.2f} |")
+    mt = [(t, r) for t, r in res.items()
+          if t.startswith("multi_") and not r.get("failed")]
+    if mt:
+        p("\n## Steps over 8 tables (cqr, batch 4096 per table, one "
+          "connection)\n")
+        p("| op | calls | tables | steps/s | emb/s | p99 us per step | "
+          "requests per step |")
+        p("|---|---|---|---|---|---|---|")
+        order = {"ref": 0, "multi": 1, "bf16": 2, "pipelined": 3, "single": 4}
+        for t, r in sorted(mt, key=lambda x: (x[0].rsplit("_", 1)[1],
+                                              order.get(x[0].split("_")[1],
+                                                        9))):
+            how = t.split("_")[1]
+            name = {"ref": "one table", "multi": "one multi-table call",
+                    "bf16": "one multi-table call, bf16",
+                    "pipelined": "8 calls in flight",
+                    "single": "8 round trips"}.get(how, how)
+            rq = r.get("requests_per_step", -1)
+            p(f"| {r['op']} | {name} | {r.get('tables', 1)} | "
+              f"{r.get('steps_per_s', 0):.1f} | {fmt_rate(r['emb_per_s'])} "
+              f"| {r['p99_us']:.0f} | {rq:.2f} |")
     curve("Cluster phase against known IDs (k=1024)", "cluster_vocab_",
           "vocab", "known IDs", val="cluster", also=("cluster_target",))
     curve("Cluster phase against k (1e6 IDs)", "cluster_k_", "rows", "k",

@@ -223,13 +223,13 @@ static int map_config(cqr_call_t *c, const Cqrps__V1__TableConfig *in,
 int cqr_op_create(cqr_call_t *c, const Cqrps__V1__CreateTable *m)
 {
     cqr_server_ctx_t *ctx = c->ctx;
-    if (cqr_registry_name_check(m->name) != 0)
-        return cqr_call_fail(c, CQR_EINVAL, "table name must be 1-%d "
-                             "characters of A-Z a-z 0-9 _ - .", CQR_NAME_MAX);
+    int rc = cqr_call_name(c, m->name);
+    if (rc != 0)
+        return rc;
     if (m->config == NULL)
         return cqr_call_fail(c, CQR_EINVAL, "CreateTable needs a config");
     cqr_table_config_t cfg;
-    int rc = map_config(c, m->config, &cfg);
+    rc = map_config(c, m->config, &cfg);
     if (rc != 0)
         return rc;
 
@@ -271,6 +271,9 @@ static int need_admin(cqr_call_t *c)
 int cqr_op_drop(cqr_call_t *c, const Cqrps__V1__DropTable *m)
 {
     int rc = need_admin(c);
+    if (rc != 0)
+        return rc;
+    rc = cqr_call_name(c, m->name);
     if (rc != 0)
         return rc;
     char clean[CQR_NAME_MAX + 8];

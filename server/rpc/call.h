@@ -77,6 +77,9 @@ typedef struct cqr_call {
     const cqr_data_req_t *fast; /* the fast decoder's Lookup or Push */
     uint64_t id;              /* Request.id */
     uint32_t op_case;         /* Request oneof case (field number) */
+    int strings_bad;          /* a string field holds a NUL byte (or the
+                                 body could not be checked): refused */
+    const char *bad_field;    /* that field's name (static), or NULL */
     cqr_buf_t *out;           /* where the reply goes */
     int appended;             /* the operation appended its OK reply to
                                  out itself (Lookup, Push): nothing to
@@ -115,7 +118,12 @@ int cqr_call_fail(cqr_call_t *c, int err, const char *fmt, ...)
 /* Frees p after the reply is packed (at most four blocks per call). */
 void cqr_call_keep(cqr_call_t *c, void *p);
 
-/* Looks up a table by name into c->entry, with the standard messages. */
+/* CQR_EINVAL with the standard message unless name is a valid table name
+ * (registry.h): every request that names a table checks it this way. */
+int cqr_call_name(cqr_call_t *c, const char *name);
+
+/* Looks up a table by name into c->entry, with the standard messages:
+ * CQR_EINVAL for an invalid name, CQR_ENOTFOUND for a missing table. */
 int cqr_call_table(cqr_call_t *c, const char *name);
 
 /* Fills c->infos with every table (ListTables, Stats); *n gets their

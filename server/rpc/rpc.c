@@ -50,11 +50,22 @@ void cqr_call_keep(cqr_call_t *c, void *p)
     assert(!"rpc_call heap slots exhausted");
 }
 
-int cqr_call_table(cqr_call_t *c, const char *name)
+int cqr_call_name(cqr_call_t *c, const char *name)
 {
     if (name == NULL || name[0] == '\0')
         return cqr_call_fail(c, CQR_EINVAL, "table name is empty");
-    int rc = cqr_registry_get(c->ctx->reg, name, &c->entry);
+    if (cqr_registry_name_check(name) != 0)
+        return cqr_call_fail(c, CQR_EINVAL, "table name must be 1-%d "
+                             "characters of A-Z a-z 0-9 _ - .", CQR_NAME_MAX);
+    return 0;
+}
+
+int cqr_call_table(cqr_call_t *c, const char *name)
+{
+    int rc = cqr_call_name(c, name);
+    if (rc != 0)
+        return rc;
+    rc = cqr_registry_get(c->ctx->reg, name, &c->entry);
     if (rc != 0) {
         char clean[CQR_NAME_MAX + 8];
         return cqr_call_fail(c, rc, "no such table '%s'",
@@ -140,6 +151,8 @@ typedef struct decoded {
     Request *req;             /* protobuf-c's, or NULL */
     uint64_t id;              /* Request.id */
     uint32_t op_case;         /* Request oneof case */
+    int strings_bad;          /* see cqr_call_t */
+    const char *bad_field;
 } decoded_t;
 
 static int misaligned64(const void *p)
@@ -275,11 +288,16 @@ static int decode(const uint8_t *body, size_t len, decoded_t *q)
     q->req = NULL;
     q->id = 0;
     q->op_case = 0;
+    q->strings_bad = 0;
+    q->bad_field = NULL;
     if (fast_decode(body, len, &q->fast, &q->id, &q->op_case))
         return 1;
     q->req = cqrps__v1__request__unpack(&q->alloc, len, body);
     if (q->req == NULL)
         return 0;
+    /* The fast decoder takes no NUL; protobuf-c's strings would hide it. */
+    q->strings_bad = !cqr_wire_strings_clean(&cqrps__v1__request__descriptor,
+                                             body, len, &q->bad_field);
     q->id = q->req->id;
     q->op_case = (uint32_t)q->req->op_case;
     return 1;
@@ -386,6 +404,13 @@ static int dispatch(cqr_call_t *c)
     if (!c->sess->authed && c->op_case != CQRPS__V1__REQUEST__OP_HELLO)
         return cqr_call_fail(c, CQR_EAUTH,
                              "send Hello with a valid token first");
+    if (c->strings_bad && c->bad_field != NULL)
+        return cqr_call_fail(c, CQR_EINVAL, "string field '%s' holds a "
+                             "NUL byte", c->bad_field);
+    if (c->strings_bad)
+        return cqr_call_fail(c, CQR_EINVAL, "request uses an encoding this "
+                             "server does not accept (a key or length "
+                             "over 5 bytes)");
     /* Only Lookup and Push come from the fast decoder (q == NULL). */
     if (c->op_case == CQRPS__V1__REQUEST__OP_LOOKUP ||
         c->op_case == CQRPS__V1__REQUEST__OP_PUSH) {
@@ -499,6 +524,8 @@ static int run_call(cqr_server_ctx_t *ctx, cqr_session_t *sess,
     c->fast = q->req == NULL ? &q->fast.d : NULL;
     c->id = q->id;
     c->op_case = q->op_case;
+    c->strings_bad = q->strings_bad;
+    c->bad_field = q->bad_field;
     c->out = out;
     cqrps__v1__response__init(&c->resp);
     c->resp.id = q->id;

@@ -5,6 +5,8 @@
 #include <limits.h>
 #include <string.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #include "proto/varint.h"
 
 /* Protobuf wire types. */
@@ -494,4 +496,68 @@ size_t cqr_wire_push_reply(uint8_t *p, uint64_t id, uint64_t applied)
         n += cqr_varint_put(p + n, applied);
     }
     return n;
+}
+
+/* ---- string fields ------------------------------------------------------
+ * Nesting is bounded by the schema (no message of cqrps.proto contains
+ * itself); the depth cap only guards against a future one that does. */
+#define STRINGS_DEPTH_MAX 16
+
+static int strings_clean(const ProtobufCMessageDescriptor *desc,
+                         const uint8_t *p, size_t len, unsigned depth,
+                         const char **field)
+{
+    *field = NULL;
+    if (depth > STRINGS_DEPTH_MAX)
+        return 0;
+    cur_t c = {p, p + len};
+    while (c.p < c.end) {
+        uint64_t k, v;
+        const uint8_t *b;
+        size_t n;
+        if (!cqr_varint_get(&c.p, c.end, 5, &k) || k > UINT32_MAX)
+            return 0;
+        switch ((unsigned)(k & 7)) {
+        case WT_VARINT:
+            if (!cqr_varint_get(&c.p, c.end, CQR_VARINT_MAX, &v))
+                return 0;
+            break;
+        case WT_I64:
+        case WT_I32: {
+            size_t w = (k & 7) == WT_I64 ? 8 : 4;
+            if ((size_t)(c.end - c.p) < w)
+                return 0;
+            c.p += w;
+            break;
+        }
+        case WT_LEN: {
+            if (!get_len(&c, &b, &n))
+                return 0;
+            const ProtobufCFieldDescriptor *fd =
+                protobuf_c_message_descriptor_get_field(desc,
+                                                        (unsigned)(k >> 3));
+            if (fd == NULL)
+                break; /* an unknown field: kept as bytes, never read */
+            if (fd->type == PROTOBUF_C_TYPE_STRING &&
+                memchr(b, 0, n) != NULL) {
+                *field = fd->name;
+                return 0;
+            }
+            if (fd->type == PROTOBUF_C_TYPE_MESSAGE &&
+                !strings_clean(fd->descriptor, b, n, depth + 1, field))
+                return 0;
+            break;
+        }
+        default:
+            return 0; /* groups: protobuf-c declines them anyway */
+        }
+    }
+    return 1;
+}
+
+int cqr_wire_strings_clean(const struct ProtobufCMessageDescriptor *desc,
+                           const uint8_t *body, size_t len,
+                           const char **field)
+{
+    return strings_clean(desc, body, len, 0, field);
 }

@@ -167,4 +167,17 @@ size_t cqr_wire_lookup_tail(uint8_t *p, const uint32_t *dims, size_t ndims,
  * CQR_WIRE_HEAD_MAX bytes) and returns its length. */
 size_t cqr_wire_push_reply(uint8_t *p, uint64_t id, uint64_t applied);
 
+/* protobuf-c hands out string fields NUL-terminated, so a NUL byte inside
+ * one would silently cut it short ("nulx\0../evil" would read "nulx").
+ * Walks body, a message of descriptor `desc` that protobuf-c already
+ * decoded, through every nested message the descriptor names. Returns 1
+ * when no string field holds a NUL byte. 0 when one does (*field gets its
+ * name, static) or when body uses an encoding this walker does not read
+ * the way protobuf-c might (a key or length over 5 bytes, groups; *field
+ * gets NULL): the caller refuses the request. Pure, like the rest. */
+struct ProtobufCMessageDescriptor;
+int cqr_wire_strings_clean(const struct ProtobufCMessageDescriptor *desc,
+                           const uint8_t *body, size_t len,
+                           const char **field);
+
 #endif

@@ -21,8 +21,6 @@ static int try_addr(const struct addrinfo *ai, unsigned flags)
         return -1;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (flags & CQR_LISTEN_REUSEPORT)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if ((flags & CQR_LISTEN_V6ONLY) && ai->ai_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&

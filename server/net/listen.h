@@ -23,7 +23,8 @@
 
 /* Options of cqr_listen_open. */
 #define CQR_LISTEN_V6ONLY 1u    /* an IPv6 socket takes IPv6 only */
-#define CQR_LISTEN_REUSEPORT 2u /* SO_REUSEPORT besides SO_REUSEADDR */
+/* There is deliberately no SO_REUSEPORT: with it, a second process bound
+ * to a busy port would share it instead of failing. */
 
 /* Resolves host and port (host numeric or a name, port numeric; 0 picks
  * a free port) and returns in *fd a non-blocking, close-on-exec TCP

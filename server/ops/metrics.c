@@ -555,15 +555,17 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /* Binds the endpoint's socket like the client listener (listen.h), with
- * SO_REUSEPORT and IPV6_V6ONLY as libmicrohttpd set them when it bound
- * the socket itself (LISTENING_ADDRESS_REUSE). 0, or the error after
- * logging it. */
+ * IPV6_V6ONLY. Never SO_REUSEPORT (libmicrohttpd's
+ * LISTENING_ADDRESS_REUSE set it when it bound the socket itself): a
+ * second server given the same port would bind it too and take half of
+ * the scrapes; a busy port must stop the server instead. 0, or the error
+ * after logging it. */
 static int open_socket(const cqr_addr_t *addr, int *fd, char *bound,
                        size_t boundlen)
 {
     char why[256];
     int rc = cqr_listen_open(addr->host, addr->port,
-                             CQR_LISTEN_V6ONLY | CQR_LISTEN_REUSEPORT, fd,
+                             CQR_LISTEN_V6ONLY, fd,
                              why, sizeof why);
     if (rc == CQR_EINVAL) {
         cqr_log(CQR_LOG_ERROR, "metrics", "cannot resolve metrics-listen=%s "
@@ -577,7 +579,8 @@ static int open_socket(const cqr_addr_t *addr, int *fd, char *bound,
     }
     if (rc != 0) {
         cqr_log(CQR_LOG_ERROR, "metrics", "cannot listen metrics-listen=%s "
-                "(address in use or not local?)", addr->text);
+                "err=\"%s\" (another process holds the port, or the "
+                "address is not local)", addr->text, why);
         return CQR_EIO;
     }
     return 0;

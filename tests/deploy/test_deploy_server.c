@@ -694,6 +694,33 @@ START_TEST(test_bad_config_and_metrics_address)
 }
 END_TEST
 
+/* Issue 14, item 8: the metrics listener of a running server does not
+ * share its port (no SO_REUSEPORT), so a second server given the same
+ * --metrics-listen refuses to start instead of splitting the scrapes. */
+START_TEST(test_second_server_same_metrics_port)
+{
+    const char *args[] = {"--metrics-listen", "127.0.0.1:0", NULL};
+    cqr_test_server_t s;
+    tu_server_start(&s, args);
+    char maddr[128];
+    ck_assert_int_eq(cqr_test_server_read_line(&s, "cqrps-server metrics on ",
+                                               maddr, sizeof maddr, 5000), 0);
+    maddr[strcspn(maddr, "\r\n")] = '\0';
+    const char *args2[] = {"--metrics-listen", maddr, NULL};
+    char *log = failed_start_log(args2);
+    ck_assert_msg(strstr(log, "cannot listen metrics-listen=") != NULL &&
+                  strstr(log, "in use") != NULL,
+                  "log lacks the metrics bind error:\n%s", log);
+    free(log);
+    /* The first server still answers its scrapes. */
+    http_reply_t r = http((uint16_t)atoi(strrchr(maddr, ':') + 1), "GET",
+                          "/metrics");
+    ck_assert_int_eq(r.status, 200);
+    free(r.head);
+    tu_server_stop(&s);
+}
+END_TEST
+
 Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("deploy_server");
@@ -706,6 +733,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_sd_notify_path);
     tcase_add_test(tc, test_sd_notify_abstract);
     tcase_add_test(tc, test_bad_config_and_metrics_address);
+    tcase_add_test(tc, test_second_server_same_metrics_port);
     suite_add_tcase(s, tc);
     return s;
 }

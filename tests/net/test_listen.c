@@ -75,17 +75,17 @@ START_TEST(test_flags)
 {
     char why[128], addr[64];
     int fd = -1;
-    ck_assert_int_eq(cqr_listen_open("127.0.0.1", 0, CQR_LISTEN_REUSEPORT,
+    ck_assert_int_eq(cqr_listen_open("127.0.0.1", 0, CQR_LISTEN_V6ONLY,
                                      &fd, why, sizeof why), 0);
-    ck_assert_int_ne(sockopt(fd, SOL_SOCKET, SO_REUSEPORT), 0);
-    /* Two sockets that both ask for SO_REUSEPORT may share a port (as
-     * the metrics endpoint's did under libmicrohttpd). */
+    /* Never SO_REUSEPORT (issue 14): a second listener on a busy port,
+     * whatever its flags, fails instead of sharing the port. */
+    ck_assert_int_eq(sockopt(fd, SOL_SOCKET, SO_REUSEPORT), 0);
     ck_assert_int_eq(cqr_listen_addr(fd, addr, sizeof addr), 0);
     int fd2 = -1;
     ck_assert_int_eq(cqr_listen_open("127.0.0.1", (uint16_t)port_of(addr),
-                                     CQR_LISTEN_REUSEPORT, &fd2, why,
-                                     sizeof why), 0);
-    close(fd2);
+                                     CQR_LISTEN_V6ONLY, &fd2, why,
+                                     sizeof why), CQR_EIO);
+    ck_assert_str_eq(why, strerror(EADDRINUSE));
     close(fd);
 }
 END_TEST

@@ -73,6 +73,10 @@ class Part:
 def _lookup_many(client: Client, reqs: List[tuple], outs: List[np.ndarray],
                  bf16: bool) -> None:
     # TEMPORARY until Client.lookup_many lands: one call per part.
+    fn = getattr(client, "lookup_many", None)
+    if fn is not None:
+        fn(reqs, bf16=bf16, out=outs)
+        return
     for r, o in zip(reqs, outs):
         if len(r) == 2:
             client.lookup(r[0], r[1], out=o)

@@ -325,10 +325,51 @@ class CollectionTest(ServerTestCase):
                     l2, p2 = ops()
                     self.assertEqual((l1 - l0, p1 - p0), (2, 0))
                     self.assertEqual((l2 - l1, p2 - p1), (0, 2))
+                # Sharded, the rows are the single-table calls' rows.
+                with torch.no_grad():
+                    out = coll(batch)
+                np.testing.assert_array_equal(out["a"].numpy(),
+                                              c.lookup(names[0], ids))
+                np.testing.assert_array_equal(
+                    out["d"].numpy(), c.lookup_pooled(
+                        names[3], ids.flip(0), offs[:-1], "mean"))
             finally:
                 for n in names:
                     c.drop_table(n)
                 c.close()
+
+
+class Bf16Test(ServerTestCase):
+    """bf16=True: vectors and gradients travel as bfloat16."""
+
+    @unittest.skipUnless(hasattr(cqrps.Client, "lookup_many"),
+                         "multi-table requests not in this client yet")
+    def test_bf16_wire(self) -> None:
+        c = cqrps.connect(self.server.addr)
+        for n in ("bf.a", "bf.b"):
+            c.create_table(n, kind="full", dim=DIM, optimizer="sgd", lr=1.0)
+        try:
+            coll = RemoteEmbeddingCollection(c, {"a": "bf.a",
+                                                 "b": ("bf.b", "sum")},
+                                             bf16=True)
+            ids = torch.tensor([1, 2, 3, 2])
+            want = c.lookup("bf.a", ids.numpy())
+            out = coll({"a": ids, "b": ids.reshape(2, 2)})
+            got = out["a"].detach().numpy()
+            # Rounded to bfloat16: 8 significant bits.
+            np.testing.assert_allclose(got, want, rtol=2.0 ** -8, atol=0)
+            self.assertFalse(np.array_equal(got, want))
+            before = c.lookup("bf.a", [1])
+            g = torch.full((4, DIM), 0.5)
+            torch.autograd.backward([out["a"], out["b"]],
+                                    [g, torch.zeros(2, DIM)])
+            # 0.5 is exact in bfloat16: the step is exact too.
+            np.testing.assert_array_equal(c.lookup("bf.a", [1]),
+                                          before - np.float32(0.5))
+        finally:
+            for n in ("bf.a", "bf.b"):
+                c.drop_table(n)
+            c.close()
 
 
 class ExampleTest(ServerTestCase):

@@ -60,35 +60,49 @@ def start_server(binary: str, threads: int, engine_threads: int):
     return proc, line[len(READY):].strip()
 
 
-def timed(fn: Callable[[], None], reps: int) -> Tuple[float, float]:
-    """(median, fastest) of reps calls, in ms."""
+Timing = Tuple[float, float, float]  # median, fastest, client CPU; ms
+
+
+def timed(fn: Callable[[], None], reps: int) -> Timing:
+    """(median, fastest, mean client CPU) of reps calls, in ms. The CPU
+    time is this process's (every thread, user and system): what the
+    Python side adds, which a busy machine cannot inflate the way it
+    inflates wall time."""
     ts = []
+    c0 = time.process_time()
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3, min(ts) * 1e3
+    cpu = (time.process_time() - c0) / reps
+    return statistics.median(ts) * 1e3, min(ts) * 1e3, cpu * 1e3
 
 
 def interleave(cases: Dict[str, Callable[[], None]], rounds: int,
-               reps: int) -> Dict[str, Tuple[float, float]]:
-    """Per case, the median over rounds of each round's median and of each
-    round's fastest call. On a shared machine the fastest call is the one
+               reps: int) -> Dict[str, Timing]:
+    """Per case, the median over rounds of each round's median, fastest
+    call and CPU time. On a shared machine the fastest call is the one
     least disturbed by other processes (a CPU-bound phase of 0.5 ms that
-    loses the core waits a whole scheduler slice), so both are shown."""
-    got: Dict[str, List[Tuple[float, float]]] = {k: [] for k in cases}
+    loses the core waits a whole scheduler slice), so all are shown."""
+    got: Dict[str, List[Timing]] = {k: [] for k in cases}
     for f in cases.values():  # warm-up
         f()
     for _ in range(rounds):
         for k, f in cases.items():
             got[k].append(timed(f, reps))
-    return {k: (statistics.median(m for m, _ in v),
-                statistics.median(b for _, b in v))
+    return {k: tuple(statistics.median(t[i] for t in v)  # type: ignore
+                     for i in range(3))
             for k, v in got.items()}
 
 
-def show(label: str, t: Tuple[float, float]) -> None:
-    print(f"{label:26s}{t[0]:8.2f} ms   fastest {t[1]:8.2f} ms")
+def show(label: str, t: Timing) -> None:
+    print(f"{label:28s}{t[0]:8.2f} ms  fastest {t[1]:8.2f} ms  "
+          f"client CPU {t[2]:7.2f} ms")
+
+
+def ratio(label: str, a: Timing, b: Timing) -> None:
+    print(f"{label:28s}{a[0] / b[0]:8.3f}     fastest {a[1] / b[1]:8.3f}     "
+          f"client CPU {a[2] / b[2]:7.3f}")
 
 
 def main() -> None:
@@ -166,9 +180,7 @@ def run(addr: str, args: argparse.Namespace) -> None:
     p = interleave({"dedup": dedup, "unique": unique}, 3, args.reps)
     show("bare lookup+push", r["bare"])
     show("collection fwd+bwd", r["module"])
-    print(f"ratio module/bare         {r['module'][0] / r['bare'][0]:8.3f}"
-          f"      fastest {r['module'][1] / r['bare'][1]:8.3f}"
-          f"   (target <= 1.3)")
+    ratio("ratio module/bare (<= 1.3)", r["module"], r["bare"])
     show("cqrps_dedup", p["dedup"])
     show("torch.unique", p["unique"])
 
@@ -197,8 +209,7 @@ def run(addr: str, args: argparse.Namespace) -> None:
                     args.rounds, args.reps)
     show(f"8 tables x {b}: collection", r8["coll"])
     show(f"8 tables x {b}: 8 modules", r8["single"])
-    print(f"ratio 8 modules/collection {r8['single'][0] / r8['coll'][0]:7.2f}x"
-          f"     fastest {r8['single'][1] / r8['coll'][1]:7.2f}x")
+    ratio("ratio 8 modules/collection", r8["single"], r8["coll"])
 
     # A training step with a dense tower, with and without prefetch.
     tower = torch.nn.Sequential(torch.nn.Linear(8 * dim, 512),
@@ -224,7 +235,7 @@ def run(addr: str, args: argparse.Namespace) -> None:
 
     rt = interleave({"sync": train(False), "prefetch": train(True)},
                     args.rounds, 3)
-    per = {k: (v[0] / 4, v[1] / 4) for k, v in rt.items()}
+    per = {k: (v[0] / 4, v[1] / 4, v[2] / 4) for k, v in rt.items()}
     show(f"train step 8 x {b}, sync", per["sync"])
     show("train step, prefetch", per["prefetch"])
     for t in [name] + names:

@@ -463,11 +463,18 @@ CQRPS_API int cqrps_push_multi_start(cqrps_client_t *c,
  * first occurrence, and for every j the index inverse[j] of ids[j] in
  * uniq (so uniq[inverse[j]] == ids[j]). uniq and inverse hold n entries
  * each. A batch without repeats comes out unchanged: *nuniq == n, uniq ==
- * ids and inverse[j] == j. CQRPS_EINVAL for NULL buffers or n >=
- * 2^32 - 1, CQRPS_ENOMEM if the probe table (8 bytes per ID) cannot be
- * allocated. */
+ * ids and inverse[j] == j. `work` (may be NULL) is a buffer of at least
+ * cqrps_dedup_work_bytes(n) bytes for the probe table, which the call
+ * overwrites; with NULL the call allocates it. CQRPS_EINVAL for NULL
+ * buffers, a work buffer too small or n >= 2^32 - 1; CQRPS_ENOMEM if the
+ * table (8 to 16 bytes per ID) cannot be allocated. */
 CQRPS_API int cqrps_dedup(const uint64_t *ids, size_t n, uint64_t *uniq,
-                          uint32_t *inverse, size_t *nuniq);
+                          uint32_t *inverse, size_t *nuniq, void *work,
+                          size_t work_bytes);
+
+/* Bytes of the work buffer cqrps_dedup needs for n IDs (0 when n is too
+ * large). */
+CQRPS_API size_t cqrps_dedup_work_bytes(size_t n);
 
 /* Row j of out (n x dim floats) = row inverse[j] of rows (nuniq x dim):
  * the lookup of the distinct IDs given back to every occurrence. rows may

@@ -29,7 +29,8 @@ static void dd_run(const uint64_t *ids, size_t n, dd_t *d)
     d->inverse = malloc((n ? n : 1) * sizeof(uint32_t));
     ck_assert_ptr_nonnull(d->uniq);
     ck_assert_ptr_nonnull(d->inverse);
-    ck_assert_int_eq(cqrps_dedup(ids, n, d->uniq, d->inverse, &d->nuniq), 0);
+    ck_assert_int_eq(cqrps_dedup(ids, n, d->uniq, d->inverse, &d->nuniq,
+                                 NULL, 0), 0);
 }
 
 static void dd_free(dd_t *d)
@@ -94,16 +95,18 @@ END_TEST
 START_TEST(test_dedup_edges)
 {
     size_t nuniq = 99;
-    ck_assert_int_eq(cqrps_dedup(NULL, 0, NULL, NULL, &nuniq), 0);
+    ck_assert_int_eq(cqrps_dedup(NULL, 0, NULL, NULL, &nuniq, NULL, 0), 0);
     ck_assert_uint_eq(nuniq, 0);
     uint64_t one = 5, u[4];
     uint32_t inv[4];
-    ck_assert_int_eq(cqrps_dedup(&one, 1, NULL, inv, &nuniq), CQRPS_EINVAL);
-    ck_assert_int_eq(cqrps_dedup(&one, 1, u, inv, NULL), CQRPS_EINVAL);
+    ck_assert_int_eq(cqrps_dedup(&one, 1, NULL, inv, &nuniq, NULL, 0),
+                     CQRPS_EINVAL);
+    ck_assert_int_eq(cqrps_dedup(&one, 1, u, inv, NULL, NULL, 0),
+                     CQRPS_EINVAL);
 
     /* Without repeats, the batch comes out unchanged. */
     uint64_t seq[4] = { 9, 3, 0, UINT64_MAX };
-    ck_assert_int_eq(cqrps_dedup(seq, 4, u, inv, &nuniq), 0);
+    ck_assert_int_eq(cqrps_dedup(seq, 4, u, inv, &nuniq, NULL, 0), 0);
     ck_assert_uint_eq(nuniq, 4);
     for (uint32_t j = 0; j < 4; j++) {
         ck_assert_uint_eq(u[j], seq[j]);
@@ -111,7 +114,18 @@ START_TEST(test_dedup_edges)
     }
     /* All the same. */
     uint64_t same[4] = { 7, 7, 7, 7 };
-    ck_assert_int_eq(cqrps_dedup(same, 4, u, inv, &nuniq), 0);
+    /* With a caller's work buffer (dirty: the call clears it). */
+    size_t wb = cqrps_dedup_work_bytes(4);
+    ck_assert_uint_ge(wb, 8 * sizeof(uint32_t));
+    unsigned char *work = malloc(wb);
+    ck_assert_ptr_nonnull(work);
+    memset(work, 0xab, wb);
+    ck_assert_int_eq(cqrps_dedup(same, 4, u, inv, &nuniq, work, wb), 0);
+    ck_assert_uint_eq(nuniq, 1);
+    ck_assert_int_eq(cqrps_dedup(same, 4, u, inv, &nuniq, work, wb - 1),
+                     CQRPS_EINVAL);
+    free(work);
+    ck_assert_int_eq(cqrps_dedup(same, 4, u, inv, &nuniq, NULL, 0), 0);
     ck_assert_uint_eq(nuniq, 1);
     ck_assert_uint_eq(u[0], 7);
     for (int j = 0; j < 4; j++)

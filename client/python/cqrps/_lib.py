@@ -393,7 +393,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         # Batch de-duplication (no client); pointers as plain addresses,
         # since cqrps.torch calls them on every step.
         "cqrps_dedup": (c_int, [c_void_p, c_size_t, c_void_p, c_void_p,
-                                POINTER(c_size_t)]),
+                                POINTER(c_size_t), c_void_p, c_size_t]),
+        "cqrps_dedup_work_bytes": (c_size_t, [c_size_t]),
         "cqrps_dedup_expand": (c_int, [c_void_p, c_size_t, c_size_t,
                                        c_void_p, c_size_t, c_void_p]),
         "cqrps_dedup_sum": (c_int, [c_void_p, c_size_t, c_size_t, c_void_p,

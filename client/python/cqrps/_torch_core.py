@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import weakref
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -42,7 +43,7 @@ class Part:
     """One feature's share of a step (see the module docstring)."""
 
     __slots__ = ("feat", "ids", "offsets", "shape", "uniq", "inverse",
-                 "nuniq", "rows")
+                 "nuniq", "rows", "bufs")
 
     def __init__(self, feat: Feature, ids: np.ndarray,
                  offsets: Optional[np.ndarray], shape: Tuple[int, ...]
@@ -55,6 +56,7 @@ class Part:
         self.inverse: Optional[np.ndarray] = None  # set when IDs repeat
         self.nuniq = 0
         self.rows: Optional[np.ndarray] = None     # the lookup's answer
+        self.bufs: List[np.ndarray] = []  # pooled arrays uniq/inverse view
 
     @property
     def empty(self) -> bool:
@@ -96,16 +98,27 @@ def _push_many(client: Client, reqs: List[tuple], bf16: bool) -> None:
             client.push_pooled(r[0], r[1], r[3], r[2], r[4])
 
 
-def prepare(parts: Sequence[Part], dedup: bool) -> None:
+def prepare(parts: Sequence[Part], dedup: bool, pool: _batch.Pool) -> None:
     """De-duplicates the IDs of the plain parts (thread-safe)."""
     for p in parts:
         if p.feat.pooling is not None or not dedup or p.empty:
             continue
-        uniq, inverse, nuniq = _batch.dedup(p.ids)
+        n = p.ids.size
+        uniq, inverse, nuniq = _batch.dedup(p.ids, pool)
+        p.bufs = [uniq, inverse]
         p.uniq = uniq[:nuniq]
         p.nuniq = nuniq
         # Without repeats uniq equals ids: no row moves either way.
-        p.inverse = inverse if nuniq < p.ids.size else None
+        p.inverse = inverse[:n] if nuniq < n else None
+
+
+def release(parts: Sequence[Part], pool: _batch.Pool) -> None:
+    """Gives the parts' pooled arrays back (nothing may use them after)."""
+    for p in parts:
+        if p.bufs:
+            pool.give(*p.bufs)
+            p.bufs = []
+            p.uniq = p.inverse = None
 
 
 def lookup(client: Client, parts: Sequence[Part], bf16: bool) -> None:
@@ -162,60 +175,51 @@ def _grad_array(g: Tensor, dim: int) -> np.ndarray:
     return g.contiguous().numpy().reshape(-1, dim)
 
 
-class _Scratch:
-    """Reusable buffers for the summed gradients, one per part index
-    (push_many is synchronous, so a buffer is free again when it returns)."""
-
-    def __init__(self) -> None:
-        self.bufs: List[np.ndarray] = []
-
-    def get(self, i: int, floats: int) -> np.ndarray:
-        while len(self.bufs) <= i:
-            self.bufs.append(np.empty(0, dtype=np.float32))
-        if self.bufs[i].size < floats:
-            self.bufs[i] = np.empty(floats, dtype=np.float32)
-        return self.bufs[i]
-
-
 def push(client: Client, parts: Sequence[Part], grads: Sequence[Any],
-         bf16: bool, scratch: _Scratch, scale: Optional[float]) -> bool:
+         bf16: bool, pool: _batch.Pool, scale: Optional[float]) -> bool:
     """Sums, unscales and pushes the gradients of a step in one
     push_many. Returns False (and pushes nothing) when ``scale`` is set
     and a gradient is Inf or NaN."""
     reqs: List[tuple] = []
     arrays: List[Tuple[np.ndarray, bool]] = []  # (gradient, ours)
-    for i, (p, g) in enumerate(zip(parts, grads)):
-        if g is None or p.empty:
-            continue  # the output did not reach the loss, or nothing to push
-        a = _grad_array(g, p.feat.dim)
-        ours = False
-        if p.feat.pooling is None and p.inverse is not None:
-            a = _batch.sum_rows(a, p.inverse, p.nuniq,
-                                out=scratch.get(i, p.nuniq * p.feat.dim))
-            ours = True
-        arrays.append((a, ours))
-        if p.feat.pooling is None:
-            ids = p.uniq if p.uniq is not None else p.ids
-            reqs.append((p.feat.table, ids, a))
-        else:
-            reqs.append((p.feat.table, p.ids, a, p.offsets, p.feat.pooling))
-    if not reqs:
-        return True
-    if scale is not None:
-        # As GradScaler.unscale_ does for dense gradients: multiply by the
-        # float32 reciprocal of the scale (exact for its powers of two).
-        inv = np.float32(1.0) / np.float32(scale)
-        for k, (a, ours) in enumerate(arrays):
-            if not bool(torch.isfinite(torch.from_numpy(a)).all()):
-                return False
-            if ours:
-                np.multiply(a, inv, out=a)
+    taken: List[np.ndarray] = []
+    try:
+        for p, g in zip(parts, grads):
+            if g is None or p.empty:
+                continue  # the output did not reach the loss, or no IDs
+            a = _grad_array(g, p.feat.dim)
+            ours = False
+            if p.feat.pooling is None and p.inverse is not None:
+                buf = pool.take(np.float32, p.nuniq * p.feat.dim)
+                taken.append(buf)
+                a = _batch.sum_rows(a, p.inverse, p.nuniq, out=buf)
+                ours = True
+            arrays.append((a, ours))
+            if p.feat.pooling is None:
+                ids = p.uniq if p.uniq is not None else p.ids
+                reqs.append((p.feat.table, ids, a))
             else:
-                a = a * inv
-                r = reqs[k]
-                reqs[k] = r[:2] + (a,) + r[3:]
-    _push_many(client, reqs, bf16)
-    return True
+                reqs.append((p.feat.table, p.ids, a, p.offsets,
+                             p.feat.pooling))
+        if not reqs:
+            return True
+        if scale is not None:
+            # As GradScaler.unscale_ does for dense gradients: multiply by
+            # the float32 reciprocal of the scale (exact for its powers of
+            # two).
+            inv = np.float32(1.0) / np.float32(scale)
+            for k, (a, ours) in enumerate(arrays):
+                if not bool(torch.isfinite(torch.from_numpy(a)).all()):
+                    return False
+                if ours:
+                    np.multiply(a, inv, out=a)
+                else:
+                    r = reqs[k]
+                    reqs[k] = r[:2] + (a * inv,) + r[3:]
+        _push_many(client, reqs, bf16)
+        return True
+    finally:
+        pool.give(*taken)
 
 
 class _Prefetch:
@@ -229,11 +233,12 @@ class _Prefetch:
         self.error: Optional[BaseException] = None
         self.thread: Optional[threading.Thread] = None
 
-    def run(self, client: Client, dedup: bool, bf16: bool) -> None:
+    def run(self, client: Client, dedup: bool, bf16: bool,
+            pool: _batch.Pool) -> None:
         try:
             if self.gate is not None:
                 self.gate.wait()
-            prepare(self.parts, dedup)
+            prepare(self.parts, dedup, pool)
             lookup(client, self.parts, bf16)
         except BaseException as e:  # handed to the forward that takes it
             self.error = e
@@ -272,7 +277,7 @@ class _Lookup(torch.autograd.Function):
 
 
 class _Step:
-    __slots__ = ("module", "parts", "outs", "gate")
+    __slots__ = ("module", "parts", "outs", "gate", "__weakref__")
 
     def __init__(self, module: "RemoteModule", parts: List[Part],
                  outs: List[Tensor], gate: threading.Event) -> None:
@@ -315,7 +320,7 @@ class RemoteModule(nn.Module):
         self._init_transient()
 
     def _init_transient(self) -> None:
-        self._scratch = _Scratch()
+        self._pool = _batch.Pool()
         self._gate: Optional[threading.Event] = None
         self._prefetched: Optional[_Prefetch] = None
         self._prefetch_client: Optional[Client] = None
@@ -336,13 +341,21 @@ class RemoteModule(nn.Module):
         if pf is not None:
             parts = pf.parts
         else:
-            prepare(parts, self.dedup)
-            lookup(self.client, parts, self.bf16)
+            try:
+                prepare(parts, self.dedup, self._pool)
+                lookup(self.client, parts, self.bf16)
+            except BaseException:
+                release(parts, self._pool)
+                raise
         outs = outputs(parts, device)
         if not torch.is_grad_enabled():
+            release(parts, self._pool)  # no backward will push them
             return outs
         self._gate = threading.Event()
         step = _Step(self, parts, outs, self._gate)
+        # The step's pooled arrays go back once autograd lets go of it
+        # (after backward, or when the graph is dropped).
+        weakref.finalize(step, release, parts, self._pool)
         return list(_Lookup.apply(self._anchor, step, *sources))
 
     def _backward(self, step: _Step, grads: Sequence[Any]) -> None:
@@ -355,7 +368,7 @@ class RemoteModule(nn.Module):
             if gs is not None and gs.is_enabled():
                 scale = float(gs.get_scale())
             pushed = push(self.client, step.parts, grads, self.bf16,
-                          self._scratch, scale)
+                          self._pool, scale)
             self.last_step_skipped = not pushed
             if not pushed:
                 self.skipped_steps += 1
@@ -392,7 +405,7 @@ class RemoteModule(nn.Module):
             self._prefetch_client = copy.copy(self.client)
         pf.thread = threading.Thread(
             target=pf.run, args=(self._prefetch_client, self.dedup,
-                                 self.bf16),
+                                 self.bf16, self._pool),
             name="cqrps-prefetch", daemon=True)
         pf.thread.start()
         self._prefetched = pf
@@ -401,17 +414,20 @@ class RemoteModule(nn.Module):
         pf, self._prefetched = self._prefetched, None
         if pf is not None:
             pf.finish()
+            release(pf.parts, self._pool)
 
     def _take_prefetch(self, parts: List[Part]) -> Optional[_Prefetch]:
         pf, self._prefetched = self._prefetched, None
         if pf is None:
             return None
         pf.finish()
-        if len(pf.parts) != len(parts) or not all(
-                a.same_input(b) for a, b in zip(pf.parts, parts)):
+        same = len(pf.parts) == len(parts) and all(
+            a.same_input(b) for a, b in zip(pf.parts, parts))
+        if pf.error is not None or not same:
+            release(pf.parts, self._pool)
+            if same:  # the lookup this forward wanted failed
+                raise pf.error  # type: ignore[misc]
             return None
-        if pf.error is not None:
-            raise pf.error
         return pf
 
     # -- pickling: connections and threads stay behind --
@@ -419,7 +435,7 @@ class RemoteModule(nn.Module):
     def __getstate__(self) -> Dict[str, Any]:
         self._drop_prefetch()
         state = dict(self.__dict__)
-        for k in ("_scratch", "_gate", "_prefetched", "_prefetch_client"):
+        for k in ("_pool", "_gate", "_prefetched", "_prefetch_client"):
             state.pop(k, None)
         return state
 

@@ -266,7 +266,11 @@ class _Lookup(torch.autograd.Function):
         ctx.step = step
         ctx.save_for_backward(*sources)
         ctx.set_materialize_grads(False)
-        return tuple(step.outs)
+        # The outputs will hold this node as grad_fn: the step must not
+        # hold them, or step, outputs and node form a cycle that only the
+        # garbage collector frees (with the step's buffers, late).
+        outs, step.outs = step.outs, None
+        return tuple(outs)
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
@@ -280,7 +284,7 @@ class _Step:
     __slots__ = ("module", "parts", "outs", "gate", "__weakref__")
 
     def __init__(self, module: "RemoteModule", parts: List[Part],
-                 outs: List[Tensor], gate: threading.Event) -> None:
+                 outs: Optional[List[Tensor]], gate: threading.Event) -> None:
         self.module = module
         self.parts = parts
         self.outs = outs

@@ -74,28 +74,11 @@ class Part:
 
 def _lookup_many(client: Client, reqs: List[tuple], outs: List[np.ndarray],
                  bf16: bool) -> None:
-    # TEMPORARY until Client.lookup_many lands: one call per part.
-    fn = getattr(client, "lookup_many", None)
-    if fn is not None:
-        fn(reqs, bf16=bf16, out=outs)
-        return
-    for r, o in zip(reqs, outs):
-        if len(r) == 2:
-            client.lookup(r[0], r[1], out=o)
-        else:
-            client.lookup_pooled(r[0], r[1], r[2], r[3], out=o)
+    client.lookup_many(reqs, bf16=bf16, out=outs)
 
 
 def _push_many(client: Client, reqs: List[tuple], bf16: bool) -> None:
-    # TEMPORARY until Client.push_many lands: one call per part.
-    fn = getattr(client, "push_many", None)
-    if fn is not None:
-        return fn(reqs, bf16=bf16)
-    for r in reqs:
-        if len(r) == 3:
-            client.push(r[0], r[1], r[2])
-        else:
-            client.push_pooled(r[0], r[1], r[3], r[2], r[4])
+    client.push_many(reqs, bf16=bf16)
 
 
 def prepare(parts: Sequence[Part], dedup: bool, pool: _batch.Pool) -> None:

@@ -9,6 +9,7 @@ PKGS=(
   libuv1-dev libprotobuf-c-dev protobuf-c-compiler
   libopenblas-dev librocksdb-dev
   check libsubunit-dev libxxhash-dev libmicrohttpd-dev
+  libcjson-dev        # the CLI's JSON output
   systemd
   python3 python3-protobuf python3-numpy python3-yaml python3-torch python3-venv python3-pip
 )

@@ -614,6 +614,23 @@ static int counter_cmp(const void *a, const void *b)
                   ((const cqrps_counter_t *)b)->name);
 }
 
+/* The counter called key in st->counters (room for it was allocated),
+ * added if new; NULL when out of memory. */
+static cqrps_counter_t *counter_slot(cqrps_stats_t *st, const char *key)
+{
+    if (!key)
+        key = "";
+    for (size_t k = 0; k < st->ncounters; k++)
+        if (strcmp(st->counters[k].name, key) == 0)
+            return &st->counters[k];
+    cqrps_counter_t *n = &st->counters[st->ncounters];
+    n->name = strdup(key);
+    if (!n->name)
+        return NULL;
+    st->ncounters++;
+    return n;
+}
+
 int cqrps_stats(cqrps_client_t *c, cqrps_stats_t *st)
 {
     if (!c || !st)
@@ -646,7 +663,7 @@ int cqrps_stats(cqrps_client_t *c, cqrps_stats_t *st)
         st->bytes_out += p->bytes_out;
         lists[s] = p->tables;
         counts[s] = p->n_tables;
-        ncnt += p->n_counters;
+        ncnt += p->n_counters + p->n_counts;
     }
     if (rc == 0)
         rc = merge_tables(c, (Cqrps__V1__TableInfo **const *)lists, counts,
@@ -658,23 +675,28 @@ int cqrps_stats(cqrps_client_t *c, cqrps_stats_t *st)
         for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
             const Cqrps__V1__StatsReply *p = op->resp[s]->stats;
             for (size_t i = 0; rc == 0 && i < p->n_counters; i++) {
-                const char *key = p->counters[i]->key ? p->counters[i]->key
-                                                      : "";
-                size_t k = 0;
-                while (k < st->ncounters &&
-                       strcmp(st->counters[k].name, key) != 0)
-                    k++;
-                if (k == st->ncounters) {
-                    st->counters[k].name = strdup(key);
-                    if (!st->counters[k].name) {
-                        rc = cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
-                        break;
-                    }
-                    st->ncounters++;
+                cqrps_counter_t *k = counter_slot(st, p->counters[i]->key);
+                if (!k)
+                    rc = cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
+                else
+                    k->value += p->counters[i]->value;
+            }
+            /* Exact counts (a newer server): summed as integers. */
+            for (size_t i = 0; rc == 0 && i < p->n_counts; i++) {
+                cqrps_counter_t *k = counter_slot(st, p->counts[i]->key);
+                if (!k) {
+                    rc = cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
+                } else {
+                    uint64_t v = p->counts[i]->value;
+                    k->count = k->count > UINT64_MAX - v ? UINT64_MAX
+                                                         : k->count + v;
+                    k->is_count = 1;
                 }
-                st->counters[k].value += p->counters[i]->value;
             }
         }
+        for (size_t k = 0; rc == 0 && k < st->ncounters; k++)
+            if (st->counters[k].is_count)
+                st->counters[k].value = (double)st->counters[k].count;
         if (rc == 0)
             qsort(st->counters, st->ncounters, sizeof(*st->counters),
                   counter_cmp);

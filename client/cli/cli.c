@@ -1,6 +1,7 @@
 /* cli.c -- `cqrps`, the admin command line of cqrps.
  *
  *   cqrps [--addr HOST:PORT[,...]] [--json] [--timeout MS] COMMAND ...
+ *   cqrps --version
  *
  * Output: human-readable by default; with --json, exactly one JSON object
  * per command on stdout (also on failure: {"ok": false, ...}), for
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli_print.h"
 
@@ -32,6 +34,7 @@ static void usage_main(FILE *f)
             "[--timeout MS]\n"
             "             [--token-file F] [--admin-token-file F] "
             "COMMAND [ARGS]\n"
+            "       cqrps --version\n"
             "\n"
             "commands:\n");
     for (size_t i = 0; i < cli_ncommands; i++)
@@ -63,15 +66,13 @@ int cli_fail(cli_t *cli, int rc)
             cli->what ? " " : "", cli->what ? cli->what : "",
             cqrps_errname(rc), msg);
     if (cli->json) {
-        int f = 1;
-        putchar('{');
-        js_kbool("ok", 0, &f);
-        js_kstr("command", cli->cmd, &f);
-        js_kstr("status", cqrps_errname(rc), &f);
-        js_key("code", &f);
-        printf("%d", rc);
-        js_kstr("message", msg, &f);
-        fputs("}\n", stdout);
+        cJSON *o = js_object();
+        js_bool(o, "ok", 0);
+        js_str(o, "command", cli->cmd);
+        js_str(o, "status", cqrps_errname(rc));
+        js_i64(o, "code", rc);
+        js_str(o, "message", msg);
+        js_print(o);
     }
     return CLI_EXIT_FAIL;
 }
@@ -95,6 +96,13 @@ int cli_parse_u64(const char *s, uint64_t max, uint64_t *out)
         return -1;
     *out = v;
     return 0;
+}
+
+double cli_now(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
 }
 
 int cli_parse_float(const char *s, float *out)
@@ -179,6 +187,7 @@ static int run_command(cli_t *cli, const cli_command_t *cmd, int argc,
     int rc = cmd->parse(cli, cmd, argc, argv);
     if (rc)
         return rc < 0 ? 0 : rc; /* -1: --help answered */
+    cli->t0 = cli_now();
     if ((rc = connect_cli(cli)))
         return rc;
     cli_result_t r;
@@ -187,11 +196,11 @@ static int run_command(cli_t *cli, const cli_command_t *cmd, int argc,
     if (rc < 0)
         return cli_fail(cli, rc);
     if (cli->json) {
-        int f = 1;
-        putchar('{');
-        js_kbool("ok", !r.failed, &f);
-        cmd->json(cli, &r, &f);
-        fputs("}\n", stdout);
+        cJSON *o = js_object();
+        js_bool(o, "ok", !r.failed);
+        cmd->json(cli, &r, o);
+        if (js_print(o) < 0)
+            r.failed = 1;
     } else {
         cmd->text(cli, &r);
     }
@@ -225,6 +234,7 @@ static int parse_global(cli_t *cli, int argc, char **argv)
         { "token", required_argument, NULL, 'T' },
         { "admin-token", required_argument, NULL, 'A' },
         { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 }
     };
     int ch;
@@ -255,6 +265,12 @@ static int parse_global(cli_t *cli, int argc, char **argv)
             break;
         case 'h':
             usage_main(stdout);
+            return -1;
+        case 'V':
+            /* The library's version: the CLI is built with it. */
+            printf("%s %d.%d.%d (protocol %d)\n", cli_prog,
+                   CQRPS_VERSION_MAJOR, CQRPS_VERSION_MINOR,
+                   CQRPS_VERSION_PATCH, CQRPS_PROTOCOL_VERSION);
             return -1;
         default:
             usage_main(stderr);

@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <cjson/cJSON.h>
+
 #include "cqrps.h"
 
 #define CLI_EXIT_FAIL 1
@@ -42,6 +44,7 @@ typedef struct cli {
     const char *cmd;    /* command, for messages */
     const char *what;   /* the command's object (table name), or NULL */
     cqrps_client_t *c;  /* connection, once made */
+    double t0;          /* CLOCK_MONOTONIC seconds before connecting */
     /* Arguments of the commands that take more than a NAME. */
     cqrps_table_config_t cfg; /* create */
     int wait;           /* cluster --wait */
@@ -62,6 +65,8 @@ typedef struct cli_result {
     int waited;                    /* cluster --wait ran */
     int timed_out;                 /* ... and gave up */
     cqrps_phase_status_t phase;    /* ... and its last status */
+    cqrps_server_info_t server;    /* ping: what the servers said */
+    double seconds;                /* ping: connect and Hello, all shards */
 } cli_result_t;
 
 typedef struct cli_command cli_command_t;
@@ -77,8 +82,8 @@ struct cli_command {
                  char **argv);
     /* The library call on cli->c. */
     int (*call)(cli_t *cli, cli_result_t *r);
-    /* The JSON members after "ok" (js_* with *first). */
-    void (*json)(const cli_t *cli, const cli_result_t *r, int *first);
+    /* Adds the JSON members after "ok" to obj (js_* of cli_print.h). */
+    void (*json)(const cli_t *cli, const cli_result_t *r, cJSON *obj);
     /* The human-readable output. */
     void (*text)(const cli_t *cli, const cli_result_t *r);
     /* NULL, or what follows the output (a failure's explanation). */
@@ -98,5 +103,7 @@ int cli_usage_error(const char *fmt, const char *arg);
  * [0, max] (resp. a finite float). */
 int cli_parse_u64(const char *s, uint64_t max, uint64_t *out);
 int cli_parse_float(const char *s, float *out);
+/* CLOCK_MONOTONIC in seconds. */
+double cli_now(void);
 
 #endif

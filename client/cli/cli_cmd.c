@@ -200,11 +200,10 @@ static int call_create(cli_t *cli, cli_result_t *r)
     return cqrps_create_table(cli->c, cli->what, &cli->cfg, &r->info);
 }
 
-static void json_info(const cli_t *cli, const cli_result_t *r, int *f)
+static void json_info(const cli_t *cli, const cli_result_t *r, cJSON *o)
 {
     (void)cli;
-    js_key("table", f);
-    js_info(&r->info);
+    js_add(o, "table", js_info(&r->info));
 }
 
 static void text_create(const cli_t *cli, const cli_result_t *r)
@@ -222,10 +221,10 @@ static int call_drop(cli_t *cli, cli_result_t *r)
     return cqrps_drop_table(cli->c, cli->what);
 }
 
-static void json_drop(const cli_t *cli, const cli_result_t *r, int *f)
+static void json_drop(const cli_t *cli, const cli_result_t *r, cJSON *o)
 {
     (void)r;
-    js_kstr("dropped", cli->what, f);
+    js_str(o, "dropped", cli->what);
 }
 
 static void text_drop(const cli_t *cli, const cli_result_t *r)
@@ -240,23 +239,25 @@ static int call_list(cli_t *cli, cli_result_t *r)
 }
 
 /* "KEY":[infos...] */
-static void json_infos(const char *key, const cqrps_table_info_t *t,
-                       size_t n, int *f)
+static void json_infos(cJSON *o, const char *key, const cqrps_table_info_t *t,
+                       size_t n)
 {
-    js_key(key, f);
-    putchar('[');
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            putchar(',');
-        js_info(&t[i]);
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && i < n; i++) {
+        cJSON *info = js_info(&t[i]);
+        if (!info || !cJSON_AddItemToArray(a, info)) {
+            cJSON_Delete(info);
+            cJSON_Delete(a);
+            a = NULL;
+        }
     }
-    putchar(']');
+    js_add(o, key, a);
 }
 
-static void json_list(const cli_t *cli, const cli_result_t *r, int *f)
+static void json_list(const cli_t *cli, const cli_result_t *r, cJSON *o)
 {
     (void)cli;
-    json_infos("tables", r->tables, r->ntables, f);
+    json_infos(o, "tables", r->tables, r->ntables);
 }
 
 static void text_list(const cli_t *cli, const cli_result_t *r)
@@ -286,24 +287,23 @@ static int call_stats(cli_t *cli, cli_result_t *r)
     return cqrps_stats(cli->c, &r->stats);
 }
 
-static void json_stats(const cli_t *cli, const cli_result_t *r, int *f)
+static void json_stats(const cli_t *cli, const cli_result_t *r, cJSON *o)
 {
     const cqrps_stats_t *st = &r->stats;
-    js_kstr("server_version", st->server_version, f);
-    js_ku64("shards", cqrps_shard_count(cli->c), f);
-    js_kdbl("uptime_seconds", st->uptime_seconds, f);
-    js_ku64("connections", st->connections, f);
-    js_ku64("requests", st->requests, f);
-    js_ku64("errors", st->errors, f);
-    js_ku64("bytes_in", st->bytes_in, f);
-    js_ku64("bytes_out", st->bytes_out, f);
-    json_infos("tables", st->tables, st->ntables, f);
-    js_key("counters", f);
-    int g = 1;
-    putchar('{');
+    js_str(o, "server_version", st->server_version);
+    js_u64(o, "shards", cqrps_shard_count(cli->c));
+    js_dbl(o, "uptime_seconds", st->uptime_seconds);
+    js_u64(o, "connections", st->connections);
+    js_u64(o, "requests", st->requests);
+    js_u64(o, "errors", st->errors);
+    js_u64(o, "bytes_in", st->bytes_in);
+    js_u64(o, "bytes_out", st->bytes_out);
+    json_infos(o, "tables", st->tables, st->ntables);
+    /* Counts exactly (2^53 + 1 stays 2^53 + 1), others as doubles. */
+    cJSON *cs = js_object();
     for (size_t i = 0; i < st->ncounters; i++)
-        js_kdbl(st->counters[i].name, st->counters[i].value, &g);
-    putchar('}');
+        js_counter(cs, &st->counters[i]);
+    js_add(o, "counters", cs);
 }
 
 static void text_stats(const cli_t *cli, const cli_result_t *r)
@@ -324,11 +324,14 @@ static void text_stats(const cli_t *cli, const cli_result_t *r)
     if (st->ncounters) {
         printf("counters:\n");
         /* Histogram buckets are summarised above (--json has them). */
-        for (size_t i = 0; i < st->ncounters; i++)
-            if (!(strncmp(st->counters[i].name, "latency.", 8) == 0 &&
-                  strstr(st->counters[i].name, ".le.") != NULL))
-                printf("  %-36s %.6g\n", st->counters[i].name,
-                       st->counters[i].value);
+        for (size_t i = 0; i < st->ncounters; i++) {
+            char v[32];
+            if (strncmp(st->counters[i].name, "latency.", 8) == 0 &&
+                strstr(st->counters[i].name, ".le.") != NULL)
+                continue;
+            counter_text(&st->counters[i], v, sizeof(v));
+            printf("  %-36s %s\n", st->counters[i].name, v);
+        }
     }
     if (st->ntables) {
         printf("tables:\n");
@@ -384,13 +387,6 @@ static int parse_cluster(cli_t *cli, const cli_command_t *cmd, int argc,
     return 0;
 }
 
-static double now_seconds(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)now.tv_sec + now.tv_nsec * 1e-9;
-}
-
 static void sleep_ms(unsigned ms)
 {
     struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
@@ -403,7 +399,7 @@ static void sleep_ms(unsigned ms)
 static int wait_phase(cli_t *cli, cli_result_t *r)
 {
     const int tty = isatty(STDERR_FILENO);
-    const double start = now_seconds();
+    const double start = cli_now();
     char last_stage[32] = "";
     cqrps_phase_status_t *st = &r->phase;
     unsigned pause = 20;
@@ -422,7 +418,7 @@ static int wait_phase(cli_t *cli, cli_result_t *r)
                     cli->what, r->id, st->stage, st->fraction * 100.0);
         }
         snprintf(last_stage, sizeof(last_stage), "%s", st->stage);
-        double el = now_seconds() - start;
+        double el = cli_now() - start;
         if (cli->wait_ms && el * 1000.0 >= (double)cli->wait_ms) {
             if (tty)
                 fputc('\n', stderr);
@@ -451,19 +447,18 @@ static int call_cluster(cli_t *cli, cli_result_t *r)
     return wait_phase(cli, r);
 }
 
-static void json_cluster(const cli_t *cli, const cli_result_t *r, int *f)
+static void json_cluster(const cli_t *cli, const cli_result_t *r, cJSON *o)
 {
     if (r->timed_out) {
-        js_kstr("status", "TIMED_OUT", f);
+        js_str(o, "status", "TIMED_OUT");
     } else {
-        js_kstr("table", cli->what, f);
+        js_str(o, "table", cli->what);
         if (!r->waited) {
-            js_ku64("phase_id", r->id, f);
+            js_u64(o, "phase_id", r->id);
             return;
         }
     }
-    js_key("phase", f);
-    js_phase(&r->phase);
+    js_add(o, "phase", js_phase(&r->phase));
 }
 
 static void text_cluster(const cli_t *cli, const cli_result_t *r)
@@ -494,10 +489,10 @@ static int call_digest(cli_t *cli, cli_result_t *r)
     return cqrps_digest(cli->c, cli->what, r->digest);
 }
 
-static void json_digest(const cli_t *cli, const cli_result_t *r, int *f)
+static void json_digest(const cli_t *cli, const cli_result_t *r, cJSON *o)
 {
-    js_kstr("table", cli->what, f);
-    js_kstr("digest", r->digest, f);
+    js_str(o, "table", cli->what);
+    js_str(o, "digest", r->digest);
 }
 
 static void text_digest(const cli_t *cli, const cli_result_t *r)
@@ -511,10 +506,11 @@ static int call_checkpoint(cli_t *cli, cli_result_t *r)
     return cqrps_checkpoint(cli->c, &r->id);
 }
 
-static void json_checkpoint(const cli_t *cli, const cli_result_t *r, int *f)
+static void json_checkpoint(const cli_t *cli, const cli_result_t *r,
+                            cJSON *o)
 {
     (void)cli;
-    js_ku64("generation", r->id, f);
+    js_u64(o, "generation", r->id);
 }
 
 static void text_checkpoint(const cli_t *cli, const cli_result_t *r)
@@ -530,23 +526,25 @@ static int call_checkpoints(cli_t *cli, cli_result_t *r)
 }
 
 static void json_checkpoints(const cli_t *cli, const cli_result_t *r,
-                             int *f)
+                             cJSON *o)
 {
     (void)cli;
     const cqrps_checkpoint_info_t *cp = r->checkpoints;
-    js_key("checkpoints", f);
-    putchar('[');
-    for (size_t i = 0; i < r->ncheckpoints; i++) {
-        int g = 1;
-        printf("%s{", i ? "," : "");
-        js_ku64("shard", cp[i].shard, &g);
-        js_ku64("generation", cp[i].generation, &g);
-        js_ku64("unix_time", cp[i].unix_time, &g);
-        js_ku64("bytes", cp[i].bytes, &g);
-        js_ku64("tables", cp[i].tables, &g);
-        putchar('}');
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && i < r->ncheckpoints; i++) {
+        cJSON *e = js_object();
+        js_u64(e, "shard", cp[i].shard);
+        js_u64(e, "generation", cp[i].generation);
+        js_u64(e, "unix_time", cp[i].unix_time);
+        js_u64(e, "bytes", cp[i].bytes);
+        js_u64(e, "tables", cp[i].tables);
+        if (!e || !cJSON_AddItemToArray(a, e)) {
+            cJSON_Delete(e);
+            cJSON_Delete(a);
+            a = NULL;
+        }
     }
-    putchar(']');
+    js_add(o, "checkpoints", a);
 }
 
 static void text_checkpoints(const cli_t *cli, const cli_result_t *r)
@@ -568,6 +566,38 @@ static void text_checkpoints(const cli_t *cli, const cli_result_t *r)
         printf("%-5u %10" PRIu64 " %-20s %12" PRIu64 " %6u\n", cp[i].shard,
                cp[i].generation, tb, cp[i].bytes, cp[i].tables);
     }
+}
+
+/* ---- ping -------------------------------------------------------------- */
+
+/* Connect and Hello on every shard happened in the skeleton (timed from
+ * before it); what the servers said is the answer. */
+static int call_ping(cli_t *cli, cli_result_t *r)
+{
+    int rc = cqrps_server_info(cli->c, &r->server);
+    r->seconds = cli_now() - cli->t0;
+    return rc;
+}
+
+static void json_ping(const cli_t *cli, const cli_result_t *r, cJSON *o)
+{
+    js_str(o, "server_version", r->server.server_version);
+    js_u64(o, "protocol_version", r->server.protocol_version);
+    js_u64(o, "shards", cqrps_shard_count(cli->c));
+    js_bool(o, "admin", r->server.admin);
+    js_u64(o, "max_frame_bytes", r->server.max_frame_bytes);
+    js_u64(o, "max_batch", r->server.max_batch);
+    js_dbl(o, "seconds", r->seconds);
+}
+
+static void text_ping(const cli_t *cli, const cli_result_t *r)
+{
+    const uint32_t shards = cqrps_shard_count(cli->c);
+    printf("pong from %s: cqrps-server %s (protocol %u), %u shard%s, "
+           "admin %s, %.3f ms\n",
+           cli->addr, r->server.server_version, r->server.protocol_version,
+           shards, shards == 1 ? "" : "s", r->server.admin ? "yes" : "no",
+           r->seconds * 1e3);
 }
 
 /* ---- The table --------------------------------------------------------- */
@@ -599,6 +629,10 @@ const cli_command_t cli_commands[] = {
     { "checkpoints", "checkpoints           list the checkpoints", "",
       "list the checkpoints", usage_simple, parse_simple, call_checkpoints,
       json_checkpoints, text_checkpoints, NULL },
+    { "ping", "ping                  connect to every shard, say who answered",
+      "", "connect and Hello to every shard: version, protocol, admin "
+      "rights, time", usage_simple, parse_simple, call_ping, json_ping,
+      text_ping, NULL },
 };
 
 const size_t cli_ncommands = sizeof(cli_commands) / sizeof(cli_commands[0]);

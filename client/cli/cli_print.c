@@ -1,5 +1,5 @@
-/* cli_print.c -- output of the `cqrps` CLI: a small JSON writer (one
- * object per command, for scripts) and the human-readable tables. All of
+/* cli_print.c -- output of the `cqrps` CLI: JSON objects through cJSON
+ * (one per command, for scripts) and the human-readable tables. All of
  * it writes to stdout; see cli_print.h.
  */
 #include "cli_print.h"
@@ -11,66 +11,70 @@
 #include <string.h>
 
 /* ---- JSON output --------------------------------------------------------
- * Enough JSON for our objects: strings escaped per RFC 8259, numbers
- * finite (NaN and Inf become null). */
+ * cJSON builds and escapes; numbers go in as raw text where cJSON's
+ * doubles would round them. */
 
-void js_str(const char *s)
+/* Set when an allocation failed while building the object. */
+static int js_failed;
+
+cJSON *js_object(void)
 {
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (*p) {
-        case '"': fputs("\\\"", stdout); break;
-        case '\\': fputs("\\\\", stdout); break;
-        case '\n': fputs("\\n", stdout); break;
-        case '\r': fputs("\\r", stdout); break;
-        case '\t': fputs("\\t", stdout); break;
-        default:
-            if (*p < 0x20)
-                printf("\\u%04x", *p);
-            else
-                putchar(*p);
-        }
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        js_failed = 1;
+    return o;
+}
+
+void js_add(cJSON *o, const char *k, cJSON *item)
+{
+    if (!o || !item || !cJSON_AddItemToObject(o, k, item)) {
+        js_failed = 1;
+        cJSON_Delete(item);
     }
-    putchar('"');
 }
 
-void js_key(const char *k, int *first)
+void js_str(cJSON *o, const char *k, const char *v)
 {
-    if (!*first)
-        putchar(',');
-    *first = 0;
-    js_str(k);
-    putchar(':');
+    js_add(o, k, cJSON_CreateString(v ? v : ""));
 }
 
-void js_kstr(const char *k, const char *v, int *first)
+void js_u64(cJSON *o, const char *k, uint64_t v)
 {
-    js_key(k, first);
-    js_str(v);
+    char buf[24];
+    snprintf(buf, sizeof(buf), "%" PRIu64, v);
+    js_add(o, k, cJSON_CreateRaw(buf));
 }
 
-void js_ku64(const char *k, uint64_t v, int *first)
+void js_i64(cJSON *o, const char *k, int64_t v)
 {
-    js_key(k, first);
-    printf("%" PRIu64, v);
+    char buf[24];
+    snprintf(buf, sizeof(buf), "%" PRId64, v);
+    js_add(o, k, cJSON_CreateRaw(buf));
 }
 
-void js_kdbl(const char *k, double v, int *first)
+/* The fewest digits (15 to 17) that read back as the same double:
+ * cJSON's own printing stops at 15 digits when the value reads back
+ * within a tolerance, which turns 2^53 into 9007199254740990. */
+void js_dbl(cJSON *o, const char *k, double v)
 {
-    js_key(k, first);
-    if (isfinite(v))
-        printf("%.9g", v);
-    else
-        fputs("null", stdout);
-}
-
-/* A float in the fewest digits that read back as the same float, so 0.001f
- * prints as 0.001, not 0.00100000005. */
-void js_kflt(const char *k, float v, int *first)
-{
-    js_key(k, first);
     if (!isfinite(v)) {
-        fputs("null", stdout);
+        js_add(o, k, cJSON_CreateNull());
+        return;
+    }
+    char buf[40];
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, sizeof(buf), "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    js_add(o, k, cJSON_CreateRaw(buf));
+}
+
+/* So 0.001f prints as 0.001, not 0.00100000005. */
+void js_flt(cJSON *o, const char *k, float v)
+{
+    if (!isfinite(v)) {
+        js_add(o, k, cJSON_CreateNull());
         return;
     }
     char buf[32];
@@ -79,78 +83,105 @@ void js_kflt(const char *k, float v, int *first)
         if (strtof(buf, NULL) == v)
             break;
     }
-    fputs(buf, stdout);
+    js_add(o, k, cJSON_CreateRaw(buf));
 }
 
-void js_kbool(const char *k, int v, int *first)
+void js_bool(cJSON *o, const char *k, int v)
 {
-    js_key(k, first);
-    fputs(v ? "true" : "false", stdout);
+    js_add(o, k, cJSON_CreateBool(v));
 }
 
-void js_config(const cqrps_table_config_t *c)
+void js_counter(cJSON *o, const cqrps_counter_t *c)
 {
-    int f = 1;
-    putchar('{');
-    js_kstr("kind", cqrps_kind_name(c->kind), &f);
-    js_ku64("dim", c->dim, &f);
-    js_ku64("chunks", c->chunks, &f);
-    js_ku64("rows", c->rows, &f);
-    js_ku64("seed", c->seed, &f);
-    js_kstr("optimizer", cqrps_optimizer_name(c->optimizer), &f);
-    js_kflt("lr", c->lr, &f);
-    js_kflt("beta1", c->beta1, &f);
-    js_kflt("beta2", c->beta2, &f);
-    js_kflt("eps", c->eps, &f);
-    js_kflt("weight_decay", c->weight_decay, &f);
-    js_kflt("init_scale", c->init_scale, &f);
-    js_ku64("schedule_every", c->schedule_every, &f);
-    js_ku64("schedule_max_phases", c->schedule_max_phases, &f);
-    js_ku64("cluster_iters", c->cluster_iters, &f);
-    js_ku64("cluster_sample", c->cluster_sample, &f);
-    js_kbool("reset_optimizer", c->reset_optimizer, &f);
-    putchar('}');
+    if (c->is_count)
+        js_u64(o, c->name, c->count);
+    else
+        js_dbl(o, c->name, c->value);
 }
 
-void js_info(const cqrps_table_info_t *t)
+cJSON *js_config(const cqrps_table_config_t *c)
 {
-    int f = 1;
-    putchar('{');
-    js_kstr("name", t->name, &f);
-    js_key("config", &f);
-    js_config(&t->config);
-    js_ku64("known_ids", t->known_ids, &f);
-    js_ku64("param_bytes", t->param_bytes, &f);
-    js_ku64("optimizer_bytes", t->optimizer_bytes, &f);
-    js_ku64("index_bytes", t->index_bytes, &f);
-    js_kdbl("bytes_per_known_id", t->bytes_per_known_id, &f);
-    js_ku64("phases_done", t->phases_done, &f);
-    js_kbool("phase_running", t->phase_running, &f);
-    js_ku64("lookups", t->lookups, &f);
-    js_ku64("pushes", t->pushes, &f);
-    js_ku64("examples_pushed", t->examples_pushed, &f);
-    js_kdbl("last_inertia", t->last_inertia, &f);
-    js_kdbl("last_phase_seconds", t->last_phase_seconds, &f);
-    putchar('}');
+    cJSON *o = js_object();
+    js_str(o, "kind", cqrps_kind_name(c->kind));
+    js_u64(o, "dim", c->dim);
+    js_u64(o, "chunks", c->chunks);
+    js_u64(o, "rows", c->rows);
+    js_u64(o, "seed", c->seed);
+    js_str(o, "optimizer", cqrps_optimizer_name(c->optimizer));
+    js_flt(o, "lr", c->lr);
+    js_flt(o, "beta1", c->beta1);
+    js_flt(o, "beta2", c->beta2);
+    js_flt(o, "eps", c->eps);
+    js_flt(o, "weight_decay", c->weight_decay);
+    js_flt(o, "init_scale", c->init_scale);
+    js_u64(o, "schedule_every", c->schedule_every);
+    js_u64(o, "schedule_max_phases", c->schedule_max_phases);
+    js_u64(o, "cluster_iters", c->cluster_iters);
+    js_u64(o, "cluster_sample", c->cluster_sample);
+    js_bool(o, "reset_optimizer", c->reset_optimizer);
+    return o;
 }
 
-void js_phase(const cqrps_phase_status_t *s)
+cJSON *js_info(const cqrps_table_info_t *t)
 {
-    int f = 1;
-    putchar('{');
-    js_ku64("phase_id", s->phase_id, &f);
-    js_kstr("state", cqrps_phase_state_name(s->state), &f);
-    js_kstr("stage", s->stage, &f);
-    js_kdbl("fraction", s->fraction, &f);
-    js_kdbl("inertia", s->inertia, &f);
-    js_kdbl("seconds", s->seconds, &f);
-    js_ku64("ids_assigned", s->ids_assigned, &f);
-    js_ku64("replayed_pushes", s->replayed_pushes, &f);
-    js_kstr("error", s->error, &f);
-    putchar('}');
+    cJSON *o = js_object();
+    js_str(o, "name", t->name);
+    js_add(o, "config", js_config(&t->config));
+    js_u64(o, "known_ids", t->known_ids);
+    js_u64(o, "param_bytes", t->param_bytes);
+    js_u64(o, "optimizer_bytes", t->optimizer_bytes);
+    js_u64(o, "index_bytes", t->index_bytes);
+    js_dbl(o, "bytes_per_known_id", t->bytes_per_known_id);
+    js_u64(o, "phases_done", t->phases_done);
+    js_bool(o, "phase_running", t->phase_running);
+    js_u64(o, "lookups", t->lookups);
+    js_u64(o, "pushes", t->pushes);
+    js_u64(o, "examples_pushed", t->examples_pushed);
+    js_dbl(o, "last_inertia", t->last_inertia);
+    js_dbl(o, "last_phase_seconds", t->last_phase_seconds);
+    return o;
+}
+
+cJSON *js_phase(const cqrps_phase_status_t *s)
+{
+    cJSON *o = js_object();
+    js_u64(o, "phase_id", s->phase_id);
+    js_str(o, "state", cqrps_phase_state_name(s->state));
+    js_str(o, "stage", s->stage);
+    js_dbl(o, "fraction", s->fraction);
+    js_dbl(o, "inertia", s->inertia);
+    js_dbl(o, "seconds", s->seconds);
+    js_u64(o, "ids_assigned", s->ids_assigned);
+    js_u64(o, "replayed_pushes", s->replayed_pushes);
+    js_str(o, "error", s->error);
+    return o;
+}
+
+int js_print(cJSON *o)
+{
+    char *text = js_failed ? NULL : cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!text) {
+        fprintf(stderr, "cqrps: out of memory writing JSON\n");
+        return -1;
+    }
+    puts(text);
+    cJSON_free(text);
+    return 0;
 }
 
 /* ---- Human output ------------------------------------------------------ */
+
+void counter_text(const cqrps_counter_t *c, char *buf, size_t len)
+{
+    double v = c->value;
+    if (c->is_count)
+        snprintf(buf, len, "%" PRIu64, c->count);
+    else if (isfinite(v) && v == floor(v) && fabs(v) < 1e300)
+        snprintf(buf, len, "%.0f", v); /* every digit of a whole double */
+    else
+        snprintf(buf, len, "%.6g", v);
+}
 
 void human_bytes(uint64_t b, char *buf, size_t len)
 {
@@ -308,12 +339,14 @@ void print_latency(const cqrps_stats_t *st)
         human_secs(lat_quantile(b, nb, count, 0.50), p50, sizeof(p50));
         human_secs(lat_quantile(b, nb, count, 0.90), p90, sizeof(p90));
         human_secs(lat_quantile(b, nb, count, 0.99), p99, sizeof(p99));
+        char cnt[32];
+        counter_text(&st->counters[i], cnt, sizeof(cnt));
         if (!header) {
             printf("latency:     %-18s %10s %10s %10s %10s %10s\n", "op",
                    "count", "mean", "p50", "p90", "p99");
             header = 1;
         }
-        printf("             %-18s %10.0f %10s %10s %10s %10s\n", op, count,
+        printf("             %-18s %10s %10s %10s %10s %10s\n", op, cnt,
                mean, p50, p90, p99);
     }
 }

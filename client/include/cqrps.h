@@ -534,8 +534,10 @@ CQRPS_API int cqrps_cluster_wait(cqrps_client_t *c, const char *table,
 /* ---- Server state ------------------------------------------------------ */
 
 typedef struct cqrps_counter {
-    char *name;   /* counter name */
-    double value; /* its value */
+    char *name;     /* counter name */
+    double value;   /* its value (for a count: count, rounded beyond 2^53) */
+    uint64_t count; /* a count's exact value (requests, bytes, ...) */
+    int is_count;   /* 1 if this counter is a whole-number count */
 } cqrps_counter_t;
 
 /* Mirrors proto StatsReply; sharded: summed (uptime is the smallest,

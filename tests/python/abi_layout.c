@@ -98,6 +98,8 @@ int main(void)
     SIZE(cqrps_counter_t);
     OFF(cqrps_counter_t, name);
     OFF(cqrps_counter_t, value);
+    OFF(cqrps_counter_t, count);
+    OFF(cqrps_counter_t, is_count);
 
     SIZE(cqrps_stats_t);
     OFF(cqrps_stats_t, server_version);

@@ -215,7 +215,12 @@ class PhaseStatus(Structure):
 class Counter(Structure):
     """cqrps_counter_t."""
 
-    _fields_ = [("name", c_char_p), ("value", c_double)]
+    _fields_ = [
+        ("name", c_char_p),
+        ("value", c_double),
+        ("count", c_uint64),
+        ("is_count", c_int),
+    ]
 
 
 class Stats(Structure):

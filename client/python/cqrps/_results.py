@@ -5,7 +5,7 @@ names). Re-exported by :mod:`cqrps.client` and :mod:`cqrps`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Union
 
 import numpy as np
 
@@ -152,7 +152,8 @@ class Stats:
     bytes_in: int                  #: bytes received
     bytes_out: int                 #: bytes sent
     tables: List[TableInfo] = field(default_factory=list)  #: by name
-    counters: Dict[str, float] = field(default_factory=dict)  #: by name
+    #: by name; whole-number counts are ints, exact
+    counters: Dict[str, Union[int, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

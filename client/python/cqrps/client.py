@@ -474,8 +474,9 @@ class Client:
             self._call(self._L.cqrps_stats, byref(st))
             tables = [TableInfo._from_c(st.tables[i])
                       for i in range(st.ntables)]
-            counters = {_s(st.counters[i].name or b""): st.counters[i].value
-                        for i in range(st.ncounters)}
+            # Counts are exact Python ints (doubles stop at 2^53).
+            counters = {_s(k.name or b""): k.count if k.is_count else k.value
+                        for k in (st.counters[i] for i in range(st.ncounters))}
             return Stats(_s(st.server_version), st.uptime_seconds,
                          st.connections, st.requests, st.errors, st.bytes_in,
                          st.bytes_out, tables, counters)

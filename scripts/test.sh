@@ -9,6 +9,8 @@
 #   CQR_SKIP_SANITIZERS=1 scripts/test.sh   # the plain build only
 #   CQR_SKIP_FUZZ=1 scripts/test.sh         # no fuzzing stage
 #   CQR_FUZZ_SECONDS=30 scripts/test.sh     # shorter fuzzing
+#   CQR_SKIP_IMAGE=1 scripts/test.sh        # no container image build
+#                      (tests/deploy/test_image.py: podman, a few minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=$(nproc)
@@ -19,7 +21,9 @@ echo "== build (Release, -Werror)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCQR_WERROR=ON >/dev/null
 cmake --build build -j"$JOBS"
 echo "== tests"
-ctest --test-dir build --output-on-failure -j"$JOBS"
+skip_image=()
+if [ "${CQR_SKIP_IMAGE:-0}" = "1" ]; then skip_image=(-LE image); fi
+ctest --test-dir build --output-on-failure -j"$JOBS" "${skip_image[@]}"
 
 if [ "${CQR_SKIP_SANITIZERS:-0}" != "1" ]; then
   echo "== build (ASan + UBSan)"

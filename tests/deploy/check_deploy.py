@@ -8,13 +8,24 @@
   a headless Service (clusterIP None) whose ports match the containers',
   and a ConfigMap whose config file the real server accepts, listening on
   the ports the manifests use.
-- The Dockerfile builds on Debian bookworm, runs as a non-root user,
-  exposes the config's ports, has a data volume and a HEALTHCHECK on
-  /healthz, and ships no -dev package in its runtime stage.
+- The pod's command line, composed as Kubernetes does from the image
+  (Dockerfile ENTRYPOINT/CMD) and the container's command/args, is one
+  the real server accepts: --config once, naming the ConfigMap's file.
+- max-table-memory is at most half the container's memory limit
+  (docs/SECURITY.md); a NetworkPolicy admits only the two ports; the
+  tokens come from a Secret (kustomize secretGenerator) mounted with a
+  mode the server accepts, at the paths the ConfigMap names; with kubectl
+  installed, `kubectl kustomize` renders the whole set.
+- The Dockerfile builds on Debian 12 (BASE_IMAGE, default debian:12-slim),
+  runs as a non-root user, exposes the config's ports, has a data volume
+  and a HEALTHCHECK on /healthz, and ships no -dev package in its runtime
+  stage.
 - deploy/cqrps.conf.example documents every option of `cqrps-server
   --help` and parses (`--print-config`).
-- The systemd unit has notify readiness, a restart policy, the dedicated
-  user, the state directory and ExecStart with --config.
+- The systemd unit has notify readiness, a restart policy that does not
+  restart after the exit status of a configuration error (learnt from
+  the real server), the dedicated user, the state directory and
+  ExecStart with --config.
 - cqrps-addrs.sh derives the client's address list from the pod names.
 - deploy/README.md names every metric family the server exports, and the
   Prometheus rules parse and use only metrics that exist.
@@ -22,8 +33,11 @@
 Usage: check_deploy.py REPO_ROOT CQRPS_SERVER_BINARY
 Prints one line per check and "N passed, N failed" at the end.
 """
+import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +45,8 @@ import tempfile
 import yaml
 
 ROOT, SERVER = sys.argv[1], sys.argv[2]
+os.environ["CQRPS_SOURCE_DIR"] = ROOT  # for deploy_files
+from deploy_files import dockerfile_instructions, k8s_argv  # noqa: E402
 DEPLOY = os.path.join(ROOT, "deploy")
 K8S = os.path.join(DEPLOY, "k8s")
 results = []
@@ -56,13 +72,18 @@ def read(path):
         return f.read()
 
 
-def server_config(text):
-    """The effective config the real server builds from a config file."""
+def server_config(text, argv=None, conf_path=None):
+    """The effective config the real server builds from a config file
+    (and, given argv, from that command line, where conf_path stands for
+    the file)."""
     with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
         f.write(text)
         path = f.name
+    args = [SERVER, "--config", path]
+    if argv is not None:
+        args = [SERVER] + [path if a == conf_path else a for a in argv[1:]]
     try:
-        p = subprocess.run([SERVER, "--config", path, "--print-config"],
+        p = subprocess.run(args + ["--print-config"],
                            capture_output=True, text=True, timeout=30)
     finally:
         os.unlink(path)
@@ -158,8 +179,6 @@ def statefulset_fields():
     _, cm = docs["ConfigMap"]
     need(vols["config"]["configMap"]["name"] == cm["metadata"]["name"],
          "config volume must be the ConfigMap")
-    need(c["args"][:2] == ["--config", "/etc/cqrps/cqrps.conf"],
-         "args must start with --config /etc/cqrps/cqrps.conf")
     # Probes on the metrics port.
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     rp, lp = c["readinessProbe"]["httpGet"], c["livenessProbe"]["httpGet"]
@@ -250,26 +269,165 @@ def addrs_script():
     need(port_of(k8s_config()["listen"]) == 7070, "default port 7070")
 
 
+def pod_command_line():
+    """The pod's argv (image + StatefulSet) runs the server with the
+    ConfigMap's file, named once, and nothing that overrides it."""
+    c = container()
+    argv = k8s_argv(c)
+    need(argv and os.path.basename(argv[0]) == "cqrps-server",
+         f"the pod does not run cqrps-server: {argv}")
+    n = sum(1 for a in argv if a == "--config" or a.startswith("--config="))
+    need(n == 1, f"--config given {n} times in the pod's command line "
+         f"{shlex.join(argv)} (the server refuses a repeated option)")
+    conf = argv[argv.index("--config") + 1]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    need(os.path.dirname(conf) in mounts and
+         mounts[os.path.dirname(conf)] == "config",
+         f"--config {conf} is not in the ConfigMap's mount")
+    _, cm = docs["ConfigMap"]
+    key = os.path.basename(conf)
+    need(key in cm["data"], f"the ConfigMap has no key {key}")
+    # Only the file's settings: no flag may override them.
+    extra = [a for a in argv[1:] if a.startswith("--") and a != "--config"]
+    need(not extra, f"flags beside the ConfigMap override it: {extra}")
+    # And the real server accepts exactly this command line.
+    server_config(cm["data"][key], argv, conf)
+
+
+def quantity_bytes(q):
+    """A Kubernetes memory quantity (16Gi, 512M, 1e9) in bytes."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTPE]i?)?", str(q))
+    need(m, f"cannot read the quantity {q}")
+    unit = m.group(2) or ""
+    mult = {"": 1}
+    for i, u in enumerate("KMGTPE", 1):
+        mult[u] = 1000 ** i
+        mult[u + "i"] = 1024 ** i
+    return int(float(m.group(1)) * mult[unit])
+
+
+def memory_budget():
+    """max-table-memory at most half the container's memory limit: the
+    advice of docs/SECURITY.md ("Memory a server can use")."""
+    sec = read(os.path.join(ROOT, "docs", "SECURITY.md"))
+    need("M/2" in sec, "docs/SECURITY.md no longer advises M/2; update "
+         "this check with it")
+    limit = container()["resources"]["limits"]["memory"]
+    cfg = k8s_config()
+    tables = int(cfg["max-table-memory"])
+    need(tables * 2 <= quantity_bytes(limit),
+         f"max-table-memory {tables} is more than half the memory limit "
+         f"{limit}")
+
+
+def network_policy():
+    need("NetworkPolicy" in docs, "no NetworkPolicy in deploy/k8s")
+    _, np = docs["NetworkPolicy"]
+    spec = np["spec"]
+    _, ss = docs["StatefulSet"]
+    labels = ss["spec"]["template"]["metadata"]["labels"]
+    for k, v in spec["podSelector"]["matchLabels"].items():
+        need(labels.get(k) == v, f"NetworkPolicy selects no shard ({k}={v})")
+    need("Ingress" in spec.get("policyTypes", []), "an Ingress policy")
+    cports = {p["name"]: p["containerPort"] for p in container()["ports"]}
+    opened = set()
+    for rule in spec.get("ingress", []):
+        need(rule.get("from"), f"a rule admits every source: {rule}")
+        need(rule.get("ports"), f"a rule admits every port: {rule}")
+        for p in rule["ports"]:
+            port = cports.get(p["port"], p["port"])
+            need(port in cports.values(), f"policy port {p['port']} is no "
+                 "container port")
+            opened.add(port)
+    need(opened == set(cports.values()),
+         f"the policy opens {sorted(opened)}, the pod serves "
+         f"{sorted(cports.values())}")
+
+
+def token_secret():
+    """The tokens: a Secret from kustomize's secretGenerator, mounted
+    with a mode the server accepts (no bits for others) and readable by
+    the pod's group, at the paths the ConfigMap's token options name."""
+    _, k = docs["Kustomization"]
+    gens = {g["name"]: g for g in k.get("secretGenerator", [])}
+    c = container()
+    spec = docs["StatefulSet"][1]["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in spec["volumes"]}
+    secret_vols = [v for v in vols.values() if "secret" in v]
+    need(len(secret_vols) == 1, "one Secret volume (the tokens)")
+    sv = secret_vols[0]
+    name = sv["secret"]["secretName"]
+    need(name in gens, f"Secret {name} is not generated by the "
+         "kustomization")
+    need(gens[name].get("options", {}).get("disableNameSuffixHash"),
+         "a fixed Secret name (trainer jobs refer to it)")
+    mode = sv["secret"].get("defaultMode", 0o644)
+    need(mode & 0o007 == 0, f"defaultMode {oct(mode)}: the server refuses "
+         "a token file other users can read")
+    need(mode & 0o040, f"defaultMode {oct(mode)}: the server's group must "
+         "read it")
+    sc = spec.get("securityContext", {})
+    need(sc.get("fsGroup") == sc.get("runAsGroup"),
+         "fsGroup must be the server's group (it owns the token files)")
+    mount = [m for m in c["volumeMounts"] if m["name"] == sv["name"]]
+    need(mount and mount[0].get("readOnly"), "the tokens mounted read-only")
+    keys = {f.split("=", 1)[0] for f in gens[name]["files"]}
+    cfg = k8s_config()
+    for opt in ("auth-token-file", "admin-token-file"):
+        path = cfg.get(opt, "")
+        need(path, f"the ConfigMap sets no {opt}")
+        need(os.path.dirname(path) == mount[0]["mountPath"] and
+             os.path.basename(path) in keys,
+             f"{opt} = {path} is not a key of Secret {name} at "
+             f"{mount[0]['mountPath']}")
+
+
+def kustomize_renders():
+    """`kubectl kustomize` (offline) renders the set with token files
+    made as deploy/README.md says; skipped without kubectl."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        print("     (kubectl not installed: rendering skipped)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        base = os.path.join(tmp, "k8s")
+        shutil.copytree(K8S, base,
+                        ignore=shutil.ignore_patterns("tokens"))
+        os.makedirs(os.path.join(base, "tokens"))
+        for f in ("auth-token", "admin-token"):
+            with open(os.path.join(base, "tokens", f), "w") as fh:
+                fh.write(f"test-{f}-0123456789abcdef\n")
+        p = subprocess.run([kubectl, "kustomize", base], capture_output=True,
+                           text=True, timeout=60)
+        need(p.returncode == 0, f"kubectl kustomize failed: {p.stderr}")
+    out = {d["kind"]: d for d in yaml.safe_load_all(p.stdout) if d}
+    need(set(out) >= {"ConfigMap", "Secret", "Service", "StatefulSet",
+                      "PodDisruptionBudget", "NetworkPolicy"},
+         f"rendered kinds: {sorted(out)}")
+    need(set(out["Secret"]["data"]) == {"auth-token", "admin-token"},
+         "rendered Secret keys")
+    vols = out["StatefulSet"]["spec"]["template"]["spec"]["volumes"]
+    need(any(v.get("secret", {}).get("secretName") ==
+             out["Secret"]["metadata"]["name"] for v in vols),
+         "the rendered StatefulSet does not mount the rendered Secret")
+
+
 # ---- Dockerfile ------------------------------------------------------------
 
 def dockerfile():
-    text = read(os.path.join(DEPLOY, "Dockerfile"))
-    # Join continuation lines, drop comments.
-    lines, cur = [], ""
-    for raw in text.splitlines():
-        s = raw.strip()
-        if not cur and (not s or s.startswith("#")):
-            continue
-        if s.endswith("\\"):
-            cur += s[:-1] + " "
-            continue
-        lines.append(cur + s)
-        cur = ""
-    ins = [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
-    froms = [a for i, a in ins if i == "FROM"]
+    ins = dockerfile_instructions()
+    build_args = {}
+    for i, a in ins:
+        if i == "ARG" and "=" in a:
+            k, _, v = a.partition("=")
+            build_args[k.strip()] = v.strip()
+    froms = [re.sub(r"\$\{(\w+)\}",
+                    lambda m: build_args.get(m.group(1), ""),
+                    a.split()[0]) for i, a in ins if i == "FROM"]
     need(len(froms) >= 2, "a build stage and a runtime stage")
-    need(froms[0].startswith("debian:bookworm"), f"build stage: {froms[0]}")
-    need(froms[-1].startswith("debian:bookworm"), f"runtime: {froms[-1]}")
+    for f in (froms[0], froms[-1]):
+        need(re.match(r"debian:(bookworm|12)\b", f),
+             f"stages must start from Debian 12 (BASE_IMAGE): {f}")
     last_from = max(k for k, (i, _) in enumerate(ins) if i == "FROM")
     build, runtime = ins[:last_from], ins[last_from:]
     need(any(i == "RUN" and "cmake" in a for i, a in build),
@@ -294,7 +452,6 @@ def dockerfile():
     # The container's effective config: the shipped file plus CMD flags.
     cmd = [a for i, a in runtime if i == "CMD"]
     need(cmd, "CMD with the container's listen addresses")
-    import json
     args = json.loads(cmd[-1])
     flags = dict(zip(args[::2], args[1::2]))
     listen = port_of(flags["--listen"])
@@ -347,6 +504,23 @@ def systemd_unit():
         return v[-1]
     need(one("Type") == "notify", "Type=notify")
     need(one("Restart") in ("on-failure", "always"), "restart policy")
+    # The exit status of a configuration error, from the real server: the
+    # unit must not restart on it (it would loop until the start limit).
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as bad:
+        bad.write("no-such-option = 1\n")
+        bad.flush()
+        rc = subprocess.run([SERVER, "--config", bad.name], timeout=30,
+                            capture_output=True).returncode
+    need(rc not in (0, 1), f"a bad config exits {rc}; expected its own "
+         "status")
+    prevent = " ".join(keys.get((s, "RestartPreventExitStatus"), []))
+    need(str(rc) in prevent.split(), f"RestartPreventExitStatus= lacks {rc}: "
+         "systemd restarts after a configuration error forever")
+    for pre in keys.get((s, "ExecStartPre"), []):
+        need(pre.startswith("-") or "cqrps-server" not in pre,
+             f"ExecStartPre={pre} fails on a bad config, and systemd "
+             "restarts after a failed ExecStartPre regardless of "
+             "RestartPreventExitStatus")
     need(one("User") == "cqrps", "User=cqrps")
     need(one("StateDirectory") == "cqrps", "StateDirectory=cqrps")
     need("--config" in one("ExecStart"), "ExecStart with --config")
@@ -410,6 +584,13 @@ if not results[-1][1]:
     check("k8s: headless Service", headless_service)
     check("k8s: PodDisruptionBudget", pdb)
     check("k8s: cqrps-addrs.sh address list", addrs_script)
+    check("k8s: the pod's command line (image + StatefulSet)",
+          pod_command_line)
+    check("k8s: max-table-memory within half the memory limit",
+          memory_budget)
+    check("k8s: NetworkPolicy", network_policy)
+    check("k8s: token Secret", token_secret)
+    check("k8s: kubectl kustomize renders", kustomize_renders)
 check("Dockerfile", dockerfile)
 check("Prometheus rules", prometheus_rules)
 check("cqrps.conf.example documents every option", example_documents_every_option)

@@ -12,6 +12,7 @@ PKGS=(
   libcjson-dev        # the CLI's JSON output
   systemd
   python3 python3-protobuf python3-numpy python3-yaml python3-torch python3-venv python3-pip
+  python3-setuptools python3-wheel  # pip install client/python, offline
   # tests/deploy/test_image.py: build deploy/Dockerfile and run the image
   # (rootful podman with runc; the base image is made with debootstrap)
   podman runc containernetworking-plugins iptables debootstrap

@@ -10,10 +10,13 @@ Finding the library (first match wins):
 1. ``$CQRPS_LIBRARY``: the path of ``libcqrps.so`` (or a directory holding
    it). When set, nothing else is tried, so a wrong path is an error rather
    than a silent fallback to another copy.
-2. ``ctypes.util.find_library("cqrps")`` (the linker cache, ``ldconfig``).
-3. ``libcqrps.so.0`` through the dynamic loader (``LD_LIBRARY_PATH``,
-   ``/etc/ld.so.conf``).
-4. The build trees of a source checkout next to this package
+2. The copy inside the installed package (``cqrps/libcqrps.so.0``), which
+   ``pip install client/python`` ships when the library was built first
+   (setup.py says where it looks).
+3. ``ctypes.util.find_library("cqrps")`` (the linker cache, ``ldconfig``).
+4. ``libcqrps.so.0`` through the dynamic loader (``LD_LIBRARY_PATH``,
+   ``/etc/ld.so.conf``; ``cmake --install`` puts it in ``/usr/local/lib``).
+5. The build trees of a source checkout next to this package
    (``build/client/libcqrps.so`` and similar), then ``/usr/local/lib``.
 """
 
@@ -275,12 +278,15 @@ _SONAMES = ("libcqrps.so", "libcqrps.so.0")
 def _candidates() -> List[str]:
     """Paths or names to try, in order, when $CQRPS_LIBRARY is not set."""
     out: List[str] = []
+    here = pathlib.Path(__file__).resolve().parent
+    shipped = here / "libcqrps.so.0"
+    if shipped.exists():
+        out.append(str(shipped))
     found = ctypes.util.find_library("cqrps")
     if found:
         out.append(found)
     out.append("libcqrps.so.0")
     # A source checkout: client/python/cqrps/_lib.py -> the project root.
-    here = pathlib.Path(__file__).resolve().parent
     root = here.parent.parent.parent
     for build in ("build", "build-client", "build-release", "build-debug"):
         out.append(str(root / build / "client" / "libcqrps.so"))

@@ -2,7 +2,7 @@
 
 A counter of 2^53 + 1 cannot come from a real server in a test, so a
 small peer speaks the wire protocol (messages built by python3-protobuf
-from the schema itself: protoc-c --descriptor_set_out) and answers Hello,
+from the schema itself: tests/common/wire_py.py) and answers Hello,
 Stats and DescribeTable with the figures the test chooses. The CLI runs
 as a user runs it; its JSON is read by Python's json module, whose
 integers are exact, so "round-trips" means equal as integers.
@@ -16,13 +16,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import subprocess
-import tempfile
 import threading
 import unittest
 
-from google.protobuf import descriptor_pb2, message_factory
+import wire_py
 
 CLI = os.environ.get("CQRPS_CLI_BIN", "")
 BIG = 2 ** 53 + 1          # the first integer a double cannot hold
@@ -31,16 +29,9 @@ U64_MAX = 2 ** 64 - 1
 
 
 def load_messages() -> dict:
-    """The schema's message classes, from protoc-c's descriptor set."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "cqrps.desc")
-        proto = os.environ["CQR_PROTO_FILE"]
-        subprocess.run([os.environ["CQR_PROTOC_C"], f"--descriptor_set_out={out}",
-                        f"-I{os.path.dirname(proto)}", proto], check=True,
-                       timeout=60)
-        with open(out, "rb") as f:
-            fds = descriptor_pb2.FileDescriptorSet.FromString(f.read())
-    return message_factory.GetMessages(fds.file)
+    """The schema's message classes (tests/common/wire_py.py)."""
+    return wire_py.load_messages(os.environ["CQR_PROTOC_C"],
+                                 os.environ["CQR_PROTO_FILE"])
 
 
 class Peer:
@@ -68,25 +59,12 @@ class Peer:
             threading.Thread(target=self.serve, args=(conn,),
                              daemon=True).start()
 
-    @staticmethod
-    def read(conn: socket.socket, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = conn.recv(n - len(buf))
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        return buf
-
     def serve(self, conn: socket.socket) -> None:
         with conn:
             try:
                 while True:
-                    (n,) = struct.unpack(">I", self.read(conn, 4))
-                    q = self.m["cqrps.v1.Request"].FromString(
-                        self.read(conn, n))
-                    body = self.answer(q).SerializeToString()
-                    conn.sendall(struct.pack(">I", len(body)) + body)
+                    q = wire_py.recv_msg(conn, self.m["cqrps.v1.Request"])
+                    wire_py.send_msg(conn, self.answer(q))
             except (EOFError, OSError):
                 return
 

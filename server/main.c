@@ -225,14 +225,18 @@ static void log_start(server_t *s)
 }
 
 /* Tokens, the metrics endpoint, the restore, the listener and the I/O
- * threads, in that order. 0, or 1 after logging why. */
+ * threads, in that order. 0, or the exit status after logging why: 2 for
+ * a token file that cannot be used (a configuration error, like a bad
+ * flag: restarting does not help, and systemd's RestartPreventExitStatus
+ * keys on it), 1 for the rest. */
 static int open_all(server_t *s)
 {
     /* Tokens are read once, before any connection can arrive. */
     char aerr[600];
-    if (cqr_auth_setup(&s->ctx, &s->cfg, &s->auth, aerr, sizeof aerr) != 0) {
+    int rc = cqr_auth_setup(&s->ctx, &s->cfg, &s->auth, aerr, sizeof aerr);
+    if (rc != 0) {
         cqr_log(CQR_LOG_ERROR, "auth", "cannot load tokens: %s", aerr);
-        return 1;
+        return rc == CQR_ENOMEM ? 1 : 2;
     }
     cqr_auth_warn_exposure(&s->cfg);
 
@@ -341,8 +345,9 @@ static int shut_down(server_t *s)
 static int run(server_t *s)
 {
     log_start(s);
-    if (open_all(s) != 0)
-        return 1;
+    int rc = open_all(s);
+    if (rc != 0)
+        return rc;
     start_loop(s);
     announce(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);
@@ -374,6 +379,8 @@ int main(int argc, char **argv)
         return 0;
     }
     cqr_log_set_level(s.cfg.log_level);
+    cqr_log_set_format(s.cfg.log_format);
+    cqr_log_detect_journal(); /* "<N>" priorities when stderr is journald */
     /* A peer that vanishes must give EPIPE on write, not kill us. */
     signal(SIGPIPE, SIG_IGN);
 

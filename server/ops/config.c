@@ -75,6 +75,9 @@ static const cqr_config_option_t options[] = {
      "cluster phases that run at once; others wait queued"},
     {"log-level", CQR_CT_LEVEL, 0, 0, "info", OFF(log_level),
      "debug, info, warn or error"},
+    {"log-format", CQR_CT_LOGFMT, 0, 0, "text", OFF(log_format),
+     "log line format: text (time level module: message key=value), or "
+     "json (one object per line, for log shippers)"},
     {"metrics-listen", CQR_CT_ADDR_OPT, 0, 0, "off", OFF(metrics),
      "HTTP address of /metrics (Prometheus), /healthz and /readyz: "
      "HOST:PORT, or PORT alone for loopback; port 0 = any free port"},
@@ -304,6 +307,16 @@ int cqr_config_set(cqr_config_t *cfg, const char *name, const char *value,
             return CQR_EINVAL;
         }
         *(cqr_log_level_t *)(void *)field = lv;
+        return 0;
+    }
+    case CQR_CT_LOGFMT: {
+        cqr_log_format_t lf;
+        if (cqr_log_format_parse(value, &lf) != 0) {
+            snprintf(err, errlen, "--%s: '%s' is not one of text, json",
+                     name, value);
+            return CQR_EINVAL;
+        }
+        *(cqr_log_format_t *)(void *)field = lf;
         return 0;
     }
     case CQR_CT_BOOL: {
@@ -635,6 +648,7 @@ void cqr_config_usage(FILE *f, const char *prog)
         case CQR_CT_U64: arg = " N"; break;
         case CQR_CT_SIZE: arg = " BYTES"; break;
         case CQR_CT_LEVEL: arg = " LEVEL"; break;
+        case CQR_CT_LOGFMT: arg = " text|json"; break;
         case CQR_CT_ADDR_OPT: arg = " [HOST:]PORT"; break;
         case CQR_CT_PATH: arg = strcmp(o->name, "config") == 0
                                     ? " FILE" : " PATH"; break;
@@ -687,6 +701,11 @@ static int format_value(const cqr_config_t *cfg, const cqr_config_option_t *o,
         snprintf(val, len, "%s",
                  cqr_log_level_name(
                      *(const cqr_log_level_t *)(const void *)field));
+        break;
+    case CQR_CT_LOGFMT:
+        snprintf(val, len, "%s",
+                 cqr_log_format_name(
+                     *(const cqr_log_format_t *)(const void *)field));
         break;
     case CQR_CT_U32:
         snprintf(val, len, "%" PRIu32,

@@ -77,6 +77,7 @@ typedef struct cqr_config {
     uint32_t cluster_threads;  /* threads of one cluster phase */
     uint32_t cluster_workers;  /* cluster phases that run at once */
     cqr_log_level_t log_level; /* lines below this level are dropped */
+    cqr_log_format_t log_format; /* text, or one JSON object per line */
     cqr_addr_t metrics;        /* --metrics-listen; text "" = off */
     char data_dir[4096];       /* RocksDB checkpoint store; "" = no
                                   persistence (ckpt.h) */
@@ -108,6 +109,7 @@ typedef enum cqr_config_type {
     CQR_CT_U64,   /* decimal count into a uint64_t */
     CQR_CT_SIZE,  /* byte size with optional suffix, into a uint64_t */
     CQR_CT_LEVEL, /* log level name */
+    CQR_CT_LOGFMT, /* log format name (text, json) */
     CQR_CT_FLAG,  /* command-line only switch without value (int) */
     CQR_CT_ADDR_OPT, /* "off", PORT (loopback) or HOST:PORT, into a
                         cqr_addr_t */

@@ -2,12 +2,20 @@
  *
  * Format: `2026-11-26T19:40:01.123Z info conn: accepted peer=127.0.0.1:5555`
  * (UTC time with milliseconds, level, module, message of key=value pairs).
+ * With CQR_LOG_JSON (--log-format json), one JSON object per line for log
+ * shippers, written with cJSON: {"time": ..., "level": ..., "module": ...,
+ * "msg": the words before the first key=value, then one member per pair;
+ * a value that is a JSON number is written as a number}. When stderr is
+ * the systemd journal (cqr_log_detect_journal), every line starts with
+ * its syslog priority, "<3>" error, "<4>" warn, "<6>" info, "<7>" debug
+ * (sd-daemon(3)), which journald stores as the entry's priority.
  *
  * Threading: cqr_log may be called from any thread; each line reaches
  * stderr in one write(2), so lines of different threads never interleave.
- * cqr_log_set_level should be called once at start-up, before other
- * threads log (reads of the level are atomic, so a later change is safe
- * but not ordered with concurrent lines).
+ * cqr_log_set_level, cqr_log_set_format and cqr_log_detect_journal should
+ * be called once at start-up, before other threads log (the settings are
+ * atomic, so a later change is safe but not ordered with concurrent
+ * lines).
  *
  * Values that come from clients (table names, client names) must go
  * through cqr_log_clean before they are logged, so a client cannot forge
@@ -24,6 +32,23 @@ typedef enum cqr_log_level {
     CQR_LOG_WARN = 2,
     CQR_LOG_ERROR = 3
 } cqr_log_level_t;
+
+typedef enum cqr_log_format {
+    CQR_LOG_TEXT = 0, /* time level module: message key=value ... */
+    CQR_LOG_JSON = 1  /* one JSON object per line */
+} cqr_log_format_t;
+
+/* The line format; the default is CQR_LOG_TEXT. */
+void cqr_log_set_format(cqr_log_format_t format);
+/* "text", "json" and back; parse returns 0, or -1 for an unknown name
+ * (and leaves *out alone). */
+const char *cqr_log_format_name(cqr_log_format_t format);
+int cqr_log_format_parse(const char *name, cqr_log_format_t *out);
+
+/* Turns the syslog priority prefixes on when $JOURNAL_STREAM names the
+ * file stderr is (device:inode, as systemd sets it for a service whose
+ * stderr goes to the journal), off otherwise. Returns 1 if on. */
+int cqr_log_detect_journal(void);
 
 /* Lines below `level` are dropped. The default is CQR_LOG_INFO. */
 void cqr_log_set_level(cqr_log_level_t level);

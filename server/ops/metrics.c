@@ -2,12 +2,14 @@
  * metrics.h). */
 #include "ops/metrics.h"
 
+#include <dirent.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -161,6 +163,55 @@ static const char *const counter_help[] = {
 #undef CQR_CTR_HELP_
 };
 
+/* Open file descriptors: the entries of /proc/self/fd but the one that
+ * reads it; -1 if it cannot be read. */
+static long open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return -1;
+    long n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1;
+}
+
+/* The process families every Prometheus exporter has (the names and
+ * meanings of client_golang's and client_python's process collector). */
+static void render_process(text_t *t, double start_time)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        one(t, "process_cpu_seconds_total", "counter", "User and system CPU "
+            "time spent in seconds.",
+            (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+                ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) *
+                    1e-6);
+    long vm_pages = 0, rss_pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%ld %ld", &vm_pages, &rss_pages) != 2)
+            vm_pages = rss_pages = 0;
+        fclose(f);
+    }
+    double page = (double)sysconf(_SC_PAGESIZE);
+    one(t, "process_resident_memory_bytes", "gauge", "Resident memory "
+        "size in bytes.", (double)rss_pages * page);
+    one(t, "process_virtual_memory_bytes", "gauge", "Virtual memory size "
+        "in bytes.", (double)vm_pages * page);
+    long fds = open_fds();
+    if (fds >= 0)
+        one(t, "process_open_fds", "gauge", "Number of open file "
+            "descriptors.", (double)fds);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        one(t, "process_max_fds", "gauge", "Maximum number of open file "
+            "descriptors.", (double)rl.rlim_cur);
+    one(t, "process_start_time_seconds", "gauge", "Start time of the "
+        "process since unix epoch in seconds.", start_time);
+}
+
 static void render_server(text_t *t, cqr_server_ctx_t *ctx)
 {
     head(t, "cqrps_build_info", "gauge",
@@ -187,16 +238,7 @@ static void render_server(text_t *t, cqr_server_ctx_t *ctx)
     one(t, "cqrps_io_threads", "gauge", "I/O threads (--threads).",
         ctx->cfg->threads);
 
-    long rss_pages = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f != NULL) {
-        long size;
-        if (fscanf(f, "%ld %ld", &size, &rss_pages) != 2)
-            rss_pages = 0;
-        fclose(f);
-    }
-    one(t, "process_resident_memory_bytes", "gauge", "Resident memory "
-        "size in bytes.", (double)rss_pages * (double)sysconf(_SC_PAGESIZE));
+    render_process(t, (double)rt.tv_sec + (double)rt.tv_nsec * 1e-9 - up);
 }
 
 static void render_counters(text_t *t, cqr_server_ctx_t *ctx)

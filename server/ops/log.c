@@ -171,6 +171,7 @@ static int json_line(char *out, size_t cap, const char *stamp,
      * between pairs that are not pairs themselves. */
     char text[LOG_MSG_MAX];
     size_t tlen = 0;
+    int stray = 0;
     char *p = msg;
     while (*p != '\0') {
         while (*p == ' ')
@@ -188,6 +189,10 @@ static int json_line(char *out, size_t cap, const char *stamp,
             } else {
                 val[npairs] = p;
                 p += strcspn(p, " ");
+                /* "dir=/x; starting": the ';' ends the sentence, not
+                 * the value. */
+                if (p - val[npairs] > 1 && strchr(";:,", p[-1]) != NULL)
+                    p[-1] = '\0';
             }
             if (*p != '\0')
                 *p++ = '\0';
@@ -195,6 +200,7 @@ static int json_line(char *out, size_t cap, const char *stamp,
             continue;
         }
         size_t wl = strcspn(p, " ");
+        stray |= npairs > 0; /* words after a pair: keep the sentence */
         if (tlen + wl + 2 < sizeof text) {
             if (tlen > 0)
                 text[tlen++] = ' ';
@@ -209,7 +215,7 @@ static int json_line(char *out, size_t cap, const char *stamp,
     int rc = o != NULL && cJSON_AddStringToObject(o, "time", stamp) &&
                      cJSON_AddStringToObject(o, "level", level) &&
                      cJSON_AddStringToObject(o, "module", module) &&
-                     cJSON_AddStringToObject(o, "msg", text)
+                     cJSON_AddStringToObject(o, "msg", stray ? m : text)
                  ? 0 : -1;
     for (size_t i = 0; rc == 0 && i < npairs; i++)
         rc = json_add(o, key[i], val[i]);

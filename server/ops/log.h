@@ -4,8 +4,10 @@
  * (UTC time with milliseconds, level, module, message of key=value pairs).
  * With CQR_LOG_JSON (--log-format json), one JSON object per line for log
  * shippers, written with cJSON: {"time": ..., "level": ..., "module": ...,
- * "msg": the words before the first key=value, then one member per pair;
- * a value that is a JSON number is written as a number}. When stderr is
+ * "msg": the words before the first key=value (the whole message when
+ * words follow a pair, as in "no checkpoint in dir=X; starting ..."),
+ * then one member per pair; a value that is a JSON number is written as a
+ * number, and an unquoted value loses a trailing ';', ':' or ','}. When stderr is
  * the systemd journal (cqr_log_detect_journal), every line starts with
  * its syslog priority, "<3>" error, "<4>" warn, "<6>" info, "<7>" debug
  * (sd-daemon(3)), which journald stores as the entry's priority.

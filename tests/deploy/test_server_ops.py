@@ -64,7 +64,8 @@ class ServerOpsTest(unittest.TestCase):
                          f"{os.environ['CQRPS_VERSION']} (protocol 1)\n")
 
     def test_json_log_lines(self) -> None:
-        with Server(["--log-format", "json"]) as srv:
+        with tempfile.TemporaryDirectory() as data, \
+                Server(["--log-format", "json", "--data-dir", data]) as srv:
             addr = srv.addr
             self.assertEqual(srv.stop(), 0)
             lines = srv.log().splitlines()
@@ -79,6 +80,12 @@ class ServerOpsTest(unittest.TestCase):
         self.assertEqual(listening["addr"], addr)
         self.assertEqual(listening["threads"], 2)  # a number, not "2"
         self.assertEqual(json.loads(lines[-1])["status"], 0)
+        # Words after a pair: msg keeps the whole sentence, and the value
+        # loses the ';' that ends the clause.
+        empty = [json.loads(ln) for ln in lines if "no checkpoint" in ln][0]
+        self.assertEqual(empty["dir"], data)
+        self.assertEqual(empty["msg"], f"no checkpoint in dir={data}; "
+                         "starting with no tables")
 
     def journal_run(self, stream_of_stderr: bool) -> list:
         """Starts and stops a server whose stderr is a file, with

@@ -538,6 +538,82 @@ START_TEST(test_update_optimizer)
 }
 END_TEST
 
+/* What an old client sends -- one table, no parts, no bf16 -- is answered
+ * as before: a Lookup reply of dim and vectors only (no dims, no bf16
+ * field), a Push reply of the IDs applied, on both decoders; the bytes are
+ * those of protobuf-c packing exactly those fields. */
+static void expect_old_reply(Request *q, int mode, uint32_t dim, size_t n)
+{
+    uint8_t *bytes = NULL;
+    size_t nb = 0;
+    Response *r = call(q, mode, &bytes, &nb);
+    ck_assert_int_eq(r->status, 0);
+    Response e = CQRPS__V1__RESPONSE__INIT;
+    e.id = q->id;
+    e.message = (char *)"";
+    Cqrps__V1__LookupReply lr = CQRPS__V1__LOOKUP_REPLY__INIT;
+    Cqrps__V1__PushReply pr = CQRPS__V1__PUSH_REPLY__INIT;
+    if (q->op_case == CQRPS__V1__REQUEST__OP_LOOKUP) {
+        ck_assert_int_eq(r->reply_case, CQRPS__V1__RESPONSE__REPLY_LOOKUP);
+        ck_assert_uint_eq(r->lookup->n_dims, 0);
+        ck_assert(!r->lookup->bf16);
+        ck_assert_uint_eq(r->lookup->vectors.len, n * dim * sizeof(float));
+        lr.dim = dim;
+        lr.vectors = r->lookup->vectors;
+        e.reply_case = CQRPS__V1__RESPONSE__REPLY_LOOKUP;
+        e.lookup = &lr;
+    } else {
+        ck_assert_int_eq(r->reply_case, CQRPS__V1__RESPONSE__REPLY_PUSH);
+        pr.applied = r->push->applied;
+        e.reply_case = CQRPS__V1__RESPONSE__REPLY_PUSH;
+        e.push = &pr;
+    }
+    size_t m = cqrps__v1__response__get_packed_size(&e);
+    ck_assert_uint_eq(m, nb);
+    uint8_t *want = malloc(m + 1);
+    cqrps__v1__response__pack(&e, want);
+    ck_assert_mem_eq(want, bytes, m);
+    free(want);
+    free(bytes);
+    rq_done(r);
+}
+
+START_TEST(test_old_requests_unchanged)
+{
+    uint64_t ids[40];
+    for (size_t k = 0; k < 40; k++)
+        ids[k] = k * 7 + 1;
+    for (size_t t = 0; t < NTABLES; t++) {
+        const uint32_t dim = tables[t].dim;
+        for (int mode = FAST; mode <= SLOW; mode++) {
+            Cqrps__V1__Lookup lk = CQRPS__V1__LOOKUP__INIT;
+            lk.table = (char *)tables[t].name;
+            lk.ids = ids;
+            lk.n_ids = 40;
+            Request q = CQRPS__V1__REQUEST__INIT;
+            q.id = 77 + t;
+            q.op_case = CQRPS__V1__REQUEST__OP_LOOKUP;
+            q.lookup = &lk;
+            expect_old_reply(&q, mode, dim, 40);
+
+            float *g = calloc(40 * dim, sizeof *g);
+            for (size_t k = 0; k < 40 * dim; k++)
+                g[k] = 0.001f * (float)(k % 13);
+            Cqrps__V1__Push ps = CQRPS__V1__PUSH__INIT;
+            ps.table = (char *)tables[t].name;
+            ps.ids = ids;
+            ps.n_ids = 40;
+            ps.grads.data = (uint8_t *)g;
+            ps.grads.len = 40 * dim * sizeof(float);
+            q.op_case = CQRPS__V1__REQUEST__OP_PUSH;
+            q.push = &ps;
+            expect_old_reply(&q, mode, dim, 40);
+            free(g);
+        }
+    }
+}
+END_TEST
+
 Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("rpc_multi");
@@ -549,6 +625,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_refusals);
     tcase_add_test(tc, test_part_limit);
     tcase_add_test(tc, test_update_optimizer);
+    tcase_add_test(tc, test_old_requests_unchanged);
     suite_add_tcase(s, tc);
     return s;
 }

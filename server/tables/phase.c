@@ -359,6 +359,27 @@ int cqr_phases_create(uint32_t workers, atomic_uint_fast64_t *start_errors,
     return 0;
 }
 
+int cqr_phases_forget(cqr_phases_t *pm)
+{
+    pthread_mutex_lock(&pm->mu);
+    if (!cqr_list_empty(&pm->queue) || !cqr_list_empty(&pm->active) ||
+        pm->counts.running > 0) {
+        pthread_mutex_unlock(&pm->mu);
+        return CQR_EBUSY;
+    }
+    while (!cqr_list_empty(&pm->hist)) {
+        job_t *j = hist_job(pm->hist.next);
+        assert(j->entry == NULL && j->ph == NULL);
+        cqr_list_del(&j->hlink);
+        free(j);
+    }
+    pm->nhist = 0;
+    pm->next_id = 0;
+    memset(&pm->counts, 0, sizeof pm->counts);
+    pthread_mutex_unlock(&pm->mu);
+    return 0;
+}
+
 int cqr_phases_start(cqr_phases_t *pm, cqr_entry_t *e, uint64_t *phase_id)
 {
     /* A cheap refusal first, so a Cluster RPC on a wrong table costs no

@@ -125,6 +125,13 @@ int cqr_phases_status(cqr_phases_t *pm, uint64_t table_uid,
 
 void cqr_phases_counts(cqr_phases_t *pm, cqr_phase_counts_t *out);
 
+/* Forgets every finished phase (the history ClusterStatus reads), the
+ * counts and the phase ids, as a new runner would have them, keeping the
+ * workers: for a test harness that reuses one runner (tests/fuzz/
+ * fuzz_rpc.c). CQR_EBUSY, changing nothing, while a phase is queued or
+ * running. */
+int cqr_phases_forget(cqr_phases_t *pm);
+
 /* See "Shutdown" above. Blocks until the workers have exited. Idempotent. */
 void cqr_phases_shutdown(cqr_phases_t *pm);
 

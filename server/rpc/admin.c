@@ -43,6 +43,9 @@ static void fill_info(cqr_info_block_t *b, const cqr_entry_t *e)
     b->cl.iters = tc->cluster_iters;
     b->cl.sample_per_centroid = tc->cluster_sample;
     b->cl.reset_optimizer = tc->reset_optimizer != 0;
+    b->cl.reset = tc->reset_optimizer ? CQRPS__V1__SETTING__SETTING_ON
+                                      : CQRPS__V1__SETTING__SETTING_OFF;
+    b->cl.tolerance = tc->cluster_tol > 0 ? tc->cluster_tol : -1.0f;
 
     cqrps__v1__table_config__init(&b->cfg);
     b->cfg.kind = (Cqrps__V1__TableKind)tc->kind;
@@ -201,7 +204,23 @@ static int map_config(cqr_call_t *c, const Cqrps__V1__TableConfig *in,
             cfg->cluster_iters = in->cluster->iters;
         if (in->cluster->sample_per_centroid != 0)
             cfg->cluster_sample = in->cluster->sample_per_centroid;
-        cfg->reset_optimizer = in->cluster->reset_optimizer ? 1 : 0;
+        /* "0 = default" cannot say "off" for a bool whose default is
+         * on: reset says it, reset_optimizer = true (older clients) says
+         * on, and nothing leaves the default. */
+        const Cqrps__V1__ClusterConfig *cl = in->cluster;
+        if (cl->reset == CQRPS__V1__SETTING__SETTING_ON ||
+            (cl->reset == CQRPS__V1__SETTING__SETTING_DEFAULT &&
+             cl->reset_optimizer))
+            cfg->reset_optimizer = 1;
+        else if (cl->reset == CQRPS__V1__SETTING__SETTING_OFF)
+            cfg->reset_optimizer = 0;
+        else if (cl->reset != CQRPS__V1__SETTING__SETTING_DEFAULT)
+            return cqr_call_fail(c, CQR_EINVAL, "unknown reset setting %d",
+                                 (int)cl->reset);
+        if (cl->tolerance < 0)
+            cfg->cluster_tol = 0.0f; /* every iteration */
+        else if (cl->tolerance > 0)
+            cfg->cluster_tol = cl->tolerance;
     }
     /* The wire has no per-table thread count: the operator decides. */
     cfg->cluster_threads = c->ctx->cfg->cluster_threads;
@@ -398,6 +417,39 @@ int cqr_op_cluster(cqr_call_t *c, const Cqrps__V1__Cluster *m)
     return 0;
 }
 
+/* A ClusterStatusReply of st. */
+static int status_reply(cqr_call_t *c, const cqr_phase_status_t *st)
+{
+    Cqrps__V1__ClusterStatusReply *r = &c->r.cstatus;
+    cqrps__v1__cluster_status_reply__init(r);
+    r->phase_id = st->phase_id;
+    r->state = (Cqrps__V1__ClusterStatusReply__State)st->state;
+    r->fraction = st->fraction;
+    r->inertia = st->inertia;
+    r->seconds = st->seconds;
+    r->ids_assigned = st->ids_assigned;
+    r->replayed_pushes = st->replayed_pushes;
+    r->chunk = st->chunk;
+    r->chunks = st->chunks;
+    r->iter = st->iter;
+    r->iters = st->iters;
+    r->eta_seconds = st->eta_seconds;
+    r->kmeans_iters = st->kmeans_iters;
+    r->cancelled = st->cancelled != 0;
+    /* Strings must outlive packing: copy them into the call. */
+    char *buf = malloc(sizeof st->stage + sizeof st->error);
+    if (buf == NULL)
+        return cqr_call_fail(c, CQR_ENOMEM, "out of memory");
+    cqr_call_keep(c, buf);
+    memcpy(buf, st->stage, sizeof st->stage);
+    memcpy(buf + sizeof st->stage, st->error, sizeof st->error);
+    r->stage = buf;
+    r->error = buf + sizeof st->stage;
+    c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_CLUSTER_STATUS;
+    c->resp.cluster_status = r;
+    return 0;
+}
+
 int cqr_op_cluster_status(cqr_call_t *c,
                              const Cqrps__V1__ClusterStatus *m)
 {
@@ -414,27 +466,30 @@ int cqr_op_cluster_status(cqr_call_t *c,
                              "(unknown or too old)", m->phase_id,
                              c->entry->name);
     }
-    Cqrps__V1__ClusterStatusReply *r = &c->r.cstatus;
-    cqrps__v1__cluster_status_reply__init(r);
-    r->phase_id = st.phase_id;
-    r->state = (Cqrps__V1__ClusterStatusReply__State)st.state;
-    r->fraction = st.fraction;
-    r->inertia = st.inertia;
-    r->seconds = st.seconds;
-    r->ids_assigned = st.ids_assigned;
-    r->replayed_pushes = st.replayed_pushes;
-    /* Strings must outlive packing: copy them into the call. */
-    char *buf = malloc(sizeof st.stage + sizeof st.error);
-    if (buf == NULL)
-        return cqr_call_fail(c, CQR_ENOMEM, "out of memory");
-    cqr_call_keep(c, buf);
-    memcpy(buf, st.stage, sizeof st.stage);
-    memcpy(buf + sizeof st.stage, st.error, sizeof st.error);
-    r->stage = buf;
-    r->error = buf + sizeof st.stage;
-    c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_CLUSTER_STATUS;
-    c->resp.cluster_status = r;
-    return 0;
+    return status_reply(c, &st);
+}
+
+int cqr_op_cancel_cluster(cqr_call_t *c, const Cqrps__V1__CancelCluster *m)
+{
+    int rc = need_admin(c);
+    if (rc == 0)
+        rc = cqr_call_table(c, m->table);
+    if (rc != 0)
+        return rc;
+    cqr_phase_status_t st;
+    rc = cqr_phases_cancel(c->ctx->phases, c->entry->uid, m->phase_id,
+                           "by request", &st);
+    if (rc != 0) {
+        if (m->phase_id == 0)
+            return cqr_call_fail(c, rc, "table '%s' has no cluster phase "
+                                 "queued or running", c->entry->name);
+        return cqr_call_fail(c, rc, "phase %" PRIu64 " of table '%s' is not "
+                             "queued or running", m->phase_id,
+                             c->entry->name);
+    }
+    cqr_log(CQR_LOG_INFO, "rpc", "cancel cluster table=%s phase=%" PRIu64
+            " peer=%s", c->entry->name, st.phase_id, c->sess->peer);
+    return status_reply(c, &st);
 }
 
 int cqr_op_digest(cqr_call_t *c, const Cqrps__V1__Digest *m)

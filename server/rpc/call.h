@@ -146,6 +146,7 @@ int cqr_op_list(cqr_call_t *c);
 int cqr_op_describe(cqr_call_t *c, const Cqrps__V1__DescribeTable *m);
 int cqr_op_cluster(cqr_call_t *c, const Cqrps__V1__Cluster *m);
 int cqr_op_cluster_status(cqr_call_t *c, const Cqrps__V1__ClusterStatus *m);
+int cqr_op_cancel_cluster(cqr_call_t *c, const Cqrps__V1__CancelCluster *m);
 int cqr_op_digest(cqr_call_t *c, const Cqrps__V1__Digest *m);
 int cqr_op_checkpoint(cqr_call_t *c);
 int cqr_op_list_checkpoints(cqr_call_t *c);

@@ -439,6 +439,8 @@ static int dispatch(cqr_call_t *c)
         return cqr_op_cluster(c, q->cluster);
     case CQRPS__V1__REQUEST__OP_CLUSTER_STATUS:
         return cqr_op_cluster_status(c, q->cluster_status);
+    case CQRPS__V1__REQUEST__OP_CANCEL_CLUSTER:
+        return cqr_op_cancel_cluster(c, q->cancel_cluster);
     case CQRPS__V1__REQUEST__OP_STATS:
         return cqr_op_stats(c);
     case CQRPS__V1__REQUEST__OP_DIGEST:

@@ -72,10 +72,10 @@ typedef enum cqr_counter {
 } cqr_counter_t;
 
 /* Status codes 0..CQR_STATUS_COUNT-1 (err.h, negated). */
-#define CQR_STATUS_COUNT 21
-/* Request operations, by the Request oneof's field number - 10 (0..13),
+#define CQR_STATUS_COUNT 22
+/* Request operations, by the Request oneof's field number - 10 (0..14),
  * plus one slot for "unknown". */
-#define CQR_OP_COUNT 15
+#define CQR_OP_COUNT 16
 
 typedef struct cqr_counters {
     atomic_uint_fast64_t c[CQR_CTR__COUNT];         /* by cqr_counter_t */

@@ -29,6 +29,9 @@ typedef struct job {
                                the one worker that dequeued it; NULL
                                until a scheduled phase is begun */
     double t_begin;         /* monotonic seconds at start or notice */
+    double t_run;           /* monotonic seconds when run began */
+    int cancel;             /* cancel requested (under mu) */
+    char cancel_why[64];    /* why, for the error text (under mu) */
     /* Worker-only state for rate-limiting progress lines. */
     double last_log;        /* time of the last progress line */
     char last_stage[16];    /* stage of the last progress line */
@@ -155,14 +158,29 @@ static void progress_cb(void *ud, const cqr_progress_t *p)
     job_t *j = ud;
     cqr_phases_t *pm = j->pm;
 
+    /* Time left: the rate so far over what is left. The fraction counts
+     * planned k-means iterations, so an early stop makes this an upper
+     * bound until the first chunk ends. */
+    double t = now_mono(), el = t - j->t_run;
+    double eta = p->fraction > 0.01 && p->fraction < 1.0
+                     ? el * (1.0 - p->fraction) / p->fraction
+                     : (p->fraction >= 1.0 ? 0.0 : -1.0);
     pthread_mutex_lock(&pm->mu);
     snprintf(j->st.stage, sizeof j->st.stage, "%s", p->stage);
     j->st.fraction = p->fraction;
+    j->st.eta_seconds = eta;
+    j->st.chunk = p->chunk + 1;
+    j->st.chunks = p->chunks;
+    if (strcmp(p->stage, "kmeans") == 0) {
+        j->st.iter = p->iter;
+        j->st.iters = p->iters;
+    }
+    else if (strcmp(p->stage, "snapshot") == 0)
+        j->st.iter = 0;
     if (p->inertia >= 0)
         j->st.inertia = p->inertia;
     pthread_mutex_unlock(&pm->mu);
 
-    double t = now_mono();
     int changed = strcmp(j->last_stage, p->stage) != 0 ||
                   j->last_chunk != p->chunk;
     cqr_log_level_t level = CQR_LOG_INFO;
@@ -179,15 +197,15 @@ static void progress_cb(void *ud, const cqr_progress_t *p)
         cqr_log(level, "phase",
                 "table=%s phase=%" PRIu64 " stage=%s chunk=%" PRIu32 "/%"
                 PRIu32 " iter=%" PRIu32 "/%" PRIu32 " inertia=%.6g "
-                "fraction=%.3f",
+                "fraction=%.3f eta=%.1f",
                 j->st.table, j->st.phase_id, p->stage, p->chunk + 1,
-                p->chunks, p->iter, p->iters, p->inertia, p->fraction);
+                p->chunks, p->iter, p->iters, p->inertia, p->fraction, eta);
     else
         cqr_log(level, "phase",
                 "table=%s phase=%" PRIu64 " stage=%s chunk=%" PRIu32 "/%"
-                PRIu32 " fraction=%.3f",
+                PRIu32 " fraction=%.3f eta=%.1f",
                 j->st.table, j->st.phase_id, p->stage, p->chunk + 1,
-                p->chunks, p->fraction);
+                p->chunks, p->fraction, eta);
 }
 
 /* Counts and logs a scheduled phase that could not be queued or begun. */
@@ -208,24 +226,36 @@ static int run_phase(cqr_phases_t *pm, job_t *j, cqr_phase_result_t *res,
     /* A scheduled phase was queued unbegun (cqr_phases_due): begin it
      * here, off the push path. */
     *at = "begin";
-    if (j->ph == NULL) {
-        int rc = cqr_phase_begin(j->entry->table, &j->ph);
+    pthread_mutex_lock(&pm->mu);
+    cqr_phase_t *ph = j->ph;
+    int cancel = j->cancel;
+    pthread_mutex_unlock(&pm->mu);
+    if (cancel)
+        return CQR_ECANCELED; /* cancelled before it began */
+    if (ph == NULL) {
+        int rc = cqr_phase_begin(j->entry->table, &ph);
         if (rc != 0) {
             start_error(pm, j->st.table, rc);
             return rc;
         }
+        /* Published under mu, where a cancel looks for it. */
+        pthread_mutex_lock(&pm->mu);
+        j->ph = ph;
+        if (j->cancel)
+            cqr_phase_cancel(ph);
+        pthread_mutex_unlock(&pm->mu);
     }
     if (pm->hook != NULL)
         pm->hook(pm->hook_ud, j->st.table, j->st.phase_id, 0);
-    j->last_log = now_mono();
+    j->last_log = j->t_run = now_mono();
     *at = "run";
-    int rc = cqr_phase_run(j->ph, progress_cb, j);
+    int rc = cqr_phase_run(ph, progress_cb, j);
     if (rc == 0) {
         *at = "commit";
-        rc = cqr_phase_commit(j->ph);
+        rc = cqr_phase_commit(ph);
     }
     if (rc == 0)
-        cqr_phase_result(j->ph, res);
+        cqr_phase_result(ph, res);
     return rc;
 }
 
@@ -251,12 +281,22 @@ static cqr_entry_t *finish(cqr_phases_t *pm, job_t *j, int rc,
         j->st.ids_assigned = res->ids_assigned;
         j->st.replayed_pushes = res->replayed_pushes;
         j->st.commit_seconds = res->seconds_commit;
+        j->st.kmeans_iters = res->kmeans_iters_max;
+        j->st.chunk = j->st.chunks; /* all done (replay reports chunk 1) */
+        j->st.eta_seconds = 0;
         pm->counts.done++;
     } else {
         j->st.state = CQR_PHASE_FAILED;
         j->st.seconds = total;
-        snprintf(j->st.error, sizeof j->st.error, "%s failed: %s", at,
-                 cqr_strerror(rc));
+        j->st.eta_seconds = -1;
+        if (rc == CQR_ECANCELED) {
+            j->st.cancelled = 1;
+            snprintf(j->st.error, sizeof j->st.error, "cancelled: %s",
+                     j->cancel_why);
+        } else {
+            snprintf(j->st.error, sizeof j->st.error, "%s failed: %s", at,
+                     cqr_strerror(rc));
+        }
         pm->counts.failed++;
     }
     pm->counts.running--;
@@ -273,8 +313,13 @@ static void run_job(cqr_phases_t *pm, job_t *j)
     memset(&res, 0, sizeof res);
     const char *at = "begin";
     int rc = run_phase(pm, j, &res, &at);
-    /* Uncommitted: the engine keeps its live state and stops logging. */
-    cqr_phase_destroy(j->ph);
+    /* Taken under mu, where a cancel looks for it. Uncommitted: the
+     * engine keeps its live state and stops logging. */
+    pthread_mutex_lock(&pm->mu);
+    cqr_phase_t *ph = j->ph;
+    j->ph = NULL;
+    pthread_mutex_unlock(&pm->mu);
+    cqr_phase_destroy(ph);
     cqr_phase_status_t st;
     cqr_entry_t *e = finish(pm, j, rc, at, &res, &st);
 
@@ -283,11 +328,17 @@ static void run_job(cqr_phases_t *pm, job_t *j)
                 "done table=%s phase=%" PRIu64 " phase_no=%" PRIu32
                 " scheduled=%d seconds=%.3f snapshot=%.3f kmeans=%.3f "
                 "assign=%.3f commit_pause=%.4f inertia=%.6g ids=%" PRIu64
-                " sample=%" PRIu64 " replayed=%" PRIu64,
+                " sample=%" PRIu64 " kmeans_iters=%" PRIu32 "/%" PRIu32
+                " replayed=%" PRIu64,
                 st.table, st.phase_id, st.phase_no, st.scheduled,
                 st.seconds, res.seconds_snapshot, res.seconds_kmeans,
                 res.seconds_assign, res.seconds_commit, res.inertia,
-                res.ids_assigned, res.sample_size, res.replayed_pushes);
+                res.ids_assigned, res.sample_size, res.kmeans_iters_max,
+                st.iters, res.replayed_pushes);
+    else if (rc == CQR_ECANCELED)
+        cqr_log(CQR_LOG_INFO, "phase", "cancelled table=%s phase=%" PRIu64
+                " seconds=%.3f reason=\"%s\"", st.table, st.phase_id,
+                st.seconds, st.error + strlen("cancelled: "));
     else if (strcmp(at, "begin") != 0) /* begin failures: start_error */
         cqr_log(CQR_LOG_WARN, "phase",
                 "failed table=%s phase=%" PRIu64 " at=%s err=%s "
@@ -470,8 +521,10 @@ void cqr_phases_counts(cqr_phases_t *pm, cqr_phase_counts_t *out)
     pthread_mutex_unlock(&pm->mu);
 }
 
-/* Ends a job taken off the queue at shutdown without running it. */
-static void abort_queued(cqr_phases_t *pm, job_t *j)
+/* Ends a job taken off the queue without running it: cancelled, for
+ * `why`. No other thread can reach it through the queue any more, and a
+ * second cancel finds j->cancel set. */
+static void abort_queued(cqr_phases_t *pm, job_t *j, const char *why)
 {
     cqr_phase_destroy(j->ph); /* NULL for a scheduled one */
     pthread_mutex_lock(&pm->mu);
@@ -480,16 +533,67 @@ static void abort_queued(cqr_phases_t *pm, job_t *j)
     j->entry = NULL;
     cqr_list_del(&j->alink);
     j->st.state = CQR_PHASE_FAILED;
-    snprintf(j->st.error, sizeof j->st.error,
-             "aborted: server shutting down");
+    j->st.cancelled = 1;
+    j->st.eta_seconds = -1;
+    j->st.seconds = now_mono() - j->t_begin;
+    snprintf(j->st.error, sizeof j->st.error, "cancelled: %s", why);
     pm->counts.queued--;
     pm->counts.failed++;
     /* Copy before unlocking: a worker may prune the record now. */
     cqr_phase_status_t st = j->st;
     pthread_mutex_unlock(&pm->mu);
-    cqr_log(CQR_LOG_INFO, "phase", "aborted table=%s phase=%" PRIu64
-            " reason=shutdown", st.table, st.phase_id);
+    cqr_log(CQR_LOG_INFO, "phase", "cancelled table=%s phase=%" PRIu64
+            " queued=1 reason=\"%s\"", st.table, st.phase_id, why);
     cqr_entry_unref(e);
+}
+
+/* Asks running job j to stop. Caller holds mu. */
+static void cancel_running(job_t *j, const char *why)
+{
+    if (j->cancel)
+        return;
+    j->cancel = 1;
+    snprintf(j->cancel_why, sizeof j->cancel_why, "%s", why);
+    if (j->ph != NULL)
+        cqr_phase_cancel(j->ph);
+}
+
+int cqr_phases_cancel(cqr_phases_t *pm, uint64_t table_uid,
+                      uint64_t phase_id, const char *why,
+                      cqr_phase_status_t *out)
+{
+    pthread_mutex_lock(&pm->mu);
+    job_t *j = NULL;
+    for (cqr_list_t *l = pm->active.next; l != &pm->active; l = l->next) {
+        job_t *a = cqr_container_of(l, job_t, alink);
+        /* Id 0: claimed by a start that has not queued it yet. */
+        if (a->st.table_uid == table_uid && a->st.phase_id != 0 &&
+            (phase_id == 0 || a->st.phase_id == phase_id)) {
+            j = a;
+            break;
+        }
+    }
+    if (j == NULL) {
+        pthread_mutex_unlock(&pm->mu);
+        return CQR_ENOPHASE;
+    }
+    *out = j->st;
+    out->seconds = now_mono() - j->t_begin;
+    int queued = j->st.state == CQR_PHASE_QUEUED && !j->cancel;
+    if (queued) {
+        j->cancel = 1;
+        cqr_list_del(&j->qlink);
+    } else {
+        cancel_running(j, why);
+    }
+    pthread_mutex_unlock(&pm->mu);
+    if (queued)
+        abort_queued(pm, j, why);
+    else
+        cqr_log(CQR_LOG_INFO, "phase", "cancel requested table=%s phase=%"
+                PRIu64 " stage=%s fraction=%.3f", out->table, out->phase_id,
+                out->stage, out->fraction);
+    return 0;
 }
 
 void cqr_phases_shutdown(cqr_phases_t *pm)
@@ -500,18 +604,27 @@ void cqr_phases_shutdown(cqr_phases_t *pm)
         return;
     }
     pm->stopping = 1;
-    /* Take the queued jobs away from the workers and abort them. */
+    /* Take the queued jobs away from the workers and abort them; tell the
+     * running ones to stop (queued ones are the rest of active). */
     cqr_list_t queued;
     cqr_list_move(&queued, &pm->queue);
+    for (cqr_list_t *l = queued.next; l != &queued; l = l->next)
+        cqr_container_of(l, job_t, qlink)->cancel = 1;
     uint64_t running = pm->counts.running;
+    for (cqr_list_t *l = pm->active.next; l != &pm->active; l = l->next) {
+        job_t *a = cqr_container_of(l, job_t, alink);
+        if (a->st.state == CQR_PHASE_RUNNING)
+            cancel_running(a, "server shutting down");
+    }
     pthread_cond_broadcast(&pm->cv);
     pthread_mutex_unlock(&pm->mu);
 
     for (cqr_list_t *l = cqr_list_pop(&queued); l != NULL;
          l = cqr_list_pop(&queued))
-        abort_queued(pm, cqr_container_of(l, job_t, qlink));
+        abort_queued(pm, cqr_container_of(l, job_t, qlink),
+                     "server shutting down");
     if (running > 0)
-        cqr_log(CQR_LOG_INFO, "phase", "waiting for running phases "
+        cqr_log(CQR_LOG_INFO, "phase", "cancelling running phases "
                 "count=%" PRIu64, running);
     for (uint32_t i = 0; i < pm->nworkers; i++)
         pthread_join(pm->workers[i], NULL);

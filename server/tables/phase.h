@@ -22,12 +22,17 @@
  * or drop/re-create). The history keeps the latest few phases of every
  * table (CQR_PHASE_HISTORY) and a bounded number overall.
  *
+ * Cancel (cqr_phases_cancel, a CancelCluster RPC): a queued phase is
+ * taken off the queue; a running one is told to stop (cqr_phase_cancel:
+ * its k-means and assignment look at the flag every block, so it ends
+ * within about a second) and is not committed. Either way the engine
+ * keeps its live state, which already holds every acknowledged push, and
+ * the phase ends FAILED with `cancelled` set.
+ *
  * Shutdown (cqr_phases_shutdown): new starts fail with CQR_ESHUTDOWN and
- * due notices are ignored; queued phases are aborted without commit (the
- * engine keeps its live state, which already holds every acknowledged
- * push); running phases are waited for and committed. The engine cannot
- * interrupt cqr_phase_run, so the wait is paid either way, and committing
- * keeps the work done.
+ * due notices are ignored; queued phases are aborted and running ones
+ * cancelled as above (SIGTERM does not wait for a long phase), then the
+ * workers are joined.
  *
  * Errors: 0 or a negative CQR_E* code, per function below; a due notice
  * never fails (what goes wrong is counted and logged).
@@ -64,7 +69,14 @@ typedef struct cqr_phase_status {
     cqr_phase_state_t state;  /* see above */
     int scheduled;            /* 1: started by the table's schedule */
     char stage[16];           /* last progress stage, "" before any */
+    uint32_t chunk;           /* chunk in progress, 1-based (0: none) */
+    uint32_t chunks;          /* chunks of the table (0 until running) */
+    uint32_t iter;            /* k-means iterations done in this chunk */
+    uint32_t iters;           /* k-means iterations at most */
     double fraction;          /* 0..1 progress */
+    double eta_seconds;       /* estimated time left, -1 if unknown */
+    uint32_t kmeans_iters;    /* when done: most iterations of a chunk */
+    int cancelled;            /* FAILED because it was cancelled */
     double inertia;           /* last known mean inertia, -1 if none */
     double seconds;           /* total so far (running) or final */
     uint32_t phase_no;        /* the table's own phase number (when done) */
@@ -117,6 +129,15 @@ int cqr_phases_start(cqr_phases_t *pm, cqr_entry_t *e, uint64_t *phase_id);
  * enough for the push path: no engine call, one short lock. Takes its
  * own reference to e when it queues. */
 void cqr_phases_due(cqr_phases_t *pm, cqr_entry_t *e);
+
+/* Cancels phase `phase_id` of the table with uid `table_uid` (0: its
+ * queued or running phase) and writes its status at that moment to *out
+ * (a running phase is still RUNNING there: it ends shortly). `why` goes
+ * into the phase's error ("cancelled: <why>"). CQR_ENOPHASE if no such
+ * phase is queued or running. */
+int cqr_phases_cancel(cqr_phases_t *pm, uint64_t table_uid,
+                      uint64_t phase_id, const char *why,
+                      cqr_phase_status_t *out);
 
 /* Status of phase `phase_id` of the table with uid `table_uid`, or of its
  * latest phase when phase_id is 0. CQR_ENOPHASE if unknown (or pruned). */

@@ -118,6 +118,18 @@ Response *rq_cluster_status(cqr_server_ctx_t *ctx, cqr_session_t *s,
     return rq_call(ctx, s, &q, rc);
 }
 
+Response *rq_cancel_cluster(cqr_server_ctx_t *ctx, cqr_session_t *s,
+                            const char *table, uint64_t phase, int *rc)
+{
+    Cqrps__V1__CancelCluster m = CQRPS__V1__CANCEL_CLUSTER__INIT;
+    m.table = (char *)table;
+    m.phase_id = phase;
+    Request q = CQRPS__V1__REQUEST__INIT;
+    q.op_case = CQRPS__V1__REQUEST__OP_CANCEL_CLUSTER;
+    q.cancel_cluster = &m;
+    return rq_call(ctx, s, &q, rc);
+}
+
 Response *rq_simple(cqr_server_ctx_t *ctx, cqr_session_t *s,
                     Cqrps__V1__Request__OpCase op, int *rc)
 {

@@ -50,6 +50,8 @@ Response *rq_cluster(cqr_server_ctx_t *ctx, cqr_session_t *s,
                      const char *table, int *rc);
 Response *rq_cluster_status(cqr_server_ctx_t *ctx, cqr_session_t *s,
                             const char *table, uint64_t phase, int *rc);
+Response *rq_cancel_cluster(cqr_server_ctx_t *ctx, cqr_session_t *s,
+                            const char *table, uint64_t phase, int *rc);
 /* ListTables, Stats, Checkpoint or ListCheckpoints (no fields). */
 Response *rq_simple(cqr_server_ctx_t *ctx, cqr_session_t *s,
                     Cqrps__V1__Request__OpCase op, int *rc);

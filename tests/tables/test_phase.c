@@ -1,8 +1,9 @@
 /* The phase runner (server/tables/phase.c) against real tables, without
  * the RPC layer: a due notice queues a scheduled phase that a worker
  * begins and commits; while a table's phase is queued or running, more
- * notices are dropped and a start gets BUSY; shutdown aborts queued
- * phases (begun or not) and ignores notices; a scheduled phase that
+ * notices are dropped and a start gets BUSY; cancel ends queued and
+ * running phases without a commit; shutdown cancels every phase (queued,
+ * begun or not, and running) and ignores notices; a scheduled phase that
  * cannot begin fails visibly and is counted. The worker is held inside
  * the phase hook where a test needs a phase to stay queued. */
 #include <check.h>
@@ -217,18 +218,22 @@ START_TEST(test_shutdown)
     cqr_phases_due(pm, b);                         /* queued, not begun */
     ck_assert_int_eq(cqr_phases_start(pm, c, &id), 0); /* queued, begun */
 
-    /* Shutdown aborts the queued phases at once, then waits for the
-     * running one. */
+    /* Shutdown aborts the queued phases at once and cancels the running
+     * one (held here before its run: it never runs). */
     pthread_t th;
     ck_assert_int_eq(pthread_create(&th, NULL, shutdown_main, pm), 0);
     cqr_phase_status_t sb = wait_final(b), sc = wait_final(c);
     ck_assert_int_eq(sb.state, CQR_PHASE_FAILED);
-    ck_assert_str_eq(sb.error, "aborted: server shutting down");
+    ck_assert_str_eq(sb.error, "cancelled: server shutting down");
+    ck_assert_int_eq(sb.cancelled, 1);
     ck_assert_int_eq(sc.state, CQR_PHASE_FAILED);
-    ck_assert_str_eq(sc.error, "aborted: server shutting down");
+    ck_assert_str_eq(sc.error, "cancelled: server shutting down");
     release();
     pthread_join(th, NULL);
-    ck_assert_int_eq(wait_final(a).state, CQR_PHASE_DONE);
+    cqr_phase_status_t sa = wait_final(a);
+    ck_assert_int_eq(sa.state, CQR_PHASE_FAILED);
+    ck_assert_int_eq(sa.cancelled, 1);
+    ck_assert_str_eq(sa.error, "cancelled: server shutting down");
 
     /* After shutdown: starts fail, notices are ignored. */
     ck_assert_int_eq(cqr_phases_start(pm, a, &id), CQR_ESHUTDOWN);
@@ -237,14 +242,85 @@ START_TEST(test_shutdown)
     cqr_phases_due(pm, b);
     cqr_phases_counts(pm, &after);
     ck_assert_uint_eq(after.started, before.started);
-    ck_assert_uint_eq(before.done, 1);
-    ck_assert_uint_eq(before.failed, 2);
+    ck_assert_uint_eq(before.done, 0);
+    ck_assert_uint_eq(before.failed, 3);
     ck_assert_uint_eq(before.queued + before.running, 0);
-    /* The engine kept its live state: nothing committed for b and c. */
+    /* The engine kept its live state: nothing committed. */
     cqr_table_stats_t ts;
     cqr_table_stats(c->table, &ts);
     ck_assert_uint_eq(ts.phases_done, 0);
     ck_assert_uint_eq(ts.phase_running, 0);
+    cqr_table_stats(a->table, &ts);
+    ck_assert_uint_eq(ts.phases_done, 0);
+    ck_assert_uint_eq(ts.phase_running, 0);
+    cqr_entry_unref(a);
+    cqr_entry_unref(b);
+    cqr_entry_unref(c);
+}
+END_TEST
+
+/* Cancel: a queued phase (begun or scheduled) ends at once; a running one
+ * (held in the hook before its run) ends when released, uncommitted, with
+ * the table's digest unchanged; nothing to cancel is NO_SUCH_PHASE; the
+ * table can run a phase again afterwards. */
+START_TEST(test_cancel)
+{
+    cqr_entry_t *a = table("a", CQR_KIND_CQR);
+    cqr_entry_t *b = table("b", CQR_KIND_CQR);
+    cqr_entry_t *c = table("c", CQR_KIND_CQR);
+    uint64_t da, id, ida;
+    ck_assert_int_eq(cqr_table_digest(a->table, &da), 0);
+    cqr_phase_status_t st;
+    ck_assert_int_eq(cqr_phases_cancel(pm, a->uid, 0, "x", &st),
+                     CQR_ENOPHASE);
+    hold("a");
+    ck_assert_int_eq(cqr_phases_start(pm, a, &ida), 0);
+    wait_held();
+    cqr_phases_due(pm, b);
+    ck_assert_int_eq(cqr_phases_start(pm, c, &id), 0);
+    ck_assert_int_eq(cqr_phases_cancel(pm, c->uid, id + 1, "x", &st),
+                     CQR_ENOPHASE); /* wrong id */
+
+    ck_assert_int_eq(cqr_phases_cancel(pm, b->uid, 0, "by request", &st),
+                     0);
+    ck_assert_int_eq(st.state, CQR_PHASE_QUEUED);
+    st = wait_final(b);
+    ck_assert_int_eq(st.state, CQR_PHASE_FAILED);
+    ck_assert_int_eq(st.cancelled, 1);
+    ck_assert_str_eq(st.error, "cancelled: by request");
+    ck_assert_int_eq(cqr_phases_cancel(pm, c->uid, id, "by request", &st),
+                     0);
+    ck_assert_int_eq(wait_final(c).cancelled, 1);
+
+    ck_assert_int_eq(cqr_phases_cancel(pm, a->uid, 0, "by request", &st),
+                     0);
+    ck_assert_int_eq(st.state, CQR_PHASE_RUNNING);
+    ck_assert_uint_eq(st.phase_id, ida);
+    /* A second request finds it still running and changes nothing. */
+    ck_assert_int_eq(cqr_phases_cancel(pm, a->uid, 0, "again", &st), 0);
+    release();
+    st = wait_final(a);
+    ck_assert_int_eq(st.state, CQR_PHASE_FAILED);
+    ck_assert_int_eq(st.cancelled, 1);
+    ck_assert_str_eq(st.error, "cancelled: by request");
+    uint64_t d;
+    ck_assert_int_eq(cqr_table_digest(a->table, &d), 0);
+    ck_assert_uint_eq(d, da);
+    cqr_phase_counts_t pc;
+    cqr_phases_counts(pm, &pc);
+    ck_assert_uint_eq(pc.failed, 3);
+    ck_assert_uint_eq(pc.queued + pc.running, 0);
+
+    hold_table = NULL;
+    ck_assert_int_eq(cqr_phases_start(pm, a, &id), 0);
+    st = wait_final(a);
+    ck_assert_int_eq(st.state, CQR_PHASE_DONE);
+    ck_assert_int_eq(st.cancelled, 0);
+    ck_assert_uint_eq(st.phase_no, 1);
+    ck_assert_uint_eq(st.chunks, 4);
+    ck_assert_uint_eq(st.chunk, 4);
+    ck_assert_uint_ge(st.kmeans_iters, 1);
+    ck_assert(st.eta_seconds == 0);
     cqr_entry_unref(a);
     cqr_entry_unref(b);
     cqr_entry_unref(c);
@@ -283,6 +359,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_due_runs_a_scheduled_phase);
     tcase_add_test(tc, test_one_phase_per_table);
     tcase_add_test(tc, test_shutdown);
+    tcase_add_test(tc, test_cancel);
     tcase_add_test(tc, test_cannot_begin);
     suite_add_tcase(s, tc);
     return s;

@@ -75,7 +75,15 @@ static void cfg_to_pb(const cqrps_table_config_t *in, uint32_t rows,
     p->sched.max_phases = in->schedule_max_phases;
     p->clu.iters = in->cluster_iters;
     p->clu.sample_per_centroid = in->cluster_sample;
-    p->clu.reset_optimizer = in->reset_optimizer ? 1 : 0;
+    /* The bool for servers that predate `reset` (they read only it: OFF
+     * and DEFAULT then both mean their old default, off). */
+    p->clu.reset_optimizer = in->reset_optimizer == CQRPS_ON;
+    p->clu.reset = in->reset_optimizer == CQRPS_ON
+                       ? CQRPS__V1__SETTING__SETTING_ON
+                   : in->reset_optimizer == CQRPS_OFF
+                       ? CQRPS__V1__SETTING__SETTING_OFF
+                       : CQRPS__V1__SETTING__SETTING_DEFAULT;
+    p->clu.tolerance = in->cluster_tol;
     p->cfg.optimizer = &p->opt;
     p->cfg.schedule = &p->sched;
     p->cfg.cluster = &p->clu;
@@ -108,7 +116,12 @@ static void cfg_from_pb(const Cqrps__V1__TableConfig *p,
     if (p->cluster) {
         out->cluster_iters = p->cluster->iters;
         out->cluster_sample = p->cluster->sample_per_centroid;
-        out->reset_optimizer = p->cluster->reset_optimizer ? 1 : 0;
+        out->reset_optimizer =
+            p->cluster->reset == CQRPS__V1__SETTING__SETTING_ON ? CQRPS_ON
+            : p->cluster->reset == CQRPS__V1__SETTING__SETTING_OFF
+                ? CQRPS_OFF
+                : (p->cluster->reset_optimizer ? CQRPS_ON : CQRPS_OFF);
+        out->cluster_tol = p->cluster->tolerance;
     }
 }
 
@@ -486,6 +499,38 @@ static void status_from_pb(const Cqrps__V1__ClusterStatusReply *p,
     st->ids_assigned = p->ids_assigned;
     st->replayed_pushes = p->replayed_pushes;
     snprintf(st->error, sizeof(st->error), "%s", p->error ? p->error : "");
+    st->chunk = p->chunk;
+    st->chunks = p->chunks;
+    st->iter = p->iter;
+    st->iters = p->iters;
+    st->eta_seconds = p->eta_seconds;
+    st->kmeans_iters = p->kmeans_iters;
+    st->cancelled = p->cancelled ? 1 : 0;
+}
+
+/* Shard k's (k >= 1) status of the same phase into acc: progress is the
+ * mean (divided at the end), time and time left the largest. */
+static void status_merge(cqrps_phase_status_t *acc,
+                         const cqrps_phase_status_t *one)
+{
+    acc->fraction += one->fraction;
+    acc->inertia += one->inertia;
+    if (one->seconds > acc->seconds)
+        acc->seconds = one->seconds;
+    if (one->eta_seconds < 0 || acc->eta_seconds < 0)
+        acc->eta_seconds = -1;
+    else if (one->eta_seconds > acc->eta_seconds)
+        acc->eta_seconds = one->eta_seconds;
+    acc->ids_assigned += one->ids_assigned;
+    acc->replayed_pushes += one->replayed_pushes;
+    if (one->kmeans_iters > acc->kmeans_iters)
+        acc->kmeans_iters = one->kmeans_iters;
+    acc->cancelled |= one->cancelled;
+    if (acc->stage[0] == '\0' || one->state == CQRPS_PHASE_RUNNING) {
+        memcpy(acc->stage, one->stage, sizeof(acc->stage));
+        acc->chunk = one->chunk;
+        acc->iter = one->iter;
+    }
 }
 
 int cqrps_cluster_status(cqrps_client_t *c, const char *table,
@@ -522,18 +567,10 @@ int cqrps_cluster_status(cqrps_client_t *c, const char *table,
             break;
         cqrps_phase_status_t one;
         status_from_pb(r->cluster_status, &one);
-        if (s == 0) {
+        if (s == 0)
             acc = one;
-        } else {
-            acc.fraction += one.fraction;
-            acc.inertia += one.inertia;
-            if (one.seconds > acc.seconds)
-                acc.seconds = one.seconds;
-            acc.ids_assigned += one.ids_assigned;
-            acc.replayed_pushes += one.replayed_pushes;
-            if (acc.stage[0] == '\0' || one.state == CQRPS_PHASE_RUNNING)
-                memcpy(acc.stage, one.stage, sizeof(acc.stage));
-        }
+        else
+            status_merge(&acc, &one);
         done += one.state == CQRPS_PHASE_DONE;
         queued += one.state == CQRPS_PHASE_QUEUED;
         if (one.state == CQRPS_PHASE_FAILED && !failed++ && c->net.nconns > 1)
@@ -560,6 +597,15 @@ int cqrps_cluster_wait(cqrps_client_t *c, const char *table,
                        uint64_t phase_id, uint32_t timeout_ms,
                        cqrps_phase_status_t *st)
 {
+    return cqrps_cluster_wait_progress(c, table, phase_id, timeout_ms, st,
+                                       NULL, NULL);
+}
+
+int cqrps_cluster_wait_progress(cqrps_client_t *c, const char *table,
+                                uint64_t phase_id, uint32_t timeout_ms,
+                                cqrps_phase_status_t *st,
+                                cqrps_phase_progress_cb progress, void *ud)
+{
     if (!c)
         return CQRPS_EINVAL;
     cqrps_phase_status_t tmp;
@@ -571,10 +617,13 @@ int cqrps_cluster_wait(cqrps_client_t *c, const char *table,
         int rc = cqrps_cluster_status(c, table, phase_id, st);
         if (rc < 0)
             return rc;
+        if (progress)
+            progress(ud, st);
         if (st->state == CQRPS_PHASE_DONE)
             return 0;
         if (st->state == CQRPS_PHASE_FAILED)
-            return cq_fail(&c->net, CQRPS_EINTERNAL,
+            return cq_fail(&c->net,
+                           st->cancelled ? CQRPS_ECANCELED : CQRPS_EINTERNAL,
                            "cluster phase %llu of table %s failed: %s",
                            (unsigned long long)st->phase_id, table,
                            st->error);
@@ -593,6 +642,55 @@ int cqrps_cluster_wait(cqrps_client_t *c, const char *table,
         nanosleep(&ts, NULL);
         pause = pause * 2 > 500 ? 500 : pause * 2;
     }
+}
+
+int cqrps_cluster_cancel(cqrps_client_t *c, const char *table,
+                         uint64_t phase_id, cqrps_phase_status_t *st)
+{
+    if (!c)
+        return CQRPS_EINVAL;
+    int rc = cq_check_name(c, table);
+    if (rc < 0)
+        return rc;
+    const cq_phase_memo_t *m = c->net.nconns > 1 ? memo_find(c, table) : NULL;
+    cq_op_t *op = cq_op_new(CQ_O_RPC, table, c->net.nconns);
+    if (!op)
+        return cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
+    for (uint32_t s = 0; s < c->net.nconns; s++) {
+        Cqrps__V1__CancelCluster msg = CQRPS__V1__CANCEL_CLUSTER__INIT;
+        msg.table = (char *)table;
+        msg.phase_id =
+            m && phase_id && phase_id == m->id ? m->shard_ids[s] : phase_id;
+        req_t req = request(CQRPS__V1__REQUEST__OP_CANCEL_CLUSTER);
+        req.cancel_cluster = &msg;
+        if (cq_rpc_send(c, op, s, &req) < 0)
+            break;
+    }
+    cq_pump(&c->net, NULL);
+    rc = cq_op_finish(c, op);
+    cqrps_phase_status_t acc;
+    memset(&acc, 0, sizeof(acc));
+    for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
+        const resp_t *r = reply_of(
+            c, op, s, CQRPS__V1__RESPONSE__REPLY_CLUSTER_STATUS, &rc);
+        if (!r)
+            break;
+        cqrps_phase_status_t one;
+        status_from_pb(r->cluster_status, &one);
+        if (s == 0)
+            acc = one;
+        else
+            status_merge(&acc, &one);
+    }
+    if (rc == 0 && c->net.nconns > 1) {
+        acc.fraction /= c->net.nconns;
+        acc.inertia /= c->net.nconns;
+        acc.phase_id = phase_id ? phase_id : acc.phase_id;
+    }
+    if (rc == 0 && st)
+        *st = acc;
+    cq_op_free(op);
+    return rc;
 }
 
 /* ---- Stats and digests ------------------------------------------------- */

@@ -48,7 +48,10 @@ typedef struct opts {
     double cluster_frac;     /* cluster after epochs < floor(frac*epochs) */
     uint32_t cluster_iters;  /* k-means iterations (0 = server default) */
     uint32_t cluster_sample; /* samples per centroid (0 = server default) */
-    int reset_optimizer;     /* zero optimizer state at each phase */
+    float cluster_tol;       /* k-means tolerance (0 = server default,
+                                < 0 = every iteration) */
+    int reset_optimizer;     /* CQRPS_DEFAULT (the server's), CQRPS_ON or
+                                CQRPS_OFF */
     int dense;               /* step every row every batch (dense AdamW) */
     float init_scale;        /* initial uniform range (0 = server default) */
     const char *prefix;      /* table name prefix, or NULL for a default */
@@ -100,12 +103,17 @@ static void usage(FILE *f)
         "  --lr X               Adam learning rate (1e-3)\n"
         "  --weight-decay X     AdamW decoupled weight decay (0.01)\n"
         "  --cluster-frac X     cqr: cluster after epochs < floor(X*epochs) (0.75)\n"
-        "  --cluster-iters N    k-means iterations (server default)\n"
+        "  --cluster-iters N    k-means iterations at most (server default)\n"
+        "  --cluster-tol X      k-means tolerance (server default; 0 = every\n"
+        "                       iteration)\n"
         "  --cluster-sample N   k-means samples per centroid (server default)\n"
         "  --reset-optimizer    zero the optimizer state at each phase\n"
+        "                       (server default: on for cqr)\n"
+        "  --no-reset-optimizer keep it across phases (the published code)\n"
         "  --dense              dense AdamW as in PyTorch: every ID's rows step\n"
         "                       every batch (IDs not in the batch push zeros)\n"
-        "  --init-scale X       initial values uniform in (-X, X) (server default)\n"
+        "  --init-scale X       initial values uniform in (-X, X) (server default;\n"
+        "                       the old default was 1/sqrt(dim))\n"
         "  --table-prefix S     table names S.user and S.item\n"
         "                       (default gmf-KIND-pP-sS-PID)\n"
         "  --token-file F       shared secret for Hello (else $CQRPS_TOKEN)\n"
@@ -160,7 +168,8 @@ static void parse_args(int argc, char **argv, opts_t *o)
     enum {
         O_ADDR = 256, O_DATA, O_SYN, O_KIND, O_PPD, O_SEED, O_EPOCHS, O_TSV,
         O_DIM, O_CHUNKS, O_BATCH, O_LR, O_WD, O_CFRAC, O_CITERS, O_CSAMPLE,
-        O_RESET, O_DENSE, O_INIT, O_PREFIX, O_TOKEN, O_ADMIN, O_QUIET, O_KEEP, O_HELP
+        O_RESET, O_NORESET, O_CTOL, O_DENSE, O_INIT, O_PREFIX, O_TOKEN,
+        O_ADMIN, O_QUIET, O_KEEP, O_HELP
     };
     static const struct option lo[] = {
         {"addr", required_argument, 0, O_ADDR},
@@ -180,6 +189,8 @@ static void parse_args(int argc, char **argv, opts_t *o)
         {"cluster-iters", required_argument, 0, O_CITERS},
         {"cluster-sample", required_argument, 0, O_CSAMPLE},
         {"reset-optimizer", no_argument, 0, O_RESET},
+        {"no-reset-optimizer", no_argument, 0, O_NORESET},
+        {"cluster-tol", required_argument, 0, O_CTOL},
         {"dense", no_argument, 0, O_DENSE},
         {"init-scale", required_argument, 0, O_INIT},
         {"table-prefix", required_argument, 0, O_PREFIX},
@@ -245,7 +256,13 @@ static void parse_args(int argc, char **argv, opts_t *o)
             o->cluster_sample = (uint32_t)parse_u64("cluster-sample", optarg,
                                                     1, 1000000);
             break;
-        case O_RESET: o->reset_optimizer = 1; break;
+        case O_RESET: o->reset_optimizer = CQRPS_ON; break;
+        case O_NORESET: o->reset_optimizer = CQRPS_OFF; break;
+        case O_CTOL:
+            o->cluster_tol = (float)parse_f("cluster-tol", optarg, 0, 0.999);
+            if (o->cluster_tol == 0)
+                o->cluster_tol = -1; /* every iteration, on the wire */
+            break;
         case O_DENSE: o->dense = 1; break;
         case O_INIT:
             o->init_scale = (float)parse_f("init-scale", optarg, 1e-9, 1000);
@@ -457,6 +474,7 @@ static int create_tables(trainer_t *t)
     cfg.cluster_sample = o->cluster_sample;
     cfg.reset_optimizer = o->reset_optimizer;
     cfg.init_scale = o->init_scale;
+    cfg.cluster_tol = o->cluster_tol;
 
     /* Different seeds for the two tables: their hashes and initial values
      * must not be the same functions of the ID. */
@@ -472,10 +490,13 @@ static int create_tables(trainer_t *t)
     t->created_i = 1;
     if (!o->quiet)
         printf("tables %s %s kind=%s rows=%u dim=%u chunks=%u init_scale=%g "
-               "lr=%g wd=%g\n", t->utab, t->itab, cqrps_kind_name(o->kind),
-               info.config.rows, info.config.dim, info.config.chunks,
+               "lr=%g wd=%g reset_optimizer=%d cluster_tol=%g\n", t->utab,
+               t->itab, cqrps_kind_name(o->kind), info.config.rows,
+               info.config.dim, info.config.chunks,
                (double)info.config.init_scale, (double)info.config.lr,
-               (double)info.config.weight_decay);
+               (double)info.config.weight_decay,
+               info.config.reset_optimizer == CQRPS_ON,
+               (double)info.config.cluster_tol);
     return 0;
 }
 
@@ -615,9 +636,10 @@ static int cluster_both(trainer_t *t, uint32_t epoch)
             return fail(t, "cluster phase", rc);
         if (!t->o->quiet)
             printf("cluster epoch=%u table=%s phase=%llu seconds=%.3f "
-                   "inertia=%.6g ids=%llu replayed=%llu\n", epoch, names[k],
-                   (unsigned long long)st.phase_id, st.seconds, st.inertia,
-                   (unsigned long long)st.ids_assigned,
+                   "inertia=%.6g ids=%llu kmeans_iters=%u replayed=%llu\n",
+                   epoch, names[k], (unsigned long long)st.phase_id,
+                   st.seconds, st.inertia,
+                   (unsigned long long)st.ids_assigned, st.kmeans_iters,
                    (unsigned long long)st.replayed_pushes);
     }
     fflush(stdout);

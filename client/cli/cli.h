@@ -49,6 +49,8 @@ typedef struct cli {
     cqrps_table_config_t cfg; /* create */
     int wait;           /* cluster --wait */
     uint64_t wait_ms;   /* cluster --wait-timeout MS, 0 = none */
+    int cancel;         /* cluster --cancel */
+    uint64_t phase;     /* cluster --cancel --phase ID, 0 = the current */
 } cli_t;
 
 /* What a command's call returned, for its printers. */
@@ -63,6 +65,7 @@ typedef struct cli_result {
     cqrps_checkpoint_info_t *checkpoints; /* checkpoints (owned) */
     size_t ncheckpoints;
     int waited;                    /* cluster --wait ran */
+    int cancelled;                 /* cluster --cancel was taken */
     int timed_out;                 /* ... and gave up */
     cqrps_phase_status_t phase;    /* ... and its last status */
     cqrps_server_info_t server;    /* ping: what the servers said */

@@ -63,19 +63,28 @@ static void usage_create(FILE *f, const cli_command_t *cmd)
             "  --lr X             learning rate (default per optimizer)\n"
             "  --beta1 X, --beta2 X, --eps X   Adam parameters\n"
             "  --weight-decay X   decoupled weight decay\n"
-            "  --init-scale X     uniform(-X, X) init (default 1/sqrt(dim))\n"
+            "  --init-scale X     uniform(-X, X) init (default 0.01)\n"
             "  --cluster-every N  cqr: a phase every N pushed examples\n"
             "  --max-phases M     cqr: at most M scheduled phases\n"
-            "  --cluster-iters N  k-means iterations per phase\n"
+            "  --cluster-iters N  k-means iterations per phase, at most "
+            "(default 25)\n"
+            "  --cluster-tol X    k-means stops when an iteration lowers the "
+            "inertia\n"
+            "                     by less than X of it (default 1e-3; 0 = "
+            "every iteration)\n"
             "  --cluster-sample N sample points per centroid\n"
-            "  --reset-optimizer  zero optimizer state at each phase\n"
+            "  --reset-optimizer  zero the codebooks' optimizer state at each "
+            "phase\n"
+            "                     (the default)\n"
+            "  --no-reset-optimizer  keep it across phases (the published "
+            "code's way)\n"
             "--chunks and --rows are ignored by kinds that do not use "
             "them.\n");
 }
 
 enum { O_KIND = 256, O_DIM, O_CHUNKS, O_ROWS, O_SEED, O_OPT, O_LR, O_B1,
        O_B2, O_EPS, O_WD, O_INIT, O_EVERY, O_MAXPH, O_ITERS, O_SAMPLE,
-       O_RESET };
+       O_RESET, O_NORESET, O_TOL };
 
 static const struct option create_options[] = {
     { "help", no_argument, NULL, 'h' },
@@ -96,6 +105,8 @@ static const struct option create_options[] = {
     { "cluster-iters", required_argument, NULL, O_ITERS },
     { "cluster-sample", required_argument, NULL, O_SAMPLE },
     { "reset-optimizer", no_argument, NULL, O_RESET },
+    { "no-reset-optimizer", no_argument, NULL, O_NORESET },
+    { "cluster-tol", required_argument, NULL, O_TOL },
     { NULL, 0, NULL, 0 }
 };
 
@@ -149,8 +160,14 @@ static int create_option(int ch, const char *a, cqrps_table_config_t *cfg,
         bad = cli_parse_u64(a, UINT32_MAX, &v) < 0;
         cfg->cluster_sample = (uint32_t)v;
         break;
-    case O_RESET:
-        cfg->reset_optimizer = 1;
+    case O_RESET: cfg->reset_optimizer = CQRPS_ON; break;
+    case O_NORESET: cfg->reset_optimizer = CQRPS_OFF; break;
+    case O_TOL:
+        /* 0 here is "every iteration", which the wire spells < 0. */
+        bad = cli_parse_float(a, &cfg->cluster_tol) < 0 ||
+              !(cfg->cluster_tol >= 0.0f && cfg->cluster_tol < 1.0f);
+        if (cfg->cluster_tol == 0.0f)
+            cfg->cluster_tol = -1.0f;
         break;
     }
     return bad;
@@ -170,7 +187,7 @@ static int parse_create(cli_t *cli, const cli_command_t *cmd, int argc,
             cmd->usage(stdout, cmd);
             return -1;
         }
-        if (ch < O_KIND || ch > O_RESET) {
+        if (ch < O_KIND || ch > O_TOL) {
             cmd->usage(stderr, cmd);
             return CLI_EXIT_USAGE;
         }
@@ -345,10 +362,17 @@ static void usage_cluster(FILE *f, const cli_command_t *cmd)
 {
     (void)cmd;
     fprintf(f, "usage: cqrps cluster NAME [--wait] [--wait-timeout MS]\n"
+               "       cqrps cluster NAME --cancel [--phase ID] [--wait]\n"
                "  --wait             wait for the phase, progress on "
                "stderr\n"
+               "                     (chunk, stage, fraction, time left)\n"
                "  --wait-timeout MS  give up waiting after MS (default: "
-               "none)\n");
+               "none)\n"
+               "  --cancel           stop the table's queued or running "
+               "phase: the table\n"
+               "                     stays as if it never ran (pushes made "
+               "meanwhile stay)\n"
+               "  --phase ID         --cancel only that phase\n");
 }
 
 static int parse_cluster(cli_t *cli, const cli_command_t *cmd, int argc,
@@ -358,6 +382,8 @@ static int parse_cluster(cli_t *cli, const cli_command_t *cmd, int argc,
         { "help", no_argument, NULL, 'h' },
         { "wait", no_argument, NULL, 'w' },
         { "wait-timeout", required_argument, NULL, 't' },
+        { "cancel", no_argument, NULL, 'c' },
+        { "phase", required_argument, NULL, 'p' },
         { NULL, 0, NULL, 0 }
     };
     int ch;
@@ -374,6 +400,14 @@ static int parse_cluster(cli_t *cli, const cli_command_t *cmd, int argc,
             if (cli_parse_u64(optarg, UINT32_MAX, &cli->wait_ms) < 0)
                 return cli_usage_error("bad --wait-timeout '%s'", optarg);
             break;
+        case 'c':
+            cli->cancel = 1;
+            break;
+        case 'p':
+            if (cli_parse_u64(optarg, UINT64_MAX, &cli->phase) < 0 ||
+                cli->phase == 0)
+                return cli_usage_error("bad --phase '%s'", optarg);
+            break;
         default:
             cmd->usage(stderr, cmd);
             return CLI_EXIT_USAGE;
@@ -383,6 +417,8 @@ static int parse_cluster(cli_t *cli, const cli_command_t *cmd, int argc,
         cmd->usage(stderr, cmd);
         return CLI_EXIT_USAGE;
     }
+    if (cli->phase && !cli->cancel)
+        return cli_usage_error("%s goes with --cancel", "--phase");
     cli->what = argv[optind];
     return 0;
 }
@@ -393,14 +429,35 @@ static void sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
+/* "chunk 2/4 kmeans iter 5/25  47.3%  eta 12 s" for st. */
+static void progress_line(const cqrps_phase_status_t *st, char *buf,
+                          size_t len)
+{
+    int n = 0;
+    if (st->chunks)
+        n = snprintf(buf, len, "chunk %u/%u ", st->chunk ? st->chunk : 1,
+                     st->chunks);
+    n += snprintf(buf + n, len - (size_t)n, "%s",
+                  st->stage[0] ? st->stage
+                               : cqrps_phase_state_name(st->state));
+    if (strcmp(st->stage, "kmeans") == 0 && st->iters)
+        n += snprintf(buf + n, len - (size_t)n, " iter %u/%u", st->iter,
+                      st->iters);
+    n += snprintf(buf + n, len - (size_t)n, " %5.1f%%", st->fraction * 100);
+    if (st->eta_seconds >= 0)
+        snprintf(buf + n, len - (size_t)n, "  eta %.0f s", st->eta_seconds);
+}
+
 /* Polls phase r->id until it is done, failed or --wait-timeout passed,
  * with progress on stderr (here rather than in cqrps_cluster_wait, to
- * show it). */
+ * show it): on a terminal one line redrawn, else a line per chunk or
+ * stage change. */
 static int wait_phase(cli_t *cli, cli_result_t *r)
 {
     const int tty = isatty(STDERR_FILENO);
     const double start = cli_now();
-    char last_stage[32] = "";
+    char last[32] = "", line[128];
+    uint32_t last_chunk = 0;
     cqrps_phase_status_t *st = &r->phase;
     unsigned pause = 20;
     r->waited = 1;
@@ -410,14 +467,15 @@ static int wait_phase(cli_t *cli, cli_result_t *r)
             return rc;
         if (st->state == CQRPS_PHASE_DONE || st->state == CQRPS_PHASE_FAILED)
             break;
-        if (tty) {
-            fprintf(stderr, "\rcluster %s phase %" PRIu64 ": %-10s %5.1f%%",
-                    cli->what, r->id, st->stage, st->fraction * 100.0);
-        } else if (strcmp(st->stage, last_stage) != 0) {
-            fprintf(stderr, "cluster %s phase %" PRIu64 ": %s %.1f%%\n",
-                    cli->what, r->id, st->stage, st->fraction * 100.0);
-        }
-        snprintf(last_stage, sizeof(last_stage), "%s", st->stage);
+        progress_line(st, line, sizeof(line));
+        if (tty)
+            fprintf(stderr, "\rcluster %s phase %" PRIu64 ": %-60s",
+                    cli->what, r->id, line);
+        else if (strcmp(st->stage, last) != 0 || st->chunk != last_chunk)
+            fprintf(stderr, "cluster %s phase %" PRIu64 ": %s\n", cli->what,
+                    r->id, line);
+        snprintf(last, sizeof(last), "%s", st->stage);
+        last_chunk = st->chunk;
         double el = cli_now() - start;
         if (cli->wait_ms && el * 1000.0 >= (double)cli->wait_ms) {
             if (tty)
@@ -433,18 +491,31 @@ static int wait_phase(cli_t *cli, cli_result_t *r)
         pause = pause * 2 > 250 ? 250 : pause * 2;
     }
     if (tty)
-        fprintf(stderr, "\rcluster %s phase %" PRIu64 ": %-10s %5.1f%%\n",
-                cli->what, r->id, cqrps_phase_state_name(st->state), 100.0);
-    r->failed = st->state != CQRPS_PHASE_DONE;
+        fprintf(stderr, "\rcluster %s phase %" PRIu64 ": %-60s\n", cli->what,
+                r->id, st->cancelled ? "cancelled"
+                                     : cqrps_phase_state_name(st->state));
+    /* Waiting for a phase one cancelled succeeds when it ended cancelled. */
+    r->failed = cli->cancel ? !(st->state == CQRPS_PHASE_FAILED &&
+                                st->cancelled)
+                            : st->state != CQRPS_PHASE_DONE;
     return 0;
 }
 
 static int call_cluster(cli_t *cli, cli_result_t *r)
 {
-    int rc = cqrps_cluster(cli->c, cli->what, &r->id);
-    if (rc < 0 || !cli->wait)
-        return rc;
-    return wait_phase(cli, r);
+    int rc;
+    if (cli->cancel) {
+        rc = cqrps_cluster_cancel(cli->c, cli->what, cli->phase, &r->phase);
+        if (rc < 0)
+            return rc;
+        r->cancelled = 1;
+        r->id = r->phase.phase_id;
+    } else {
+        rc = cqrps_cluster(cli->c, cli->what, &r->id);
+        if (rc < 0)
+            return rc;
+    }
+    return cli->wait ? wait_phase(cli, r) : 0;
 }
 
 static void json_cluster(const cli_t *cli, const cli_result_t *r, cJSON *o)
@@ -453,7 +524,9 @@ static void json_cluster(const cli_t *cli, const cli_result_t *r, cJSON *o)
         js_str(o, "status", "TIMED_OUT");
     } else {
         js_str(o, "table", cli->what);
-        if (!r->waited) {
+        if (r->cancelled)
+            js_bool(o, "cancel_requested", 1);
+        if (!r->waited && !r->cancelled) {
             js_u64(o, "phase_id", r->id);
             return;
         }
@@ -464,22 +537,37 @@ static void json_cluster(const cli_t *cli, const cli_result_t *r, cJSON *o)
 static void text_cluster(const cli_t *cli, const cli_result_t *r)
 {
     const cqrps_phase_status_t *st = &r->phase;
-    if (!r->waited)
+    char line[128];
+    if (r->cancelled && !r->waited) {
+        progress_line(st, line, sizeof(line));
+        printf("cancel requested for cluster phase %" PRIu64 " of table %s "
+               "(was %s: %s)\n", r->id, cli->what,
+               cqrps_phase_state_name(st->state), line);
+    } else if (r->cancelled && !r->timed_out && st->cancelled) {
+        printf("cluster phase %" PRIu64 " of table %s cancelled after "
+               "%.3f s: the table is as before the phase\n", r->id,
+               cli->what, st->seconds);
+    } else if (!r->waited)
         printf("started cluster phase %" PRIu64 " of table %s\n", r->id,
                cli->what);
     else if (!r->timed_out && st->state == CQRPS_PHASE_DONE)
         printf("cluster phase %" PRIu64 " of table %s done in %.3f s: "
-               "inertia %g, %" PRIu64 " ids assigned, %" PRIu64
-               " pushes replayed\n",
+               "inertia %g, %" PRIu64 " ids assigned, %u k-means "
+               "iterations at most, %" PRIu64 " pushes replayed\n",
                r->id, cli->what, st->seconds, st->inertia, st->ids_assigned,
-               st->replayed_pushes);
+               st->kmeans_iters, st->replayed_pushes);
 }
 
 static void after_cluster(const cli_t *cli, const cli_result_t *r)
 {
-    if (r->waited && !r->timed_out && r->phase.state == CQRPS_PHASE_FAILED)
+    if (r->waited && !r->timed_out && r->phase.state == CQRPS_PHASE_FAILED &&
+        r->failed)
         fprintf(stderr, "%s: cluster %s: phase %" PRIu64 " failed: %s\n",
                 cli_prog, cli->what, r->id, r->phase.error);
+    else if (r->waited && !r->timed_out && r->failed)
+        fprintf(stderr, "%s: cluster %s: phase %" PRIu64 " ended %s before "
+                "the cancel took effect\n", cli_prog, cli->what, r->id,
+                cqrps_phase_state_name(r->phase.state));
 }
 
 /* ---- digest, checkpoint, checkpoints ----------------------------------- */
@@ -617,7 +705,8 @@ const cli_command_t cli_commands[] = {
     { "stats", "stats                 server counters and tables", "",
       "server counters and tables", usage_simple, parse_simple, call_stats,
       json_stats, text_stats, NULL },
-    { "cluster", "cluster NAME [--wait] start a cluster phase (cqr tables)",
+    { "cluster", "cluster NAME [--wait|--cancel] start (or stop) a cluster "
+      "phase (cqr tables)",
       NULL, NULL, usage_cluster, parse_cluster, call_cluster, json_cluster,
       text_cluster, after_cluster },
     { "digest", "digest NAME           the table's state digest", "NAME",

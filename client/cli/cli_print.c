@@ -118,7 +118,8 @@ cJSON *js_config(const cqrps_table_config_t *c)
     js_u64(o, "schedule_max_phases", c->schedule_max_phases);
     js_u64(o, "cluster_iters", c->cluster_iters);
     js_u64(o, "cluster_sample", c->cluster_sample);
-    js_bool(o, "reset_optimizer", c->reset_optimizer);
+    js_bool(o, "reset_optimizer", c->reset_optimizer == CQRPS_ON);
+    js_flt(o, "cluster_tol", c->cluster_tol);
     return o;
 }
 
@@ -154,6 +155,13 @@ cJSON *js_phase(const cqrps_phase_status_t *s)
     js_u64(o, "ids_assigned", s->ids_assigned);
     js_u64(o, "replayed_pushes", s->replayed_pushes);
     js_str(o, "error", s->error);
+    js_u64(o, "chunk", s->chunk);
+    js_u64(o, "chunks", s->chunks);
+    js_u64(o, "iter", s->iter);
+    js_u64(o, "iters", s->iters);
+    js_dbl(o, "eta_seconds", s->eta_seconds);
+    js_u64(o, "kmeans_iters", s->kmeans_iters);
+    js_bool(o, "cancelled", s->cancelled);
     return o;
 }
 
@@ -222,9 +230,10 @@ void print_describe(const cqrps_table_info_t *t)
     printf(" weight_decay=%g\n", c->weight_decay);
     printf("init_scale:     %g\n", c->init_scale);
     if (c->kind == CQRPS_KIND_CQR) {
-        printf("cluster:        iters=%u sample=%u reset_optimizer=%s\n",
-               c->cluster_iters, c->cluster_sample,
-               c->reset_optimizer ? "yes" : "no");
+        printf("cluster:        iters=%u tol=%g sample=%u "
+               "reset_optimizer=%s\n", c->cluster_iters,
+               c->cluster_tol > 0 ? c->cluster_tol : 0.0, c->cluster_sample,
+               c->reset_optimizer == CQRPS_ON ? "yes" : "no");
         if (c->schedule_every)
             printf("schedule:       every %" PRIu64 " examples, max %u "
                    "phases\n",

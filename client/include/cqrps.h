@@ -105,7 +105,8 @@ extern "C" {
     X(CONN, 17, "CONNECTION", "connection failed or lost")                   \
     X(SHUTDOWN, 18, "SHUTTING_DOWN", "server is shutting down")              \
     X(INTERNAL, 19, "INTERNAL", "internal error")                            \
-    X(NOPHASE, 20, "NO_SUCH_PHASE", "no such cluster phase")
+    X(NOPHASE, 20, "NO_SUCH_PHASE", "no such cluster phase")               \
+    X(CANCELED, 21, "CANCELLED", "cancelled")
 
 typedef enum cqrps_err {
     CQRPS_OK = 0,
@@ -247,11 +248,26 @@ typedef struct cqrps_table_config {
                                     0 = no schedule */
     uint32_t schedule_max_phases; /* stop scheduling after this many; 0 = no
                                      limit */
-    uint32_t cluster_iters;      /* k-means iterations; 0 = 25 */
+    uint32_t cluster_iters;      /* k-means iterations at most; 0 = 25 */
     uint32_t cluster_sample;     /* sample points per centroid; 0 = 200 */
-    int reset_optimizer;         /* 1: zero optimizer state at each phase */
-    float init_scale;            /* uniform(-s, s) init; 0 = 1/sqrt(dim) */
+    int reset_optimizer;         /* zero the codebooks' optimizer state at
+                                    each phase: CQRPS_DEFAULT (0, the
+                                    server's), CQRPS_ON (1) or CQRPS_OFF
+                                    (2); info gives ON or OFF */
+    float init_scale;            /* uniform(-s, s) init; 0 = the server's
+                                    default */
+    float cluster_tol;           /* k-means stops once an iteration lowers
+                                    the inertia by less than this fraction;
+                                    0 = the server's default (1e-3), < 0 =
+                                    every iteration; info gives -1 for
+                                    none */
 } cqrps_table_config_t;
+
+/* Values of a setting whose zero means "the server's default"
+ * (cqrps_table_config_t.reset_optimizer). */
+#define CQRPS_DEFAULT 0
+#define CQRPS_ON 1
+#define CQRPS_OFF 2
 
 /* Zeroes *cfg and sets kind and dim: every other field asks for the
  * server's default. The optimizer is always sent, so it is set here to
@@ -509,6 +525,13 @@ typedef struct cqrps_phase_status {
     uint64_t ids_assigned;      /* known IDs given learned pointers */
     uint64_t replayed_pushes;   /* pushes logged during the phase */
     char error[256];            /* why a failed phase failed */
+    uint32_t chunk;             /* chunk in progress, 1-based (0: none) */
+    uint32_t chunks;            /* chunks of the table */
+    uint32_t iter;              /* k-means iterations done in the chunk */
+    uint32_t iters;             /* k-means iterations at most */
+    double eta_seconds;         /* estimated time left, -1 if unknown */
+    uint32_t kmeans_iters;      /* when done: most iterations of a chunk */
+    int cancelled;              /* failed because it was cancelled */
 } cqrps_phase_status_t;
 
 /* Starts a phase and returns at once with its id. CQRPS_EUNSUPPORTED for
@@ -524,12 +547,38 @@ CQRPS_API int cqrps_cluster_status(cqrps_client_t *c, const char *table,
                                    cqrps_phase_status_t *st);
 
 /* Polls cqrps_cluster_status with a growing interval (10 ms to 500 ms)
- * until the phase is done (0), failed (CQRPS_EINTERNAL, with the phase's
- * error in cqrps_last_error) or timeout_ms passed (CQRPS_ETIMEDOUT;
- * timeout_ms 0 = no limit). *st (if non-NULL) holds the last status. */
+ * until the phase is done (0), failed (CQRPS_EINTERNAL, or CQRPS_ECANCELED
+ * when it was cancelled; the phase's error in cqrps_last_error) or
+ * timeout_ms passed (CQRPS_ETIMEDOUT; timeout_ms 0 = no limit). *st (if
+ * non-NULL) holds the last status. */
 CQRPS_API int cqrps_cluster_wait(cqrps_client_t *c, const char *table,
                                  uint64_t phase_id, uint32_t timeout_ms,
                                  cqrps_phase_status_t *st);
+
+/* The same, calling progress(ud, st) after every poll (from this thread;
+ * progress may be NULL). */
+typedef void (*cqrps_phase_progress_cb)(void *ud,
+                                        const cqrps_phase_status_t *st);
+CQRPS_API int cqrps_cluster_wait_progress(cqrps_client_t *c,
+                                          const char *table,
+                                          uint64_t phase_id,
+                                          uint32_t timeout_ms,
+                                          cqrps_phase_status_t *st,
+                                          cqrps_phase_progress_cb progress,
+                                          void *ud);
+
+/* Cancels the table's queued or running phase (phase_id 0: whichever it
+ * is). The table keeps its state as if the phase never ran; pushes made
+ * during it stay applied. Returns once the server took the request, with
+ * the phase's status then in *st (if non-NULL); a running phase ends
+ * within about a second (cqrps_cluster_wait returns CQRPS_ECANCELED).
+ * CQRPS_ENOPHASE if nothing is queued or running. Needs admin rights.
+ * Sharded: sent to every shard, and every shard that has such a phase
+ * cancels it; the first shard's error (e.g. CQRPS_ENOPHASE where its part
+ * had already ended) is returned. */
+CQRPS_API int cqrps_cluster_cancel(cqrps_client_t *c, const char *table,
+                                   uint64_t phase_id,
+                                   cqrps_phase_status_t *st);
 
 /* ---- Server state ------------------------------------------------------ */
 

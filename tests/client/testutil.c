@@ -52,6 +52,8 @@ void tu_config(cqrps_table_config_t *cfg, cqrps_kind_t kind,
     cfg->init_scale = 0.25f;
     cfg->cluster_iters = 10;
     cfg->cluster_sample = 50;
+    cfg->cluster_tol = -1.0f; /* every iteration */
+    cfg->reset_optimizer = CQRPS_OFF;
 }
 
 void tu_engine_config(const cqrps_table_config_t *in, cqr_table_config_t *o)
@@ -76,7 +78,10 @@ void tu_engine_config(const cqrps_table_config_t *in, cqr_table_config_t *o)
         o->cluster_iters = in->cluster_iters;
     if (in->cluster_sample)
         o->cluster_sample = in->cluster_sample;
-    o->reset_optimizer = in->reset_optimizer ? 1 : 0;
+    if (in->reset_optimizer != CQRPS_DEFAULT)
+        o->reset_optimizer = in->reset_optimizer == CQRPS_ON;
+    if (in->cluster_tol != 0)
+        o->cluster_tol = in->cluster_tol > 0 ? in->cluster_tol : 0.0f;
     o->cluster_threads = 1; /* the server's --cluster-threads default */
 }
 

@@ -67,6 +67,7 @@ int main(void)
     OFF(cqrps_table_config_t, cluster_sample);
     OFF(cqrps_table_config_t, reset_optimizer);
     OFF(cqrps_table_config_t, init_scale);
+    OFF(cqrps_table_config_t, cluster_tol);
 
     SIZE(cqrps_table_info_t);
     OFF(cqrps_table_info_t, name);
@@ -94,6 +95,13 @@ int main(void)
     OFF(cqrps_phase_status_t, ids_assigned);
     OFF(cqrps_phase_status_t, replayed_pushes);
     OFF(cqrps_phase_status_t, error);
+    OFF(cqrps_phase_status_t, chunk);
+    OFF(cqrps_phase_status_t, chunks);
+    OFF(cqrps_phase_status_t, iter);
+    OFF(cqrps_phase_status_t, iters);
+    OFF(cqrps_phase_status_t, eta_seconds);
+    OFF(cqrps_phase_status_t, kmeans_iters);
+    OFF(cqrps_phase_status_t, cancelled);
 
     SIZE(cqrps_counter_t);
     OFF(cqrps_counter_t, name);

@@ -120,6 +120,48 @@ class ClientTest(ServerTestCase):
         with self.assertRaises(cqrps.NotFound):
             self.c.drop_table("py.t1")
 
+    def test_cluster_cancel(self) -> None:
+        # A phase of minutes unless cancelled: 10,000 iterations, no
+        # tolerance, 20,000 IDs, k = 1024.
+        self.table("py.slow", kind="cqr", rows=1024, chunks=2,
+                   cluster_iters=10000, cluster_tol=0)
+        ids = np.arange(1, 20001, dtype=np.uint64) * 7919
+        rng = np.random.default_rng(4)
+        self.c.push("py.slow", ids,
+                    rng.standard_normal((20000, DIM)).astype(np.float32))
+        before = self.c.digest("py.slow")
+        with self.assertRaises(cqrps.NoSuchPhase):
+            self.c.cluster_cancel("py.slow")
+        st = self.c.cluster("py.slow", wait=False)
+        got = self.c.cluster_cancel("py.slow")
+        self.assertEqual(got.phase_id, st.phase_id)
+        self.assertIn(got.state, ("queued", "running"))
+        with self.assertRaises(cqrps.Cancelled) as cm:
+            self.c.cluster_wait("py.slow", st.phase_id, timeout=60)
+        self.assertEqual((cm.exception.code, cm.exception.name),
+                         (-21, "CANCELLED"))
+        fin = self.c.cluster_status("py.slow", st.phase_id)
+        self.assertTrue(fin.failed)
+        self.assertTrue(fin.cancelled)
+        self.assertEqual(fin.error, "cancelled: by request")
+        self.assertEqual(self.c.digest("py.slow"), before)
+        self.assertEqual(self.c.describe_table("py.slow").phases_done, 0)
+
+    def test_cluster_settings(self) -> None:
+        # The reset setting and the k-means tolerance: None asks for the
+        # server's default, False/0 turn them off, and the effective value
+        # comes back.
+        off = self.table("py.off", kind="cqr", reset_optimizer=False,
+                         cluster_tol=0).config
+        self.assertFalse(off.reset_optimizer)
+        self.assertEqual(off.cluster_tol, -1.0)
+        on = self.table("py.on", kind="cqr", reset_optimizer=True,
+                        cluster_tol=0.05).config
+        self.assertTrue(on.reset_optimizer)
+        self.assertAlmostEqual(on.cluster_tol, 0.05, places=6)
+        with self.assertRaises(cqrps.InvalidArgument):
+            self.table("py.bad", kind="cqr", cluster_tol=1.5)
+
     def test_every_kind_and_optimizer(self) -> None:
         for kind in ("full", "hash", "ce", "cqr"):
             for opt in ("sgd", "adagrad", "adam"):
@@ -324,6 +366,9 @@ class ClientTest(ServerTestCase):
         self.assertEqual(self.c.cluster_status("py.cq", st.phase_id).state,
                          "done")
         self.assertEqual(self.c.describe_table("py.cq").phases_done, 2)
+        self.assertEqual((st.chunks, st.chunk, st.iters), (4, 4, 5))
+        self.assertTrue(1 <= st.kmeans_iters <= 5)
+        self.assertEqual((st.eta_seconds, st.cancelled), (0.0, False))
         self.table("py.notcq", kind="ce")
         with self.assertRaises(cqrps.Unsupported) as cm:
             self.c.cluster("py.notcq")

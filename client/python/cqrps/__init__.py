@@ -28,7 +28,8 @@ from .client import (CheckpointInfo, Client, Kind, Optimizer, PhaseStatus,
                      Pooling, ServerInfo, Stats, TableConfig, TableInfo,
                      Ticket, as_ids, connect, read_token_file, shard_of,
                      strerror)
-from .errors import (AlreadyExists, BadVersion, Busy, ConnectionFailed,
+from .errors import (AlreadyExists, BadVersion, Busy, Cancelled,
+                     ConnectionFailed,
                      Corrupt, Error, Internal, InvalidArgument, LimitExceeded,
                      Malformed, NoMemory, NonFinite, NoSuchPhase, NotFound,
                      PermissionDenied, ShuttingDown, StorageError, TimedOut,
@@ -44,7 +45,8 @@ def library_path() -> str:
 
 
 __all__ = [
-    "AlreadyExists", "BadVersion", "Busy", "CheckpointInfo", "Client",
+    "AlreadyExists", "BadVersion", "Busy", "Cancelled", "CheckpointInfo",
+    "Client",
     "ConnectionFailed", "Corrupt", "Error", "Internal", "InvalidArgument",
     "Kind", "LimitExceeded", "Malformed", "NoMemory", "NonFinite",
     "NoSuchPhase", "NotFound", "Optimizer", "PROTOCOL_VERSION",

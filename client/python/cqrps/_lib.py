@@ -79,6 +79,7 @@ ERRORS = (
     ("SHUTDOWN", 18, "SHUTTING_DOWN"),
     ("INTERNAL", 19, "INTERNAL"),
     ("NOPHASE", 20, "NO_SUCH_PHASE"),
+    ("CANCELED", 21, "CANCELLED"),
 )
 
 EINVAL = -1
@@ -175,6 +176,7 @@ class TableConfig(Structure):
         ("cluster_sample", c_uint32),
         ("reset_optimizer", c_int),
         ("init_scale", c_float),
+        ("cluster_tol", c_float),
     ]
 
 
@@ -212,6 +214,13 @@ class PhaseStatus(Structure):
         ("ids_assigned", c_uint64),
         ("replayed_pushes", c_uint64),
         ("error", c_char * 256),
+        ("chunk", c_uint32),
+        ("chunks", c_uint32),
+        ("iter", c_uint32),
+        ("iters", c_uint32),
+        ("eta_seconds", c_double),
+        ("kmeans_iters", c_uint32),
+        ("cancelled", c_int),
     ]
 
 
@@ -393,6 +402,8 @@ def _declare(lib: ctypes.CDLL) -> None:
                                          POINTER(PhaseStatus)]),
         "cqrps_cluster_wait": (c_int, [client, c_char_p, c_uint64, c_uint32,
                                        POINTER(PhaseStatus)]),
+        "cqrps_cluster_cancel": (c_int, [client, c_char_p, c_uint64,
+                                         POINTER(PhaseStatus)]),
         "cqrps_stats": (c_int, [client, POINTER(Stats)]),
         "cqrps_stats_free": (None, [POINTER(Stats)]),
         "cqrps_digest": (c_int, [client, c_char_p, c_char_p]),

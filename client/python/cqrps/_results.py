@@ -45,6 +45,7 @@ class TableConfig:
     cluster_sample: int       #: sample points per centroid
     reset_optimizer: bool     #: zero optimizer state at each phase
     init_scale: float         #: initial values uniform in (-s, s)
+    cluster_tol: float        #: k-means relative inertia tolerance (-1: none)
 
     @classmethod
     def _from_c(cls, c: _lib.TableConfig) -> "TableConfig":
@@ -58,8 +59,8 @@ class TableConfig:
             schedule_every=c.schedule_every,
             schedule_max_phases=c.schedule_max_phases,
             cluster_iters=c.cluster_iters, cluster_sample=c.cluster_sample,
-            reset_optimizer=bool(c.reset_optimizer),
-            init_scale=_f32(c.init_scale))
+            reset_optimizer=c.reset_optimizer == 1,  # CQRPS_ON
+            init_scale=_f32(c.init_scale), cluster_tol=_f32(c.cluster_tol))
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,13 @@ class PhaseStatus:
     ids_assigned: int     #: known IDs given learned pointers
     replayed_pushes: int  #: pushes logged during the phase and replayed
     error: str            #: why a failed phase failed ("" otherwise)
+    chunk: int = 0        #: chunk in progress, 1-based (0: none yet)
+    chunks: int = 0       #: chunks of the table
+    iter: int = 0         #: k-means iterations done in this chunk
+    iters: int = 0        #: k-means iterations at most
+    eta_seconds: float = -1.0  #: estimated time left (-1: unknown)
+    kmeans_iters: int = 0  #: when done: most iterations a chunk used
+    cancelled: bool = False  #: failed because it was cancelled
 
     @property
     def done(self) -> bool:
@@ -137,7 +145,10 @@ class PhaseStatus:
                    if 0 <= p.state < 4 else str(p.state)),
             stage=_s(p.stage), fraction=p.fraction, inertia=p.inertia,
             seconds=p.seconds, ids_assigned=p.ids_assigned,
-            replayed_pushes=p.replayed_pushes, error=_s(p.error))
+            replayed_pushes=p.replayed_pushes, error=_s(p.error),
+            chunk=p.chunk, chunks=p.chunks, iter=p.iter, iters=p.iters,
+            eta_seconds=p.eta_seconds, kmeans_iters=p.kmeans_iters,
+            cancelled=bool(p.cancelled))
 
 
 @dataclass(frozen=True)

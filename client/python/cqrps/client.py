@@ -493,16 +493,21 @@ class Client:
                      eps: float = 0.0, weight_decay: float = 0.0,
                      schedule_every: int = 0, schedule_max_phases: int = 0,
                      cluster_iters: int = 0, cluster_sample: int = 0,
-                     reset_optimizer: bool = False,
-                     init_scale: float = 0.0) -> TableInfo:
+                     reset_optimizer: Optional[bool] = None,
+                     init_scale: float = 0.0,
+                     cluster_tol: Optional[float] = None) -> TableInfo:
         """Creates a table on every shard; returns its effective config.
 
-        Every field of ``cqrps_table_config_t`` is a keyword; 0 asks for
-        the server's default (chunks 4, rows 1024, lr 0.01 SGD / 0.1
-        Adagrad / 0.001 Adam, betas 0.9/0.999, eps 1e-8, 25 k-means
-        iterations, 200 samples per centroid, init scale 1/sqrt(dim)).
-        Raises AlreadyExists if the table exists, InvalidArgument for a
-        bad config.
+        Every field of ``cqrps_table_config_t`` is a keyword; 0 (or None)
+        asks for the server's default (chunks 4, rows 1024, lr 0.01 SGD /
+        0.1 Adagrad / 0.001 Adam, betas 0.9/0.999, eps 1e-8, at most 25
+        k-means iterations with tolerance 1e-3, 200 samples per centroid;
+        the init scale and whether cqr phases reset the optimizer state:
+        the README's "Defaults").
+        ``reset_optimizer=False`` keeps the optimizer state across phases
+        (the published code's behaviour); ``cluster_tol=0`` runs every
+        k-means iteration. Raises AlreadyExists if the table exists,
+        InvalidArgument for a bad config.
         """
         if not (isinstance(dim, (int, np.integer)) and 0 < dim <= 0xFFFFFFFF):
             raise InvalidArgument(f"dim: expected a positive int, got {dim!r}")
@@ -527,8 +532,15 @@ class Client:
         cfg.beta2 = float(beta2)
         cfg.eps = float(eps)
         cfg.weight_decay = float(weight_decay)
-        cfg.reset_optimizer = 1 if reset_optimizer else 0
+        # CQRPS_DEFAULT / CQRPS_ON / CQRPS_OFF
+        cfg.reset_optimizer = (0 if reset_optimizer is None
+                               else 1 if reset_optimizer else 2)
         cfg.init_scale = float(init_scale)
+        if cluster_tol is not None:
+            if not 0 <= float(cluster_tol) < 1:
+                raise InvalidArgument("cluster_tol: expected 0 <= tol < 1")
+            # 0 means every iteration here; on the wire that is < 0.
+            cfg.cluster_tol = float(cluster_tol) if cluster_tol else -1.0
         info = _lib.TableInfo()
         self._call(self._L.cqrps_create_table, _name(name), byref(cfg),
                    byref(info))
@@ -850,10 +862,23 @@ class Client:
     def cluster_wait(self, name: str, phase_id: int = 0,
                      timeout: Optional[float] = None) -> PhaseStatus:
         """Waits for a phase to end (polling 10 ms .. 500 ms); see
-        :meth:`cluster` for errors. ``timeout`` None waits forever."""
+        :meth:`cluster` for errors (a cancelled phase raises Cancelled).
+        ``timeout`` None waits forever."""
         st = _lib.PhaseStatus()
         self._call(self._L.cqrps_cluster_wait, _name(name), int(phase_id),
                    _ms(timeout, "timeout"), byref(st))
+        return PhaseStatus._from_c(st)
+
+    def cluster_cancel(self, name: str, phase_id: int = 0) -> PhaseStatus:
+        """Cancels the table's queued or running phase (phase_id 0: whichever
+        it is): the table keeps its state as if the phase never ran, and
+        pushes made meanwhile stay applied. Returns the phase's status when
+        the server took the request; a running phase ends within about a
+        second (``cluster_wait`` then raises Cancelled). NoSuchPhase if
+        nothing is queued or running."""
+        st = _lib.PhaseStatus()
+        self._call(self._L.cqrps_cluster_cancel, _name(name), int(phase_id),
+                   byref(st))
         return PhaseStatus._from_c(st)
 
     # -- state --

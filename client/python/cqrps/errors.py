@@ -92,6 +92,8 @@ Internal = _cls("Internal", -19, "INTERNAL",
                 "Internal error (also: a cluster phase failed).")
 NoSuchPhase = _cls("NoSuchPhase", -20, "NO_SUCH_PHASE",
                    "No such cluster phase.")
+Cancelled = _cls("Cancelled", -21, "CANCELLED",
+                 "Cancelled (a cluster phase, by request or shutdown).")
 
 BY_CODE: Dict[int, Type[Error]] = {
     cls.code: cls
@@ -99,7 +101,7 @@ BY_CODE: Dict[int, Type[Error]] = {
                 NonFinite, LimitExceeded, Busy, Malformed, Unauthenticated,
                 PermissionDenied, StorageError, Corrupt, BadVersion,
                 Unsupported, TimedOut, ConnectionFailed, ShuttingDown,
-                Internal, NoSuchPhase)
+                Internal, NoSuchPhase, Cancelled)
 }
 """Negative code -> exception class."""
 

@@ -408,6 +408,99 @@ START_TEST(test_cli_commands)
 }
 END_TEST
 
+/* A cqr table whose phase runs for minutes unless cancelled: every one
+ * of 10,000 k-means iterations (tolerance none) on 20,000 IDs, k = 1024. */
+static void slow_table(cqrps_client_t *c, const char *name)
+{
+    cqrps_table_config_t cfg;
+    tu_config(&cfg, CQRPS_KIND_CQR, CQRPS_OPT_ADAM, 8);
+    cfg.chunks = 2;
+    cfg.rows = 1024;
+    cfg.cluster_iters = 10000;
+    cfg.cluster_sample = 200;
+    ck_assert_int_eq(cqrps_create_table(c, name, &cfg, NULL), 0);
+    enum { N = 20000 };
+    static uint64_t ids[N];
+    static float g[N * 8];
+    uint64_t st = 9;
+    for (int i = 0; i < N; i++)
+        ids[i] = tu_rand(&st);
+    tu_fill(g, N * 8, &st);
+    ck_assert_int_eq(cqrps_push(c, name, ids, g, N), 0);
+}
+
+/* cluster --cancel: stops a running phase (the table stays as it was),
+ * says so in text and JSON, and NO_SUCH_PHASE when nothing runs; SIGTERM
+ * cancels a running phase instead of waiting for it (the server exits 0
+ * within the stop's bound, and logs the cancel). */
+START_TEST(test_cli_cancel)
+{
+    run_t *r = malloc(sizeof(*r));
+    cqrps_client_t *c = tu_connect(srv.addr);
+    slow_table(c, "slow");
+    char before[17], after[17];
+    ck_assert_int_eq(cqrps_digest(c, "slow", before), 0);
+
+    CLI(r, "cluster", "slow", "--cancel");
+    ck_assert_int_eq(r->status, 1);
+    ck_assert_msg(strstr(r->err, "cqrps: cluster slow: NO_SUCH_PHASE: "),
+                  "stderr: %s", r->err);
+    CLI(r, "cluster", "slow", "--phase", "3");
+    ck_assert_int_eq(r->status, 2); /* --phase goes with --cancel */
+
+    CLI(r, "cluster", "slow");
+    ck_assert_msg(r->status == 0, "cluster: %s", r->err);
+    CLI(r, "cluster", "slow", "--cancel", "--wait");
+    ck_assert_msg(r->status == 0, "cancel: %s %s", r->out, r->err);
+    ck_assert_msg(strstr(r->out, "cancelled after"), "out: %s", r->out);
+    ck_assert_int_eq(cqrps_digest(c, "slow", after), 0);
+    ck_assert_str_eq(before, after);
+    cqrps_phase_status_t ps;
+    ck_assert_int_eq(cqrps_cluster_status(c, "slow", 0, &ps), 0);
+    ck_assert_int_eq(ps.state, CQRPS_PHASE_FAILED);
+    ck_assert_int_eq(ps.cancelled, 1);
+
+    /* Through the library, and --json of a cancel that does not wait. */
+    uint64_t id;
+    ck_assert_int_eq(cqrps_cluster(c, "slow", &id), 0);
+    CLI(r, "--json", "cluster", "slow", "--cancel");
+    ck_assert_msg(r->status == 0, "json cancel: %s", r->err);
+    ck_assert_msg(json_object(r->out), "not JSON: %s", r->out);
+    ck_assert_ptr_nonnull(strstr(r->out, "\"cancel_requested\":true"));
+    ck_assert_int_eq(cqrps_cluster_wait(c, "slow", id, 60000, &ps),
+                     CQRPS_ECANCELED);
+    ck_assert_int_eq(ps.cancelled, 1);
+
+    cqrps_close(c);
+
+    /* SIGTERM with a phase running, on a server of this test's own (the
+     * suite's belongs to the parent process, which alone can reap it). */
+    cqr_test_server_t own;
+    tu_server_start(&own, NULL);
+    c = tu_connect(own.addr);
+    slow_table(c, "slow");
+    ck_assert_int_eq(cqrps_cluster(c, "slow", &id), 0);
+    do {
+        ck_assert_int_eq(cqrps_cluster_status(c, "slow", id, &ps), 0);
+        tu_sleep_ms(5);
+    } while (ps.state == CQRPS_PHASE_QUEUED);
+    cqrps_close(c);
+    int code = cqr_test_server_stop(&own, TU_STOP_MS);
+    if (code != 0)
+        cqr_test_server_dump(&own, 8192);
+    ck_assert_int_eq(code, 0);
+    ck_assert(cqr_test_server_clean(&own));
+    char log[65536];
+    int fd = open(own.err_path, O_RDONLY);
+    ck_assert(fd >= 0);
+    slurp(fd, log, sizeof(log));
+    ck_assert_msg(strstr(log, "reason=\"server shutting down\""),
+                  "no cancel in the log");
+    cqr_test_server_cleanup(&own);
+    free(r);
+}
+END_TEST
+
 START_TEST(test_json_validator_itself)
 {
     ck_assert(json_object("{\"a\":[1,-2.5e3,true,null,\"x\\n\"]}\n"));
@@ -427,6 +520,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_json_validator_itself);
     tcase_add_test(tc, test_cli_usage);
     tcase_add_test(tc, test_cli_commands);
+    tcase_add_test(tc, test_cli_cancel);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -275,8 +275,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--cluster-frac", type=float, default=0.75)
     p.add_argument("--cluster-iters", type=int, default=0)
     p.add_argument("--cluster-sample", type=int, default=0)
-    p.add_argument("--reset-optimizer", action="store_true")
-    p.add_argument("--init-scale", type=float, default=0.0)
+    # None: the server's default (README, "Defaults").
+    p.add_argument("--reset-optimizer", dest="reset_optimizer",
+                   action="store_true", default=None,
+                   help="zero the codebooks' optimizer state at each phase "
+                   "(server default: on)")
+    p.add_argument("--no-reset-optimizer", dest="reset_optimizer",
+                   action="store_false",
+                   help="keep it across phases (the published code)")
+    p.add_argument("--cluster-tol", type=float, default=None,
+                   help="k-means tolerance (server default; 0 = every "
+                   "iteration)")
+    p.add_argument("--init-scale", type=float, default=0.0,
+                   help="initial values uniform in (-X, X) (server "
+                   "default)")
     p.add_argument("--table-prefix")
     p.add_argument("--token-file", help="shared secret for Hello "
                    "(else $CQRPS_TOKEN)")
@@ -310,7 +322,8 @@ def create_tables(c: cqrps.Client, a: argparse.Namespace, utab: str,
                optimizer="adam", lr=a.lr, beta1=0.9, beta2=0.999, eps=1e-8,
                weight_decay=a.weight_decay, cluster_iters=a.cluster_iters,
                cluster_sample=a.cluster_sample,
-               reset_optimizer=a.reset_optimizer, init_scale=a.init_scale)
+               reset_optimizer=a.reset_optimizer, init_scale=a.init_scale,
+               cluster_tol=a.cluster_tol)
     info = None
     for name, seed in ((utab, a.seed * 2 + 1), (itab, a.seed * 2 + 2)):
         info = c.create_table(name, seed=seed & M64, **cfg)

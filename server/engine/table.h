@@ -98,11 +98,18 @@ typedef struct cqr_table_stats {
 /* The default relative inertia tolerance of a phase's k-means. */
 #define CQR_DEFAULT_CLUSTER_TOL 1e-3f
 
+/* The default initial scale: values uniform in (-0.01, 0.01), every kind
+ * (before issue 15: 1/sqrt(dim)). */
+#define CQR_DEFAULT_INIT_SCALE 0.01f
+
 /* Fills `cfg` with the defaults for `kind` and `dim`: chunks 4 (ce, cqr;
  * fewer if dim is not divisible), rows 1024 (hash, ce, cqr), seed 0,
- * init_scale 1/sqrt(dim), Adam lr 1e-3 betas 0.9/0.999 eps 1e-8, cluster
- * at most 25 iterations with tolerance CQR_DEFAULT_CLUSTER_TOL, 200
- * samples per centroid, 1 thread, optimizer state kept, no schedule. */
+ * init_scale CQR_DEFAULT_INIT_SCALE, Adam lr 1e-3 betas 0.9/0.999 eps
+ * 1e-8, cluster at most 25 iterations with tolerance
+ * CQR_DEFAULT_CLUSTER_TOL, 200 samples per centroid, 1 thread, no
+ * schedule; cqr tables zero their codebooks' optimizer state at each
+ * phase (reset_optimizer 1), the other kinds keep it (they have no
+ * phases). */
 void cqr_table_config_default(cqr_table_config_t *cfg, cqr_kind_t kind,
                               uint32_t dim);
 

@@ -63,7 +63,11 @@ void cqr_table_config_default(cqr_table_config_t *cfg, cqr_kind_t kind,
             cfg->chunks--;
     }
     cfg->rows = kind == CQR_KIND_FULL ? 0 : 1024;
-    cfg->init_scale = dim ? 1.0f / sqrtf((float)dim) : 0.0f;
+    /* Measured (README, "Defaults"): +-0.01 beats +-1/sqrt(dim) for
+     * every kind on two MovieLens sets, and zeroing the codebooks'
+     * optimizer state at each phase helps cqr; other kinds have no phase. */
+    cfg->init_scale = CQR_DEFAULT_INIT_SCALE;
+    cfg->reset_optimizer = kind == CQR_KIND_CQR;
     cfg->optim.kind = CQR_OPT_ADAM;
     cfg->optim.lr = 1e-3f;
     cfg->optim.beta1 = 0.9f;

@@ -147,6 +147,18 @@ class ClientTest(ServerTestCase):
         self.assertEqual(self.c.digest("py.slow"), before)
         self.assertEqual(self.c.describe_table("py.slow").phases_done, 0)
 
+    def test_defaults(self) -> None:
+        # No tuning keyword: the server's defaults, as the README says
+        # ("Defaults"): init 0.01 for every kind, the optimizer reset at
+        # each phase for cqr only, k-means at most 25 iterations with
+        # tolerance 1e-3 and 200 samples per centroid.
+        for kind in ("full", "hash", "ce", "cqr"):
+            cf = self.table(f"py.def.{kind}", kind=kind).config
+            self.assertAlmostEqual(cf.init_scale, 0.01, places=7)
+            self.assertEqual(cf.reset_optimizer, kind == "cqr")
+            self.assertAlmostEqual(cf.cluster_tol, 1e-3, places=7)
+            self.assertEqual((cf.cluster_iters, cf.cluster_sample), (25, 200))
+
     def test_cluster_settings(self) -> None:
         # The reset setting and the k-means tolerance: None asks for the
         # server's default, False/0 turn them off, and the effective value

@@ -178,8 +178,13 @@ START_TEST(test_cluster_config)
                                              ? CQRPS__V1__SETTING__SETTING_ON
                                              : CQRPS__V1__SETTING__SETTING_OFF;
     int rc;
+    /* The documented defaults (README, "Defaults"). */
+    ck_assert_uint_eq(def.reset_optimizer, 1);
     Response *r = ok(create("none", NULL, &rc), &rc);
     ck_assert_int_eq(r->table->config->cluster->reset, def_reset);
+    ck_assert_float_eq(r->table->config->init_scale, 0.01f);
+    ck_assert_uint_eq(r->table->config->cluster->iters, 25);
+    ck_assert_uint_eq(r->table->config->cluster->sample_per_centroid, 200);
     ck_assert_int_eq(r->table->config->cluster->reset_optimizer,
                      def.reset_optimizer);
     ck_assert_float_eq(r->table->config->cluster->tolerance,

@@ -292,6 +292,10 @@ static void cli_tables(run_t *r)
     ck_assert_ptr_nonnull(strstr(r->out, "kind:           cqr"));
     ck_assert_ptr_nonnull(strstr(r->out, "rows:           128"));
     ck_assert_ptr_nonnull(strstr(r->out, "schedule:       every 100000"));
+    /* No tuning flag: the server's defaults, as the README says. */
+    ck_assert_ptr_nonnull(strstr(r->out, "init_scale:     0.01\n"));
+    ck_assert_ptr_nonnull(strstr(r->out, "iters=25 tol=0.001 sample=200 "
+                                         "reset_optimizer=yes"));
 
     CLI(r, "--json", "describe", "t1");
     ck_assert_int_eq(r->status, 0);
@@ -299,6 +303,20 @@ static void cli_tables(run_t *r)
     ck_assert_ptr_nonnull(strstr(r->out, "\"rows\":128"));
     ck_assert_ptr_nonnull(strstr(r->out, "\"lr\":0.05,"));
     ck_assert_ptr_nonnull(strstr(r->out, "\"seed\":7"));
+    ck_assert_ptr_nonnull(strstr(r->out, "\"init_scale\":0.01,"));
+    ck_assert_ptr_nonnull(strstr(r->out, "\"reset_optimizer\":true"));
+
+    /* The old behaviour is one flag away. */
+    CLI(r, "create", "t0", "--kind", "cqr", "--dim", "16",
+        "--no-reset-optimizer", "--init-scale", "0.25", "--cluster-tol",
+        "0");
+    ck_assert_msg(r->status == 0, "create t0: %s", r->err);
+    CLI(r, "describe", "t0");
+    ck_assert_ptr_nonnull(strstr(r->out, "init_scale:     0.25\n"));
+    ck_assert_ptr_nonnull(strstr(r->out, "tol=0 sample=200 "
+                                         "reset_optimizer=no"));
+    CLI(r, "drop", "t0");
+    ck_assert_int_eq(r->status, 0);
 }
 
 /* digest and cluster, on the data pushed through c. */

@@ -116,6 +116,8 @@ if [ "$QUICK" = 1 ]; then
     CONN_LIST="1 4"
     CL_V_LIST=""
     CL_K_LIST="256"
+    PH_K_LIST="256 4096 16384"
+    PH_V_LIST="100000 1000000"
     MEM_V_LIST="1000000"
 else
     T=5; TS=3; KM_ITERS=25
@@ -125,6 +127,8 @@ else
     CONN_LIST="1 2 4 8"
     CL_V_LIST="100000 10000000"
     CL_K_LIST="256 2048"
+    PH_K_LIST="256 1024 4096 16384"
+    PH_V_LIST="100000 1000000 10000000"
     MEM_V_LIST="1000000 10000000"
 fi
 
@@ -398,6 +402,22 @@ done
 for k in $CL_K_LIST; do
     run "cluster_k_$k" "$ENG" --mode cluster --kind cqr --dim 64 --chunks 4 \
         --rows "$k" --vocab 1e6 --iters 25 --sample 100 --threads 2 --json
+done
+
+# Issue 15: the table defaults (dim 32, 4 chunks of 8, at most 25
+# iterations with the default tolerance, 200 samples per centroid).
+say "cluster phase at real sizes: cqr dim 32, 4 chunks, 500,000 known IDs, k=4096, table defaults"
+run phase_target "$ENG" --mode cluster --kind cqr --dim 32 --chunks 4 \
+    --rows 4096 --vocab 500000 --sample 200 --threads 2 --json
+say "cluster phase against k (500,000 IDs) and known IDs (k=4096), dim 32, table defaults"
+for k in $PH_K_LIST; do
+    [ "$k" = 4096 ] && continue
+    run "phase_k_$k" "$ENG" --mode cluster --kind cqr --dim 32 --chunks 4 \
+        --rows "$k" --vocab 500000 --sample 200 --threads 2 --json
+done
+for v in $PH_V_LIST; do
+    run "phase_vocab_$v" "$ENG" --mode cluster --kind cqr --dim 32 --chunks 4 \
+        --rows 4096 --vocab "$v" --sample 200 --threads 2 --json
 done
 
 say "k-means step: engine vs faiss vs scikit-learn on the same points ($KM_ITERS iterations, k=1024, 2 threads)"

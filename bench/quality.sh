@@ -14,20 +14,28 @@
 # every kind and budget (lr 1e-3, AdamW betas 0.9/0.999, eps 1e-8, weight
 # decay 0.01, dim 32, 4 chunks, batch 4096, cqr clustering after epochs
 # 0 .. floor(0.75 epochs) - 1):
-#   defaults          the server's defaults: initial values uniform in
-#                     +-1/sqrt(dim) per codebook (as the published code),
-#                     lazy AdamW (only touched rows step)
+#   defaults          the server's defaults, no tuning flag (README,
+#                     "Defaults": initial values uniform in +-0.01, cqr
+#                     phases zero the codebooks' optimizer state), lazy
+#                     AdamW (only touched rows step)
 #   dense             defaults, but every row steps every batch (PyTorch's dense
 #                     AdamW, which the reference uses), emulated by pushing
 #                     zero gradients for the IDs a batch does not use
-#   small_init        initial values uniform in +-0.01, lazy AdamW
-#   small_init_reset  small_init, and cqr phases zero the optimizer state
+#   old_defaults      the defaults before issue 15: initial values in
+#                     +-1/sqrt(dim) (as the published code), optimizer state
+#                     kept across phases
+#   small_init        initial values in +-0.01, optimizer state kept
+#   small_init_reset  initial values in +-0.01 and the reset, as flags (the
+#                     defaults, spelled out)
 # Override with VARIANTS="defaults small_init" (names from the list), and
 # SEEDS, EPOCHS, KINDS, PPDS, JOBS (trainers at once, default 2).
 #
 # Writes to OUTDIR: runs.tsv (best validation AUC and log-loss per run),
 # summary.md (means and spreads beside the reference, the issue's targets,
 # bytes per ID), auc_<E>ep.png (AUC against parameters per ID, gnuplot),
+# auc_<E>ep_bytes.png (AUC against bytes per known ID while training:
+# parameters, optimizer state and index of both tables; runs.tsv column
+# train_bytes_per_id),
 # logs/ (each run's output and per-epoch TSV) and server.log.
 set -euo pipefail
 
@@ -58,12 +66,19 @@ if [ "${1:-}" = "--run-one" ]; then
       for (i = 1; i <= NF; i++) { split($i, a, "="); if (a[1] == key) return a[2] }
       return ""
     }
-    /^memory table=/ { ids += kv("ids"); idx += kv("index_bytes"); par += (kv("bytes") - kv("index_bytes")) / 4 }
+    /^memory table=/ {
+      ids += kv("ids"); idx += kv("index_bytes"); par += (kv("bytes") - kv("index_bytes")) / 4
+      # parameters + optimizer state + index: what training holds per known
+      # ID (full: the optimizer state of the rows in use, as its params)
+      pb = kv("bytes") - kv("index_bytes"); ob = kv("optimizer_bytes")
+      if (kv("kind") == "full" && kv("param_bytes") > 0) ob = ob * pb / kv("param_bytes")
+      tb += kv("bytes") + ob; kn += (kv("known_ids") > 0 ? kv("known_ids") : kv("ids"))
+    }
     /^memory_total / { bpi = kv("bytes_per_id") }
     /^best_auc=/ { auc = kv("best_auc"); ll = kv("best_logloss") }
     END {
-      printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.3f\t%s\n", v, k, (k == "full" ? 0 : p), s, e,
-             auc, ll, bpi, idx / ids, par / ids, t
+      printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.3f\t%s\t%.2f\n", v, k, (k == "full" ? 0 : p), s, e,
+             auc, ll, bpi, idx / ids, par / ids, t, (kn > 0 ? tb / kn : 0)
     }' "$log"
   exit 0
 fi
@@ -81,7 +96,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 OUT=${OUT:-"$ROOT/bench/out/quality"}
-VARIANTS=${VARIANTS:-"defaults dense small_init small_init_reset"}
+VARIANTS=${VARIANTS:-"defaults dense old_defaults small_init"}
 SEEDS=${SEEDS:-"1 2 3"}
 EPOCHS=${EPOCHS:-"10 50"}
 KINDS=${KINDS:-"full hash ce cqr"}
@@ -91,7 +106,8 @@ BUILD_DIR=${BUILD_DIR:-"$ROOT/build"}
 
 export FLAGS_defaults=""
 export FLAGS_dense="--dense"
-export FLAGS_small_init="--init-scale 0.01"
+export FLAGS_old_defaults="--init-scale 0.1767767 --no-reset-optimizer"
+export FLAGS_small_init="--init-scale 0.01 --no-reset-optimizer"
 export FLAGS_small_init_reset="--init-scale 0.01 --reset-optimizer"
 for v in $VARIANTS; do
   fv="FLAGS_$v"
@@ -174,7 +190,7 @@ echo "quality: data $DATA"
 echo "quality: output $OUT"
 
 export ADDR TRAIN DATA OUT
-printf 'variant\tkind\tppd\tseed\tepochs\tbest_auc\tbest_logloss\tbytes_per_id\tindex_bytes_per_id\tparams_per_id\tseconds\n' >"$OUT/runs.tsv"
+printf 'variant\tkind\tppd\tseed\tepochs\tbest_auc\tbest_logloss\tbytes_per_id\tindex_bytes_per_id\tparams_per_id\tseconds\ttrain_bytes_per_id\n' >"$OUT/runs.tsv"
 done_n=0 failed=0
 while IFS= read -r line; do
   done_n=$((done_n + 1))
@@ -185,7 +201,7 @@ while IFS= read -r line; do
       continue ;;
   esac
   printf '%s\n' "$line" >>"$OUT/runs.tsv"
-  IFS=$'\t' read -r v k p s e auc ll _ _ _ secs <<<"$line"
+  IFS=$'\t' read -r v k p s e auc ll _ _ _ secs _ <<<"$line"
   printf '[%3d/%d %s] %-16s %-4s P=%-4s seed=%s epochs=%-2s auc=%.4f logloss=%.4f (%ss)\n' \
     "$done_n" "$total" "$(since)" "$v" "$k" "$([ "$k" = full ] && echo - || echo "$p")" \
     "$s" "$e" "$auc" "$ll" "$secs"
@@ -221,6 +237,7 @@ blas=$(sed -n 's/.*blas_core=\([^ ]*\).*/\1/p' "$OUT/server.log" 2>/dev/null | h
   echo "columns are different methods at the same budget."
   echo
   env FLAGS_defaults="(none: server defaults)" FLAGS_dense="$FLAGS_dense" \
+      FLAGS_old_defaults="$FLAGS_old_defaults" \
       FLAGS_small_init="$FLAGS_small_init" FLAGS_small_init_reset="$FLAGS_small_init_reset" \
       awk -f "$HERE/quality_summary.awk" -v variants="$VARIANTS" \
       -v flags_env=1 "$HERE/quality_reference.tsv" "$OUT/runs.tsv"
@@ -236,70 +253,82 @@ if ! command -v gnuplot >/dev/null 2>&1; then
     echo "quality: could not install gnuplot-nox; no plot" >&2
 fi
 
-# ---- Plot: AUC against parameters per ID -------------------------------------
-if command -v gnuplot >/dev/null 2>&1; then
-  for e in $EPOCHS; do
-    # ours: variant kind -> x mean std
-    awk -F'\t' -v e="$e" -v out="$OUT" 'NR > 1 && $5 == e {
-        k = $1 "-" $2; key = k SUBSEP $3; n[key]++; s[key] += $6; ss[key] += $6 * $6; x[key] = $10; kk[key] = k
-      } END {
-        for (key in n) { m = s[key] / n[key]; v = ss[key] / n[key] - m * m
-          printf "%s %.6f %.6f\n", x[key], m, (v > 0 ? sqrt(v) : 0) >> (out "/plot_" e "_" kk[key] ".dat") }
-      }' "$OUT/runs.tsv"
-    # the reference at the same budgets: params/ID = 2 * P * 32 / (943 + 1642)
-    awk -F'\t' -v e="$e" -v out="$OUT" '!/^#/ && $1 == e {
+# ---- Plots: AUC against parameters per ID, and against bytes per ID -----------
+# plot_axis E COL NAME XLABEL: auc_<E>ep<NAME>.png with runs.tsv column COL
+# on the x axis (10: float parameters per ID; 12: bytes per known ID with
+# the optimizer state and the index). The reference is drawn on the first
+# axis only (its bytes are not ours to count).
+plot_axis() {
+  local e=$1 col=$2 name=$3 xlabel=$4 tag="$1$3"
+  rm -f "$OUT"/plot_"$tag"_*.dat
+  # ours: variant kind -> x mean std
+  awk -F'\t' -v e="$e" -v c="$col" -v out="$OUT" -v tag="$tag" 'NR > 1 && $5 == e && $c != "" {
+      k = $1 "-" $2; key = k SUBSEP $3; n[key]++; s[key] += $6; ss[key] += $6 * $6; x[key] = $c; kk[key] = k
+    } END {
+      for (key in n) { m = s[key] / n[key]; v = ss[key] / n[key] - m * m
+        printf "%s %.6f %.6f\n", x[key], m, (v > 0 ? sqrt(v) : 0) >> (out "/plot_" tag "_" kk[key] ".dat") }
+    }' "$OUT/runs.tsv"
+  # the reference at the same budgets: params/ID = 2 * P * 32 / (943 + 1642)
+  if [ "$col" = 10 ]; then
+    awk -F'\t' -v e="$e" -v out="$OUT" -v tag="$tag" '!/^#/ && $1 == e {
         x = ($3 == 0) ? 32 : 64 * $3 / 2585
-        printf "%.6f %s\n", x, $4 >> (out "/plot_" e "_reference-" $2 ".dat") }' "$HERE/quality_reference.tsv"
-    for f in "$OUT"/plot_"$e"_*.dat; do sort -g -o "$f" "$f"; done
-    {
-      echo "set terminal pngcairo size 1000,650 font ',10' noenhanced"
-      echo "set output '$OUT/auc_${e}ep.png'"
-      echo "set title 'GMF on MovieLens-100k, $e epochs: best validation AUC vs parameters per ID (both tables)'"
-      echo "set logscale x 2"
-      echo "set xlabel 'float parameters per ID (users + items); full table = 32'"
-      echo "set ylabel 'validation AUC (mean over seeds)'"
-      echo "set key outside right top"
-      echo "set grid"
-      printf "plot "
-      sep=""
-      colors=(1f77b4 ff7f0e d62728 2ca02c 9467bd 8c564b e377c2 17becf)
-      first=${VARIANTS%% *} last=${VARIANTS##* } vi=0
-      for v in $VARIANTS; do
-        lc="lc rgb '#${colors[$((vi % 8))]}'"
-        vi=$((vi + 1))
-        for k in cqr ce hash full; do
-          f="$OUT/plot_${e}_${v}-${k}.dat"
-          [ -f "$f" ] || continue
-          case "$k" in
-            cqr) style="with yerrorlines lw 2 pt 7 $lc" ;;
-            ce) style="with yerrorlines dt 2 pt 2 $lc" ;;
-            hash) style="with yerrorlines dt 4 pt 3 $lc" ;;
-            full) style="with points pt 9 ps 2 $lc" ;;
-          esac
-          # ce and hash of the first and last variants only, for legibility
-          if [ "$k" = ce ] || [ "$k" = hash ]; then
-            [ "$v" = "$first" ] || [ "$v" = "$last" ] || continue
-          fi
-          printf "%s'%s' using 1:2:3 %s title 'ours %s, %s'" "$sep" "$f" "$style" "$k" "$v"
-          sep=", \\
-  "
-        done
-      done
+        printf "%.6f %s\n", x, $4 >> (out "/plot_" tag "_reference-" $2 ".dat") }' "$HERE/quality_reference.tsv"
+  fi
+  for f in "$OUT"/plot_"$tag"_*.dat; do [ -f "$f" ] && sort -g -o "$f" "$f"; done
+  {
+    echo "set terminal pngcairo size 1000,650 font ',10' noenhanced"
+    echo "set output '$OUT/auc_${tag}.png'"
+    echo "set title 'GMF, $e epochs: best validation AUC vs $xlabel'"
+    echo "set logscale x 2"
+    echo "set xlabel '$xlabel'"
+    echo "set ylabel 'validation AUC (mean over seeds)'"
+    echo "set key outside right top"
+    echo "set grid"
+    printf "plot "
+    sep=""
+    colors=(1f77b4 ff7f0e d62728 2ca02c 9467bd 8c564b e377c2 17becf)
+    first=${VARIANTS%% *} last=${VARIANTS##* } vi=0
+    for v in $VARIANTS; do
+      lc="lc rgb '#${colors[$((vi % 8))]}'"
+      vi=$((vi + 1))
       for k in cqr ce hash full; do
-        f="$OUT/plot_${e}_reference-${k}.dat"
+        f="$OUT/plot_${tag}_${v}-${k}.dat"
         [ -f "$f" ] || continue
-        printf "%s'%s' using 1:2 with linespoints dt 3 lc rgb 'black' pt %d title 'reference %s'" \
-          "$sep" "$f" "$(case $k in cqr) echo 5;; ce) echo 9;; hash) echo 11;; *) echo 13;; esac)" "$k"
+        case "$k" in
+          cqr) style="with yerrorlines lw 2 pt 7 $lc" ;;
+          ce) style="with yerrorlines dt 2 pt 2 $lc" ;;
+          hash) style="with yerrorlines dt 4 pt 3 $lc" ;;
+          full) style="with points pt 9 ps 2 $lc" ;;
+        esac
+        # ce and hash of the first and last variants only, for legibility
+        if [ "$k" = ce ] || [ "$k" = hash ]; then
+          [ "$v" = "$first" ] || [ "$v" = "$last" ] || continue
+        fi
+        printf "%s'%s' using 1:2:3 %s title 'ours %s, %s'" "$sep" "$f" "$style" "$k" "$v"
         sep=", \\
   "
       done
-      echo
-    } >"$OUT/auc_${e}ep.gp"
-    gnuplot "$OUT/auc_${e}ep.gp" 2>"$OUT/gnuplot.err" || { echo "quality: gnuplot failed:" >&2; cat "$OUT/gnuplot.err" >&2; }
+    done
+    for k in cqr ce hash full; do
+      f="$OUT/plot_${tag}_reference-${k}.dat"
+      [ -f "$f" ] || continue
+      printf "%s'%s' using 1:2 with linespoints dt 3 lc rgb 'black' pt %d title 'reference %s'" \
+        "$sep" "$f" "$(case $k in cqr) echo 5;; ce) echo 9;; hash) echo 11;; *) echo 13;; esac)" "$k"
+      sep=", \\
+  "
+    done
+    echo
+  } >"$OUT/auc_${tag}.gp"
+  gnuplot "$OUT/auc_${tag}.gp" 2>"$OUT/gnuplot.err" || { echo "quality: gnuplot failed:" >&2; cat "$OUT/gnuplot.err" >&2; }
+}
+if command -v gnuplot >/dev/null 2>&1; then
+  for e in $EPOCHS; do
+    plot_axis "$e" 10 ep "float parameters per ID (users + items); full table = 32"
+    plot_axis "$e" 12 ep_bytes "bytes per known ID while training (parameters + optimizer state + index, both tables)"
   done
 fi
 
 echo
 echo "quality: grid done in $grid_time, $failed failed"
-echo "quality: $OUT/summary.md, $OUT/runs.tsv, $(ls "$OUT"/auc_*ep.png 2>/dev/null | tr '\n' ' ')"
+echo "quality: $OUT/summary.md, $OUT/runs.tsv, $(ls "$OUT"/auc_*.png 2>/dev/null | tr '\n' ' ')"
 [ "$failed" -eq 0 ]

@@ -4,7 +4,8 @@
 #       quality_reference.tsv runs.tsv > summary.md
 #
 # runs.tsv columns: variant kind ppd seed epochs best_auc best_logloss
-# bytes_per_id index_bytes_per_id params_per_id seconds (ppd 0 = full).
+# bytes_per_id index_bytes_per_id params_per_id seconds train_bytes_per_id
+# (ppd 0 = full; the last column is absent in older files).
 # Means and standard deviations (ddof = 0, as numpy's default) over seeds,
 # per variant, epochs, kind and P, beside the reference figures, then the
 # issue's targets checked one by one, then bytes per ID per kind.
@@ -23,6 +24,7 @@ file == 1 {                     # reference: epochs kind ppd auc auc_std bce
     k = $1 SUBSEP $5 SUBSEP $2 SUBSEP $3
     n[k]++; s[k] += $6; ss[k] += $6 * $6; l[k] += $7
     bpi[$2 SUBSEP $3] = $8; ipi[$2 SUBSEP $3] = $9; ppi[$2 SUBSEP $3] = $10
+    if (NF >= 12) tpi[$2 SUBSEP $3] = $12
     secs[$1] += $11
     if (!($5 in seen_e)) { seen_e[$5] = 1; E[++ne] = $5 }
     if ($3 > 0 && !($3 in seen_p)) { seen_p[$3] = 1; P[++np] = $3 }
@@ -40,6 +42,7 @@ function rs(e, kind, p,   k) {
     return ref_std[k] == "-" ? ref_auc[k] : ref_auc[k] " ± " ref_std[k]
 }
 function rb(e, kind, p,   k) { k = e SUBSEP kind SUBSEP p; return (k in ref_bce) && ref_bce[k] != "-" ? ref_bce[k] : "–" }
+function tb(kind, p,   k) { k = kind SUBSEP p; return (k in tpi) ? sprintf("%.1f", tpi[k]) : "–" }
 function verdict(ok) { return ok ? "**pass**" : "**FAIL**" }
 
 END {
@@ -109,16 +112,21 @@ END {
     }
 
     printf "## Memory: bytes per ID (both tables, users + items)\n\n"
-    printf "Parameters plus the known-ID index (cqr: the learned pointers and the\n"
-    printf "IDs they belong to); full: one float row per ID plus its index.\n"
-    printf "Optimizer state (training only) is not counted. params/ID counts floats.\n\n"
-    printf "| P | params/ID | hash B/ID | ce B/ID | cqr B/ID | of which cqr index |\n|---|---|---|---|---|---|\n"
+    printf "Two axes. *Serving*: parameters plus the known-ID index (cqr: the learned\n"
+    printf "pointers and the IDs they belong to; full: one float row per ID plus its\n"
+    printf "index), per ID of the data set. *Training*: the same plus the optimizer\n"
+    printf "state (Adam: two floats per parameter), per known ID; the x axis of\n"
+    printf "auc_<E>ep_bytes.png. params/ID counts floats (the x axis of auc_<E>ep.png).\n\n"
+    printf "| P | params/ID | hash B/ID | ce B/ID | cqr B/ID | of which cqr index | hash train B/ID | ce train B/ID | cqr train B/ID |\n"
+    printf "|---|---|---|---|---|---|---|---|---|\n"
     for (pi = 1; pi <= np; pi++) {
         p = P[pi]
-        printf "| %d | %.2f | %.1f | %.1f | %.1f | %.1f |\n", p, ppi["cqr" SUBSEP p], bpi["hash" SUBSEP p],
-            bpi["ce" SUBSEP p], bpi["cqr" SUBSEP p], ipi["cqr" SUBSEP p]
+        printf "| %d | %.2f | %.1f | %.1f | %.1f | %.1f | %s | %s | %s |\n", p, ppi["cqr" SUBSEP p], bpi["hash" SUBSEP p],
+            bpi["ce" SUBSEP p], bpi["cqr" SUBSEP p], ipi["cqr" SUBSEP p],
+            tb("hash", p), tb("ce", p), tb("cqr", p)
     }
     if (("full" SUBSEP 0) in bpi)
-        printf "| full | %.2f | | | %.1f (full) | %.1f |\n", ppi["full" SUBSEP 0], bpi["full" SUBSEP 0], ipi["full" SUBSEP 0]
+        printf "| full | %.2f | | | %.1f (full) | %.1f | | | %s (full) |\n", ppi["full" SUBSEP 0], bpi["full" SUBSEP 0],
+            ipi["full" SUBSEP 0], tb("full", 0)
     printf "\n"
 }

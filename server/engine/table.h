@@ -146,6 +146,11 @@ struct cqr_par;
  * rows. Set it before the table is shared between threads. */
 void cqr_table_set_par(cqr_table_t *t, struct cqr_par *par);
 
+/* Bytes of growth that the calling thread's last push refused with
+ * CQR_ELIMIT asked the budget for (a full table's row block, or a
+ * known-ID map's growth); 0 before any. For the error's message. */
+uint64_t cqr_table_refused_bytes(void);
+
 /* Bytes the table has grown by since creation (the part a budget is
  * charged with). */
 uint64_t cqr_table_grown_bytes(cqr_table_t *t);

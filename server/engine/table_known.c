@@ -41,6 +41,14 @@ static uint64_t grown_locked(const cqr_table_t *t)
     return 0;
 }
 
+/* The growth the calling thread's last refused charge asked for. */
+static _Thread_local uint64_t refused_bytes;
+
+uint64_t cqr_table_refused_bytes(void)
+{
+    return refused_bytes;
+}
+
 /* Charges growth of `bytes` to the budget before allocating it: 0, or
  * CQR_ELIMIT with nothing charged. Exclusive lock held. */
 static int grow_charge(cqr_table_t *t, uint64_t bytes)
@@ -50,6 +58,8 @@ static int grow_charge(cqr_table_t *t, uint64_t bytes)
     int rc = cqr_budget_charge(t->budget, bytes);
     if (rc == 0)
         t->charged += bytes;
+    else
+        refused_bytes = bytes;
     return rc;
 }
 

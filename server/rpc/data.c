@@ -320,10 +320,11 @@ int cqr_op_push(cqr_call_t *c, const cqr_data_req_t *m)
         return part_fail(c, m, bad, rc, "a cluster phase's push log is "
                          "full; nothing applied, retry after the phase");
     case CQR_ELIMIT:
-        return part_fail(c, m, bad, rc, "push needs memory for new IDs of "
-                         "table '%s' but the tables hold %" PRIu64 " of %"
-                         PRIu64 " bytes (--max-table-memory); nothing "
-                         "applied", part_table(c, bad),
+        return part_fail(c, m, bad, rc, "push needs %" PRIu64 " more "
+                         "bytes for new IDs of table '%s' but the tables "
+                         "hold %" PRIu64 " of %" PRIu64 " bytes "
+                         "(--max-table-memory); nothing applied",
+                         cqr_table_refused_bytes(), part_table(c, bad),
                          cqr_registry_bytes(c->ctx->reg),
                          c->ctx->cfg->max_table_memory);
     case CQR_EINVAL:

@@ -94,6 +94,10 @@ START_TEST(test_full_table_bounded)
         ck_assert_uint_eq(cqr_budget_used(&b), cqr_table_grown_bytes(t));
     }
     ck_assert_int_eq(rc, CQR_ELIMIT);
+    /* The refusal knows what it needed (the third block, or the row
+     * map's growth), for LIMIT_EXCEEDED's message. */
+    ck_assert_uint_gt(cqr_table_refused_bytes(), 0);
+    ck_assert_uint_le(cqr_table_refused_bytes(), block + (8u << 20));
     /* Two blocks were admitted, a third was not. */
     cqr_table_stats_t st;
     cqr_table_stats(t, &st);

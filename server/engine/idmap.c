@@ -10,19 +10,14 @@
 
 #define CQR_IDMAP_MIN 16
 
-static int alloc_arrays(cqr_idmap_t *m, size_t cap)
+static int alloc_slots(cqr_idmap_t *m, size_t cap)
 {
-    if (cap > SIZE_MAX / 8 / (m->vw > 8 ? m->vw : 8))
+    if (cap > SIZE_MAX / 2 / m->stride)
         return CQR_ENOMEM;
-    uint64_t *keys = cqr_big_calloc(cap, sizeof(uint64_t));
-    uint8_t *vals = cqr_big_calloc(cap, m->vw);
-    if (!keys || !vals) {
-        cqr_big_free(keys, cap, sizeof(uint64_t));
-        cqr_big_free(vals, cap, m->vw);
+    uint8_t *slots = cqr_big_calloc(cap, m->stride);
+    if (!slots)
         return CQR_ENOMEM;
-    }
-    m->keys = keys;
-    m->vals = vals;
+    m->slots = slots;
     m->cap = cap;
     return 0;
 }
@@ -32,72 +27,54 @@ int cqr_idmap_init(cqr_idmap_t *m, uint32_t vw, size_t initial)
     memset(m, 0, sizeof *m);
     assert(vw >= 1);
     m->vw = vw;
-    m->zero_val = calloc(1, vw);
-    if (!m->zero_val)
+    m->stride = (8 + vw + 7) & ~7u;
+    m->zero_slot = calloc(1, m->stride);
+    if (!m->zero_slot)
         return CQR_ENOMEM;
     size_t cap = initial < CQR_IDMAP_MIN ? CQR_IDMAP_MIN : initial;
-    int rc = alloc_arrays(m, cap);
+    int rc = alloc_slots(m, cap);
     if (rc) {
-        free(m->zero_val);
-        m->zero_val = NULL;
+        free(m->zero_slot);
+        m->zero_slot = NULL;
     }
     return rc;
 }
 
-static void free_arrays(cqr_idmap_t *m)
-{
-    cqr_big_free(m->keys, m->cap, sizeof(uint64_t));
-    cqr_big_free(m->vals, m->cap, m->vw);
-}
-
 void cqr_idmap_free(cqr_idmap_t *m)
 {
-    free_arrays(m);
-    free(m->zero_val);
+    cqr_big_free(m->slots, m->cap, m->stride);
+    free(m->zero_slot);
     memset(m, 0, sizeof *m);
 }
 
-void *cqr_idmap_find(const cqr_idmap_t *m, uint64_t id)
-{
-    if (id == 0)
-        return m->has_zero ? m->zero_val : NULL;
-    size_t i = cqr_idmap_slot(m, id);
-    for (;;) {
-        uint64_t k = m->keys[i];
-        if (k == id)
-            return m->vals + i * m->vw;
-        if (k == 0)
-            return NULL;
-        if (++i == m->cap)
-            i = 0;
-    }
-}
-
-/* Places id in the arrays (known absent, room guaranteed). */
+/* Places id in the slots (known absent, room guaranteed); returns its
+ * slot. */
 static uint8_t *place(cqr_idmap_t *m, uint64_t id)
 {
     size_t i = cqr_idmap_slot(m, id);
-    while (m->keys[i] != 0) {
+    while (cqr_idmap_key_at(m, i) != 0) {
         if (++i == m->cap)
             i = 0;
     }
-    m->keys[i] = id;
-    return m->vals + i * m->vw;
+    uint8_t *s = m->slots + i * m->stride;
+    memcpy(s, &id, sizeof id);
+    return s;
 }
 
 static int rehash(cqr_idmap_t *m, size_t cap)
 {
     cqr_idmap_t old = *m;
-    int rc = alloc_arrays(m, cap);
+    int rc = alloc_slots(m, cap);
     if (rc) {
         *m = old;
         return rc;
     }
     for (size_t i = 0; i < old.cap; i++) {
-        if (old.keys[i] != 0)
-            memcpy(place(m, old.keys[i]), old.vals + i * old.vw, old.vw);
+        uint64_t k = cqr_idmap_key_at(&old, i);
+        if (k != 0)
+            memcpy(place(m, k) + 8, old.slots + i * old.stride + 8, old.vw);
     }
-    free_arrays(&old);
+    cqr_big_free(old.slots, old.cap, old.stride);
     return 0;
 }
 
@@ -114,15 +91,15 @@ int cqr_idmap_reserve(cqr_idmap_t *m, size_t n)
     return rehash(m, cap_for(n));
 }
 
-/* The capacity after inserting one more key into the arrays: grows by
+/* The capacity after inserting one more key into the slots: grows by
  * 1.25x past 85% load. */
 static size_t grown_cap(const cqr_idmap_t *m)
 {
-    /* Keys in the arrays (ID 0 lives outside) after this insert. */
+    /* Keys in the slots (ID 0 lives outside) after this insert. */
     size_t inarr = m->count - (size_t)m->has_zero + 1;
     /* 1.25x at 85% load: the load then stays within [68%, 85%], so a
-     * slot of 16 bytes (cqr, 4 chunks, k <= 65536) costs at most 23.5
-     * bytes per known ID; 1.5x at 80% let it reach 30. */
+     * slot of 16 bytes (cqr, 4 chunks, k <= 65536; full) costs at most
+     * 23.5 bytes per known ID; 1.5x at 80% let it reach 30. */
     if (inarr * 20 <= m->cap * 17)
         return m->cap;
     size_t want = m->cap + m->cap / 4;
@@ -133,7 +110,7 @@ static size_t grown_cap(const cqr_idmap_t *m)
 
 uint64_t cqr_idmap_grow_bytes(const cqr_idmap_t *m)
 {
-    return (uint64_t)(grown_cap(m) - m->cap) * (sizeof(uint64_t) + m->vw);
+    return (uint64_t)(grown_cap(m) - m->cap) * m->stride;
 }
 
 int cqr_idmap_insert(cqr_idmap_t *m, uint64_t id, void **val, int *inserted)
@@ -146,9 +123,9 @@ int cqr_idmap_insert(cqr_idmap_t *m, uint64_t id, void **val, int *inserted)
     }
     if (id == 0) {
         m->has_zero = 1;
-        memset(m->zero_val, 0, m->vw);
+        memset(m->zero_slot, 0, m->stride);
         m->count++;
-        *val = m->zero_val;
+        *val = m->zero_slot + 8;
         *inserted = 1;
         return 0;
     }
@@ -158,10 +135,56 @@ int cqr_idmap_insert(cqr_idmap_t *m, uint64_t id, void **val, int *inserted)
         if (rc)
             return rc;
     }
-    *val = place(m, id);
+    *val = place(m, id) + 8;
     m->count++;
     *inserted = 1;
     return 0;
+}
+
+/* Whether slot j's ID, whose probe starts at home, may move back to the
+ * hole at i (i.e. home is not cyclically within (i, j]). */
+static int may_fill(size_t i, size_t j, size_t home)
+{
+    if (i <= j)
+        return home <= i || home > j;
+    return home <= i && home > j;
+}
+
+int cqr_idmap_delete(cqr_idmap_t *m, uint64_t id, cqr_idmap_moved_cb moved,
+                     void *ud)
+{
+    if (id == 0) {
+        if (!m->has_zero)
+            return 0;
+        m->has_zero = 0;
+        memset(m->zero_slot, 0, m->stride);
+        m->count--;
+        if (moved)
+            moved(ud, m->cap);
+        return 1;
+    }
+    uint8_t *v = cqr_idmap_find(m, id);
+    if (!v)
+        return 0;
+    size_t i = cqr_idmap_index_of(m, v);
+    for (size_t j = i;;) {
+        if (++j == m->cap)
+            j = 0;
+        uint64_t k = cqr_idmap_key_at(m, j);
+        if (k == 0)
+            break;
+        if (!may_fill(i, j, cqr_idmap_slot(m, k)))
+            continue;
+        memcpy(m->slots + i * m->stride, m->slots + j * m->stride, m->stride);
+        if (moved)
+            moved(ud, i);
+        i = j;
+    }
+    memset(m->slots + i * m->stride, 0, m->stride);
+    if (moved)
+        moved(ud, i);
+    m->count--;
+    return 1;
 }
 
 int cqr_idmap_next(const cqr_idmap_t *m, size_t *pos, uint64_t *id,
@@ -169,9 +192,10 @@ int cqr_idmap_next(const cqr_idmap_t *m, size_t *pos, uint64_t *id,
 {
     while (*pos < m->cap) {
         size_t i = (*pos)++;
-        if (m->keys[i] != 0) {
-            *id = m->keys[i];
-            *val = m->vals + i * m->vw;
+        uint64_t k = cqr_idmap_key_at(m, i);
+        if (k != 0) {
+            *id = k;
+            *val = m->slots + i * m->stride + 8;
             return 1;
         }
     }
@@ -179,7 +203,7 @@ int cqr_idmap_next(const cqr_idmap_t *m, size_t *pos, uint64_t *id,
         (*pos)++;
         if (m->has_zero) {
             *id = 0;
-            *val = m->zero_val;
+            *val = m->zero_slot + 8;
             return 1;
         }
     }
@@ -188,5 +212,5 @@ int cqr_idmap_next(const cqr_idmap_t *m, size_t *pos, uint64_t *id,
 
 uint64_t cqr_idmap_bytes(const cqr_idmap_t *m)
 {
-    return (uint64_t)m->cap * (sizeof(uint64_t) + m->vw) + m->vw;
+    return (uint64_t)(m->cap + 1) * m->stride;
 }

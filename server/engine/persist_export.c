@@ -109,7 +109,7 @@ static int enc_meta(cqr_table_t *t, cqr_segment_t *sg)
     if (t->ncb)
         bytes += 2 * (size_t)t->c * 8;
     if (m)
-        bytes += 8 + 8 + 4 + 4 + m->vw;
+        bytes += 8 + 8 + 4 + 4 + cqr_map_pvw(t, m);
     if (t->cfg.kind == CQR_KIND_FULL)
         bytes += 8;
     int rc = seg_alloc(NULL, sg, CQR_PAGE_META, 0, CQR_SEG_BASE, bytes);
@@ -136,9 +136,9 @@ static int enc_meta(cqr_table_t *t, cqr_segment_t *sg)
     if (m) {
         cqr_put_u64(&w, m->cap);
         cqr_put_u64(&w, m->count);
-        cqr_put_u32(&w, m->vw);
+        cqr_put_u32(&w, cqr_map_pvw(t, m));
         cqr_put_u32(&w, (uint32_t)m->has_zero);
-        cqr_put(&w, m->zero_val, m->vw);
+        cqr_put(&w, cqr_idmap_val_at(m, m->cap), cqr_map_pvw(t, m));
     }
     if (t->cfg.kind == CQR_KIND_FULL)
         cqr_put_u64(&w, t->nrows);
@@ -244,18 +244,23 @@ static int rows_page(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
 
 /* ---- Export of map pages ------------------------------------------------ */
 
+/* A map page's payload: the n IDs of its slots (0 = empty), then their
+ * values (pvw bytes each), gathered from the interleaved slots. */
 static int map_base(exp_ctx_t *cx, cqr_segment_t *sg, const cqr_idmap_t *m,
                     uint32_t p)
 {
-    uint32_t n = cqr_page_slots(m->cap, p);
-    size_t lo = (size_t)p * CQR_MAP_PAGE;
+    const uint32_t n = cqr_page_slots(m->cap, p);
+    const uint32_t pvw = cqr_map_pvw(cx->t, m);
+    const size_t lo = (size_t)p * CQR_MAP_PAGE;
     int rc = seg_alloc(cx, sg, CQR_PAGE_MAP, p, CQR_SEG_BASE,
-                       (size_t)n * (8 + m->vw));
+                       (size_t)n * (8 + pvw));
     if (rc || !sg->data)
         return rc; /* out of memory, or planning */
     cqr_wr_t w = {sg->data + CQR_SEGMENT_HEADER};
-    cqr_put(&w, m->keys + lo, (size_t)n * 8);
-    cqr_put(&w, m->vals + lo * m->vw, (size_t)n * m->vw);
+    for (uint32_t q = 0; q < n; q++)
+        cqr_put_u64(&w, cqr_idmap_key_at(m, lo + q));
+    for (uint32_t q = 0; q < n; q++)
+        cqr_put(&w, cqr_idmap_val_at(m, lo + q), pvw);
     sg->items = n;
     return 0;
 }
@@ -264,9 +269,10 @@ static int map_base(exp_ctx_t *cx, cqr_segment_t *sg, const cqr_idmap_t *m,
 static int map_delta(exp_ctx_t *cx, cqr_segment_t *sg, const cqr_idmap_t *m,
                      uint32_t p, const uint32_t *sl, uint32_t cnt)
 {
-    size_t lo = (size_t)p * CQR_MAP_PAGE;
+    const uint32_t pvw = cqr_map_pvw(cx->t, m);
+    const size_t lo = (size_t)p * CQR_MAP_PAGE;
     int rc = seg_alloc(cx, sg, CQR_PAGE_MAP, p, CQR_SEG_DELTA,
-                       8 + (size_t)cnt * (4 + 8 + m->vw));
+                       8 + (size_t)cnt * (4 + 8 + pvw));
     if (rc || !sg->data)
         return rc; /* out of memory, or planning */
     cqr_wr_t w = {sg->data + CQR_SEGMENT_HEADER};
@@ -274,9 +280,9 @@ static int map_delta(exp_ctx_t *cx, cqr_segment_t *sg, const cqr_idmap_t *m,
     cqr_put_u32(&w, 0);
     cqr_put(&w, sl, (size_t)cnt * 4);
     for (uint32_t q = 0; q < cnt; q++)
-        cqr_put_u64(&w, m->keys[lo + sl[q]]);
+        cqr_put_u64(&w, cqr_idmap_key_at(m, lo + sl[q]));
     for (uint32_t q = 0; q < cnt; q++)
-        cqr_put(&w, m->vals + (lo + sl[q]) * m->vw, m->vw);
+        cqr_put(&w, cqr_idmap_val_at(m, lo + sl[q]), pvw);
     sg->items = cnt;
     return 0;
 }
@@ -409,7 +415,8 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
     full += t->nrows * cqr_row_bytes(t, t->cfg.dim) +
             t->nblocks * CQR_SEGMENT_HEADER;
     if (m)
-        full += (uint64_t)m->cap * (8 + m->vw) + nmp * CQR_SEGMENT_HEADER;
+        full += (uint64_t)m->cap * (8 + cqr_map_pvw(t, m)) +
+                nmp * CQR_SEGMENT_HEADER;
     x->full_bytes = full;
     return 0;
 }

@@ -146,6 +146,14 @@ static inline cqr_idmap_t *cqr_tracked_map(cqr_table_t *t)
     return NULL;
 }
 
+/* Bytes of a map value in segments: a full table's row index only (the
+ * row's seqlock counter beside it in the slot is not state); a cqr
+ * table's pointers. */
+static inline uint32_t cqr_map_pvw(const cqr_table_t *t, const cqr_idmap_t *m)
+{
+    return t->cfg.kind == CQR_KIND_FULL ? 4 : m->vw;
+}
+
 /* Map pages of a map of `cap` slots, and the slots of page p. */
 static inline size_t cqr_map_pages(size_t cap)
 {

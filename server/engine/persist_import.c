@@ -99,22 +99,23 @@ static int im_meta(cqr_import_t *im, cqr_rd_t *r)
     if (m) {
         uint64_t cap = cqr_get_u64(r), count = cqr_get_u64(r);
         uint32_t vw = cqr_get_u32(r), has_zero = cqr_get_u32(r);
-        if (r->bad || vw != m->vw || has_zero > 1 || cap < 16 ||
+        if (r->bad || vw != cqr_map_pvw(t, m) || has_zero > 1 || cap < 16 ||
             cap > (1ull << 40) || count - has_zero >= cap || count < has_zero)
             return im_fail(im, CQR_ECORRUPT,
                            "meta: impossible map shape (cap %llu, count "
                            "%llu, value width %u)",
                            (unsigned long long)cap, (unsigned long long)count,
                            vw);
+        const uint32_t mvw = m->vw; /* the table's, maybe wider than vw */
         cqr_idmap_free(m);
-        int rc = cqr_idmap_init(m, vw, (size_t)cap);
+        int rc = cqr_idmap_init(m, mvw, (size_t)cap);
         if (rc)
             return im_fail(im, rc, "meta: map of %llu slots: %s",
                            (unsigned long long)cap, cqr_strerror(rc));
         assert(m->cap == cap);
         m->count = count;
         m->has_zero = (int)has_zero;
-        cqr_get(r, m->zero_val, vw);
+        cqr_get(r, cqr_idmap_val_at(m, m->cap), vw);
         im->map_count = count;
         im->nmp = cqr_map_pages(cap);
     }
@@ -202,35 +203,48 @@ static int im_rows(cqr_import_t *im, cqr_rd_t *r, cqr_seg_kind_t kind,
     return 0;
 }
 
+/* Sets slot i of m to id and a value of pvw bytes (the rest of the slot's
+ * value, a full row's counter, zero). */
+static void im_slot(cqr_idmap_t *m, size_t i, const uint8_t *id,
+                    const uint8_t *val, uint32_t pvw)
+{
+    uint8_t *s = m->slots + i * m->stride;
+    memset(s, 0, m->stride);
+    memcpy(s, id, 8);
+    memcpy(s + 8, val, pvw);
+}
+
 static int im_map(cqr_import_t *im, cqr_rd_t *r, cqr_seg_kind_t kind,
                   uint32_t p)
 {
     cqr_idmap_t *m = cqr_tracked_map(im->t);
     const uint32_t n = cqr_page_slots(m->cap, p);
+    const uint32_t pvw = cqr_map_pvw(im->t, m);
     const size_t lo = (size_t)p * CQR_MAP_PAGE;
     if (kind == CQR_SEG_BASE) {
-        if (r->n != (size_t)n * (8 + m->vw))
+        if (r->n != (size_t)n * (8 + pvw))
             return im_fail(im, CQR_ECORRUPT, "map/%u: %zu bytes, expected %zu",
-                           p, r->n, (size_t)n * (8 + m->vw));
-        cqr_get(r, m->keys + lo, (size_t)n * 8);
-        cqr_get(r, m->vals + lo * m->vw, (size_t)n * m->vw);
+                           p, r->n, (size_t)n * (8 + pvw));
+        const uint8_t *kp = cqr_take(r, (size_t)n * 8);
+        const uint8_t *vp = cqr_take(r, (size_t)n * pvw);
+        for (uint32_t q = 0; q < n; q++)
+            im_slot(m, lo + q, kp + 8 * (size_t)q, vp + (size_t)q * pvw, pvw);
         return 0;
     }
     uint32_t cnt = cqr_get_u32(r);
     (void)cqr_get_u32(r);
-    if (r->bad || cnt > n || r->n != (size_t)cnt * (4 + 8 + m->vw))
+    if (r->bad || cnt > n || r->n != (size_t)cnt * (4 + 8 + pvw))
         return im_fail(im, CQR_ECORRUPT, "map/%u: bad delta length", p);
     const uint8_t *sp = cqr_take(r, (size_t)cnt * 4);
     const uint8_t *kp = cqr_take(r, (size_t)cnt * 8);
-    const uint8_t *vp = cqr_take(r, (size_t)cnt * m->vw);
+    const uint8_t *vp = cqr_take(r, (size_t)cnt * pvw);
     for (uint32_t q = 0; q < cnt; q++) {
         uint32_t s;
         memcpy(&s, sp + 4 * (size_t)q, 4);
         if (s >= n)
             return im_fail(im, CQR_ECORRUPT, "map/%u: delta slot %u of %u", p,
                            s, n);
-        memcpy(m->keys + lo + s, kp + 8 * (size_t)q, 8);
-        memcpy(m->vals + (lo + s) * m->vw, vp + (size_t)q * m->vw, m->vw);
+        im_slot(m, lo + s, kp + 8 * (size_t)q, vp + (size_t)q * pvw, pvw);
     }
     return 0;
 }
@@ -317,10 +331,10 @@ static int im_check_map(cqr_import_t *im)
     const cqr_idmap_t *m = cqr_tracked_map(t);
     uint64_t n = (uint64_t)m->has_zero;
     for (size_t s = 0; s < m->cap; s++) {
-        if (m->keys[s] == 0)
+        if (cqr_idmap_key_at(m, s) == 0)
             continue;
         n++;
-        const uint8_t *v = m->vals + s * m->vw;
+        const uint8_t *v = cqr_idmap_val_at(m, s);
         if (t->cfg.kind == CQR_KIND_FULL) {
             uint32_t row;
             memcpy(&row, v, 4);
@@ -338,12 +352,13 @@ static int im_check_map(cqr_import_t *im)
     if (m->has_zero) {
         if (t->cfg.kind == CQR_KIND_FULL) {
             uint32_t row;
-            memcpy(&row, m->zero_val, 4);
+            memcpy(&row, cqr_idmap_val_at(m, m->cap), 4);
             if (row >= t->nrows)
                 return im_fail(im, CQR_ECORRUPT, "meta: row of ID 0");
         } else {
             for (uint32_t i = 0; i < t->c; i++) {
-                if (cqr_ptr_get(m->zero_val, t->pw, i) >= t->k)
+                if (cqr_ptr_get(cqr_idmap_val_at(m, m->cap), t->pw, i) >=
+                    t->k)
                     return im_fail(im, CQR_ECORRUPT, "meta: pointer of ID 0");
             }
         }

@@ -28,6 +28,12 @@ uint32_t cqr_optim_state_floats(cqr_optim_kind_t opt, uint32_t w)
 
 int cqr_rows_init(cqr_rows_t *r, uint32_t n, uint32_t w, cqr_optim_kind_t opt)
 {
+    return cqr_rows_init_flags(r, n, w, opt, 0);
+}
+
+int cqr_rows_init_flags(cqr_rows_t *r, uint32_t n, uint32_t w,
+                        cqr_optim_kind_t opt, unsigned flags)
+{
     memset(r, 0, sizeof *r);
     assert(w > 0);
     r->n = n;
@@ -38,12 +44,14 @@ int cqr_rows_init(cqr_rows_t *r, uint32_t n, uint32_t w, cqr_optim_kind_t opt)
         adam_tab_ready();
     size_t nn = n ? n : 1;
     r->param = cqr_big_calloc(nn * (size_t)w, sizeof(float));
-    r->seq = calloc(nn, sizeof(uint32_t));
+    if (!(flags & CQR_ROWS_OWN_SEQ))
+        r->seq = calloc(nn, sizeof(uint32_t));
     if (r->sw)
         r->state = cqr_big_calloc(nn * (size_t)r->sw, sizeof(float));
     if (opt == CQR_OPT_ADAM)
         r->step = calloc(nn, sizeof(uint32_t));
-    if (!r->param || !r->seq || (r->sw && !r->state) ||
+    if (!r->param || (!(flags & CQR_ROWS_OWN_SEQ) && !r->seq) ||
+        (r->sw && !r->state) ||
         (opt == CQR_OPT_ADAM && !r->step)) {
         cqr_rows_free(r);
         return CQR_ENOMEM;
@@ -63,7 +71,8 @@ void cqr_rows_free(cqr_rows_t *r)
 
 int cqr_rows_clone(cqr_rows_t *dst, const cqr_rows_t *src)
 {
-    int rc = cqr_rows_init(dst, src->n, src->w, src->opt);
+    int rc = cqr_rows_init_flags(dst, src->n, src->w, src->opt,
+                                 src->seq ? 0 : CQR_ROWS_OWN_SEQ);
     if (rc)
         return rc;
     memcpy(dst->param, src->param, (size_t)src->n * src->w * sizeof(float));
@@ -92,7 +101,7 @@ uint64_t cqr_rows_state_bytes(const cqr_rows_t *r)
 {
     return (uint64_t)r->n * r->sw * sizeof(float) +
            (r->step ? (uint64_t)r->n * sizeof(uint32_t) : 0) +
-           (uint64_t)r->n * sizeof(uint32_t);
+           (r->seq ? (uint64_t)r->n * sizeof(uint32_t) : 0);
 }
 
 static inline void cpu_relax(void)
@@ -162,10 +171,10 @@ static inline void row_store_atomic(const cqr_rows_t *r, float *p,
  * reader that sees any word of a step in progress is then guaranteed to
  * see the odd counter that step set, so the re-check catches it. No
  * standalone fences, which ThreadSanitizer cannot model. */
-static void row_copy_atomic(const cqr_rows_t *r, uint32_t row, float *out)
+static void row_copy_atomic(const cqr_rows_t *r, uint32_t row,
+                            const uint32_t *seq, float *out)
 {
     const float *p = r->param + (size_t)row * r->w;
-    const uint32_t *seq = &r->seq[row];
     for (unsigned spins = 0;; cqr_rows_backoff(&spins)) {
         uint32_t s1 = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
         if (!(s1 & 1)) {
@@ -176,10 +185,11 @@ static void row_copy_atomic(const cqr_rows_t *r, uint32_t row, float *out)
     }
 }
 
-void cqr_rows_read_atomic(const cqr_rows_t *r, uint32_t row, float *out)
+void cqr_rows_read_atomic(const cqr_rows_t *r, uint32_t row,
+                          const uint32_t *seq, float *out)
 {
     assert(row < r->n);
-    row_copy_atomic(r, row, out);
+    row_copy_atomic(r, row, seq, out);
 }
 
 void cqr_rows_read_add_atomic(const cqr_rows_t *r, uint32_t row, float *out)
@@ -188,7 +198,7 @@ void cqr_rows_read_add_atomic(const cqr_rows_t *r, uint32_t row, float *out)
     float stackbuf[CQR_ROWS_STACK];
     float *tmp = r->w <= CQR_ROWS_STACK ? stackbuf : malloc(r->w * sizeof(float));
     assert(tmp);
-    row_copy_atomic(r, row, tmp);
+    row_copy_atomic(r, row, &r->seq[row], tmp);
     for (uint32_t j = 0; j < r->w; j++)
         out[j] += tmp[j];
     if (tmp != stackbuf)
@@ -341,6 +351,12 @@ static void row_unlock(uint32_t *seq, uint32_t s0)
 void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
                    const cqr_optim_config_t *o)
 {
+    cqr_rows_step_at(r, row, &r->seq[row], g, o);
+}
+
+void cqr_rows_step_at(cqr_rows_t *r, uint32_t row, uint32_t *seq,
+                      const float *g, const cqr_optim_config_t *o)
+{
     assert(row < r->n);
     assert(o->kind == r->opt);
     const uint32_t w = r->w;
@@ -350,13 +366,13 @@ void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
     float stackbuf[CQR_ROWS_STACK];
     float *np = w <= CQR_ROWS_STACK ? stackbuf : malloc(w * sizeof(float));
     assert(np);
-    const uint32_t s0 = row_lock(&r->seq[row]);
+    const uint32_t s0 = row_lock(seq);
     row_load(r, p, np);
 #else
     /* Readers discard whatever they copy while the counter is odd: step
      * the row in place. */
     float *np = p;
-    const uint32_t s0 = row_lock(&r->seq[row]);
+    const uint32_t s0 = row_lock(seq);
 #endif
     const float lr = o->lr;
     if (o->weight_decay > 0.0f) {
@@ -397,10 +413,10 @@ void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
     }
 #ifdef CQR_ROWS_ATOMIC
     row_store_atomic(r, p, np);
-    row_unlock(&r->seq[row], s0);
+    row_unlock(seq, s0);
     if (np != stackbuf)
         free(np);
 #else
-    row_unlock(&r->seq[row], s0);
+    row_unlock(seq, s0);
 #endif
 }

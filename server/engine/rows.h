@@ -47,14 +47,24 @@ typedef struct cqr_rows {
     float *state;    /* n x sw: Adagrad [acc], Adam [m(w) v(w)]; NULL if
                         sw == 0 */
     uint32_t *step;  /* n Adam step counts; NULL for other optimizers */
-    uint32_t *seq;   /* n seqlock counters, odd while a writer holds it */
+    uint32_t *seq;   /* n seqlock counters, odd while a writer holds it;
+                        NULL when the owner keeps each row's counter
+                        elsewhere (CQR_ROWS_OWN_SEQ: a full table keeps it
+                        in the row's map slot, one cache line fewer per
+                        lookup) and uses the *_at functions */
 } cqr_rows_t;
+
+/* cqr_rows_init_flags: the rows have no counters of their own. */
+#define CQR_ROWS_OWN_SEQ 1u
 
 /* Floats of optimizer state per row of width w. */
 uint32_t cqr_optim_state_floats(cqr_optim_kind_t opt, uint32_t w);
 
 /* Allocates n zeroed rows. CQR_ENOMEM on failure (r left empty). */
 int cqr_rows_init(cqr_rows_t *r, uint32_t n, uint32_t w, cqr_optim_kind_t opt);
+/* The same, with CQR_ROWS_* flags. */
+int cqr_rows_init_flags(cqr_rows_t *r, uint32_t n, uint32_t w,
+                        cqr_optim_kind_t opt, unsigned flags);
 void cqr_rows_free(cqr_rows_t *r);
 
 /* Deep copy of src's parameters and state into a fresh dst. Caller
@@ -64,7 +74,8 @@ int cqr_rows_clone(cqr_rows_t *dst, const cqr_rows_t *src);
 /* Zeroes the optimizer state (not the parameters). Exclusive access. */
 void cqr_rows_reset_state(cqr_rows_t *r);
 
-/* Bytes of parameters / optimizer state (state includes step + seq). */
+/* Bytes of parameters / optimizer state (state includes step + seq, if
+ * the rows have their own counters). */
 uint64_t cqr_rows_param_bytes(const cqr_rows_t *r);
 uint64_t cqr_rows_state_bytes(const cqr_rows_t *r);
 
@@ -74,7 +85,8 @@ static inline void cqr_rows_prefetch(const cqr_rows_t *r, uint32_t row)
     const char *p = (const char *)(r->param + (size_t)row * r->w);
     for (size_t b = 0; b < (size_t)r->w * sizeof(float); b += 64)
         __builtin_prefetch(p + b);
-    __builtin_prefetch(&r->seq[row]);
+    if (r->seq)
+        __builtin_prefetch(&r->seq[row]);
     __atomic_signal_fence(__ATOMIC_SEQ_CST); /* see cqr_idmap_prefetch */
 }
 
@@ -102,7 +114,8 @@ static inline void cqr_rows_prefetch_step(const cqr_rows_t *r, uint32_t row)
 
 /* Out-of-line parts of the readers: the atomic copies of TSan builds and
  * the back-off while a writer holds a row. */
-void cqr_rows_read_atomic(const cqr_rows_t *r, uint32_t row, float *out);
+void cqr_rows_read_atomic(const cqr_rows_t *r, uint32_t row,
+                          const uint32_t *seq, float *out);
 void cqr_rows_read_add_atomic(const cqr_rows_t *r, uint32_t row, float *out);
 void cqr_rows_backoff(unsigned *spins);
 
@@ -166,15 +179,15 @@ static inline void cqr_rows_copy_plain(float *dst, const float *a,
 }
 #endif
 
-/* Copies row `row` to out[0..w): a consistent row, lock-free. */
-static inline void cqr_rows_read(const cqr_rows_t *r, uint32_t row,
-                                 float *out)
+/* Copies row `row`, whose counter is *seq, to out[0..w): a consistent
+ * row, lock-free. */
+static inline void cqr_rows_read_at(const cqr_rows_t *r, uint32_t row,
+                                    const uint32_t *seq, float *out)
 {
 #ifdef CQR_ROWS_ATOMIC
-    cqr_rows_read_atomic(r, row, out);
+    cqr_rows_read_atomic(r, row, seq, out);
 #else
     const float *p = r->param + (size_t)row * r->w;
-    const uint32_t *seq = &r->seq[row];
     for (unsigned spins = 0;; cqr_rows_backoff(&spins)) {
         uint32_t s = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
         if (s & 1)
@@ -187,6 +200,13 @@ static inline void cqr_rows_read(const cqr_rows_t *r, uint32_t row,
 #endif
 }
 
+/* Copies row `row` (of rows with their own counters) to out[0..w). */
+static inline void cqr_rows_read(const cqr_rows_t *r, uint32_t row,
+                                 float *out)
+{
+    cqr_rows_read_at(r, row, &r->seq[row], out);
+}
+
 /* out[0..w) = row ra of a + row rb of b, each row consistent (the two
  * rows may come from different instants, as two separate reads would).
  * a and b have the same width. */
@@ -195,7 +215,7 @@ static inline void cqr_rows_read_sum(const cqr_rows_t *a, uint32_t ra,
                                      float *out)
 {
 #ifdef CQR_ROWS_ATOMIC
-    cqr_rows_read_atomic(a, ra, out);
+    cqr_rows_read_atomic(a, ra, &a->seq[ra], out);
     cqr_rows_read_add_atomic(b, rb, out);
 #else
     const float *pa = a->param + (size_t)ra * a->w;
@@ -219,6 +239,9 @@ static inline void cqr_rows_read_sum(const cqr_rows_t *a, uint32_t ra,
  * over the push). Holds the row's seqlock for the step. */
 void cqr_rows_step(cqr_rows_t *r, uint32_t row, const float *g,
                    const cqr_optim_config_t *o);
+/* The same for a row whose counter is *seq. */
+void cqr_rows_step_at(cqr_rows_t *r, uint32_t row, uint32_t *seq,
+                      const float *g, const cqr_optim_config_t *o);
 
 /* The bodies of an Adam row step: cqr_rows_step runs the AVX2 one where
  * the CPU has AVX2, the plain one elsewhere, and both must give the same

@@ -146,7 +146,7 @@ int cqr_table_create(const cqr_table_config_t *cfg, cqr_table_t **out)
     t->wepoch = 1;
 
     if (cfg->kind == CQR_KIND_FULL) {
-        rc = cqr_idmap_init(&t->rowmap, sizeof(uint32_t), 0);
+        rc = cqr_idmap_init(&t->rowmap, sizeof(cqr_full_slot_t), 0);
     } else {
         rc = cbstate_create(t, &t->st);
         size_t nb = (size_t)t->ncb * t->c;
@@ -181,7 +181,7 @@ void cqr_table_destroy(cqr_table_t *t)
     free(t->cbpage);
     free(t->ins_slot);
     free(t->ins_epoch);
-    if (t->rowmap.keys)
+    if (t->rowmap.slots)
         cqr_idmap_free(&t->rowmap);
     if (t->budget)
         cqr_budget_refund(t->budget, t->charged);
@@ -484,9 +484,9 @@ static uint64_t digest_map(const cqr_table_t *t, const cqr_idmap_t *m)
         XXH3_64bits_reset(x);
         digest_u64(x, id);
         if (t->cfg.kind == CQR_KIND_FULL) {
-            uint32_t row, local;
-            memcpy(&row, v, sizeof row);
-            const cqr_rows_t *b = cqr_full_block(t, row, &local);
+            uint32_t local;
+            const cqr_rows_t *b =
+                cqr_full_block(t, ((const cqr_full_slot_t *)v)->row, &local);
             XXH3_64bits_update(x, b->param + (size_t)local * b->w,
                                b->w * sizeof(float));
             if (b->sw)

@@ -73,7 +73,7 @@ struct cqr_table {
 
     cqr_cbstate_t *st;      /* hash/ce/cqr: the live state */
 
-    cqr_idmap_t rowmap;     /* full: ID -> uint32 row index */
+    cqr_idmap_t rowmap;     /* full: ID -> cqr_full_slot_t (row, counter) */
     cqr_rows_t *blocks;     /* full: row blocks of CQR_FULL_BLOCK rows */
     size_t nblocks;         /* full: blocks allocated */
     size_t blocks_cap;      /* full: slots in `blocks` */
@@ -348,16 +348,20 @@ static inline cqr_rows_t *cqr_full_block(const cqr_table_t *t, uint32_t row,
     return &t->blocks[row >> CQR_FULL_BLOCK_SHIFT];
 }
 
-/* Full tables: 1 and the ID's row if the table knows `id`, else 0. Lock
- * held (either mode). */
-static inline int cqr_full_find(const cqr_table_t *t, uint64_t id,
-                                uint32_t *row)
+/* Full tables: the value of a row map slot. The row's seqlock counter
+ * lives beside the ID and the row index, so that a lookup touches the
+ * slot's line and the row's own lines only (rows.h, CQR_ROWS_OWN_SEQ). */
+typedef struct cqr_full_slot {
+    uint32_t row;   /* the ID's row */
+    uint32_t seq;   /* the row's seqlock counter (rows.h) */
+} cqr_full_slot_t;
+
+/* Full tables: the slot of `id`, or NULL if the table does not know it.
+ * Lock held (either mode); valid until the lock is released. */
+static inline cqr_full_slot_t *cqr_full_find(const cqr_table_t *t,
+                                             uint64_t id)
 {
-    const void *v = cqr_idmap_find(&t->rowmap, id);
-    if (!v)
-        return 0;
-    memcpy(row, v, sizeof *row);
-    return 1;
+    return cqr_idmap_find(&t->rowmap, id);
 }
 
 /* Full tables: the deterministic initial value of `id`'s row (what a

@@ -18,15 +18,16 @@
 
 /* ---- Memory budget of growth ------------------------------------------- */
 
-/* Bytes of one full row block: parameters, optimizer state, Adam step,
- * seqlock counter and change mark per row (rows.c, cqr_full_add_block). */
+/* Bytes of one full row block: parameters, optimizer state, Adam step
+ * and change mark per row (rows.c, cqr_full_add_block; the row's seqlock
+ * counter lives in its map slot). */
 static uint64_t full_block_bytes(const cqr_table_t *t)
 {
     uint64_t w = t->cfg.dim;
     uint64_t per_row = w * 4 +
                        (uint64_t)cqr_optim_state_floats(t->cfg.optim.kind,
                                                         t->cfg.dim) * 4 +
-                       (t->cfg.optim.kind == CQR_OPT_ADAM ? 4 : 0) + 4 + 4;
+                       (t->cfg.optim.kind == CQR_OPT_ADAM ? 4 : 0) + 4;
     return per_row * CQR_FULL_BLOCK;
 }
 
@@ -126,8 +127,8 @@ int cqr_full_add_block(cqr_table_t *t)
     t->fmark[b] = calloc(CQR_FULL_BLOCK, sizeof(uint32_t));
     if (!t->fmark[b])
         return CQR_ENOMEM;
-    int rc = cqr_rows_init(&t->blocks[b], CQR_FULL_BLOCK, t->cfg.dim,
-                           t->cfg.optim.kind);
+    int rc = cqr_rows_init_flags(&t->blocks[b], CQR_FULL_BLOCK, t->cfg.dim,
+                                 t->cfg.optim.kind, CQR_ROWS_OWN_SEQ);
     if (rc) {
         free(t->fmark[b]);
         return rc;
@@ -151,7 +152,8 @@ static void track_insert(cqr_table_t *t, const cqr_idmap_t *m, size_t old_cap,
     const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
     if (t->map_base_epoch == e)
         return; /* already wholly changed in this epoch */
-    if (m->cap != old_cap || v == m->zero_val) {
+    const size_t slot = cqr_idmap_index_of(m, v);
+    if (m->cap != old_cap || slot == m->cap) {
         /* The ID 0 lives outside the slots, in the exported meta. */
         if (m->cap != old_cap) {
             t->map_base_epoch = e;
@@ -175,7 +177,7 @@ static void track_insert(cqr_table_t *t, const cqr_idmap_t *m, size_t old_cap,
         }
         t->ins_cap = cap;
     }
-    t->ins_slot[t->ins_n] = (uint64_t)((const uint8_t *)v - m->vals) / m->vw;
+    t->ins_slot[t->ins_n] = slot;
     t->ins_epoch[t->ins_n] = e;
     t->ins_n++;
 }
@@ -213,7 +215,7 @@ static int full_new_row(cqr_table_t *t, uint64_t id)
         return rc;
     }
     assert(inserted);
-    memcpy(v, &row, sizeof row);
+    ((cqr_full_slot_t *)v)->row = row; /* counter 0: zero-filled */
     track_insert(t, &t->rowmap, old_cap, v);
     uint32_t local;
     cqr_rows_t *blk = cqr_full_block(t, row, &local);
@@ -230,8 +232,7 @@ int cqr_table_add_known(cqr_table_t *t, const uint64_t *ids, size_t n)
 {
     for (size_t j = 0; j < n; j++) {
         if (t->cfg.kind == CQR_KIND_FULL) {
-            uint32_t row;
-            if (!cqr_full_find(t, ids[j], &row)) {
+            if (!cqr_full_find(t, ids[j])) {
                 int rc = full_new_row(t, ids[j]);
                 if (rc)
                     return rc;

@@ -12,47 +12,49 @@
 #include "table_impl.h"
 
 /* Full tables: a three-stage pipeline over groups of CQR_LOOKUP_GROUP IDs.
- * While group g's rows are copied, group g+1's map values are read and
+ * While group g's rows are copied, group g+1's map slots are read and
  * its rows requested, and group g+2's map slots requested: every miss to
- * memory is in flight a whole group before it is needed. */
+ * memory is in flight a whole group before it is needed. An ID costs its
+ * map slot's line (ID, row index and the row's counter) and its row's
+ * lines: five for 64 floats. */
 static void full_lookup(const cqr_table_t *t, const uint64_t *ids, size_t n,
                         float *out)
 {
     enum { G = CQR_LOOKUP_GROUP };
     const uint32_t dim = t->cfg.dim;
-    int64_t rows[2][G];
+    const cqr_full_slot_t *slots[2][G];
     const size_t ngroups = (n + G - 1) / G;
     for (size_t k = 0; k < 2 * G && k < n; k++)
         cqr_idmap_prefetch(&t->rowmap, ids[k]);
     for (size_t g = 0; g <= ngroups; g++) {
-        /* Stage 2 for group g: find rows, request them. */
+        /* Stage 2 for group g: find slots, request their rows. */
         if (g < ngroups) {
             size_t base = g * G;
             size_t m = n - base < G ? n - base : G;
-            int64_t *r = rows[g & 1];
+            const cqr_full_slot_t **r = slots[g & 1];
             for (size_t j = 0; j < m; j++) {
                 if (base + j + 2 * G < n)
                     cqr_idmap_prefetch(&t->rowmap, ids[base + j + 2 * G]);
-                uint32_t row, local = 0;
-                r[j] = -1;
-                if (cqr_full_find(t, ids[base + j], &row)) {
-                    r[j] = row;
-                    cqr_rows_prefetch(cqr_full_block(t, row, &local), local);
-                }
+                uint32_t local = 0;
+                r[j] = cqr_full_find(t, ids[base + j]);
+                if (r[j])
+                    cqr_rows_prefetch(cqr_full_block(t, r[j]->row, &local),
+                                      local);
             }
         }
         /* Stage 3 for group g-1: copy its rows. */
         if (g > 0) {
             size_t base = (g - 1) * G;
             size_t m = n - base < G ? n - base : G;
-            const int64_t *r = rows[(g - 1) & 1];
+            const cqr_full_slot_t *const *r = (const cqr_full_slot_t *const *)
+                slots[(g - 1) & 1];
             for (size_t j = 0; j < m; j++) {
                 float *o = out + (base + j) * dim;
-                if (r[j] >= 0) {
+                if (r[j]) {
                     uint32_t local;
                     const cqr_rows_t *blk =
-                        cqr_full_block(t, (uint32_t)r[j], &local);
-                    cqr_rows_read(blk, local, o);
+                        cqr_full_block(t, r[j]->row, &local);
+                    cqr_rows_read_at(blk, local, &r[j]->seq, o);
                 } else
                     cqr_full_init_row(t, ids[base + j], o);
             }

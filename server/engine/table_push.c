@@ -258,10 +258,11 @@ static void cb_apply_part(void *arg, unsigned i)
 }
 
 /* This thread's room for a push's rows per ID: every codebook's row of
- * each ID (codebook kinds), or each ID's row (full). */
+ * each ID (codebook kinds), or each ID's row map slot (full: a uint64,
+ * two entries). */
 static uint32_t *id_rows(const cqr_table_t *t, size_t n)
 {
-    size_t per = t->ncb ? (size_t)t->ncb * t->c : 1;
+    size_t per = t->ncb ? (size_t)t->ncb * t->c : 2;
     return cqr_scratch(CQR_SCRATCH_ID_ROWS,
                        (n ? n : 1) * per * sizeof(uint32_t));
 }
@@ -299,7 +300,14 @@ void cqr_cb_apply(cqr_table_t *t, cqr_cbstate_t *st,
     cb_apply_resolved(t, st, o, ptrs, grads, n);
 }
 
-/* Steps the summed rows [u0, u1) of a full push. */
+/* Full tables: the slot of row map index i (the ID 0's at i == cap). */
+static inline cqr_full_slot_t *full_slot_at(const cqr_table_t *t, uint64_t i)
+{
+    return (cqr_full_slot_t *)(void *)cqr_idmap_val_at(&t->rowmap, i);
+}
+
+/* Steps the summed rows [u0, u1) of a full push (keys: row map slot
+ * indices, one per row). */
 static void full_step_range(cqr_table_t *t, const agg_t *a, size_t u0,
                             size_t u1)
 {
@@ -308,15 +316,17 @@ static void full_step_range(cqr_table_t *t, const agg_t *a, size_t u0,
      * (a step touches the row, its Adam moments, counters and mark). */
     enum { STEP_AHEAD = 8 };
     for (size_t u = u0; u < u1; u++) {
-        uint32_t local, row = (uint32_t)a->ukeys[u];
+        cqr_full_slot_t *sl = full_slot_at(t, a->ukeys[u]);
+        uint32_t local, row = sl->row;
         if (u + STEP_AHEAD < u1) {
-            uint32_t nl, nrow = (uint32_t)a->ukeys[u + STEP_AHEAD];
+            uint32_t nl, nrow = full_slot_at(t, a->ukeys[u + STEP_AHEAD])->row;
             const cqr_rows_t *nb = cqr_full_block(t, nrow, &nl);
             cqr_rows_prefetch_step(nb, nl);
             __builtin_prefetch(&t->fmark[nrow >> CQR_FULL_BLOCK_SHIFT][nl], 1);
         }
         cqr_rows_t *blk = cqr_full_block(t, row, &local);
-        cqr_rows_step(blk, local, a->acc + u * a->w, &t->cfg.optim);
+        cqr_rows_step_at(blk, local, &sl->seq, a->acc + u * a->w,
+                         &t->cfg.optim);
         cqr_mark(&t->fmark[row >> CQR_FULL_BLOCK_SHIFT][local], e);
         cqr_mark(&t->fpage[row >> CQR_FULL_BLOCK_SHIFT], e);
     }
@@ -336,10 +346,11 @@ static void full_part(void *arg, unsigned i)
     full_step_range(j->t, j->a, b, e);
 }
 
-/* Finds the rows of ids[b, e) into rows[]; returns how many are
- * unknown (their rows[] entry is UINT32_MAX). */
+/* Finds the row map slots of ids[b, e) into slots[] (indices, as
+ * cqr_idmap_index_of gives them); returns how many are unknown (their
+ * entry is UINT64_MAX). */
 static size_t full_resolve_range(const cqr_table_t *t, const uint64_t *ids,
-                                 size_t b, size_t e, uint32_t *rows)
+                                 size_t b, size_t e, uint64_t *slots)
 {
     size_t unknown = 0;
     for (size_t j = b; j < e && j < b + CQR_LOOKUP_GROUP; j++)
@@ -347,8 +358,11 @@ static size_t full_resolve_range(const cqr_table_t *t, const uint64_t *ids,
     for (size_t j = b; j < e; j++) {
         if (j + CQR_LOOKUP_GROUP < e)
             cqr_idmap_prefetch(&t->rowmap, ids[j + CQR_LOOKUP_GROUP]);
-        if (!cqr_full_find(t, ids[j], &rows[j])) {
-            rows[j] = UINT32_MAX;
+        const cqr_full_slot_t *sl = cqr_full_find(t, ids[j]);
+        if (sl) {
+            slots[j] = cqr_idmap_index_of(&t->rowmap, sl);
+        } else {
+            slots[j] = UINT64_MAX;
             unknown++;
         }
     }
@@ -356,9 +370,10 @@ static size_t full_resolve_range(const cqr_table_t *t, const uint64_t *ids,
 }
 
 /* The resolve pass of a push, for every kind: finds the rows of every
- * ID (codebook kinds: in state st) into rows[], split over the helpers by
- * ID ranges, and returns how many IDs the table does not know (full and
- * cqr; a cqr ID's learned pointers are then its hashed ones). */
+ * ID (codebook kinds: in state st; full: their row map slots, as uint64
+ * in rows[2j..2j+1]) into rows[], split over the helpers by ID ranges,
+ * and returns how many IDs the table does not know (full and cqr; a cqr
+ * ID's learned pointers are then its hashed ones). */
 typedef struct resolve_job {
     cqr_table_t *t;
     const cqr_cbstate_t *st;
@@ -372,7 +387,8 @@ typedef struct resolve_job {
 static size_t resolve_range(const resolve_job_t *j, size_t b, size_t e)
 {
     if (j->t->cfg.kind == CQR_KIND_FULL)
-        return full_resolve_range(j->t, j->ids, b, e, j->rows);
+        return full_resolve_range(j->t, j->ids, b, e,
+                                  (uint64_t *)(void *)j->rows);
     return cb_resolve_range(j->t, j->st, j->ids, b, e, j->rows);
 }
 
@@ -396,8 +412,9 @@ static size_t resolve_rows(cqr_table_t *t, const cqr_cbstate_t *st,
     return j.unknown;
 }
 
-/* Sums the gradients per row (first-seen order), then steps each row. */
-static void full_apply_rows(cqr_table_t *t, const uint32_t *rows,
+/* Sums the gradients per row (first-seen order), then steps each row;
+ * slots[] as full_resolve_range wrote them. */
+static void full_apply_rows(cqr_table_t *t, const uint64_t *slots,
                             const float *grads, size_t n)
 {
     agg_t a;
@@ -406,8 +423,8 @@ static void full_apply_rows(cqr_table_t *t, const uint32_t *rows,
     assert(rc == 0 && "out of memory for push scratch");
     (void)rc;
     for (size_t j = 0; j < n; j++) {
-        assert(rows[j] != UINT32_MAX);
-        agg_add(&a, rows[j], grads + j * dim);
+        assert(slots[j] != UINT64_MAX);
+        agg_add(&a, slots[j], grads + j * dim);
     }
     /* The rows are distinct: parts step disjoint rows. */
     unsigned parts = cqr_range_parts(t, a.nu);
@@ -475,10 +492,14 @@ typedef struct push_st {
     int unknown;             /* IDs to register before applying */
 } push_st_t;
 
-/* Rows of a part in the id_rows layout. */
-static size_t rows_per_id(const cqr_table_t *t)
+/* Rows of a part in the id_rows layout (full: a uint64 row map slot an
+ * ID, two entries), rounded up to even so that every part's rows start
+ * 8-byte aligned. */
+static size_t part_nrows(const cqr_part_t *p)
 {
-    return t->ncb ? (size_t)t->ncb * t->c : 1;
+    const cqr_table_t *t = p->t;
+    size_t per = t->ncb ? (size_t)t->ncb * t->c : 2;
+    return ((p->n ? p->n : 1) * per + 1) & ~(size_t)1;
 }
 
 /* The prepare stage: pooled gradients spread to their IDs (in the
@@ -490,7 +511,7 @@ static int push_prepare(const cqr_part_t *pp, size_t np, push_st_t *st)
     for (size_t i = 0; i < np; i++) {
         if (pp[i].offsets)
             pooled += pp[i].n * pp[i].t->cfg.dim;
-        nrows += (pp[i].n ? pp[i].n : 1) * rows_per_id(pp[i].t);
+        nrows += part_nrows(&pp[i]);
     }
     float *g = NULL;
     if (pooled) {
@@ -507,7 +528,7 @@ static int push_prepare(const cqr_part_t *pp, size_t np, push_st_t *st)
         const cqr_table_t *t = p->t;
         const uint32_t dim = t->cfg.dim;
         st[i].rows = rows;
-        rows += (p->n ? p->n : 1) * rows_per_id(t);
+        rows += part_nrows(p);
         st[i].ent = NULL;
         st[i].unknown = 0;
         if (!p->offsets) {
@@ -630,7 +651,8 @@ static int push_locked(const cqr_part_t *pp, size_t np, push_st_t *st,
         if (!pp[i].n)
             continue;
         if (t->cfg.kind == CQR_KIND_FULL)
-            full_apply_rows(t, st[i].rows, st[i].g, pp[i].n);
+            full_apply_rows(t, (const uint64_t *)(void *)st[i].rows,
+                            st[i].g, pp[i].n);
         else
             cb_apply_resolved(t, t->st, &t->cfg.optim, st[i].rows, st[i].g,
                               pp[i].n);

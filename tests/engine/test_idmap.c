@@ -1,6 +1,6 @@
 /* The known-ID map (idmap.h): insert, find and grow; many IDs; the IDs 0
- * and UINT64_MAX; iteration; the growth it announces; reserve; and the
- * same layout for the same inserts. */
+ * and UINT64_MAX; iteration; the growth it announces; reserve; the same
+ * layout for the same inserts; deletion and the slots it moves. */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +64,7 @@ START_TEST(test_insert_find)
     ck_assert_uint_eq(m.count, 1);
     ck_assert_ptr_null(cqr_idmap_find(&m, 43));
     cqr_idmap_free(&m);
-    ck_assert_ptr_null(m.keys);
+    ck_assert_ptr_null(m.slots);
 }
 END_TEST
 
@@ -120,8 +120,9 @@ START_TEST(test_many_ids)
     }
     ck_assert_uint_eq(m.count, N);
     ck_assert_uint_gt(rehashes, 10);
-    ck_assert_uint_eq(cqr_idmap_bytes(&m),
-                      (uint64_t)m.cap * (8 + 4) + 4);
+    /* Key and value share a slot of 16 bytes; the ID 0 has one more. */
+    ck_assert_uint_eq(m.stride, 16);
+    ck_assert_uint_eq(cqr_idmap_bytes(&m), (uint64_t)(m.cap + 1) * 16);
     for (uint64_t i = 0; i < N; i++) {
         uint64_t id = cqr_mix64(i + 1);
         const void *v = cqr_idmap_find(&m, id);
@@ -153,14 +154,14 @@ START_TEST(test_reserve)
     map_init(&m, 8, 0);
     ck_assert_int_eq(cqr_idmap_reserve(&m, N), 0);
     size_t cap = m.cap;
-    const uint64_t *keys = m.keys;
+    const uint8_t *slots = m.slots;
     ck_assert_uint_ge(cap * 85, (size_t)N * 100);
     for (uint64_t i = 0; i < N; i++) {
         ck_assert_uint_eq(cqr_idmap_grow_bytes(&m), 0);
         put(&m, i + 1);
     }
     ck_assert_uint_eq(m.cap, cap);
-    ck_assert_ptr_eq(m.keys, keys);
+    ck_assert_ptr_eq(m.slots, slots);
     /* Reserving less than there is changes nothing. */
     ck_assert_int_eq(cqr_idmap_reserve(&m, 10), 0);
     ck_assert_uint_eq(m.cap, cap);
@@ -189,8 +190,7 @@ START_TEST(test_deterministic)
         put(&c, ids[N - 1 - i]);
     }
     ck_assert_uint_eq(a.cap, b.cap);
-    ck_assert_mem_eq(a.keys, b.keys, a.cap * sizeof *a.keys);
-    ck_assert_mem_eq(a.vals, b.vals, a.cap * a.vw);
+    ck_assert_mem_eq(a.slots, b.slots, a.cap * a.stride);
     ck_assert_uint_eq(c.count, a.count);
     for (size_t i = 0; i < N; i++)
         ck_assert_uint_eq(get_val(cqr_idmap_find(&c, ids[i])),
@@ -225,6 +225,60 @@ START_TEST(test_wide_values)
 }
 END_TEST
 
+/* Counts the slots a delete reports changed. */
+static void count_moved(void *ud, size_t slot)
+{
+    (void)slot;
+    (*(size_t *)ud)++;
+}
+
+/* Deleting half of the IDs in a scrambled order: the rest stay with their
+ * values, the deleted are gone (and can come back), every probe run stays
+ * intact, and each delete reports at least the slot it emptied. */
+START_TEST(test_delete)
+{
+    enum { N = 60000 };
+    cqr_idmap_t m;
+    map_init(&m, 4, 0);
+    for (uint64_t i = 0; i < N; i++)
+        put(&m, i);                 /* the ID 0 included */
+    size_t moved = 0;
+    for (uint64_t i = 0; i < N; i += 2) {
+        /* 7919 is prime to N: every even index once, scrambled. */
+        uint64_t id = (i * 7919) % N;
+        size_t before = moved;
+        ck_assert_int_eq(cqr_idmap_delete(&m, id, count_moved, &moved), 1);
+        ck_assert_uint_gt(moved, before);
+        ck_assert_int_eq(cqr_idmap_delete(&m, id, count_moved, &moved), 0);
+    }
+    ck_assert_uint_eq(m.count, N / 2);
+    ck_assert_int_eq(m.has_zero, 0);
+    for (uint64_t i = 0; i < N; i++) {
+        void *v = cqr_idmap_find(&m, i);
+        if (i & 1) {
+            ck_assert_ptr_nonnull(v);
+            ck_assert_uint_eq(get_val(v), val_of(i));
+        } else {
+            ck_assert_ptr_null(v);
+        }
+    }
+    size_t pos = 0, seen = 0;
+    uint64_t id;
+    void *v;
+    while (cqr_idmap_next(&m, &pos, &id, &v)) {
+        ck_assert_uint_eq(id & 1, 1);
+        seen++;
+    }
+    ck_assert_uint_eq(seen, N / 2);
+    for (uint64_t i = 0; i < N; i += 2)
+        ck_assert_int_eq(put(&m, i), 1);
+    ck_assert_uint_eq(m.count, N);
+    for (uint64_t i = 0; i < N; i++)
+        ck_assert_uint_eq(get_val(cqr_idmap_find(&m, i)), val_of(i));
+    cqr_idmap_free(&m);
+}
+END_TEST
+
 Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("idmap");
@@ -236,6 +290,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_reserve);
     tcase_add_test(tc, test_deterministic);
     tcase_add_test(tc, test_wide_values);
+    tcase_add_test(tc, test_delete);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -13,17 +13,27 @@ static size_t tag_put(unsigned char *p, uint32_t field, uint32_t wt)
     return cqr_varint_put(p, ((uint64_t)field << 3) | wt);
 }
 
-static size_t offsets_len(const cq_data_req_t *r)
+/* The packed bag offsets' bytes, each less base (single and multi-table
+ * requests encode them alike). */
+static size_t offsets_len(const uint32_t *offsets, size_t nbags,
+                          uint32_t base)
 {
     size_t len = 0;
-    for (size_t b = 0; b < r->nbags; b++)
-        len += cqr_varint_len((uint32_t)(r->offsets[b] - r->offset_base));
+    for (size_t b = 0; b < nbags; b++)
+        len += cqr_varint_len((uint32_t)(offsets[b] - base));
     return len;
+}
+
+/* Largest tail after the IDs: offsets (5 bytes each at most) and the
+ * fields around them. */
+static size_t tail_max(size_t nbags)
+{
+    return 2 * CQR_VARINT_MAX + nbags * 5 + 2 * CQR_VARINT_MAX;
 }
 
 size_t cq_data_tail_max(const cq_data_req_t *r)
 {
-    return 2 * CQR_VARINT_MAX + r->nbags * 5 + 2 * CQR_VARINT_MAX;
+    return tail_max(r->nbags);
 }
 
 size_t cq_data_encode(const cq_data_req_t *r, unsigned char *head,
@@ -34,7 +44,8 @@ size_t cq_data_encode(const cq_data_req_t *r, unsigned char *head,
     const uint32_t f_offsets = r->push ? 4 : 3;
     const uint32_t f_pooling = r->push ? 5 : 4;
     const size_t ids_bytes = r->n * 8;
-    const size_t olen = r->nbags ? offsets_len(r) : 0;
+    const size_t olen =
+        r->nbags ? offsets_len(r->offsets, r->nbags, r->offset_base) : 0;
 
     uint64_t sub = 1 + cqr_varint_len(r->table_len) + r->table_len +
                    1 + cqr_varint_len(ids_bytes) + ids_bytes;
@@ -96,15 +107,12 @@ size_t cq_data_encode(const cq_data_req_t *r, unsigned char *head,
 
 static size_t mpart_offsets_len(const cq_mpart_enc_t *p)
 {
-    size_t len = 0;
-    for (size_t b = 0; b < p->nbags; b++)
-        len += cqr_varint_len((uint32_t)(p->offsets[b] - p->offset_base));
-    return len;
+    return offsets_len(p->offsets, p->nbags, p->offset_base);
 }
 
 size_t cq_mpart_tail_max(const cq_mpart_enc_t *p)
 {
-    return 2 * CQR_VARINT_MAX + p->nbags * 5 + 2 * CQR_VARINT_MAX;
+    return tail_max(p->nbags);
 }
 
 uint64_t cq_mpart_len(const cq_mpart_enc_t *p)

@@ -134,9 +134,10 @@ static uint32_t nearest(const float *cent, uint32_t k, uint32_t w,
 }
 
 /* Replays one logged push onto the new state (a cqr_pushlog_fn). IDs the
- * new map does not hold yet (first pushed during the phase) are assigned
- * the centroid nearest to their snapshot embedding first. Caller excludes
- * concurrent use of ph->next. */
+ * new map does not hold yet (first pushed during the phase, or evicted by
+ * the run and pushed since) are assigned the centroid nearest to their
+ * snapshot embedding first. Caller excludes concurrent use of ph->next
+ * and holds the table's lock (either mode). */
 static int replay_push(void *ud, const uint64_t *ids, const float *grads,
                        size_t n)
 {
@@ -145,9 +146,16 @@ static int replay_push(void *ud, const uint64_t *ids, const float *grads,
     float x[CQR_MAX_DIM];
     for (size_t j = 0; j < n; j++) {
         uint64_t id = ids[j];
-        if (cqr_idmap_find(&ph->next->ids, id))
+        void *v = cqr_idmap_find(&ph->next->ids, id);
+        if (v) {
+            if (t->stamp_off) /* pushed during this phase */
+                cqr_stamp_set(t, v, ph->phase_no - 1);
             continue;
-        void *v;
+        }
+        /* With admission, an ID the live table has not admitted (the
+         * caller holds its lock) keeps its hashed pointers. */
+        if (t->sketch && !cqr_idmap_find(&t->st->ids, id))
+            continue;
         int inserted;
         int rc = cqr_idmap_insert(&ph->next->ids, id, &v, &inserted);
         if (rc)
@@ -157,6 +165,8 @@ static int replay_push(void *ud, const uint64_t *ids, const float *grads,
             cqr_ptr_set(v, t->pw, i,
                         nearest(ph->next->cb[i].param, t->k, t->w, x));
         }
+        if (t->stamp_off)
+            cqr_stamp_set(t, v, ph->phase_no - 1);
     }
     cqr_cb_apply(t, ph->next, &ph->optim, ids, grads, n);
     return 0;
@@ -171,6 +181,18 @@ static int replay(cqr_phase_t *ph)
                               &ph->res.replayed_pushes);
 }
 
+/* replay from run. With admission replay_push reads the live map: the
+ * table's lock shared, taken before the log's mutex as pushes take them. */
+static int replay_shared(cqr_phase_t *ph)
+{
+    if (!ph->t->sketch)
+        return replay(ph);
+    pthread_rwlock_rdlock(&ph->t->lock);
+    int rc = replay(ph);
+    pthread_rwlock_unlock(&ph->t->lock);
+    return rc;
+}
+
 /* ---- run ----------------------------------------------------------------
  * The work of cqr_phase_run, on arrays that live for one run. */
 typedef struct run {
@@ -179,6 +201,7 @@ typedef struct run {
     size_t n;            /* known IDs */
     uint64_t *ids;       /* the n known IDs */
     uint32_t *ptrs;      /* n x c their pointers in the snapshot */
+    uint32_t *stamps;    /* n their stamps (eviction on), else NULL */
     known_t *sample;     /* m sampled IDs, sorted by ID */
     size_t m;
     float *xs;           /* m x w: a chunk of the sampled IDs' vectors */
@@ -193,6 +216,7 @@ static void run_free(run_t *r)
 {
     free(r->ids);
     free(r->ptrs);
+    free(r->stamps);
     free(r->sample);
     free(r->xs);
     free(r->sassign);
@@ -258,6 +282,8 @@ static int run_prepare(run_t *r)
         void *v;
         int inserted;
         rc = cqr_idmap_insert(ids, r->ids[j], &v, &inserted);
+        if (rc == 0 && r->stamps)
+            cqr_stamp_set(t, v, r->stamps[j]);
     }
     return rc;
 }
@@ -432,7 +458,8 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
     run_t r = {.ph = ph, .pc = {.cb = cb, .ud = ud, .chunks = c}};
 
     report(&r.pc, "snapshot", 0, 0.0, -1.0);
-    int rc = cqr_table_known_pointers(t, &r.ids, &r.ptrs, &r.n);
+    int rc = cqr_table_known_pointers(t, ph->phase_no, &r.ids, &r.ptrs,
+                                      &r.stamps, &r.n);
     if (rc)
         goto out;
     ph->res.seconds_snapshot = cqr_now() - ph->t_begin;
@@ -462,7 +489,7 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
      * the pushes that arrive from now on. */
     report(&r.pc, "replay", 0, 1.0, ph->res.inertia);
     cqr_table_optim(ph->t, &ph->optim);
-    rc = atomic_load(&ph->cancel) ? CQR_ECANCELED : replay(ph);
+    rc = atomic_load(&ph->cancel) ? CQR_ECANCELED : replay_shared(ph);
     if (rc == 0)
         ph->ran = 1;
 out:

@@ -11,7 +11,17 @@
  *                cqr; block b = codebook b/c, chunk b%c; P pages a block)
  *   rows  b      full table row block b (CQR_FULL_BLOCK rows)
  *   map   p      slots [p*CQR_MAP_PAGE, ...) of the known-ID map (full:
- *                ID -> row; cqr: ID -> pointers), copied slot for slot
+ *                ID -> row; cqr: ID -> pointers, and with eviction the
+ *                stamp), copied slot for slot
+ *   sketch 0     the admission sketch's counters (admit_after > 1;
+ *                always a base, written when it changed)
+ *   fallback 0   a full table's fallback rows (admit_after > 1)
+ * The cfg payload has two lengths: CQR_CFG_BYTES_V1 (92, before issue
+ * 19; also written by tables with no admission or eviction option, so
+ * that their checkpoints stay as they were) and CQR_CFG_BYTES (116: the
+ * options appended). A table whose cfg is the long one has a longer meta
+ * too (its admission and eviction counters). Checkpoints written before
+ * issue 19 therefore load unchanged.
  * A page's segment is either complete (a base) or a delta: the rows or
  * slots that changed since an earlier export of the same table, which the
  * importer applies over the page's previous version. Rebuilding a page
@@ -85,10 +95,13 @@ typedef enum cqr_page_type {
     CQR_PAGE_META = 2,
     CQR_PAGE_CB = 3,
     CQR_PAGE_ROWS = 4,
-    CQR_PAGE_MAP = 5
+    CQR_PAGE_MAP = 5,
+    CQR_PAGE_SKETCH = 6,  /* the admission sketch (admit_after > 1) */
+    CQR_PAGE_FALLBACK = 7 /* a full table's fallback rows (admit_after
+                             > 1) */
 } cqr_page_type_t;
 
-/* "cfg", "meta", "cb", "rows", "map" (or "?"). */
+/* "cfg", "meta", "cb", "rows", "map", "sketch", "fallback" (or "?"). */
 const char *cqr_page_type_name(uint32_t type);
 
 typedef enum cqr_seg_kind {

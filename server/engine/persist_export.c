@@ -89,7 +89,8 @@ static int seg_alloc(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
 static int enc_cfg(const cqr_table_t *t, cqr_segment_t *sg)
 {
     int rc = seg_alloc(NULL, sg, CQR_PAGE_CFG, 0, CQR_SEG_BASE,
-                       CQR_CFG_BYTES);
+                       cqr_cfg_long(&t->cfg) ? CQR_CFG_BYTES
+                                             : CQR_CFG_BYTES_V1);
     if (rc)
         return rc;
     cqr_wr_t w = {sg->data + CQR_SEGMENT_HEADER};
@@ -112,6 +113,8 @@ static int enc_meta(cqr_table_t *t, cqr_segment_t *sg)
         bytes += 8 + 8 + 4 + 4 + cqr_map_pvw(t, m);
     if (t->cfg.kind == CQR_KIND_FULL)
         bytes += 8;
+    if (cqr_cfg_long(&t->cfg))
+        bytes += CQR_META_TAIL_BYTES;
     int rc = seg_alloc(NULL, sg, CQR_PAGE_META, 0, CQR_SEG_BASE, bytes);
     if (rc)
         return rc;
@@ -142,6 +145,12 @@ static int enc_meta(cqr_table_t *t, cqr_segment_t *sg)
     }
     if (t->cfg.kind == CQR_KIND_FULL)
         cqr_put_u64(&w, t->nrows);
+    if (cqr_cfg_long(&t->cfg)) {
+        cqr_put_u64(&w, t->n_admitted);
+        cqr_put_u64(&w, t->n_evicted);
+        cqr_put_u64(&w, 0); /* reserved */
+        cqr_put_u64(&w, 0); /* reserved */
+    }
     assert(w.p == sg->data + sg->len);
     sg->items = 1;
     return 0;
@@ -358,6 +367,30 @@ out:
     return rc;
 }
 
+/* ---- Export of the admission sketch ------------------------------------- */
+
+/* The sketch's counters, whole, when they changed since the cursor. */
+static int sketch_page(exp_ctx_t *cx, cqr_segment_t *sg)
+{
+    const cqr_table_t *t = cx->t;
+    if (cx->since &&
+        __atomic_load_n(&t->skmark, __ATOMIC_RELAXED) < cx->since) {
+        sg->type = CQR_PAGE_SKETCH;
+        sg->index = 0;
+        sg->kind = CQR_SEG_UNCHANGED;
+        return 0;
+    }
+    int rc = seg_alloc(cx, sg, CQR_PAGE_SKETCH, 0, CQR_SEG_BASE,
+                       CQR_SKETCH_BYTES);
+    if (rc || !sg->data)
+        return rc; /* out of memory, or planning */
+    cqr_wr_t w = {sg->data + CQR_SEGMENT_HEADER};
+    for (size_t i = 0; i < CQR_SKETCH_BYTES; i++)
+        w.p[i] = __atomic_load_n(&t->sketch->c[i], __ATOMIC_RELAXED);
+    sg->items = 1;
+    return 0;
+}
+
 /* ---- Export ------------------------------------------------------------- */
 
 static void segs_free(cqr_segment_t *seg, size_t n)
@@ -375,7 +408,8 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
     const cqr_idmap_t *m = cqr_tracked_map(t);
     const size_t ncbp = (size_t)t->ncb * t->c * t->cbpages;
     const size_t nmp = m ? cqr_map_pages(m->cap) : 0;
-    const size_t nseg = 2 + ncbp + t->nblocks + nmp;
+    const size_t nsk = t->sketch ? 1 : 0;
+    const size_t nseg = 2 + ncbp + t->nblocks + nmp + nsk;
     cqr_segment_t *seg = calloc(nseg, sizeof *seg);
     if (!seg)
         return CQR_ENOMEM;
@@ -399,6 +433,9 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
                        &t->fpage[b], cx->since == 0);
     if (rc == 0 && nmp)
         rc = map_export(cx, seg + s, nmp);
+    s += nmp;
+    if (rc == 0 && nsk)
+        rc = sketch_page(cx, &seg[s++]);
     if (rc || cx->plan) {
         segs_free(seg, nseg);
         return rc;
@@ -417,6 +454,8 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
     if (m)
         full += (uint64_t)m->cap * (8 + cqr_map_pvw(t, m)) +
                 nmp * CQR_SEGMENT_HEADER;
+    if (nsk)
+        full += CQR_SEGMENT_HEADER + CQR_SKETCH_BYTES;
     x->full_bytes = full;
     return 0;
 }

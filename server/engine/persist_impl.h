@@ -27,8 +27,20 @@
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "segments store raw little-endian values");
 
-/* Bytes of a cfg payload. */
-#define CQR_CFG_BYTES 92u
+/* Bytes of a cfg payload: before issue 19 (and for tables without its
+ * options), and with the admission and eviction options. */
+#define CQR_CFG_BYTES_V1 92u
+#define CQR_CFG_BYTES 116u
+
+/* Whether a table's cfg is written long (it uses an issue 19 option). */
+static inline int cqr_cfg_long(const cqr_table_config_t *c)
+{
+    return c->admit_after > 1 || c->evict_after_phases || c->max_ids ||
+           c->ttl_seconds;
+}
+
+/* Bytes of the meta tail of a table with a long cfg. */
+#define CQR_META_TAIL_BYTES 32u
 
 /* ---- Little-endian writer and bounded reader --------------------------- */
 
@@ -121,7 +133,9 @@ void cqr_seg_seal(cqr_segment_t *sg);
 int cqr_seg_header(const uint8_t *data, size_t len, int sum, uint32_t *type,
                    uint32_t *index, cqr_seg_kind_t *kind, uint64_t *hash);
 
-/* The cfg payload: CQR_CFG_BYTES bytes. */
+/* The cfg payload: CQR_CFG_BYTES bytes when cqr_cfg_long, else
+ * CQR_CFG_BYTES_V1. get reads the options if r holds them (a short
+ * payload leaves them at 0: none). */
 void cqr_cfg_put(cqr_wr_t *w, const cqr_table_config_t *c);
 void cqr_cfg_get(cqr_rd_t *r, cqr_table_config_t *c);
 

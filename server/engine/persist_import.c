@@ -22,6 +22,7 @@ struct cqr_import {
     size_t ncbp;         /* codebook pages */
     size_t nfp;          /* full row pages */
     size_t nmp;          /* map pages */
+    size_t nsp;          /* sketch pages (0 or 1) */
     uint64_t map_count;  /* IDs the meta says the map holds */
     char err[200];       /* the last error */
 };
@@ -64,10 +65,14 @@ const char *cqr_import_error(const cqr_import_t *im)
 static int im_cfg(cqr_import_t *im, cqr_rd_t *r)
 {
     cqr_table_config_t cfg;
-    if (r->n != CQR_CFG_BYTES)
-        return im_fail(im, CQR_ECORRUPT, "cfg: %zu bytes, expected %u", r->n,
-                       CQR_CFG_BYTES);
+    const size_t len = r->n;
+    if (len != CQR_CFG_BYTES && len != CQR_CFG_BYTES_V1)
+        return im_fail(im, CQR_ECORRUPT, "cfg: %zu bytes, expected %u or %u",
+                       len, CQR_CFG_BYTES_V1, CQR_CFG_BYTES);
     cqr_cfg_get(r, &cfg);
+    if ((len == CQR_CFG_BYTES) != cqr_cfg_long(&cfg))
+        return im_fail(im, CQR_ECORRUPT, "cfg: %zu bytes for its options",
+                       len);
     char why[128];
     if (cqr_table_config_check(&cfg, why, sizeof why))
         return im_fail(im, CQR_ECORRUPT, "cfg: %s", why);
@@ -136,10 +141,20 @@ static int im_meta(cqr_import_t *im, cqr_rd_t *r)
         t->nrows = nrows;
         im->nfp = nb;
     }
+    if (cqr_cfg_long(&t->cfg)) {
+        t->n_admitted = cqr_get_u64(r);
+        t->n_evicted = cqr_get_u64(r);
+        (void)cqr_get_u64(r);
+        (void)cqr_get_u64(r);
+    } else {
+        /* Before issue 19 every known ID was admitted and none evicted. */
+        t->n_admitted = im->map_count;
+    }
     if (r->bad || r->n != 0)
         return im_fail(im, CQR_ECORRUPT, "meta: wrong length");
     im->ncbp = (size_t)t->ncb * t->c * t->cbpages;
-    im->have = calloc(im->ncbp + im->nfp + im->nmp + 1, 1);
+    im->nsp = t->sketch ? 1 : 0;
+    im->have = calloc(im->ncbp + im->nfp + im->nmp + im->nsp + 1, 1);
     if (!im->have)
         return im_fail(im, CQR_ENOMEM, "meta: out of memory");
     im->state = IM_PAGES;
@@ -293,6 +308,11 @@ int cqr_import_segment(cqr_import_t *im, const uint8_t *data, size_t len)
             goto range;
         slot = im->ncbp + im->nfp + index;
         break;
+    case CQR_PAGE_SKETCH:
+        if (index >= im->nsp)
+            goto range;
+        slot = im->ncbp + im->nfp + im->nmp + index;
+        break;
     default:
         return im_fail(im, CQR_ECORRUPT, "unexpected %s segment",
                        cqr_page_type_name(type));
@@ -310,6 +330,10 @@ int cqr_import_segment(cqr_import_t *im, const uint8_t *data, size_t len)
     } else if (type == CQR_PAGE_ROWS) {
         rc = im_rows(im, &r, kind, &t->blocks[index], 0,
                      cqr_full_page_rows(t, index), "rows", index);
+    } else if (type == CQR_PAGE_SKETCH) {
+        if (kind != CQR_SEG_BASE || r.n != CQR_SKETCH_BYTES)
+            return im_fail(im, CQR_ECORRUPT, "sketch: %zu bytes", r.n);
+        cqr_get(&r, t->sketch->c, CQR_SKETCH_BYTES);
     } else {
         rc = im_map(im, &r, kind, index);
     }
@@ -382,15 +406,18 @@ int cqr_import_finish(cqr_import_t *im, cqr_table_t **out, uint32_t *cursor)
         rc = CQR_ECORRUPT;
         goto fail;
     }
-    size_t np = im->ncbp + im->nfp + im->nmp;
+    const size_t np = im->ncbp + im->nfp + im->nmp + im->nsp;
     for (size_t i = 0; i < np; i++) {
         if (!im->have[i]) {
-            uint32_t type = i < im->ncbp ? CQR_PAGE_CB
-                            : i < im->ncbp + im->nfp ? CQR_PAGE_ROWS
-                                                     : CQR_PAGE_MAP;
-            size_t idx = i < im->ncbp ? i
-                         : i < im->ncbp + im->nfp ? i - im->ncbp
-                                                  : i - im->ncbp - im->nfp;
+            const size_t ends[4] = {im->ncbp, im->ncbp + im->nfp,
+                                    im->ncbp + im->nfp + im->nmp, np};
+            static const uint32_t types[4] = {CQR_PAGE_CB, CQR_PAGE_ROWS,
+                                              CQR_PAGE_MAP, CQR_PAGE_SKETCH};
+            size_t g = 0;
+            while (i >= ends[g])
+                g++;
+            uint32_t type = types[g];
+            size_t idx = g ? i - ends[g - 1] : i;
             rc = im_fail(im, CQR_ECORRUPT, "incomplete: no %s/%zu",
                          cqr_page_type_name(type), idx);
             goto fail;

@@ -16,6 +16,8 @@ const char *cqr_page_type_name(uint32_t type)
     case CQR_PAGE_CB: return "cb";
     case CQR_PAGE_ROWS: return "rows";
     case CQR_PAGE_MAP: return "map";
+    case CQR_PAGE_SKETCH: return "sketch";
+    case CQR_PAGE_FALLBACK: return "fallback";
     }
     return "?";
 }
@@ -68,7 +70,7 @@ int cqr_seg_header(const uint8_t *data, size_t len, int sum, uint32_t *type,
         return CQR_ECORRUPT;
     if (version != CQR_SEGMENT_VERSION)
         return CQR_EVERSION;
-    if (ty < CQR_PAGE_CFG || ty > CQR_PAGE_MAP || (flags & ~SEG_FLAG_DELTA))
+    if (ty < CQR_PAGE_CFG || ty > CQR_PAGE_FALLBACK || (flags & ~SEG_FLAG_DELTA))
         return CQR_ECORRUPT;
     if (type)
         *type = ty;
@@ -118,6 +120,13 @@ void cqr_cfg_put(cqr_wr_t *w, const cqr_table_config_t *c)
      * restores with 0, every iteration, which is what it ran. */
     cqr_put_f32(w, c->cluster_tol);
     cqr_put_u64(w, 0); /* reserved */
+    if (!cqr_cfg_long(c))
+        return;
+    cqr_put_u32(w, c->admit_after);
+    cqr_put_u32(w, c->evict_after_phases);
+    cqr_put_u64(w, c->max_ids);
+    cqr_put_u32(w, c->ttl_seconds);
+    cqr_put_u32(w, 0); /* reserved */
 }
 
 void cqr_cfg_get(cqr_rd_t *r, cqr_table_config_t *c)
@@ -143,4 +152,13 @@ void cqr_cfg_get(cqr_rd_t *r, cqr_table_config_t *c)
     c->schedule_max_phases = cqr_get_u32(r);
     c->cluster_tol = cqr_get_f32(r);
     (void)cqr_get_u64(r);
+    if (r->n == 0) {
+        c->admit_after = 1; /* a short cfg: no admission, no eviction */
+        return;
+    }
+    c->admit_after = cqr_get_u32(r);
+    c->evict_after_phases = cqr_get_u32(r);
+    c->max_ids = cqr_get_u64(r);
+    c->ttl_seconds = cqr_get_u32(r);
+    (void)cqr_get_u32(r);
 }

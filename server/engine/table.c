@@ -52,7 +52,7 @@ static int cbstate_alloc(const cqr_table_t *t, cqr_cbstate_t **out)
     for (uint32_t b = 0; rc == 0 && b < t->ncb * t->c; b++)
         rc = cqr_rows_init(&st->cb[b], t->k, t->w, t->cfg.optim.kind);
     if (rc == 0)
-        rc = cqr_idmap_init(&st->ids, t->c * t->pw, 0);
+        rc = cqr_idmap_init(&st->ids, t->mvw, 0);
     if (rc) {
         cqr_cbstate_free(t, st);
         return rc;
@@ -78,7 +78,7 @@ int cqr_cbstate_clone(const cqr_table_t *t, const cqr_cbstate_t *src,
     for (uint32_t b = 0; rc == 0 && b < t->ncb * t->c; b++)
         rc = cqr_rows_clone(&st->cb[b], &src->cb[b]);
     if (rc == 0)
-        rc = cqr_idmap_init(&st->ids, t->c * t->pw, 0);
+        rc = cqr_idmap_init(&st->ids, t->mvw, 0);
     if (rc) {
         cqr_cbstate_free(t, st);
         return rc;
@@ -129,6 +129,11 @@ int cqr_table_create(const cqr_table_config_t *cfg, cqr_table_t **out)
     t->k = cfg->rows;
     t->ncb = cfg->kind == CQR_KIND_FULL ? 0 : cfg->kind == CQR_KIND_HASH ? 1 : 2;
     t->pw = t->k <= 256 ? 1 : t->k <= 65536 ? 2 : 4;
+    t->mvw = t->c * t->pw;
+    if (cfg->kind == CQR_KIND_CQR && cfg->evict_after_phases) {
+        t->stamp_off = t->mvw;
+        t->mvw += 4;
+    }
 
     pthread_rwlockattr_t attr;
     pthread_rwlockattr_init(&attr);
@@ -145,6 +150,14 @@ int cqr_table_create(const cqr_table_config_t *cfg, cqr_table_t **out)
     t->uid = __atomic_add_fetch(&uid_counter, 1, __ATOMIC_RELAXED);
     t->wepoch = 1;
 
+    if (cfg->admit_after > 1 &&
+        (cfg->kind == CQR_KIND_FULL || cfg->kind == CQR_KIND_CQR))
+        rc = cqr_sketch_create(cqr_derive_seed(cfg->seed, CQR_TAG_ADMIT, 0),
+                               &t->sketch);
+    if (rc) {
+        cqr_table_destroy(t);
+        return rc;
+    }
     if (cfg->kind == CQR_KIND_FULL) {
         rc = cqr_idmap_init(&t->rowmap, sizeof(cqr_full_slot_t), 0);
     } else {
@@ -170,6 +183,7 @@ void cqr_table_destroy(cqr_table_t *t)
         return;
     assert(t->phase == NULL && "destroy a table's phase before the table");
     cqr_cbstate_free(t, t->st);
+    cqr_sketch_free(t->sketch);
     for (size_t b = 0; b < t->nblocks; b++) {
         cqr_rows_free(&t->blocks[b]);
         free(t->fmark[b]);
@@ -301,8 +315,17 @@ int cqr_table_phase_start(cqr_table_t *t, cqr_phase_t *ph, cqr_pushlog_t *log,
     return rc;
 }
 
-int cqr_table_known_pointers(cqr_table_t *t, uint64_t **ids, uint32_t **ptrs,
-                             size_t *n)
+/* Whether phase phase_no evicts the ID of map value v. */
+static int evicted_by(const cqr_table_t *t, const void *v, uint32_t phase_no)
+{
+    return t->stamp_off &&
+           (uint64_t)cqr_stamp_get(t, v) + t->cfg.evict_after_phases <
+               phase_no;
+}
+
+int cqr_table_known_pointers(cqr_table_t *t, uint32_t phase_no,
+                             uint64_t **ids, uint32_t **ptrs,
+                             uint32_t **stamps, size_t *n)
 {
     const uint32_t c = t->c;
     pthread_rwlock_rdlock(&t->lock);
@@ -310,27 +333,41 @@ int cqr_table_known_pointers(cqr_table_t *t, uint64_t **ids, uint32_t **ptrs,
     size_t count = m->count;
     uint64_t *id_out = malloc((count ? count : 1) * sizeof *id_out);
     uint32_t *p_out = malloc((count ? count : 1) * c * sizeof *p_out);
-    if (id_out && p_out) {
-        size_t pos = 0, j = 0;
+    uint32_t *s_out = NULL;
+    if (stamps && t->stamp_off)
+        s_out = malloc((count ? count : 1) * sizeof *s_out);
+    size_t j = 0;
+    if (id_out && p_out && (s_out || !stamps || !t->stamp_off)) {
+        size_t pos = 0;
         uint64_t id;
         void *v;
         while (cqr_idmap_next(m, &pos, &id, &v)) {
+            if (evicted_by(t, v, phase_no))
+                continue;
             id_out[j] = id;
             for (uint32_t i = 0; i < c; i++)
                 p_out[j * c + i] = cqr_ptr_get(v, t->pw, i);
+            if (s_out)
+                s_out[j] = cqr_stamp_get(t, v);
             j++;
         }
-        assert(j == count);
+        assert(j <= count);
+    } else {
+        free(s_out);
+        s_out = NULL;
+        j = SIZE_MAX;
     }
     pthread_rwlock_unlock(&t->lock);
-    if (!id_out || !p_out) {
+    if (j == SIZE_MAX) {
         free(id_out);
         free(p_out);
         return CQR_ENOMEM;
     }
     *ids = id_out;
     *ptrs = p_out;
-    *n = count;
+    if (stamps)
+        *stamps = s_out;
+    *n = j;
     return 0;
 }
 
@@ -356,6 +393,12 @@ int cqr_table_phase_commit(cqr_table_t *t, cqr_cbstate_t *next,
         return rc;
     }
     cqr_cbstate_t *old = t->st;
+    /* The new map holds every known ID but those the phase evicted (the
+     * run left them out; a push during the phase brought some back). */
+    if (t->stamp_off && old->ids.count > next->ids.count) {
+        res->ids_evicted = old->ids.count - next->ids.count;
+        t->n_evicted += res->ids_evicted;
+    }
     t->st = next;
     t->phase = NULL;
     t->log = NULL;
@@ -415,6 +458,9 @@ void cqr_table_stats(cqr_table_t *t, cqr_table_stats_t *s)
     }
     s->phases_done = t->phases_done;
     s->phase_running = t->phase != NULL;
+    s->ids_admitted = t->n_admitted;
+    s->ids_evicted = t->n_evicted;
+    s->sketch_bytes = t->sketch ? CQR_SKETCH_BYTES : 0;
     pthread_mutex_lock(&t->plock);
     s->last_inertia = t->last_inertia;
     s->last_phase_seconds = t->last_phase_seconds;
@@ -530,9 +576,19 @@ int cqr_table_digest(cqr_table_t *t, uint64_t *out)
     digest_u64(x, c->reset_optimizer);
     digest_u64(x, c->schedule_every);
     digest_u64(x, c->schedule_max_phases);
+    /* Tables without admission or eviction digest as they did before. */
+    if (c->admit_after > 1 || c->evict_after_phases || c->max_ids ||
+        c->ttl_seconds) {
+        digest_u64(x, c->admit_after);
+        digest_u64(x, c->evict_after_phases);
+        digest_u64(x, c->max_ids);
+        digest_u64(x, c->ttl_seconds);
+    }
 
     pthread_rwlock_wrlock(&t->lock);
     digest_u64(x, t->phases_done);
+    if (t->sketch)
+        XXH3_64bits_update(x, t->sketch->c, CQR_SKETCH_BYTES);
     if (c->kind == CQR_KIND_FULL) {
         digest_u64(x, t->rowmap.count);
         digest_u64(x, digest_map(t, &t->rowmap));

@@ -69,7 +69,30 @@ typedef struct cqr_table_config {
                                       examples; 0 = no schedule */
     uint32_t schedule_max_phases;  /* no schedule after this many phases;
                                       0 = no limit */
+    /* Memory per ID (issue 19): admission and eviction. */
+    uint32_t admit_after;          /* full, cqr: an ID gets state of its
+                                      own (a row, learned pointers) at its
+                                      N-th push; before, a cqr ID uses its
+                                      hashed pointers and a full ID a
+                                      hashed row of a fallback codebook of
+                                      CQR_FALLBACK_ROWS rows. 0 or 1: at
+                                      the first push (no sketch). At most
+                                      CQR_MAX_ADMIT_AFTER */
+    uint32_t evict_after_phases;   /* cqr: an ID not pushed during the
+                                      last K phases loses its learned
+                                      pointers at the next commit; 0 =
+                                      never */
+    uint64_t max_ids;              /* full: at most this many rows; a new
+                                      row beyond frees the least recently
+                                      pushed of a sample; 0 = no limit */
+    uint32_t ttl_seconds;          /* full: rows not pushed for this many
+                                      seconds are freed; 0 = never */
 } cqr_table_config_t;
+
+/* Push counts saturate at 255: the sketch's counters are bytes. */
+#define CQR_MAX_ADMIT_AFTER 255u
+/* Rows of a full table's fallback codebook (admit_after > 1). */
+#define CQR_FALLBACK_ROWS 1024u
 
 #define CQR_MAX_DIM 4096u
 #define CQR_MAX_CHUNKS 256u
@@ -93,6 +116,11 @@ typedef struct cqr_table_stats {
     double last_inertia;       /* mean k-means inertia of the last phase */
     double last_phase_seconds; /* wall time of the last phase */
     double last_commit_seconds; /* pause of the last phase's commit */
+    uint64_t ids_admitted;     /* IDs given state of their own (full, cqr;
+                                  with admit_after <= 1 every new known
+                                  ID) */
+    uint64_t ids_evicted;      /* IDs whose state was freed (eviction) */
+    uint64_t sketch_bytes;     /* the admission sketch (admit_after > 1) */
 } cqr_table_stats_t;
 
 /* The default relative inertia tolerance of a phase's k-means. */
@@ -293,6 +321,8 @@ typedef struct cqr_phase_result {
     uint32_t kmeans_iters_max;  /* k-means iterations of the chunk that
                                    ran the most (<= cluster_iters) */
     uint32_t kmeans_iters_sum;  /* k-means iterations over all chunks */
+    uint64_t ids_evicted;       /* known IDs the commit dropped
+                                   (evict_after_phases) */
     double seconds_snapshot;    /* begin + copying the known IDs */
     double seconds_kmeans;      /* k-means on the sample, all chunks */
     double seconds_assign;      /* assignment + residuals, all chunks */

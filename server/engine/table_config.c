@@ -7,6 +7,7 @@
 
 #include "err.h"
 #include "rows.h"
+#include "sketch.h"
 #include "table.h"
 
 static const char *const kind_names[] = {"full", "hash", "ce", "cqr"};
@@ -78,6 +79,7 @@ void cqr_table_config_default(cqr_table_config_t *cfg, cqr_kind_t kind,
     cfg->cluster_tol = CQR_DEFAULT_CLUSTER_TOL;
     cfg->cluster_sample = 200;
     cfg->cluster_threads = 1;
+    cfg->admit_after = 1;
 }
 
 /* Writes a one-line reason for a rejected config to why[0..whylen) (if
@@ -94,6 +96,32 @@ static int reject(char *why, size_t whylen, const char *fmt, ...)
         va_end(ap);
     }
     return CQR_EINVAL;
+}
+
+/* The admission and eviction options (issue 19). */
+static int memory_check(const cqr_table_config_t *cfg, char *why,
+                        size_t whylen)
+{
+    const int tracks = cfg->kind == CQR_KIND_FULL ||
+                       cfg->kind == CQR_KIND_CQR;
+    if (cfg->admit_after > CQR_MAX_ADMIT_AFTER)
+        return reject(why, whylen, "admit_after %u out of range 0..%u",
+                      cfg->admit_after, CQR_MAX_ADMIT_AFTER);
+    if (cfg->admit_after > 1 && !tracks)
+        return reject(why, whylen, "admit_after applies to full and cqr "
+                      "tables only");
+    if (cfg->evict_after_phases && cfg->kind != CQR_KIND_CQR)
+        return reject(why, whylen, "evict_after_phases applies to cqr "
+                      "tables only");
+    if (cfg->evict_after_phases > 1000000)
+        return reject(why, whylen, "evict_after_phases %u out of range "
+                      "0..1000000", cfg->evict_after_phases);
+    if ((cfg->max_ids || cfg->ttl_seconds) && cfg->kind != CQR_KIND_FULL)
+        return reject(why, whylen, "max_ids and ttl_seconds apply to full "
+                      "tables only");
+    if (cfg->max_ids >= UINT32_MAX)
+        return reject(why, whylen, "max_ids must be below 2^32");
+    return 0;
 }
 
 int cqr_table_config_check(const cqr_table_config_t *cfg, char *why,
@@ -155,13 +183,21 @@ int cqr_table_config_check(const cqr_table_config_t *cfg, char *why,
                       cfg->cluster_threads);
     if (cfg->reset_optimizer > 1)
         return reject(why, whylen, "reset_optimizer must be 0 or 1");
-    return 0;
+    return memory_check(cfg, why, whylen);
 }
 
 uint64_t cqr_table_config_bytes(const cqr_table_config_t *cfg)
 {
-    if (cfg->kind == CQR_KIND_FULL)
-        return 0;
+    uint64_t sketch = cfg->admit_after > 1 ? CQR_SKETCH_BYTES : 0;
+    if (cfg->kind == CQR_KIND_FULL) {
+        if (cfg->admit_after <= 1)
+            return 0;
+        uint64_t per_row = cfg->dim * 4 + 4 +
+                           (uint64_t)cqr_optim_state_floats(cfg->optim.kind,
+                                                            cfg->dim) * 4 +
+                           (cfg->optim.kind == CQR_OPT_ADAM ? 4 : 0);
+        return sketch + CQR_FALLBACK_ROWS * per_row;
+    }
     uint64_t ncb = cfg->kind == CQR_KIND_HASH ? 1 : 2;
     uint64_t c = cfg->chunks ? cfg->chunks : 1;
     uint64_t w = cfg->dim / c;
@@ -169,5 +205,5 @@ uint64_t cqr_table_config_bytes(const cqr_table_config_t *cfg)
                        (uint64_t)cqr_optim_state_floats(cfg->optim.kind,
                                                         (uint32_t)w) * 4 +
                        (cfg->optim.kind == CQR_OPT_ADAM ? 4 : 0);
-    return ncb * c * cfg->rows * per_row;
+    return sketch + ncb * c * cfg->rows * per_row;
 }

@@ -44,6 +44,7 @@
 #include "par.h"
 #include "pushlog.h"
 #include "rows.h"
+#include "sketch.h"
 #include "table.h"
 
 /* Everything a cluster phase replaces, for the codebook kinds. */
@@ -69,6 +70,12 @@ struct cqr_table {
     uint32_t k;             /* rows per codebook (0 for full) */
     uint32_t ncb;           /* codebooks: 0 full, 1 hash, 2 ce and cqr */
     uint32_t pw;            /* bytes per stored B0 pointer (cqr) */
+    uint32_t mvw;           /* cqr: bytes per known-ID map value: c
+                               pointers of pw bytes, then (eviction on)
+                               the u32 stamp at stamp_off */
+    uint32_t stamp_off;     /* cqr with evict_after_phases: where the
+                               stamp (phases_done at the ID's last push)
+                               sits in a map value; 0 = no stamp */
     pthread_rwlock_t lock;  /* see the file comment */
 
     cqr_cbstate_t *st;      /* hash/ce/cqr: the live state */
@@ -98,6 +105,13 @@ struct cqr_table {
     struct cqr_budget *budget; /* charged with growth (budget.h), or
                                   NULL; set under the exclusive lock */
     uint64_t charged;       /* bytes charged to budget (exclusive lock) */
+
+    /* Admission and eviction (issue 19). */
+    cqr_sketch_t *sketch;   /* push counts of IDs without state of their
+                               own (admit_after > 1), or NULL */
+    uint32_t skmark;        /* epoch of the sketch's last change (export) */
+    uint64_t n_admitted;    /* IDs given state (exclusive lock) */
+    uint64_t n_evicted;     /* IDs whose state was freed (exclusive lock) */
 
     uint64_t n_lookups;     /* usage counters, relaxed atomics */
     uint64_t n_pushes;
@@ -160,6 +174,40 @@ int cqr_full_add_block(cqr_table_t *t);
  * was replaced wholesale (a phase commit swaps in a new known-ID map).
  * Exclusive lock held. */
 void cqr_table_budget_sync(cqr_table_t *t);
+
+/* Whether `id`, which has no state of its own, gets it with the push
+ * being made now: its admit_after-th push (the sketch counts the earlier
+ * ones). Lock held (either mode). */
+static inline int cqr_admit_ok(const cqr_table_t *t, uint64_t id)
+{
+    return !t->sketch ||
+           cqr_sketch_estimate(t->sketch, id) + 1 >= t->cfg.admit_after;
+}
+
+/* A cqr map value's stamp (phases_done at the ID's last push). */
+static inline uint32_t cqr_stamp_get(const cqr_table_t *t, const void *v)
+{
+    uint32_t s;
+    memcpy(&s, (const uint8_t *)v + t->stamp_off, 4);
+    return s;
+}
+
+static inline void cqr_stamp_set(const cqr_table_t *t, void *v, uint32_t s)
+{
+    memcpy((uint8_t *)v + t->stamp_off, &s, 4);
+}
+
+/* Whether a push of `id` (map value v, or NULL if it has none) must take
+ * the exclusive path first (cqr_table_add_known): an ID to admit now, or
+ * (eviction on) an ID whose stamp is older than the current phase. Lock
+ * held (either mode). */
+static inline int cqr_needs_known(const cqr_table_t *t, const void *v,
+                                  uint64_t id)
+{
+    if (!v)
+        return cqr_admit_ok(t, id);
+    return t->stamp_off && cqr_stamp_get(t, v) != t->phases_done;
+}
 
 /* B0 pointer j of a stored pointer array. */
 static inline uint32_t cqr_ptr_get(const uint8_t *v, uint32_t pw, uint32_t j)
@@ -235,9 +283,13 @@ int cqr_table_phase_start(cqr_table_t *t, cqr_phase_t *ph, cqr_pushlog_t *log,
 
 /* Copies the known IDs of a cqr table and their B0 pointers: *ids (n
  * IDs) and *ptrs (n x c pointers), which the caller frees. Pointers change
- * only at commits, so during a phase the copy is exact. CQR_ENOMEM. */
-int cqr_table_known_pointers(cqr_table_t *t, uint64_t **ids, uint32_t **ptrs,
-                             size_t *n);
+ * only at commits, so during a phase the copy is exact. With eviction on
+ * (evict_after_phases K) the copy leaves out the IDs that phase phase_no
+ * evicts (stamp + K < phase_no), and *stamps (if non-NULL) gets the
+ * stamps of those copied (NULL when the table keeps none). CQR_ENOMEM. */
+int cqr_table_known_pointers(cqr_table_t *t, uint32_t phase_no,
+                             uint64_t **ids, uint32_t **ptrs,
+                             uint32_t **stamps, size_t *n);
 
 /* Called by a commit with the table held exclusively, before the swap:
  * the replay of the last logged pushes onto the new state. */
@@ -269,6 +321,9 @@ enum {
     CQR_TAG_SEED_H = 2,    /* the B1 hash of a new table, per chunk */
     CQR_TAG_CB_INIT = 3,   /* initial codebook values, per block */
     CQR_TAG_FULL_INIT = 4, /* a full table row's initial value, per ID */
+    CQR_TAG_ADMIT = 5,     /* the admission sketch's hashes */
+    CQR_TAG_FALLBACK = 6,  /* a full table's fallback rows: hash, init */
+    CQR_TAG_EVICT = 7,     /* a full table's eviction samples */
     CQR_TAG_SAMPLE = 16,   /* a phase's sample of known IDs */
     CQR_TAG_KMEANS = 17,   /* a phase's k-means seeding, per chunk */
     CQR_TAG_RESEED = 18    /* a phase's new B1 hash, per chunk */
@@ -325,19 +380,29 @@ static inline uint32_t cqr_hash_h(const cqr_table_t *t,
  * learned (stored) pointers for known cqr IDs, hashed otherwise (p is
  * left alone for hash tables). Returns 0 for a cqr ID the table does not
  * know, 1 otherwise. */
-static inline int cqr_cb_pointers(const cqr_table_t *t,
-                                  const cqr_cbstate_t *st, uint64_t id,
-                                  uint32_t *p, uint32_t *h)
+static inline int cqr_cb_pointers_v(const cqr_table_t *t,
+                                    const cqr_cbstate_t *st, uint64_t id,
+                                    uint32_t *p, uint32_t *h,
+                                    const uint8_t **vout)
 {
     const uint8_t *v = NULL;
     if (t->cfg.kind == CQR_KIND_CQR)
         v = cqr_idmap_find(&st->ids, id);
+    *vout = v;
     for (uint32_t i = 0; i < t->c; i++) {
         if (t->ncb == 2)
             p[i] = v ? cqr_ptr_get(v, t->pw, i) : cqr_hash_p(t, st, id, i);
         h[i] = cqr_hash_h(t, st, id, i);
     }
     return v != NULL || t->cfg.kind != CQR_KIND_CQR;
+}
+
+static inline int cqr_cb_pointers(const cqr_table_t *t,
+                                  const cqr_cbstate_t *st, uint64_t id,
+                                  uint32_t *p, uint32_t *h)
+{
+    const uint8_t *v;
+    return cqr_cb_pointers_v(t, st, id, p, h, &v);
 }
 
 /* Full tables: the block holding row `row`, and the row's index in it. */

@@ -225,40 +225,57 @@ static int full_new_row(cqr_table_t *t, uint64_t id)
     cqr_mark(&t->fmark[b][local], e);
     cqr_mark(&t->fpage[b], e);
     t->nrows++;
+    t->n_admitted++;
+    return 0;
+}
+
+/* A cqr ID's turn in cqr_table_add_known: admitted now (a stored copy of
+ * its hashed pointers), or its stamp brought up to the current phase. */
+static int cqr_known_one(cqr_table_t *t, uint64_t id)
+{
+    cqr_idmap_t *m = &t->st->ids;
+    void *v = cqr_idmap_find(m, id);
+    if (v) {
+        if (t->stamp_off && cqr_stamp_get(t, v) != t->phases_done) {
+            cqr_stamp_set(t, v, t->phases_done);
+            track_insert(t, m, m->cap, v); /* the slot changed */
+        }
+        return 0;
+    }
+    if (!cqr_admit_ok(t, id))
+        return 0;
+    int inserted;
+    size_t old_cap = m->cap;
+    uint64_t mgrow = id != 0 ? cqr_idmap_grow_bytes(m) : 0;
+    int rc = grow_charge(t, mgrow);
+    if (rc)
+        return rc;
+    rc = cqr_idmap_insert(m, id, &v, &inserted);
+    if (rc) {
+        grow_refund(t, mgrow);
+        return rc;
+    }
+    for (uint32_t i = 0; i < t->c; i++)
+        cqr_ptr_set(v, t->pw, i, cqr_hash_p(t, t->st, id, i));
+    if (t->stamp_off)
+        cqr_stamp_set(t, v, t->phases_done);
+    t->n_admitted++;
+    track_insert(t, m, old_cap, v);
     return 0;
 }
 
 int cqr_table_add_known(cqr_table_t *t, const uint64_t *ids, size_t n)
 {
     for (size_t j = 0; j < n; j++) {
+        int rc = 0;
         if (t->cfg.kind == CQR_KIND_FULL) {
-            if (!cqr_full_find(t, ids[j])) {
-                int rc = full_new_row(t, ids[j]);
-                if (rc)
-                    return rc;
-            }
-            continue;
+            if (!cqr_full_find(t, ids[j]))
+                rc = full_new_row(t, ids[j]);
+        } else {
+            rc = cqr_known_one(t, ids[j]);
         }
-        void *v;
-        int inserted;
-        size_t old_cap = t->st->ids.cap;
-        uint64_t mgrow = 0;
-        if (ids[j] != 0 && !cqr_idmap_find(&t->st->ids, ids[j]))
-            mgrow = cqr_idmap_grow_bytes(&t->st->ids);
-        int rc = grow_charge(t, mgrow);
         if (rc)
             return rc;
-        rc = cqr_idmap_insert(&t->st->ids, ids[j], &v, &inserted);
-        if (rc) {
-            grow_refund(t, mgrow);
-            return rc;
-        }
-        if (inserted) {
-            for (uint32_t i = 0; i < t->c; i++)
-                cqr_ptr_set(v, t->pw, i, cqr_hash_p(t, t->st, ids[j], i));
-            track_insert(t, &t->st->ids, old_cap, v);
-        }
     }
     return 0;
 }
-

@@ -183,7 +183,11 @@ static size_t cb_resolve_range(const cqr_table_t *t, const cqr_cbstate_t *st,
     for (size_t j = b; j < e; j++) {
         if (cb_prefetch(t) && j + ahead < e)
             cqr_idmap_prefetch(&st->ids, ids[j + ahead]);
-        unknown += !cqr_cb_pointers(t, st, ids[j], p, h);
+        const uint8_t *v;
+        /* cqr: IDs to admit now, and (eviction on) stale stamps. */
+        cqr_cb_pointers_v(t, st, ids[j], p, h, &v);
+        if (t->cfg.kind == CQR_KIND_CQR)
+            unknown += cqr_needs_known(t, v, ids[j]);
         uint32_t *out = ptrs + j * nb;
         if (t->ncb == 2) {
             memcpy(out, p, t->c * sizeof *p);
@@ -348,7 +352,7 @@ static void full_part(void *arg, unsigned i)
 
 /* Finds the row map slots of ids[b, e) into slots[] (indices, as
  * cqr_idmap_index_of gives them); returns how many are unknown (their
- * entry is UINT64_MAX). */
+ * entry is UINT64_MAX) and to be admitted now. */
 static size_t full_resolve_range(const cqr_table_t *t, const uint64_t *ids,
                                  size_t b, size_t e, uint64_t *slots)
 {
@@ -612,6 +616,24 @@ static void log_finish(const cqr_part_t *pp, size_t np, push_st_t *st,
     }
 }
 
+/* Counts a push of the IDs that still have no state of their own in the
+ * admission sketch (admit_after > 1). Shared lock and gate held. */
+static void sketch_count(cqr_table_t *t, const uint64_t *ids, size_t n)
+{
+    int any = 0;
+    for (size_t j = 0; j < n; j++) {
+        const void *v = t->cfg.kind == CQR_KIND_FULL
+                            ? (const void *)cqr_full_find(t, ids[j])
+                            : cqr_idmap_find(&t->st->ids, ids[j]);
+        if (!v) {
+            cqr_sketch_add(t->sketch, ids[j]);
+            any = 1;
+        }
+    }
+    if (any)
+        cqr_mark(&t->skmark, __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED));
+}
+
 static int push_locked(const cqr_part_t *pp, size_t np, push_st_t *st,
                        const cqr_tableset_t *set, size_t *bad)
 {
@@ -656,6 +678,8 @@ static int push_locked(const cqr_part_t *pp, size_t np, push_st_t *st,
         else
             cb_apply_resolved(t, t->st, &t->cfg.optim, st[i].rows, st[i].g,
                               pp[i].n);
+        if (t->sketch)
+            sketch_count(t, pp[i].ids, pp[i].n);
     }
     cqr_tableset_unlock(set, 0);
     for (size_t i = 0; i < np; i++) {

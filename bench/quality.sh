@@ -27,6 +27,10 @@
 #   small_init        initial values in +-0.01, optimizer state kept
 #   small_init_reset  initial values in +-0.01 and the reset, as flags (the
 #                     defaults, spelled out)
+#   admit2, admit3    defaults, cqr IDs get learned pointers only at their
+#                     2nd / 3rd push (--admit-after; KINDS=cqr)
+#   evict2            defaults, cqr IDs not pushed during the last 2 phases
+#                     lose them (--evict-after-phases 2; KINDS=cqr)
 # Override with VARIANTS="defaults small_init" (names from the list), and
 # SEEDS, EPOCHS, KINDS, PPDS, JOBS (trainers at once, default 2).
 #
@@ -91,7 +95,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --data) DATA=$2; shift 2 ;;
     --report-only) REPORT_ONLY=1; shift ;;
-    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) OUT=$1; shift ;;
   esac
 done
@@ -109,6 +113,11 @@ export FLAGS_dense="--dense"
 export FLAGS_old_defaults="--init-scale 0.1767767 --no-reset-optimizer"
 export FLAGS_small_init="--init-scale 0.01 --no-reset-optimizer"
 export FLAGS_small_init_reset="--init-scale 0.01 --reset-optimizer"
+# Memory per ID (issue 19; cqr only): admission at the 2nd / 3rd push,
+# eviction after 2 phases without a push.
+export FLAGS_admit2="--admit-after 2"
+export FLAGS_admit3="--admit-after 3"
+export FLAGS_evict2="--evict-after-phases 2"
 for v in $VARIANTS; do
   fv="FLAGS_$v"
   if [ -z "${!fv+set}" ]; then

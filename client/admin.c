@@ -84,6 +84,10 @@ static void cfg_to_pb(const cqrps_table_config_t *in, uint32_t rows,
                        ? CQRPS__V1__SETTING__SETTING_OFF
                        : CQRPS__V1__SETTING__SETTING_DEFAULT;
     p->clu.tolerance = in->cluster_tol;
+    p->cfg.admit_after = in->admit_after;
+    p->cfg.evict_after_phases = in->evict_after_phases;
+    p->cfg.max_ids = in->max_ids;
+    p->cfg.ttl_seconds = in->ttl_seconds;
     p->cfg.optimizer = &p->opt;
     p->cfg.schedule = &p->sched;
     p->cfg.cluster = &p->clu;
@@ -101,6 +105,10 @@ static void cfg_from_pb(const Cqrps__V1__TableConfig *p,
     out->rows = p->rows;
     out->seed = p->seed;
     out->init_scale = p->init_scale;
+    out->admit_after = p->admit_after;
+    out->evict_after_phases = p->evict_after_phases;
+    out->max_ids = p->max_ids;
+    out->ttl_seconds = p->ttl_seconds;
     if (p->optimizer) {
         out->optimizer = (cqrps_optimizer_t)p->optimizer->kind;
         out->lr = p->optimizer->lr;
@@ -143,6 +151,9 @@ static void info_from_pb(const Cqrps__V1__TableInfo *p,
     out->examples_pushed = p->examples_pushed;
     out->last_inertia = p->last_inertia;
     out->last_phase_seconds = p->last_phase_seconds;
+    out->ids_admitted = p->ids_admitted;
+    out->ids_evicted = p->ids_evicted;
+    out->sketch_bytes = p->sketch_bytes;
 }
 
 /* Adds shard `k`'s (0-based, k >= 1) figures of the same table into acc. */
@@ -164,6 +175,9 @@ static void info_merge(cqrps_table_info_t *acc, const cqrps_table_info_t *o,
     acc->lookups += o->lookups;
     acc->pushes += o->pushes;
     acc->examples_pushed += o->examples_pushed;
+    acc->ids_admitted += o->ids_admitted;
+    acc->ids_evicted += o->ids_evicted;
+    acc->sketch_bytes += o->sketch_bytes;
     acc->last_inertia = (acc->last_inertia * k + o->last_inertia) / (k + 1);
     if (o->last_phase_seconds > acc->last_phase_seconds)
         acc->last_phase_seconds = o->last_phase_seconds;

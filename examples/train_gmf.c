@@ -59,6 +59,8 @@ typedef struct opts {
     const char *admin_token_file; /* file with the admin secret, or NULL */
     int quiet;               /* no progress, no per-epoch lines */
     int keep;                /* do not drop the tables at the end */
+    uint32_t admit_after;    /* cqr: learned pointers at the N-th push */
+    uint32_t evict_after;    /* cqr: evict after K phases unpushed */
 } opts_t;
 
 static volatile sig_atomic_t g_stop; /* set by SIGINT/SIGTERM */
@@ -112,6 +114,9 @@ static void usage(FILE *f)
         "  --no-reset-optimizer keep it across phases (the published code)\n"
         "  --dense              dense AdamW as in PyTorch: every ID's rows step\n"
         "                       every batch (IDs not in the batch push zeros)\n"
+        "  --admit-after N      cqr: learned pointers at an ID's N-th push (1)\n"
+        "  --evict-after-phases K  cqr: IDs not pushed during the last K\n"
+        "                       phases lose them (0 = never)\n"
         "  --init-scale X       initial values uniform in (-X, X) (server default;\n"
         "                       the old default was 1/sqrt(dim))\n"
         "  --table-prefix S     table names S.user and S.item\n"
@@ -169,7 +174,7 @@ static void parse_args(int argc, char **argv, opts_t *o)
         O_ADDR = 256, O_DATA, O_SYN, O_KIND, O_PPD, O_SEED, O_EPOCHS, O_TSV,
         O_DIM, O_CHUNKS, O_BATCH, O_LR, O_WD, O_CFRAC, O_CITERS, O_CSAMPLE,
         O_RESET, O_NORESET, O_CTOL, O_DENSE, O_INIT, O_PREFIX, O_TOKEN,
-        O_ADMIN, O_QUIET, O_KEEP, O_HELP
+        O_ADMIN, O_QUIET, O_KEEP, O_HELP, O_ADMIT, O_EVICT
     };
     static const struct option lo[] = {
         {"addr", required_argument, 0, O_ADDR},
@@ -198,6 +203,8 @@ static void parse_args(int argc, char **argv, opts_t *o)
         {"admin-token-file", required_argument, 0, O_ADMIN},
         {"quiet", no_argument, 0, O_QUIET},
         {"keep", no_argument, 0, O_KEEP},
+        {"admit-after", required_argument, 0, O_ADMIT},
+        {"evict-after-phases", required_argument, 0, O_EVICT},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
@@ -264,6 +271,14 @@ static void parse_args(int argc, char **argv, opts_t *o)
                 o->cluster_tol = -1; /* every iteration, on the wire */
             break;
         case O_DENSE: o->dense = 1; break;
+        case O_ADMIT:
+            o->admit_after = (uint32_t)parse_u64("admit-after", optarg, 0,
+                                                 255);
+            break;
+        case O_EVICT:
+            o->evict_after = (uint32_t)parse_u64("evict-after-phases",
+                                                 optarg, 0, 1000000);
+            break;
         case O_INIT:
             o->init_scale = (float)parse_f("init-scale", optarg, 1e-9, 1000);
             break;
@@ -475,6 +490,8 @@ static int create_tables(trainer_t *t)
     cfg.reset_optimizer = o->reset_optimizer;
     cfg.init_scale = o->init_scale;
     cfg.cluster_tol = o->cluster_tol;
+    cfg.admit_after = o->admit_after;
+    cfg.evict_after_phases = o->evict_after;
 
     /* Different seeds for the two tables: their hashes and initial values
      * must not be the same functions of the ID. */
@@ -673,7 +690,7 @@ static int report_memory(trainer_t *t, const char *name, const char *role,
            "param_bytes=%llu index_bytes=%llu optimizer_bytes=%llu "
            "alloc_bytes=%llu bytes=%llu bytes_per_id=%.2f "
            "index_bytes_per_id=%.2f full_bytes=%llu compression=%.2fx "
-           "phases=%u\n", name, role, cqrps_kind_name(info.config.kind),
+           "phases=%u admitted=%llu evicted=%llu\n", name, role, cqrps_kind_name(info.config.kind),
            info.config.rows, nids, (unsigned long long)info.known_ids,
            (unsigned long long)info.param_bytes,
            (unsigned long long)info.index_bytes,
@@ -682,7 +699,8 @@ static int report_memory(trainer_t *t, const char *name, const char *role,
            nids ? (double)bytes / nids : 0.0,
            nids ? (double)info.index_bytes / nids : 0.0,
            (unsigned long long)full, bytes ? (double)full / bytes : 0.0,
-           info.phases_done);
+           info.phases_done, (unsigned long long)info.ids_admitted,
+           (unsigned long long)info.ids_evicted);
     return 0;
 }
 

@@ -78,13 +78,25 @@ static void usage_create(FILE *f, const cli_command_t *cmd)
             "                     (the default)\n"
             "  --no-reset-optimizer  keep it across phases (the published "
             "code's way)\n"
+            "  --admit-after N    full, cqr: an ID gets state of its own at "
+            "its N-th push\n"
+            "                     (default 1: the first)\n"
+            "  --evict-after-phases K  cqr: IDs not pushed during the last K "
+            "phases\n"
+            "                     lose their learned pointers (default 0: "
+            "never)\n"
+            "  --max-ids N        full: at most N rows (the least recently "
+            "pushed of a\n"
+            "                     sample is freed; default 0: no limit)\n"
+            "  --ttl S            full: free rows not pushed for S seconds "
+            "(default 0)\n"
             "--chunks and --rows are ignored by kinds that do not use "
             "them.\n");
 }
 
 enum { O_KIND = 256, O_DIM, O_CHUNKS, O_ROWS, O_SEED, O_OPT, O_LR, O_B1,
        O_B2, O_EPS, O_WD, O_INIT, O_EVERY, O_MAXPH, O_ITERS, O_SAMPLE,
-       O_RESET, O_NORESET, O_TOL };
+       O_RESET, O_NORESET, O_TOL, O_ADMIT, O_EVICT, O_MAXIDS, O_TTL };
 
 static const struct option create_options[] = {
     { "help", no_argument, NULL, 'h' },
@@ -107,6 +119,10 @@ static const struct option create_options[] = {
     { "reset-optimizer", no_argument, NULL, O_RESET },
     { "no-reset-optimizer", no_argument, NULL, O_NORESET },
     { "cluster-tol", required_argument, NULL, O_TOL },
+    { "admit-after", required_argument, NULL, O_ADMIT },
+    { "evict-after-phases", required_argument, NULL, O_EVICT },
+    { "max-ids", required_argument, NULL, O_MAXIDS },
+    { "ttl", required_argument, NULL, O_TTL },
     { NULL, 0, NULL, 0 }
 };
 
@@ -169,6 +185,19 @@ static int create_option(int ch, const char *a, cqrps_table_config_t *cfg,
         if (cfg->cluster_tol == 0.0f)
             cfg->cluster_tol = -1.0f;
         break;
+    case O_ADMIT:
+        bad = cli_parse_u64(a, 255, &v) < 0;
+        cfg->admit_after = (uint32_t)v;
+        break;
+    case O_EVICT:
+        bad = cli_parse_u64(a, UINT32_MAX, &v) < 0;
+        cfg->evict_after_phases = (uint32_t)v;
+        break;
+    case O_MAXIDS: bad = cli_parse_u64(a, UINT64_MAX, &cfg->max_ids) < 0; break;
+    case O_TTL:
+        bad = cli_parse_u64(a, UINT32_MAX, &v) < 0;
+        cfg->ttl_seconds = (uint32_t)v;
+        break;
     }
     return bad;
 }
@@ -187,7 +216,7 @@ static int parse_create(cli_t *cli, const cli_command_t *cmd, int argc,
             cmd->usage(stdout, cmd);
             return -1;
         }
-        if (ch < O_KIND || ch > O_TOL) {
+        if (ch < O_KIND || ch > O_TTL) {
             cmd->usage(stderr, cmd);
             return CLI_EXIT_USAGE;
         }

@@ -120,6 +120,10 @@ cJSON *js_config(const cqrps_table_config_t *c)
     js_u64(o, "cluster_sample", c->cluster_sample);
     js_bool(o, "reset_optimizer", c->reset_optimizer == CQRPS_ON);
     js_flt(o, "cluster_tol", c->cluster_tol);
+    js_u64(o, "admit_after", c->admit_after);
+    js_u64(o, "evict_after_phases", c->evict_after_phases);
+    js_u64(o, "max_ids", c->max_ids);
+    js_u64(o, "ttl_seconds", c->ttl_seconds);
     return o;
 }
 
@@ -140,6 +144,9 @@ cJSON *js_info(const cqrps_table_info_t *t)
     js_u64(o, "examples_pushed", t->examples_pushed);
     js_dbl(o, "last_inertia", t->last_inertia);
     js_dbl(o, "last_phase_seconds", t->last_phase_seconds);
+    js_u64(o, "ids_admitted", t->ids_admitted);
+    js_u64(o, "ids_evicted", t->ids_evicted);
+    js_u64(o, "sketch_bytes", t->sketch_bytes);
     return o;
 }
 
@@ -240,6 +247,23 @@ void print_describe(const cqrps_table_info_t *t)
                    c->schedule_every, c->schedule_max_phases);
         else
             printf("schedule:       off\n");
+    }
+    if (c->kind == CQRPS_KIND_FULL || c->kind == CQRPS_KIND_CQR) {
+        printf("admission:      after %u push%s", c->admit_after > 1
+               ? c->admit_after : 1, c->admit_after > 1 ? "es" : "");
+        if (t->sketch_bytes)
+            printf(" (sketch %" PRIu64 " bytes)", t->sketch_bytes);
+        printf(", %" PRIu64 " admitted\n", t->ids_admitted);
+        printf("eviction:       ");
+        if (c->evict_after_phases)
+            printf("after %u phases unpushed", c->evict_after_phases);
+        if (c->max_ids)
+            printf("max_ids %" PRIu64 " ", c->max_ids);
+        if (c->ttl_seconds)
+            printf("ttl %u s ", c->ttl_seconds);
+        if (!c->evict_after_phases && !c->max_ids && !c->ttl_seconds)
+            printf("off");
+        printf(", %" PRIu64 " evicted\n", t->ids_evicted);
     }
     printf("known_ids:      %" PRIu64 "\n", t->known_ids);
     printf("memory:         params %s, optimizer %s, index %s "

@@ -261,6 +261,16 @@ typedef struct cqrps_table_config {
                                     0 = the server's default (1e-3), < 0 =
                                     every iteration; info gives -1 for
                                     none */
+    /* Memory per ID (issue 19); 0 = off. Sharded: per shard. */
+    uint32_t admit_after;        /* full/cqr: an ID gets state of its own
+                                    (a row, learned pointers) at its N-th
+                                    push (0, 1: the first), 1..255 */
+    uint32_t evict_after_phases; /* cqr: IDs not pushed during the last K
+                                    phases lose their learned pointers */
+    uint64_t max_ids;            /* full: at most N rows; a new one frees
+                                    the least recently pushed of a sample */
+    uint32_t ttl_seconds;        /* full: rows not pushed for T seconds
+                                    are freed */
 } cqrps_table_config_t;
 
 /* Values of a setting whose zero means "the server's default"
@@ -293,6 +303,9 @@ typedef struct cqrps_table_info {
     uint64_t examples_pushed;      /* rows of plain pushes + bags */
     double last_inertia;           /* k-means inertia of the last phase */
     double last_phase_seconds;     /* wall time of the last phase */
+    uint64_t ids_admitted;         /* IDs given state of their own */
+    uint64_t ids_evicted;          /* IDs whose state was freed */
+    uint64_t sketch_bytes;         /* the admission sketch */
 } cqrps_table_info_t;
 
 /* Creates a table on every shard; fills *info (if non-NULL) with the

@@ -70,23 +70,25 @@ typedef struct cqr_table_config {
     uint32_t schedule_max_phases;  /* no schedule after this many phases;
                                       0 = no limit */
     /* Memory per ID (issue 19): admission and eviction. */
-    uint32_t admit_after;          /* full, cqr: an ID gets state of its
-                                      own (a row, learned pointers) at its
-                                      N-th push; before, a cqr ID uses its
-                                      hashed pointers and a full ID a
+    uint32_t admit_after;          /* cqr: an ID gets learned pointers
+                                      of its own at its N-th push; before,
+                                      it uses its hashed pointers. 0 or 1:
+                                      at the first push (no sketch). At
+                                      most CQR_MAX_ADMIT_AFTER. (full: a
                                       hashed row of a fallback codebook of
-                                      CQR_FALLBACK_ROWS rows. 0 or 1: at
-                                      the first push (no sketch). At most
-                                      CQR_MAX_ADMIT_AFTER */
+                                      CQR_FALLBACK_ROWS rows, not built
+                                      yet: refused) */
     uint32_t evict_after_phases;   /* cqr: an ID not pushed during the
                                       last K phases loses its learned
                                       pointers at the next commit; 0 =
                                       never */
     uint64_t max_ids;              /* full: at most this many rows; a new
                                       row beyond frees the least recently
-                                      pushed of a sample; 0 = no limit */
+                                      pushed of a sample; 0 = no limit
+                                      (not built yet: refused) */
     uint32_t ttl_seconds;          /* full: rows not pushed for this many
-                                      seconds are freed; 0 = never */
+                                      seconds are freed; 0 = never (not
+                                      built yet: refused) */
 } cqr_table_config_t;
 
 /* Push counts saturate at 255: the sketch's counters are bytes. */

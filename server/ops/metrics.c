@@ -337,6 +337,11 @@ static const tfam_t table_fams[] = {
      "Wall time of the table's last cluster phase."},
     {"cqrps_table_cluster_last_commit_seconds", "gauge",
      "Push pause of the table's last phase commit."},
+    {"cqrps_table_ids_admitted_total", "counter",
+     "IDs given state of their own (admit_after; full and cqr tables)."},
+    {"cqrps_table_ids_evicted_total", "counter",
+     "IDs whose state was freed (evict_after_phases, max_ids, "
+     "ttl_seconds)."},
 };
 
 /* The sample(s) of family f (an index into table_fams) for table e. */
@@ -384,6 +389,12 @@ static void put_table_sample(text_t *t, size_t f, const cqr_entry_t *e,
         break;
     case 9:
         put(t, "%s{table=\"%s\"} %.17g\n", fn, tn, s->last_commit_seconds);
+        break;
+    case 10:
+        put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fn, tn, s->ids_admitted);
+        break;
+    case 11:
+        put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fn, tn, s->ids_evicted);
         break;
     }
 }

@@ -57,6 +57,10 @@ static void fill_info(cqr_info_block_t *b, const cqr_entry_t *e)
     b->cfg.optimizer = &b->opt;
     b->cfg.schedule = &b->sched;
     b->cfg.cluster = &b->cl;
+    b->cfg.admit_after = tc->admit_after > 1 ? tc->admit_after : 0;
+    b->cfg.evict_after_phases = tc->evict_after_phases;
+    b->cfg.max_ids = tc->max_ids;
+    b->cfg.ttl_seconds = tc->ttl_seconds;
 
     cqrps__v1__table_info__init(&b->info);
     /* The name stays valid while the call holds the entry reference. */
@@ -74,6 +78,9 @@ static void fill_info(cqr_info_block_t *b, const cqr_entry_t *e)
     b->info.examples_pushed = st.examples_pushed;
     b->info.last_inertia = st.last_inertia;
     b->info.last_phase_seconds = st.last_phase_seconds;
+    b->info.ids_admitted = st.ids_admitted;
+    b->info.ids_evicted = st.ids_evicted;
+    b->info.sketch_bytes = st.sketch_bytes;
 }
 
 /* Fills c->infos with every table (for ListTables and Stats). */
@@ -222,6 +229,11 @@ static int map_config(cqr_call_t *c, const Cqrps__V1__TableConfig *in,
         else if (cl->tolerance > 0)
             cfg->cluster_tol = cl->tolerance;
     }
+    if (in->admit_after != 0)
+        cfg->admit_after = in->admit_after;
+    cfg->evict_after_phases = in->evict_after_phases;
+    cfg->max_ids = in->max_ids;
+    cfg->ttl_seconds = in->ttl_seconds;
     /* The wire has no per-table thread count: the operator decides. */
     cfg->cluster_threads = c->ctx->cfg->cluster_threads;
 

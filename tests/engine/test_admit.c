@@ -86,6 +86,16 @@ START_TEST(test_config)
     cqr_table_config_default(&cfg, CQR_KIND_FULL, DIM);
     cfg.evict_after_phases = 2;
     ck_assert_int_eq(cqr_table_config_check(&cfg, NULL, 0), CQR_EINVAL);
+    /* Full tables: not implemented yet, refused rather than ignored. */
+    cqr_table_config_default(&cfg, CQR_KIND_FULL, DIM);
+    cfg.admit_after = 2;
+    ck_assert_int_eq(cqr_table_config_check(&cfg, NULL, 0), CQR_EINVAL);
+    cfg.admit_after = 1;
+    cfg.max_ids = 100;
+    ck_assert_int_eq(cqr_table_config_check(&cfg, NULL, 0), CQR_EINVAL);
+    cfg.max_ids = 0;
+    cfg.ttl_seconds = 60;
+    ck_assert_int_eq(cqr_table_config_check(&cfg, NULL, 0), CQR_EINVAL);
     /* The sketch is charged at creation. */
     cqr_table_config_default(&cfg, CQR_KIND_CQR, DIM);
     uint64_t plain = cqr_table_config_bytes(&cfg);

@@ -68,6 +68,10 @@ int main(void)
     OFF(cqrps_table_config_t, reset_optimizer);
     OFF(cqrps_table_config_t, init_scale);
     OFF(cqrps_table_config_t, cluster_tol);
+    OFF(cqrps_table_config_t, admit_after);
+    OFF(cqrps_table_config_t, evict_after_phases);
+    OFF(cqrps_table_config_t, max_ids);
+    OFF(cqrps_table_config_t, ttl_seconds);
 
     SIZE(cqrps_table_info_t);
     OFF(cqrps_table_info_t, name);
@@ -84,6 +88,9 @@ int main(void)
     OFF(cqrps_table_info_t, examples_pushed);
     OFF(cqrps_table_info_t, last_inertia);
     OFF(cqrps_table_info_t, last_phase_seconds);
+    OFF(cqrps_table_info_t, ids_admitted);
+    OFF(cqrps_table_info_t, ids_evicted);
+    OFF(cqrps_table_info_t, sketch_bytes);
 
     SIZE(cqrps_phase_status_t);
     OFF(cqrps_phase_status_t, phase_id);

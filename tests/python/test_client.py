@@ -174,6 +174,28 @@ class ClientTest(ServerTestCase):
         with self.assertRaises(cqrps.InvalidArgument):
             self.table("py.bad", kind="cqr", cluster_tol=1.5)
 
+    def test_admission_eviction(self) -> None:
+        # Issue 19: create kwargs, the effective config and the counters.
+        t = self.table("py.adm", kind="cqr", rows=64, admit_after=2,
+                       evict_after_phases=1)
+        self.assertEqual((t.config.admit_after, t.config.evict_after_phases),
+                         (2, 1))
+        self.assertEqual(t.sketch_bytes, 1 << 20)
+        ids = np.arange(1, 11, dtype=np.uint64)
+        g = np.full((10, DIM), 0.1, dtype=np.float32)
+        self.c.push("py.adm", ids, g)
+        self.assertEqual(self.c.describe_table("py.adm").known_ids, 0)
+        self.c.push("py.adm", ids[:4], g[:4])
+        info = self.c.describe_table("py.adm")
+        self.assertEqual((info.known_ids, info.ids_admitted), (4, 4))
+        self.c.cluster("py.adm")
+        self.c.push("py.adm", ids[:1], g[:1])
+        self.c.cluster("py.adm")
+        info = self.c.describe_table("py.adm")
+        self.assertEqual((info.known_ids, info.ids_evicted), (1, 3))
+        with self.assertRaises(cqrps.InvalidArgument):
+            self.table("py.adm.bad", kind="cqr", max_ids=5)
+
     def test_every_kind_and_optimizer(self) -> None:
         for kind in ("full", "hash", "ce", "cqr"):
             for opt in ("sgd", "adagrad", "adam"):

@@ -225,6 +225,55 @@ START_TEST(test_store_roundtrip)
 }
 END_TEST
 
+/* Admission and eviction state (issue 19: the options, the sketch, the
+ * stamps, the counters) restores exactly: the restored table digests
+ * alike and stays alike under the same further calls. */
+START_TEST(test_store_admit_evict)
+{
+    char *dir = tmpdir();
+    cqr_store_t *s = open_store(dir, 0);
+    cqr_table_config_t cfg;
+    cqr_table_config_default(&cfg, CQR_KIND_CQR, 8);
+    cfg.rows = 64;
+    cfg.admit_after = 2;
+    cfg.evict_after_phases = 1;
+    cqr_table_t *t;
+    ck_assert_int_eq(cqr_table_create(&cfg, &t), 0);
+    const char *names[1] = {"adm"};
+    cqr_rng_t rng, rng2;
+    cqr_rng_seed(&rng, 9);
+    for (int r = 0; r < 3; r++) {
+        push_random(t, &rng, 4, 128, 0, 300 + 100 * r);
+        ck_assert_int_eq(cqr_table_cluster(t, NULL, NULL, NULL), 0);
+    }
+    push_random(t, &rng, 2, 64, 0, 500);
+    cqr_table_stats_t st;
+    cqr_table_stats(t, &st);
+    ck_assert_uint_gt(st.ids_evicted, 0);
+    ck_assert_uint_gt(st.ids_admitted, st.known_ids);
+    checkpoint(s, &t, names, 1, NULL);
+    tset_t ts;
+    cqr_store_load_info_t li;
+    ck_assert_int_eq(load(s, 0, &ts, &li), 0);
+    cqr_table_t *u = tset_get(&ts, "adm");
+    ck_assert_uint_eq(digest(u), digest(t));
+    cqr_table_stats_t su;
+    cqr_table_stats(u, &su);
+    ck_assert_uint_eq(su.ids_admitted, st.ids_admitted);
+    ck_assert_uint_eq(su.ids_evicted, st.ids_evicted);
+    rng2 = rng;
+    push_random(t, &rng, 2, 64, 0, 600);
+    push_random(u, &rng2, 2, 64, 0, 600);
+    ck_assert_int_eq(cqr_table_cluster(t, NULL, NULL, NULL), 0);
+    ck_assert_int_eq(cqr_table_cluster(u, NULL, NULL, NULL), 0);
+    ck_assert_uint_eq(digest(u), digest(t));
+    tset_free(&ts);
+    cqr_table_destroy(t);
+    cqr_store_close(s);
+    rmdir_all(dir);
+}
+END_TEST
+
 /* Touching 1% of a large full table writes about 1% of it. */
 START_TEST(test_store_incremental_bytes)
 {
@@ -546,6 +595,7 @@ Suite *cqr_test_suite(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 1200);
     tcase_add_test(tc, test_store_roundtrip);
+    tcase_add_test(tc, test_store_admit_evict);
     tcase_add_test(tc, test_store_incremental_bytes);
     tcase_add_test(tc, test_store_corrupt_fallback);
     tcase_add_test(tc, test_store_retention);

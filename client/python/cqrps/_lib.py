@@ -177,6 +177,10 @@ class TableConfig(Structure):
         ("reset_optimizer", c_int),
         ("init_scale", c_float),
         ("cluster_tol", c_float),
+        ("admit_after", c_uint32),
+        ("evict_after_phases", c_uint32),
+        ("max_ids", c_uint64),
+        ("ttl_seconds", c_uint32),
     ]
 
 
@@ -198,6 +202,9 @@ class TableInfo(Structure):
         ("examples_pushed", c_uint64),
         ("last_inertia", c_double),
         ("last_phase_seconds", c_double),
+        ("ids_admitted", c_uint64),
+        ("ids_evicted", c_uint64),
+        ("sketch_bytes", c_uint64),
     ]
 
 

@@ -46,6 +46,10 @@ class TableConfig:
     reset_optimizer: bool     #: zero optimizer state at each phase
     init_scale: float         #: initial values uniform in (-s, s)
     cluster_tol: float        #: k-means relative inertia tolerance (-1: none)
+    admit_after: int = 0      #: state of its own at the N-th push (0: first)
+    evict_after_phases: int = 0  #: cqr: evict after K phases unpushed (0 off)
+    max_ids: int = 0          #: full: at most N rows (0: no limit)
+    ttl_seconds: int = 0      #: full: free rows unpushed for T s (0: never)
 
     @classmethod
     def _from_c(cls, c: _lib.TableConfig) -> "TableConfig":
@@ -60,7 +64,10 @@ class TableConfig:
             schedule_max_phases=c.schedule_max_phases,
             cluster_iters=c.cluster_iters, cluster_sample=c.cluster_sample,
             reset_optimizer=c.reset_optimizer == 1,  # CQRPS_ON
-            init_scale=_f32(c.init_scale), cluster_tol=_f32(c.cluster_tol))
+            init_scale=_f32(c.init_scale), cluster_tol=_f32(c.cluster_tol),
+            admit_after=c.admit_after,
+            evict_after_phases=c.evict_after_phases, max_ids=c.max_ids,
+            ttl_seconds=c.ttl_seconds)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,9 @@ class TableInfo:
     examples_pushed: int        #: rows of plain pushes + bags
     last_inertia: float         #: k-means inertia of the last phase
     last_phase_seconds: float   #: wall time of the last phase
+    ids_admitted: int = 0       #: IDs given state of their own
+    ids_evicted: int = 0        #: IDs whose state was freed
+    sketch_bytes: int = 0       #: the admission sketch
 
     @property
     def kind(self) -> str:
@@ -103,7 +113,9 @@ class TableInfo:
             lookups=t.lookups, pushes=t.pushes,
             examples_pushed=t.examples_pushed,
             last_inertia=t.last_inertia,
-            last_phase_seconds=t.last_phase_seconds)
+            last_phase_seconds=t.last_phase_seconds,
+            ids_admitted=t.ids_admitted, ids_evicted=t.ids_evicted,
+            sketch_bytes=t.sketch_bytes)
 
 
 @dataclass(frozen=True)

@@ -495,7 +495,9 @@ class Client:
                      cluster_iters: int = 0, cluster_sample: int = 0,
                      reset_optimizer: Optional[bool] = None,
                      init_scale: float = 0.0,
-                     cluster_tol: Optional[float] = None) -> TableInfo:
+                     cluster_tol: Optional[float] = None,
+                     admit_after: int = 0, evict_after_phases: int = 0,
+                     max_ids: int = 0, ttl_seconds: int = 0) -> TableInfo:
         """Creates a table on every shard; returns its effective config.
 
         Every field of ``cqrps_table_config_t`` is a keyword; 0 (or None)
@@ -506,8 +508,13 @@ class Client:
         the README's "Defaults").
         ``reset_optimizer=False`` keeps the optimizer state across phases
         (the published code's behaviour); ``cluster_tol=0`` runs every
-        k-means iteration. Raises AlreadyExists if the table exists,
-        InvalidArgument for a bad config.
+        k-means iteration. Memory per ID (0 = off): ``admit_after=N``
+        (full, cqr) gives an ID state of its own only at its N-th push;
+        ``evict_after_phases=K`` (cqr) drops the learned pointers of IDs
+        not pushed during the last K phases; ``max_ids=N`` and
+        ``ttl_seconds=T`` (full) free rows beyond N (least recently pushed
+        of a sample) or not pushed for T seconds. Raises AlreadyExists if
+        the table exists, InvalidArgument for a bad config.
         """
         if not (isinstance(dim, (int, np.integer)) and 0 < dim <= 0xFFFFFFFF):
             raise InvalidArgument(f"dim: expected a positive int, got {dim!r}")
@@ -518,12 +525,16 @@ class Client:
         ints = {"chunks": chunks, "rows": rows,
                 "schedule_max_phases": schedule_max_phases,
                 "cluster_iters": cluster_iters,
-                "cluster_sample": cluster_sample}
+                "cluster_sample": cluster_sample,
+                "admit_after": admit_after,
+                "evict_after_phases": evict_after_phases,
+                "ttl_seconds": ttl_seconds}
         for k, v in ints.items():
             if not 0 <= int(v) <= 0xFFFFFFFF:
                 raise InvalidArgument(f"{k}: expected 0 .. 2**32-1")
             setattr(cfg, k, int(v))
-        for k, v in {"seed": seed, "schedule_every": schedule_every}.items():
+        for k, v in {"seed": seed, "schedule_every": schedule_every,
+                     "max_ids": max_ids}.items():
             if not 0 <= int(v) <= 0xFFFFFFFFFFFFFFFF:
                 raise InvalidArgument(f"{k}: expected 0 .. 2**64-1")
             setattr(cfg, k, int(v))

@@ -317,6 +317,28 @@ static void cli_tables(run_t *r)
                                          "reset_optimizer=no"));
     CLI(r, "drop", "t0");
     ck_assert_int_eq(r->status, 0);
+
+    /* Admission and eviction (issue 19): the flags, describe, JSON. */
+    CLI(r, "create", "ta", "--kind", "cqr", "--dim", "16", "--admit-after",
+        "3", "--evict-after-phases", "2");
+    ck_assert_msg(r->status == 0, "create ta: %s", r->err);
+    CLI(r, "describe", "ta");
+    ck_assert_ptr_nonnull(strstr(r->out, "admission:      after 3 pushes "
+                                         "(sketch 1048576 bytes), 0 "
+                                         "admitted\n"));
+    ck_assert_ptr_nonnull(strstr(r->out, "eviction:       after 2 phases "
+                                         "unpushed, 0 evicted\n"));
+    CLI(r, "--json", "describe", "ta");
+    ck_assert_ptr_nonnull(strstr(r->out, "\"admit_after\":3,"));
+    ck_assert_ptr_nonnull(strstr(r->out, "\"evict_after_phases\":2,"));
+    ck_assert_ptr_nonnull(strstr(r->out, "\"ids_evicted\":0"));
+    /* Options a kind does not take are refused by the server. */
+    CLI(r, "create", "tb", "--kind", "cqr", "--dim", "16", "--max-ids",
+        "10", "--ttl", "5");
+    ck_assert_int_eq(r->status, 1);
+    ck_assert_ptr_nonnull(strstr(r->err, "INVALID_ARGUMENT"));
+    CLI(r, "drop", "ta");
+    ck_assert_int_eq(r->status, 0);
 }
 
 /* digest and cluster, on the data pushed through c. */

@@ -132,12 +132,10 @@ static int im_meta(cqr_import_t *im, cqr_rd_t *r)
                            (unsigned long long)nrows,
                            (unsigned long long)im->map_count);
         size_t nb = (nrows + CQR_FULL_BLOCK - 1) >> CQR_FULL_BLOCK_SHIFT;
-        for (size_t b = 0; b < nb; b++) {
-            int rc = cqr_full_add_block(t);
-            if (rc)
-                return im_fail(im, rc, "meta: row block %zu: %s", b,
-                               cqr_strerror(rc));
-        }
+        int rc = cqr_full_reserve(t, nrows);
+        if (rc)
+            return im_fail(im, rc, "meta: %zu row blocks: %s", nb,
+                           cqr_strerror(rc));
         t->nrows = nrows;
         im->nfp = nb;
     }

@@ -55,8 +55,15 @@ typedef struct cqr_cbstate {
     cqr_idmap_t ids;  /* cqr: known ID -> c B0 pointers of pw bytes */
 } cqr_cbstate_t;
 
+/* Full tables address rows as block row >> CQR_FULL_BLOCK_SHIFT, row
+ * row & (CQR_FULL_BLOCK - 1) in it (and persist one page per block).
+ * Block 0 is allocated for CQR_FULL_FIRST rows and doubles as rows come,
+ * up to CQR_FULL_BLOCK; the later blocks are whole from the start (the
+ * table then already holds a block's rows), so the memory a table takes
+ * and is charged for stays within twice its rows (issue 14, item 7). */
 #define CQR_FULL_BLOCK_SHIFT 16
 #define CQR_FULL_BLOCK (1u << CQR_FULL_BLOCK_SHIFT)
+#define CQR_FULL_FIRST 64u
 /* Codebook rows per persistence page (one mark per page, persist.h). */
 #define CQR_CB_PAGE_SHIFT 16
 #define CQR_CB_PAGE (1u << CQR_CB_PAGE_SHIFT)
@@ -81,7 +88,8 @@ struct cqr_table {
     cqr_cbstate_t *st;      /* hash/ce/cqr: the live state */
 
     cqr_idmap_t rowmap;     /* full: ID -> cqr_full_slot_t (row, counter) */
-    cqr_rows_t *blocks;     /* full: row blocks of CQR_FULL_BLOCK rows */
+    cqr_rows_t *blocks;     /* full: row blocks of CQR_FULL_BLOCK rows
+                               (block 0 may hold fewer: .n rows) */
     size_t nblocks;         /* full: blocks allocated */
     size_t blocks_cap;      /* full: slots in `blocks` */
     uint64_t nrows;         /* full: rows handed out */
@@ -126,8 +134,8 @@ struct cqr_table {
     uint32_t *cbpage;       /* hash/ce/cqr: ncb*c*cbpages page marks */
     uint32_t cbpages;       /* pages per codebook block */
     uint32_t cb_base_epoch; /* codebooks replaced wholesale (a commit) */
-    uint32_t **fmark;       /* full: per block, CQR_FULL_BLOCK row marks
-                               (blocks_cap slots) */
+    uint32_t **fmark;       /* full: per block, one row mark per row of
+                               the block (blocks_cap slots) */
     uint32_t *fpage;        /* full: one page mark per block (blocks_cap) */
     uint32_t map_base_epoch; /* known-ID map replaced or rehashed */
     uint32_t map_floor;     /* insertion records older than this epoch
@@ -166,9 +174,10 @@ static inline void cqr_mark(uint32_t *m, uint32_t e)
  * the failing one stay registered. Exclusive lock held. */
 int cqr_table_add_known(cqr_table_t *t, const uint64_t *ids, size_t n);
 
-/* Appends one full block (rows and marks) to a full table. Exclusive
- * access (exclusive lock, or a table not yet shared). */
-int cqr_full_add_block(cqr_table_t *t);
+/* Allocates a full table's blocks (rows and marks) for `rows` rows:
+ * block 0 grown, blocks appended. Charges nothing (the callers do).
+ * Exclusive access (exclusive lock, or a table not yet shared). */
+int cqr_full_reserve(cqr_table_t *t, uint64_t rows);
 
 /* Re-charges the table's budget to its present growth after a structure
  * was replaced wholesale (a phase commit swaps in a new known-ID map).

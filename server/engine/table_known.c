@@ -18,24 +18,45 @@
 
 /* ---- Memory budget of growth ------------------------------------------- */
 
-/* Bytes of one full row block: parameters, optimizer state, Adam step
- * and change mark per row (rows.c, cqr_full_add_block; the row's seqlock
- * counter lives in its map slot). */
-static uint64_t full_block_bytes(const cqr_table_t *t)
+/* Bytes of one full table row: parameters, optimizer state, Adam step
+ * and change mark (rows.c, cqr_full_reserve; the row's seqlock counter
+ * lives in its map slot). */
+static uint64_t full_row_bytes(const cqr_table_t *t)
 {
     uint64_t w = t->cfg.dim;
-    uint64_t per_row = w * 4 +
-                       (uint64_t)cqr_optim_state_floats(t->cfg.optim.kind,
-                                                        t->cfg.dim) * 4 +
-                       (t->cfg.optim.kind == CQR_OPT_ADAM ? 4 : 0) + 4;
-    return per_row * CQR_FULL_BLOCK;
+    return w * 4 +
+           (uint64_t)cqr_optim_state_floats(t->cfg.optim.kind,
+                                            t->cfg.dim) * 4 +
+           (t->cfg.optim.kind == CQR_OPT_ADAM ? 4 : 0) + 4;
+}
+
+/* Rows the blocks of a full table are allocated for. */
+static uint64_t full_cap_rows(const cqr_table_t *t)
+{
+    return t->nblocks == 0
+               ? 0
+               : t->blocks[0].n + (uint64_t)(t->nblocks - 1) * CQR_FULL_BLOCK;
+}
+
+/* Rows the blocks are allocated for once they hold `rows` rows: block 0
+ * a power of two from CQR_FULL_FIRST, whole blocks after it. */
+static uint64_t full_want_rows(uint64_t rows)
+{
+    if (rows == 0)
+        return 0;
+    if (rows > CQR_FULL_BLOCK)
+        return (rows + CQR_FULL_BLOCK - 1) & ~(uint64_t)(CQR_FULL_BLOCK - 1);
+    uint64_t cap = CQR_FULL_FIRST;
+    while (cap < rows)
+        cap *= 2;
+    return cap;
 }
 
 /* What the table grew by since creation. Lock held (either mode). */
 static uint64_t grown_locked(const cqr_table_t *t)
 {
     if (t->cfg.kind == CQR_KIND_FULL)
-        return (uint64_t)t->nblocks * full_block_bytes(t) +
+        return full_cap_rows(t) * full_row_bytes(t) +
                cqr_idmap_bytes(&t->rowmap);
     if (t->cfg.kind == CQR_KIND_CQR && t->st)
         return cqr_idmap_bytes(&t->st->ids);
@@ -105,29 +126,30 @@ uint64_t cqr_table_grown_bytes(cqr_table_t *t)
 }
 /* ---- Full tables' rows and the known-ID maps ---------------------------- */
 
-int cqr_full_add_block(cqr_table_t *t)
+/* Appends block b = t->nblocks, allocated for `cap` rows. */
+static int full_add_block(cqr_table_t *t, uint32_t cap)
 {
     if (t->nblocks == t->blocks_cap) {
-        size_t cap = t->blocks_cap ? 2 * t->blocks_cap : 16;
-        cqr_rows_t *nb = realloc(t->blocks, cap * sizeof *nb);
+        size_t bcap = t->blocks_cap ? 2 * t->blocks_cap : 16;
+        cqr_rows_t *nb = realloc(t->blocks, bcap * sizeof *nb);
         if (!nb)
             return CQR_ENOMEM;
         t->blocks = nb;
-        uint32_t **nm = realloc(t->fmark, cap * sizeof *nm);
+        uint32_t **nm = realloc(t->fmark, bcap * sizeof *nm);
         if (!nm)
             return CQR_ENOMEM;
         t->fmark = nm;
-        uint32_t *np = realloc(t->fpage, cap * sizeof *np);
+        uint32_t *np = realloc(t->fpage, bcap * sizeof *np);
         if (!np)
             return CQR_ENOMEM;
         t->fpage = np;
-        t->blocks_cap = cap;
+        t->blocks_cap = bcap;
     }
     size_t b = t->nblocks;
-    t->fmark[b] = calloc(CQR_FULL_BLOCK, sizeof(uint32_t));
+    t->fmark[b] = calloc(cap, sizeof(uint32_t));
     if (!t->fmark[b])
         return CQR_ENOMEM;
-    int rc = cqr_rows_init_flags(&t->blocks[b], CQR_FULL_BLOCK, t->cfg.dim,
+    int rc = cqr_rows_init_flags(&t->blocks[b], cap, t->cfg.dim,
                                  t->cfg.optim.kind, CQR_ROWS_OWN_SEQ);
     if (rc) {
         free(t->fmark[b]);
@@ -136,6 +158,51 @@ int cqr_full_add_block(cqr_table_t *t)
     t->fpage[b] = 0;
     t->nblocks++;
     return 0;
+}
+
+/* Grows block 0 to `cap` rows: a new allocation, the rows and marks
+ * copied over (amortised: block 0 doubles). No reader holds the rows
+ * (exclusive access). */
+static int full_grow_first(cqr_table_t *t, uint32_t cap)
+{
+    cqr_rows_t *old = &t->blocks[0];
+    cqr_rows_t nr;
+    uint32_t *nm = calloc(cap, sizeof(uint32_t));
+    int rc = nm ? cqr_rows_init_flags(&nr, cap, old->w, old->opt,
+                                      CQR_ROWS_OWN_SEQ)
+                : CQR_ENOMEM;
+    if (rc) {
+        free(nm);
+        return rc;
+    }
+    memcpy(nr.param, old->param, (size_t)old->n * old->w * sizeof(float));
+    if (old->sw)
+        memcpy(nr.state, old->state,
+               (size_t)old->n * old->sw * sizeof(float));
+    if (old->step)
+        memcpy(nr.step, old->step, (size_t)old->n * sizeof(uint32_t));
+    memcpy(nm, t->fmark[0], (size_t)old->n * sizeof(uint32_t));
+    cqr_rows_free(old);
+    free(t->fmark[0]);
+    *old = nr;
+    t->fmark[0] = nm;
+    return 0;
+}
+
+int cqr_full_reserve(cqr_table_t *t, uint64_t rows)
+{
+    uint64_t want = full_want_rows(rows);
+    if (want <= full_cap_rows(t))
+        return 0;
+    uint32_t first = want < CQR_FULL_BLOCK ? (uint32_t)want : CQR_FULL_BLOCK;
+    int rc = 0;
+    if (t->nblocks == 0)
+        rc = full_add_block(t, first);
+    else if (t->blocks[0].n < first)
+        rc = full_grow_first(t, first);
+    while (rc == 0 && full_cap_rows(t) < want)
+        rc = full_add_block(t, CQR_FULL_BLOCK);
+    return rc;
 }
 
 /* Records that an ID was inserted into the known-ID map m (the full
@@ -190,14 +257,16 @@ static int full_new_row(cqr_table_t *t, uint64_t id)
         return CQR_ELIMIT;
     uint32_t row = (uint32_t)t->nrows;
     size_t b = row >> CQR_FULL_BLOCK_SHIFT;
-    if (b == t->nblocks) {
-        uint64_t bytes = full_block_bytes(t);
+    uint64_t have = full_cap_rows(t);
+    if (row >= have) {
+        uint64_t bytes = (full_want_rows(t->nrows + 1) - have) *
+                         full_row_bytes(t);
         int rc = grow_charge(t, bytes);
         if (rc)
             return rc;
-        rc = cqr_full_add_block(t);
+        rc = cqr_full_reserve(t, t->nrows + 1);
         if (rc) {
-            grow_refund(t, bytes);
+            grow_refund(t, bytes); /* one step: nothing was allocated */
             return rc;
         }
     }

@@ -14,6 +14,9 @@
 #include "engine/table.h"
 #include "check_main.h"
 
+/* Rows of a full table's first block (table_impl.h, CQR_FULL_FIRST). */
+#define CQR_TEST_FIRST 64u
+
 static cqr_table_t *make(cqr_kind_t kind, uint32_t dim, uint32_t rows)
 {
     cqr_table_config_t cfg;
@@ -116,6 +119,56 @@ START_TEST(test_full_table_bounded)
 }
 END_TEST
 
+/* Issue 14, item 7: a full table's first block starts small and
+ * doubles, so a wide table takes its first IDs under a budget far below
+ * a 65536-row block, is charged what it allocated, and keeps every row's
+ * values as block 0 is reallocated on its way to a whole block and the
+ * table goes on into block 1. */
+START_TEST(test_full_first_block_small)
+{
+    const uint32_t dim = 4096;
+    /* SGD: 4096 floats and a change mark a row: 16 KiB; 65536 rows would
+     * be 1 GiB. */
+    const uint64_t row = dim * 4 + 4;
+    cqr_budget_t b;
+    cqr_budget_init(&b, 8u << 20);
+    cqr_table_t *t = make(CQR_KIND_FULL, dim, 0);
+    cqr_table_set_budget(t, &b);
+    ck_assert_int_eq(push_new(t, 1, 1, dim), 0);
+    ck_assert_uint_eq(cqr_budget_used(&b), cqr_table_grown_bytes(t));
+    ck_assert_uint_ge(cqr_table_grown_bytes(t), CQR_TEST_FIRST * row);
+    ck_assert_uint_lt(cqr_table_grown_bytes(t), CQR_TEST_FIRST * row +
+                                                    (64u << 10));
+    cqr_table_destroy(t);
+
+    /* Narrow rows through every size of block 0 and into block 1. */
+    const uint32_t d2 = 4;
+    t = make(CQR_KIND_FULL, d2, 0);
+    cqr_budget_init(&b, 64u << 20);
+    cqr_table_set_budget(t, &b);
+    ck_assert_int_eq(push_new(t, 1, 50, d2), 0);
+    uint64_t ids[50];
+    float before[50 * 4], after[50 * 4];
+    for (int i = 0; i < 50; i++)
+        ids[i] = (uint64_t)i + 1;
+    ck_assert_int_eq(cqr_table_lookup(t, ids, 50, before), 0);
+    for (uint64_t first = 51; first < 70000; first += 997) {
+        ck_assert_int_eq(push_new(t, first, 997, d2), 0);
+        ck_assert_uint_eq(cqr_budget_used(&b), cqr_table_grown_bytes(t));
+        ck_assert_int_eq(cqr_table_lookup(t, ids, 50, after), 0);
+        ck_assert_mem_eq(before, after, sizeof before);
+    }
+    cqr_table_stats_t st;
+    cqr_table_stats(t, &st);
+    ck_assert_uint_gt(st.known_ids, 65536);
+    /* Two whole blocks (SGD, dim 4: 20 bytes a row) and the map. */
+    ck_assert_uint_le(cqr_table_grown_bytes(t),
+                      2ull * 65536 * (d2 * 4 + 4) + (8u << 20));
+    cqr_table_destroy(t);
+    ck_assert_uint_eq(cqr_budget_used(&b), 0);
+}
+END_TEST
+
 /* cqr tables grow their known-ID map; a phase commit swaps in a map of
  * another size and re-charges. */
 START_TEST(test_cqr_map_bounded)
@@ -155,7 +208,10 @@ START_TEST(test_attach_existing)
     cqr_table_t *t = make(CQR_KIND_FULL, dim, 0);
     ck_assert_int_eq(push_new(t, 1, 1000, dim), 0);
     uint64_t grown = cqr_table_grown_bytes(t);
-    ck_assert_uint_gt(grown, 65536ull * dim * 4);
+    /* 1000 rows take a first block of 1024 rows (SGD: 4 floats and a
+     * change mark a row), not a whole 65536-row block, and the map. */
+    ck_assert_uint_gt(grown, 1024ull * (dim * 4 + 4));
+    ck_assert_uint_lt(grown, 65536ull * (dim * 4 + 4));
 
     cqr_budget_t b;
     cqr_budget_init(&b, grown / 2);
@@ -252,6 +308,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_full_table_bounded);
     tcase_add_test(tc, test_cqr_map_bounded);
     tcase_add_test(tc, test_attach_existing);
+    tcase_add_test(tc, test_full_first_block_small);
     tcase_add_test(tc, test_fixed_kinds_free);
     tcase_add_test(tc, test_concurrent_limit);
     suite_add_tcase(s, tc);

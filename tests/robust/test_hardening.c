@@ -472,6 +472,65 @@ START_TEST(test_limits)
 }
 END_TEST
 
+/* Issue 14, item 7, as reported: under --max-table-memory 64M a full
+ * table of dim 1024, and one of dim 4096, take their first IDs (each was
+ * charged a whole 65536-row block: 0.75 and 3 GiB with Adam). The wide
+ * one then grows until the budget stops it, with a message that says how
+ * many bytes the push needed. */
+START_TEST(test_wide_full_tables_first_ids)
+{
+    cqr_test_server_t s;
+    const char *args[] = {"--max-table-memory", "64M", NULL};
+    tu_server_start(&s, args);
+    cqr_buf_t b;
+    cqr_buf_init(&b);
+    int fd = rw_connect(s.port);
+    enum { N = 16, WIDE = 4096 };
+    float *g = malloc((size_t)N * WIDE * sizeof *g);
+    ck_assert_ptr_nonnull(g);
+    for (size_t i = 0; i < (size_t)N * WIDE; i++)
+        g[i] = 0.01f;
+    uint64_t ids[N];
+    ids[0] = 42;
+    rw_create(&b, 1, "w1024", CQRPS__V1__TABLE_KIND__FULL, 1024, 0);
+    expect_status(rw_call(fd, &b, 5000), 0, NULL);
+    rw_push(&b, 2, "w1024", ids, 1, g, 1024);
+    expect_status(rw_call(fd, &b, 5000), 0, NULL);
+    rw_create(&b, 3, "w4096", CQRPS__V1__TABLE_KIND__FULL, WIDE, 0);
+    expect_status(rw_call(fd, &b, 5000), 0, NULL);
+    rw_push(&b, 4, "w4096", ids, 1, g, WIDE);
+    expect_status(rw_call(fd, &b, 5000), 0, NULL);
+    rw_lookup(&b, 5, "w4096", ids, 1);
+    expect_status(rw_call(fd, &b, 5000), 0, NULL);
+
+    /* 48 KiB a row (Adam): about 1024 rows fit in 64 MiB. */
+    uint64_t next = 1000;
+    int limited = 0;
+    for (uint64_t req = 6; !limited && next < 10000; req++) {
+        for (int i = 0; i < N; i++)
+            ids[i] = next + (uint64_t)i;
+        rw_push(&b, req, "w4096", ids, N, g, WIDE);
+        rw_response_t *r = rw_call(fd, &b, 10000);
+        ck_assert_ptr_nonnull(r);
+        if (r->status == CQRPS__V1__STATUS__LIMIT_EXCEEDED) {
+            ck_assert_ptr_nonnull(strstr(r->message, "--max-table-memory"));
+            ck_assert_ptr_nonnull(strstr(r->message, "push needs"));
+            limited = 1;
+        } else {
+            ck_assert_msg(r->status == 0, "push: %s", r->message);
+            next += N;
+        }
+        rw_free(r);
+    }
+    ck_assert(limited);
+    ck_assert_uint_ge(next - 1000, 512);
+    free(g);
+    close(fd);
+    cqr_buf_free(&b);
+    tu_server_stop(&s);
+}
+END_TEST
+
 /* A CreateTable past --max-table-memory is refused before anything is
  * allocated: 16M rows x 4096 dims of Adam (about 800 GB) comes back as
  * LIMIT_EXCEEDED, at once, not as NO_MEMORY, and the server's RSS does
@@ -669,6 +728,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_exposure_warning);
     tcase_add_test(tc, test_limits);
     tcase_add_test(tc, test_create_refused_before_allocating);
+    tcase_add_test(tc, test_wide_full_tables_first_ids);
     tcase_add_test(tc, test_connection_limit);
     tcase_add_test(tc, test_timeouts);
     suite_add_tcase(s, tc);

@@ -469,34 +469,24 @@ static int hdr_varint(const unsigned char **p, const unsigned char *end,
     return cqr_varint_get(p, end, CQR_VARINT_MAX, v) ? 0 : -1;
 }
 
-/* Tries to switch to direct receive for the frame starting at f (have
- * bytes of its body received, flen in total): only for the next pending
- * request if it is a plain lookup whose rows are contiguous in the
- * caller's output, and only if the received prefix shows an OK Response
- * whose last bytes are exactly the vectors of the expected size (the
- * layout protobuf encoders produce: fields in number order). Anything
- * else, or a prefix too short to tell, returns 0 and the frame takes the
- * ordinary path. On 1, the frame's bytes after the vectors' start are
- * copied to the output and the rest will be received there. */
-static int direct_begin(cq_conn_t *conn, const unsigned char *f,
-                        size_t have, uint32_t flen)
+/* The Response envelope of a frame whose body starts at f (have bytes
+ * received): id, status, message, then the reply as the last field. On
+ * an OK reply to the pending request pe whose LookupReply runs to the end
+ * of the frame (fend), returns its first byte; else NULL. */
+static const unsigned char *direct_envelope(const cq_pending_t *pe,
+                                            const unsigned char *f,
+                                            const unsigned char *end,
+                                            const unsigned char *fend)
 {
-    if (conn->pcount == 0 || flen < CQ_DIRECT_MIN)
-        return 0;
-    const cq_pending_t *pe = &conn->pend[conn->phead];
-    const cq_op_t *op = pe->op;
-    if (pe->kind != CQ_P_LOOKUP || pe->pos || op->accumulate || op->err)
-        return 0;
-    const unsigned char *p = f, *end = f + have, *fend = f + flen;
-    uint64_t key, v, id = 0, status = 0, dim = 0, sublen, vlen;
+    const unsigned char *p = f;
+    uint64_t key, v, id = 0, status = 0, sublen;
     int have_id = 0;
-    /* Response: id, status, message, then the reply as the last field. */
     for (;;) {
         if (hdr_varint(&p, end, &key) < 0)
-            return 0;
+            return NULL;
         if (key == (1 << 3 | 0) || key == (2 << 3 | 0)) {
             if (hdr_varint(&p, end, &v) < 0)
-                return 0;
+                return NULL;
             if (key >> 3 == 1) {
                 id = v;
                 have_id = 1;
@@ -505,17 +495,40 @@ static int direct_begin(cq_conn_t *conn, const unsigned char *f,
             }
         } else if (key == (3 << 3 | 2)) {
             if (hdr_varint(&p, end, &v) < 0 || v > (uint64_t)(end - p))
-                return 0;
+                return NULL;
             p += v;
         } else if (key == ((uint64_t)CQ_RESP_LOOKUP << 3 | 2)) {
             break;
         } else {
-            return 0;
+            return NULL;
         }
     }
     if (hdr_varint(&p, end, &sublen) < 0 || sublen != (uint64_t)(fend - p))
-        return 0;
-    /* LookupReply: dim, then the vectors up to the end of the frame. */
+        return NULL;
+    if (!have_id || id != pe->id || status != 0)
+        return NULL;
+    return p;
+}
+
+/* Takes the pending request pe off the ring for a direct receive. */
+static void direct_take(cq_conn_t *conn, const cq_pending_t *pe, int multi)
+{
+    conn->dpend = *pe;
+    conn->dmulti = multi;
+    conn->dseg = 0;
+    conn->dtail_len = conn->dtail_got = 0;
+    conn->phead = (conn->phead + 1) % conn->pcap;
+    conn->pcount--;
+}
+
+/* A single-table lookup: LookupReply is dim, then the vectors up to the
+ * end of the frame. */
+static int direct_begin_one(cq_conn_t *conn, const cq_pending_t *pe,
+                            const unsigned char *p, const unsigned char *end,
+                            const unsigned char *fend)
+{
+    const cq_op_t *op = pe->op;
+    uint64_t key, dim, vlen;
     if (hdr_varint(&p, end, &key) < 0 || key != (1 << 3 | 0) ||
         hdr_varint(&p, end, &dim) < 0)
         return 0;
@@ -523,46 +536,154 @@ static int direct_begin(cq_conn_t *conn, const unsigned char *f,
         hdr_varint(&p, end, &vlen) < 0 || vlen != (uint64_t)(fend - p))
         return 0;
     const size_t row = (size_t)op->dim * sizeof(float);
-    if (!have_id || id != pe->id || status != 0 || dim != op->dim ||
-        vlen != pe->count * row)
+    if (dim != op->dim || vlen != pe->count * row)
         return 0;
     unsigned char *dst = (unsigned char *)(op->out + pe->base * op->dim);
     size_t got = (size_t)(end - p);
     memcpy(dst, p, got);
-    conn->dpend = *pe;
-    conn->phead = (conn->phead + 1) % conn->pcap;
-    conn->pcount--;
+    direct_take(conn, pe, 0);
     conn->dst = dst + got;
     conn->dst_left = (size_t)vlen - got;
     return 1;
 }
 
-/* Receives into the caller's output; completes the request when done. */
-static void direct_read(cq_conn_t *conn)
+/* Moves a multi-table direct receive to its next region with bytes to
+ * come: segment dseg's output, then the tail (the fields after the
+ * vectors). 0 when every region is full. */
+static int direct_next(cq_conn_t *conn)
 {
-    while (conn->dst_left > 0) {
-        ssize_t n = recv(conn->fd, conn->dst, conn->dst_left, MSG_DONTWAIT);
-        if (n == 0) {
-            char msg[CQ_ERRMSG_MAX];
-            snprintf(msg, sizeof(msg),
-                     "connection to %s closed by the server", conn->addr);
-            conn_fail(conn, CQRPS_ECONN, msg);
-            return;
+    if (!conn->dmulti)
+        return 0;
+    while (conn->dseg < conn->dpend.nsegs) {
+        size_t len;
+        unsigned char *d = cq_mlookup_direct_dst(&conn->dpend, conn->dseg++,
+                                                 &len);
+        if (len > 0) {
+            conn->dst = d;
+            conn->dst_left = len;
+            return 1;
         }
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                conn_fail_errno(conn, "read from", errno);
-            return;
-        }
+    }
+    if (conn->dtail_got < conn->dtail_len) {
+        conn->dst = conn->dtail + conn->dtail_got;
+        conn->dst_left = conn->dtail_len - conn->dtail_got;
+        conn->dtail_got = conn->dtail_len;
+        return 1;
+    }
+    return 0;
+}
+
+/* A multi-table lookup whose segments are contiguous in their parts:
+ * LookupReply is an optional dim, the vectors, then a short tail (dims,
+ * bf16) that is received into conn->dtail and checked at the end. */
+static int direct_begin_multi(cq_conn_t *conn, const cq_pending_t *pe,
+                              const unsigned char *p, const unsigned char *end,
+                              const unsigned char *fend)
+{
+    const size_t want = cq_mlookup_direct_bytes(pe);
+    uint64_t key, dim = 0, vlen;
+    if (want == 0 || hdr_varint(&p, end, &key) < 0)
+        return 0;
+    if (key == (1 << 3 | 0)) {
+        if (hdr_varint(&p, end, &dim) < 0 || dim > UINT32_MAX ||
+            hdr_varint(&p, end, &key) < 0)
+            return 0;
+    }
+    if (key != (2 << 3 | 2) || hdr_varint(&p, end, &vlen) < 0 ||
+        vlen != want || vlen > (uint64_t)(fend - p) ||
+        (size_t)(fend - p) - vlen > sizeof(conn->dtail))
+        return 0;
+    direct_take(conn, pe, 1);
+    conn->ddim = (uint32_t)dim;
+    conn->dvlen = (size_t)vlen;
+    conn->dtail_len = (size_t)(fend - p) - (size_t)vlen;
+    /* The bytes already here go where the socket's next ones would. */
+    conn->dst = NULL;
+    conn->dst_left = 0;
+    for (size_t got = (size_t)(end - p); got > 0;) {
+        if (conn->dst_left == 0 && !direct_next(conn))
+            break; /* cannot happen: the frame is not complete */
+        size_t n = got < conn->dst_left ? got : conn->dst_left;
+        memcpy(conn->dst, p, n);
+        p += n;
+        got -= n;
         conn->dst += n;
-        conn->dst_left -= (size_t)n;
-        conn->last_progress_ms = cq_now_ms();
+        conn->dst_left -= n;
+    }
+    if (conn->dst_left == 0 && !direct_next(conn)) {
+        conn->dst = conn->dtail; /* nothing left: finish on the next read */
+        conn->dst_left = 0;
+    }
+    return 1;
+}
+
+/* Tries to switch to direct receive for the frame starting at f (have
+ * bytes of its body received, flen in total): only for the next pending
+ * request if it is a plain lookup whose rows are contiguous in the
+ * caller's output, or a multi-table lookup whose segments are, and only
+ * if the received prefix shows an OK Response whose LookupReply carries
+ * exactly the vectors of the expected size in float32 (the layout
+ * protobuf encoders produce: fields in number order). Anything else, or a
+ * prefix too short to tell, returns 0 and the frame takes the ordinary
+ * path. On 1, the frame's bytes after the vectors' start are copied to
+ * the output and the rest will be received there. */
+static int direct_begin(cq_conn_t *conn, const unsigned char *f,
+                        size_t have, uint32_t flen)
+{
+    if (conn->pcount == 0 || flen < CQ_DIRECT_MIN)
+        return 0;
+    const cq_pending_t *pe = &conn->pend[conn->phead];
+    const cq_op_t *op = pe->op;
+    const unsigned char *end = f + have, *fend = f + flen;
+    if (pe->kind == CQ_P_LOOKUP && !pe->pos && !op->accumulate && !op->err) {
+        const unsigned char *p = direct_envelope(pe, f, end, fend);
+        return p ? direct_begin_one(conn, pe, p, end, fend) : 0;
+    }
+    if (pe->kind == CQ_P_MLOOKUP) {
+        const unsigned char *p = direct_envelope(pe, f, end, fend);
+        return p ? direct_begin_multi(conn, pe, p, end, fend) : 0;
+    }
+    return 0;
+}
+
+/* Receives into the caller's output; completes the request when done. */
+static void direct_read(cq_net_t *net, cq_conn_t *conn)
+{
+    for (;;) {
+        while (conn->dst_left > 0) {
+            ssize_t n = recv(conn->fd, conn->dst, conn->dst_left,
+                             MSG_DONTWAIT);
+            if (n == 0) {
+                char msg[CQ_ERRMSG_MAX];
+                snprintf(msg, sizeof(msg),
+                         "connection to %s closed by the server", conn->addr);
+                conn_fail(conn, CQRPS_ECONN, msg);
+                return;
+            }
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno != EAGAIN && errno != EWOULDBLOCK)
+                    conn_fail_errno(conn, "read from", errno);
+                return;
+            }
+            conn->dst += n;
+            conn->dst_left -= (size_t)n;
+            conn->last_progress_ms = cq_now_ms();
+        }
+        if (!direct_next(conn))
+            break;
     }
     conn->dst = NULL;
     assert(conn->dpend.op->outstanding > 0);
-    conn->dpend.op->outstanding--;
+    if (conn->dmulti) {
+        const cq_origin_t from = { conn->addr, conn->index, net->nconns > 1,
+                                   &net->dims };
+        cq_deliver_mlookup_direct(&from, &conn->dpend, conn->ddim,
+                                  conn->dvlen, conn->dtail, conn->dtail_len);
+    } else {
+        conn->dpend.op->outstanding--;
+    }
 }
 
 static void conn_read(cq_net_t *net, cq_conn_t *conn)
@@ -571,7 +692,7 @@ static void conn_read(cq_net_t *net, cq_conn_t *conn)
     /* A bounded number of reads per wakeup keeps the shards fair. */
     for (int rounds = 0; rounds < 8 && conn->fd >= 0; rounds++) {
         if (conn->dst) {
-            direct_read(conn);
+            direct_read(net, conn);
             if (conn->dst || conn->fd < 0)
                 return; /* drained (or failed) mid-frame */
             continue;

@@ -65,6 +65,14 @@ typedef struct cq_conn {
     unsigned char *dst;        /* where the rest of the frame goes, or NULL */
     size_t dst_left;           /* bytes of it still to receive */
     cq_pending_t dpend;        /* the request it answers (off the ring) */
+    int dmulti;                /* a multi-table lookup: dst moves from
+                                  segment to segment, then to dtail */
+    size_t dseg;               /* multi: next segment to receive into */
+    uint32_t ddim;             /* multi: the reply's dim field (0: none) */
+    size_t dvlen;              /* multi: bytes of vectors */
+    unsigned char dtail[512];  /* multi: the reply's fields after the
+                                  vectors (dims, bf16) */
+    size_t dtail_len, dtail_got; /* their size; how much dst has covered */
     uint64_t last_progress_ms; /* last byte moved, for request timeouts */
     cqrps_server_info_t info;  /* from Hello */
 } cq_conn_t;

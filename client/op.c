@@ -268,54 +268,123 @@ static void mlookup_copy(cq_op_t *op, const cq_mseg_t *sg,
     }
 }
 
-/* A multi-table lookup's reply: the dims of its segments (the dims
- * field, or a single-table reply's dim for a request of one segment sent
- * to a server without parts), then the vectors. */
+/* Checks a multi-table lookup reply's fields r (scanned) against p's
+ * segments: one dim per segment (the dims field, or a single-table
+ * reply's dim for a request of one segment sent to a server without
+ * parts), each the part's, and vectors of exactly their size. 0 if they
+ * match; else the operation gets the error and -1. */
+static int mlookup_check(const cq_origin_t *from, const cq_pending_t *p,
+                         const cq_lookup_reply_t *r)
+{
+    cq_op_t *op = p->op;
+    if (r->dims_len == 0 && p->nsegs != 1) {
+        cq_op_error(op, CQRPS_EPROTO, "malformed lookup reply from %s",
+                    from->addr);
+        return -1;
+    }
+    const unsigned char *dp = r->dims, *dend = r->dims + r->dims_len;
+    const size_t esize = r->bf16 ? 2 : sizeof(float);
+    size_t total = 0;
+    int wrong = 0;
+    for (size_t k = 0; k < p->nsegs; k++) {
+        const cq_mpart_t *pt = &op->parts[p->segs[k].part];
+        uint64_t dim = r->dim;
+        if (r->dims_len && !cqr_varint_get(&dp, dend, 5, &dim)) {
+            cq_op_error(op, CQRPS_EPROTO, "malformed lookup reply from %s",
+                        from->addr);
+            return -1;
+        }
+        if (dim != pt->dim) {
+            /* Every stale dim is forgotten, so one retry suffices; the
+             * error names the first. */
+            cq_dims_drop(from->dims, pt->table);
+            if (!wrong++)
+                cq_op_error(op, CQRPS_EDIM,
+                            "part %u: table %s has dim %llu on %s, the "
+                            "client expected %u (dropped and created "
+                            "again?)",
+                            (unsigned)p->segs[k].part, pt->table,
+                            (unsigned long long)dim, from->addr, pt->dim);
+        }
+        total += p->segs[k].count * pt->dim * esize;
+    }
+    if (wrong)
+        return -1;
+    if (dp != dend || total != r->vec_len) {
+        cq_op_error(op, CQRPS_EPROTO,
+                    "lookup reply from %s carries %zu bytes, expected %zu",
+                    from->addr, r->vec_len, total);
+        return -1;
+    }
+    return 0;
+}
+
+/* A multi-table lookup's reply: checked, then its vectors copied into
+ * the parts, segment by segment. */
 static void deliver_mlookup(const cq_origin_t *from, const cq_pending_t *p,
                             const cq_resp_hdr_t *h)
 {
     cq_op_t *op = p->op;
     cq_lookup_reply_t r;
     if (h->reply_field != CQ_RESP_LOOKUP ||
-        cq_lookup_reply_scan(h->reply, h->reply_len, &r) < 0 ||
-        (r.dims_len == 0 && p->nsegs != 1)) {
+        cq_lookup_reply_scan(h->reply, h->reply_len, &r) < 0) {
         cq_op_error(op, CQRPS_EPROTO, "malformed lookup reply from %s",
                     from->addr);
         return;
     }
-    const unsigned char *dp = r.dims, *dend = r.dims + r.dims_len;
-    const size_t esize = r.bf16 ? 2 : sizeof(float);
-    size_t total = 0;
-    for (size_t k = 0; k < p->nsegs; k++) {
-        const cq_mpart_t *pt = &op->parts[p->segs[k].part];
-        uint64_t dim = r.dim;
-        if (r.dims_len && !cqr_varint_get(&dp, dend, 5, &dim)) {
-            cq_op_error(op, CQRPS_EPROTO, "malformed lookup reply from %s",
-                        from->addr);
-            return;
-        }
-        if (dim != pt->dim) {
-            cq_dims_drop(from->dims, pt->table);
-            cq_op_error(op, CQRPS_EDIM,
-                        "part %u: table %s has dim %llu on %s, the client "
-                        "expected %u (dropped and created again?)",
-                        (unsigned)p->segs[k].part, pt->table,
-                        (unsigned long long)dim, from->addr, pt->dim);
-            return;
-        }
-        total += p->segs[k].count * pt->dim * esize;
-    }
-    if (dp != dend || total != r.vec_len) {
-        cq_op_error(op, CQRPS_EPROTO,
-                    "lookup reply from %s carries %zu bytes, expected %zu",
-                    from->addr, r.vec_len, total);
+    if (mlookup_check(from, p, &r) < 0)
         return;
-    }
+    const size_t esize = r.bf16 ? 2 : sizeof(float);
     const unsigned char *v = r.vec;
     for (size_t k = 0; k < p->nsegs; k++) {
         mlookup_copy(op, &p->segs[k], v, r.bf16);
         v += p->segs[k].count * op->parts[p->segs[k].part].dim * esize;
     }
+}
+
+size_t cq_mlookup_direct_bytes(const cq_pending_t *p)
+{
+    const cq_op_t *op = p->op;
+    if (p->kind != CQ_P_MLOOKUP || op->err)
+        return 0;
+    size_t total = 0;
+    for (size_t k = 0; k < p->nsegs; k++) {
+        const cq_mseg_t *sg = &p->segs[k];
+        const cq_mpart_t *pt = &op->parts[sg->part];
+        if (sg->pos || pt->accumulate)
+            return 0;
+        total += sg->count * pt->dim * sizeof(float);
+    }
+    return total;
+}
+
+unsigned char *cq_mlookup_direct_dst(const cq_pending_t *p, size_t k,
+                                     size_t *len)
+{
+    const cq_mseg_t *sg = &p->segs[k];
+    const cq_mpart_t *pt = &p->op->parts[sg->part];
+    *len = sg->count * pt->dim * sizeof(float);
+    return (unsigned char *)(pt->out + sg->base * pt->dim);
+}
+
+void cq_deliver_mlookup_direct(const cq_origin_t *from, const cq_pending_t *p,
+                               uint32_t dim, size_t vec_len,
+                               const unsigned char *tail, size_t tail_len)
+{
+    cq_op_t *op = p->op;
+    assert(op->outstanding > 0);
+    cq_lookup_reply_t r;
+    if (cq_lookup_reply_scan(tail, tail_len, &r) < 0 || r.vec_len != 0 ||
+        r.bf16) {
+        cq_op_error(op, CQRPS_EPROTO, "malformed lookup reply from %s",
+                    from->addr);
+    } else {
+        if (r.dim == 0)
+            r.dim = dim;
+        r.vec_len = vec_len;
+        (void)mlookup_check(from, p, &r);
+    }
+    op->outstanding--;
 }
 
 /* A message "part K: ..." of a multi-table request names the request's

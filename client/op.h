@@ -168,4 +168,20 @@ void cq_deliver(const cq_origin_t *from, const cq_pending_t *p,
                 const cq_resp_hdr_t *h, const unsigned char *body,
                 size_t len);
 
+/* Direct receive of a multi-table lookup reply (conn.c): the vectors go
+ * from the socket into the parts' outputs, segment by segment.
+ * cq_mlookup_direct_bytes gives the float32 vector bytes p's reply must
+ * carry when every segment is contiguous in its part's output (no
+ * scatter, no accumulation) and the operation has no error yet, else 0.
+ * cq_mlookup_direct_dst gives segment k's destination and its *len
+ * bytes. cq_deliver_mlookup_direct checks the reply's fields other than
+ * the vectors (dim, received before them; tail: the bytes after them)
+ * as cq_deliver would, and counts the reply. */
+size_t cq_mlookup_direct_bytes(const cq_pending_t *p);
+unsigned char *cq_mlookup_direct_dst(const cq_pending_t *p, size_t k,
+                                     size_t *len);
+void cq_deliver_mlookup_direct(const cq_origin_t *from, const cq_pending_t *p,
+                               uint32_t dim, size_t vec_len,
+                               const unsigned char *tail, size_t tail_len);
+
 #endif

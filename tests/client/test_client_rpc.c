@@ -611,6 +611,70 @@ START_TEST(test_large_batch_default_split)
 }
 END_TEST
 
+START_TEST(test_large_multi_lookup_equals_singles)
+{
+    /* Three tables of different dims, a plain and a mean-pooled part of
+     * each: a reply of about 1.2 MB, received straight into the parts'
+     * outputs; every row equals the single-table calls'. */
+    cqrps_client_t *c = tu_connect(srv.addr);
+    static const cqrps_kind_t kinds[3] = {CQRPS_KIND_FULL, CQRPS_KIND_HASH,
+                                          CQRPS_KIND_CQR};
+    static const uint32_t dims[3] = {16, 32, 8};
+    static const char *names[3] = {"ml.a", "ml.b", "ml.c"};
+    enum { N = 5000, BAGS = 1200 };
+    uint64_t *ids = malloc(N * sizeof(*ids));
+    uint32_t *offs = malloc(BAGS * sizeof(*offs));
+    uint64_t st = 17;
+    for (int i = 0; i < N; i++)
+        ids[i] = tu_rand(&st) % 20000;
+    for (int b = 0; b < BAGS; b++)
+        offs[b] = (uint32_t)((uint64_t)b * N / BAGS);
+    cqrps_part_t parts[6];
+    float *want[6];
+    memset(parts, 0, sizeof(parts));
+    for (int t = 0; t < 3; t++) {
+        cqrps_table_config_t cfg;
+        tu_config(&cfg, kinds[t], CQRPS_OPT_SGD, dims[t]);
+        ck_assert_int_eq(cqrps_create_table(c, names[t], &cfg, NULL), 0);
+        for (int k = 0; k < 2; k++) {
+            cqrps_part_t *p = &parts[2 * t + k];
+            size_t rows = k ? BAGS : N;
+            p->table = names[t];
+            p->ids = ids;
+            p->n = N;
+            p->offsets = k ? offs : NULL;
+            p->nbags = k ? BAGS : 0;
+            p->pooling = CQRPS_POOL_MEAN;
+            p->out = malloc(rows * dims[t] * sizeof(float));
+            want[2 * t + k] = malloc(rows * dims[t] * sizeof(float));
+            int rc = k ? cqrps_lookup_pooled(c, names[t], ids, N, offs, BAGS,
+                                             CQRPS_POOL_MEAN, want[2 * t + k])
+                       : cqrps_lookup(c, names[t], ids, N, want[2 * t + k]);
+            ck_assert_int_eq(rc, 0);
+        }
+    }
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 6; i++)
+            memset(parts[i].out, 0xff, (parts[i].offsets ? BAGS : N) *
+                                           dims[i / 2] * sizeof(float));
+        ck_assert_int_eq(cqrps_lookup_multi(c, parts, 6, 0), 0);
+        for (int i = 0; i < 6; i++)
+            ck_assert(tu_same(parts[i].out, want[i],
+                              (parts[i].offsets ? BAGS : N) * dims[i / 2],
+                              names[i / 2]));
+    }
+    for (int i = 0; i < 6; i++) {
+        free(parts[i].out);
+        free(want[i]);
+    }
+    for (int t = 0; t < 3; t++)
+        ck_assert_int_eq(cqrps_drop_table(c, names[t]), 0);
+    free(ids);
+    free(offs);
+    cqrps_close(c);
+}
+END_TEST
+
 static Suite *rpc_suite(void)
 {
     Suite *s = suite_create("client_rpc");
@@ -627,6 +691,7 @@ static Suite *rpc_suite(void)
     tcase_add_loop_test(live, test_exact_against_engine, 0, 12);
     tcase_add_test(live, test_pipelined_sub_batches_and_tickets);
     tcase_add_test(live, test_large_batch_default_split);
+    tcase_add_test(live, test_large_multi_lookup_equals_singles);
     suite_add_tcase(s, live);
     return s;
 }

@@ -137,6 +137,34 @@ class MultiTest(ServerTestCase):
                 c1.close()
                 c2.close()
 
+    def test_large_reply_dims_checked_after_vectors(self) -> None:
+        """A large multi-table reply is received straight into the parts'
+        outputs, and its dims come after the vectors: tables dropped and
+        created again with swapped dims (so the reply has the expected
+        size) must give WrongDim, not silently misplaced rows; the next
+        call, with the dims learned again, is exact."""
+        n = 4096  # 4096 x (16 + 32) x 4 bytes: well above 64 KiB
+        ids = np.arange(n, dtype=np.uint64) * 7 + 1
+        self.c.create_table("ld.a", kind="full", dim=16, seed=5)
+        self.c.create_table("ld.b", kind="hash", dim=32, seed=5)
+        self.made += ["ld.a", "ld.b"]
+        self.c.lookup_many([("ld.a", ids), ("ld.b", ids)])
+        other = cqrps.connect(self.server.addr)
+        try:
+            other.drop_table("ld.a")
+            other.drop_table("ld.b")
+            other.create_table("ld.a", kind="hash", dim=32, seed=6)
+            other.create_table("ld.b", kind="full", dim=16, seed=6)
+            with self.assertRaises(cqrps.WrongDim):
+                self.c.lookup_many([("ld.a", ids), ("ld.b", ids)])
+            got = self.c.lookup_many([("ld.a", ids), ("ld.b", ids)])
+            self.assertEqual(got[0].shape, (n, 32))
+            self.assertEqual(got[1].shape, (n, 16))
+            np.testing.assert_array_equal(got[0], other.lookup("ld.a", ids))
+            np.testing.assert_array_equal(got[1], other.lookup("ld.b", ids))
+        finally:
+            other.close()
+
     def test_output_shapes_and_out(self) -> None:
         self.c.create_table("shp", kind="full", dim=4)
         self.made.append("shp")

@@ -9,18 +9,22 @@
  *   meta         counters, seeds, schedule, map shape (always written)
  *   cb    b*P+p  rows [p*CQR_CB_PAGE, ...) of codebook block b (hash, ce,
  *                cqr; block b = codebook b/c, chunk b%c; P pages a block)
- *   rows  b      full table row block b (CQR_FULL_BLOCK rows)
+ *   rows  b      full table row block b (CQR_FULL_BLOCK rows; with
+ *                max_ids or ttl_seconds each row also carries its u32
+ *                last-push stamp, after the steps)
  *   map   p      slots [p*CQR_MAP_PAGE, ...) of the known-ID map (full:
  *                ID -> row; cqr: ID -> pointers, and with eviction the
  *                stamp), copied slot for slot
  *   sketch 0     the admission sketch's counters (admit_after > 1;
  *                always a base, written when it changed)
- *   fallback 0   a full table's fallback rows (admit_after > 1)
+ *   fallback 0   a full table's fallback rows (admit_after > 1;
+ *                CQR_FALLBACK_ROWS rows, a base or a delta as rows)
  * The cfg payload has two lengths: CQR_CFG_BYTES_V1 (92, before issue
  * 19; also written by tables with no admission or eviction option, so
  * that their checkpoints stay as they were) and CQR_CFG_BYTES (116: the
  * options appended). A table whose cfg is the long one has a longer meta
- * too (its admission and eviction counters). Checkpoints written before
+ * too (its admission and eviction counters, the TTL sweep's hand).
+ * Checkpoints written before
  * issue 19 therefore load unchanged.
  * A page's segment is either complete (a base) or a delta: the rows or
  * slots that changed since an earlier export of the same table, which the

@@ -148,7 +148,7 @@ static int enc_meta(cqr_table_t *t, cqr_segment_t *sg)
     if (cqr_cfg_long(&t->cfg)) {
         cqr_put_u64(&w, t->n_admitted);
         cqr_put_u64(&w, t->n_evicted);
-        cqr_put_u64(&w, 0); /* reserved */
+        cqr_put_u64(&w, t->ttl_hand);
         cqr_put_u64(&w, 0); /* reserved */
     }
     assert(w.p == sg->data + sg->len);
@@ -164,13 +164,14 @@ static int want_base(const exp_ctx_t *cx, uint32_t type, uint32_t index)
 }
 
 /* Copies rows [lo, lo+n) of r as a base: parameters, then state, then
- * steps, each contiguous. */
+ * steps, then (a full table that evicts) stamps, each contiguous. */
 static int rows_base(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
                      uint32_t index, const cqr_rows_t *r, uint32_t lo,
-                     uint32_t n)
+                     uint32_t n, const uint32_t *stamps)
 {
     int rc = seg_alloc(cx, sg, type, index, CQR_SEG_BASE,
-                       (size_t)n * cqr_row_bytes(cx->t, r->w));
+                       (size_t)n * (cqr_row_bytes(cx->t, r->w) +
+                                    (stamps ? 4 : 0)));
     if (rc || !sg->data)
         return rc; /* out of memory, or planning */
     cqr_wr_t w = {sg->data + CQR_SEGMENT_HEADER};
@@ -179,20 +180,24 @@ static int rows_base(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
         cqr_put(&w, r->state + (size_t)lo * r->sw, (size_t)n * r->sw * 4);
     if (r->step)
         cqr_put(&w, r->step + lo, (size_t)n * 4);
+    for (uint32_t j = 0; stamps && j < n; j++)
+        cqr_put_u32(&w, __atomic_load_n(&stamps[lo + j], __ATOMIC_RELAXED));
     assert(w.p == sg->data + sg->len);
     sg->items = n;
     return 0;
 }
 
 /* Copies the m rows of [lo, lo+n) whose mark is >= since: a count, the
- * row indices within the page, then their parameters, state and steps. */
+ * row indices within the page, then their parameters, state, steps and
+ * stamps (if any). */
 static int rows_delta(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
                       uint32_t index, const cqr_rows_t *r, uint32_t lo,
                       uint32_t n, const uint32_t *marks, uint32_t since,
-                      uint32_t m)
+                      uint32_t m, const uint32_t *stamps)
 {
     int rc = seg_alloc(cx, sg, type, index, CQR_SEG_DELTA,
-                       8 + (size_t)m * (4 + cqr_row_bytes(cx->t, r->w)));
+                       8 + (size_t)m * (4 + cqr_row_bytes(cx->t, r->w) +
+                                        (stamps ? 4 : 0)));
     if (rc || !sg->data)
         return rc; /* out of memory, or planning */
     uint8_t *base = sg->data + CQR_SEGMENT_HEADER;
@@ -214,17 +219,21 @@ static int rows_delta(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
                 (size_t)r->sw * 4);
     for (uint32_t q = 0; r->step && q < m; q++)
         cqr_put_u32(&w, r->step[lo + idx[q]]);
+    for (uint32_t q = 0; stamps && q < m; q++)
+        cqr_put_u32(&w, __atomic_load_n(&stamps[lo + idx[q]],
+                                        __ATOMIC_RELAXED));
     assert(w.p == sg->data + sg->len);
     sg->items = m;
     return 0;
 }
 
 /* One rows page: unchanged, base or delta by its marks. `whole` forces a
- * base (first export, or the structure was replaced). */
+ * base (first export, or the structure was replaced); stamps: a full
+ * block's last-push stamps (eviction), else NULL. */
 static int rows_page(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
                      uint32_t index, const cqr_rows_t *r, uint32_t lo,
                      uint32_t n, const uint32_t *marks, const uint32_t *pmark,
-                     int whole)
+                     int whole, const uint32_t *stamps)
 {
     if (!whole) {
         if (__atomic_load_n(pmark, __ATOMIC_RELAXED) < cx->since) {
@@ -246,9 +255,9 @@ static int rows_page(exp_ctx_t *cx, cqr_segment_t *sg, uint32_t type,
          * of the page a base is about as small and ends the chain. */
         if ((uint64_t)m * 4 < n && !want_base(cx, type, index))
             return rows_delta(cx, sg, type, index, r, lo, n, marks,
-                              cx->since, m);
+                              cx->since, m, stamps);
     }
-    return rows_base(cx, sg, type, index, r, lo, n);
+    return rows_base(cx, sg, type, index, r, lo, n, stamps);
 }
 
 /* ---- Export of map pages ------------------------------------------------ */
@@ -409,7 +418,8 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
     const size_t ncbp = (size_t)t->ncb * t->c * t->cbpages;
     const size_t nmp = m ? cqr_map_pages(m->cap) : 0;
     const size_t nsk = t->sketch ? 1 : 0;
-    const size_t nseg = 2 + ncbp + t->nblocks + nmp + nsk;
+    const size_t nfb = t->fallback ? 1 : 0;
+    const size_t nseg = 2 + ncbp + t->nblocks + nmp + nsk + nfb;
     cqr_segment_t *seg = calloc(nseg, sizeof *seg);
     if (!seg)
         return CQR_ENOMEM;
@@ -424,18 +434,24 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
             rc = rows_page(cx, &seg[s], CQR_PAGE_CB, b * t->cbpages + p,
                            &t->st->cb[b], lo, cqr_cb_page_rows(t, p),
                            t->cbmark + (size_t)b * t->k + lo,
-                           &t->cbpage[(size_t)b * t->cbpages + p], cb_whole);
+                           &t->cbpage[(size_t)b * t->cbpages + p], cb_whole,
+                           NULL);
         }
     }
     for (size_t b = 0; rc == 0 && b < t->nblocks; b++, s++)
         rc = rows_page(cx, &seg[s], CQR_PAGE_ROWS, (uint32_t)b,
                        &t->blocks[b], 0, cqr_full_page_rows(t, b), t->fmark[b],
-                       &t->fpage[b], cx->since == 0);
+                       &t->fpage[b], cx->since == 0,
+                       t->fstamp ? t->fstamp[b] : NULL);
     if (rc == 0 && nmp)
         rc = map_export(cx, seg + s, nmp);
     s += nmp;
     if (rc == 0 && nsk)
         rc = sketch_page(cx, &seg[s++]);
+    if (rc == 0 && nfb)
+        rc = rows_page(cx, &seg[s++], CQR_PAGE_FALLBACK, 0, t->fallback, 0,
+                       CQR_FALLBACK_ROWS, t->fbmark, &t->fbpage,
+                       cx->since == 0, NULL);
     if (rc || cx->plan) {
         segs_free(seg, nseg);
         return rc;
@@ -449,8 +465,11 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
     for (uint32_t b = 0; b < t->ncb * t->c; b++)
         full += (uint64_t)t->k * cqr_row_bytes(t, t->w) +
                 (uint64_t)t->cbpages * CQR_SEGMENT_HEADER;
-    full += t->nrows * cqr_row_bytes(t, t->cfg.dim) +
+    full += t->nrows * (cqr_row_bytes(t, t->cfg.dim) + (t->fstamp ? 4 : 0)) +
             t->nblocks * CQR_SEGMENT_HEADER;
+    if (nfb)
+        full += CQR_FALLBACK_ROWS * cqr_row_bytes(t, t->cfg.dim) +
+                CQR_SEGMENT_HEADER;
     if (m)
         full += (uint64_t)m->cap * (8 + cqr_map_pvw(t, m)) +
                 nmp * CQR_SEGMENT_HEADER;

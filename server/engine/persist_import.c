@@ -23,6 +23,7 @@ struct cqr_import {
     size_t nfp;          /* full row pages */
     size_t nmp;          /* map pages */
     size_t nsp;          /* sketch pages (0 or 1) */
+    size_t nfbp;         /* fallback pages (0 or 1) */
     uint64_t map_count;  /* IDs the meta says the map holds */
     char err[200];       /* the last error */
 };
@@ -126,7 +127,10 @@ static int im_meta(cqr_import_t *im, cqr_rd_t *r)
     }
     if (t->cfg.kind == CQR_KIND_FULL) {
         uint64_t nrows = cqr_get_u64(r);
-        if (r->bad || nrows >= UINT32_MAX || nrows != im->map_count)
+        /* Rows freed by eviction stay allocated: more rows than IDs. */
+        int fewer = cqr_full_evicts(&t->cfg) ? nrows < im->map_count
+                                             : nrows != im->map_count;
+        if (r->bad || nrows >= UINT32_MAX || fewer)
             return im_fail(im, CQR_ECORRUPT,
                            "meta: %llu rows for %llu known IDs",
                            (unsigned long long)nrows,
@@ -142,7 +146,7 @@ static int im_meta(cqr_import_t *im, cqr_rd_t *r)
     if (cqr_cfg_long(&t->cfg)) {
         t->n_admitted = cqr_get_u64(r);
         t->n_evicted = cqr_get_u64(r);
-        (void)cqr_get_u64(r);
+        t->ttl_hand = cqr_get_u64(r);
         (void)cqr_get_u64(r);
     } else {
         /* Before issue 19 every known ID was admitted and none evicted. */
@@ -152,25 +156,28 @@ static int im_meta(cqr_import_t *im, cqr_rd_t *r)
         return im_fail(im, CQR_ECORRUPT, "meta: wrong length");
     im->ncbp = (size_t)t->ncb * t->c * t->cbpages;
     im->nsp = t->sketch ? 1 : 0;
-    im->have = calloc(im->ncbp + im->nfp + im->nmp + im->nsp + 1, 1);
+    im->nfbp = t->fallback ? 1 : 0;
+    im->have = calloc(im->ncbp + im->nfp + im->nmp + im->nsp + im->nfbp + 1,
+                      1);
     if (!im->have)
         return im_fail(im, CQR_ENOMEM, "meta: out of memory");
     im->state = IM_PAGES;
     return 0;
 }
 
-/* Applies a rows payload (base or delta) to rows [lo, lo+n) of r. */
+/* Applies a rows payload (base or delta) to rows [lo, lo+n) of r (and
+ * their stamps, for a full table that evicts; else stamps is NULL). */
 static int im_rows(cqr_import_t *im, cqr_rd_t *r, cqr_seg_kind_t kind,
                    cqr_rows_t *rows, uint32_t lo, uint32_t n, const char *what,
-                   uint32_t index)
+                   uint32_t index, uint32_t *stamps)
 {
     const cqr_table_t *t = im->t;
-    const size_t rb = cqr_row_bytes(t, rows->w);
+    const size_t rb = cqr_row_bytes(t, rows->w) + (stamps ? 4 : 0);
     if (kind == CQR_SEG_BASE) {
         /* A full table's last page may have grown since its base; the
          * rows added later come in deltas (new rows are always marked). */
         if (r->n % rb || r->n / rb > n ||
-            (what[0] == 'c' && r->n / rb != n))
+            (strcmp(what, "rows") != 0 && r->n / rb != n))
             return im_fail(im, CQR_ECORRUPT, "%s/%u: %zu bytes for %u rows",
                            what, index, r->n, n);
         n = (uint32_t)(r->n / rb);
@@ -181,6 +188,8 @@ static int im_rows(cqr_import_t *im, cqr_rd_t *r, cqr_seg_kind_t kind,
                     (size_t)n * rows->sw * 4);
         if (rows->step)
             cqr_get(r, rows->step + lo, (size_t)n * 4);
+        if (stamps)
+            cqr_get(r, stamps + lo, (size_t)n * 4);
         return 0;
     }
     uint32_t m = cqr_get_u32(r);
@@ -212,6 +221,11 @@ static int im_rows(cqr_import_t *im, cqr_rd_t *r, cqr_seg_kind_t kind,
         uint32_t j;
         memcpy(&j, ip + 4 * (size_t)q, 4);
         rows->step[lo + j] = cqr_get_u32(r);
+    }
+    for (uint32_t q = 0; stamps && q < m; q++) {
+        uint32_t j;
+        memcpy(&j, ip + 4 * (size_t)q, 4);
+        stamps[lo + j] = cqr_get_u32(r);
     }
     return 0;
 }
@@ -311,6 +325,11 @@ int cqr_import_segment(cqr_import_t *im, const uint8_t *data, size_t len)
             goto range;
         slot = im->ncbp + im->nfp + im->nmp + index;
         break;
+    case CQR_PAGE_FALLBACK:
+        if (index >= im->nfbp)
+            goto range;
+        slot = im->ncbp + im->nfp + im->nmp + im->nsp + index;
+        break;
     default:
         return im_fail(im, CQR_ECORRUPT, "unexpected %s segment",
                        cqr_page_type_name(type));
@@ -324,10 +343,14 @@ int cqr_import_segment(cqr_import_t *im, const uint8_t *data, size_t len)
     if (type == CQR_PAGE_CB) {
         uint32_t b = index / t->cbpages, p = index % t->cbpages;
         rc = im_rows(im, &r, kind, &t->st->cb[b], p * CQR_CB_PAGE,
-                     cqr_cb_page_rows(t, p), "cb", index);
+                     cqr_cb_page_rows(t, p), "cb", index, NULL);
     } else if (type == CQR_PAGE_ROWS) {
         rc = im_rows(im, &r, kind, &t->blocks[index], 0,
-                     cqr_full_page_rows(t, index), "rows", index);
+                     cqr_full_page_rows(t, index), "rows", index,
+                     t->fstamp ? t->fstamp[index] : NULL);
+    } else if (type == CQR_PAGE_FALLBACK) {
+        rc = im_rows(im, &r, kind, t->fallback, 0, CQR_FALLBACK_ROWS,
+                     "fallback", index, NULL);
     } else if (type == CQR_PAGE_SKETCH) {
         if (kind != CQR_SEG_BASE || r.n != CQR_SKETCH_BYTES)
             return im_fail(im, CQR_ECORRUPT, "sketch: %zu bytes", r.n);
@@ -404,13 +427,15 @@ int cqr_import_finish(cqr_import_t *im, cqr_table_t **out, uint32_t *cursor)
         rc = CQR_ECORRUPT;
         goto fail;
     }
-    const size_t np = im->ncbp + im->nfp + im->nmp + im->nsp;
+    const size_t np = im->ncbp + im->nfp + im->nmp + im->nsp + im->nfbp;
     for (size_t i = 0; i < np; i++) {
         if (!im->have[i]) {
-            const size_t ends[4] = {im->ncbp, im->ncbp + im->nfp,
-                                    im->ncbp + im->nfp + im->nmp, np};
-            static const uint32_t types[4] = {CQR_PAGE_CB, CQR_PAGE_ROWS,
-                                              CQR_PAGE_MAP, CQR_PAGE_SKETCH};
+            const size_t ends[5] = {im->ncbp, im->ncbp + im->nfp,
+                                    im->ncbp + im->nfp + im->nmp,
+                                    np - im->nfbp, np};
+            static const uint32_t types[5] = {CQR_PAGE_CB, CQR_PAGE_ROWS,
+                                              CQR_PAGE_MAP, CQR_PAGE_SKETCH,
+                                              CQR_PAGE_FALLBACK};
             size_t g = 0;
             while (i >= ends[g])
                 g++;
@@ -423,6 +448,10 @@ int cqr_import_finish(cqr_import_t *im, cqr_table_t **out, uint32_t *cursor)
     }
     if (cqr_tracked_map(im->t) && (rc = im_check_map(im)) != 0)
         goto fail;
+    if ((rc = cqr_full_free_rebuild(im->t)) != 0) {
+        im_fail(im, rc, "free rows: %s", cqr_strerror(rc));
+        goto fail;
+    }
     im->t->ins_on = 1; /* the next export is incremental from here */
     *out = im->t;
     if (cursor)

@@ -160,6 +160,8 @@ int cqr_table_create(const cqr_table_config_t *cfg, cqr_table_t **out)
     }
     if (cfg->kind == CQR_KIND_FULL) {
         rc = cqr_idmap_init(&t->rowmap, sizeof(cqr_full_slot_t), 0);
+        if (rc == 0 && t->sketch)
+            rc = cqr_full_fallback_create(t);
     } else {
         rc = cbstate_create(t, &t->st);
         size_t nb = (size_t)t->ncb * t->c;
@@ -187,7 +189,15 @@ void cqr_table_destroy(cqr_table_t *t)
     for (size_t b = 0; b < t->nblocks; b++) {
         cqr_rows_free(&t->blocks[b]);
         free(t->fmark[b]);
+        if (t->fstamp)
+            free(t->fstamp[b]);
     }
+    if (t->fallback)
+        cqr_rows_free(t->fallback);
+    free(t->fallback);
+    free(t->fbmark);
+    free(t->fstamp);
+    free(t->ffree);
     free(t->blocks);
     free(t->fmark);
     free(t->fpage);
@@ -446,6 +456,10 @@ void cqr_table_stats(cqr_table_t *t, cqr_table_stats_t *s)
             s->param_bytes += cqr_rows_param_bytes(&t->blocks[b]);
             s->optim_bytes += cqr_rows_state_bytes(&t->blocks[b]);
         }
+        if (t->fallback) {
+            s->param_bytes += cqr_rows_param_bytes(t->fallback);
+            s->optim_bytes += cqr_rows_state_bytes(t->fallback);
+        }
     } else {
         for (uint32_t b = 0; b < t->ncb * t->c; b++) {
             s->param_bytes += cqr_rows_param_bytes(&t->st->cb[b]);
@@ -540,6 +554,9 @@ static uint64_t digest_map(const cqr_table_t *t, const cqr_idmap_t *m)
                                    b->sw * sizeof(float));
             if (b->step)
                 digest_u64(x, b->step[local]);
+            if (t->fstamp)
+                digest_u64(x, t->fstamp[((const cqr_full_slot_t *)v)->row >>
+                                        CQR_FULL_BLOCK_SHIFT][local]);
         } else {
             XXH3_64bits_update(x, v, m->vw);
         }
@@ -592,6 +609,8 @@ int cqr_table_digest(cqr_table_t *t, uint64_t *out)
     if (c->kind == CQR_KIND_FULL) {
         digest_u64(x, t->rowmap.count);
         digest_u64(x, digest_map(t, &t->rowmap));
+        if (t->fallback)
+            digest_rows(x, t->fallback);
     } else {
         for (uint32_t i = 0; i < t->c; i++) {
             digest_u64(x, t->st->seed_p[i]);

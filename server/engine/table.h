@@ -74,21 +74,27 @@ typedef struct cqr_table_config {
                                       of its own at its N-th push; before,
                                       it uses its hashed pointers. 0 or 1:
                                       at the first push (no sketch). At
-                                      most CQR_MAX_ADMIT_AFTER. (full: a
-                                      hashed row of a fallback codebook of
-                                      CQR_FALLBACK_ROWS rows, not built
-                                      yet: refused) */
+                                      most CQR_MAX_ADMIT_AFTER. full: an
+                                      ID gets a row at its N-th push;
+                                      before, it shares a hashed row of a
+                                      fallback codebook of
+                                      CQR_FALLBACK_ROWS rows, which its
+                                      pushes train and its lookups return
+                                      (table_evict.c) */
     uint32_t evict_after_phases;   /* cqr: an ID not pushed during the
                                       last K phases loses its learned
                                       pointers at the next commit; 0 =
                                       never */
     uint64_t max_ids;              /* full: at most this many rows; a new
                                       row beyond frees the least recently
-                                      pushed of a sample; 0 = no limit
-                                      (not built yet: refused) */
+                                      pushed of a sample (sampled LRU,
+                                      table_evict.c); 0 = no limit */
     uint32_t ttl_seconds;          /* full: rows not pushed for this many
-                                      seconds are freed; 0 = never (not
-                                      built yet: refused) */
+                                      seconds (table clock,
+                                      cqr_table_set_clock) are gone to
+                                      lookups at once and freed at the
+                                      next registration of new IDs; 0 =
+                                      never */
 } cqr_table_config_t;
 
 /* Push counts saturate at 255: the sketch's counters are bytes. */
@@ -184,6 +190,13 @@ uint64_t cqr_table_refused_bytes(void);
 /* Bytes the table has grown by since creation (the part a budget is
  * charged with). */
 uint64_t cqr_table_grown_bytes(cqr_table_t *t);
+
+/* Sets the table clock that full tables' eviction stamps and expires by
+ * (ttl_seconds, max_ids) to `seconds` (Unix time), from now on until set
+ * again; 0 goes back to the wall clock (the default). Tests and replays
+ * set it so that what is evicted depends on their calls only. Any
+ * thread; no lock. */
+void cqr_table_set_clock(cqr_table_t *t, uint32_t seconds);
 
 /* Short name of a kind ("full", "hash", "ce", "cqr") and back; parse
  * returns CQR_EINVAL for an unknown name. Same for optimizers ("sgd",

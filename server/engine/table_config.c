@@ -121,12 +121,6 @@ static int memory_check(const cqr_table_config_t *cfg, char *why,
                       "tables only");
     if (cfg->max_ids >= UINT32_MAX)
         return reject(why, whylen, "max_ids must be below 2^32");
-    /* Not built yet for full tables (issue 19: the fallback codebook,
-     * freed rows): refused rather than ignored. */
-    if (cfg->kind == CQR_KIND_FULL &&
-        (cfg->admit_after > 1 || cfg->max_ids || cfg->ttl_seconds))
-        return reject(why, whylen, "admit_after, max_ids and ttl_seconds "
-                      "are not implemented for full tables yet");
     return 0;
 }
 

@@ -120,6 +120,23 @@ struct cqr_table {
     uint32_t skmark;        /* epoch of the sketch's last change (export) */
     uint64_t n_admitted;    /* IDs given state (exclusive lock) */
     uint64_t n_evicted;     /* IDs whose state was freed (exclusive lock) */
+    /* Full tables' admission and eviction (table_evict.c). */
+    cqr_rows_t *fallback;   /* admit_after > 1: the CQR_FALLBACK_ROWS
+                               rows that IDs without a row share (by a
+                               hash), trained by their pushes; or NULL */
+    uint32_t *fbmark;       /* the fallback rows' change marks */
+    uint32_t fbpage;        /* their page's change mark */
+    uint64_t fb_seed;       /* seed of the ID -> fallback row hash */
+    uint32_t **fstamp;      /* max_ids or ttl_seconds: per block, each
+                               row's last push in table-clock seconds
+                               (blocks_cap slots); NULL otherwise */
+    uint32_t *ffree;        /* rows freed by eviction, reused first (a
+                               stack; exclusive lock) */
+    size_t nfree;           /* rows in ffree */
+    size_t free_cap;        /* slots in ffree */
+    uint64_t ttl_hand;      /* the TTL sweep's next row map slot */
+    uint32_t clock_fixed;   /* cqr_table_set_clock's time, or 0: the wall
+                               clock (relaxed atomic) */
 
     uint64_t n_lookups;     /* usage counters, relaxed atomics */
     uint64_t n_pushes;
@@ -217,6 +234,45 @@ static inline int cqr_needs_known(const cqr_table_t *t, const void *v,
         return cqr_admit_ok(t, id);
     return t->stamp_off && cqr_stamp_get(t, v) != t->phases_done;
 }
+
+/* ---- table_evict.c: a full table's admission and eviction ---- */
+
+/* The table clock in seconds: cqr_table_set_clock's time if set, else
+ * the wall clock (CLOCK_REALTIME, so that stamps survive a restart). */
+uint32_t cqr_table_now(const cqr_table_t *t);
+
+/* Whether a full table keeps last-push stamps (max_ids or ttl_seconds). */
+static inline int cqr_full_evicts(const cqr_table_config_t *c)
+{
+    return c->kind == CQR_KIND_FULL && (c->max_ids || c->ttl_seconds);
+}
+
+/* Allocates a new full table's fallback rows (admit_after > 1) at their
+ * deterministic initial values. Exclusive access. CQR_ENOMEM. */
+int cqr_full_fallback_create(cqr_table_t *t);
+
+/* Registers the IDs of a full push that need the exclusive path: IDs
+ * whose row expired (ttl_seconds) are evicted first; IDs without a row
+ * get one if admitted now (beyond max_ids rows the least recently
+ * pushed row of a sample is evicted first, never one of ids[]); then a
+ * bounded TTL sweep frees expired rows. Exclusive lock held. Errors as
+ * cqr_table_add_known. */
+int cqr_full_add_known(cqr_table_t *t, const uint64_t *ids, size_t n);
+
+/* Rebuilds the free-row stack of an imported full table that evicts:
+ * the rows below nrows that no map slot holds. CQR_ENOMEM, or
+ * CQR_ECORRUPT if two IDs hold one row. */
+int cqr_full_free_rebuild(cqr_table_t *t);
+
+/* Gives `id` a row (a freed one first) starting from its fallback row
+ * (admission on) or its initial value, stamped `now`. Exclusive lock
+ * held (table_known.c). */
+int cqr_full_new_row(cqr_table_t *t, uint64_t id, uint32_t now);
+
+/* Records that slot `slot` of the known-ID map m changed (an insert, a
+ * delete, a stamp): the next export writes it (table_known.c).
+ * Exclusive lock held. */
+void cqr_track_slot(cqr_table_t *t, const cqr_idmap_t *m, size_t slot);
 
 /* B0 pointer j of a stored pointer array. */
 static inline uint32_t cqr_ptr_get(const uint8_t *v, uint32_t pw, uint32_t j)
@@ -447,6 +503,36 @@ static inline void cqr_full_init_row(const cqr_table_t *t, uint64_t id,
     cqr_rng_seed(&rng, cqr_derive_seed(t->cfg.seed, CQR_TAG_FULL_INIT, id));
     for (uint32_t j = 0; j < t->cfg.dim; j++)
         out[j] = cqr_rng_sym(&rng, t->cfg.init_scale);
+}
+
+/* Full tables with admission: the fallback row of `id`. */
+static inline uint32_t cqr_full_fb_row(const cqr_table_t *t, uint64_t id)
+{
+    return cqr_fastrange(cqr_hash_id(id, t->fb_seed), CQR_FALLBACK_ROWS);
+}
+
+/* Full tables: what a lookup of an ID without a row returns: its
+ * fallback row (admission on) or its initial value. Lock held. */
+static inline void cqr_full_absent_row(const cqr_table_t *t, uint64_t id,
+                                       float *out)
+{
+    if (t->fallback)
+        cqr_rows_read(t->fallback, cqr_full_fb_row(t, id), out);
+    else
+        cqr_full_init_row(t, id, out);
+}
+
+/* Full tables: whether row `row` was last pushed ttl_seconds or more
+ * before `now` (never without ttl_seconds). Lock held. */
+static inline int cqr_full_expired(const cqr_table_t *t, uint32_t row,
+                                   uint32_t now)
+{
+    if (!t->cfg.ttl_seconds)
+        return 0;
+    uint32_t s = __atomic_load_n(
+        &t->fstamp[row >> CQR_FULL_BLOCK_SHIFT][row & (CQR_FULL_BLOCK - 1)],
+        __ATOMIC_RELAXED);
+    return (uint64_t)s + t->cfg.ttl_seconds <= now;
 }
 
 /* Pooled calls: 0 if the bag offsets are valid for n IDs (offsets[0] ==

@@ -27,7 +27,9 @@ static uint64_t full_row_bytes(const cqr_table_t *t)
     return w * 4 +
            (uint64_t)cqr_optim_state_floats(t->cfg.optim.kind,
                                             t->cfg.dim) * 4 +
-           (t->cfg.optim.kind == CQR_OPT_ADAM ? 4 : 0) + 4;
+           (t->cfg.optim.kind == CQR_OPT_ADAM ? 4 : 0) + 4 +
+           /* eviction: a stamp and a free-stack slot per row */
+           (cqr_full_evicts(&t->cfg) ? 8 : 0);
 }
 
 /* Rows the blocks of a full table are allocated for. */
@@ -143,18 +145,30 @@ static int full_add_block(cqr_table_t *t, uint32_t cap)
         if (!np)
             return CQR_ENOMEM;
         t->fpage = np;
+        if (cqr_full_evicts(&t->cfg)) {
+            uint32_t **ns = realloc(t->fstamp, bcap * sizeof *ns);
+            if (!ns)
+                return CQR_ENOMEM;
+            t->fstamp = ns;
+        }
         t->blocks_cap = bcap;
     }
     size_t b = t->nblocks;
-    t->fmark[b] = calloc(cap, sizeof(uint32_t));
-    if (!t->fmark[b])
+    uint32_t *stamps = NULL;
+    if (t->fstamp && !(stamps = calloc(cap, sizeof(uint32_t))))
         return CQR_ENOMEM;
-    int rc = cqr_rows_init_flags(&t->blocks[b], cap, t->cfg.dim,
-                                 t->cfg.optim.kind, CQR_ROWS_OWN_SEQ);
+    t->fmark[b] = calloc(cap, sizeof(uint32_t));
+    int rc = t->fmark[b] ? cqr_rows_init_flags(&t->blocks[b], cap,
+                                               t->cfg.dim, t->cfg.optim.kind,
+                                               CQR_ROWS_OWN_SEQ)
+                         : CQR_ENOMEM;
     if (rc) {
         free(t->fmark[b]);
+        free(stamps);
         return rc;
     }
+    if (t->fstamp)
+        t->fstamp[b] = stamps;
     t->fpage[b] = 0;
     t->nblocks++;
     return 0;
@@ -168,12 +182,20 @@ static int full_grow_first(cqr_table_t *t, uint32_t cap)
     cqr_rows_t *old = &t->blocks[0];
     cqr_rows_t nr;
     uint32_t *nm = calloc(cap, sizeof(uint32_t));
-    int rc = nm ? cqr_rows_init_flags(&nr, cap, old->w, old->opt,
-                                      CQR_ROWS_OWN_SEQ)
-                : CQR_ENOMEM;
+    uint32_t *ns = t->fstamp ? calloc(cap, sizeof(uint32_t)) : NULL;
+    int rc = nm && (ns || !t->fstamp)
+                 ? cqr_rows_init_flags(&nr, cap, old->w, old->opt,
+                                       CQR_ROWS_OWN_SEQ)
+                 : CQR_ENOMEM;
     if (rc) {
         free(nm);
+        free(ns);
         return rc;
+    }
+    if (ns) {
+        memcpy(ns, t->fstamp[0], (size_t)old->n * sizeof(uint32_t));
+        free(t->fstamp[0]);
+        t->fstamp[0] = ns;
     }
     memcpy(nr.param, old->param, (size_t)old->n * old->w * sizeof(float));
     if (old->sw)
@@ -228,6 +250,16 @@ static void track_insert(cqr_table_t *t, const cqr_idmap_t *m, size_t old_cap,
         }
         return;
     }
+    cqr_track_slot(t, m, slot);
+}
+
+void cqr_track_slot(cqr_table_t *t, const cqr_idmap_t *m, size_t slot)
+{
+    if (!__atomic_load_n(&t->ins_on, __ATOMIC_RELAXED))
+        return;
+    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    if (t->map_base_epoch == e || slot >= m->cap)
+        return; /* wholly changed already; the ID 0 is in the meta */
     if (t->ins_n == t->ins_cap) {
         size_t cap = t->ins_cap ? 2 * t->ins_cap : 1024;
         uint64_t *ns = cap <= (1u << 16) || cap <= m->count / 4
@@ -249,16 +281,33 @@ static void track_insert(cqr_table_t *t, const cqr_idmap_t *m, size_t old_cap,
     t->ins_n++;
 }
 
-/* Gives `id` a row initialised to its deterministic initial value.
- * Exclusive lock held. */
-static int full_new_row(cqr_table_t *t, uint64_t id)
+/* The free stack holds at most every row: it grows with the rows. */
+static int full_free_reserve(cqr_table_t *t, uint64_t rows)
 {
+    if (!t->fstamp || rows <= t->free_cap)
+        return 0;
+    uint32_t *nf = realloc(t->ffree, rows * sizeof *nf);
+    if (!nf)
+        return CQR_ENOMEM;
+    t->ffree = nf;
+    t->free_cap = rows;
+    return 0;
+}
+
+/* A row for a new ID: a freed one (*reused = 1) or the next never used
+ * (growing the blocks when needed). Exclusive lock held. */
+static int full_take_row(cqr_table_t *t, uint32_t *row, int *reused)
+{
+    *reused = t->nfree > 0;
+    if (*reused) {
+        *row = t->ffree[--t->nfree];
+        return 0;
+    }
     if (t->nrows >= UINT32_MAX)
         return CQR_ELIMIT;
-    uint32_t row = (uint32_t)t->nrows;
-    size_t b = row >> CQR_FULL_BLOCK_SHIFT;
+    *row = (uint32_t)t->nrows;
     uint64_t have = full_cap_rows(t);
-    if (row >= have) {
+    if (*row >= have) {
         uint64_t bytes = (full_want_rows(t->nrows + 1) - have) *
                          full_row_bytes(t);
         int rc = grow_charge(t, bytes);
@@ -270,30 +319,71 @@ static int full_new_row(cqr_table_t *t, uint64_t id)
             return rc;
         }
     }
+    int rc = full_free_reserve(t, full_cap_rows(t));
+    if (rc)
+        return rc;
+    t->nrows++;
+    return 0;
+}
+
+/* Starts row `row` of `id` afresh: parameters from the ID's fallback row
+ * (admission on: what its pushes taught so far) or its initial value,
+ * optimizer state zero, stamp `now`. Exclusive lock held. */
+static void full_row_start(cqr_table_t *t, uint64_t id, uint32_t row,
+                           uint32_t now)
+{
+    uint32_t local;
+    cqr_rows_t *blk = cqr_full_block(t, row, &local);
+    const size_t b = row >> CQR_FULL_BLOCK_SHIFT;
+    float *p = blk->param + (size_t)local * blk->w;
+    if (t->fallback)
+        memcpy(p, t->fallback->param +
+                      (size_t)cqr_full_fb_row(t, id) * blk->w,
+               (size_t)blk->w * sizeof(float));
+    else
+        cqr_full_init_row(t, id, p);
+    if (blk->sw)
+        memset(blk->state + (size_t)local * blk->sw, 0,
+               (size_t)blk->sw * sizeof(float));
+    if (blk->step)
+        blk->step[local] = 0;
+    if (t->fstamp)
+        t->fstamp[b][local] = now;
+    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    cqr_mark(&t->fmark[b][local], e);
+    cqr_mark(&t->fpage[b], e);
+}
+
+int cqr_full_new_row(cqr_table_t *t, uint64_t id, uint32_t now)
+{
+    uint32_t row;
+    int reused;
+    int rc = full_take_row(t, &row, &reused);
+    if (rc)
+        return rc;
     void *v;
     int inserted;
     size_t old_cap = t->rowmap.cap;
     /* The ID 0 lives beside the map's arrays: it never grows them. */
     uint64_t mgrow = id ? cqr_idmap_grow_bytes(&t->rowmap) : 0;
-    int rc = grow_charge(t, mgrow);
-    if (rc)
-        return rc;
-    rc = cqr_idmap_insert(&t->rowmap, id, &v, &inserted);
+    rc = grow_charge(t, mgrow);
+    if (rc == 0) {
+        rc = cqr_idmap_insert(&t->rowmap, id, &v, &inserted);
+        if (rc)
+            grow_refund(t, mgrow);
+    }
     if (rc) {
-        grow_refund(t, mgrow);
+        /* Give the row back: to the free stack, or unused at the end. */
+        if (reused)
+            t->ffree[t->nfree++] = row;
+        else
+            t->nrows--;
         return rc;
     }
     assert(inserted);
     ((cqr_full_slot_t *)v)->row = row; /* counter 0: zero-filled */
     track_insert(t, &t->rowmap, old_cap, v);
-    uint32_t local;
-    cqr_rows_t *blk = cqr_full_block(t, row, &local);
-    float *p = blk->param + (size_t)local * blk->w;
-    cqr_full_init_row(t, id, p);
-    const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
-    cqr_mark(&t->fmark[b][local], e);
-    cqr_mark(&t->fpage[b], e);
-    t->nrows++;
+    full_row_start(t, id, row, now);
     t->n_admitted++;
     return 0;
 }
@@ -335,14 +425,10 @@ static int cqr_known_one(cqr_table_t *t, uint64_t id)
 
 int cqr_table_add_known(cqr_table_t *t, const uint64_t *ids, size_t n)
 {
+    if (t->cfg.kind == CQR_KIND_FULL)
+        return cqr_full_add_known(t, ids, n);
     for (size_t j = 0; j < n; j++) {
-        int rc = 0;
-        if (t->cfg.kind == CQR_KIND_FULL) {
-            if (!cqr_full_find(t, ids[j]))
-                rc = full_new_row(t, ids[j]);
-        } else {
-            rc = cqr_known_one(t, ids[j]);
-        }
+        int rc = cqr_known_one(t, ids[j]);
         if (rc)
             return rc;
     }

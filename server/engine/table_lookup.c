@@ -24,6 +24,8 @@ static void full_lookup(const cqr_table_t *t, const uint64_t *ids, size_t n,
     const uint32_t dim = t->cfg.dim;
     const cqr_full_slot_t *slots[2][G];
     const size_t ngroups = (n + G - 1) / G;
+    const int ttl = t->cfg.ttl_seconds != 0;
+    const uint32_t now = ttl ? cqr_table_now(t) : 0;
     for (size_t k = 0; k < 2 * G && k < n; k++)
         cqr_idmap_prefetch(&t->rowmap, ids[k]);
     for (size_t g = 0; g <= ngroups; g++) {
@@ -37,6 +39,9 @@ static void full_lookup(const cqr_table_t *t, const uint64_t *ids, size_t n,
                     cqr_idmap_prefetch(&t->rowmap, ids[base + j + 2 * G]);
                 uint32_t local = 0;
                 r[j] = cqr_full_find(t, ids[base + j]);
+                /* An expired row is gone (table_evict.c). */
+                if (r[j] && ttl && cqr_full_expired(t, r[j]->row, now))
+                    r[j] = NULL;
                 if (r[j])
                     cqr_rows_prefetch(cqr_full_block(t, r[j]->row, &local),
                                       local);
@@ -56,7 +61,7 @@ static void full_lookup(const cqr_table_t *t, const uint64_t *ids, size_t n,
                         cqr_full_block(t, r[j]->row, &local);
                     cqr_rows_read_at(blk, local, &r[j]->seq, o);
                 } else
-                    cqr_full_init_row(t, ids[base + j], o);
+                    cqr_full_absent_row(t, ids[base + j], o);
             }
         }
     }

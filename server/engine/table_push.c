@@ -310,19 +310,38 @@ static inline cqr_full_slot_t *full_slot_at(const cqr_table_t *t, uint64_t i)
     return (cqr_full_slot_t *)(void *)cqr_idmap_val_at(&t->rowmap, i);
 }
 
+/* A full push's key of fallback row r (IDs not admitted yet): apart from
+ * every row map slot index. */
+#define FULL_FB_KEY (UINT64_C(1) << 63)
+
+/* Steps fallback row `key` of a full push. */
+static void full_step_fallback(cqr_table_t *t, uint64_t key, const float *g,
+                               uint32_t e)
+{
+    uint32_t r = (uint32_t)(key & ~FULL_FB_KEY);
+    cqr_rows_step(t->fallback, r, g, &t->cfg.optim);
+    cqr_mark(&t->fbmark[r], e);
+    cqr_mark(&t->fbpage, e);
+}
+
 /* Steps the summed rows [u0, u1) of a full push (keys: row map slot
- * indices, one per row). */
+ * indices, one per row, or FULL_FB_KEY | fallback row). */
 static void full_step_range(cqr_table_t *t, const agg_t *a, size_t u0,
                             size_t u1)
 {
     const uint32_t e = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+    const uint32_t now = t->fstamp ? cqr_table_now(t) : 0;
     /* Rows are random over the whole table: prefetch a few steps ahead
      * (a step touches the row, its Adam moments, counters and mark). */
     enum { STEP_AHEAD = 8 };
     for (size_t u = u0; u < u1; u++) {
+        if (a->ukeys[u] & FULL_FB_KEY) {
+            full_step_fallback(t, a->ukeys[u], a->acc + u * a->w, e);
+            continue;
+        }
         cqr_full_slot_t *sl = full_slot_at(t, a->ukeys[u]);
         uint32_t local, row = sl->row;
-        if (u + STEP_AHEAD < u1) {
+        if (u + STEP_AHEAD < u1 && !(a->ukeys[u + STEP_AHEAD] & FULL_FB_KEY)) {
             uint32_t nl, nrow = full_slot_at(t, a->ukeys[u + STEP_AHEAD])->row;
             const cqr_rows_t *nb = cqr_full_block(t, nrow, &nl);
             cqr_rows_prefetch_step(nb, nl);
@@ -333,6 +352,8 @@ static void full_step_range(cqr_table_t *t, const agg_t *a, size_t u0,
                          &t->cfg.optim);
         cqr_mark(&t->fmark[row >> CQR_FULL_BLOCK_SHIFT][local], e);
         cqr_mark(&t->fpage[row >> CQR_FULL_BLOCK_SHIFT], e);
+        if (t->fstamp)
+            cqr_mark(&t->fstamp[row >> CQR_FULL_BLOCK_SHIFT][local], now);
     }
 }
 
@@ -351,20 +372,25 @@ static void full_part(void *arg, unsigned i)
 }
 
 /* Finds the row map slots of ids[b, e) into slots[] (indices, as
- * cqr_idmap_index_of gives them); returns how many are unknown (their
- * entry is UINT64_MAX) and to be admitted now. */
+ * cqr_idmap_index_of gives them; FULL_FB_KEY | fallback row for IDs not
+ * admitted yet); returns how many need the exclusive path (their entry
+ * is UINT64_MAX): IDs to admit now, and IDs whose row expired. */
 static size_t full_resolve_range(const cqr_table_t *t, const uint64_t *ids,
                                  size_t b, size_t e, uint64_t *slots)
 {
     size_t unknown = 0;
+    const int ttl = t->cfg.ttl_seconds != 0;
+    const uint32_t now = ttl ? cqr_table_now(t) : 0;
     for (size_t j = b; j < e && j < b + CQR_LOOKUP_GROUP; j++)
         cqr_idmap_prefetch(&t->rowmap, ids[j]);
     for (size_t j = b; j < e; j++) {
         if (j + CQR_LOOKUP_GROUP < e)
             cqr_idmap_prefetch(&t->rowmap, ids[j + CQR_LOOKUP_GROUP]);
         const cqr_full_slot_t *sl = cqr_full_find(t, ids[j]);
-        if (sl) {
+        if (sl && !(ttl && cqr_full_expired(t, sl->row, now))) {
             slots[j] = cqr_idmap_index_of(&t->rowmap, sl);
+        } else if (!sl && !cqr_admit_ok(t, ids[j])) {
+            slots[j] = FULL_FB_KEY | cqr_full_fb_row(t, ids[j]);
         } else {
             slots[j] = UINT64_MAX;
             unknown++;

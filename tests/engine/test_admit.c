@@ -86,15 +86,14 @@ START_TEST(test_config)
     cqr_table_config_default(&cfg, CQR_KIND_FULL, DIM);
     cfg.evict_after_phases = 2;
     ck_assert_int_eq(cqr_table_config_check(&cfg, NULL, 0), CQR_EINVAL);
-    /* Full tables: not implemented yet, refused rather than ignored. */
+    /* Full tables take admission, max_ids and ttl_seconds
+     * (test_admit_full.c); max_ids must fit a row number. */
     cqr_table_config_default(&cfg, CQR_KIND_FULL, DIM);
     cfg.admit_after = 2;
-    ck_assert_int_eq(cqr_table_config_check(&cfg, NULL, 0), CQR_EINVAL);
-    cfg.admit_after = 1;
     cfg.max_ids = 100;
-    ck_assert_int_eq(cqr_table_config_check(&cfg, NULL, 0), CQR_EINVAL);
-    cfg.max_ids = 0;
     cfg.ttl_seconds = 60;
+    ck_assert_int_eq(cqr_table_config_check(&cfg, NULL, 0), 0);
+    cfg.max_ids = UINT32_MAX;
     ck_assert_int_eq(cqr_table_config_check(&cfg, NULL, 0), CQR_EINVAL);
     /* The sketch is charged at creation. */
     cqr_table_config_default(&cfg, CQR_KIND_CQR, DIM);

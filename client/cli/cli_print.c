@@ -255,13 +255,20 @@ void print_describe(const cqrps_table_info_t *t)
             printf(" (sketch %" PRIu64 " bytes)", t->sketch_bytes);
         printf(", %" PRIu64 " admitted\n", t->ids_admitted);
         printf("eviction:       ");
-        if (c->evict_after_phases)
+        const char *sep = "";
+        if (c->evict_after_phases) {
             printf("after %u phases unpushed", c->evict_after_phases);
-        if (c->max_ids)
-            printf("max_ids %" PRIu64 " ", c->max_ids);
-        if (c->ttl_seconds)
-            printf("ttl %u s ", c->ttl_seconds);
-        if (!c->evict_after_phases && !c->max_ids && !c->ttl_seconds)
+            sep = ", ";
+        }
+        if (c->max_ids) {
+            printf("%smax_ids %" PRIu64, sep, c->max_ids);
+            sep = ", ";
+        }
+        if (c->ttl_seconds) {
+            printf("%sttl %u s", sep, c->ttl_seconds);
+            sep = ", ";
+        }
+        if (!*sep)
             printf("off");
         printf(", %" PRIu64 " evicted\n", t->ids_evicted);
     }

@@ -195,6 +195,17 @@ class ClientTest(ServerTestCase):
         self.assertEqual((info.known_ids, info.ids_evicted), (1, 3))
         with self.assertRaises(cqrps.InvalidArgument):
             self.table("py.adm.bad", kind="cqr", max_ids=5)
+        # Full tables: fallback rows until the 2nd push, then at most 3.
+        f = self.table("py.admf", kind="full", admit_after=2, max_ids=3,
+                       ttl_seconds=3600)
+        self.assertEqual((f.config.max_ids, f.config.ttl_seconds), (3, 3600))
+        self.c.push("py.admf", ids[:5], g[:5])
+        self.assertEqual(self.c.describe_table("py.admf").known_ids, 0)
+        for j in range(5):  # one by one: the push's own IDs are kept
+            self.c.push("py.admf", ids[j:j + 1], g[j:j + 1])
+        info = self.c.describe_table("py.admf")
+        self.assertEqual((info.known_ids, info.ids_admitted,
+                          info.ids_evicted), (3, 5, 2))
 
     def test_every_kind_and_optimizer(self) -> None:
         for kind in ("full", "hash", "ce", "cqr"):

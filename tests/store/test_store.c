@@ -274,6 +274,58 @@ START_TEST(test_store_admit_evict)
 }
 END_TEST
 
+/* The same for a full table with admission, max_ids and a TTL (the
+ * fallback rows, the stamps, the free rows, the sweep's hand), on the
+ * table clock the test sets: two checkpoints (a base, then deltas), the
+ * restored table digests alike and goes on alike. */
+START_TEST(test_store_admit_evict_full)
+{
+    char *dir = tmpdir();
+    cqr_store_t *s = open_store(dir, 0);
+    cqr_table_config_t cfg;
+    cqr_table_config_default(&cfg, CQR_KIND_FULL, 8);
+    cfg.admit_after = 2;
+    cfg.max_ids = 300;
+    cfg.ttl_seconds = 5;
+    cqr_table_t *t;
+    ck_assert_int_eq(cqr_table_create(&cfg, &t), 0);
+    const char *names[1] = {"admf"};
+    cqr_rng_t rng, rng2;
+    cqr_rng_seed(&rng, 17);
+    for (int r = 0; r < 6; r++) {
+        cqr_table_set_clock(t, 7000 + 2 * (uint32_t)r);
+        push_random(t, &rng, 3, 128, 100 * (uint64_t)r, 600);
+        if (r == 2)
+            checkpoint(s, &t, names, 1, NULL);
+    }
+    cqr_table_stats_t st;
+    cqr_table_stats(t, &st);
+    ck_assert_uint_gt(st.ids_evicted, 0);
+    ck_assert_uint_le(st.known_ids, 300);
+    checkpoint(s, &t, names, 1, NULL);
+    tset_t ts;
+    cqr_store_load_info_t li;
+    ck_assert_int_eq(load(s, 0, &ts, &li), 0);
+    cqr_table_t *u = tset_get(&ts, "admf");
+    ck_assert_uint_eq(digest(u), digest(t));
+    cqr_table_stats_t su;
+    cqr_table_stats(u, &su);
+    ck_assert_uint_eq(su.ids_admitted, st.ids_admitted);
+    ck_assert_uint_eq(su.ids_evicted, st.ids_evicted);
+    ck_assert_uint_eq(su.known_ids, st.known_ids);
+    rng2 = rng;
+    cqr_table_set_clock(t, 7020);
+    cqr_table_set_clock(u, 7020);
+    push_random(t, &rng, 2, 128, 0, 1200);
+    push_random(u, &rng2, 2, 128, 0, 1200);
+    ck_assert_uint_eq(digest(u), digest(t));
+    tset_free(&ts);
+    cqr_table_destroy(t);
+    cqr_store_close(s);
+    rmdir_all(dir);
+}
+END_TEST
+
 /* Touching 1% of a large full table writes about 1% of it. */
 START_TEST(test_store_incremental_bytes)
 {
@@ -596,6 +648,7 @@ Suite *cqr_test_suite(void)
     tcase_set_timeout(tc, 1200);
     tcase_add_test(tc, test_store_roundtrip);
     tcase_add_test(tc, test_store_admit_evict);
+    tcase_add_test(tc, test_store_admit_evict_full);
     tcase_add_test(tc, test_store_incremental_bytes);
     tcase_add_test(tc, test_store_corrupt_fallback);
     tcase_add_test(tc, test_store_retention);

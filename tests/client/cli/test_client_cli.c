@@ -425,6 +425,38 @@ static void cli_stats_drop(run_t *r)
     ck_assert_ptr_nonnull(strstr(r->err, "127.0.0.1:1"));
 }
 
+/* A full table with admission and eviction (issue 19): created through
+ * the CLI, pushed through the library, counted in describe. */
+static void cli_full_admit(run_t *r, cqrps_client_t *c)
+{
+    CLI(r, "create", "fa", "--kind", "full", "--dim", "4", "--admit-after",
+        "2", "--max-ids", "3", "--ttl", "3600");
+    ck_assert_msg(r->status == 0, "create fa: %s", r->err);
+    const uint64_t ids[5] = {11, 12, 13, 14, 15};
+    static float g[5 * 4];
+    tu_fill(g, 5 * 4, &(uint64_t){3});
+    ck_assert_int_eq(cqrps_push(c, "fa", ids, g, 5), 0); /* fallback rows */
+    CLI(r, "describe", "fa");
+    ck_assert_ptr_nonnull(strstr(r->out, "admission:      after 2 pushes "
+                                         "(sketch 1048576 bytes), 0 "
+                                         "admitted\n"));
+    ck_assert_ptr_nonnull(strstr(r->out, "known_ids:      0\n"));
+    /* Admitted one by one (a push's own new IDs are never evicted by
+     * it): the 4th and 5th each free the least recently pushed row. */
+    for (int j = 0; j < 5; j++)
+        ck_assert_int_eq(cqrps_push(c, "fa", ids + j, g + 4 * j, 1), 0);
+    CLI(r, "describe", "fa");
+    ck_assert_ptr_nonnull(strstr(r->out, "5 admitted\n"));
+    ck_assert_ptr_nonnull(strstr(r->out, "eviction:       max_ids 3, ttl "
+                                         "3600 s, 2 evicted\n"));
+    ck_assert_ptr_nonnull(strstr(r->out, "known_ids:      3\n"));
+    CLI(r, "--json", "describe", "fa");
+    ck_assert_ptr_nonnull(strstr(r->out, "\"max_ids\":3,"));
+    ck_assert_ptr_nonnull(strstr(r->out, "\"ids_evicted\":2"));
+    CLI(r, "drop", "fa");
+    ck_assert_int_eq(r->status, 0);
+}
+
 START_TEST(test_cli_commands)
 {
     run_t *r = malloc(sizeof(*r));
@@ -440,6 +472,7 @@ START_TEST(test_cli_commands)
         ids[i] = tu_rand(&st);
     tu_fill(g, N * 16, &st);
     ck_assert_int_eq(cqrps_push(c, "t1", ids, g, N), 0);
+    cli_full_admit(r, c);
 
     cli_digest_cluster(r, c);
     cli_stats_drop(r);

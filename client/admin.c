@@ -547,11 +547,41 @@ static void status_merge(cqrps_phase_status_t *acc,
     }
 }
 
-int cqrps_cluster_status(cqrps_client_t *c, const char *table,
-                         uint64_t phase_id, cqrps_phase_status_t *st)
+/* What the shards said about one phase, beyond the merged status. */
+typedef struct phase_tally {
+    uint32_t done, queued, failed; /* shards in each state */
+    uint32_t first_failed;         /* the first failed shard, if any */
+    char error[sizeof(((cqrps_phase_status_t *)0)->error)]; /* its error */
+} phase_tally_t;
+
+/* One shard's request about a phase: a ClusterStatus, or a CancelCluster
+ * when cancel (both answered by a ClusterStatusReply). */
+static int phase_send(cqrps_client_t *c, cq_op_t *op, uint32_t s,
+                      const char *table, uint64_t id, int cancel)
 {
-    if (!c || !st)
-        return CQRPS_EINVAL;
+    if (cancel) {
+        Cqrps__V1__CancelCluster msg = CQRPS__V1__CANCEL_CLUSTER__INIT;
+        msg.table = (char *)table;
+        msg.phase_id = id;
+        req_t req = request(CQRPS__V1__REQUEST__OP_CANCEL_CLUSTER);
+        req.cancel_cluster = &msg;
+        return cq_rpc_send(c, op, s, &req);
+    }
+    Cqrps__V1__ClusterStatus msg = CQRPS__V1__CLUSTER_STATUS__INIT;
+    msg.table = (char *)table;
+    msg.phase_id = id;
+    req_t req = request(CQRPS__V1__REQUEST__OP_CLUSTER_STATUS);
+    req.cluster_status = &msg;
+    return cq_rpc_send(c, op, s, &req);
+}
+
+/* Asks every shard about phase_id of table (each with its own id of a
+ * phase this client started) and merges the replies into *acc: progress
+ * the mean, phase_id the caller's; *t counts the shards' states. */
+static int phase_call(cqrps_client_t *c, const char *table,
+                      uint64_t phase_id, int cancel,
+                      cqrps_phase_status_t *acc, phase_tally_t *t)
+{
     int rc = cq_check_name(c, table);
     if (rc < 0)
         return rc;
@@ -560,20 +590,15 @@ int cqrps_cluster_status(cqrps_client_t *c, const char *table,
     if (!op)
         return cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
     for (uint32_t s = 0; s < c->net.nconns; s++) {
-        Cqrps__V1__ClusterStatus msg = CQRPS__V1__CLUSTER_STATUS__INIT;
-        msg.table = (char *)table;
-        msg.phase_id =
+        uint64_t id =
             m && phase_id && phase_id == m->id ? m->shard_ids[s] : phase_id;
-        req_t req = request(CQRPS__V1__REQUEST__OP_CLUSTER_STATUS);
-        req.cluster_status = &msg;
-        if (cq_rpc_send(c, op, s, &req) < 0)
+        if (phase_send(c, op, s, table, id, cancel) < 0)
             break;
     }
     cq_pump(&c->net, NULL);
     rc = cq_op_finish(c, op);
-    uint32_t done = 0, queued = 0, failed = 0;
-    cqrps_phase_status_t acc;
-    memset(&acc, 0, sizeof(acc));
+    memset(acc, 0, sizeof(*acc));
+    memset(t, 0, sizeof(*t));
     for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
         const resp_t *r = reply_of(
             c, op, s, CQRPS__V1__RESPONSE__REPLY_CLUSTER_STATUS, &rc);
@@ -582,29 +607,47 @@ int cqrps_cluster_status(cqrps_client_t *c, const char *table,
         cqrps_phase_status_t one;
         status_from_pb(r->cluster_status, &one);
         if (s == 0)
-            acc = one;
+            *acc = one;
         else
-            status_merge(&acc, &one);
-        done += one.state == CQRPS_PHASE_DONE;
-        queued += one.state == CQRPS_PHASE_QUEUED;
-        if (one.state == CQRPS_PHASE_FAILED && !failed++ && c->net.nconns > 1)
-            snprintf(acc.error, sizeof(acc.error), "%.60s: %.180s",
-                     c->net.conns[s].addr, one.error);
-    }
-    if (rc == 0) {
-        if (c->net.nconns > 1) {
-            acc.fraction /= c->net.nconns;
-            acc.inertia /= c->net.nconns;
-            acc.phase_id = phase_id ? phase_id : acc.phase_id;
-            acc.state = done == c->net.nconns     ? CQRPS_PHASE_DONE
-                        : failed              ? CQRPS_PHASE_FAILED
-                        : queued == c->net.nconns ? CQRPS_PHASE_QUEUED
-                                              : CQRPS_PHASE_RUNNING;
+            status_merge(acc, &one);
+        t->done += one.state == CQRPS_PHASE_DONE;
+        t->queued += one.state == CQRPS_PHASE_QUEUED;
+        if (one.state == CQRPS_PHASE_FAILED && !t->failed++) {
+            t->first_failed = s;
+            memcpy(t->error, one.error, sizeof(t->error));
         }
-        *st = acc;
+    }
+    if (rc == 0 && c->net.nconns > 1) {
+        acc->fraction /= c->net.nconns;
+        acc->inertia /= c->net.nconns;
+        acc->phase_id = phase_id ? phase_id : acc->phase_id;
     }
     cq_op_free(op);
     return rc;
+}
+
+int cqrps_cluster_status(cqrps_client_t *c, const char *table,
+                         uint64_t phase_id, cqrps_phase_status_t *st)
+{
+    if (!c || !st)
+        return CQRPS_EINVAL;
+    cqrps_phase_status_t acc;
+    phase_tally_t t;
+    int rc = phase_call(c, table, phase_id, 0, &acc, &t);
+    if (rc < 0)
+        return rc;
+    uint32_t n = c->net.nconns;
+    if (n > 1) {
+        if (t.failed)
+            snprintf(acc.error, sizeof(acc.error), "%.60s: %.180s",
+                     c->net.conns[t.first_failed].addr, t.error);
+        acc.state = t.done == n     ? CQRPS_PHASE_DONE
+                    : t.failed      ? CQRPS_PHASE_FAILED
+                    : t.queued == n ? CQRPS_PHASE_QUEUED
+                                    : CQRPS_PHASE_RUNNING;
+    }
+    *st = acc;
+    return 0;
 }
 
 int cqrps_cluster_wait(cqrps_client_t *c, const char *table,
@@ -663,47 +706,11 @@ int cqrps_cluster_cancel(cqrps_client_t *c, const char *table,
 {
     if (!c)
         return CQRPS_EINVAL;
-    int rc = cq_check_name(c, table);
-    if (rc < 0)
-        return rc;
-    const cq_phase_memo_t *m = c->net.nconns > 1 ? memo_find(c, table) : NULL;
-    cq_op_t *op = cq_op_new(CQ_O_RPC, table, c->net.nconns);
-    if (!op)
-        return cq_fail(&c->net, CQRPS_ENOMEM, "out of memory");
-    for (uint32_t s = 0; s < c->net.nconns; s++) {
-        Cqrps__V1__CancelCluster msg = CQRPS__V1__CANCEL_CLUSTER__INIT;
-        msg.table = (char *)table;
-        msg.phase_id =
-            m && phase_id && phase_id == m->id ? m->shard_ids[s] : phase_id;
-        req_t req = request(CQRPS__V1__REQUEST__OP_CANCEL_CLUSTER);
-        req.cancel_cluster = &msg;
-        if (cq_rpc_send(c, op, s, &req) < 0)
-            break;
-    }
-    cq_pump(&c->net, NULL);
-    rc = cq_op_finish(c, op);
     cqrps_phase_status_t acc;
-    memset(&acc, 0, sizeof(acc));
-    for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {
-        const resp_t *r = reply_of(
-            c, op, s, CQRPS__V1__RESPONSE__REPLY_CLUSTER_STATUS, &rc);
-        if (!r)
-            break;
-        cqrps_phase_status_t one;
-        status_from_pb(r->cluster_status, &one);
-        if (s == 0)
-            acc = one;
-        else
-            status_merge(&acc, &one);
-    }
-    if (rc == 0 && c->net.nconns > 1) {
-        acc.fraction /= c->net.nconns;
-        acc.inertia /= c->net.nconns;
-        acc.phase_id = phase_id ? phase_id : acc.phase_id;
-    }
+    phase_tally_t t;
+    int rc = phase_call(c, table, phase_id, 1, &acc, &t);
     if (rc == 0 && st)
         *st = acc;
-    cq_op_free(op);
     return rc;
 }
 

@@ -295,6 +295,53 @@ int cqrps_wait(cqrps_client_t *c, cqrps_ticket_t ticket)
     return rc;
 }
 
+int cq_call_sync(cqrps_client_t *c, cq_start_fn start, const void *call,
+                 int retry)
+{
+    int tries = retry && c && c->opt.reconnect ? 2 : 1;
+    int rc = 0;
+    for (int t = 0; t < tries; t++) {
+        cq_op_t *op;
+        rc = start(c, call, &op);
+        if (rc == 0) {
+            rc = cq_op_finish(c, op);
+            cq_op_free(op);
+        }
+        if (rc != CQRPS_ECONN)
+            break;
+    }
+    return rc;
+}
+
+int cq_call_ticket(cqrps_client_t *c, cq_start_fn start, const void *call,
+                   cqrps_ticket_t *ticket)
+{
+    if (!c || !ticket)
+        return CQRPS_EINVAL;
+    *ticket = 0;
+    cq_op_t *op;
+    int rc = start(c, call, &op);
+    if (rc < 0)
+        return rc;
+    op->ticket = c->next_ticket++;
+    op->next = c->tickets;
+    c->tickets = op;
+    *ticket = op->ticket;
+    return 0;
+}
+
+int cq_connect_all(cqrps_client_t *c, cq_op_t *op)
+{
+    for (uint32_t s = 0; s < c->net.nconns; s++) {
+        int rc = cq_conn_ensure(&c->net, &c->net.conns[s]);
+        if (rc < 0) {
+            cq_op_error(op, rc, "%s", c->net.last_error);
+            return rc;
+        }
+    }
+    return 0;
+}
+
 /* ---- Generic RPC ------------------------------------------------------- */
 
 int cq_rpc_send(cqrps_client_t *c, cq_op_t *op, uint32_t s,

@@ -66,6 +66,27 @@ int cq_check_name(cqrps_client_t *c, const char *name);
  * returns it; divides a sharded mean pooling. Does not free op. */
 int cq_op_finish(cqrps_client_t *c, cq_op_t *op);
 
+/* Starts one data operation described by call: 0 with *opp set (a
+ * failure after the start is recorded on *opp and reported by the wait),
+ * or a negative code with nothing started. */
+typedef int (*cq_start_fn)(cqrps_client_t *c, const void *call,
+                           cq_op_t **opp);
+
+/* A synchronous call: starts it, waits for it and frees it. An idempotent
+ * call (retry nonzero) is started once more after a lost connection when
+ * the options allow reconnecting. */
+int cq_call_sync(cqrps_client_t *c, cq_start_fn start, const void *call,
+                 int retry);
+
+/* An asynchronous call: starts it and registers it as a ticket, which
+ * cqrps_wait finishes. CQRPS_EINVAL without c or ticket. */
+int cq_call_ticket(cqrps_client_t *c, cq_start_fn start, const void *call,
+                   cqrps_ticket_t *ticket);
+
+/* Connects every shard that is not connected. On a failure, records it
+ * on op (the wait reports it, like any later failure) and returns it. */
+int cq_connect_all(cqrps_client_t *c, cq_op_t *op);
+
 /* Lower level of cq_rpc, for requests that differ per shard: connects
  * shard s if needed and queues req there for op. A failure is recorded
  * on op (and returned); whatever was queued before still counts. */

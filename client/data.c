@@ -353,8 +353,9 @@ static int start_sharded_rows(cqrps_client_t *c, cq_op_t *op,
 
 /* Validates, connects, queues every request and writes them all. On 0,
  * *opp is an operation whose replies may still be in flight. */
-static int data_start(cqrps_client_t *c, const data_call_t *d, cq_op_t **opp)
+static int data_start(cqrps_client_t *c, const void *call, cq_op_t **opp)
 {
+    const data_call_t *d = call;
     *opp = NULL;
     if (!c)
         return CQRPS_EINVAL;
@@ -387,13 +388,8 @@ static int data_start(cqrps_client_t *c, const data_call_t *d, cq_op_t **opp)
     }
     if (d->n == 0)
         return 0;
-    for (uint32_t s = 0; s < c->net.nconns; s++) {
-        rc = cq_conn_ensure(&c->net, &c->net.conns[s]);
-        if (rc < 0) {
-            cq_op_error(op, rc, "%s", c->net.last_error);
-            return 0; /* reported by the wait, like any later failure */
-        }
-    }
+    if (cq_connect_all(c, op) < 0)
+        return 0; /* reported by the wait, like any later failure */
     if (c->net.nconns == 1 && d->pooled)
         rc = enqueue_bags(c, &c->net.conns[0], op, d, d->ids, d->n, d->offsets,
                           d->nbags, d->grads, (uint32_t)d->pooling);
@@ -410,40 +406,17 @@ static int data_start(cqrps_client_t *c, const data_call_t *d, cq_op_t **opp)
     return 0;
 }
 
-/* A synchronous call; a lookup is retried once after a lost connection
- * (it changes nothing), a push is not. */
+/* A lookup is retried once after a lost connection (it changes
+ * nothing), a push is not. */
 static int data_sync(cqrps_client_t *c, const data_call_t *d)
 {
-    int tries = !d->push && c && c->opt.reconnect ? 2 : 1;
-    int rc = 0;
-    for (int t = 0; t < tries; t++) {
-        cq_op_t *op;
-        rc = data_start(c, d, &op);
-        if (rc == 0) {
-            rc = cq_op_finish(c, op);
-            cq_op_free(op);
-        }
-        if (rc != CQRPS_ECONN)
-            break;
-    }
-    return rc;
+    return cq_call_sync(c, data_start, d, !d->push);
 }
 
 static int data_ticket(cqrps_client_t *c, const data_call_t *d,
                        cqrps_ticket_t *ticket)
 {
-    if (!c || !ticket)
-        return CQRPS_EINVAL;
-    *ticket = 0;
-    cq_op_t *op;
-    int rc = data_start(c, d, &op);
-    if (rc < 0)
-        return rc;
-    op->ticket = c->next_ticket++;
-    op->next = c->tickets;
-    c->tickets = op;
-    *ticket = op->ticket;
-    return 0;
+    return cq_call_ticket(c, data_start, d, ticket);
 }
 
 /* A plain call: n rows. */

@@ -550,8 +550,9 @@ static int multi_enqueue(cqrps_client_t *c, const mcall_t *m, cq_op_t *op)
 
 /* Validates, connects, queues every request and writes them all. On 0,
  * *opp is an operation whose replies may still be in flight. */
-static int multi_start(cqrps_client_t *c, const mcall_t *m, cq_op_t **opp)
+static int multi_start(cqrps_client_t *c, const void *call, cq_op_t **opp)
 {
+    const mcall_t *m = call;
     *opp = NULL;
     if (!c)
         return CQRPS_EINVAL;
@@ -580,13 +581,8 @@ static int multi_start(cqrps_client_t *c, const mcall_t *m, cq_op_t **opp)
     *opp = op;
     if (ids == 0)
         return 0; /* nothing to send: no round trip */
-    for (uint32_t s = 0; s < c->net.nconns; s++) {
-        rc = cq_conn_ensure(&c->net, &c->net.conns[s]);
-        if (rc < 0) {
-            cq_op_error(op, rc, "%s", c->net.last_error);
-            return 0; /* reported by the wait, like any later failure */
-        }
-    }
+    if (cq_connect_all(c, op) < 0)
+        return 0; /* reported by the wait, like any later failure */
     rc = multi_enqueue(c, m, op);
     if (rc < 0)
         cq_op_error(op, rc, "%s", cqrps_strerror(rc));
@@ -594,40 +590,17 @@ static int multi_start(cqrps_client_t *c, const mcall_t *m, cq_op_t **opp)
     return 0;
 }
 
-/* A synchronous call; a lookup is retried once after a lost connection
- * (it changes nothing), a push is not. */
+/* A lookup is retried once after a lost connection (it changes
+ * nothing), a push is not. */
 static int multi_sync(cqrps_client_t *c, const mcall_t *m)
 {
-    int tries = !m->push && c && c->opt.reconnect ? 2 : 1;
-    int rc = 0;
-    for (int t = 0; t < tries; t++) {
-        cq_op_t *op;
-        rc = multi_start(c, m, &op);
-        if (rc == 0) {
-            rc = cq_op_finish(c, op);
-            cq_op_free(op);
-        }
-        if (rc != CQRPS_ECONN)
-            break;
-    }
-    return rc;
+    return cq_call_sync(c, multi_start, m, !m->push);
 }
 
 static int multi_ticket(cqrps_client_t *c, const mcall_t *m,
-                        cqrps_ticket_t *ticket)
+                       cqrps_ticket_t *ticket)
 {
-    if (!c || !ticket)
-        return CQRPS_EINVAL;
-    *ticket = 0;
-    cq_op_t *op;
-    int rc = multi_start(c, m, &op);
-    if (rc < 0)
-        return rc;
-    op->ticket = c->next_ticket++;
-    op->next = c->tickets;
-    c->tickets = op;
-    *ticket = op->ticket;
-    return 0;
+    return cq_call_ticket(c, multi_start, m, ticket);
 }
 
 int cqrps_lookup_multi(cqrps_client_t *c, const cqrps_part_t *parts,

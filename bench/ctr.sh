@@ -40,6 +40,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 PY=${PYTHON:-/usr/bin/python3}
 TRAIN="$ROOT/examples/python/train_ctr.py"
+BENCH=ctr
+. "$HERE/lib.sh"
 
 # ---- One run (xargs calls the script back in this mode) ----------------------
 if [ "${1:-}" = "--run-one" ]; then
@@ -115,48 +117,15 @@ if want quality || want workers; then
 fi
 
 # ---- Build and servers ----------------------------------------------------------
-if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-  cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
-fi
-cmake --build "$BUILD_DIR" -j "$(nproc 2>/dev/null || echo 2)" \
-  --target cqrps-server cqrps >/dev/null
-SERVER="$BUILD_DIR/server/cqrps-server"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do
-    kill -TERM "$p" 2>/dev/null || true
-  done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  PIDS=()
-}
-trap cleanup EXIT
+bench_build cqrps-server cqrps
+trap bench_stop_servers EXIT
 trap 'exit 130' INT TERM
-# start_server NAME: sets SRV_ADDR and SRV_PID
-start_server() {
-  "$SERVER" --listen 127.0.0.1:0 >"$OUT/$1.out" 2>"$OUT/$1.log" &
-  SRV_PID=$!
-  PIDS+=("$SRV_PID")
-  SRV_ADDR=""
-  for _ in $(seq 100); do
-    SRV_ADDR=$(sed -n 's/^cqrps-server listening on //p' "$OUT/$1.out" | head -n1)
-    [ -n "$SRV_ADDR" ] && break
-    kill -0 "$SRV_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  if [ -z "$SRV_ADDR" ]; then
-    echo "ctr: the server did not start:" >&2; cat "$OUT/$1.log" >&2; exit 1
-  fi
-}
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 
 # ---- Quality and workers ------------------------------------------------------------
 if want quality || want workers; then
-  start_server grid
+  bench_start_server grid
   export ADDR=$SRV_ADDR
   jobs_file="$OUT/jobs.txt"
   : >"$jobs_file"
@@ -205,7 +174,7 @@ if want quality || want workers; then
       tail -n +2 "$f" | sed "s/^/$tag\t/"
     done
   } >"$OUT/epochs.tsv"
-  cleanup
+  bench_stop_servers
   echo "ctr: training runs done in $(since "$t_start"), $failed failed"
 fi
 
@@ -230,8 +199,8 @@ speed_run() {
 }
 if want speed; then
   t_speed=$(date +%s.%N)
-  start_server speed-a; A=$SRV_ADDR
-  start_server speed-b; B=$SRV_ADDR
+  bench_start_server speed-a; A=$SRV_ADDR
+  bench_start_server speed-b; B=$SRV_ADDR
   ML=(--data "$DATA" --format movielens-1m)
   if [ ! -f "$DATA/ratings.dat" ]; then ML=(); echo "ctr: speed: no ml-1m-partial, synthetic only" >&2; fi
   SY=(--format synthetic-ctr --rows 440000 --vocab 1000000)
@@ -257,7 +226,7 @@ if want speed; then
     speed_run "synth-full-w1-b4096" --addr "$A" "${SY[@]}" --kind full --ppd 1024 --batch 4096 --max-steps "$sy_steps"
     speed_run "synth-cqr-2shards-b4096" --addr "$A,$B" "${SY[@]}" --kind cqr --ppd 1024 --batch 4096 --max-steps "$sy_steps"
   done
-  cleanup
+  bench_stop_servers
   echo "$(since "$t_speed")" >"$OUT/speed_time.txt"
   echo "ctr: speed done in $(since "$t_speed")"
 fi
@@ -265,8 +234,8 @@ fi
 # ---- Scale ---------------------------------------------------------------------------
 if want scale; then
   t_scale=$(date +%s.%N)
-  start_server scale-a; A=$SRV_ADDR; PA=$SRV_PID
-  start_server scale-b; B=$SRV_ADDR; PB=$SRV_PID
+  bench_start_server scale-a; A=$SRV_ADDR; PA=$SRV_PID
+  bench_start_server scale-b; B=$SRV_ADDR; PB=$SRV_PID
   rss0=$(( $(rss_kib "$PA") + $(rss_kib "$PB") ))
   log="$OUT/logs/scale.out"
   echo "ctr: scale run (2 shards, about 1e7 IDs)"
@@ -290,7 +259,7 @@ if want scale; then
         (tb + opt) / known, (rss1 - rss0) * 1024 / known, t
     }' "$log" >"$OUT/scale.tsv"
   cat "$OUT/scale.tsv"
-  cleanup
+  bench_stop_servers
   echo "ctr: scale done in $scale_s"
 fi
 fi
@@ -298,11 +267,7 @@ fi
 # ---- Report ---------------------------------------------------------------------------
 if ! "$PY" -c 'import matplotlib' 2>/dev/null; then
   echo "ctr: installing python3-matplotlib for the plots"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  { $SUDO apt-get install -y -qq --no-install-recommends python3-matplotlib >/dev/null 2>&1 ||
-    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends python3-matplotlib >/dev/null; }; } ||
-    echo "ctr: could not install python3-matplotlib; no plots" >&2
+  bench_apt_install python3-matplotlib
 fi
 echo "$(since "$t_start")" >>"$OUT/wall_times.txt"
 "$PY" "$HERE/ctr_report.py" "$OUT" "$HERE/ctr_reference.tsv"

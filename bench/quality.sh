@@ -45,6 +45,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+BENCH=quality
+. "$HERE/lib.sh"
 
 # ---- One run (internal: xargs calls the script back in this mode) ---------
 if [ "${1:-}" = "--run-one" ]; then
@@ -145,38 +147,14 @@ since() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { s = b - a; printf "
 
 if [ -z "$REPORT_ONLY" ]; then
 # ---- Build (only what the grid runs) ---------------------------------------
-if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-  cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
-fi
-cmake --build "$BUILD_DIR" -j "$(nproc 2>/dev/null || echo 2)" \
-  --target cqrps-server cqrps-train-gmf >/dev/null
-SERVER="$BUILD_DIR/server/cqrps-server"
+bench_build cqrps-server cqrps-train-gmf
 TRAIN="$BUILD_DIR/examples/cqrps-train-gmf"
 
 # ---- Server ------------------------------------------------------------------
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
+trap bench_stop_servers EXIT
 trap 'exit 130' INT TERM
-"$SERVER" --listen 127.0.0.1:0 --log-level info >"$OUT/server.out" 2>"$OUT/server.log" &
-SERVER_PID=$!
-ADDR=""
-for _ in $(seq 100); do
-  ADDR=$(sed -n 's/^cqrps-server listening on //p' "$OUT/server.out" | head -n1)
-  [ -n "$ADDR" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$ADDR" ]; then
-  echo "quality: the server did not start:" >&2; cat "$OUT/server.log" >&2; exit 1
-fi
+bench_start_server server --log-level info
+ADDR=$SRV_ADDR SERVER_PID=$SRV_PID
 
 # ---- The grid ----------------------------------------------------------------
 jobs_file="$OUT/jobs.txt"
@@ -215,9 +193,7 @@ while IFS= read -r line; do
     "$done_n" "$total" "$(since)" "$v" "$k" "$([ "$k" = full ] && echo - || echo "$p")" \
     "$s" "$e" "$auc" "$ll" "$secs"
 done < <(xargs -P "$JOBS" -L 1 "$0" --run-one <"$jobs_file")
-kill -TERM "$SERVER_PID" 2>/dev/null || true
-wait "$SERVER_PID" 2>/dev/null || true
-SERVER_PID=""
+bench_stop_servers
 grid_time=$(since)
 echo "$grid_time" >"$OUT/grid_time.txt"
 
@@ -255,11 +231,7 @@ blas=$(sed -n 's/.*blas_core=\([^ ]*\).*/\1/p' "$OUT/server.log" 2>/dev/null | h
 # gnuplot for the plot: installed on demand (Debian's gnuplot-nox).
 if ! command -v gnuplot >/dev/null 2>&1; then
   echo "quality: installing gnuplot-nox for the plot"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  { $SUDO apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null 2>&1 ||
-    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null; }; } ||
-    echo "quality: could not install gnuplot-nox; no plot" >&2
+  bench_apt_install gnuplot-nox
 fi
 
 # ---- Plots: AUC against parameters per ID, and against bytes per ID -----------

@@ -6,7 +6,6 @@
  * worker is held in the phase hook where a phase must still be running
  * when the cancel arrives. */
 #include <check.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -19,50 +18,12 @@
 #include "rpc/rpc.h"
 #include "tables/phase.h"
 #include "check_main.h"
+#include "phase_hold.h"
 #include "rpc_call.h"
 
 static cqr_config_t cfg;
 static cqr_server_ctx_t ctx;
 static cqr_session_t sess;
-
-/* The hook holds the worker before phases of `hold_table` while `held`
- * is set, and says so in `waiting`. */
-static pthread_mutex_t hmu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t hcv = PTHREAD_COND_INITIALIZER;
-static const char *hold_table;
-static int held, waiting;
-
-static void hook(void *ud, const char *table, uint64_t phase_id, int after)
-{
-    (void)ud;
-    (void)phase_id;
-    pthread_mutex_lock(&hmu);
-    if (!after && hold_table != NULL && strcmp(table, hold_table) == 0) {
-        waiting = 1;
-        pthread_cond_broadcast(&hcv);
-        while (held)
-            pthread_cond_wait(&hcv, &hmu);
-        waiting = 0;
-    }
-    pthread_mutex_unlock(&hmu);
-}
-
-static void set_held(const char *table, int on)
-{
-    pthread_mutex_lock(&hmu);
-    hold_table = table;
-    held = on;
-    pthread_cond_broadcast(&hcv);
-    pthread_mutex_unlock(&hmu);
-}
-
-static void wait_held(void)
-{
-    pthread_mutex_lock(&hmu);
-    while (!waiting)
-        pthread_cond_wait(&hcv, &hmu);
-    pthread_mutex_unlock(&hmu);
-}
 
 static void setup(void)
 {
@@ -70,12 +31,12 @@ static void setup(void)
     cqr_config_defaults(&cfg);
     ck_assert_int_eq(cqr_server_ctx_init(&ctx, &cfg), 0);
     cqr_session_init(&ctx, &sess, "test:1", 0);
-    cqr_phases_set_hook(ctx.phases, hook, NULL);
+    cqr_phases_set_hook(ctx.phases, cqr_test_phase_hook, NULL);
 }
 
 static void teardown(void)
 {
-    set_held(NULL, 0);
+    cqr_test_phase_release();
     cqr_server_ctx_free(&ctx);
 }
 
@@ -273,11 +234,11 @@ START_TEST(test_cancel)
     expect(rq_cancel_cluster(&ctx, &sess, "nope", 0, &rc), &rc, CQR_ENOTFOUND,
            NULL);
 
-    set_held("c", 1);
+    cqr_test_phase_hold("c");
     Response *r = ok(rq_cluster(&ctx, &sess, "c", &rc), &rc);
     uint64_t id = r->cluster->phase_id;
     rq_done(r);
-    wait_held();
+    cqr_test_phase_wait_held();
     push_some("c", 5, 300); /* during the phase: logged and applied */
     push_some("twin", 5, 300);
     expect(rq_cancel_cluster(&ctx, &sess, "c", id + 1, &rc), &rc,
@@ -289,7 +250,7 @@ START_TEST(test_cancel)
     ck_assert_int_eq(r->cluster_status->state,
                      CQRPS__V1__CLUSTER_STATUS_REPLY__STATE__RUNNING);
     rq_done(r);
-    set_held(NULL, 0);
+    cqr_test_phase_release();
 
     r = wait_phase("c", id);
     ck_assert_int_eq(r->cluster_status->state,

@@ -18,56 +18,11 @@
 #include "tables/phase.h"
 #include "tables/registry.h"
 #include "check_main.h"
+#include "phase_hold.h"
 
 static cqr_registry_t *reg;
 static cqr_phases_t *pm;
 static atomic_uint_fast64_t start_errors;
-
-/* The hook holds the worker before phases of table `hold_table` while
- * `held` is set, and says it is waiting in `waiting`. */
-static pthread_mutex_t hmu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t hcv = PTHREAD_COND_INITIALIZER;
-static const char *hold_table;
-static int held, waiting;
-
-static void hook(void *ud, const char *table, uint64_t phase_id, int after)
-{
-    (void)ud;
-    (void)phase_id;
-    pthread_mutex_lock(&hmu);
-    if (!after && hold_table != NULL && strcmp(table, hold_table) == 0) {
-        waiting = 1;
-        pthread_cond_broadcast(&hcv);
-        while (held)
-            pthread_cond_wait(&hcv, &hmu);
-        waiting = 0;
-    }
-    pthread_mutex_unlock(&hmu);
-}
-
-static void hold(const char *table)
-{
-    pthread_mutex_lock(&hmu);
-    hold_table = table;
-    held = 1;
-    pthread_mutex_unlock(&hmu);
-}
-
-static void wait_held(void)
-{
-    pthread_mutex_lock(&hmu);
-    while (!waiting)
-        pthread_cond_wait(&hcv, &hmu);
-    pthread_mutex_unlock(&hmu);
-}
-
-static void release(void)
-{
-    pthread_mutex_lock(&hmu);
-    held = 0;
-    pthread_cond_broadcast(&hcv);
-    pthread_mutex_unlock(&hmu);
-}
 
 static void setup(void)
 {
@@ -75,15 +30,14 @@ static void setup(void)
     atomic_store(&start_errors, 0);
     ck_assert_int_eq(cqr_registry_create(8, 1ull << 30, 0, &reg), 0);
     ck_assert_int_eq(cqr_phases_create(1, &start_errors, &pm), 0);
-    cqr_phases_set_hook(pm, hook, NULL);
+    cqr_phases_set_hook(pm, cqr_test_phase_hook, NULL);
 }
 
 static void teardown(void)
 {
-    release();
+    cqr_test_phase_release();
     cqr_phases_destroy(pm);
     cqr_registry_destroy(reg);
-    hold_table = NULL;
 }
 
 /* A published table of `kind` with 300 known IDs; the caller holds one
@@ -160,10 +114,10 @@ START_TEST(test_one_phase_per_table)
 {
     cqr_entry_t *a = table("a", CQR_KIND_CQR);
     cqr_entry_t *b = table("b", CQR_KIND_CQR);
-    hold("a");
+    cqr_test_phase_hold("a");
     uint64_t ida = 0, id;
     ck_assert_int_eq(cqr_phases_start(pm, a, &ida), 0);
-    wait_held(); /* the only worker is busy with a */
+    cqr_test_phase_wait_held(); /* the only worker is busy with a */
     ck_assert_int_eq(cqr_phases_start(pm, a, &id), CQR_EBUSY);
     cqr_phases_due(pm, a); /* dropped: a's phase is running */
 
@@ -183,7 +137,7 @@ START_TEST(test_one_phase_per_table)
     ck_assert_uint_eq(pc.queued, 1);
     ck_assert_uint_eq(pc.running, 1);
 
-    release();
+    cqr_test_phase_release();
     ck_assert_int_eq(wait_final(a).state, CQR_PHASE_DONE);
     st = wait_final(b);
     ck_assert_int_eq(st.state, CQR_PHASE_DONE);
@@ -211,10 +165,10 @@ START_TEST(test_shutdown)
     cqr_entry_t *a = table("a", CQR_KIND_CQR);
     cqr_entry_t *b = table("b", CQR_KIND_CQR);
     cqr_entry_t *c = table("c", CQR_KIND_CQR);
-    hold("a");
+    cqr_test_phase_hold("a");
     uint64_t id;
     ck_assert_int_eq(cqr_phases_start(pm, a, &id), 0);
-    wait_held();
+    cqr_test_phase_wait_held();
     cqr_phases_due(pm, b);                         /* queued, not begun */
     ck_assert_int_eq(cqr_phases_start(pm, c, &id), 0); /* queued, begun */
 
@@ -228,7 +182,7 @@ START_TEST(test_shutdown)
     ck_assert_int_eq(sb.cancelled, 1);
     ck_assert_int_eq(sc.state, CQR_PHASE_FAILED);
     ck_assert_str_eq(sc.error, "cancelled: server shutting down");
-    release();
+    cqr_test_phase_release();
     pthread_join(th, NULL);
     cqr_phase_status_t sa = wait_final(a);
     ck_assert_int_eq(sa.state, CQR_PHASE_FAILED);
@@ -273,9 +227,9 @@ START_TEST(test_cancel)
     cqr_phase_status_t st;
     ck_assert_int_eq(cqr_phases_cancel(pm, a->uid, 0, "x", &st),
                      CQR_ENOPHASE);
-    hold("a");
+    cqr_test_phase_hold("a");
     ck_assert_int_eq(cqr_phases_start(pm, a, &ida), 0);
-    wait_held();
+    cqr_test_phase_wait_held();
     cqr_phases_due(pm, b);
     ck_assert_int_eq(cqr_phases_start(pm, c, &id), 0);
     ck_assert_int_eq(cqr_phases_cancel(pm, c->uid, id + 1, "x", &st),
@@ -298,7 +252,7 @@ START_TEST(test_cancel)
     ck_assert_uint_eq(st.phase_id, ida);
     /* A second request finds it still running and changes nothing. */
     ck_assert_int_eq(cqr_phases_cancel(pm, a->uid, 0, "again", &st), 0);
-    release();
+    cqr_test_phase_release();
     st = wait_final(a);
     ck_assert_int_eq(st.state, CQR_PHASE_FAILED);
     ck_assert_int_eq(st.cancelled, 1);
@@ -311,7 +265,7 @@ START_TEST(test_cancel)
     ck_assert_uint_eq(pc.failed, 3);
     ck_assert_uint_eq(pc.queued + pc.running, 0);
 
-    hold_table = NULL;
+    /* (the release ended the hold) */
     ck_assert_int_eq(cqr_phases_start(pm, a, &id), 0);
     st = wait_final(a);
     ck_assert_int_eq(st.state, CQR_PHASE_DONE);

@@ -38,6 +38,35 @@ Response *rq_call(cqr_server_ctx_t *ctx, cqr_session_t *s, Request *q,
     return r;
 }
 
+Response *rq_unpack_exact(const uint8_t *data, size_t len)
+{
+    Response *r = cqrps__v1__response__unpack(NULL, len, data);
+    ck_assert_ptr_nonnull(r);
+    size_t n = cqrps__v1__response__get_packed_size(r);
+    ck_assert_uint_eq(n, len);
+    uint8_t *again = malloc(n + 1);
+    ck_assert_ptr_nonnull(again);
+    cqrps__v1__response__pack(r, again);
+    ck_assert_mem_eq(again, data, n);
+    free(again);
+    return r;
+}
+
+void rq_table_config(Cqrps__V1__TableConfig *tc,
+                     Cqrps__V1__OptimizerConfig *o, Cqrps__V1__TableKind kind,
+                     uint32_t dim, uint32_t rows)
+{
+    cqrps__v1__optimizer_config__init(o);
+    o->kind = CQRPS__V1__OPTIMIZER__ADAM;
+    o->lr = 0.05f;
+    cqrps__v1__table_config__init(tc);
+    tc->kind = kind;
+    tc->dim = dim;
+    tc->rows = rows;
+    tc->seed = 7;
+    tc->optimizer = o;
+}
+
 void rq_done(Response *r)
 {
     cqrps__v1__response__free_unpacked(r, NULL);

@@ -33,6 +33,18 @@ Response *rq_call(cqr_server_ctx_t *ctx, cqr_session_t *s, Request *q,
 
 void rq_done(Response *r);
 
+/* Decodes the reply bytes data[0..len), asserting that protobuf-c packs
+ * the result to the same bytes (hand-encoded replies are protobuf-c's
+ * bytes). Free with rq_done. */
+Response *rq_unpack_exact(const uint8_t *data, size_t len);
+
+/* The table config the data-path suites create their tables with: kind,
+ * dim and rows as given, seed 7, Adam with lr 0.05 in *o (tc points to
+ * it). */
+void rq_table_config(Cqrps__V1__TableConfig *tc,
+                     Cqrps__V1__OptimizerConfig *o, Cqrps__V1__TableKind kind,
+                     uint32_t dim, uint32_t rows);
+
 /* The reply's status as a CQR_E* code (0 for OK); frees the reply. */
 int rq_status(Response *r);
 

@@ -17,10 +17,8 @@
 #include "rpc/rpc.h"
 #include "rpc/wire.h"
 #include "check_main.h"
+#include "rpc_call.h"
 #include "wire_gen.h"
-
-typedef Cqrps__V1__Request Request;
-typedef Cqrps__V1__Response Response;
 
 static cqr_config_t cfg;
 static cqr_server_ctx_t ctx;
@@ -71,15 +69,7 @@ static reply_t run(cqr_session_t *s, const uint8_t *body, size_t len,
     memcpy(r.data, out.data + pre, r.len);
     cqr_buf_free(&out);
 
-    Response *resp = cqrps__v1__response__unpack(NULL, r.len, r.data);
-    ck_assert_ptr_nonnull(resp);
-    size_t n = cqrps__v1__response__get_packed_size(resp);
-    ck_assert_uint_eq(n, r.len);
-    uint8_t *again = malloc(n + 1);
-    cqrps__v1__response__pack(resp, again);
-    ck_assert_mem_eq(again, r.data, n);
-    free(again);
-    cqrps__v1__response__free_unpacked(resp, NULL);
+    rq_done(rq_unpack_exact(r.data, r.len));
     return r;
 }
 
@@ -88,19 +78,6 @@ static Response *unpack_reply(const reply_t *r)
     Response *resp = cqrps__v1__response__unpack(NULL, r->len, r->data);
     ck_assert_ptr_nonnull(resp);
     return resp;
-}
-
-/* The same request as `body`, with an unknown field that protobuf-c
- * skips and the fast decoder declines: the fallback path. */
-static uint8_t *slow_variant(const uint8_t *body, size_t len, size_t *n)
-{
-    uint8_t *p = malloc(len + 3);
-    memcpy(p, body, len);
-    p[len] = 0x98; /* field 99, varint */
-    p[len + 1] = 0x06;
-    p[len + 2] = 0x01;
-    *n = len + 3;
-    return p;
 }
 
 /* Runs a request on both paths; returns the fast path's reply after
@@ -125,7 +102,7 @@ static reply_t both(cqr_session_t *s, gen_t *g, const char *twin)
     }
     body = pack_at(&g->q, 0, &n, &mem);
     size_t sn;
-    uint8_t *slow = slow_variant(body, n, &sn);
+    uint8_t *slow = gen_slow_variant(body, n, &sn);
     ck_assert_int_eq(cqr_wire_decode_data(slow, sn, &d), 0);
     reply_t b = run(s, slow, sn, (size_t)below(8), (size_t)below(9000));
     free(slow);
@@ -140,15 +117,9 @@ static reply_t both(cqr_session_t *s, gen_t *g, const char *twin)
 static void create(const char *name, Cqrps__V1__TableKind kind,
                    uint32_t dim, uint32_t rows)
 {
-    Cqrps__V1__OptimizerConfig o = CQRPS__V1__OPTIMIZER_CONFIG__INIT;
-    o.kind = CQRPS__V1__OPTIMIZER__ADAM;
-    o.lr = 0.05f;
-    Cqrps__V1__TableConfig tc = CQRPS__V1__TABLE_CONFIG__INIT;
-    tc.kind = kind;
-    tc.dim = dim;
-    tc.rows = rows;
-    tc.seed = 7;
-    tc.optimizer = &o;
+    Cqrps__V1__OptimizerConfig o;
+    Cqrps__V1__TableConfig tc;
+    rq_table_config(&tc, &o, kind, dim, rows);
     Cqrps__V1__CreateTable ct = CQRPS__V1__CREATE_TABLE__INIT;
     ct.name = (char *)name;
     ct.config = &tc;
@@ -363,7 +334,7 @@ static void expect_both(cqr_session_t *s, Request *q, int rc, int err,
     cqr_wire_data_t d;
     ck_assert_int_eq(cqr_wire_decode_data(body, n, &d), 1);
     size_t sn;
-    uint8_t *slow = slow_variant(body, n, &sn);
+    uint8_t *slow = gen_slow_variant(body, n, &sn);
     reply_t a = run(s, body, n, 3, 5);
     reply_t b = run(s, slow, sn, 1, 2);
     ck_assert_int_eq(a.rc, rc);

@@ -161,3 +161,14 @@ uint8_t *pack_at(const Cqrps__V1__Request *q, size_t shift, size_t *n,
     return *mem + shift;
 }
 
+uint8_t *gen_slow_variant(const uint8_t *body, size_t len, size_t *n)
+{
+    uint8_t *p = malloc(len + 3);
+    ck_assert_ptr_nonnull(p);
+    memcpy(p, body, len);
+    p[len] = 0x98; /* field 99, varint */
+    p[len + 1] = 0x06;
+    p[len + 2] = 0x01;
+    *n = len + 3;
+    return p;
+}

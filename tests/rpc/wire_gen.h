@@ -60,4 +60,9 @@ void gen_multi(gen_t *g, int push);
 uint8_t *pack_at(const Cqrps__V1__Request *q, size_t shift, size_t *n,
                  uint8_t **mem);
 
+/* The same request as body[0..len) with an unknown field (99, a
+ * varint) appended, which protobuf-c skips and the fast decoder declines:
+ * the request on the fallback path. malloc'd, *n long. */
+uint8_t *gen_slow_variant(const uint8_t *body, size_t len, size_t *n);
+
 #endif

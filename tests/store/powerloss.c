@@ -436,6 +436,26 @@ static void crash(const char *what)
 
 /* ---- opening and closing ---------------------------------------------- */
 
+/* Ends an interposed call under the mutex that an injected failure e
+ * stopped: unlocks, sets errno, returns -1. */
+static int fail_unlocking(int e)
+{
+    pthread_mutex_unlock(&g.mu);
+    errno = e;
+    return -1;
+}
+
+/* Ends an interposed change under the mutex: returns rc, what the real
+ * call returned (-1 when an injected failure e stopped it), with errno as
+ * the call left it, or e. */
+static ssize_t change_done(ssize_t rc, int e)
+{
+    int saved_errno = e ? e : errno;
+    pthread_mutex_unlock(&g.mu);
+    errno = saved_errno;
+    return rc;
+}
+
 /* The common path of every open: abs is ours (ours() said so). */
 static int do_open(int (*real)(const char *, int, ...), int dirfd,
                    const char *path, const char *abs, int isdir, int flags,
@@ -453,11 +473,8 @@ static int do_open(int (*real)(const char *, int, ...), int dirfd,
     }
     pthread_mutex_lock(&g.mu);
     int e = injected();
-    if (e) {
-        pthread_mutex_unlock(&g.mu);
-        errno = e;
-        return -1;
-    }
+    if (e)
+        return fail_unlocking(e);
     struct stat st;
     int existed = stat(abs, &st) == 0;
     rec_t *r = NULL;
@@ -490,6 +507,21 @@ static mode_t mode_arg(int flags, va_list ap)
                                                       : 0;
 }
 
+/* What the four open calls share once they have their mode: real is
+ * the path call (open, open64), or NULL for the at-calls (real_at); a
+ * path outside the directory passes straight through. */
+static int open_any(int (*real)(const char *, int, ...),
+                    int (*real_at)(int, const char *, int, ...), int dirfd,
+                    const char *path, int flags, mode_t mode)
+{
+    char abs[PATH_LEN];
+    int isdir;
+    if (!ours(dirfd, path, abs, &isdir))
+        return real != NULL ? real(path, flags, mode)
+                            : real_at(dirfd, path, flags, mode);
+    return do_open(real, dirfd, path, abs, isdir, flags, mode);
+}
+
 int open(const char *path, int flags, ...)
 {
     ensure();
@@ -497,11 +529,7 @@ int open(const char *path, int flags, ...)
     va_start(ap, flags);
     mode_t mode = mode_arg(flags, ap);
     va_end(ap);
-    char abs[PATH_LEN];
-    int isdir;
-    if (!ours(AT_FDCWD, path, abs, &isdir))
-        return r_open(path, flags, mode);
-    return do_open(r_open, AT_FDCWD, path, abs, isdir, flags, mode);
+    return open_any(r_open, NULL, AT_FDCWD, path, flags, mode);
 }
 
 int open64(const char *path, int flags, ...)
@@ -511,11 +539,7 @@ int open64(const char *path, int flags, ...)
     va_start(ap, flags);
     mode_t mode = mode_arg(flags, ap);
     va_end(ap);
-    char abs[PATH_LEN];
-    int isdir;
-    if (!ours(AT_FDCWD, path, abs, &isdir))
-        return r_open64(path, flags, mode);
-    return do_open(r_open64, AT_FDCWD, path, abs, isdir, flags, mode);
+    return open_any(r_open64, NULL, AT_FDCWD, path, flags, mode);
 }
 
 int openat(int dirfd, const char *path, int flags, ...)
@@ -525,11 +549,7 @@ int openat(int dirfd, const char *path, int flags, ...)
     va_start(ap, flags);
     mode_t mode = mode_arg(flags, ap);
     va_end(ap);
-    char abs[PATH_LEN];
-    int isdir;
-    if (!ours(dirfd, path, abs, &isdir))
-        return r_openat(dirfd, path, flags, mode);
-    return do_open(NULL, dirfd, path, abs, isdir, flags, mode);
+    return open_any(NULL, r_openat, dirfd, path, flags, mode);
 }
 
 int openat64(int dirfd, const char *path, int flags, ...)
@@ -539,11 +559,7 @@ int openat64(int dirfd, const char *path, int flags, ...)
     va_start(ap, flags);
     mode_t mode = mode_arg(flags, ap);
     va_end(ap);
-    char abs[PATH_LEN];
-    int isdir;
-    if (!ours(dirfd, path, abs, &isdir))
-        return r_openat64(dirfd, path, flags, mode);
-    return do_open(NULL, dirfd, path, abs, isdir, flags, mode);
+    return open_any(NULL, r_openat64, dirfd, path, flags, mode);
 }
 
 int creat(const char *path, mode_t mode)
@@ -580,6 +596,13 @@ static int before_change(rec_t *r, off_t at)
     return 0;
 }
 
+/* The offset a write() or writev() on fd changes bytes from. */
+static off_t current_offset(int fd)
+{
+    off_t at = lseek(fd, 0, SEEK_CUR);
+    return at < 0 ? 0 : at;
+}
+
 ssize_t write(int fd, const void *buf, size_t n)
 {
     ensure();
@@ -587,13 +610,8 @@ ssize_t write(int fd, const void *buf, size_t n)
     if (r == NULL)
         return r_write(fd, buf, n);
     pthread_mutex_lock(&g.mu);
-    off_t at = lseek(fd, 0, SEEK_CUR);
-    int e = before_change(r, at < 0 ? 0 : at);
-    ssize_t w = e ? -1 : r_write(fd, buf, n);
-    int saved_errno = e ? e : errno;
-    pthread_mutex_unlock(&g.mu);
-    errno = saved_errno;
-    return w;
+    int e = before_change(r, current_offset(fd));
+    return change_done(e ? -1 : r_write(fd, buf, n), e);
 }
 
 static ssize_t do_pwrite(ssize_t (*real)(int, const void *, size_t, off_t),
@@ -605,11 +623,7 @@ static ssize_t do_pwrite(ssize_t (*real)(int, const void *, size_t, off_t),
         return real(fd, buf, n, off);
     pthread_mutex_lock(&g.mu);
     int e = before_change(r, off);
-    ssize_t w = e ? -1 : real(fd, buf, n, off);
-    int saved_errno = e ? e : errno;
-    pthread_mutex_unlock(&g.mu);
-    errno = saved_errno;
-    return w;
+    return change_done(e ? -1 : real(fd, buf, n, off), e);
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -631,13 +645,8 @@ ssize_t writev(int fd, const struct iovec *iov, int cnt)
     if (r == NULL)
         return r_writev(fd, iov, cnt);
     pthread_mutex_lock(&g.mu);
-    off_t at = lseek(fd, 0, SEEK_CUR);
-    int e = before_change(r, at < 0 ? 0 : at);
-    ssize_t w = e ? -1 : r_writev(fd, iov, cnt);
-    int saved_errno = e ? e : errno;
-    pthread_mutex_unlock(&g.mu);
-    errno = saved_errno;
-    return w;
+    int e = before_change(r, current_offset(fd));
+    return change_done(e ? -1 : r_writev(fd, iov, cnt), e);
 }
 
 ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
@@ -648,11 +657,7 @@ ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
         return r_pwritev(fd, iov, cnt, off);
     pthread_mutex_lock(&g.mu);
     int e = before_change(r, off);
-    ssize_t w = e ? -1 : r_pwritev(fd, iov, cnt, off);
-    int saved_errno = e ? e : errno;
-    pthread_mutex_unlock(&g.mu);
-    errno = saved_errno;
-    return w;
+    return change_done(e ? -1 : r_pwritev(fd, iov, cnt, off), e);
 }
 
 static int do_ftruncate(int (*real)(int, off_t), int fd, off_t len)
@@ -662,11 +667,7 @@ static int do_ftruncate(int (*real)(int, off_t), int fd, off_t len)
         return real(fd, len);
     pthread_mutex_lock(&g.mu);
     int e = before_change(r, len);
-    int rc = e ? -1 : real(fd, len);
-    int saved_errno = e ? e : errno;
-    pthread_mutex_unlock(&g.mu);
-    errno = saved_errno;
-    return rc;
+    return (int)change_done(e ? -1 : real(fd, len), e);
 }
 
 int ftruncate(int fd, off_t len)
@@ -691,11 +692,7 @@ int truncate(const char *path, off_t len)
     pthread_mutex_lock(&g.mu);
     rec_t *r = rec_add(abs);
     int e = r != NULL ? before_change(r, len) : injected();
-    int rc = e ? -1 : r_truncate(path, len);
-    int saved_errno = e ? e : errno;
-    pthread_mutex_unlock(&g.mu);
-    errno = saved_errno;
-    return rc;
+    return (int)change_done(e ? -1 : r_truncate(path, len), e);
 }
 
 static int do_fallocate(int (*real)(int, int, off_t, off_t), int fd,
@@ -708,11 +705,7 @@ static int do_fallocate(int (*real)(int, int, off_t, off_t), int fd,
     /* Plain allocation adds no data; the modes that punch, zero, insert
      * or collapse change bytes from off on. */
     int e = mode & ~FALLOC_FL_KEEP_SIZE ? before_change(r, off) : injected();
-    int rc = e ? -1 : real(fd, mode, off, len);
-    int saved_errno = e ? e : errno;
-    pthread_mutex_unlock(&g.mu);
-    errno = saved_errno;
-    return rc;
+    return (int)change_done(e ? -1 : real(fd, mode, off, len), e);
 }
 
 int fallocate(int fd, int mode, off_t off, off_t len)
@@ -760,11 +753,8 @@ static int do_sync(int (*real)(int), int fd)
         return real(fd);
     pthread_mutex_lock(&g.mu);
     int e = injected();
-    if (e) {
-        pthread_mutex_unlock(&g.mu);
-        errno = e;
-        return -1;
-    }
+    if (e)
+        return fail_unlocking(e);
     g.syncs++;
     char what[300];
     snprintf(what, sizeof what, "%s %s", isdir ? "dir" : "file",
@@ -823,11 +813,8 @@ static int do_rename(int ofd, const char *from, int nfd, const char *to)
         return r_renameat(ofd, from, nfd, to);
     pthread_mutex_lock(&g.mu);
     int e = injected();
-    if (e) {
-        pthread_mutex_unlock(&g.mu);
-        errno = e;
-        return -1;
-    }
+    if (e)
+        return fail_unlocking(e);
     char saved[PATH_LEN] = "";
     if (oa && ob && !da && !db)
         shadow_link(b, saved);
@@ -869,11 +856,8 @@ static int do_unlink(int dirfd, const char *path, int flags)
         return r_unlinkat(dirfd, path, flags);
     pthread_mutex_lock(&g.mu);
     int e = injected();
-    if (e) {
-        pthread_mutex_unlock(&g.mu);
-        errno = e;
-        return -1;
-    }
+    if (e)
+        return fail_unlocking(e);
     char saved[PATH_LEN];
     shadow_link(a, saved);
     int rc = r_unlinkat(dirfd, path, flags);

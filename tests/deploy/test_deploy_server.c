@@ -219,25 +219,10 @@ static void teardown(void)
 #define DIM 8
 #define NIDS 500
 
-START_TEST(test_example_config_serves_and_exports_metrics)
+/* Known traffic: 1 create, 3 pushes, 5 lookups, 1 failed drop, a cqr
+ * table with one cluster phase (one more create and push). */
+static void send_known_traffic(cqrps_client_t *c)
 {
-    cqr_test_server_t s;
-    uint16_t mport;
-    start_from_example(&s, &mport);
-
-    /* Ready as soon as the ready lines are out. */
-    http_reply_t r = http(mport, "GET", "/readyz");
-    ck_assert_int_eq(r.status, 200);
-    ck_assert_str_eq(r.body, "ready\n");
-    free(r.head);
-    r = http(mport, "GET", "/healthz");
-    ck_assert_int_eq(r.status, 200);
-    ck_assert(strncmp(r.body, "ok", 2) == 0);
-    free(r.head);
-
-    /* Known traffic: 1 create, 3 pushes, 5 lookups, 1 failed drop, a
-     * cqr table with one cluster phase. */
-    cqrps_client_t *c = tu_connect(s.addr);
     cqrps_table_config_t cfg;
     tu_config(&cfg, CQRPS_KIND_FULL, CQRPS_OPT_ADAGRAD, DIM);
     ck_assert_int_eq(cqrps_create_table(c, "users", &cfg, NULL), 0);
@@ -264,15 +249,11 @@ START_TEST(test_example_config_serves_and_exports_metrics)
     uint64_t phase;
     ck_assert_int_eq(cqrps_cluster(c, "items", &phase), 0);
     ck_assert_int_eq(cqrps_cluster_wait(c, "items", phase, 60000, NULL), 0);
+}
 
-    r = http(mport, "GET", "/metrics");
-    ck_assert_int_eq(r.status, 200);
-    ck_assert_ptr_nonnull(strstr(r.head, "Content-Type: text/plain; "
-                                         "version=0.0.4"));
-    const char *m = r.body;
-    check_exposition(m);
-
-    /* Every documented family is there. */
+/* Every documented family is in the exposition m. */
+static void check_families(const char *m)
+{
     static const char *const families[] = {
         "cqrps_build_info", "cqrps_uptime_seconds",
         "cqrps_start_time_seconds", "cqrps_ready", "cqrps_restored",
@@ -296,8 +277,11 @@ START_TEST(test_example_config_serves_and_exports_metrics)
         snprintf(t, sizeof t, "# TYPE %s ", families[i]);
         ck_assert_msg(strstr(m, t) != NULL, "no family %s", families[i]);
     }
+}
 
-    /* Exact figures for the traffic above. */
+/* The exposition's exact figures for send_known_traffic. */
+static void check_traffic_metrics(const char *m)
+{
     ck_assert_double_eq(metric(m, "cqrps_requests_total{op=\"push\","
                                   "status=\"OK\"}"), 4);
     ck_assert_double_eq(metric(m, "cqrps_requests_total{op=\"lookup\","
@@ -342,8 +326,12 @@ START_TEST(test_example_config_serves_and_exports_metrics)
     ck_assert_double_gt(metric(m, "cqrps_received_bytes_total"), 3 * NIDS * DIM * 4);
     ck_assert_double_eq(metric(m, "cqrps_ready"), 1);
     ck_assert_ptr_nonnull(strstr(m, "cqrps_build_info{version=\"0.1.0\""));
+}
 
-    /* `cqrps stats` carries the same figures (summable forms). */
+/* `cqrps stats` (the Stats RPC) carries the same figures, in summable
+ * forms. */
+static void check_traffic_stats(cqrps_client_t *c)
+{
     cqrps_stats_t sts;
     ck_assert_int_eq(cqrps_stats(c, &sts), 0);
     ck_assert_double_eq(stat_counter(&sts, "req.lookup.OK"), 5);
@@ -356,55 +344,60 @@ START_TEST(test_example_config_serves_and_exports_metrics)
     ck_assert_double_eq(stat_counter(&sts, "ready"), 1);
     ck_assert_double_eq(stat_counter(&sts, "phases_done"), 1);
     cqrps_stats_free(&sts);
+}
 
-    /* Checkpoints (when the server has a data dir): the figures appear
-     * in /metrics, and a restart restores that generation. */
-    if (data_dir[0]) {
-        uint64_t gen = 0;
-        ck_assert_msg(cqrps_checkpoint(c, &gen) == 0, "checkpoint: %s",
-                      cqrps_last_error(c));
-        ck_assert_uint_gt(gen, 0);
-        free(r.head);
-        r = http(mport, "GET", "/metrics");
-        m = r.body;
-        ck_assert_double_eq(metric(m, "cqrps_checkpoints_enabled"), 1);
-        ck_assert_double_ge(metric(m, "cqrps_checkpoints_total"
-                                      "{result=\"ok\"}"), 1);
-        ck_assert_double_eq(metric(m, "cqrps_checkpoint_generation"),
-                            (double)gen);
-        ck_assert_double_gt(metric(m, "cqrps_checkpoint_last_bytes"), 0);
-        ck_assert_double_gt(metric(m, "cqrps_checkpoint_last_success_"
-                                      "timestamp_seconds"), 0);
-        cqrps_close(c);
-        c = NULL;
-        tu_server_stop(&s); /* SIGTERM: the exit checkpoint */
-        const char *args[] = {"--config", CQR_EXAMPLE_CONF,
-                              "--metrics-listen", "127.0.0.1:0",
-                              "--data-dir", data_dir, NULL};
-        tu_server_start(&s, args);
-        char maddr[128];
-        ck_assert_int_eq(cqr_test_server_read_line(
-                             &s, "cqrps-server metrics on ", maddr,
-                             sizeof maddr, 5000), 0);
-        mport = (uint16_t)atoi(strrchr(maddr, ':') + 1);
-        free(r.head);
-        r = http(mport, "GET", "/readyz");
-        ck_assert_int_eq(r.status, 200);
-        free(r.head);
-        r = http(mport, "GET", "/metrics");
-        m = r.body;
-        ck_assert_double_eq(metric(m, "cqrps_restored"), 1);
-        /* The exit checkpoint came after gen; the restore took it. */
-        ck_assert_double_gt(metric(m, "cqrps_checkpoint_generation"),
-                            (double)gen);
-        ck_assert_double_eq(metric(m, "cqrps_table_known_ids{table=\"users\","
-                                      "kind=\"full\"}"), NIDS);
-        c = tu_connect(s.addr);
-    }
+/* With a data dir: a checkpoint's figures appear in /metrics, and a
+ * restart (its exit checkpoint) restores a later generation. Restarts the
+ * server in *s, with a new client in *c and metrics port in *mport. */
+static void checkpoint_and_restart(cqr_test_server_t *s, cqrps_client_t **c,
+                                   uint16_t *mport)
+{
+    uint64_t gen = 0;
+    ck_assert_msg(cqrps_checkpoint(*c, &gen) == 0, "checkpoint: %s",
+                  cqrps_last_error(*c));
+    ck_assert_uint_gt(gen, 0);
+    http_reply_t r = http(*mport, "GET", "/metrics");
+    const char *m = r.body;
+    ck_assert_double_eq(metric(m, "cqrps_checkpoints_enabled"), 1);
+    ck_assert_double_ge(metric(m, "cqrps_checkpoints_total"
+                                  "{result=\"ok\"}"), 1);
+    ck_assert_double_eq(metric(m, "cqrps_checkpoint_generation"),
+                        (double)gen);
+    ck_assert_double_gt(metric(m, "cqrps_checkpoint_last_bytes"), 0);
+    ck_assert_double_gt(metric(m, "cqrps_checkpoint_last_success_"
+                                  "timestamp_seconds"), 0);
+    cqrps_close(*c);
+    *c = NULL;
+    tu_server_stop(s); /* SIGTERM: the exit checkpoint */
+    const char *args[] = {"--config", CQR_EXAMPLE_CONF,
+                          "--metrics-listen", "127.0.0.1:0",
+                          "--data-dir", data_dir, NULL};
+    tu_server_start(s, args);
+    char maddr[128];
+    ck_assert_int_eq(cqr_test_server_read_line(
+                         s, "cqrps-server metrics on ", maddr,
+                         sizeof maddr, 5000), 0);
+    *mport = (uint16_t)atoi(strrchr(maddr, ':') + 1);
     free(r.head);
+    r = http(*mport, "GET", "/readyz");
+    ck_assert_int_eq(r.status, 200);
+    free(r.head);
+    r = http(*mport, "GET", "/metrics");
+    m = r.body;
+    ck_assert_double_eq(metric(m, "cqrps_restored"), 1);
+    /* The exit checkpoint came after gen; the restore took it. */
+    ck_assert_double_gt(metric(m, "cqrps_checkpoint_generation"),
+                        (double)gen);
+    ck_assert_double_eq(metric(m, "cqrps_table_known_ids{table=\"users\","
+                                  "kind=\"full\"}"), NIDS);
+    *c = tu_connect(s->addr);
+    free(r.head);
+}
 
-    /* Other paths and methods. */
-    r = http(mport, "GET", "/nope");
+/* Other paths and methods: 404, 405, HEAD. */
+static void check_other_paths(uint16_t mport)
+{
+    http_reply_t r = http(mport, "GET", "/nope");
     ck_assert_int_eq(r.status, 404);
     free(r.head);
     r = http(mport, "POST", "/metrics");
@@ -413,6 +406,38 @@ START_TEST(test_example_config_serves_and_exports_metrics)
     r = http(mport, "HEAD", "/readyz");
     ck_assert_int_eq(r.status, 200);
     free(r.head);
+}
+
+START_TEST(test_example_config_serves_and_exports_metrics)
+{
+    cqr_test_server_t s;
+    uint16_t mport;
+    start_from_example(&s, &mport);
+
+    /* Ready as soon as the ready lines are out. */
+    http_reply_t r = http(mport, "GET", "/readyz");
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_str_eq(r.body, "ready\n");
+    free(r.head);
+    r = http(mport, "GET", "/healthz");
+    ck_assert_int_eq(r.status, 200);
+    ck_assert(strncmp(r.body, "ok", 2) == 0);
+    free(r.head);
+
+    cqrps_client_t *c = tu_connect(s.addr);
+    send_known_traffic(c);
+    r = http(mport, "GET", "/metrics");
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(strstr(r.head, "Content-Type: text/plain; "
+                                         "version=0.0.4"));
+    check_exposition(r.body);
+    check_families(r.body);
+    check_traffic_metrics(r.body);
+    check_traffic_stats(c);
+    free(r.head);
+    if (data_dir[0])
+        checkpoint_and_restart(&s, &c, &mport);
+    check_other_paths(mport);
 
     cqrps_close(c);
     tu_server_stop(&s);

@@ -409,68 +409,113 @@ typedef struct worker {
     bench_lat_t lat;        /* per-batch latency, us */
 } worker_t;
 
-static void *worker_main(void *arg)
+/* What a classic worker drives: its connections, NB batches of IDs per
+ * connection, one gradient, and the ring of in-flight requests with an
+ * output buffer per slot. */
+typedef struct wstate {
+    cqrps_client_t **cs;
+    uint64_t *ids;
+    uint64_t *next;         /* batch counter per connection */
+    float *grads;
+    float *outs;
+    inflight_t *q;
+} wstate_t;
+
+/* Allocates st, connects and draws the IDs and the gradient; 0 or the
+ * error (st is then partly set: wstate_free it either way). */
+static int wstate_open(const worker_t *w, wstate_t *st)
 {
-    worker_t *w = arg;
     const opts_t *o = w->o;
-    const int push = !strcmp(o->op, "push");
     const size_t b = o->batch, rowsz = (size_t)b * o->dim;
     const uint32_t nc = w->nconns, slots = nc * o->depth;
-    cqrps_client_t **cs = calloc(nc, sizeof *cs);
-    uint64_t *ids = malloc((size_t)nc * NB * b * sizeof *ids);
-    uint64_t *next = calloc(nc, sizeof *next); /* batch counter per conn */
-    float *grads = malloc(rowsz * sizeof *grads);
-    float *outs = malloc((size_t)slots * rowsz * sizeof *outs);
-    inflight_t *q = calloc(slots, sizeof *q);
-    if (!cs || !ids || !next || !grads || !outs || !q) {
-        w->rc = CQRPS_ENOMEM;
-        goto out;
-    }
+    st->cs = calloc(nc, sizeof *st->cs);
+    st->ids = malloc((size_t)nc * NB * b * sizeof *st->ids);
+    st->next = calloc(nc, sizeof *st->next);
+    st->grads = malloc(rowsz * sizeof *st->grads);
+    st->outs = malloc((size_t)slots * rowsz * sizeof *st->outs);
+    st->q = calloc(slots, sizeof *st->q);
+    if (!st->cs || !st->ids || !st->next || !st->grads || !st->outs ||
+        !st->q)
+        return CQRPS_ENOMEM;
     for (uint32_t i = 0; i < nc; i++) {
-        cs[i] = open_client(o, "cqrps-bench");
-        if (!cs[i]) {
-            w->rc = CQRPS_ECONN;
-            goto out;
-        }
+        st->cs[i] = open_client(o, "cqrps-bench");
+        if (!st->cs[i])
+            return CQRPS_ECONN;
     }
     bench_rng_t r;
     bench_rng_seed(&r, 1000 + w->idx);
     bench_ranks_t z;
     bench_ranks_init(&z, o->vocab, o->zipf);
-    bench_draw_ids(&z, &r, ids, (size_t)nc * NB * b);
+    bench_draw_ids(&z, &r, st->ids, (size_t)nc * NB * b);
     for (size_t j = 0; j < rowsz; j++)
-        grads[j] = (float)(bench_rng_unit(&r) - 0.5) * 0.01f;
+        st->grads[j] = (float)(bench_rng_unit(&r) - 0.5) * 0.01f;
+    for (uint32_t s = 0; s < slots; s++)
+        st->q[s].out = st->outs + (size_t)s * rowsz;
+    return 0;
+}
+
+static void wstate_free(wstate_t *st, uint32_t nc)
+{
+    if (st->cs)
+        for (uint32_t i = 0; i < nc; i++)
+            cqrps_close(st->cs[i]);
+    free(st->cs);
+    free(st->ids);
+    free(st->next);
+    free(st->grads);
+    free(st->outs);
+    free(st->q);
+}
+
+/* Starts the next batch of connection e->conn in slot e (into e->out);
+ * 0 or the error, said in the log. */
+static int start_batch(const opts_t *o, const wstate_t *st, int push,
+                       inflight_t *e)
+{
+    const size_t b = o->batch;
+    const uint64_t *bi =
+        st->ids + ((size_t)e->conn * NB + st->next[e->conn]++ % NB) * b;
+    e->t_start = bench_now();
+    int rc = push ? cqrps_push_start(st->cs[e->conn], o->table, bi,
+                                     st->grads, b, &e->ticket)
+                  : cqrps_lookup_start(st->cs[e->conn], o->table, bi, b,
+                                       e->out, &e->ticket);
+    if (rc)
+        bench_log(PROG, "start: %s", cqrps_last_error(st->cs[e->conn]));
+    return rc;
+}
+
+static void *worker_main(void *arg)
+{
+    worker_t *w = arg;
+    const opts_t *o = w->o;
+    const int push = !strcmp(o->op, "push");
+    const uint32_t nc = w->nconns, slots = nc * o->depth;
+    wstate_t st = {0};
+    w->rc = wstate_open(w, &st);
+    if (w->rc)
+        goto out;
+    inflight_t *q = st.q;
 
     /* q is a FIFO ring of in-flight requests: wait for the oldest, then
      * start the next one on the same connection. */
     size_t head = 0, count = 0;
-    for (uint32_t s = 0; s < slots; s++)
-        q[s].out = outs + (size_t)s * rowsz;
     /* Issue the initial window, connection by connection. */
     for (uint32_t s = 0; s < slots && bench_now() < w->t_end; s++) {
         inflight_t *e = &q[(head + count) % slots];
         e->conn = s % nc;
-        const uint64_t *bi = ids + ((size_t)e->conn * NB +
-                                    next[e->conn]++ % NB) * b;
-        e->t_start = bench_now();
-        int rc = push ? cqrps_push_start(cs[e->conn], o->table, bi, grads, b,
-                                         &e->ticket)
-                      : cqrps_lookup_start(cs[e->conn], o->table, bi, b,
-                                           e->out, &e->ticket);
-        if (rc) {
-            w->rc = rc;
-            bench_log(PROG, "start: %s", cqrps_last_error(cs[e->conn]));
+        w->rc = start_batch(o, &st, push, e);
+        if (w->rc)
             goto out;
-        }
         count++;
     }
     while (count) {
         inflight_t *e = &q[head];
-        int rc = cqrps_wait(cs[e->conn], e->ticket);
+        int rc = cqrps_wait(st.cs[e->conn], e->ticket);
         double now = bench_now();
         if (rc) {
             w->rc = rc;
-            bench_log(PROG, "%s: %s", o->op, cqrps_last_error(cs[e->conn]));
+            bench_log(PROG, "%s: %s", o->op, cqrps_last_error(st.cs[e->conn]));
             goto out;
         }
         bench_lat_add(&w->lat, (now - e->t_start) * 1e6);
@@ -483,33 +528,15 @@ static void *worker_main(void *arg)
          * tail of the ring. */
         inflight_t done = *e;
         inflight_t *n = &q[(head + count) % slots];
-        float *out_free = done.out;
-        n->out = out_free;
+        n->out = done.out;
         n->conn = done.conn;
-        const uint64_t *bi = ids + ((size_t)n->conn * NB +
-                                    next[n->conn]++ % NB) * b;
-        n->t_start = bench_now();
-        rc = push ? cqrps_push_start(cs[n->conn], o->table, bi, grads, b,
-                                     &n->ticket)
-                  : cqrps_lookup_start(cs[n->conn], o->table, bi, b, n->out,
-                                       &n->ticket);
-        if (rc) {
-            w->rc = rc;
-            bench_log(PROG, "start: %s", cqrps_last_error(cs[n->conn]));
+        w->rc = start_batch(o, &st, push, n);
+        if (w->rc)
             goto out;
-        }
         count++;
     }
 out:
-    if (cs)
-        for (uint32_t i = 0; i < nc; i++)
-            cqrps_close(cs[i]);
-    free(cs);
-    free(ids);
-    free(next);
-    free(grads);
-    free(outs);
-    free(q);
+    wstate_free(&st, nc);
     return NULL;
 }
 
@@ -622,6 +649,132 @@ static double data_requests(cqrps_client_t *admin)
     return n;
 }
 
+/* Creates and warms the tables (with --warm; the seconds it took in
+ * *warm_s) and checks the first one's dim; its description in *info.
+ * 0, or 1 after saying why. */
+static int prepare_tables(cqrps_client_t *admin, const opts_t *o,
+                          double *warm_s, cqrps_table_info_t *info)
+{
+    *warm_s = 0.0;
+    int rc = 0;
+    for (uint32_t i = 0; i < o->tables && o->warm && !rc; i++) {
+        double s = 0;
+        rc = create_table(admin, o, o->names[i]);
+        if (!rc)
+            rc = warm_table(o, o->names[i], &s);
+        *warm_s += s;
+        if (rc) {
+            bench_log(PROG, "warm-up failed: %s", cqrps_strerror(rc));
+            return 1;
+        }
+    }
+    memset(info, 0, sizeof *info);
+    rc = cqrps_describe_table(admin, o->names[0], info);
+    if (rc) {
+        bench_log(PROG, "describe %s: %s", o->names[0],
+                  cqrps_last_error(admin));
+        return 1;
+    }
+    if (info->config.dim != o->dim) {
+        bench_log(PROG, "table %s has dim %u, not %u", o->names[0],
+                  info->config.dim, o->dim);
+        return 1;
+    }
+    return 0;
+}
+
+/* What the workers did, with the server's counters around them. */
+typedef struct run {
+    int rc;               /* the first worker error, or 0 */
+    uint64_t batches;
+    bench_lat_t lat;      /* every worker's latencies (owned) */
+    double seconds;       /* wall time of the run */
+    double cpu;           /* server CPU seconds, -1 unknown */
+    double req_per_step;  /* Lookup/Push requests per step, -1 unknown */
+} run_t;
+
+/* Runs the worker threads for o->seconds and gathers what they did. 0,
+ * or 1 when out of memory. */
+static int run_workers(cqrps_client_t *admin, opts_t *o, run_t *r)
+{
+    memset(r, 0, sizeof *r);
+    worker_t *ws = calloc(o->threads, sizeof *ws);
+    if (!ws)
+        return 1;
+    double req0 = data_requests(admin);
+    double cpu0 = o->server_pid ? bench_proc_cpu_seconds(o->server_pid) : -1;
+    double t0 = bench_now();
+    for (uint32_t i = 0; i < o->threads; i++) {
+        uint32_t nc = o->conns / o->threads + (i < o->conns % o->threads);
+        ws[i] = (worker_t){.o = o, .idx = i, .nconns = nc,
+                           .t_end = t0 + o->seconds};
+        pthread_create(&ws[i].th, NULL, o->steps ? step_main : worker_main,
+                       &ws[i]);
+    }
+    for (uint32_t i = 0; i < o->threads; i++) {
+        pthread_join(ws[i].th, NULL);
+        if (ws[i].rc && !r->rc)
+            r->rc = ws[i].rc;
+        r->batches += ws[i].batches;
+        bench_lat_merge(&r->lat, &ws[i].lat);
+        bench_lat_free(&ws[i].lat);
+    }
+    r->seconds = bench_now() - t0;
+    double cpu1 = o->server_pid ? bench_proc_cpu_seconds(o->server_pid) : -1;
+    double req1 = data_requests(admin);
+    r->cpu = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
+    r->req_per_step = req0 >= 0 && req1 >= 0 && r->batches
+                          ? (req1 - req0) / (double)r->batches : -1;
+    free(ws);
+    return 0;
+}
+
+/* The figures of a run: the log line, and the JSON line with --json. */
+static void report(const opts_t *o, run_t *r, const cqrps_table_info_t *info,
+                   double warm_s)
+{
+    bench_lat_sort(&r->lat);
+    double el = r->seconds, cpu = r->cpu;
+    double emb = (double)r->batches * o->batch * o->tables / el;
+    double mb = emb * o->dim * 4 / 1e6;
+    double p50 = bench_lat_pct(&r->lat, 0.5),
+           p99 = bench_lat_pct(&r->lat, 0.99),
+           p999 = bench_lat_pct(&r->lat, 0.999);
+    double cpu_per_m = cpu >= 0 && r->batches
+                           ? cpu / (emb * el / 1e6) : -1;
+    bench_log(PROG,
+              "%s kind=%s dim=%u batch=%u conns=%u depth=%u vocab=%llu "
+              "zipf=%g: %.3f M emb/s, %.0f MB/s, p50 %.1f us p99 %.1f us "
+              "p999 %.1f us, server %.3f CPU-s per M emb (%.2f cores)",
+              o->op, cqrps_kind_name(o->kind), o->dim, o->batch, o->conns,
+              o->depth, (unsigned long long)o->vocab, o->zipf, emb / 1e6, mb,
+              p50, p99, p999, cpu_per_m, cpu >= 0 ? cpu / el : -1);
+    if (o->steps)
+        bench_log(PROG, "%u table(s) per step, %s calls%s: %.1f steps/s, "
+                  "%.2f Lookup/Push requests per step (server counters)",
+                  o->tables, o->calls, o->bf16 ? ", bf16" : "",
+                  (double)r->batches / el, r->req_per_step);
+    if (o->json)
+        printf("{\"bench\":\"cqrps\",\"op\":\"%s\",\"kind\":\"%s\","
+               "\"optimizer\":\"%s\",\"dim\":%u,\"batch\":%u,\"conns\":%u,"
+               "\"threads\":%u,\"depth\":%u,\"vocab\":%llu,\"zipf\":%g,"
+               "\"known_ids\":%llu,\"seconds\":%.3f,\"emb_per_s\":%.1f,"
+               "\"mb_per_s\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,"
+               "\"p999_us\":%.2f,\"server_cpu_s\":%.3f,"
+               "\"server_cpu_s_per_m\":%.4f,\"server_cores\":%.3f,"
+               "\"warm_seconds\":%.3f,\"blas_core\":\"%s\","
+               "\"tables\":%u,\"calls\":\"%s\",\"bf16\":%s,"
+               "\"steps_per_s\":%.2f,\"requests_per_step\":%.3f}\n",
+               o->op, cqrps_kind_name(o->kind), cqrps_optimizer_name(o->opt),
+               o->dim, o->batch, o->conns, o->threads, o->depth,
+               (unsigned long long)o->vocab, o->zipf,
+               (unsigned long long)info->known_ids, el, emb, mb, p50, p99,
+               p999, cpu, cpu_per_m, cpu >= 0 ? cpu / el : -1, warm_s,
+               bench_blas_core(), o->tables, o->steps ? o->calls : "classic",
+               o->bf16 ? "true" : "false", (double)r->batches / el,
+               r->req_per_step);
+}
+
 int main(int argc, char **argv)
 {
     opts_t o;
@@ -638,32 +791,9 @@ int main(int argc, char **argv)
         bench_log(PROG, "server %s, protocol %u, max_batch %u, max_frame %u",
                   si.server_version, si.protocol_version, si.max_batch,
                   si.max_frame_bytes);
-    double warm_s = 0.0;
-    int rc = 0;
-    for (uint32_t i = 0; i < o.tables && o.warm && !rc; i++) {
-        double s = 0;
-        rc = create_table(admin, &o, o.names[i]);
-        if (!rc)
-            rc = warm_table(&o, o.names[i], &s);
-        warm_s += s;
-        if (rc) {
-            bench_log(PROG, "warm-up failed: %s", cqrps_strerror(rc));
-            cqrps_close(admin);
-            return 1;
-        }
-    }
+    double warm_s;
     cqrps_table_info_t info;
-    memset(&info, 0, sizeof info);
-    rc = cqrps_describe_table(admin, o.names[0], &info);
-    if (rc) {
-        bench_log(PROG, "describe %s: %s", o.names[0],
-                  cqrps_last_error(admin));
-        cqrps_close(admin);
-        return 1;
-    }
-    if (info.config.dim != o.dim) {
-        bench_log(PROG, "table %s has dim %u, not %u", o.names[0],
-                  info.config.dim, o.dim);
+    if (prepare_tables(admin, &o, &warm_s, &info)) {
         cqrps_close(admin);
         return 1;
     }
@@ -676,37 +806,11 @@ int main(int argc, char **argv)
         bench_log(PROG, "steps of %u table(s), %s calls%s", o.tables,
                   o.calls, o.bf16 ? ", bfloat16" : "");
 
-    worker_t *ws = calloc(o.threads, sizeof *ws);
-    if (!ws) {
+    run_t r;
+    if (run_workers(admin, &o, &r)) {
         cqrps_close(admin);
         return 1;
     }
-    double req0 = data_requests(admin);
-    double cpu0 = o.server_pid ? bench_proc_cpu_seconds(o.server_pid) : -1;
-    double t0 = bench_now();
-    for (uint32_t i = 0; i < o.threads; i++) {
-        uint32_t nc = o.conns / o.threads + (i < o.conns % o.threads);
-        ws[i] = (worker_t){.o = &o, .idx = i, .nconns = nc,
-                           .t_end = t0 + o.seconds};
-        pthread_create(&ws[i].th, NULL, o.steps ? step_main : worker_main,
-                       &ws[i]);
-    }
-    uint64_t batches = 0;
-    bench_lat_t all = {0};
-    for (uint32_t i = 0; i < o.threads; i++) {
-        pthread_join(ws[i].th, NULL);
-        if (ws[i].rc && !rc)
-            rc = ws[i].rc;
-        batches += ws[i].batches;
-        bench_lat_merge(&all, &ws[i].lat);
-        bench_lat_free(&ws[i].lat);
-    }
-    double el = bench_now() - t0;
-    double cpu1 = o.server_pid ? bench_proc_cpu_seconds(o.server_pid) : -1;
-    double req1 = data_requests(admin);
-    double req_per_step = req0 >= 0 && req1 >= 0 && batches
-                              ? (req1 - req0) / (double)batches : -1;
-    free(ws);
     for (uint32_t i = 0; i < o.tables && !o.keep && o.warm; i++)
         cqrps_drop_table(admin, o.names[i]);
     free(o.names);
@@ -714,51 +818,13 @@ int main(int argc, char **argv)
     cqrps_secret_free(o.token, o.token_len);
     cqrps_secret_free(o.admin_token, o.admin_token_len);
     o.token = o.admin_token = NULL;
-    if (rc) {
-        bench_log(PROG, "%s failed: %s", o.op, cqrps_strerror(rc));
-        bench_lat_free(&all);
+    if (r.rc) {
+        bench_log(PROG, "%s failed: %s", o.op, cqrps_strerror(r.rc));
+        bench_lat_free(&r.lat);
         return 1;
     }
-    bench_lat_sort(&all);
-    double emb = (double)batches * o.batch * o.tables / el;
-    double mb = emb * o.dim * 4 / 1e6;
-    double p50 = bench_lat_pct(&all, 0.5), p99 = bench_lat_pct(&all, 0.99),
-           p999 = bench_lat_pct(&all, 0.999);
-    double cpu = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
-    double cpu_per_m = cpu >= 0 && batches
-                           ? cpu / (emb * el / 1e6) : -1;
-    bench_log(PROG,
-              "%s kind=%s dim=%u batch=%u conns=%u depth=%u vocab=%llu "
-              "zipf=%g: %.3f M emb/s, %.0f MB/s, p50 %.1f us p99 %.1f us "
-              "p999 %.1f us, server %.3f CPU-s per M emb (%.2f cores)",
-              o.op, cqrps_kind_name(o.kind), o.dim, o.batch, o.conns, o.depth,
-              (unsigned long long)o.vocab, o.zipf, emb / 1e6, mb, p50, p99,
-              p999, cpu_per_m, cpu >= 0 ? cpu / el : -1);
-    if (o.steps)
-        bench_log(PROG, "%u table(s) per step, %s calls%s: %.1f steps/s, "
-                  "%.2f Lookup/Push requests per step (server counters)",
-                  o.tables, o.calls, o.bf16 ? ", bf16" : "",
-                  (double)batches / el, req_per_step);
-    if (o.json)
-        printf("{\"bench\":\"cqrps\",\"op\":\"%s\",\"kind\":\"%s\","
-               "\"optimizer\":\"%s\",\"dim\":%u,\"batch\":%u,\"conns\":%u,"
-               "\"threads\":%u,\"depth\":%u,\"vocab\":%llu,\"zipf\":%g,"
-               "\"known_ids\":%llu,\"seconds\":%.3f,\"emb_per_s\":%.1f,"
-               "\"mb_per_s\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,"
-               "\"p999_us\":%.2f,\"server_cpu_s\":%.3f,"
-               "\"server_cpu_s_per_m\":%.4f,\"server_cores\":%.3f,"
-               "\"warm_seconds\":%.3f,\"blas_core\":\"%s\","
-               "\"tables\":%u,\"calls\":\"%s\",\"bf16\":%s,"
-               "\"steps_per_s\":%.2f,\"requests_per_step\":%.3f}\n",
-               o.op, cqrps_kind_name(o.kind), cqrps_optimizer_name(o.opt),
-               o.dim, o.batch, o.conns, o.threads, o.depth,
-               (unsigned long long)o.vocab, o.zipf,
-               (unsigned long long)info.known_ids, el, emb, mb, p50, p99, p999,
-               cpu, cpu_per_m, cpu >= 0 ? cpu / el : -1, warm_s,
-               bench_blas_core(), o.tables, o.steps ? o.calls : "classic",
-               o.bf16 ? "true" : "false", (double)batches / el,
-               req_per_step);
-    bench_lat_free(&all);
+    report(&o, &r, &info, warm_s);
+    bench_lat_free(&r.lat);
     fflush(stdout);
     return 0;
 }

@@ -505,58 +505,61 @@ static int run_sgemm(const opts_t *o)
     return 0;
 }
 
-static int run_kmeans(const opts_t *o)
+/* The points a phase would cluster: chunk vectors of a uniform sample of
+ * n known IDs, chunk-major (chunk i is an n x w block of pts). */
+static int sample_points(cqr_table_t *t, const opts_t *o, size_t n,
+                         float *pts)
+{
+    const uint32_t c = o->chunks, w = o->dim / c;
+    uint64_t *ids = malloc(n * sizeof *ids);
+    float *emb = malloc(n * o->dim * sizeof *emb);
+    int rc = ids && emb ? 0 : CQR_ENOMEM;
+    if (!rc) {
+        bench_rng_t r;
+        bench_rng_seed(&r, 11);
+        for (size_t j = 0; j < n; j++)
+            ids[j] = bench_id(bench_rng_below(&r, o->vocab));
+        rc = cqr_table_lookup(t, ids, n, emb);
+    }
+    if (!rc)
+        for (uint32_t i = 0; i < c; i++)
+            for (size_t j = 0; j < n; j++)
+                memcpy(pts + ((size_t)i * n + j) * w,
+                       emb + j * o->dim + i * w, w * sizeof(float));
+    free(ids);
+    free(emb);
+    return rc;
+}
+
+/* --dump: the points as raw floats, for kmeans_compare.py. */
+static int dump_points(const opts_t *o, const float *pts, size_t n)
+{
+    const uint32_t c = o->chunks, w = o->dim / c;
+    FILE *f = fopen(o->dump, "wb");
+    if (!f || fwrite(pts, sizeof(float), n * o->dim, f) != n * o->dim) {
+        bench_log(PROG, "cannot write %s: %s", o->dump, strerror(errno));
+        if (f)
+            fclose(f);
+        return CQR_EIO;
+    }
+    fclose(f);
+    bench_log(PROG, "wrote %zu x %u points x %u chunks to %s", n, w, c,
+              o->dump);
+    return 0;
+}
+
+/* What fitting every chunk took. */
+typedef struct fit_figs {
+    double secs, cpu_secs, inertia_sum;
+    uint64_t iters_run;
+} fit_figs_t;
+
+/* Fits k centroids to each chunk's points, as a phase does. */
+static int fit_chunks(const opts_t *o, const float *pts, size_t n,
+                      float *cent, fit_figs_t *fg)
 {
     const uint32_t c = o->chunks, w = o->dim / c, k = o->rows;
-    const size_t n = (size_t)o->sample * k;
-    cqr_table_t *t = NULL;
-    float *emb = NULL, *pts = NULL, *cent = NULL;
-    uint64_t *ids = NULL;
-    int rc = make_table(o, &t);
-    if (rc)
-        return rc;
-    rc = warm(t, o);
-    if (rc)
-        goto out;
-    /* The points a phase would cluster: chunk vectors of a uniform sample
-     * of the known IDs. */
-    ids = malloc(n * sizeof *ids);
-    emb = malloc(n * o->dim * sizeof *emb);
-    pts = malloc(n * o->dim * sizeof *pts);
-    cent = malloc((size_t)k * w * sizeof *cent);
-    if (!ids || !emb || !pts || !cent) {
-        rc = CQR_ENOMEM;
-        goto out;
-    }
-    bench_rng_t r;
-    bench_rng_seed(&r, 11);
-    for (size_t j = 0; j < n; j++)
-        ids[j] = bench_id(bench_rng_below(&r, o->vocab));
-    rc = cqr_table_lookup(t, ids, n, emb);
-    if (rc)
-        goto out;
-    /* Chunk-major copy: chunk i is an n x w block. */
-    for (uint32_t i = 0; i < c; i++)
-        for (size_t j = 0; j < n; j++)
-            memcpy(pts + ((size_t)i * n + j) * w, emb + j * o->dim + i * w,
-                   w * sizeof(float));
-    if (o->dump) {
-        FILE *f = fopen(o->dump, "wb");
-        if (!f || fwrite(pts, sizeof(float), n * o->dim, f) != n * o->dim) {
-            bench_log(PROG, "cannot write %s: %s", o->dump, strerror(errno));
-            if (f)
-                fclose(f);
-            rc = CQR_EIO;
-            goto out;
-        }
-        fclose(f);
-        bench_log(PROG, "wrote %zu x %u points x %u chunks to %s", n, w, c,
-                  o->dump);
-    }
-    sgemm_figs_t sg;
-    measure_sgemm(w, k, &sg);
-    double secs = 0.0, cpu_secs = 0.0, inertia_sum = 0.0;
-    uint64_t iters_run = 0;
+    memset(fg, 0, sizeof *fg);
     for (uint32_t i = 0; i < c; i++) {
         cqr_kmeans_params_t kp = {.iters = o->iters, .seed = 99 + i,
                                   .tol = o->tol > 0 ? o->tol : 0,
@@ -565,22 +568,55 @@ static int run_kmeans(const opts_t *o)
                                   .chunk = i, .chunks = c};
         cqr_kmeans_result_t kr;
         double t0 = bench_now(), c0 = bench_cpu_now();
-        rc = cqr_kmeans_fit(pts + (size_t)i * n * w, n, w, w, k, &kp, cent,
-                            NULL, &kr);
+        int rc = cqr_kmeans_fit(pts + (size_t)i * n * w, n, w, w, k, &kp,
+                                cent, NULL, &kr);
         double el = bench_now() - t0;
-        cpu_secs += bench_cpu_now() - c0;
+        fg->cpu_secs += bench_cpu_now() - c0;
         if (rc)
-            goto out;
-        secs += el;
-        inertia_sum += kr.inertia;
-        iters_run += kr.iters;
+            return rc;
+        fg->secs += el;
+        fg->inertia_sum += kr.inertia;
+        fg->iters_run += kr.iters;
         bench_log(PROG, "kmeans chunk %u/%u: %.3f s, %u iterations, "
                   "inertia %.5g", i + 1, c, el, kr.iters, kr.inertia);
     }
+    return 0;
+}
+
+static int run_kmeans(const opts_t *o)
+{
+    const uint32_t c = o->chunks, w = o->dim / c, k = o->rows;
+    const size_t n = (size_t)o->sample * k;
+    cqr_table_t *t = NULL;
+    float *pts = NULL, *cent = NULL;
+    int rc = make_table(o, &t);
+    if (rc)
+        return rc;
+    rc = warm(t, o);
+    if (rc)
+        goto out;
+    pts = malloc(n * o->dim * sizeof *pts);
+    cent = malloc((size_t)k * w * sizeof *cent);
+    if (!pts || !cent) {
+        rc = CQR_ENOMEM;
+        goto out;
+    }
+    rc = sample_points(t, o, n, pts);
+    if (!rc && o->dump)
+        rc = dump_points(o, pts, n);
+    if (rc)
+        goto out;
+    sgemm_figs_t sg;
+    measure_sgemm(w, k, &sg);
+    fit_figs_t fg;
+    rc = fit_chunks(o, pts, n, cent, &fg);
+    if (rc)
+        goto out;
+    double secs = fg.secs, cpu_secs = fg.cpu_secs;
     /* FLOPs of the Lloyd iterations' cross products only (2 n k w per
      * iteration per chunk); the k-means++ seeding and the argmin passes
      * are extra work not counted, so the rate is a lower bound. */
-    double flops = 2.0 * (double)n * k * w * (double)iters_run;
+    double flops = 2.0 * (double)n * k * w * (double)fg.iters_run;
     double gf = flops / secs / 1e9;
     /* Per CPU-second: comparable with sgemm's rate whatever the load. */
     double per_thread = cpu_secs > 0 ? flops / cpu_secs / 1e9 : 0.0;
@@ -600,14 +636,12 @@ static int run_kmeans(const opts_t *o)
                "\"sgemm_gflops_1024\":%.3f,\"frac_of_sgemm_tile\":%.4f,"
                "\"frac_of_sgemm_1024\":%.4f,\"blas_core\":\"%s\"}\n",
                n, w, k, o->iters, c, o->threads, secs, secs / c,
-               inertia_sum / c, gf, per_thread, cpu_secs, sg.tile, sg.ref,
+               fg.inertia_sum / c, gf, per_thread, cpu_secs, sg.tile, sg.ref,
                sg.big,
                per_thread / sg.tile, per_thread / sg.big, bench_blas_core());
 out:
     if (rc)
         bench_log(PROG, "kmeans failed: %s", cqr_strerror(rc));
-    free(ids);
-    free(emb);
     free(pts);
     free(cent);
     cqr_table_destroy(t);

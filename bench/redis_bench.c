@@ -332,10 +332,11 @@ static void usage(void)
         "  [--seconds 5] [--load] [--server-pid PID] [--json]\n");
 }
 
-int main(int argc, char **argv)
+/* The options into o (defaults first); 0, or -1 when they are wrong. */
+static int parse_opts(int argc, char **argv, opts_t *o)
 {
-    opts_t o = {.op = "lookup", .dim = 64, .batch = 1024, .conns = 1,
-                .depth = 1, .vocab = 1000000, .seconds = 5.0};
+    *o = (opts_t){.op = "lookup", .dim = 64, .batch = 1024, .conns = 1,
+                  .depth = 1, .vocab = 1000000, .seconds = 5.0};
     int have_addr = 0;
     static const struct option lo[] = {
         {"addr", 1, 0, 'a'},   {"op", 1, 0, 'o'},      {"dim", 1, 0, 'd'},
@@ -348,30 +349,70 @@ int main(int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
         case 'a':
-            if (parse_addr(optarg, &o))
-                goto bad;
+            if (parse_addr(optarg, o))
+                return -1;
             have_addr = 1;
             break;
-        case 'o': o.op = optarg; break;
+        case 'o': o->op = optarg; break;
         case 'd': case 'b': case 'n': case 'p': case 'v':
             if (bench_parse_count(optarg, &v) || !v)
-                goto bad;
-            if (ch == 'd') o.dim = (uint32_t)v;
-            if (ch == 'b') o.batch = (uint32_t)v;
-            if (ch == 'n') o.conns = (uint32_t)v;
-            if (ch == 'p') o.depth = (uint32_t)v;
-            if (ch == 'v') o.vocab = v;
+                return -1;
+            if (ch == 'd') o->dim = (uint32_t)v;
+            if (ch == 'b') o->batch = (uint32_t)v;
+            if (ch == 'n') o->conns = (uint32_t)v;
+            if (ch == 'p') o->depth = (uint32_t)v;
+            if (ch == 'v') o->vocab = v;
             break;
-        case 'z': o.zipf = atof(optarg); break;
-        case 's': o.seconds = atof(optarg); break;
-        case 'l': o.load = 1; break;
-        case 'P': o.server_pid = atoi(optarg); break;
-        case 'j': o.json = 1; break;
-        default: goto bad;
+        case 'z': o->zipf = atof(optarg); break;
+        case 's': o->seconds = atof(optarg); break;
+        case 'l': o->load = 1; break;
+        case 'P': o->server_pid = atoi(optarg); break;
+        case 'j': o->json = 1; break;
+        default: return -1;
         }
     }
-    if (!have_addr || (strcmp(o.op, "lookup") && strcmp(o.op, "push")))
-        goto bad;
+    if (!have_addr || (strcmp(o->op, "lookup") && strcmp(o->op, "push")))
+        return -1;
+    return 0;
+}
+
+/* The figures of a run: the log line, and the JSON line with --json. */
+static void report(const opts_t *o, bench_lat_t *all, uint64_t batches,
+                   double el, double cpu0, double cpu1)
+{
+    bench_lat_sort(all);
+    double emb = (double)batches * o->batch / el;
+    double mb = emb * o->dim * 4 / 1e6;
+    double p50 = bench_lat_pct(all, 0.5), p99 = bench_lat_pct(all, 0.99),
+           p999 = bench_lat_pct(all, 0.999);
+    double cpu_per_m = cpu0 >= 0 && cpu1 >= 0 && batches
+                           ? (cpu1 - cpu0) / ((double)batches * o->batch / 1e6)
+                           : -1;
+    bench_log(PROG,
+              "%s dim=%u batch=%u conns=%u depth=%u vocab=%llu: %.3f M emb/s, "
+              "%.0f MB/s, p50 %.1f us p99 %.1f us p999 %.1f us, server %.3f "
+              "CPU-s per M emb",
+              o->op, o->dim, o->batch, o->conns, o->depth,
+              (unsigned long long)o->vocab, emb / 1e6, mb, p50, p99, p999,
+              cpu_per_m);
+    if (o->json)
+        printf("{\"bench\":\"redis\",\"op\":\"%s\",\"dim\":%u,\"batch\":%u,"
+               "\"conns\":%u,\"depth\":%u,\"vocab\":%llu,\"zipf\":%g,"
+               "\"seconds\":%.3f,\"emb_per_s\":%.1f,\"mb_per_s\":%.2f,"
+               "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,"
+               "\"server_cpu_s_per_m\":%.4f,\"blas_core\":\"%s\"}\n",
+               o->op, o->dim, o->batch, o->conns, o->depth,
+               (unsigned long long)o->vocab, o->zipf, el, emb, mb, p50, p99,
+               p999, cpu_per_m, bench_blas_core());
+}
+
+int main(int argc, char **argv)
+{
+    opts_t o;
+    if (parse_opts(argc, argv, &o)) {
+        usage();
+        return 2;
+    }
     bench_log(PROG, "OpenBLAS core: %s", bench_blas_core());
     if (o.load && load_rows(&o))
         return 1;
@@ -399,38 +440,9 @@ int main(int argc, char **argv)
     double el = bench_now() - t0;
     double cpu1 = o.server_pid ? bench_proc_cpu_seconds(o.server_pid) : -1;
     free(ws);
-    if (rc) {
-        bench_lat_free(&all);
-        return 1;
-    }
-    bench_lat_sort(&all);
-    double emb = (double)batches * o.batch / el;
-    double mb = emb * o.dim * 4 / 1e6;
-    double p50 = bench_lat_pct(&all, 0.5), p99 = bench_lat_pct(&all, 0.99),
-           p999 = bench_lat_pct(&all, 0.999);
-    double cpu_per_m = cpu0 >= 0 && cpu1 >= 0 && batches
-                           ? (cpu1 - cpu0) / ((double)batches * o.batch / 1e6)
-                           : -1;
-    bench_log(PROG,
-              "%s dim=%u batch=%u conns=%u depth=%u vocab=%llu: %.3f M emb/s, "
-              "%.0f MB/s, p50 %.1f us p99 %.1f us p999 %.1f us, server %.3f "
-              "CPU-s per M emb",
-              o.op, o.dim, o.batch, o.conns, o.depth,
-              (unsigned long long)o.vocab, emb / 1e6, mb, p50, p99, p999,
-              cpu_per_m);
-    if (o.json)
-        printf("{\"bench\":\"redis\",\"op\":\"%s\",\"dim\":%u,\"batch\":%u,"
-               "\"conns\":%u,\"depth\":%u,\"vocab\":%llu,\"zipf\":%g,"
-               "\"seconds\":%.3f,\"emb_per_s\":%.1f,\"mb_per_s\":%.2f,"
-               "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,"
-               "\"server_cpu_s_per_m\":%.4f,\"blas_core\":\"%s\"}\n",
-               o.op, o.dim, o.batch, o.conns, o.depth,
-               (unsigned long long)o.vocab, o.zipf, el, emb, mb, p50, p99,
-               p999, cpu_per_m, bench_blas_core());
+    if (!rc)
+        report(&o, &all, batches, el, cpu0, cpu1);
     bench_lat_free(&all);
     fflush(stdout);
-    return 0;
-bad:
-    usage();
-    return 2;
+    return rc ? 1 : 0;
 }

@@ -150,6 +150,45 @@ static uint32_t rank_of(const uint64_t *sorted, size_t n, uint64_t x)
     return (uint32_t)lo;
 }
 
+/* The validation rows of the kept ratings k (sorted by user, then
+ * time): the last ML_VALID_PER_USER of each user's run. */
+static size_t valid_rows(const kept_t *k, size_t nk)
+{
+    size_t nvalid = 0;
+    for (size_t a = 0; a < nk;) {
+        size_t b = a;
+
+        while (b < nk && k[b].user == k[a].user)
+            b++;
+        nvalid += b - a < ML_VALID_PER_USER ? b - a : ML_VALID_PER_USER;
+        a = b;
+    }
+    return nvalid;
+}
+
+/* Fills out->train and out->valid (sized by valid_rows) from k. */
+static void fill_split(const kept_t *k, size_t nk, ml_data_t *out)
+{
+    size_t it = 0, iv = 0;
+    for (size_t a = 0; a < nk;) {
+        size_t b = a, cut;
+
+        while (b < nk && k[b].user == k[a].user)
+            b++;
+        cut = b - a < ML_VALID_PER_USER ? a : b - ML_VALID_PER_USER;
+        for (size_t j = a; j < b; j++) {
+            ml_row_t r = {k[j].user, k[j].item, k[j].label};
+
+            if (j < cut)
+                out->train[it++] = r;
+            else
+                out->valid[iv++] = r;
+        }
+        a = b;
+    }
+    assert(it == out->ntrain && iv == out->nvalid);
+}
+
 int ml_split(const ml_raw_t *raw, size_t n, ml_data_t *out, char *err,
              size_t errlen)
 {
@@ -201,17 +240,8 @@ int ml_split(const ml_raw_t *raw, size_t n, ml_data_t *out, char *err,
     }
     qsort(k, nk, sizeof *k, cmp_kept);
 
-    /* Count first, then fill: the last ML_VALID_PER_USER rows of each
-     * user's run are validation. */
-    size_t nvalid = 0;
-    for (size_t a = 0; a < nk;) {
-        size_t b = a;
-
-        while (b < nk && k[b].user == k[a].user)
-            b++;
-        nvalid += b - a < ML_VALID_PER_USER ? b - a : ML_VALID_PER_USER;
-        a = b;
-    }
+    /* Count first, then fill. */
+    size_t nvalid = valid_rows(k, nk);
     out->ntrain = nk - nvalid;
     out->nvalid = nvalid;
     out->train = malloc((out->ntrain ? out->ntrain : 1) * sizeof *out->train);
@@ -220,24 +250,7 @@ int ml_split(const ml_raw_t *raw, size_t n, ml_data_t *out, char *err,
         set_err(err, errlen, "out of memory for the split");
         goto out;
     }
-    size_t it = 0, iv = 0;
-    for (size_t a = 0; a < nk;) {
-        size_t b = a, cut;
-
-        while (b < nk && k[b].user == k[a].user)
-            b++;
-        cut = b - a < ML_VALID_PER_USER ? a : b - ML_VALID_PER_USER;
-        for (size_t j = a; j < b; j++) {
-            ml_row_t r = {k[j].user, k[j].item, k[j].label};
-
-            if (j < cut)
-                out->train[it++] = r;
-            else
-                out->valid[iv++] = r;
-        }
-        a = b;
-    }
-    assert(it == out->ntrain && iv == out->nvalid);
+    fill_split(k, nk, out);
     out->nusers = (uint32_t)nu;
     out->nitems = (uint32_t)ni;
     out->nkept = nk;
@@ -360,57 +373,133 @@ void ml_synth_config_default(ml_synth_config_t *cfg)
 
 #define SYNTH_MIN_PER_USER 20u
 
+/* The synthetic data's planted structure and its random sequence. */
+typedef struct synth {
+    const ml_synth_config_t *cfg;
+    ml_rng_t rng;
+    uint32_t *ugroup;  /* each user's group */
+    uint32_t *igroup;  /* each item's group */
+    int8_t *likes;     /* groups x groups: user group likes item group */
+    double *cdf;       /* item popularity, cumulative */
+    double acc;        /* its total */
+    uint32_t *seen;    /* u + 1 for the items user u rated */
+} synth_t;
+
+static int synth_config_ok(const ml_synth_config_t *cfg)
+{
+    uint32_t I = cfg->items, G = cfg->groups;
+    return cfg->users >= 1 && I >= SYNTH_MIN_PER_USER * 2 && G >= 1 &&
+           G <= I && cfg->mean_per_user >= SYNTH_MIN_PER_USER &&
+           cfg->mean_per_user <= I / 2 && cfg->p_match >= 0 &&
+           cfg->p_match <= 1 && cfg->p_other >= 0 && cfg->p_other <= 1 &&
+           cfg->zipf >= 0 && cfg->zipf <= 4;
+}
+
+/* Draws the planted structure: a group per user and per item, which user
+ * groups like which item groups (a random sign matrix), and Zipf-like
+ * popularity over items in index order (groups are drawn independently of
+ * it). */
+static void synth_plant(synth_t *s)
+{
+    uint32_t U = s->cfg->users, I = s->cfg->items, G = s->cfg->groups;
+    for (uint32_t u = 0; u < U; u++)
+        s->ugroup[u] = (uint32_t)ml_rng_below(&s->rng, G);
+    for (uint32_t i = 0; i < I; i++)
+        s->igroup[i] = (uint32_t)ml_rng_below(&s->rng, G);
+    for (size_t g = 0; g < (size_t)G * G; g++)
+        s->likes[g] = ml_rng_unif(&s->rng) < 0.5;
+    s->acc = 0;
+    for (uint32_t i = 0; i < I; i++) {
+        s->acc += pow((double)i + 1.0, -s->cfg->zipf);
+        s->cdf[i] = s->acc;
+    }
+}
+
+/* An item drawn by popularity. */
+static uint32_t synth_item(synth_t *s)
+{
+    double x = ml_rng_unif(&s->rng) * s->acc;
+    size_t lo = 0, hi = s->cfg->items - 1;
+
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+
+        if (s->cdf[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return (uint32_t)lo;
+}
+
+/* User u's count ratings, of distinct items, into v. */
+static void synth_user(synth_t *s, uint32_t u, uint32_t count, ml_raw_t *v)
+{
+    int64_t ts = 874000000 + (int64_t)ml_rng_below(&s->rng, 1000000);
+
+    for (uint32_t j = 0; j < count; j++) {
+        uint32_t it;
+
+        /* Redraw an item already rated. */
+        do {
+            it = synth_item(s);
+        } while (s->seen[it] == u + 1);
+        s->seen[it] = u + 1;
+
+        int like = s->likes[(size_t)s->ugroup[u] * s->cfg->groups +
+                            s->igroup[it]];
+        double p = like ? s->cfg->p_match : s->cfg->p_other;
+
+        ts += 1 + (int64_t)ml_rng_below(&s->rng, 3600);
+        v[j].user = u + 1;
+        v[j].item = it + 1;
+        v[j].rating = ml_rng_unif(&s->rng) < p ? 5 : 1;
+        v[j].timestamp = ts;
+    }
+}
+
+/* Interleaves users in "file order", as a log of events would. */
+static void shuffle_raw(ml_raw_t *v, size_t len, ml_rng_t *rng)
+{
+    for (size_t i = len; i > 1; i--) {
+        size_t j = (size_t)ml_rng_below(rng, i);
+        ml_raw_t t = v[i - 1];
+
+        v[i - 1] = v[j];
+        v[j] = t;
+    }
+}
+
 int ml_synth_raw(const ml_synth_config_t *cfg, uint64_t seed, ml_raw_t **raw,
                  size_t *n, char *err, size_t errlen)
 {
-    ml_rng_t rng;
     uint32_t U = cfg->users, I = cfg->items, G = cfg->groups;
-    uint32_t *ugroup = NULL, *igroup = NULL, *seen = NULL, *count = NULL;
-    double *cdf = NULL;
-    int8_t *likes = NULL;
+    synth_t s = {.cfg = cfg};
+    uint32_t *count = NULL;
     ml_raw_t *v = NULL;
     size_t total = 0;
     int rc = -1;
 
     *raw = NULL;
     *n = 0;
-    if (U < 1 || I < SYNTH_MIN_PER_USER * 2 || G < 1 || G > I ||
-        cfg->mean_per_user < SYNTH_MIN_PER_USER ||
-        cfg->mean_per_user > I / 2 || !(cfg->p_match >= 0 &&
-        cfg->p_match <= 1) || !(cfg->p_other >= 0 && cfg->p_other <= 1) ||
-        !(cfg->zipf >= 0 && cfg->zipf <= 4)) {
+    if (!synth_config_ok(cfg)) {
         set_err(err, errlen, "bad synthetic config");
         return -1;
     }
-    ml_rng_seed(&rng, seed ^ 0x5eed5eed5eedull);
-    ugroup = malloc(U * sizeof *ugroup);
-    igroup = malloc(I * sizeof *igroup);
-    seen = calloc(I, sizeof *seen);
+    ml_rng_seed(&s.rng, seed ^ 0x5eed5eed5eedull);
+    s.ugroup = malloc(U * sizeof *s.ugroup);
+    s.igroup = malloc(I * sizeof *s.igroup);
+    s.seen = calloc(I, sizeof *s.seen);
     count = malloc(U * sizeof *count);
-    cdf = malloc(I * sizeof *cdf);
-    likes = malloc((size_t)G * G);
-    if (!ugroup || !igroup || !seen || !count || !cdf || !likes)
+    s.cdf = malloc(I * sizeof *s.cdf);
+    s.likes = malloc((size_t)G * G);
+    if (!s.ugroup || !s.igroup || !s.seen || !count || !s.cdf || !s.likes)
         goto nomem;
-
-    /* Planted structure: a group per user and per item, and which user
-     * groups like which item groups (a random sign matrix). */
-    for (uint32_t u = 0; u < U; u++)
-        ugroup[u] = (uint32_t)ml_rng_below(&rng, G);
-    for (uint32_t i = 0; i < I; i++)
-        igroup[i] = (uint32_t)ml_rng_below(&rng, G);
-    for (size_t g = 0; g < (size_t)G * G; g++)
-        likes[g] = ml_rng_unif(&rng) < 0.5;
-
-    /* Zipf-like popularity over items in index order (groups are drawn
-     * independently of it). */
-    double acc = 0;
-    for (uint32_t i = 0; i < I; i++) {
-        acc += pow((double)i + 1.0, -cfg->zipf);
-        cdf[i] = acc;
-    }
+    synth_plant(&s);
     for (uint32_t u = 0; u < U; u++) {
         double extra = cfg->mean_per_user - SYNTH_MIN_PER_USER;
-        double c = SYNTH_MIN_PER_USER - log(1.0 - ml_rng_unif(&rng)) * extra;
+        double c =
+            SYNTH_MIN_PER_USER - log(1.0 - ml_rng_unif(&s.rng)) * extra;
 
         if (c > I / 2.0)
             c = I / 2.0;
@@ -420,51 +509,12 @@ int ml_synth_raw(const ml_synth_config_t *cfg, uint64_t seed, ml_raw_t **raw,
     v = malloc(total * sizeof *v);
     if (!v)
         goto nomem;
-
     size_t len = 0;
     for (uint32_t u = 0; u < U; u++) {
-        int64_t ts = 874000000 + (int64_t)ml_rng_below(&rng, 1000000);
-
-        for (uint32_t j = 0; j < count[u]; j++) {
-            uint32_t it;
-
-            /* Distinct items per user: redraw an item already rated
-             * (seen[] holds u + 1 for the items of user u). */
-            do {
-                double x = ml_rng_unif(&rng) * acc;
-                size_t lo = 0, hi = I - 1;
-
-                while (lo < hi) {
-                    size_t mid = (lo + hi) / 2;
-
-                    if (cdf[mid] < x)
-                        lo = mid + 1;
-                    else
-                        hi = mid;
-                }
-                it = (uint32_t)lo;
-            } while (seen[it] == u + 1);
-            seen[it] = u + 1;
-
-            int like = likes[(size_t)ugroup[u] * G + igroup[it]];
-            double p = like ? cfg->p_match : cfg->p_other;
-
-            ts += 1 + (int64_t)ml_rng_below(&rng, 3600);
-            v[len].user = u + 1;
-            v[len].item = it + 1;
-            v[len].rating = ml_rng_unif(&rng) < p ? 5 : 1;
-            v[len].timestamp = ts;
-            len++;
-        }
+        synth_user(&s, u, count[u], v + len);
+        len += count[u];
     }
-    /* Interleave users in "file order", as a log of events would. */
-    for (size_t i = len; i > 1; i--) {
-        size_t j = (size_t)ml_rng_below(&rng, i);
-        ml_raw_t t = v[i - 1];
-
-        v[i - 1] = v[j];
-        v[j] = t;
-    }
+    shuffle_raw(v, len, &s.rng);
     *raw = v;
     *n = len;
     v = NULL;
@@ -474,12 +524,12 @@ nomem:
     set_err(err, errlen, "out of memory generating synthetic data");
 out:
     free(v);
-    free(ugroup);
-    free(igroup);
-    free(seen);
+    free(s.ugroup);
+    free(s.igroup);
+    free(s.seen);
     free(count);
-    free(cdf);
-    free(likes);
+    free(s.cdf);
+    free(s.likes);
     return rc;
 }
 

@@ -168,47 +168,150 @@ static double parse_f(const char *name, const char *s, double lo, double hi)
     return v;
 }
 
+/* The options (getopt_long codes past any character). */
+enum {
+    O_ADDR = 256, O_DATA, O_SYN, O_KIND, O_PPD, O_SEED, O_EPOCHS, O_TSV,
+    O_DIM, O_CHUNKS, O_BATCH, O_LR, O_WD, O_CFRAC, O_CITERS, O_CSAMPLE,
+    O_RESET, O_NORESET, O_CTOL, O_DENSE, O_INIT, O_PREFIX, O_TOKEN,
+    O_ADMIN, O_QUIET, O_KEEP, O_HELP, O_ADMIT, O_EVICT
+};
+static const struct option long_opts[] = {
+    {"addr", required_argument, 0, O_ADDR},
+    {"data", required_argument, 0, O_DATA},
+    {"synthetic", no_argument, 0, O_SYN},
+    {"kind", required_argument, 0, O_KIND},
+    {"ppd", required_argument, 0, O_PPD},
+    {"seed", required_argument, 0, O_SEED},
+    {"epochs", required_argument, 0, O_EPOCHS},
+    {"tsv", required_argument, 0, O_TSV},
+    {"dim", required_argument, 0, O_DIM},
+    {"chunks", required_argument, 0, O_CHUNKS},
+    {"batch", required_argument, 0, O_BATCH},
+    {"lr", required_argument, 0, O_LR},
+    {"weight-decay", required_argument, 0, O_WD},
+    {"cluster-frac", required_argument, 0, O_CFRAC},
+    {"cluster-iters", required_argument, 0, O_CITERS},
+    {"cluster-sample", required_argument, 0, O_CSAMPLE},
+    {"reset-optimizer", no_argument, 0, O_RESET},
+    {"no-reset-optimizer", no_argument, 0, O_NORESET},
+    {"cluster-tol", required_argument, 0, O_CTOL},
+    {"dense", no_argument, 0, O_DENSE},
+    {"init-scale", required_argument, 0, O_INIT},
+    {"table-prefix", required_argument, 0, O_PREFIX},
+    {"token-file", required_argument, 0, O_TOKEN},
+    {"admin-token-file", required_argument, 0, O_ADMIN},
+    {"quiet", no_argument, 0, O_QUIET},
+    {"keep", no_argument, 0, O_KEEP},
+    {"admit-after", required_argument, 0, O_ADMIT},
+    {"evict-after-phases", required_argument, 0, O_EVICT},
+    {"help", no_argument, 0, O_HELP},
+    {0, 0, 0, 0},
+};
+
+/* The required options given so far (set_option's *have). */
+enum { HAVE_KIND = 1, HAVE_PPD = 2, HAVE_SEED = 4 };
+
+/* One option from getopt_long into o; exits on a bad value, on --help and
+ * on an unknown option. */
+static void set_option(opts_t *o, int c, int *have)
+{
+    switch (c) {
+    case O_ADDR: o->addr = optarg; break;
+    case O_DATA: o->data = optarg; break;
+    case O_SYN: o->synthetic = 1; break;
+    case O_KIND:
+        if (cqrps_kind_parse(optarg, &o->kind) != 0)
+            die_usage("--kind: expected full, hash, ce or cqr, got '%s'",
+                      optarg);
+        *have |= HAVE_KIND;
+        break;
+    case O_PPD:
+        o->ppd = (uint32_t)parse_u64("ppd", optarg, 1, 1u << 24);
+        *have |= HAVE_PPD;
+        break;
+    case O_SEED:
+        o->seed = parse_u64("seed", optarg, 0, UINT64_MAX);
+        *have |= HAVE_SEED;
+        break;
+    case O_EPOCHS:
+        o->epochs = (uint32_t)parse_u64("epochs", optarg, 1, 100000);
+        break;
+    case O_TSV: o->tsv = optarg; break;
+    case O_DIM: o->dim = (uint32_t)parse_u64("dim", optarg, 1, 4096); break;
+    case O_CHUNKS:
+        o->chunks = (uint32_t)parse_u64("chunks", optarg, 1, 256);
+        break;
+    case O_BATCH:
+        o->batch = (uint32_t)parse_u64("batch", optarg, 1, 1u << 20);
+        break;
+    case O_LR: o->lr = (float)parse_f("lr", optarg, 1e-9, 10); break;
+    case O_WD:
+        o->weight_decay = (float)parse_f("weight-decay", optarg, 0, 10);
+        break;
+    case O_CFRAC:
+        o->cluster_frac = parse_f("cluster-frac", optarg, 0, 1);
+        break;
+    case O_CITERS:
+        o->cluster_iters = (uint32_t)parse_u64("cluster-iters", optarg, 1,
+                                               100000);
+        break;
+    case O_CSAMPLE:
+        o->cluster_sample = (uint32_t)parse_u64("cluster-sample", optarg,
+                                                1, 1000000);
+        break;
+    case O_RESET: o->reset_optimizer = CQRPS_ON; break;
+    case O_NORESET: o->reset_optimizer = CQRPS_OFF; break;
+    case O_CTOL:
+        o->cluster_tol = (float)parse_f("cluster-tol", optarg, 0, 0.999);
+        if (o->cluster_tol == 0)
+            o->cluster_tol = -1; /* every iteration, on the wire */
+        break;
+    case O_DENSE: o->dense = 1; break;
+    case O_ADMIT:
+        o->admit_after = (uint32_t)parse_u64("admit-after", optarg, 0,
+                                             255);
+        break;
+    case O_EVICT:
+        o->evict_after = (uint32_t)parse_u64("evict-after-phases",
+                                             optarg, 0, 1000000);
+        break;
+    case O_INIT:
+        o->init_scale = (float)parse_f("init-scale", optarg, 1e-9, 1000);
+        break;
+    case O_PREFIX: o->prefix = optarg; break;
+    case O_TOKEN: o->token_file = optarg; break;
+    case O_ADMIN: o->admin_token_file = optarg; break;
+    case O_QUIET: o->quiet = 1; break;
+    case O_KEEP: o->keep = 1; break;
+    case O_HELP: usage(stdout); exit(0);
+    default:
+        fputs("(cqrps-train-gmf --help for the options)\n", stderr);
+        exit(2);
+    }
+}
+
+/* What the options must say together; exits with the reason if not. */
+static void check_opts(const opts_t *o, int argc, char **argv, int have)
+{
+    if (optind != argc)
+        die_usage("unexpected argument '%s'", argv[optind]);
+    if (!o->addr)
+        die_usage("--addr is required");
+    if (!o->data == !o->synthetic)
+        die_usage("give exactly one of --data PATH and --synthetic");
+    if (have != (HAVE_KIND | HAVE_PPD | HAVE_SEED))
+        die_usage("--kind, --ppd and --seed are required");
+    if (o->kind == CQRPS_KIND_CE || o->kind == CQRPS_KIND_CQR) {
+        if (o->ppd < 2)
+            die_usage("--ppd must be at least 2 for ce and cqr (P/2 rows)");
+        if (o->dim % o->chunks)
+            die_usage("--chunks must divide --dim");
+    }
+}
+
 static void parse_args(int argc, char **argv, opts_t *o)
 {
-    enum {
-        O_ADDR = 256, O_DATA, O_SYN, O_KIND, O_PPD, O_SEED, O_EPOCHS, O_TSV,
-        O_DIM, O_CHUNKS, O_BATCH, O_LR, O_WD, O_CFRAC, O_CITERS, O_CSAMPLE,
-        O_RESET, O_NORESET, O_CTOL, O_DENSE, O_INIT, O_PREFIX, O_TOKEN,
-        O_ADMIN, O_QUIET, O_KEEP, O_HELP, O_ADMIT, O_EVICT
-    };
-    static const struct option lo[] = {
-        {"addr", required_argument, 0, O_ADDR},
-        {"data", required_argument, 0, O_DATA},
-        {"synthetic", no_argument, 0, O_SYN},
-        {"kind", required_argument, 0, O_KIND},
-        {"ppd", required_argument, 0, O_PPD},
-        {"seed", required_argument, 0, O_SEED},
-        {"epochs", required_argument, 0, O_EPOCHS},
-        {"tsv", required_argument, 0, O_TSV},
-        {"dim", required_argument, 0, O_DIM},
-        {"chunks", required_argument, 0, O_CHUNKS},
-        {"batch", required_argument, 0, O_BATCH},
-        {"lr", required_argument, 0, O_LR},
-        {"weight-decay", required_argument, 0, O_WD},
-        {"cluster-frac", required_argument, 0, O_CFRAC},
-        {"cluster-iters", required_argument, 0, O_CITERS},
-        {"cluster-sample", required_argument, 0, O_CSAMPLE},
-        {"reset-optimizer", no_argument, 0, O_RESET},
-        {"no-reset-optimizer", no_argument, 0, O_NORESET},
-        {"cluster-tol", required_argument, 0, O_CTOL},
-        {"dense", no_argument, 0, O_DENSE},
-        {"init-scale", required_argument, 0, O_INIT},
-        {"table-prefix", required_argument, 0, O_PREFIX},
-        {"token-file", required_argument, 0, O_TOKEN},
-        {"admin-token-file", required_argument, 0, O_ADMIN},
-        {"quiet", no_argument, 0, O_QUIET},
-        {"keep", no_argument, 0, O_KEEP},
-        {"admit-after", required_argument, 0, O_ADMIT},
-        {"evict-after-phases", required_argument, 0, O_EVICT},
-        {"help", no_argument, 0, O_HELP},
-        {0, 0, 0, 0},
-    };
-    int have_kind = 0, have_ppd = 0, have_seed = 0, c;
+    int have = 0, c;
 
     memset(o, 0, sizeof *o);
     o->epochs = 10;
@@ -218,95 +321,9 @@ static void parse_args(int argc, char **argv, opts_t *o)
     o->lr = 1e-3f;
     o->weight_decay = 0.01f;
     o->cluster_frac = 0.75;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        switch (c) {
-        case O_ADDR: o->addr = optarg; break;
-        case O_DATA: o->data = optarg; break;
-        case O_SYN: o->synthetic = 1; break;
-        case O_KIND:
-            if (cqrps_kind_parse(optarg, &o->kind) != 0)
-                die_usage("--kind: expected full, hash, ce or cqr, got '%s'",
-                          optarg);
-            have_kind = 1;
-            break;
-        case O_PPD:
-            o->ppd = (uint32_t)parse_u64("ppd", optarg, 1, 1u << 24);
-            have_ppd = 1;
-            break;
-        case O_SEED:
-            o->seed = parse_u64("seed", optarg, 0, UINT64_MAX);
-            have_seed = 1;
-            break;
-        case O_EPOCHS:
-            o->epochs = (uint32_t)parse_u64("epochs", optarg, 1, 100000);
-            break;
-        case O_TSV: o->tsv = optarg; break;
-        case O_DIM: o->dim = (uint32_t)parse_u64("dim", optarg, 1, 4096); break;
-        case O_CHUNKS:
-            o->chunks = (uint32_t)parse_u64("chunks", optarg, 1, 256);
-            break;
-        case O_BATCH:
-            o->batch = (uint32_t)parse_u64("batch", optarg, 1, 1u << 20);
-            break;
-        case O_LR: o->lr = (float)parse_f("lr", optarg, 1e-9, 10); break;
-        case O_WD:
-            o->weight_decay = (float)parse_f("weight-decay", optarg, 0, 10);
-            break;
-        case O_CFRAC:
-            o->cluster_frac = parse_f("cluster-frac", optarg, 0, 1);
-            break;
-        case O_CITERS:
-            o->cluster_iters = (uint32_t)parse_u64("cluster-iters", optarg, 1,
-                                                   100000);
-            break;
-        case O_CSAMPLE:
-            o->cluster_sample = (uint32_t)parse_u64("cluster-sample", optarg,
-                                                    1, 1000000);
-            break;
-        case O_RESET: o->reset_optimizer = CQRPS_ON; break;
-        case O_NORESET: o->reset_optimizer = CQRPS_OFF; break;
-        case O_CTOL:
-            o->cluster_tol = (float)parse_f("cluster-tol", optarg, 0, 0.999);
-            if (o->cluster_tol == 0)
-                o->cluster_tol = -1; /* every iteration, on the wire */
-            break;
-        case O_DENSE: o->dense = 1; break;
-        case O_ADMIT:
-            o->admit_after = (uint32_t)parse_u64("admit-after", optarg, 0,
-                                                 255);
-            break;
-        case O_EVICT:
-            o->evict_after = (uint32_t)parse_u64("evict-after-phases",
-                                                 optarg, 0, 1000000);
-            break;
-        case O_INIT:
-            o->init_scale = (float)parse_f("init-scale", optarg, 1e-9, 1000);
-            break;
-        case O_PREFIX: o->prefix = optarg; break;
-        case O_TOKEN: o->token_file = optarg; break;
-        case O_ADMIN: o->admin_token_file = optarg; break;
-        case O_QUIET: o->quiet = 1; break;
-        case O_KEEP: o->keep = 1; break;
-        case O_HELP: usage(stdout); exit(0);
-        default:
-            fputs("(cqrps-train-gmf --help for the options)\n", stderr);
-            exit(2);
-        }
-    }
-    if (optind != argc)
-        die_usage("unexpected argument '%s'", argv[optind]);
-    if (!o->addr)
-        die_usage("--addr is required");
-    if (!o->data == !o->synthetic)
-        die_usage("give exactly one of --data PATH and --synthetic");
-    if (!have_kind || !have_ppd || !have_seed)
-        die_usage("--kind, --ppd and --seed are required");
-    if (o->kind == CQRPS_KIND_CE || o->kind == CQRPS_KIND_CQR) {
-        if (o->ppd < 2)
-            die_usage("--ppd must be at least 2 for ce and cqr (P/2 rows)");
-        if (o->dim % o->chunks)
-            die_usage("--chunks must divide --dim");
-    }
+    while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1)
+        set_option(o, c, &have);
+    check_opts(o, argc, argv, have);
 }
 
 /* A secret from `path`, else from $env (cqrps_secret_load); prints why it

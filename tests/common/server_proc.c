@@ -68,11 +68,12 @@ static int exit_code(const cqr_test_server_t *s)
     return -1;
 }
 
-int cqr_test_server_start_at(cqr_test_server_t *s, const char *listen,
-                             const char *const *args, int timeout_ms)
+/* Starts the binary with argv (NULL-terminated), its stdout on a pipe
+ * (s->out_fd) and its stderr in a temporary file (s->err_path); the child
+ * dies with this thread (PR_SET_PDEATHSIG). 0, or -1 with the reason on
+ * stderr. */
+static int spawn(cqr_test_server_t *s, const char *const *argv)
 {
-    memset(s, 0, sizeof(*s));
-    s->out_fd = -1;
     snprintf(s->err_path, sizeof(s->err_path), "/tmp/cqr-test-srv-XXXXXX");
     int errfd = mkstemp(s->err_path);
     if (errfd < 0) {
@@ -85,15 +86,6 @@ int cqr_test_server_start_at(cqr_test_server_t *s, const char *listen,
         close(errfd);
         return -1;
     }
-    const char *argv[MAX_ARGS + 4];
-    int argc = 0;
-    argv[argc++] = CQR_SERVER_BIN;
-    argv[argc++] = "--listen";
-    argv[argc++] = listen;
-    for (int i = 0; args && args[i] && argc < MAX_ARGS + 3; i++)
-        argv[argc++] = args[i];
-    argv[argc] = NULL;
-
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
@@ -117,8 +109,14 @@ int cqr_test_server_start_at(cqr_test_server_t *s, const char *listen,
     close(errfd);
     s->pid = pid;
     s->out_fd = pfd[0];
+    return 0;
+}
 
-    /* Read stdout until the ready line, the deadline or the child's end. */
+/* Reads the child's stdout until the ready line (port and address into
+ * s, what followed it into s->out_rest), the deadline or the child's end.
+ * 0, or -1 with the reason on stderr. */
+static int wait_ready(cqr_test_server_t *s, int timeout_ms)
+{
     char line[512];
     size_t len = 0;
     long long deadline = now_ms() + timeout_ms;
@@ -148,7 +146,7 @@ int cqr_test_server_start_at(cqr_test_server_t *s, const char *listen,
         if (left <= 0 || len == sizeof(line)) {
             fprintf(stderr, "server_proc: no ready line from %s within %d "
                             "ms\n", CQR_SERVER_BIN, timeout_ms);
-            break;
+            return -1;
         }
         struct pollfd p = { s->out_fd, POLLIN, 0 };
         int rc = poll(&p, 1, (int)left);
@@ -162,10 +160,29 @@ int cqr_test_server_start_at(cqr_test_server_t *s, const char *listen,
         if (n <= 0) {
             fprintf(stderr, "server_proc: %s closed stdout before its "
                             "ready line\n", CQR_SERVER_BIN);
-            break;
+            return -1;
         }
         len += (size_t)n;
     }
+}
+
+int cqr_test_server_start_at(cqr_test_server_t *s, const char *listen,
+                             const char *const *args, int timeout_ms)
+{
+    memset(s, 0, sizeof(*s));
+    s->out_fd = -1;
+    const char *argv[MAX_ARGS + 4];
+    int argc = 0;
+    argv[argc++] = CQR_SERVER_BIN;
+    argv[argc++] = "--listen";
+    argv[argc++] = listen;
+    for (int i = 0; args && args[i] && argc < MAX_ARGS + 3; i++)
+        argv[argc++] = args[i];
+    argv[argc] = NULL;
+    if (spawn(s, argv) != 0)
+        return -1;
+    if (wait_ready(s, timeout_ms) == 0)
+        return 0;
     cqr_test_server_dump(s, 4096);
     cqr_test_server_signal(s, SIGKILL);
     reap(s, 1);

@@ -194,20 +194,13 @@ static void expect_decline(const uint8_t *body, size_t n)
 #define SUB(op, ...) expect_decline_sub(op, BYTES(__VA_ARGS__))
 #define BODY(...) expect_decline(BYTES(__VA_ARGS__))
 
-START_TEST(test_decline_odd_input)
+/* Bytes that are no Lookup or Push the decoder reads at the Request
+ * level: other operations, repeats, unknown fields, wrong wire types,
+ * odd varints and lengths. */
+static void decline_odd_requests(void)
 {
-    const uint32_t L = CQR_WIRE_LOOKUP, P = CQR_WIRE_PUSH;
-    /* The plain case is taken, so the declines below are about the odd
-     * part. */
-    const uint8_t ok[] = {0x0a, 1, 't', 0x12, 8, 1, 0, 0, 0, 0, 0, 0, 0,
-                          0x1a, 2, 0, 1, 0x20, 1};
-    uint8_t buf[64];
-    size_t len = wrap(buf, L, ok, sizeof ok);
-    ck_assert_int_eq(check_bytes(buf, len), 1);
-
     /* Not a Lookup or Push at all. */
     expect_decline(NULL, 0);
-    expect_decline(buf, 0);
     BODY(0x08, 0x05);                        /* only an id */
     BODY(0x52, 0x00);                        /* Hello {} */
     BODY(0x6a, 0x00);                        /* ListTables {} */
@@ -231,8 +224,13 @@ START_TEST(test_decline_odd_input)
     BODY(0x7a, 5, 0x0a, 1, 't');             /* Lookup runs past the end */
     BODY(0x7a, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00); /* 6-byte length */
     BODY(0x7a);                              /* no length */
+}
 
-    /* Inside Lookup and Push. */
+/* Lookup and Push bodies the decoder declines: repeated, unknown or
+ * mistyped fields, odd parts, bad ids, offsets, pooling and names. */
+static void decline_odd_bodies(void)
+{
+    const uint32_t L = CQR_WIRE_LOOKUP, P = CQR_WIRE_PUSH;
     SUB(L, 0x0a, 1, 't', 0x0a, 1, 't');      /* table twice */
     SUB(L, 0x12, 0, 0x12, 0);                /* ids twice (concatenated) */
     SUB(L, 0x1a, 0, 0x1a, 0);                /* offsets twice */
@@ -271,13 +269,19 @@ START_TEST(test_decline_odd_input)
     SUB(L, 0x0a, 1, 0x7f);                   /* DEL */
     SUB(L, 0x0a, 5, 't');                    /* name runs past the end */
     SUB(L, 0x12, 0x80);                      /* length cut short */
+}
 
+/* What the decoder takes at the edges: the longest name, and what
+ * protobuf-c reads the same way. */
+static void take_edge_cases(void)
+{
+    const uint32_t L = CQR_WIRE_LOOKUP;
     /* A name of CQR_NAME_MAX bytes is taken, one more is declined. */
     uint8_t sub[200], big[256];
     sub[0] = 0x0a;
     size_t h = 1 + cqr_varint_put(sub + 1, CQR_NAME_MAX);
     memset(sub + h, 'n', CQR_NAME_MAX + 1);
-    len = wrap(big, L, sub, h + CQR_NAME_MAX);
+    size_t len = wrap(big, L, sub, h + CQR_NAME_MAX);
     ck_assert_int_eq(check_bytes(big, len), 1);
     h = 1 + cqr_varint_put(sub + 1, CQR_NAME_MAX + 1);
     expect_decline_sub(L, sub, h + CQR_NAME_MAX + 1);
@@ -298,6 +302,22 @@ START_TEST(test_decline_odd_input)
     cqr_wire_data_t d;
     ck_assert_int_eq(cqr_wire_decode_data(id_max, sizeof id_max, &d), 1);
     ck_assert_uint_eq(d.id, UINT64_MAX);
+}
+
+START_TEST(test_decline_odd_input)
+{
+    /* The plain case is taken, so the declines below are about the odd
+     * part. */
+    const uint8_t ok[] = {0x0a, 1, 't', 0x12, 8, 1, 0, 0, 0, 0, 0, 0, 0,
+                          0x1a, 2, 0, 1, 0x20, 1};
+    uint8_t buf[64];
+    size_t len = wrap(buf, CQR_WIRE_LOOKUP, ok, sizeof ok);
+    ck_assert_int_eq(check_bytes(buf, len), 1);
+    expect_decline(buf, 0);
+
+    decline_odd_requests();
+    decline_odd_bodies();
+    take_edge_cases();
 }
 END_TEST
 

@@ -761,6 +761,96 @@ static int init_plusplus_sub(fit_t *f, const km_pool_t *pool, cqr_rng_t *rng,
     return rc;
 }
 
+/* The points k-means++ seeds from: all n, or a subsample of
+ * KM_SEED_PER_CENTROID per centroid (at least KM_SEED_MIN). */
+static size_t seed_count(int plusplus, size_t n, size_t k)
+{
+    size_t nseed = n;
+    if (plusplus && k <= SIZE_MAX / KM_SEED_PER_CENTROID) {
+        size_t m = k * KM_SEED_PER_CENTROID;
+        m = m < KM_SEED_MIN ? KM_SEED_MIN : m;
+        nseed = m < n ? m : n;
+    }
+    return nseed;
+}
+
+/* Allocates what a fit works in: f's arrays (xt when transpose), the
+ * centroid layout, the per-thread scratch, the pool and the seeding
+ * subsample (when nseed < n). CQR_ENOMEM leaves the rest to fit_free. */
+static int fit_alloc(fit_t *f, km_cents_t *ct, km_pool_t *pool, float **sub,
+                     size_t nseed, int transpose, uint32_t nthreads)
+{
+    const size_t n = f->n, d = f->d, k = f->k, npad = (n + 7) / 8 * 8;
+    f->assign = malloc(npad * sizeof *f->assign);
+    f->dist2 = malloc(npad * sizeof *f->dist2);
+    f->bsum = malloc(KM_NBLOCKS(n) * sizeof *f->bsum);
+    f->perm = malloc(n * sizeof *f->perm);
+    f->off = malloc((k + 1) * sizeof *f->off);
+    f->cc = malloc(k * sizeof *f->cc);
+    f->xt = transpose ? malloc(npad * d * sizeof(float)) : NULL;
+    *sub = nseed < n ? malloc(nseed * d * sizeof(float)) : NULL;
+    if (!f->assign || !f->dist2 || !f->bsum || !f->perm || !f->off ||
+        !f->cc || (transpose && !f->xt) || (nseed < n && !*sub) ||
+        cents_alloc(ct, k, d) ||
+        !(f->ws = ws_alloc(nthreads, d, ct->ldt)) || pool_init(pool, nthreads))
+        return CQR_ENOMEM;
+    return 0;
+}
+
+static void fit_free(fit_t *f, km_cents_t *ct, km_pool_t *pool, float *sub)
+{
+    pool_destroy(pool);
+    free(sub);
+    free(f->ws);
+    cents_free(ct);
+    free(f->xt);
+    free(f->cc);
+    free(f->off);
+    free(f->perm);
+    free(f->bsum);
+    free(f->dist2);
+    free(f->assign);
+}
+
+/* Seeds the centroids: k-means++ (on the subsample sub of nseed points
+ * when nseed < n) or k distinct random points. */
+static int seed_centroids(fit_t *f, const km_pool_t *pool, cqr_rng_t *rng,
+                          const cqr_kmeans_params_t *p, int plusplus,
+                          size_t nseed, float *sub)
+{
+    if (plusplus && nseed < f->n)
+        return init_plusplus_sub(f, pool, rng, p->cancel, nseed, sub);
+    if (plusplus)
+        return init_plusplus(f, pool, rng, p->cancel);
+    init_random(f, rng);
+    return 0;
+}
+
+/* Lloyd iterations from seeded centroids of inertia `in`, at most
+ * p->iters and until a cancel: update, then assign against the new
+ * centroids, so the reported inertia is exact and the last pass is the
+ * final assignment. Lloyd never raises the inertia (re-seeding an empty
+ * cluster lowers it too), so a small relative decrease means the
+ * centroids have settled (*converged). Returns the last inertia; *iters
+ * counts the iterations run. */
+static double lloyd(fit_t *f, assign_job_t *job, km_cents_t *ct,
+                    const km_pool_t *pool, const cqr_kmeans_params_t *p,
+                    double in, uint32_t *iters, int *converged)
+{
+    for (uint32_t it = 1; it <= p->iters && !cancelled(p->cancel); it++) {
+        double prev = in;
+        update_centroids(f, pool);
+        in = assign_pass(job, ct, pool, f->c);
+        *iters = it;
+        report(p, it, in);
+        if (p->tol > 0 && !(prev - in > p->tol * prev)) {
+            *converged = 1;
+            break;
+        }
+    }
+    return in;
+}
+
 int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
                    size_t k, const cqr_kmeans_params_t *p, float *centroids,
                    uint32_t *assign, cqr_kmeans_result_t *res)
@@ -775,36 +865,17 @@ int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
         return rc;
 
     const uint32_t nthreads = clamp_threads(p->threads, n);
-    const size_t npad = (n + 7) / 8 * 8;
     const int plusplus = p->init == CQR_KMEANS_INIT_PLUSPLUS && n > k;
     const int transpose = plusplus && cqr_km_have_avx2();
-    size_t nseed = n;
-    if (plusplus && k <= SIZE_MAX / KM_SEED_PER_CENTROID) {
-        size_t m = k * KM_SEED_PER_CENTROID;
-        m = m < KM_SEED_MIN ? KM_SEED_MIN : m;
-        nseed = m < n ? m : n;
-    }
+    const size_t nseed = seed_count(plusplus, n, k);
     fit_t f = {.x = x, .n = n, .d = d, .xs = xstride, .k = k,
                .c = centroids};
     km_cents_t ct = {0};
     km_pool_t pool = {0};
     float *sub = NULL;
-
-    rc = CQR_ENOMEM;
-    f.assign = malloc(npad * sizeof *f.assign);
-    f.dist2 = malloc(npad * sizeof *f.dist2);
-    f.bsum = malloc(KM_NBLOCKS(n) * sizeof *f.bsum);
-    f.perm = malloc(n * sizeof *f.perm);
-    f.off = malloc((k + 1) * sizeof *f.off);
-    f.cc = malloc(k * sizeof *f.cc);
-    f.xt = transpose ? malloc(npad * d * sizeof(float)) : NULL;
-    sub = nseed < n ? malloc(nseed * d * sizeof(float)) : NULL;
-    if (!f.assign || !f.dist2 || !f.bsum || !f.perm || !f.off || !f.cc ||
-        (transpose && !f.xt) || (nseed < n && !sub) ||
-        cents_alloc(&ct, k, d) ||
-        !(f.ws = ws_alloc(nthreads, d, ct.ldt)) || pool_init(&pool, nthreads))
+    rc = fit_alloc(&f, &ct, &pool, &sub, nseed, transpose, nthreads);
+    if (rc)
         goto out;
-    rc = 0;
 
     /* Nothing fails past this point but a cancel, so outputs are written
      * only now. */
@@ -829,32 +900,11 @@ int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
         converged = 1;
         report(p, p->iters, in);
     } else {
-        if (plusplus && nseed < n)
-            rc = init_plusplus_sub(&f, &pool, &rng, p->cancel, nseed, sub);
-        else if (plusplus)
-            rc = init_plusplus(&f, &pool, &rng, p->cancel);
-        else
-            init_random(&f, &rng);
+        rc = seed_centroids(&f, &pool, &rng, p, plusplus, nseed, sub);
         if (rc)
             goto out;
         in = assign_pass(&job, &ct, &pool, centroids);
-        /* Update, then assign against the new centroids: the reported
-         * inertia is exact and the last pass is the final assignment.
-         * Lloyd never raises the inertia (re-seeding an empty cluster
-         * lowers it too), so a small relative decrease means the
-         * centroids have settled. */
-        for (uint32_t it = 1; it <= p->iters && !cancelled(p->cancel);
-             it++) {
-            double prev = in;
-            update_centroids(&f, &pool);
-            in = assign_pass(&job, &ct, &pool, centroids);
-            iters = it;
-            report(p, it, in);
-            if (p->tol > 0 && !(prev - in > p->tol * prev)) {
-                converged = 1;
-                break;
-            }
-        }
+        in = lloyd(&f, &job, &ct, &pool, p, in, &iters, &converged);
     }
     if (cancelled(p->cancel)) {
         rc = CQR_ECANCELED;
@@ -866,16 +916,6 @@ int cqr_kmeans_fit(const float *x, size_t n, size_t d, size_t xstride,
         *res = (cqr_kmeans_result_t){.inertia = in, .iters = iters,
                                      .converged = converged};
 out:
-    pool_destroy(&pool);
-    free(sub);
-    free(f.ws);
-    cents_free(&ct);
-    free(f.xt);
-    free(f.cc);
-    free(f.off);
-    free(f.perm);
-    free(f.bsum);
-    free(f.dist2);
-    free(f.assign);
+    fit_free(&f, &ct, &pool, sub);
     return rc;
 }

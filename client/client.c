@@ -342,6 +342,13 @@ int cq_connect_all(cqrps_client_t *c, cq_op_t *op)
     return 0;
 }
 
+void cq_start_done(cqrps_client_t *c, cq_op_t *op, int rc)
+{
+    if (rc < 0)
+        cq_op_error(op, rc, "%s", cqrps_strerror(rc));
+    cq_pump(&c->net, NULL);
+}
+
 /* ---- Generic RPC ------------------------------------------------------- */
 
 int cq_rpc_send(cqrps_client_t *c, cq_op_t *op, uint32_t s,

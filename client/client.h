@@ -87,6 +87,11 @@ int cq_call_ticket(cqrps_client_t *c, cq_start_fn start, const void *call,
  * on op (the wait reports it, like any later failure) and returns it. */
 int cq_connect_all(cqrps_client_t *c, cq_op_t *op);
 
+/* The end of starting a data operation: records rc (a failed enqueue,
+ * 0 for none) on op, for the wait to report, and writes what was queued
+ * (the queue may point into the caller's arrays). */
+void cq_start_done(cqrps_client_t *c, cq_op_t *op, int rc);
+
 /* Lower level of cq_rpc, for requests that differ per shard: connects
  * shard s if needed and queues req there for op. A failure is recorded
  * on op (and returned); whatever was queued before still counts. */

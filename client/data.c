@@ -400,9 +400,7 @@ static int data_start(cqrps_client_t *c, const void *call, cq_op_t **opp)
         rc = start_sharded_bags(c, op, d);
     else
         rc = start_sharded_rows(c, op, d);
-    if (rc < 0)
-        cq_op_error(op, rc, "%s", cqrps_strerror(rc));
-    cq_pump(&c->net, NULL); /* the queue may point into the caller's arrays */
+    cq_start_done(c, op, rc);
     return 0;
 }
 

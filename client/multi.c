@@ -584,9 +584,7 @@ static int multi_start(cqrps_client_t *c, const void *call, cq_op_t **opp)
     if (cq_connect_all(c, op) < 0)
         return 0; /* reported by the wait, like any later failure */
     rc = multi_enqueue(c, m, op);
-    if (rc < 0)
-        cq_op_error(op, rc, "%s", cqrps_strerror(rc));
-    cq_pump(&c->net, NULL); /* the queue may point into the caller's arrays */
+    cq_start_done(c, op, rc);
     return 0;
 }
 

@@ -40,31 +40,10 @@
 #include "store/manifest.h"
 #include "testutil.h"
 #include "check_main.h"
+#include "rocks_files.h"
 #include "server_util.h"
 
 /* ---- Helpers ------------------------------------------------------------ */
-
-/* The newest RocksDB file of the data dir with suffix ext, into out. */
-static int newest_file(const char *ext, char *out, size_t len)
-{
-    DIR *d = opendir(dir);
-    ck_assert_ptr_nonnull(d);
-    long best = -1;
-    struct dirent *e;
-    size_t el = strlen(ext);
-    while ((e = readdir(d)) != NULL) {
-        size_t nl = strlen(e->d_name);
-        if (nl <= el || strcmp(e->d_name + nl - el, ext) != 0)
-            continue;
-        long num = strtol(e->d_name, NULL, 10);
-        if (num > best) {
-            best = num;
-            snprintf(out, len, "%s/%s", dir, e->d_name);
-        }
-    }
-    closedir(d);
-    return best >= 0;
-}
 
 /* GET path from the metrics endpoint: the status code, the body in a
  * static buffer. */
@@ -208,7 +187,7 @@ START_TEST(test_damaged_newest_starts)
     three_checkpoints(&s, &t, d);
     crash(&s);
     char blob[256];
-    ck_assert(newest_file(".blob", blob, sizeof blob));
+    ck_assert(find_file(dir, ".blob", 1, blob, sizeof blob));
     struct stat sb;
     ck_assert_int_eq(stat(blob, &sb), 0);
     int fd = open(blob, O_RDWR);

@@ -32,33 +32,10 @@
 #include "engine/table.h"
 #include "store/store.h"
 #include "check_main.h"
+#include "rocks_files.h"
 #include "store_util.h"
 
 /* ---- Files of the data dir -------------------------------------------- */
-
-/* The RocksDB file with suffix `ext` (".blob", ".sst", ".log") of the
- * highest (newest) or lowest (oldest) number into out; 0 if none. */
-static int find_file(const char *dir, const char *ext, int newest,
-                     char *out, size_t len)
-{
-    DIR *d = opendir(dir);
-    ck_assert_ptr_nonnull(d);
-    long best = -1;
-    struct dirent *e;
-    size_t el = strlen(ext);
-    while ((e = readdir(d)) != NULL) {
-        size_t nl = strlen(e->d_name);
-        if (nl <= el || strcmp(e->d_name + nl - el, ext) != 0)
-            continue;
-        long num = strtol(e->d_name, NULL, 10);
-        if (best < 0 || (newest ? num > best : num < best)) {
-            best = num;
-            snprintf(out, len, "%s/%s", dir, e->d_name);
-        }
-    }
-    closedir(d);
-    return best >= 0;
-}
 
 static long file_size(const char *path)
 {

@@ -417,6 +417,15 @@ static void run_residual(run_t *r, uint32_t i)
 }
 
 /* Chunk i: k-means, assignment, residuals. */
+/* 1 if every x[0..n) is finite and |x| <= FLT_MAX / 2. */
+static int within_half_max(const float *x, size_t n)
+{
+    int ok = 1;
+    for (size_t j = 0; j < n; j++)
+        ok &= fabsf(x[j]) <= FLT_MAX / 2;
+    return ok;
+}
+
 static int run_chunk(run_t *r, uint32_t i, double *inertia)
 {
     const uint32_t c = r->ph->t->c;
@@ -429,6 +438,15 @@ static int run_chunk(run_t *r, uint32_t i, double *inertia)
         return rc;
     run_residual(r, i);
     r->ph->res.seconds_assign += cqr_now() - t1;
+    /* A phase never publishes a value a lookup could not serve: every
+     * new codebook value within FLT_MAX / 2 (so B0 + B1 stays finite),
+     * and a finite inertia (k-means' sums overflow first). Else the phase
+     * fails and the table keeps its state (issue 14, item 5). */
+    const cqr_cbstate_t *nx = r->ph->next;
+    const size_t cb = (size_t)r->ph->t->k * r->ph->t->w;
+    if (!isfinite(*inertia) || !within_half_max(nx->cb[i].param, cb) ||
+        !within_half_max(nx->cb[c + i].param, cb))
+        return CQR_ENONFINITE;
     report(&r->pc, "residual", i, (i + 1.0) / c, *inertia);
     return 0;
 }

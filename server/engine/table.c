@@ -146,6 +146,8 @@ int cqr_table_create(const cqr_table_config_t *cfg, cqr_table_t **out)
     pthread_rwlock_init(&t->gate, &attr);
     pthread_rwlockattr_destroy(&attr);
     pthread_mutex_init(&t->plock, NULL);
+    pthread_mutex_init(&t->vb_mu, NULL);
+    t->vb = -1.0; /* unknown: the first push scans the initial values */
     static uint64_t uid_counter;
     t->uid = __atomic_add_fetch(&uid_counter, 1, __ATOMIC_RELAXED);
     t->wepoch = 1;
@@ -212,6 +214,7 @@ void cqr_table_destroy(cqr_table_t *t)
     pthread_rwlock_destroy(&t->gate);
     pthread_rwlock_destroy(&t->lock);
     pthread_mutex_destroy(&t->plock);
+    pthread_mutex_destroy(&t->vb_mu);
     free(t);
 }
 
@@ -416,6 +419,7 @@ int cqr_table_phase_commit(cqr_table_t *t, cqr_cbstate_t *next,
      * refund) the difference. */
     cqr_table_budget_sync(t);
     t->phases_done = res->phase_no;
+    cqr_bound_forget(t);
     /* Every codebook row and pointer may have changed. */
     mark_all_changed(t);
     double t1 = cqr_now();

@@ -109,6 +109,14 @@ struct cqr_table {
                                      phase began: what a checkpoint taken
                                      during the phase records */
 
+    /* Bounds on the stored values (table_bound.c), under vb_mu: a push
+     * whose worst-case step keeps them within the limits skips any
+     * per-value check. vb < 0: unknown (the next push rescans). */
+    pthread_mutex_t vb_mu;
+    double vb;              /* |parameter| */
+    double vb_acc;          /* Adagrad accumulator */
+    double vb_m;            /* |Adam first moment| */
+
     struct cqr_par *par;    /* helpers for large lookups/pushes, or NULL */
     struct cqr_budget *budget; /* charged with growth (budget.h), or
                                   NULL; set under the exclusive lock */
@@ -195,6 +203,20 @@ int cqr_table_add_known(cqr_table_t *t, const uint64_t *ids, size_t n);
  * block 0 grown, blocks appended. Charges nothing (the callers do).
  * Exclusive access (exclusive lock, or a table not yet shared). */
 int cqr_full_reserve(cqr_table_t *t, uint64_t rows);
+
+/* Value bounds (table_bound.c; issue 14, item 5). A push part of n rows
+ * of gradients whose largest magnitude is gmax reserves its worst-case
+ * step under the table's gate (shared): 0 when every stored value stays
+ * finite and within the kind's limit; 1 when only a rescan of the stored
+ * values can tell; CQR_ENONFINITE when it cannot fit whatever they are.
+ * Nothing is reserved unless 0 is returned. */
+int cqr_bound_reserve(cqr_table_t *t, float gmax, size_t n);
+/* Recomputes the bounds from the stored values; takes the table's gate
+ * and lock exclusively (the caller holds neither). */
+void cqr_bound_rescan(cqr_table_t *t);
+/* The stored values were replaced (a phase commit): the next push
+ * rescans. Exclusive lock held. */
+void cqr_bound_forget(cqr_table_t *t);
 
 /* Re-charges the table's budget to its present growth after a structure
  * was replaced wholesale (a phase commit swaps in a new known-ID map).

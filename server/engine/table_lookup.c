@@ -199,6 +199,18 @@ static void lookup_parts(const cqr_part_t *pp, size_t np, float **dst,
                 lookup_locked(pp[i].t, pp[i].ids, pp[i].n, dst[i]);
 }
 
+/* 1 if every x[0..n) is finite (no branch per float). */
+static int all_finite(const float *x, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint32_t b;
+        memcpy(&b, &x[j], sizeof b);
+        bad |= (b & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
+}
+
 int cqr_tables_lookup(const cqr_part_t *pp, size_t np, size_t *bad)
 {
     size_t badv = 0;
@@ -253,6 +265,13 @@ int cqr_tables_lookup(const cqr_part_t *pp, size_t np, size_t *bad)
         for (size_t i = 0; i < np; i++) {
             if (pp[i].offsets && pp[i].n)
                 pool_bags(&pp[i], dst[i]);
+            /* Rows are finite, their sums need not be: never serve Inf
+             * (issue 14, item 5). */
+            if (pp[i].offsets && pp[i].n && rc == 0 &&
+                !all_finite(pp[i].out, pp[i].nbags * pp[i].t->cfg.dim)) {
+                rc = CQR_ENONFINITE;
+                *bad = i;
+            }
             __atomic_fetch_add(&pp[i].t->n_lookups, pp[i].n,
                                __ATOMIC_RELAXED);
         }

@@ -6,6 +6,7 @@
  * with its optimizer (rows.h). Large pushes are split over the table's
  * helpers (par.h) with bit-identical results.
  */
+#include <float.h>
 #include <assert.h>
 #include <math.h>
 #include <pthread.h>
@@ -480,19 +481,23 @@ static void full_apply_rows(cqr_table_t *t, const uint64_t *slots,
  *   apply     the parts in order, each split over its table's helpers
  * so that a refusal at any stage leaves every table's rows unchanged. */
 
-/* A float is NaN or Inf exactly when its exponent bits are all ones: an
- * integer test that vectorises, with no branch per float. */
-static int all_finite(const float *g, size_t nf)
+/* The largest magnitude of g[0..nf), or Inf/NaN's bits when one is not
+ * finite: an integer max over the sign-cleared bits (ordered as the
+ * magnitudes for finite floats, and above them for Inf and NaN), which
+ * vectorises, with no branch per float. */
+static float grads_max(const float *g, size_t nf)
 {
-    uint32_t nonfinite = 0;
+    uint32_t m = 0;
     for (size_t j = 0; j < nf; j++) {
         uint32_t b;
         memcpy(&b, &g[j], sizeof b);
-        nonfinite |= (b & 0x7f800000u) == 0x7f800000u;
+        b &= 0x7fffffffu;
+        m = b > m ? b : m;
     }
-    return !nonfinite;
+    float f;
+    memcpy(&f, &m, sizeof f);
+    return f;
 }
-
 /* Rows of a part: IDs (plain) or bags (pooled). */
 static size_t part_rows(const cqr_part_t *p)
 {
@@ -520,6 +525,7 @@ typedef struct push_st {
     uint32_t *rows;          /* the IDs' rows (id_rows layout) */
     cqr_pushlog_ent_t *ent;  /* the reserved log entry, or NULL */
     int unknown;             /* IDs to register before applying */
+    float gmax;              /* largest |gradient| of the part */
 } push_st_t;
 
 /* Rows of a part in the id_rows layout (full: a uint64 row map slot an
@@ -719,6 +725,61 @@ static int push_locked(const cqr_part_t *pp, size_t np, push_st_t *st,
 /* Parts whose per-part state lives on the stack. */
 #define PUSH_INLINE 8
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* How many times the most repeated of ids[0..n) occurs (n if there is no
+ * memory to count: the safe side). Only a push near the value limits
+ * asks. */
+static size_t max_repeats(const uint64_t *ids, size_t n)
+{
+    uint64_t *s = malloc(n * sizeof *s);
+    if (!s)
+        return n;
+    memcpy(s, ids, n * sizeof *s);
+    qsort(s, n, sizeof *s, cmp_u64);
+    size_t best = n ? 1 : 0, run = 1;
+    for (size_t j = 1; j < n; j++) {
+        run = s[j] == s[j - 1] ? run + 1 : 1;
+        best = run > best ? run : best;
+    }
+    free(s);
+    return best;
+}
+
+/* Reserves every part's worst-case step in its table's value bounds
+ * (table_bound.c), gates held shared. A part that does not fit has its
+ * table rescanned (the gates let go meanwhile) and is tried once more;
+ * CQR_ENONFINITE (with *bad) if it still does not fit. Reservations that
+ * were made stay: they only make the bounds looser. */
+static int bounds_reserve(const cqr_part_t *pp, size_t np,
+                          const push_st_t *st, cqr_tableset_t *set,
+                          size_t *bad)
+{
+    for (size_t i = 0; i < np; i++) {
+        if (pp[i].n == 0)
+            continue;
+        int rc = cqr_bound_reserve(pp[i].t, st[i].gmax, pp[i].n);
+        if (rc == 1) {
+            cqr_tableset_unlock(set, 1);
+            cqr_bound_rescan(pp[i].t);
+            cqr_tableset_lock(set, 1);
+            /* A full table's row sums only its own ID's gradients. */
+            size_t mult = pp[i].t->cfg.kind == CQR_KIND_FULL
+                              ? max_repeats(pp[i].ids, pp[i].n) : pp[i].n;
+            rc = cqr_bound_reserve(pp[i].t, st[i].gmax, mult);
+        }
+        if (rc) {
+            *bad = i;
+            return CQR_ENONFINITE;
+        }
+    }
+    return 0;
+}
+
 int cqr_tables_push(const cqr_part_t *pp, size_t np, size_t *bad)
 {
     size_t badv = 0;
@@ -728,25 +789,33 @@ int cqr_tables_push(const cqr_part_t *pp, size_t np, size_t *bad)
         return CQR_EINVAL;
     for (size_t i = 0; i < np; i++) {
         int rc = part_check(&pp[i], 1);
-        if (rc == 0 && !all_finite(pp[i].grads,
-                                   part_rows(&pp[i]) * pp[i].t->cfg.dim))
-            rc = CQR_ENONFINITE;
         if (rc) {
             *bad = i;
             return rc;
         }
     }
-    size_t live = 0; /* parts with IDs (a pooled part of empty bags has
-                        none, and pushes nothing) */
-    for (size_t i = 0; i < np; i++)
-        live += pp[i].n > 0;
-    if (live == 0)
-        return 0;
     push_st_t inl[PUSH_INLINE];
     push_st_t *st = np <= PUSH_INLINE ? inl : malloc(np * sizeof *st);
+    if (!st) {
+        *bad = 0;
+        return CQR_ENOMEM;
+    }
+    size_t live = 0; /* parts with IDs (a pooled part of empty bags has
+                        none, and pushes nothing) */
+    for (size_t i = 0; i < np; i++) {
+        st[i].gmax = grads_max(pp[i].grads,
+                               part_rows(&pp[i]) * pp[i].t->cfg.dim);
+        if (!(st[i].gmax <= FLT_MAX)) {
+            if (st != inl)
+                free(st);
+            *bad = i;
+            return CQR_ENONFINITE;
+        }
+        live += pp[i].n > 0;
+    }
     cqr_tableset_t set;
-    int rc = st ? cqr_tableset_init(&set, pp, np) : CQR_ENOMEM;
-    if (rc) {
+    int rc = live == 0 ? 0 : cqr_tableset_init(&set, pp, np);
+    if (rc || live == 0) {
         if (st != inl)
             free(st);
         *bad = 0;
@@ -759,7 +828,9 @@ int cqr_tables_push(const cqr_part_t *pp, size_t np, size_t *bad)
         /* The gates make the push one step for an export: wholly before
          * its copy or wholly after it, counters included. */
         cqr_tableset_lock(&set, 1);
-        rc = push_locked(pp, np, st, &set, bad);
+        rc = bounds_reserve(pp, np, st, &set, bad);
+        if (rc == 0)
+            rc = push_locked(pp, np, st, &set, bad);
         cqr_tableset_unlock(&set, 1);
     }
     cqr_tableset_free(&set);

@@ -314,8 +314,9 @@ int cqr_op_push(cqr_call_t *c, const cqr_data_req_t *m)
     case 0:
         break;
     case CQR_ENONFINITE:
-        return part_fail(c, m, bad, rc, "gradients contain NaN or Inf; "
-                         "nothing applied");
+        return part_fail(c, m, bad, rc, "gradients contain NaN or Inf, "
+                         "or their step could make a stored value NaN, "
+                         "Inf or too large; nothing applied");
     case CQR_EBUSY:
         return part_fail(c, m, bad, rc, "a cluster phase's push log is "
                          "full; nothing applied, retry after the phase");

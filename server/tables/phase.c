@@ -293,6 +293,11 @@ static cqr_entry_t *finish(cqr_phases_t *pm, job_t *j, int rc,
             j->st.cancelled = 1;
             snprintf(j->st.error, sizeof j->st.error, "cancelled: %s",
                      j->cancel_why);
+        } else if (rc == CQR_ENONFINITE) {
+            snprintf(j->st.error, sizeof j->st.error, "%s failed: the "
+                     "phase would make values NaN or Inf (k-means inertia, "
+                     "centroids or residuals overflow); the table keeps its "
+                     "previous state", at);
         } else {
             snprintf(j->st.error, sizeof j->st.error, "%s failed: %s", at,
                      cqr_strerror(rc));

@@ -10,11 +10,15 @@
 #   scripts/fuzz.sh                        # 60 s per target
 #   CQR_FUZZ_SECONDS=600 scripts/fuzz.sh   # longer
 #   CQR_FUZZ_TARGETS=fuzz_rpc scripts/fuzz.sh
+#   CQR_FUZZ_RUNS=100000000 CQR_FUZZ_SECONDS=86400 scripts/fuzz.sh
+#                                          # until 1e8 executions
 #
 # Environment: CQR_FUZZ_SECONDS (per target, default 60),
 # CQR_FUZZ_TARGETS (default "fuzz_frame fuzz_rpc"), CQR_FUZZ_BUILD (build
 # directory, default build-fuzz), CQR_FUZZ_JOBS (parallel fuzzing
-# processes per target, default 1).
+# processes per target, default 1), CQR_FUZZ_RUNS (stop a process after
+# this many executions, whichever of time and runs comes first; default
+# unbounded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +26,7 @@ SECONDS_EACH=${CQR_FUZZ_SECONDS:-60}
 TARGETS=${CQR_FUZZ_TARGETS:-"fuzz_frame fuzz_rpc"}
 BUILD=${CQR_FUZZ_BUILD:-build-fuzz}
 JOBS=${CQR_FUZZ_JOBS:-1}
+RUNS=${CQR_FUZZ_RUNS:--1}
 
 if ! command -v clang >/dev/null; then
   echo "fuzz: clang not found (.ci/install-deps.sh installs it)" >&2
@@ -41,30 +46,44 @@ for t in $TARGETS; do
   bin="$BUILD/tests/fuzz/$t"
   seeds="tests/fuzz/corpus/$t"
   scratch=$(mktemp -d)
-  log="$BUILD/fuzz-artifacts/$t.log"
-  echo "== fuzz: $t for ${SECONDS_EACH} s (seeds: $seeds)"
+  logs=()
+  echo "== fuzz: $t for ${SECONDS_EACH} s, $JOBS process(es) (seeds: $seeds)"
   # -timeout: one input may take 10 s at most; -rss_limit_mb: per process;
-  # leaks are checked after each input (LeakSanitizer).
-  set +e
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    "$bin" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
-      -print_final_stats=1 -jobs="$JOBS" -workers="$JOBS" \
-      -artifact_prefix="$BUILD/fuzz-artifacts/$t-" \
-      "$scratch" "$seeds" >"$log" 2>&1
-  rc=$?
-  set -e
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" |
+  # leaks are checked after each input (LeakSanitizer). Each process
+  # writes its own log; they share the scratch corpus (-reload picks up
+  # what the others found).
+  pids=()
+  for j in $(seq 1 "$JOBS"); do
+    log="$BUILD/fuzz-artifacts/$t-$j.log"
+    logs+=("$log")
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+      "$bin" -max_total_time="$SECONDS_EACH" -runs="$RUNS" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1 -seed="$j$RANDOM" \
+        -artifact_prefix="$BUILD/fuzz-artifacts/$t-" \
+        "$scratch" "$seeds" >"$log" 2>&1 &
+    pids+=($!)
+  done
+  rc=0
+  for pid in "${pids[@]}"; do
+    wait "$pid" || rc=$?
+  done
+  execs=$(cat "${logs[@]}" |
+          grep -o 'stat::number_of_executed_units: *[0-9]*' |
           awk '{s += $2} END {print s + 0}')
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | awk '{print $2}')
-  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | awk '{print $2}')
+  cov=$(for l in "${logs[@]}"; do grep -o 'cov: [0-9]*' "$l" | tail -1; done |
+        awk '$2 > m {m = $2} END {print m + 0}')
+  ft=$(for l in "${logs[@]}"; do grep -o 'ft: [0-9]*' "$l" | tail -1; done |
+       awk '$2 > m {m = $2} END {print m + 0}')
   corp=$(find "$scratch" -type f | wc -l)
   line="$t: execs=$execs cov=${cov:-?} ft=${ft:-?} new_inputs=$corp exit=$rc"
   echo "fuzz: $line"
   summary="$summary$line"$'\n'
   if [ "$rc" -ne 0 ]; then
-    echo "fuzz: $t FAILED; the end of its log ($log):" >&2
-    tail -n 60 "$log" >&2
+    for log in "${logs[@]}"; do
+      echo "fuzz: $t FAILED; the end of $log:" >&2
+      tail -n 60 "$log" >&2
+    done
     ls -1 "$BUILD/fuzz-artifacts/$t-"* 2>/dev/null | grep -v '\.log$' >&2 || true
     status=1
   fi

@@ -1,0 +1,206 @@
+/* table_model.c -- a table's serving export (table_model.h): the
+ * content model.h's writer serialises, read from the table's state. */
+#include "table_model.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "table_impl.h"
+
+/* The per-ID part of an export being built. */
+typedef struct id_part {
+    uint64_t *ids;
+    uint8_t *vals;
+    float *scales;   /* int8 full rows */
+    size_t n;
+    uint64_t *removed;
+    size_t nremoved;
+} id_part_t;
+
+static void id_part_free(id_part_t *p)
+{
+    free(p->ids);
+    free(p->vals);
+    free(p->scales);
+    free(p->removed);
+}
+
+/* The known-ID map of a full or cqr table (NULL for hash and ce). */
+static const cqr_idmap_t *known_map(const cqr_table_t *t)
+{
+    if (t->cfg.kind == CQR_KIND_FULL)
+        return &t->rowmap;
+    if (t->cfg.kind == CQR_KIND_CQR)
+        return &t->st->ids;
+    return NULL;
+}
+
+/* A full table's row of a map value. */
+static const float *full_row(const cqr_table_t *t, const void *val)
+{
+    const cqr_full_slot_t *s = val;
+    uint32_t local;
+    const cqr_rows_t *blk = cqr_full_block(t, s->row, &local);
+    return blk->param + (size_t)local * blk->w;
+}
+
+/* Whether the value of `id` (val, in t) equals the one base has. */
+static int same_value(const cqr_table_t *t, const cqr_table_t *base,
+                      uint64_t id, const void *val)
+{
+    const void *bv = cqr_idmap_find(known_map(base), id);
+    if (!bv)
+        return 0;
+    if (t->cfg.kind == CQR_KIND_CQR)
+        return memcmp(val, bv, (size_t)t->c * t->pw) == 0;
+    return memcmp(full_row(t, val), full_row(base, bv),
+                  (size_t)t->cfg.dim * sizeof(float)) == 0;
+}
+
+/* Collects the IDs of t (all, or those whose value differs from base's)
+ * and the IDs only base knows. */
+static int collect_ids(const cqr_table_t *t, const cqr_table_t *base,
+                       uint32_t dtype, id_part_t *p)
+{
+    const cqr_idmap_t *m = known_map(t);
+    const int full = t->cfg.kind == CQR_KIND_FULL;
+    const size_t vb = full ? (size_t)t->cfg.dim * cqr_dtype_size(dtype)
+                           : (size_t)t->c * t->pw;
+    size_t cap = m->count ? m->count : 1;
+    p->ids = malloc(cap * 8);
+    p->vals = malloc(cap * vb);
+    p->scales = full && dtype == CQR_DTYPE_INT8 ? malloc(cap * 4) : NULL;
+    if (!p->ids || !p->vals || (full && dtype == CQR_DTYPE_INT8 && !p->scales))
+        return CQR_ENOMEM;
+    size_t pos = 0;
+    uint64_t id;
+    void *val;
+    while (cqr_idmap_next(m, &pos, &id, &val)) {
+        if (base && same_value(t, base, id, val))
+            continue;
+        p->ids[p->n] = id;
+        if (full)
+            cqr_model_encode(dtype, full_row(t, val), 1, t->cfg.dim,
+                             p->vals + p->n * vb,
+                             p->scales ? p->scales + p->n : NULL);
+        else
+            memcpy(p->vals + p->n * vb, val, vb);
+        p->n++;
+    }
+    if (!base)
+        return 0;
+    const cqr_idmap_t *bm = known_map(base);
+    p->removed = malloc((bm->count ? bm->count : 1) * 8);
+    if (!p->removed)
+        return CQR_ENOMEM;
+    pos = 0;
+    while (cqr_idmap_next(bm, &pos, &id, &val))
+        if (!cqr_idmap_find(m, id))
+            p->removed[p->nremoved++] = id;
+    return 0;
+}
+
+/* Seeds and encoded codebooks of a codebook kind into *seeds, *cb,
+ * *scales (malloc'd). */
+static int collect_codebooks(const cqr_table_t *t, uint32_t dtype,
+                             uint64_t **seeds, uint8_t **cb, float **scales)
+{
+    const size_t c = t->c, nblk = (size_t)t->ncb * c;
+    const size_t blk_vals = (size_t)t->k * t->w;
+    *seeds = calloc(2 * c, 8);
+    *cb = malloc(nblk * blk_vals * cqr_dtype_size(dtype) + 1);
+    *scales = dtype == CQR_DTYPE_INT8 ? malloc(nblk * t->k * 4 + 4) : NULL;
+    if (!*seeds || !*cb || (dtype == CQR_DTYPE_INT8 && !*scales))
+        return CQR_ENOMEM;
+    if (t->ncb == 0)
+        return 0;
+    for (size_t i = 0; i < c; i++) {
+        (*seeds)[i] = t->st->seed_p[i];
+        (*seeds)[c + i] = t->st->seed_h[i];
+    }
+    for (size_t b = 0; b < nblk; b++) {
+        const cqr_rows_t *r = &t->st->cb[b];
+        if (r->n != t->k || r->w != t->w)
+            return CQR_EINVAL;
+        cqr_model_encode(dtype, r->param, t->k, t->w,
+                         *cb + b * blk_vals * cqr_dtype_size(dtype),
+                         *scales ? *scales + b * t->k : NULL);
+    }
+    return 0;
+}
+
+static int same_table(const cqr_table_t *a, const cqr_table_t *b)
+{
+    return a->cfg.kind == b->cfg.kind && a->cfg.dim == b->cfg.dim &&
+           a->c == b->c && a->k == b->k && a->pw == b->pw &&
+           a->cfg.seed == b->cfg.seed &&
+           memcmp(&a->cfg.init_scale, &b->cfg.init_scale, 4) == 0;
+}
+
+static int build(cqr_table_t *t, cqr_table_t *base, uint32_t dtype,
+                 cqr_model_info_t *h, uint8_t **img, size_t *len, char *why,
+                 size_t whylen)
+{
+    id_part_t p = {0};
+    uint64_t *seeds = NULL;
+    uint8_t *cb = NULL;
+    float *scales = NULL;
+    int rc = collect_codebooks(t, dtype, &seeds, &cb, &scales);
+    if (rc == 0 && known_map(t))
+        rc = collect_ids(t, base, dtype, &p);
+    if (rc == 0) {
+        cqr_model_content_t mc = {
+            .h = *h, .seeds = seeds, .cb = cb, .cb_scales = scales,
+            .nids = p.n, .ids = p.ids, .vals = p.vals,
+            .val_scales = p.scales, .nremoved = p.nremoved,
+            .removed = p.removed};
+        rc = cqr_model_write(&mc, img, len, why, whylen);
+    } else {
+        snprintf(why, whylen, "%s", rc == CQR_ENOMEM ? "out of memory"
+                                                     : "inconsistent table");
+    }
+    id_part_free(&p);
+    free(seeds);
+    free(cb);
+    free(scales);
+    return rc;
+}
+
+int cqr_table_model(cqr_table_t *t, cqr_table_t *base, uint32_t dtype,
+                    uint64_t generation, uint64_t base_generation,
+                    uint8_t **img, size_t *len, char *why, size_t whylen)
+{
+    if (!t || !img || !len || dtype > CQR_DTYPE_INT8) {
+        snprintf(why, whylen, "invalid argument");
+        return CQR_EINVAL;
+    }
+    if (base && !same_table(t, base)) {
+        snprintf(why, whylen, "the two generations hold different tables "
+                 "(kind, shape or seed differ): export it whole");
+        return CQR_EINVAL;
+    }
+    cqr_model_info_t h = {
+        .flags = base ? CQR_MODEL_DELTA : 0, .kind = (uint32_t)t->cfg.kind,
+        .dim = t->cfg.dim, .chunks = t->c, .rows = t->k, .dtype = dtype,
+        .pw = t->cfg.kind == CQR_KIND_CQR ? t->pw : 0,
+        .init_scale = t->cfg.init_scale, .seed = t->cfg.seed,
+        .generation = generation,
+        .base_generation = base ? base_generation : 0};
+    /* Lock order: by uid, as cqr_tableset_t does. */
+    cqr_table_t *first = t, *second = base;
+    if (base && base->uid < t->uid) {
+        first = base;
+        second = t;
+    }
+    pthread_rwlock_rdlock(&first->lock);
+    if (second && second != first)
+        pthread_rwlock_rdlock(&second->lock);
+    int rc = build(t, base, dtype, &h, img, len, why, whylen);
+    if (second && second != first)
+        pthread_rwlock_unlock(&second->lock);
+    pthread_rwlock_unlock(&first->lock);
+    return rc;
+}

@@ -1,0 +1,29 @@
+/* table_model.h -- a table's serving export (model.h's format).
+ *
+ * Builds the export of a table as an image in memory: complete, or the
+ * delta from an older state of the same table. The tables are meant to be
+ * private copies (restored from checkpoint generations, store.h), so that
+ * the export is one consistent generation and training never waits for
+ * it; a live table also works (its lock is held shared while it is read,
+ * so pushes may land between the rows read).
+ *
+ * Threading: may run concurrently with any call on the tables but
+ * destroy. Errors: 0, CQR_EINVAL (the tables are not two states of one
+ * table: kind, shape or seed differ), CQR_ENOMEM; with a reason in why.
+ */
+#ifndef CQR_TABLE_MODEL_H
+#define CQR_TABLE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "table.h"
+
+/* Exports t as generation `generation` in dtype (cqr_dtype_t); with
+ * base non-NULL, as the delta from base (generation base_generation).
+ * *img is malloc'd (model.h layout), *len its bytes. */
+int cqr_table_model(cqr_table_t *t, cqr_table_t *base, uint32_t dtype,
+                    uint64_t generation, uint64_t base_generation,
+                    uint8_t **img, size_t *len, char *why, size_t whylen);
+
+#endif

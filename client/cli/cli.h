@@ -51,6 +51,8 @@ typedef struct cli {
     uint64_t wait_ms;   /* cluster --wait-timeout MS, 0 = none */
     int cancel;         /* cluster --cancel */
     uint64_t phase;     /* cluster --cancel --phase ID, 0 = the current */
+    const char *out;    /* export --out FILE */
+    cqrps_export_opts_t exp; /* export --since, --generation, --dtype */
 } cli_t;
 
 /* What a command's call returned, for its printers. */
@@ -70,6 +72,7 @@ typedef struct cli_result {
     cqrps_phase_status_t phase;    /* ... and its last status */
     cqrps_server_info_t server;    /* ping: what the servers said */
     double seconds;                /* ping: connect and Hello, all shards */
+    cqrps_export_info_t exported;  /* export */
 } cli_result_t;
 
 typedef struct cli_command cli_command_t;

@@ -693,6 +693,108 @@ static void text_checkpoints(const cli_t *cli, const cli_result_t *r)
     }
 }
 
+/* ---- export ------------------------------------------------------------ */
+
+static void usage_export(FILE *f, const cli_command_t *cmd)
+{
+    (void)cmd;
+    fprintf(f, "usage: cqrps export TABLE --out FILE [--since GENERATION]\n"
+               "                    [--generation G] [--dtype f32|f16|int8]\n"
+               "  --out FILE         where the export goes (written whole, "
+               "then renamed)\n"
+               "  --since G          a delta from checkpoint generation G "
+               "(apply it to\n"
+               "                     the export of G)\n"
+               "  --generation G     the checkpoint generation to export "
+               "(default: newest)\n"
+               "  --dtype D          f32 (default: lookups exactly the "
+               "server's), f16, int8\n"
+               "Exports a checkpoint generation: run `cqrps checkpoint` "
+               "first for the\ncurrent state. Read it with cqrps_model.h or "
+               "cqrps.serving (Python).\n");
+}
+
+static int parse_export(cli_t *cli, const cli_command_t *cmd, int argc,
+                        char **argv)
+{
+    static const struct option lo[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "out", required_argument, NULL, 'o' },
+        { "since", required_argument, NULL, 's' },
+        { "generation", required_argument, NULL, 'g' },
+        { "dtype", required_argument, NULL, 'd' },
+        { NULL, 0, NULL, 0 }
+    };
+    int ch;
+    optind = 0;
+    while ((ch = getopt_long(argc, argv, "ho:", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'h':
+            cmd->usage(stdout, cmd);
+            return -1;
+        case 'o':
+            cli->out = optarg;
+            break;
+        case 's':
+            if (cli_parse_u64(optarg, UINT64_MAX, &cli->exp.since) < 0 ||
+                cli->exp.since == 0)
+                return cli_usage_error("bad --since '%s'", optarg);
+            break;
+        case 'g':
+            if (cli_parse_u64(optarg, UINT64_MAX, &cli->exp.generation) < 0)
+                return cli_usage_error("bad --generation '%s'", optarg);
+            break;
+        case 'd':
+            if (strcmp(optarg, "f32") && strcmp(optarg, "f16") &&
+                strcmp(optarg, "int8"))
+                return cli_usage_error("bad --dtype '%s' (f32, f16, int8)",
+                                       optarg);
+            cli->exp.dtype = optarg;
+            break;
+        default:
+            cmd->usage(stderr, cmd);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 1 || !cli->out) {
+        cmd->usage(stderr, cmd);
+        return CLI_EXIT_USAGE;
+    }
+    cli->what = argv[optind];
+    return 0;
+}
+
+static int call_export(cli_t *cli, cli_result_t *r)
+{
+    return cqrps_export(cli->c, cli->what, &cli->exp, cli->out, &r->exported);
+}
+
+static void json_export(const cli_t *cli, const cli_result_t *r, cJSON *o)
+{
+    const cqrps_export_info_t *x = &r->exported;
+    js_str(o, "table", cli->what);
+    js_str(o, "out", cli->out);
+    js_u64(o, "generation", x->generation);
+    js_u64(o, "base_generation", x->base_generation);
+    js_u64(o, "bytes", x->bytes);
+    js_u64(o, "ids", x->ids);
+    js_dbl(o, "build_seconds", x->build_seconds);
+    js_str(o, "dtype", cli->exp.dtype ? cli->exp.dtype : "f32");
+}
+
+static void text_export(const cli_t *cli, const cli_result_t *r)
+{
+    const cqrps_export_info_t *x = &r->exported;
+    char from[48] = "";
+    if (x->base_generation)
+        snprintf(from, sizeof from, " (delta from %" PRIu64 ")",
+                 x->base_generation);
+    printf("exported %s generation %" PRIu64 "%s to %s: %" PRIu64
+           " bytes, %" PRIu64 " IDs, built in %.3f s\n", cli->what,
+           x->generation, from, cli->out, x->bytes, x->ids,
+           x->build_seconds);
+}
+
 /* ---- ping -------------------------------------------------------------- */
 
 /* Connect and Hello on every shard happened in the skeleton (timed from
@@ -755,6 +857,9 @@ const cli_command_t cli_commands[] = {
     { "checkpoints", "checkpoints           list the checkpoints", "",
       "list the checkpoints", usage_simple, parse_simple, call_checkpoints,
       json_checkpoints, text_checkpoints, NULL },
+    { "export", "export TABLE --out FILE [--since G] [--dtype D] a serving "
+      "export", NULL, NULL, usage_export, parse_export, call_export,
+      json_export, text_export, NULL },
     { "ping", "ping                  connect to every shard, say who answered",
       "", "connect and Hello to every shard: version, protocol, admin "
       "rights, time", usage_simple, parse_simple, call_ping, json_ping,

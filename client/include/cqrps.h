@@ -652,6 +652,35 @@ CQRPS_API int cqrps_list_checkpoints(cqrps_client_t *c,
                                      size_t *n);
 CQRPS_API void cqrps_checkpoint_list_free(cqrps_checkpoint_info_t *list);
 
+/* ---- Serving exports ----------------------------------------------------
+ * The server writes a table of a checkpoint generation as a serving
+ * export (read it with cqrps_model.h) into its data dir and the client
+ * fetches it in chunks into out_path (written to out_path.tmp, checked
+ * against the server's checksum, fsynced, renamed). Needs admin rights
+ * and a server with --data-dir (CQRPS_EUNSUPPORTED otherwise). One shard
+ * only: a sharded client gets CQRPS_EUNSUPPORTED (export each shard's
+ * part through a client of that shard). Waits without
+ * request_timeout_ms for the build. */
+typedef struct cqrps_export_opts {
+    uint64_t generation; /* 0 = the newest checkpoint */
+    uint64_t since;      /* 0 = full; else a delta from this generation */
+    const char *dtype;   /* NULL or "f32" (exact), "f16", "int8" */
+} cqrps_export_opts_t;
+
+typedef struct cqrps_export_info {
+    uint64_t generation;      /* exported */
+    uint64_t base_generation; /* a delta's base (0 for a full export) */
+    uint64_t bytes;           /* file size */
+    uint64_t ids;             /* IDs with their own value in the file */
+    double build_seconds;     /* the server's build */
+    char file[320];           /* its name in the server's exports folder */
+} cqrps_export_info_t;
+
+/* opts and info may be NULL. */
+CQRPS_API int cqrps_export(cqrps_client_t *c, const char *table,
+                           const cqrps_export_opts_t *opts,
+                           const char *out_path, cqrps_export_info_t *info);
+
 /* ---- Secrets ----------------------------------------------------------- */
 
 /* Longest token cqrps_secret_load accepts (the server's limit too). */

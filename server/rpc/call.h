@@ -99,6 +99,8 @@ typedef struct cqr_call {
         Cqrps__V1__ClusterStatusReply cstatus;
         Cqrps__V1__DigestReply digest;
         Cqrps__V1__CheckpointReply ckpt;
+        Cqrps__V1__ExportReply exp;
+        Cqrps__V1__ExportChunk chunk;
     } r;
     Cqrps__V1__ListTablesReply tables;
     Cqrps__V1__StatsReply stats;
@@ -134,6 +136,10 @@ int cqr_call_table_infos(cqr_call_t *c, size_t *n);
 void cqr_call_ckpt_reply(Cqrps__V1__CheckpointReply *r,
                          const cqr_ckpt_info_t *info);
 
+/* The Export reply's fields from res (the strings point into res). */
+void cqr_call_export_reply(Cqrps__V1__ExportReply *r,
+                           const cqr_export_res_t *res);
+
 /* ---- operations -------------------------------------------------------
  * data.c */
 int cqr_op_lookup(cqr_call_t *c, const cqr_data_req_t *m);
@@ -152,6 +158,9 @@ int cqr_op_checkpoint(cqr_call_t *c);
 int cqr_op_list_checkpoints(cqr_call_t *c);
 int cqr_op_update_optimizer(cqr_call_t *c,
                             const Cqrps__V1__UpdateOptimizer *m);
+/* export.c */
+int cqr_op_export(cqr_call_t *c, const Cqrps__V1__Export *m);
+int cqr_op_export_read(cqr_call_t *c, const Cqrps__V1__ExportRead *m);
 /* stats.c */
 int cqr_op_stats(cqr_call_t *c);
 

@@ -451,6 +451,10 @@ static int dispatch(cqr_call_t *c)
         return cqr_op_list_checkpoints(c);
     case CQRPS__V1__REQUEST__OP_UPDATE_OPTIMIZER:
         return cqr_op_update_optimizer(c, q->update_optimizer);
+    case CQRPS__V1__REQUEST__OP_EXPORT_TABLE:
+        return cqr_op_export(c, q->export_table);
+    case CQRPS__V1__REQUEST__OP_EXPORT_READ:
+        return cqr_op_export_read(c, q->export_read);
     default:
         /* Also a newer client's operation: the field is unknown here. */
         return cqr_call_fail(c, CQR_EUNSUPPORTED, "request carries no "
@@ -608,21 +612,18 @@ int cqr_rpc_handle(cqr_server_ctx_t *ctx, cqr_session_t *sess,
 
 /* ---- deferred replies (server.h) --------------------------------------- */
 
-void cqr_rpc_checkpoint_done(cqr_deferred_t *d, int err,
-                             const cqr_ckpt_info_t *info, const char *msg)
+/* Encodes a deferred reply: resp (OK, its reply set) when err is 0, else
+ * an error with msg; then hands it to the connection layer. */
+static void deferred_finish(cqr_deferred_t *d, int err, Response *resp,
+                            const char *msg)
 {
     cqr_server_ctx_t *ctx = d->ctx;
     size_t mark;
     int rc = cqr_frame_begin(&d->reply, &mark);
     if (rc == 0 && err == 0) {
-        Response resp = CQRPS__V1__RESPONSE__INIT;
-        Cqrps__V1__CheckpointReply r;
-        cqr_call_ckpt_reply(&r, info);
-        resp.id = d->id;
-        resp.status = CQRPS__V1__STATUS__OK;
-        resp.reply_case = CQRPS__V1__RESPONSE__REPLY_CHECKPOINT;
-        resp.checkpoint = &r;
-        rc = pack(ctx, &resp, &d->reply);
+        resp->id = d->id;
+        resp->status = CQRPS__V1__STATUS__OK;
+        rc = pack(ctx, resp, &d->reply);
         if (rc == 0)
             count_status(ctx, 0);
         else
@@ -638,6 +639,32 @@ void cqr_rpc_checkpoint_done(cqr_deferred_t *d, int err,
         cqr_buf_free(&d->reply); /* not even an error: close */
     d->status = rc == 0 ? err : rc;
     d->done(d);
+}
+
+void cqr_rpc_checkpoint_done(cqr_deferred_t *d, int err,
+                             const cqr_ckpt_info_t *info, const char *msg)
+{
+    Response resp = CQRPS__V1__RESPONSE__INIT;
+    Cqrps__V1__CheckpointReply r;
+    if (err == 0) {
+        cqr_call_ckpt_reply(&r, info);
+        resp.reply_case = CQRPS__V1__RESPONSE__REPLY_CHECKPOINT;
+        resp.checkpoint = &r;
+    }
+    deferred_finish(d, err, &resp, msg);
+}
+
+void cqr_rpc_export_done(cqr_deferred_t *d, int err,
+                         const cqr_export_res_t *res, const char *msg)
+{
+    Response resp = CQRPS__V1__RESPONSE__INIT;
+    Cqrps__V1__ExportReply r;
+    if (err == 0) {
+        cqr_call_export_reply(&r, res);
+        resp.reply_case = CQRPS__V1__RESPONSE__REPLY_EXPORTED;
+        resp.exported = &r;
+    }
+    deferred_finish(d, err, &resp, msg);
 }
 
 void cqr_rpc_deferred_release(cqr_deferred_t *d, uint32_t thread)

@@ -19,7 +19,7 @@ static const char *const op_names[CQR_OP_COUNT] = {
     "hello", "create_table", "drop_table", "list_tables", "describe_table",
     "lookup", "push", "cluster", "cluster_status", "stats", "digest",
     "checkpoint", "list_checkpoints", "update_optimizer", "cancel_cluster",
-    "unknown"};
+    "export", "export_read", "unknown"};
 
 const char *cqr_counter_name(cqr_counter_t c)
 {

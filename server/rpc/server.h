@@ -73,9 +73,9 @@ typedef enum cqr_counter {
 
 /* Status codes 0..CQR_STATUS_COUNT-1 (err.h, negated). */
 #define CQR_STATUS_COUNT 22
-/* Request operations, by the Request oneof's field number - 10 (0..14),
+/* Request operations, by the Request oneof's field number - 10 (0..16),
  * plus one slot for "unknown". */
-#define CQR_OP_COUNT 16
+#define CQR_OP_COUNT 18
 
 typedef struct cqr_counters {
     atomic_uint_fast64_t c[CQR_CTR__COUNT];         /* by cqr_counter_t */
@@ -151,6 +151,36 @@ typedef struct cqr_ckpt_hooks {
     void *ud;
 } cqr_ckpt_hooks_t;
 
+/* Export hooks (store/export.h installs them with persistence). NULL
+ * functions make Export and ExportRead answer UNSUPPORTED. `build` runs
+ * an export to its end on the calling thread (sessions that cannot
+ * defer); `build_async` returns 0 and later calls cqr_rpc_export_done(d,
+ * ...) exactly once from another thread, or fails and never calls it.
+ * `read` copies up to *n bytes of an export file at `off` into buf (an
+ * I/O thread calls it: a pread of at most a chunk). */
+typedef struct cqr_export_req {
+    char table[256];      /* table name */
+    uint64_t generation;  /* 0 = the newest checkpoint */
+    uint64_t since;       /* 0 = full; else a delta from this generation */
+    uint32_t dtype;       /* cqr_dtype_t (engine/model.h) */
+} cqr_export_req_t;
+
+typedef struct cqr_export_res {
+    char file[320];       /* the export's name in the exports folder */
+    uint64_t generation, base_generation, bytes, ids, checksum;
+    double seconds;
+} cqr_export_res_t;
+
+typedef struct cqr_export_hooks {
+    int (*build)(void *ud, const cqr_export_req_t *req, cqr_export_res_t *res,
+                 char *why, size_t whylen);
+    int (*build_async)(void *ud, const cqr_export_req_t *req,
+                       cqr_deferred_t *d);
+    int (*read)(void *ud, const char *file, uint64_t off, uint8_t *buf,
+                size_t *n, uint64_t *total, char *why, size_t whylen);
+    void *ud;
+} cqr_export_hooks_t;
+
 struct cqr_server_ctx {
     const cqr_config_t *cfg;  /* borrowed; outlives the context */
     cqr_registry_t *reg;      /* tables by name */
@@ -160,6 +190,7 @@ struct cqr_server_ctx {
     const char *blas_core;    /* OpenBLAS core name, for Stats/logs */
     cqr_auth_hooks_t auth;    /* zeroed = no authentication */
     cqr_ckpt_hooks_t ckpt;    /* zeroed = checkpoints unsupported */
+    cqr_export_hooks_t exp;   /* zeroed = exports unsupported */
     cqr_opstats_t *opstats;   /* requests by op and status, latency; one
                                  block per I/O thread (opstats.h) */
     cqr_ckpt_stats_t ckpt_stats; /* figures of the checkpoints taken; the
@@ -241,6 +272,11 @@ struct cqr_deferred {
  * message (NULL: cqr_strerror). Encodes the reply, then calls d->done. */
 void cqr_rpc_checkpoint_done(cqr_deferred_t *d, int err,
                              const cqr_ckpt_info_t *info, const char *msg);
+
+/* Finishes a deferred Export: err 0 with *res, or an error with a
+ * message (NULL: cqr_strerror). Encodes the reply, then calls d->done. */
+void cqr_rpc_export_done(cqr_deferred_t *d, int err,
+                         const cqr_export_res_t *res, const char *msg);
 
 /* Records d's latency in the statistics block `thread` and frees d. */
 void cqr_rpc_deferred_release(cqr_deferred_t *d, uint32_t thread);

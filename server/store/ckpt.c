@@ -18,6 +18,7 @@
 #include "engine/persist.h"
 #include "store/store.h"
 #include "tables/phase.h"
+#include "store/export.h"
 
 /* Per-table pause lines are info level up to this many tables, debug
  * beyond (the summary line always carries the longest pause). */
@@ -69,6 +70,8 @@ struct cqr_ckpt {
     uint64_t good_pushes;     /* pushes acknowledged before that moment */
     int exit_failed;          /* the shutdown checkpoint failed (set on
                                  the main thread, by the shutdown hook) */
+    cqr_exporter_t *exp;      /* serving exports of the store's
+                                 generations (export.h) */
 };
 
 static double now_mono(void)
@@ -694,6 +697,8 @@ int cqr_ckpt_open(cqr_server_ctx_t *ctx, const cqr_config_t *cfg,
         return rc;
     }
     ck->started = 1;
+    if (cqr_exporter_create(ctx, ck->store, cfg->data_dir, &ck->exp) != 0)
+        cqr_log(CQR_LOG_WARN, "ckpt", "exports unavailable: out of memory");
     ctx->ckpt.checkpoint = hook_checkpoint;
     ctx->ckpt.checkpoint_async = hook_checkpoint_async;
     ctx->ckpt.list = hook_list;
@@ -712,6 +717,7 @@ int cqr_ckpt_close(cqr_ckpt_t *ck)
     cqr_server_ctx_t *ctx = ck->ctx;
     cqr_phases_set_hook(ctx->phases, NULL, NULL);
     memset(&ctx->ckpt, 0, sizeof ctx->ckpt);
+    cqr_exporter_destroy(ck->exp);
     pthread_mutex_lock(&ck->mu);
     ck->stop = 1;
     pthread_cond_signal(&ck->cv);

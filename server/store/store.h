@@ -235,6 +235,16 @@ int cqr_store_load(cqr_store_t *s, uint64_t generation,
                    cqr_store_progress_cb pcb, void *pud,
                    cqr_store_load_info_t *info);
 
+/* Rebuilds table `name` of a generation (0: the newest) into a private
+ * table (*out, the caller's), leaving the store's bases alone: the live
+ * tables' next checkpoints stay incremental. For exports (table_model.h).
+ * *gen_out (if non-NULL) gets the generation read. CQR_ENOTFOUND (no
+ * checkpoint, no such generation or table), CQR_ECORRUPT, CQR_EIO,
+ * CQR_ENOMEM; cqr_store_error() says why. */
+int cqr_store_read_table(cqr_store_t *s, uint64_t generation,
+                         const char *name, cqr_table_t **out,
+                         uint64_t *gen_out);
+
 /* Rewrites the acknowledgement record to `generation` (which may be
  * older than the one recorded): the operator accepted to go on from an
  * older generation, and the next start must not report the loss again.

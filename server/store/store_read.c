@@ -305,3 +305,49 @@ int cqr_store_load(cqr_store_t *s, uint64_t generation,
         *info = li;
     return rc;
 }
+
+int cqr_store_read_table(cqr_store_t *s, uint64_t generation,
+                         const char *name, cqr_table_t **out,
+                         uint64_t *gen_out)
+{
+    if (!s || !name || !out)
+        return CQR_EINVAL;
+    pthread_mutex_lock(&s->mu);
+    int rc = cqr_store_ready(s);
+    if (rc == 0)
+        s->err[0] = 0;
+    uint64_t gen = generation ? generation : s->last_gen;
+    cqr_manifest_t g;
+    memset(&g, 0, sizeof g);
+    char why[400];
+    if (rc == 0 && gen == 0)
+        rc = cqr_store_fail(s, CQR_ENOTFOUND, "no checkpoint yet: take one "
+                            "first (cqrps checkpoint)");
+    if (rc == 0) {
+        rc = cqr_store_man_read(s, gen, &g, why, sizeof why);
+        if (rc)
+            rc = cqr_store_fail(s, rc, "generation %llu: %s",
+                                (unsigned long long)gen, why);
+    }
+    const cqr_mtable_t *tm = NULL;
+    for (uint32_t i = 0; rc == 0 && i < g.ntables && !tm; i++)
+        if (strcmp(g.tables[i].name, name) == 0)
+            tm = &g.tables[i];
+    if (rc == 0 && !tm)
+        rc = cqr_store_fail(s, CQR_ENOTFOUND, "generation %llu has no table "
+                            "%s", (unsigned long long)gen, name);
+    if (rc == 0) {
+        ld_prog_t lp = {NULL, NULL, 1, 0, 0};
+        uint32_t cursor = 0;
+        uint64_t bytes = 0;
+        rc = load_table(s, tm, &lp, 0, out, &cursor, &bytes, why, sizeof why);
+        if (rc)
+            rc = cqr_store_fail(s, rc, "generation %llu: table %s: %s",
+                                (unsigned long long)gen, name, why);
+    }
+    if (rc == 0 && gen_out)
+        *gen_out = gen;
+    cqr_manifest_free(&g);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}

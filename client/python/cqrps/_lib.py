@@ -286,6 +286,21 @@ STRUCTS = {
 }
 """C type name -> ctypes mirror, for the layout test."""
 
+class ExportOpts(Structure):
+    """cqrps_export_opts_t."""
+
+    _fields_ = [("generation", c_uint64), ("since", c_uint64),
+                ("dtype", c_char_p)]
+
+
+class ExportInfo(Structure):
+    """cqrps_export_info_t."""
+
+    _fields_ = [("generation", c_uint64), ("base_generation", c_uint64),
+                ("bytes", c_uint64), ("ids", c_uint64),
+                ("build_seconds", c_double), ("file", c_char * 320)]
+
+
 # ---- Finding and loading the library -----------------------------------------
 
 _SONAMES = ("libcqrps.so", "libcqrps.so.0")
@@ -419,6 +434,8 @@ def _declare(lib: ctypes.CDLL) -> None:
                                            POINTER(POINTER(CheckpointInfo)),
                                            POINTER(c_size_t)]),
         "cqrps_checkpoint_list_free": (None, [POINTER(CheckpointInfo)]),
+        "cqrps_export": (c_int, [client, c_char_p, POINTER(ExportOpts),
+                                 c_char_p, POINTER(ExportInfo)]),
         # Batch de-duplication (no client); pointers as plain addresses,
         # since cqrps.torch calls them on every step.
         "cqrps_dedup": (c_int, [c_void_p, c_size_t, c_void_p, c_void_p,

@@ -901,6 +901,24 @@ class Client:
         self._call(self._L.cqrps_digest, _name(name), buf)
         return _s(buf.value)
 
+    def export(self, table: str, out: str, since: int = 0,
+               generation: int = 0, dtype: str = "f32") -> dict:
+        """Writes a serving export of `table` at a checkpoint generation
+        (0: the newest; with `since`, the delta from that generation) to
+        the local file `out` (read it with cqrps.serving.load). Needs a
+        server with --data-dir and admin rights. Returns the export's
+        figures (generation, base_generation, bytes, ids,
+        build_seconds)."""
+        opts = _lib.ExportOpts(generation, since, dtype.encode())
+        info = _lib.ExportInfo()
+        self._call(self._L.cqrps_export, table.encode(), byref(opts),
+                   str(out).encode(), byref(info))
+        return {"generation": info.generation,
+                "base_generation": info.base_generation,
+                "bytes": info.bytes, "ids": info.ids,
+                "build_seconds": info.build_seconds,
+                "file": info.file.decode()}
+
     def checkpoint(self) -> int:
         """Takes a checkpoint on every shard; returns the first shard's
         generation. Unsupported on servers without persistence."""

@@ -42,6 +42,7 @@
 #include "ops/notify.h"
 #include "rpc/server.h"
 #include "store/ckpt.h"
+#include "tables/serve.h"
 #include "tables/phase.h"
 
 /* Time the I/O threads get to answer received requests and flush. */
@@ -59,6 +60,8 @@ typedef struct server {
     uv_poll_t accept_poll;    /* readability of the listening socket */
     uv_timer_t backoff;       /* re-arms accept_poll after EMFILE */
     uv_signal_t sigint, sigterm;
+    uv_signal_t sighup;       /* --serve: reload the exports */
+    cqr_serve_t *serve;       /* --serve / --serve-dir, or NULL */
     uv_timer_t heartbeat;     /* liveness (/healthz), systemd watchdog */
     int watchdog;             /* systemd asked for WATCHDOG=1 pings */
     cqr_metrics_t *metrics;   /* --metrics-listen endpoint, or NULL */
@@ -151,6 +154,13 @@ static void on_listen_closed(uv_handle_t *h)
     }
 }
 
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    server_t *s = h->data;
+    (void)signum;
+    cqr_serve_reload(s->serve);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     server_t *s = h->data;
@@ -179,6 +189,7 @@ static void on_signal(uv_signal_t *h, int signum)
      * Ctrl-C during a long drain kills the process. */
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->sighup, NULL);
 }
 
 /* Creates, binds and listens; fills s->addr with the bound address (the
@@ -252,6 +263,12 @@ static int open_all(server_t *s)
     if (s->cfg.data_dir[0] != '\0' &&
         cqr_ckpt_open(&s->ctx, &s->cfg, &s->ckpt) != 0)
         return 1;
+    /* Serving mode: the exports are tables before the ready line. */
+    if ((s->cfg.serve[0] != '\0' || s->cfg.serve_dir[0] != '\0') &&
+        cqr_serve_open(&s->ctx, &s->cfg, &s->serve) != 0) {
+        cqr_log(CQR_LOG_ERROR, "serve", "cannot load the exports");
+        return 1;
+    }
 
     if (open_listener(s) != 0)
         return 1;
@@ -278,6 +295,9 @@ static void start_loop(server_t *s)
     s->sigterm.data = s;
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_init(&s->loop, &s->sighup);
+    s->sighup.data = s;
+    uv_signal_start(&s->sighup, on_sighup, SIGHUP);
     uv_poll_start(&s->accept_poll, UV_READABLE, on_accept);
     uint64_t wd_usec = cqr_notify_watchdog_usec();
     s->watchdog = wd_usec > 0;
@@ -329,6 +349,8 @@ static int shut_down(server_t *s)
 {
     cqr_io_stop(s->io, SHUTDOWN_GRACE_MS);
     s->io = NULL;
+    cqr_serve_close(s->serve); /* no reload after the last request */
+    s->serve = NULL;
     cqr_log(CQR_LOG_INFO, "server", "connections closed");
     cqr_phases_shutdown(s->ctx.phases);
     if (s->ctx.ckpt.on_shutdown != NULL)
@@ -377,6 +399,13 @@ int main(int argc, char **argv)
     if (s.cfg.print_config) {
         cqr_config_write(&s.cfg, stdout);
         return 0;
+    }
+    if ((s.cfg.serve[0] != '\0' || s.cfg.serve_dir[0] != '\0') &&
+        (s.cfg.data_dir[0] != '\0' ||
+         (s.cfg.serve[0] != '\0' && s.cfg.serve_dir[0] != '\0'))) {
+        fprintf(stderr, "cqrps-server: --serve and --serve-dir exclude each "
+                "other and --data-dir (a serving server trains nothing)\n");
+        return 2;
     }
     cqr_log_set_level(s.cfg.log_level);
     cqr_log_set_format(s.cfg.log_format);

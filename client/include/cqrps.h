@@ -106,7 +106,8 @@ extern "C" {
     X(SHUTDOWN, 18, "SHUTTING_DOWN", "server is shutting down")              \
     X(INTERNAL, 19, "INTERNAL", "internal error")                            \
     X(NOPHASE, 20, "NO_SUCH_PHASE", "no such cluster phase")               \
-    X(CANCELED, 21, "CANCELLED", "cancelled")
+    X(CANCELED, 21, "CANCELLED", "cancelled")                                \
+    X(READONLY, 22, "READ_ONLY", "server is read-only (serving exports)")
 
 typedef enum cqrps_err {
     CQRPS_OK = 0,

@@ -34,7 +34,8 @@
     X(SHUTDOWN, 18, "server is shutting down")                               \
     X(INTERNAL, 19, "internal error")                                        \
     X(NOPHASE, 20, "no such cluster phase")                                  \
-    X(CANCELED, 21, "cancelled")
+    X(CANCELED, 21, "cancelled")                                             \
+    X(READONLY, 22, "server is read-only (serving exports)")
 
 typedef enum cqr_err {
 #define CQR_ERR_ENUM_(name, num, msg) CQR_E##name = -(num),

@@ -71,6 +71,12 @@ int cqr_model_check_info(const cqr_model_info_t *h, char *why, size_t whylen);
 
 float cqr_f16_to_f32(uint16_t h);
 
+/* Decodes rows x w values of an encoded block (with its int8 scales, if
+ * any) into floats: the values lookups use, bit for bit. */
+void cqr_model_decode(const cqr_model_t *m, const uint8_t *blk,
+                      const float *scales, size_t rows, uint32_t w,
+                      float *dst);
+
 /* The index of `id` in m->ids, or -1. */
 static inline int64_t cqr_model_find(const cqr_model_t *m, uint64_t id)
 {

@@ -279,6 +279,14 @@ static void row_get(const cqr_model_t *m, const uint8_t *blk,
     }
 }
 
+void cqr_model_decode(const cqr_model_t *m, const uint8_t *blk,
+                      const float *scales, size_t rows, uint32_t w,
+                      float *dst)
+{
+    for (size_t r = 0; r < rows; r++)
+        row_get(m, blk, scales, r, w, dst + r * w, 0);
+}
+
 /* A full table's initial row of an ID it does not know (table_impl.h's
  * cqr_full_init_row, bit for bit). */
 static void init_row(const cqr_model_t *m, uint64_t id, float *out)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "model_impl.h"
 #include "table_impl.h"
 
 /* The per-ID part of an export being built. */
@@ -203,4 +204,74 @@ int cqr_table_model(cqr_table_t *t, cqr_table_t *base, uint32_t dtype,
         pthread_rwlock_unlock(&second->lock);
     pthread_rwlock_unlock(&first->lock);
     return rc;
+}
+
+/* ---- Back: a table from an export --------------------------------------- */
+
+/* Fills a new table's codebooks, seeds and known IDs from m. */
+static int fill_from_model(cqr_table_t *t, const cqr_model_t *m)
+{
+    if (t->ncb) {
+        const size_t blk_rows = m->k, blk_bytes = blk_rows * m->w * m->esize;
+        for (uint32_t i = 0; i < t->c; i++) {
+            t->st->seed_p[i] = m->seeds[i];
+            t->st->seed_h[i] = m->seeds[t->c + i];
+        }
+        for (size_t b = 0; b < (size_t)t->ncb * t->c; b++)
+            cqr_model_decode(m, m->cb + b * blk_bytes,
+                             m->h.dtype == CQR_DTYPE_INT8
+                                 ? m->cb_scales + b * blk_rows : NULL,
+                             blk_rows, m->w, t->st->cb[b].param);
+    }
+    if (m->nids == 0)
+        return 0;
+    int rc = cqr_table_add_known(t, m->ids, m->nids);
+    for (size_t j = 0; rc == 0 && j < m->nids; j++) {
+        if (t->cfg.kind == CQR_KIND_CQR) {
+            uint8_t *v = cqr_idmap_find(&t->st->ids, m->ids[j]);
+            memcpy(v, m->vals + j * m->vb, m->vb);
+            continue;
+        }
+        const cqr_full_slot_t *s = cqr_full_find(t, m->ids[j]);
+        uint32_t local;
+        cqr_rows_t *blk = cqr_full_block(t, s->row, &local);
+        cqr_model_decode(m, m->vals + j * m->vb,
+                         m->h.dtype == CQR_DTYPE_INT8 ? m->val_scales + j
+                                                      : NULL,
+                         1, m->h.dim, blk->param + (size_t)local * blk->w);
+    }
+    return rc;
+}
+
+int cqr_table_from_model(const cqr_model_t *m, cqr_table_t **out, char *why,
+                         size_t whylen)
+{
+    const cqr_model_info_t *h = &m->h;
+    if (h->flags & CQR_MODEL_DELTA) {
+        snprintf(why, whylen, "a delta cannot be served: apply it to its "
+                 "base first");
+        return CQR_EINVAL;
+    }
+    cqr_table_config_t cfg;
+    cqr_table_config_default(&cfg, (cqr_kind_t)h->kind, h->dim);
+    cfg.chunks = h->chunks;
+    cfg.rows = h->rows;
+    cfg.seed = h->seed;
+    cfg.init_scale = h->init_scale;
+    cfg.optim.kind = CQR_OPT_SGD;
+    cqr_table_t *t = NULL;
+    int rc = cqr_table_create(&cfg, &t);
+    if (rc == 0 && (t->c != h->chunks || t->k != h->rows ||
+                    (h->kind == CQR_KIND_CQR && t->pw != h->pw)))
+        rc = CQR_EINVAL;
+    if (rc == 0)
+        rc = fill_from_model(t, m);
+    if (rc) {
+        cqr_table_destroy(t);
+        snprintf(why, whylen, "cannot build the table: %s",
+                 cqr_strerror(rc));
+        return rc;
+    }
+    *out = t;
+    return 0;
 }

@@ -26,4 +26,15 @@ int cqr_table_model(cqr_table_t *t, cqr_table_t *base, uint32_t dtype,
                     uint64_t generation, uint64_t base_generation,
                     uint8_t **img, size_t *len, char *why, size_t whylen);
 
+struct cqr_model;
+
+/* A table that looks up exactly what the full export m looks up (for a
+ * float32 export: what the exported table returned), for serving it
+ * read-only: the codebooks, seeds and known IDs of the export, decoded
+ * to float32, and no optimizer state (plain SGD, never stepped: the
+ * table is not meant to be pushed to). CQR_EINVAL for a delta,
+ * CQR_ENOMEM; with a reason. */
+int cqr_table_from_model(const struct cqr_model *m, cqr_table_t **out,
+                         char *why, size_t whylen);
+
 #endif

@@ -107,6 +107,17 @@ static const cqr_config_option_t options[] = {
      OFF(accept_older_generation),
      "start from the newest generation that loads when the last "
      "acknowledged one is missing, instead of refusing to start (on|off)"},
+    {"serve", CQR_CT_PATH, 0, sizeof(((cqr_config_t *)0)->serve), "",
+     OFF(serve),
+     "serve these exports (FILE,FILE...; `cqrps export`) read-only: "
+     "lookups only, writes answer READ_ONLY; reloaded when they change"},
+    {"serve-dir", CQR_CT_PATH, 0, sizeof(((cqr_config_t *)0)->serve_dir),
+     "", OFF(serve_dir),
+     "serve the newest export of each table in DIR, with its deltas "
+     "applied, read-only; new exports and deltas are picked up"},
+    {"serve-poll-ms", CQR_CT_U32, 0, 3600000, "1000", OFF(serve_poll_ms),
+     "how often --serve and --serve-dir look for changed exports (also at "
+     "SIGHUP); 0 = at SIGHUP only"},
     {"config", CQR_CT_PATH, 0, sizeof(((cqr_config_t *)0)->config_path),
      NULL, OFF(config_path),
      "read settings from FILE (name = value lines); flags override it"},

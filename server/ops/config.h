@@ -96,6 +96,11 @@ typedef struct cqr_config {
     int accept_older_generation; /* start from an older generation when
                                     the last acknowledged one vanished
                                     (instead of refusing to start) */
+    char serve[4096];          /* --serve: exports to serve read-only,
+                                  comma-separated; "" = none (serve.h) */
+    char serve_dir[4096];      /* --serve-dir: a folder of exports */
+    uint32_t serve_poll_ms;    /* how often --serve looks for new exports;
+                                  0 = at SIGHUP only */
     char config_path[4096];    /* --config FILE that was read, "" if none */
     int show_help;             /* --help was given: print usage, exit 0 */
     int show_version;          /* --version was given */

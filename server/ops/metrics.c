@@ -342,6 +342,8 @@ static const tfam_t table_fams[] = {
     {"cqrps_table_ids_evicted_total", "counter",
      "IDs whose state was freed (evict_after_phases, max_ids, "
      "ttl_seconds)."},
+    {"cqrps_table_serving_generation", "gauge",
+     "--serve: the checkpoint generation of the export the table serves."},
 };
 
 /* The sample(s) of family f (an index into table_fams) for table e. */
@@ -395,6 +397,10 @@ static void put_table_sample(text_t *t, size_t f, const cqr_entry_t *e,
         break;
     case 11:
         put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fn, tn, s->ids_evicted);
+        break;
+    case 12:
+        put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fn, tn,
+            e->serving_generation);
         break;
     }
 }

@@ -81,6 +81,7 @@ static void fill_info(cqr_info_block_t *b, const cqr_entry_t *e)
     b->info.ids_admitted = st.ids_admitted;
     b->info.ids_evicted = st.ids_evicted;
     b->info.sketch_bytes = st.sketch_bytes;
+    b->info.serving_generation = e->serving_generation;
 }
 
 /* Fills c->infos with every table (for ListTables and Stats). */

@@ -398,6 +398,24 @@ static int data_of(cqr_call_t *c, cqr_data_req_t *d, cqr_data_part_t *one,
     return 0;
 }
 
+/* The operations a read-only server refuses. */
+static int is_write(uint32_t op)
+{
+    switch (op) {
+    case CQRPS__V1__REQUEST__OP_PUSH:
+    case CQRPS__V1__REQUEST__OP_CREATE_TABLE:
+    case CQRPS__V1__REQUEST__OP_DROP_TABLE:
+    case CQRPS__V1__REQUEST__OP_CLUSTER:
+    case CQRPS__V1__REQUEST__OP_CANCEL_CLUSTER:
+    case CQRPS__V1__REQUEST__OP_CHECKPOINT:
+    case CQRPS__V1__REQUEST__OP_UPDATE_OPTIMIZER:
+    case CQRPS__V1__REQUEST__OP_EXPORT_TABLE:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static int dispatch(cqr_call_t *c)
 {
     const Request *q = c->req;
@@ -411,6 +429,9 @@ static int dispatch(cqr_call_t *c)
         return cqr_call_fail(c, CQR_EINVAL, "request uses an encoding this "
                              "server does not accept (a key or length "
                              "over 5 bytes)");
+    if (c->ctx->read_only && is_write(c->op_case))
+        return cqr_call_fail(c, CQR_EREADONLY, "this server serves exports "
+                             "read-only (--serve): lookups only");
     /* Only Lookup and Push come from the fast decoder (q == NULL). */
     if (c->op_case == CQRPS__V1__REQUEST__OP_LOOKUP ||
         c->op_case == CQRPS__V1__REQUEST__OP_PUSH) {

@@ -72,7 +72,7 @@ typedef enum cqr_counter {
 } cqr_counter_t;
 
 /* Status codes 0..CQR_STATUS_COUNT-1 (err.h, negated). */
-#define CQR_STATUS_COUNT 22
+#define CQR_STATUS_COUNT 23
 /* Request operations, by the Request oneof's field number - 10 (0..16),
  * plus one slot for "unknown". */
 #define CQR_OP_COUNT 18
@@ -203,6 +203,8 @@ struct cqr_server_ctx {
                                  it before the ready line unless
                                  restore_async) */
     atomic_int accepting;     /* 1 while the listener accepts */
+    int read_only;            /* --serve: writes answer READ_ONLY (set
+                                 before the listener opens) */
     atomic_uint_fast64_t heartbeat_ms; /* main loop's last tick (monotonic
                                           ms); 0 before it runs */
 };

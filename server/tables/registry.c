@@ -242,6 +242,67 @@ int cqr_registry_remove(cqr_registry_t *reg, const char *name)
     return 0;
 }
 
+int cqr_registry_replace(cqr_registry_t *reg, const char *name,
+                         cqr_table_t *table, uint64_t serving_generation,
+                         char *why, size_t whylen)
+{
+    const uint64_t bytes = cqr_table_config_bytes(cqr_table_config(table));
+    cqr_entry_t *e = NULL;
+    int rc = cqr_registry_reserve(reg, name, bytes, &e, why, whylen);
+    if (rc == CQR_EEXIST) {
+        why[0] = '\0';
+        /* The name is taken: a fresh entry takes its place in one step. */
+        if (cqr_budget_charge(&reg->budget, bytes) != 0) {
+            snprintf(why, whylen, "table needs %" PRIu64 " bytes beside the "
+                     "one it replaces (--max-table-memory)", bytes);
+            return CQR_ELIMIT;
+        }
+        e = calloc(1, sizeof *e);
+        if (e == NULL) {
+            cqr_budget_refund(&reg->budget, bytes);
+            return CQR_ENOMEM;
+        }
+        snprintf(e->name, sizeof e->name, "%s", name);
+        e->bytes = bytes;
+        e->reg = reg;
+        atomic_init(&e->refs, 1); /* the registry's */
+        e->table = table;
+        e->visible = 1;
+        e->serving_generation = serving_generation;
+        cqr_table_set_budget(table, &reg->budget);
+        cqr_table_set_par(table, reg->par);
+        pthread_rwlock_wrlock(&reg->lock);
+        cqr_entry_t *old = find(reg, name);
+        if (old != NULL && !old->visible) {
+            pthread_rwlock_unlock(&reg->lock);
+            cqr_budget_refund(&reg->budget, bytes);
+            free(e);
+            snprintf(why, whylen, "table '%s' is being created", name);
+            return CQR_EBUSY;
+        }
+        e->uid = atomic_fetch_add(&reg->next_uid, 1);
+        if (old != NULL)
+            unlink_entry(reg, old);
+        size_t b = name_hash(name) & (reg->nbuckets - 1);
+        e->next = reg->buckets[b];
+        reg->buckets[b] = e;
+        reg->count++;
+        reg->visible++;
+        pthread_rwlock_unlock(&reg->lock);
+        /* Requests that hold the old table finish with it; the last one
+         * destroys it. */
+        if (old != NULL)
+            cqr_entry_unref(old);
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    e->serving_generation = serving_generation; /* not yet visible */
+    cqr_registry_publish(reg, e, table);
+    cqr_entry_unref(e);
+    return 0;
+}
+
 static int cmp_entry_name(const void *a, const void *b)
 {
     const cqr_entry_t *x = *(const cqr_entry_t *const *)a;

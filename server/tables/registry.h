@@ -52,6 +52,8 @@ typedef struct cqr_entry {
     cqr_registry_t *reg;    /* owner, for the budget refund on destroy */
     struct cqr_entry *next; /* hash chain; under the registry lock */
     int visible;            /* published and not removed; under the lock */
+    uint64_t serving_generation; /* --serve: the export generation the
+                                    table holds (immutable); 0 otherwise */
 } cqr_entry_t;
 
 /* A registry of at most max_tables tables and max_bytes of memory; its
@@ -92,6 +94,17 @@ int cqr_registry_get(cqr_registry_t *reg, const char *name,
 /* Unregisters `name` (the table lives on until its last reference).
  * CQR_ENOTFOUND if there is no visible table of that name. */
 int cqr_registry_remove(cqr_registry_t *reg, const char *name);
+
+/* Registers `table` (ownership passes) under `name`, replacing in one
+ * step the table of that name if there is one: a request finds the old
+ * table or the new one, never none; requests holding the old one finish
+ * with it and its last reference destroys it. CQR_EINVAL, CQR_EBUSY (a
+ * create of that name is in progress), CQR_ELIMIT, CQR_ENOMEM, with a
+ * reason; the caller keeps the table on error. serving_generation goes
+ * into the new entry (metrics, TableInfo). */
+int cqr_registry_replace(cqr_registry_t *reg, const char *name,
+                         cqr_table_t *table, uint64_t serving_generation,
+                         char *why, size_t whylen);
 
 /* Every visible entry sorted by name, each with a reference for the
  * caller; release with cqr_registry_list_free. *out is NULL when n == 0. */

@@ -380,6 +380,31 @@ START_TEST(damaged_files_refused)
 }
 END_TEST
 
+/* A table rebuilt from an export (what --serve serves) looks up exactly
+ * what the export does, for every kind and dtype. */
+START_TEST(table_from_model_exact)
+{
+    for (int kind = 0; kind <= CQR_KIND_CQR; kind++) {
+        cqr_table_t *t = trained((cqr_kind_t)kind);
+        for (uint32_t dt = 0; dt <= CQR_DTYPE_INT8; dt++) {
+            cqr_model_t *m = model_of(t, NULL, dt, 4, 0);
+            cqr_table_t *s = NULL;
+            char why[200];
+            ck_assert_int_eq(cqr_table_from_model(m, &s, why, sizeof why), 0);
+            assert_exact(s, m);
+            if (dt == CQR_DTYPE_F32) {
+                cqr_model_t *again = model_of(s, NULL, dt, 4, 0);
+                ck_assert(same_image(m, again));
+                cqr_model_close(again);
+            }
+            cqr_table_destroy(s);
+            cqr_model_close(m);
+        }
+        cqr_table_destroy(t);
+    }
+}
+END_TEST
+
 Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("model");
@@ -390,6 +415,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, delta_chain_equals_full);
     tcase_add_test(tc, delta_removes_ids);
     tcase_add_test(tc, damaged_files_refused);
+    tcase_add_test(tc, table_from_model_exact);
     suite_add_tcase(s, tc);
     return s;
 }

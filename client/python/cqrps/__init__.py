@@ -32,7 +32,8 @@ from .errors import (AlreadyExists, BadVersion, Busy, Cancelled,
                      ConnectionFailed,
                      Corrupt, Error, Internal, InvalidArgument, LimitExceeded,
                      Malformed, NoMemory, NonFinite, NoSuchPhase, NotFound,
-                     PermissionDenied, ShuttingDown, StorageError, TimedOut,
+                     PermissionDenied, ReadOnly, ShuttingDown, StorageError,
+                     TimedOut,
                      Unauthenticated, Unsupported, WrongDim, from_code)
 
 __version__ = "0.1.0"
@@ -50,7 +51,7 @@ __all__ = [
     "ConnectionFailed", "Corrupt", "Error", "Internal", "InvalidArgument",
     "Kind", "LimitExceeded", "Malformed", "NoMemory", "NonFinite",
     "NoSuchPhase", "NotFound", "Optimizer", "PROTOCOL_VERSION",
-    "PermissionDenied", "PhaseStatus", "Pooling", "ServerInfo",
+    "PermissionDenied", "PhaseStatus", "Pooling", "ReadOnly", "ServerInfo",
     "ShuttingDown", "Stats", "StorageError", "TableConfig", "TableInfo",
     "Ticket", "TimedOut", "Unauthenticated", "Unsupported", "WrongDim",
     "as_ids", "connect", "from_code", "library_path", "read_token_file",

@@ -80,6 +80,7 @@ ERRORS = (
     ("INTERNAL", 19, "INTERNAL"),
     ("NOPHASE", 20, "NO_SUCH_PHASE"),
     ("CANCELED", 21, "CANCELLED"),
+    ("READONLY", 22, "READ_ONLY"),
 )
 
 EINVAL = -1

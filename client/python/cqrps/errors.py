@@ -94,6 +94,8 @@ NoSuchPhase = _cls("NoSuchPhase", -20, "NO_SUCH_PHASE",
                    "No such cluster phase.")
 Cancelled = _cls("Cancelled", -21, "CANCELLED",
                  "Cancelled (a cluster phase, by request or shutdown).")
+ReadOnly = _cls("ReadOnly", -22, "READ_ONLY",
+                "The server serves exports read-only (--serve).")
 
 BY_CODE: Dict[int, Type[Error]] = {
     cls.code: cls
@@ -101,7 +103,7 @@ BY_CODE: Dict[int, Type[Error]] = {
                 NonFinite, LimitExceeded, Busy, Malformed, Unauthenticated,
                 PermissionDenied, StorageError, Corrupt, BadVersion,
                 Unsupported, TimedOut, ConnectionFailed, ShuttingDown,
-                Internal, NoSuchPhase, Cancelled)
+                Internal, NoSuchPhase, Cancelled, ReadOnly)
 }
 """Negative code -> exception class."""
 

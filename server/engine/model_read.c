@@ -298,10 +298,25 @@ static void init_row(const cqr_model_t *m, uint64_t id, float *out)
         out[j] = cqr_rng_sym(&rng, m->h.init_scale);
 }
 
-static void lookup_one(const cqr_model_t *m, uint64_t id, float *o)
+/* B0 pointer i of a stored pointer array of pw bytes each. */
+static inline uint32_t ptr_at(const uint8_t *v, uint32_t pw, uint32_t i)
+{
+    switch (pw) {
+    case 1: return v[i];
+    case 2: return (uint32_t)v[2 * i] | (uint32_t)v[2 * i + 1] << 8;
+    default: {
+        uint32_t p;
+        memcpy(&p, v + 4 * (size_t)i, 4);
+        return p;
+    }
+    }
+}
+
+/* The embedding of `id`, whose index in m->ids is j (-1: not there;
+ * ignored for the kinds without IDs). */
+static void lookup_at(const cqr_model_t *m, uint64_t id, int64_t j, float *o)
 {
     if (m->h.kind == CQR_MODEL_KIND_FULL) {
-        int64_t j = cqr_model_find(m, id);
         if (j >= 0)
             row_get(m, m->vals, m->val_scales, (size_t)j, m->h.dim, o, 0);
         else
@@ -309,11 +324,8 @@ static void lookup_one(const cqr_model_t *m, uint64_t id, float *o)
         return;
     }
     const uint8_t *ptrs = NULL;
-    if (m->h.kind == CQR_MODEL_KIND_CQR) {
-        int64_t j = cqr_model_find(m, id);
-        if (j >= 0)
-            ptrs = m->vals + (size_t)j * m->vb;
-    }
+    if (m->h.kind == CQR_MODEL_KIND_CQR && j >= 0)
+        ptrs = m->vals + (size_t)j * m->vb;
     const size_t blk_rows = m->k;
     const size_t blk_bytes = blk_rows * m->w * m->esize;
     for (uint32_t i = 0; i < m->c; i++) {
@@ -323,9 +335,9 @@ static void lookup_one(const cqr_model_t *m, uint64_t id, float *o)
             row_get(m, m->cb, m->cb_scales, h, m->w, oc, 0);
             continue;
         }
-        uint32_t p = 0;
+        uint32_t p;
         if (ptrs)
-            memcpy(&p, ptrs + (size_t)i * m->h.pw, m->h.pw);
+            p = ptr_at(ptrs, m->h.pw, i);
         else
             p = cqr_fastrange(cqr_hash_id(id, m->seeds[i]), m->k);
         const size_t b0 = i, b1 = (size_t)m->c + i;
@@ -337,13 +349,57 @@ static void lookup_one(const cqr_model_t *m, uint64_t id, float *o)
     }
 }
 
+static void lookup_one(const cqr_model_t *m, uint64_t id, float *o)
+{
+    const int keyed = m->h.kind == CQR_MODEL_KIND_FULL ||
+                      m->h.kind == CQR_MODEL_KIND_CQR;
+    lookup_at(m, id, keyed ? cqr_model_find(m, id) : -1, o);
+}
+
+/* IDs per group of the lookup pipeline: the index's bucket, its IDs and
+ * the value are three misses to memory for a large export; requesting a
+ * whole group's lines stage by stage overlaps them. */
+enum { GROUP = 16 };
+
+static void find_group(const cqr_model_t *m, const uint64_t *ids, size_t n,
+                       int64_t *idx)
+{
+    uint32_t b[GROUP];
+    for (size_t j = 0; j < n; j++) {
+        b[j] = cqr_model_bucket(ids[j], m->L);
+        __builtin_prefetch(&m->buckets[b[j]]);
+    }
+    for (size_t j = 0; j < n; j++)
+        __builtin_prefetch(&m->ids[m->buckets[b[j]]]);
+    for (size_t j = 0; j < n; j++) {
+        idx[j] = -1;
+        for (uint32_t k = m->buckets[b[j]]; k < m->buckets[b[j] + 1]; k++)
+            if (m->ids[k] == ids[j]) {
+                idx[j] = k;
+                const uint8_t *v = m->vals + (size_t)k * m->vb;
+                for (size_t at = 0; at < m->vb; at += 64)
+                    __builtin_prefetch(v + at);
+                break;
+            }
+    }
+}
+
 int cqr_model_lookup(const cqr_model_t *m, const uint64_t *ids, size_t n,
                      float *out)
 {
     if (!m || (n && (!ids || !out)) || (m->h.flags & CQR_MODEL_DELTA))
         return CQR_EINVAL;
-    for (size_t j = 0; j < n; j++)
-        lookup_one(m, ids[j], out + j * m->h.dim);
+    const int keyed = m->h.kind == CQR_MODEL_KIND_FULL ||
+                      m->h.kind == CQR_MODEL_KIND_CQR;
+    int64_t idx[GROUP];
+    for (size_t g = 0; g < n; g += GROUP) {
+        size_t k = n - g < GROUP ? n - g : GROUP;
+        if (keyed)
+            find_group(m, ids + g, k, idx);
+        for (size_t j = 0; j < k; j++)
+            lookup_at(m, ids[g + j], keyed ? idx[j] : -1,
+                      out + (g + j) * m->h.dim);
+    }
     return 0;
 }
 

@@ -11,11 +11,16 @@
  *   - lookups of uniform IDs (a tenth never seen) in batches of --batch:
  *     the table's (cqr_table_lookup, one thread) against the export's
  *     (cqr_model_lookup, one thread and --threads threads), in IDs per
- *     wall second and per CPU second (the machine is shared).
+ *     wall second and per CPU second (the machine is shared);
+ *   - lookups through the server's registry while the table is rebuilt
+ *     from the export and swapped in every 100 ms: batch latency before
+ *     and during the reloads (stderr), and failed lookups (none expected).
  * One TSV line on stdout (header with --header); progress on stderr.
  */
 #include <getopt.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +31,7 @@
 #include "engine/persist.h"
 #include "engine/table.h"
 #include "engine/table_model.h"
+#include "tables/registry.h"
 
 #define PROG "cqrps-serve-bench"
 
@@ -169,6 +175,88 @@ static void rate(const opts_t *o, cqr_table_t *t, const cqr_model_t *m,
     *per_cpu_s = (double)done / c;
 }
 
+/* ---- Latency during reloads ---------------------------------------------
+ * The serving server's swap (serve.h): lookups through the registry
+ * (get, lookup, unref) on one thread while the main thread rebuilds the
+ * table from the export and swaps it in (cqr_registry_replace) every
+ * 100 ms during the second half of the run. */
+typedef struct reload_run {
+    const opts_t *o;
+    cqr_registry_t *reg;
+    double t_switch;        /* reloads start here */
+    bench_lat_t calm, busy; /* batch latencies before and during */
+    uint64_t failed;
+    atomic_int stop;
+} reload_run_t;
+
+static void *reload_reader(void *arg)
+{
+    reload_run_t *r = arg;
+    const opts_t *o = r->o;
+    uint64_t *ids = malloc(o->batch * sizeof *ids);
+    float *out = malloc((size_t)o->batch * o->dim * sizeof *out);
+    bench_rng_t rng;
+    bench_rng_seed(&rng, 7);
+    while (!atomic_load(&r->stop)) {
+        for (uint32_t j = 0; j < o->batch; j++)
+            ids[j] = bench_id(bench_rng_below(&rng, o->ids));
+        double t0 = bench_now();
+        cqr_entry_t *e = NULL;
+        int rc = cqr_registry_get(r->reg, "t", &e);
+        if (rc == 0) {
+            rc = cqr_table_lookup(e->table, ids, o->batch, out);
+            cqr_entry_unref(e);
+        }
+        double us = (bench_now() - t0) * 1e6;
+        r->failed += rc != 0;
+        bench_lat_add(t0 < r->t_switch ? &r->calm : &r->busy, us);
+    }
+    free(ids);
+    free(out);
+    return NULL;
+}
+
+/* Prints "p50 p99 max (calm) | p50 p99 max (reloading) reloads failed". */
+static void reload_latency(const opts_t *o, const cqr_model_t *m)
+{
+    cqr_registry_t *reg = NULL;
+    cqr_table_t *t = NULL;
+    char why[200];
+    if (cqr_registry_create(4, UINT64_MAX / 4, 0, &reg) ||
+        cqr_table_from_model(m, &t, why, sizeof why) ||
+        cqr_registry_replace(reg, "t", t, 1, why, sizeof why))
+        return;
+    reload_run_t r = {.o = o, .reg = reg};
+    r.t_switch = bench_now() + o->seconds;
+    pthread_t th;
+    pthread_create(&th, NULL, reload_reader, &r);
+    int reloads = 0;
+    const double end = r.t_switch + o->seconds;
+    while (bench_now() < end) {
+        double t0 = bench_now();
+        if (t0 >= r.t_switch &&
+            cqr_table_from_model(m, &t, why, sizeof why) == 0 &&
+            cqr_registry_replace(reg, "t", t, 2, why, sizeof why) == 0)
+            reloads++;
+        double left = 0.1 - (bench_now() - t0);
+        if (left > 0)
+            usleep((useconds_t)(left * 1e6));
+    }
+    atomic_store(&r.stop, 1);
+    pthread_join(th, NULL);
+    bench_lat_sort(&r.calm);
+    bench_lat_sort(&r.busy);
+    bench_log(PROG, "reload: batch latency us p50/p99/max calm %.0f/%.0f/"
+              "%.0f, during %d reloads %.0f/%.0f/%.0f, failed %llu",
+              bench_lat_pct(&r.calm, 0.5), bench_lat_pct(&r.calm, 0.99),
+              bench_lat_pct(&r.calm, 1.0), reloads,
+              bench_lat_pct(&r.busy, 0.5), bench_lat_pct(&r.busy, 0.99),
+              bench_lat_pct(&r.busy, 1.0), (unsigned long long)r.failed);
+    bench_lat_free(&r.calm);
+    bench_lat_free(&r.busy);
+    cqr_registry_destroy(reg);
+}
+
 int main(int argc, char **argv)
 {
     opts_t o;
@@ -228,7 +316,8 @@ int main(int argc, char **argv)
            ck_s, (unsigned long long)bytes[0], secs[0],
            (unsigned long long)bytes[1], (unsigned long long)bytes[2], tab1,
            tab1c, mod1, mod1c, modn);
-    cqr_model_close(m);
     cqr_table_destroy(t);
+    reload_latency(&o, m);
+    cqr_model_close(m);
     return 0;
 }

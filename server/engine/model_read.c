@@ -255,12 +255,12 @@ static void row_get(const cqr_model_t *m, const uint8_t *blk,
                     int add)
 {
     if (m->h.dtype == CQR_DTYPE_F32) {
-        const uint8_t *src = blk + r * w * 4;
-        for (uint32_t j = 0; j < w; j++) {
-            float v;
-            memcpy(&v, src + 4 * (size_t)j, 4);
-            out[j] = add ? out[j] + v : v;
-        }
+        const float *src = (const float *)(const void *)(blk + r * w * 4);
+        if (add)
+            for (uint32_t j = 0; j < w; j++)
+                out[j] += src[j];
+        else
+            memcpy(out, src, (size_t)w * 4);
     } else if (m->h.dtype == CQR_DTYPE_F16) {
         const uint8_t *src = blk + r * w * 2;
         for (uint32_t j = 0; j < w; j++) {

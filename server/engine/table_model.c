@@ -178,6 +178,15 @@ int cqr_table_model(cqr_table_t *t, cqr_table_t *base, uint32_t dtype,
         snprintf(why, whylen, "invalid argument");
         return CQR_EINVAL;
     }
+    /* A full table's fallback rows (admit_after) and expired rows (ttl)
+     * change what its lookups return in ways the format does not carry
+     * yet: refuse rather than export something inexact. */
+    if (t->cfg.kind == CQR_KIND_FULL &&
+        (t->cfg.admit_after > 1 || t->cfg.ttl_seconds != 0)) {
+        snprintf(why, whylen, "full tables with admit_after or ttl_seconds "
+                 "cannot be exported yet");
+        return CQR_EUNSUPPORTED;
+    }
     if (base && !same_table(t, base)) {
         snprintf(why, whylen, "the two generations hold different tables "
                  "(kind, shape or seed differ): export it whole");

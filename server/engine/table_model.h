@@ -9,7 +9,9 @@
  *
  * Threading: may run concurrently with any call on the tables but
  * destroy. Errors: 0, CQR_EINVAL (the tables are not two states of one
- * table: kind, shape or seed differ), CQR_ENOMEM; with a reason in why.
+ * table: kind, shape or seed differ), CQR_EUNSUPPORTED (a full table with
+ * admit_after > 1 or ttl_seconds: its fallback and expired rows are not
+ * in the format yet), CQR_ENOMEM; with a reason in why.
  */
 #ifndef CQR_TABLE_MODEL_H
 #define CQR_TABLE_MODEL_H

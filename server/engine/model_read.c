@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -435,5 +436,9 @@ int cqr_model_lookup_pooled(const cqr_model_t *m, const uint64_t *ids,
                 o[d] *= inv;
         }
     }
+    /* As the server: a sum that overflows is refused, never served. */
+    for (size_t j = 0; j < nbags * dim; j++)
+        if (!isfinite(out[j]))
+            return CQR_ENONFINITE;
     return 0;
 }

@@ -646,27 +646,38 @@ static int direct_begin(cq_conn_t *conn, const unsigned char *f,
     return 0;
 }
 
+/* One non-blocking recv() into buf: the bytes received (> 0), or -1 when
+ * there is nothing more to read now (EAGAIN) or the connection failed
+ * (closed by the server, or a read error: conn_fail has run). */
+static ssize_t conn_recv(cq_conn_t *conn, void *buf, size_t len)
+{
+    for (;;) {
+        ssize_t n = recv(conn->fd, buf, len, MSG_DONTWAIT);
+        if (n > 0)
+            return n;
+        if (n == 0) {
+            char msg[CQ_ERRMSG_MAX];
+            snprintf(msg, sizeof(msg),
+                     "connection to %s closed by the server", conn->addr);
+            conn_fail(conn, CQRPS_ECONN, msg);
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            conn_fail_errno(conn, "read from", errno);
+        return -1;
+    }
+}
+
 /* Receives into the caller's output; completes the request when done. */
 static void direct_read(cq_net_t *net, cq_conn_t *conn)
 {
     for (;;) {
         while (conn->dst_left > 0) {
-            ssize_t n = recv(conn->fd, conn->dst, conn->dst_left,
-                             MSG_DONTWAIT);
-            if (n == 0) {
-                char msg[CQ_ERRMSG_MAX];
-                snprintf(msg, sizeof(msg),
-                         "connection to %s closed by the server", conn->addr);
-                conn_fail(conn, CQRPS_ECONN, msg);
+            ssize_t n = conn_recv(conn, conn->dst, conn->dst_left);
+            if (n < 0)
                 return;
-            }
-            if (n < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno != EAGAIN && errno != EWOULDBLOCK)
-                    conn_fail_errno(conn, "read from", errno);
-                return;
-            }
             conn->dst += n;
             conn->dst_left -= (size_t)n;
             conn->last_progress_ms = cq_now_ms();
@@ -721,21 +732,10 @@ static void conn_read(cq_net_t *net, cq_conn_t *conn)
             conn->rbuf = nb;
             conn->rcap = want;
         }
-        ssize_t n = recv(conn->fd, conn->rbuf + conn->rlen,
-                         conn->rcap - conn->rlen, MSG_DONTWAIT);
-        if (n == 0) {
-            snprintf(msg, sizeof(msg), "connection to %s closed by the server",
-                     conn->addr);
-            conn_fail(conn, CQRPS_ECONN, msg);
+        ssize_t n = conn_recv(conn, conn->rbuf + conn->rlen,
+                              conn->rcap - conn->rlen);
+        if (n < 0)
             return;
-        }
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                conn_fail_errno(conn, "read from", errno);
-            return;
-        }
         conn->rlen += (size_t)n;
         conn->last_progress_ms = cq_now_ms();
 

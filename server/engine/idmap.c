@@ -55,6 +55,7 @@ static uint8_t *place(cqr_idmap_t *m, uint64_t id)
     while (cqr_idmap_key_at(m, i) != 0) {
         if (++i == m->cap)
             i = 0;
+        m->steps++;
     }
     uint8_t *s = m->slots + i * m->stride;
     memcpy(s, &id, sizeof id);
@@ -82,6 +83,12 @@ static int rehash(cqr_idmap_t *m, size_t cap)
 static size_t cap_for(size_t n)
 {
     return n + (n * 3) / 17 + 1;
+}
+
+uint64_t cqr_idmap_reserve_bytes(const cqr_idmap_t *m, size_t n)
+{
+    size_t cap = cap_for(n);
+    return cap <= m->cap ? 0 : (uint64_t)(cap - m->cap) * m->stride;
 }
 
 int cqr_idmap_reserve(cqr_idmap_t *m, size_t n)

@@ -41,9 +41,15 @@ typedef struct cqr_idmap {
     uint32_t stride;    /* bytes per slot: 8 + vw rounded up to 8 */
     int has_zero;       /* whether the ID 0 is held */
     uint8_t *zero_slot; /* the ID 0's slot (stride bytes; index cap) */
+    uint64_t steps;     /* slots stepped over past the home slot by every
+                           placement (inserts and rehashes): a probe-
+                           length statistic for tests and benches */
 } cqr_idmap_t;
 
 int cqr_idmap_init(cqr_idmap_t *m, uint32_t vw, size_t initial);
+
+/* Bytes that cqr_idmap_reserve(m, n) would add (0 when it has room). */
+uint64_t cqr_idmap_reserve_bytes(const cqr_idmap_t *m, size_t n);
 void cqr_idmap_free(cqr_idmap_t *m);
 
 /* The slot where a probe for `id` starts: fastrange of the mixed ID over

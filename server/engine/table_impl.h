@@ -199,6 +199,13 @@ static inline void cqr_mark(uint32_t *m, uint32_t e)
  * the failing one stay registered. Exclusive lock held. */
 int cqr_table_add_known(cqr_table_t *t, const uint64_t *ids, size_t n);
 
+/* Sizes the known-ID map (full or cqr) for n IDs at once, charged to the
+ * budget like growth. Callers that register many IDs in the order of
+ * their hash (an export's IDs) must call it first: a map that grows as
+ * they arrive piles them into probe runs that grow with the map, which
+ * made building a 1e7-ID table quadratic. Exclusive lock held. */
+int cqr_table_reserve_known(cqr_table_t *t, size_t n);
+
 /* Allocates a full table's blocks (rows and marks) for `rows` rows:
  * block 0 grown, blocks appended. Charges nothing (the callers do).
  * Exclusive access (exclusive lock, or a table not yet shared). */

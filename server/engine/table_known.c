@@ -423,6 +423,31 @@ static int cqr_known_one(cqr_table_t *t, uint64_t id)
     return 0;
 }
 
+int cqr_table_reserve_known(cqr_table_t *t, size_t n)
+{
+    cqr_idmap_t *m = t->cfg.kind == CQR_KIND_FULL ? &t->rowmap
+                     : t->cfg.kind == CQR_KIND_CQR ? &t->st->ids
+                                                    : NULL;
+    if (!m)
+        return 0;
+    const size_t old_cap = m->cap;
+    const uint64_t bytes = cqr_idmap_reserve_bytes(m, n);
+    int rc = grow_charge(t, bytes);
+    if (rc)
+        return rc;
+    rc = cqr_idmap_reserve(m, n);
+    if (rc) {
+        grow_refund(t, bytes);
+        return rc;
+    }
+    if (m->cap != old_cap && __atomic_load_n(&t->ins_on, __ATOMIC_RELAXED)) {
+        /* Rehashed: the next export writes the whole map. */
+        t->map_base_epoch = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
+        t->ins_n = 0;
+    }
+    return 0;
+}
+
 int cqr_table_add_known(cqr_table_t *t, const uint64_t *ids, size_t n)
 {
     if (t->cfg.kind == CQR_KIND_FULL)

@@ -234,7 +234,9 @@ static int fill_from_model(cqr_table_t *t, const cqr_model_t *m)
     }
     if (m->nids == 0)
         return 0;
-    int rc = cqr_table_add_known(t, m->ids, m->nids);
+    int rc = cqr_table_reserve_known(t, m->nids);
+    if (rc == 0)
+        rc = cqr_table_add_known(t, m->ids, m->nids);
     for (size_t j = 0; rc == 0 && j < m->nids; j++) {
         if (t->cfg.kind == CQR_KIND_CQR) {
             uint8_t *v = cqr_idmap_find(&t->st->ids, m->ids[j]);

@@ -538,23 +538,14 @@ void cqr_call_ckpt_reply(Cqrps__V1__CheckpointReply *r,
  * replies). */
 static int defer_checkpoint(cqr_call_t *c)
 {
-    cqr_server_ctx_t *ctx = c->ctx;
-    cqr_deferred_t *d = calloc(1, sizeof *d);
-    if (d == NULL)
-        return cqr_call_fail(c, CQR_ENOMEM, "out of memory");
-    d->ctx = ctx;
-    d->id = c->id;
-    d->op = (uint32_t)CQRPS__V1__REQUEST__OP_CHECKPOINT - 10u;
-    d->t0_ns = cqr_opstats_now_ns();
-    cqr_buf_init(&d->reply);
-    int rc = c->sess->defer(c->sess, d);
-    if (rc != 0) {
-        free(d);
-        return cqr_call_fail(c, rc, "cannot queue the checkpoint: %s",
-                             cqr_strerror(rc));
-    }
+    cqr_deferred_t *d;
+    int rc = cqr_call_defer(
+        c, (uint32_t)CQRPS__V1__REQUEST__OP_CHECKPOINT - 10u, "checkpoint",
+        &d);
+    if (rc != 0)
+        return rc;
     /* From here the slot is reserved: every outcome goes through it. */
-    c->deferred = 1;
+    cqr_server_ctx_t *ctx = c->ctx;
     rc = ctx->ckpt.checkpoint_async(ctx->ckpt.ud, ctx, d);
     if (rc != 0)
         cqr_rpc_checkpoint_done(d, rc, NULL, NULL);

@@ -117,6 +117,13 @@ typedef struct cqr_call {
 int cqr_call_fail(cqr_call_t *c, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Reserves the reply of a request answered later (Checkpoint, Export):
+ * *d gets the slot, with op's statistics index; from here every outcome
+ * must finish through d (cqr_rpc_*_done). Fails (the call's message names
+ * `what`) when the slot cannot be had. */
+int cqr_call_defer(cqr_call_t *c, uint32_t op, const char *what,
+                   cqr_deferred_t **d);
+
 /* Frees p after the reply is packed (at most four blocks per call). */
 void cqr_call_keep(cqr_call_t *c, void *p);
 

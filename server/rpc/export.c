@@ -41,22 +41,12 @@ static int need_admin(cqr_call_t *c)
  * place when it finishes (server.h, Deferred replies). */
 static int defer_export(cqr_call_t *c, const cqr_export_req_t *req)
 {
+    cqr_deferred_t *d;
+    int rc = cqr_call_defer(
+        c, (uint32_t)CQRPS__V1__REQUEST__OP_EXPORT_TABLE - 10u, "export", &d);
+    if (rc != 0)
+        return rc;
     cqr_server_ctx_t *ctx = c->ctx;
-    cqr_deferred_t *d = calloc(1, sizeof *d);
-    if (d == NULL)
-        return cqr_call_fail(c, CQR_ENOMEM, "out of memory");
-    d->ctx = ctx;
-    d->id = c->id;
-    d->op = (uint32_t)CQRPS__V1__REQUEST__OP_EXPORT_TABLE - 10u;
-    d->t0_ns = cqr_opstats_now_ns();
-    cqr_buf_init(&d->reply);
-    int rc = c->sess->defer(c->sess, d);
-    if (rc != 0) {
-        free(d);
-        return cqr_call_fail(c, rc, "cannot queue the export: %s",
-                             cqr_strerror(rc));
-    }
-    c->deferred = 1;
     rc = ctx->exp.build_async(ctx->exp.ud, req, d);
     if (rc != 0)
         cqr_rpc_export_done(d, rc, NULL, "cannot start the export");

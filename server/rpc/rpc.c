@@ -40,6 +40,28 @@ int cqr_call_fail(cqr_call_t *c, int err, const char *fmt, ...)
     return err;
 }
 
+int cqr_call_defer(cqr_call_t *c, uint32_t op, const char *what,
+                   cqr_deferred_t **d)
+{
+    cqr_deferred_t *x = calloc(1, sizeof *x);
+    if (x == NULL)
+        return cqr_call_fail(c, CQR_ENOMEM, "out of memory");
+    x->ctx = c->ctx;
+    x->id = c->id;
+    x->op = op;
+    x->t0_ns = cqr_opstats_now_ns();
+    cqr_buf_init(&x->reply);
+    int rc = c->sess->defer(c->sess, x);
+    if (rc != 0) {
+        free(x);
+        return cqr_call_fail(c, rc, "cannot queue the %s: %s", what,
+                             cqr_strerror(rc));
+    }
+    c->deferred = 1;
+    *d = x;
+    return 0;
+}
+
 void cqr_call_keep(cqr_call_t *c, void *p)
 {
     for (size_t i = 0; i < sizeof c->heap / sizeof c->heap[0]; i++)

@@ -154,6 +154,7 @@ static void info_from_pb(const Cqrps__V1__TableInfo *p,
     out->ids_admitted = p->ids_admitted;
     out->ids_evicted = p->ids_evicted;
     out->sketch_bytes = p->sketch_bytes;
+    out->serving_generation = p->serving_generation;
 }
 
 /* Adds shard `k`'s (0-based, k >= 1) figures of the same table into acc. */
@@ -178,6 +179,8 @@ static void info_merge(cqrps_table_info_t *acc, const cqrps_table_info_t *o,
     acc->ids_admitted += o->ids_admitted;
     acc->ids_evicted += o->ids_evicted;
     acc->sketch_bytes += o->sketch_bytes;
+    if (o->serving_generation < acc->serving_generation)
+        acc->serving_generation = o->serving_generation;
     acc->last_inertia = (acc->last_inertia * k + o->last_inertia) / (k + 1);
     if (o->last_phase_seconds > acc->last_phase_seconds)
         acc->last_phase_seconds = o->last_phase_seconds;

@@ -147,6 +147,7 @@ cJSON *js_info(const cqrps_table_info_t *t)
     js_u64(o, "ids_admitted", t->ids_admitted);
     js_u64(o, "ids_evicted", t->ids_evicted);
     js_u64(o, "sketch_bytes", t->sketch_bytes);
+    js_u64(o, "serving_generation", t->serving_generation);
     return o;
 }
 
@@ -272,6 +273,9 @@ void print_describe(const cqrps_table_info_t *t)
             printf("off");
         printf(", %" PRIu64 " evicted\n", t->ids_evicted);
     }
+    if (t->serving_generation)
+        printf("serving:        export generation %" PRIu64 " (read-only)\n",
+               t->serving_generation);
     printf("known_ids:      %" PRIu64 "\n", t->known_ids);
     printf("memory:         params %s, optimizer %s, index %s "
            "(%.1f B/known id)\n",

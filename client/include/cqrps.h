@@ -307,6 +307,9 @@ typedef struct cqrps_table_info {
     uint64_t ids_admitted;         /* IDs given state of their own */
     uint64_t ids_evicted;          /* IDs whose state was freed */
     uint64_t sketch_bytes;         /* the admission sketch */
+    uint64_t serving_generation;   /* --serve: the export generation the
+                                      table serves (0: a training table);
+                                      sharded: the smallest */
 } cqrps_table_info_t;
 
 /* Creates a table on every shard; fills *info (if non-NULL) with the

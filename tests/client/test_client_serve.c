@@ -147,6 +147,11 @@ START_TEST(serve_dir_reload_under_load)
     ck_assert_int_eq(cqrps_drop_table(r, "q"), CQRPS_EREADONLY);
     ck_assert_int_eq(cqrps_cluster(r, "q", &phase), CQRPS_EREADONLY);
     ck_assert_int_eq(cqrps_checkpoint(r, &phase), CQRPS_EREADONLY);
+    cqrps_table_info_t ti;
+    ck_assert_int_eq(cqrps_describe_table(r, "q", &ti), 0);
+    ck_assert_uint_eq(ti.serving_generation, g1);
+    ck_assert_int_eq(cqrps_describe_table(c, "q", &ti), 0);
+    ck_assert_uint_eq(ti.serving_generation, 0);
 
     /* Reload under load: deltas g1 -> g2 appear, then SIGHUP. */
     load_t l = {.addr = sv.addr, .a1 = &a1, .a2 = &a2};
@@ -173,6 +178,8 @@ START_TEST(serve_dir_reload_under_load)
     ck_assert_int_eq(multi_lookup(r, got.q, got.f), 0);
     ck_assert(tu_same(got.q, a2.q, N * DIM, "q at g2"));
     ck_assert(tu_same(got.f, a2.f, N / 3 * DIM, "f at g2"));
+    ck_assert_int_eq(cqrps_describe_table(r, "f", &ti), 0);
+    ck_assert_uint_eq(ti.serving_generation, g2);
     cqrps_close(r);
     tu_server_stop(&sv);
     cqrps_close(c);

@@ -96,6 +96,7 @@ static const layout_line_t layout[] = {
     OFF(cqrps_table_info_t, ids_admitted),
     OFF(cqrps_table_info_t, ids_evicted),
     OFF(cqrps_table_info_t, sketch_bytes),
+    OFF(cqrps_table_info_t, serving_generation),
 
     SIZE(cqrps_phase_status_t),
     OFF(cqrps_phase_status_t, phase_id),

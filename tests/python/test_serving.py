@@ -13,7 +13,7 @@ import numpy as np
 
 import cqrps
 import cqrps.serving
-from server_proc import ServerTestCase
+from server_proc import Server, ServerTestCase
 
 DIM = 8
 
@@ -76,6 +76,19 @@ class ServingTest(ServerTestCase):
                 with m.apply_delta(pd) as m2:
                     self.assertEqual(m2.generation, g2)
                     np.testing.assert_array_equal(m2.lookup(probe), want2)
+
+    def test_serve_reports_generation(self) -> None:
+        self.c.create_table("g_cqr", kind="cqr", dim=DIM, rows=64)
+        self.train("g_cqr", 2)
+        g = self.c.checkpoint()
+        path = os.path.join(self.tmp, "g_cqr.cqrm")
+        self.c.export("g_cqr", path, generation=g)
+        self.assertEqual(self.c.describe_table("g_cqr").serving_generation, 0)
+        with Server(("--serve", path)) as sv:
+            with cqrps.connect(sv.addr) as r:
+                info = r.describe_table("g_cqr")
+                self.assertEqual(info.serving_generation, g)
+                self.assertEqual(info.kind, "cqr")
 
     def test_torch_module(self) -> None:
         try:

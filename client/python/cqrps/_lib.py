@@ -206,6 +206,7 @@ class TableInfo(Structure):
         ("ids_admitted", c_uint64),
         ("ids_evicted", c_uint64),
         ("sketch_bytes", c_uint64),
+        ("serving_generation", c_uint64),
     ]
 
 

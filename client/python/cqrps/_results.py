@@ -91,6 +91,7 @@ class TableInfo:
     ids_admitted: int = 0       #: IDs given state of their own
     ids_evicted: int = 0        #: IDs whose state was freed
     sketch_bytes: int = 0       #: the admission sketch
+    serving_generation: int = 0  #: --serve: the export generation served
 
     @property
     def kind(self) -> str:
@@ -115,7 +116,8 @@ class TableInfo:
             last_inertia=t.last_inertia,
             last_phase_seconds=t.last_phase_seconds,
             ids_admitted=t.ids_admitted, ids_evicted=t.ids_evicted,
-            sketch_bytes=t.sketch_bytes)
+            sketch_bytes=t.sketch_bytes,
+            serving_generation=t.serving_generation)
 
 
 @dataclass(frozen=True)

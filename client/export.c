@@ -97,8 +97,9 @@ static int fetch_chunk(cqrps_client_t *c, const char *file, uint64_t off,
     return rc;
 }
 
-static int fetch(cqrps_client_t *c, const cqrps_export_info_t *in,
-                 uint64_t checksum, const char *out_path)
+static int fetch(cqrps_client_t *c, const cqrps_export_opts_t *opts,
+                 const cqrps_export_info_t *in, uint64_t checksum,
+                 const char *out_path)
 {
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", out_path) >= (int)sizeof tmp)
@@ -114,6 +115,12 @@ static int fetch(cqrps_client_t *c, const cqrps_export_info_t *in,
         size_t got = 0;
         rc = fetch_chunk(c, in->file, off, in->bytes, fd, &st, &got);
         off += got;
+        if (rc == 0 && opts && opts->progress &&
+            opts->progress(opts->progress_ud, off, in->bytes))
+            rc = cq_fail(&c->net, CQRPS_ECANCELED, "export fetch stopped "
+                         "at %llu of %llu bytes",
+                         (unsigned long long)off,
+                         (unsigned long long)in->bytes);
     }
     if (rc == 0 && XXH3_64bits_digest(&st) != checksum)
         rc = cq_fail(&c->net, CQRPS_ECORRUPT, "the fetched export does not "
@@ -148,7 +155,7 @@ int cqrps_export(cqrps_client_t *c, const char *table,
     uint64_t checksum = 0;
     rc = send_export(c, table, opts, &in, &checksum);
     if (rc == 0)
-        rc = fetch(c, &in, checksum, out_path);
+        rc = fetch(c, opts, &in, checksum, out_path);
     if (rc == 0 && info)
         *info = in;
     return rc;

@@ -4,6 +4,7 @@
  */
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -764,9 +765,52 @@ static int parse_export(cli_t *cli, const cli_command_t *cmd, int argc,
     return 0;
 }
 
+/* Ctrl-C during an export: the first stops the fetch at the next chunk
+ * (no partial file is left), a second quits at once. */
+static volatile sig_atomic_t export_stop;
+
+static void on_export_sigint(int sig)
+{
+    if (export_stop) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+    export_stop = 1;
+}
+
+/* The fetch's progress on stderr, a line per tenth of a file of at least
+ * 16 MiB (the build's time is in the server's log and the result). */
+static int export_progress(void *ud, uint64_t done, uint64_t total)
+{
+    unsigned *last = ud;
+    if (export_stop) {
+        fprintf(stderr, "cqrps export: stopped at %" PRIu64 " of %" PRIu64
+                " bytes\n", done, total);
+        return 1;
+    }
+    unsigned tenth = total ? (unsigned)(done * 10 / total) : 10;
+    if (total >= (16u << 20) && tenth > *last) {
+        *last = tenth;
+        fprintf(stderr, "cqrps export: fetched %.1f of %.1f MB (%u%%)\n",
+                (double)done / 1e6, (double)total / 1e6, tenth * 10);
+    }
+    return 0;
+}
+
 static int call_export(cli_t *cli, cli_result_t *r)
 {
-    return cqrps_export(cli->c, cli->what, &cli->exp, cli->out, &r->exported);
+    unsigned last = 0;
+    struct sigaction sa = {.sa_handler = on_export_sigint}, old;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    export_stop = 0;
+    sigaction(SIGINT, &sa, &old);
+    cli->exp.progress = export_progress;
+    cli->exp.progress_ud = &last;
+    int rc = cqrps_export(cli->c, cli->what, &cli->exp, cli->out,
+                          &r->exported);
+    sigaction(SIGINT, &old, NULL);
+    return rc;
 }
 
 static void json_export(const cli_t *cli, const cli_result_t *r, cJSON *o)

@@ -665,10 +665,18 @@ CQRPS_API void cqrps_checkpoint_list_free(cqrps_checkpoint_info_t *list);
  * only: a sharded client gets CQRPS_EUNSUPPORTED (export each shard's
  * part through a client of that shard). Waits without
  * request_timeout_ms for the build. */
+/* Called after each fetched chunk with the bytes fetched and the file's
+ * size; returning nonzero stops the fetch (cqrps_export then returns
+ * CQRPS_ECANCELED and leaves no file). */
+typedef int (*cqrps_export_progress_fn)(void *ud, uint64_t done,
+                                        uint64_t total);
+
 typedef struct cqrps_export_opts {
     uint64_t generation; /* 0 = the newest checkpoint */
     uint64_t since;      /* 0 = full; else a delta from this generation */
     const char *dtype;   /* NULL or "f32" (exact), "f16", "int8" */
+    cqrps_export_progress_fn progress; /* NULL or the fetch's progress */
+    void *progress_ud;   /* passed to progress */
 } cqrps_export_opts_t;
 
 typedef struct cqrps_export_info {

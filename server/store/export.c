@@ -50,6 +50,9 @@ static int build_export(cqr_exporter_t *e, const cqr_export_req_t *req,
                         cqr_export_res_t *res, char *why, size_t whylen)
 {
     const double t0 = now_mono();
+    cqr_log(CQR_LOG_INFO, "export", "export started table=%s generation=%"
+            PRIu64 " since=%" PRIu64 " dtype=%s", req->table, req->generation,
+            req->since, cqr_dtype_name(req->dtype));
     cqr_table_t *t = NULL, *base = NULL;
     uint64_t gen = 0, bgen = 0;
     uint8_t *img = NULL;

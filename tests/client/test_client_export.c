@@ -100,6 +100,24 @@ static int files_equal(const char *a, const char *b)
     return same;
 }
 
+/* What an export's progress callback saw; stop_at > 0 stops it at that
+ * call. */
+typedef struct progress {
+    int calls, stop_at, backwards;
+    uint64_t last_done, total;
+} progress_t;
+
+static int on_progress(void *ud, uint64_t done, uint64_t total)
+{
+    progress_t *p = ud;
+    p->calls++;
+    if (done < p->last_done || done > total)
+        p->backwards++;
+    p->last_done = done;
+    p->total = total;
+    return p->stop_at && p->calls >= p->stop_at;
+}
+
 START_TEST(export_matches_server)
 {
     char dir[] = "/tmp/cqr_test_export_XXXXXX";
@@ -187,6 +205,26 @@ START_TEST(export_matches_server)
     ck_assert_int_eq(cqrps_model_open(p1, &m), CQRPS_ECORRUPT);
     ck_assert(cqrps_model_last_error()[0] != '\0');
     unlink(p1);
+    /* Progress: called per chunk up to the file's size; a nonzero return
+     * stops the fetch with CANCELED and leaves no file, not even the
+     * temporary one. */
+    progress_t pg = {0};
+    o = (cqrps_export_opts_t){.progress = on_progress, .progress_ud = &pg};
+    cqrps_export_info_t xi;
+    ck_assert_int_eq(cqrps_export(c, "q", &o, p1, &xi), 0);
+    ck_assert_int_ge(pg.calls, 1);
+    ck_assert_uint_eq(pg.last_done, xi.bytes);
+    ck_assert_uint_eq(pg.total, xi.bytes);
+    ck_assert_int_eq(pg.backwards, 0);
+    unlink(p1);
+    pg = (progress_t){.stop_at = 1};
+    ck_assert_int_eq(cqrps_export(c, "q", &o, p1, NULL), CQRPS_ECANCELED);
+    ck_assert_int_eq(pg.calls, 1);
+    ck_assert_ptr_nonnull(strstr(cqrps_last_error(c), "stopped"));
+    ck_assert_int_ne(access(p1, F_OK), 0);
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", p1);
+    ck_assert_int_ne(access(tmp, F_OK), 0);
     /* Unknown tables and generations are errors, not files. */
     ck_assert_int_eq(cqrps_export(c, "nope", NULL, p1, NULL), CQRPS_ENOTFOUND);
     o = (cqrps_export_opts_t){.generation = 999};

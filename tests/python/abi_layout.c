@@ -142,6 +142,21 @@ static const layout_line_t layout[] = {
     OFF(cqrps_checkpoint_info_t, tables),
     OFF(cqrps_checkpoint_info_t, shard),
 
+    SIZE(cqrps_export_opts_t),
+    OFF(cqrps_export_opts_t, generation),
+    OFF(cqrps_export_opts_t, since),
+    OFF(cqrps_export_opts_t, dtype),
+    OFF(cqrps_export_opts_t, progress),
+    OFF(cqrps_export_opts_t, progress_ud),
+
+    SIZE(cqrps_export_info_t),
+    OFF(cqrps_export_info_t, generation),
+    OFF(cqrps_export_info_t, base_generation),
+    OFF(cqrps_export_info_t, bytes),
+    OFF(cqrps_export_info_t, ids),
+    OFF(cqrps_export_info_t, build_seconds),
+    OFF(cqrps_export_info_t, file),
+
     /* Enum sizes: _lib.py passes them as C ints. */
     SIZE(cqrps_kind_t),
     SIZE(cqrps_optimizer_t),

@@ -292,7 +292,8 @@ class ExportOpts(Structure):
     """cqrps_export_opts_t."""
 
     _fields_ = [("generation", c_uint64), ("since", c_uint64),
-                ("dtype", c_char_p)]
+                ("dtype", c_char_p), ("progress", c_void_p),
+                ("progress_ud", c_void_p)]
 
 
 class ExportInfo(Structure):
@@ -301,6 +302,10 @@ class ExportInfo(Structure):
     _fields_ = [("generation", c_uint64), ("base_generation", c_uint64),
                 ("bytes", c_uint64), ("ids", c_uint64),
                 ("build_seconds", c_double), ("file", c_char * 320)]
+
+
+STRUCTS["cqrps_export_opts_t"] = ExportOpts
+STRUCTS["cqrps_export_info_t"] = ExportInfo
 
 
 # ---- Finding and loading the library -----------------------------------------

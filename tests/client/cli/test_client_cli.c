@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cqrps_model.h"
 #include "testutil.h"
 #include "check_main.h"
 
@@ -574,6 +575,69 @@ START_TEST(test_cli_cancel)
 }
 END_TEST
 
+/* cqrps export as the README shows it, on a server of this test's own
+ * with a data dir: checkpoint, export (text and --json), the progress
+ * lines of a file over 16 MiB on stderr, and a file whose lookups are the
+ * server's. */
+START_TEST(test_cli_export)
+{
+    run_t *r = malloc(sizeof(*r));
+    char dir[] = "/tmp/cqr-cli-export-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char data[128], out[160], js[160];
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(out, sizeof out, "%s/items.cqrm", dir);
+    snprintf(js, sizeof js, "%s/items.f16.cqrm", dir);
+    const char *args[] = {"--data-dir", data, NULL};
+    cqr_test_server_t own;
+    tu_server_start(&own, args);
+    cqrps_client_t *c = tu_connect(own.addr);
+    cqrps_table_config_t cfg;
+    tu_config(&cfg, CQRPS_KIND_FULL, CQRPS_OPT_ADAM, 16);
+    ck_assert_int_eq(cqrps_create_table(c, "items", &cfg, NULL), 0);
+    enum { B = 8192, ROUNDS = 30 }; /* 245,760 IDs: a 20 MB export */
+    static uint64_t ids[B];
+    static float g[B * 16];
+    uint64_t st = 11;
+    tu_fill(g, B * 16, &st);
+    for (int k = 0; k < ROUNDS; k++) {
+        for (int i = 0; i < B; i++)
+            ids[i] = (uint64_t)k * B + (uint64_t)i + 1;
+        ck_assert_int_eq(cqrps_push(c, "items", ids, g, B), 0);
+    }
+    cli_env(r, 0, NULL, (const char *const[]){"--addr", own.addr,
+                                              "checkpoint", NULL});
+    ck_assert_msg(r->status == 0, "checkpoint: %s", r->err);
+    cli_env(r, 0, NULL, (const char *const[]){"--addr", own.addr, "export",
+                                              "items", "--out", out, NULL});
+    ck_assert_msg(r->status == 0, "export: %s", r->err);
+    ck_assert_msg(strstr(r->out, "exported items generation 1 to "),
+                  "stdout: %s", r->out);
+    ck_assert_msg(strstr(r->err, "cqrps export: fetched") &&
+                      strstr(r->err, "(100%)"), "stderr: %s", r->err);
+    cqrps_model_t *m = NULL;
+    ck_assert_int_eq(cqrps_model_open(out, &m), 0);
+    static float want[B * 16], got[B * 16];
+    ck_assert_int_eq(cqrps_lookup(c, "items", ids, B, want), 0);
+    ck_assert_int_eq(cqrps_model_lookup(m, ids, B, got), 0);
+    ck_assert(tu_same(got, want, B * 16, "export against the server"));
+    cqrps_model_close(m);
+    cli_env(r, 0, NULL, (const char *const[]){"--addr", own.addr, "--json",
+                                              "export", "items", "--out", js,
+                                              "--dtype", "f16", NULL});
+    ck_assert_msg(r->status == 0, "json export: %s", r->err);
+    ck_assert_msg(json_object(r->out), "not JSON: %s", r->out);
+    ck_assert_ptr_nonnull(strstr(r->out, "\"dtype\":\"f16\""));
+    ck_assert_ptr_nonnull(strstr(r->out, "\"generation\":1"));
+    cqrps_close(c);
+    tu_server_stop(&own);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    free(r);
+}
+END_TEST
+
 START_TEST(test_json_validator_itself)
 {
     ck_assert(json_object("{\"a\":[1,-2.5e3,true,null,\"x\\n\"]}\n"));
@@ -594,6 +658,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_cli_usage);
     tcase_add_test(tc, test_cli_commands);
     tcase_add_test(tc, test_cli_cancel);
+    tcase_add_test(tc, test_cli_export);
     suite_add_tcase(s, tc);
     return s;
 }

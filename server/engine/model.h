@@ -32,6 +32,13 @@
  *   val_scales int8 full rows: one f32 scale per ID; else empty
  *   removed    delta only: nremoved u64, ascending: IDs the newer
  *              generation no longer knows
+ * A full table with admission (admit_after > 1) sets flag
+ * CQR_MODEL_FALLBACK: rows is then its number of fallback rows, cb holds
+ * them as one block (chunks 1), seeds[0] is the seed of the ID ->
+ * fallback row hash (fastrange(cqr_hash_id(id, seed), rows)), and an ID
+ * without a row looks up its fallback row instead of its initial one.
+ * Rows of a table with ttl_seconds that had expired when the export was
+ * made are left out (the server looks them up as absent too).
  * Values in dtype: f32 as is; f16 IEEE binary16 (round to nearest even);
  * int8 q in [-127, 127] with value q * scale, scale = max|x| / 127 of its
  * row (0 for an all-zero row).
@@ -65,6 +72,7 @@
 #define CQR_MODEL_NSECT 8u
 #define CQR_MODEL_ALIGN 64u
 #define CQR_MODEL_DELTA 1u    /* flags: a delta */
+#define CQR_MODEL_FALLBACK 2u /* flags: a full table's fallback rows */
 /* The seed-derivation tag of a full table's initial rows (table_impl.h's
  * CQR_TAG_FULL_INIT; a test checks they agree). */
 #define CQR_MODEL_TAG_FULL_INIT 4u
@@ -107,8 +115,9 @@ typedef struct cqr_model_info {
     uint64_t base_generation; /* delta: the generation it applies to */
 } cqr_model_info_t;
 
-/* Codebooks (ncb) of a kind: 0 full, 1 hash, 2 ce and cqr. */
-uint32_t cqr_model_ncb(uint32_t kind);
+/* Codebooks (ncb) of an export: 0 full (1 with fallback rows), 1 hash,
+ * 2 ce and cqr. */
+uint32_t cqr_model_ncb(const cqr_model_info_t *h);
 /* Bytes of one ID's value in `vals`. */
 size_t cqr_model_val_bytes(const cqr_model_info_t *h);
 

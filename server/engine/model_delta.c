@@ -43,6 +43,7 @@ static int check_pair(const cqr_model_t *base, const cqr_model_t *d,
         return CQR_EINVAL;
     }
     if (a->kind != b->kind || a->dim != b->dim || a->chunks != b->chunks ||
+        (a->flags & CQR_MODEL_FALLBACK) != (b->flags & CQR_MODEL_FALLBACK) ||
         a->rows != b->rows || a->pw != b->pw || a->seed != b->seed ||
         a->dtype != b->dtype ||
         memcmp(&a->init_scale, &b->init_scale, 4) != 0) {
@@ -94,7 +95,7 @@ int cqr_model_apply_delta(const cqr_model_t *base, const cqr_model_t *d,
         .h = d->h, .seeds = d->seeds, .cb = d->cb,
         .cb_scales = d->h.dtype == CQR_DTYPE_INT8 ? d->cb_scales : NULL,
         .nids = n, .ids = ids, .vals = vals, .val_scales = vs};
-    mc.h.flags = 0;
+    mc.h.flags &= ~CQR_MODEL_DELTA;
     mc.h.base_generation = 0;
     uint8_t *img = NULL;
     size_t len = 0;

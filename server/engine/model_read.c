@@ -81,7 +81,7 @@ static int read_header(cqr_model_t *m, char *why, size_t whylen)
     m->c = h->chunks;
     m->w = h->dim / h->chunks;
     m->k = h->rows;
-    m->ncb = cqr_model_ncb(h->kind);
+    m->ncb = cqr_model_ncb(h);
     m->esize = cqr_dtype_size(h->dtype);
     m->vb = cqr_model_val_bytes(h);
     return 0;
@@ -320,6 +320,10 @@ static void lookup_at(const cqr_model_t *m, uint64_t id, int64_t j, float *o)
     if (m->h.kind == CQR_MODEL_KIND_FULL) {
         if (j >= 0)
             row_get(m, m->vals, m->val_scales, (size_t)j, m->h.dim, o, 0);
+        else if (m->ncb)
+            row_get(m, m->cb, m->cb_scales,
+                    cqr_fastrange(cqr_hash_id(id, m->seeds[0]), m->k),
+                    m->h.dim, o, 0);
         else
             init_row(m, id, o);
         return;

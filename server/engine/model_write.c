@@ -42,9 +42,11 @@ uint32_t cqr_dtype_size(uint32_t d)
     return d == CQR_DTYPE_F32 ? 4 : d == CQR_DTYPE_F16 ? 2 : 1;
 }
 
-uint32_t cqr_model_ncb(uint32_t kind)
+uint32_t cqr_model_ncb(const cqr_model_info_t *h)
 {
-    return kind == 0 ? 0 : kind == 1 ? 1 : 2;
+    if (h->kind == CQR_MODEL_KIND_FULL)
+        return (h->flags & CQR_MODEL_FALLBACK) ? 1 : 0;
+    return h->kind == CQR_MODEL_KIND_HASH ? 1 : 2;
 }
 
 size_t cqr_model_val_bytes(const cqr_model_info_t *h)
@@ -145,11 +147,15 @@ int cqr_model_check_info(const cqr_model_info_t *h, char *why, size_t whylen)
         bad = "chunks do not divide dim";
     else if (h->dtype > CQR_DTYPE_INT8)
         bad = "unknown dtype";
-    else if (h->flags & ~CQR_MODEL_DELTA)
+    else if (h->flags & ~(CQR_MODEL_DELTA | CQR_MODEL_FALLBACK))
         bad = "unknown flags";
-    else if (h->kind == CQR_MODEL_KIND_FULL ? h->rows != 0 || h->chunks != 1
-                                            : h->rows == 0 ||
-                                                  h->rows > CQR_MODEL_MAX_ROWS)
+    else if ((h->flags & CQR_MODEL_FALLBACK) && h->kind != CQR_MODEL_KIND_FULL)
+        bad = "fallback rows in a table that is not full";
+    else if (h->kind == CQR_MODEL_KIND_FULL && h->chunks != 1)
+        bad = "full tables have one chunk";
+    else if (h->kind == CQR_MODEL_KIND_FULL && !(h->flags & CQR_MODEL_FALLBACK)
+                 ? h->rows != 0
+                 : h->rows == 0 || h->rows > CQR_MODEL_MAX_ROWS)
         bad = "rows out of range";
     else if (h->kind == CQR_MODEL_KIND_HASH && h->chunks != 1)
         bad = "hash tables have one chunk";
@@ -178,7 +184,7 @@ void cqr_model_layout(const cqr_model_info_t *h, uint64_t nids,
                       uint64_t nremoved, uint64_t off[CQR_MODEL_NSECT],
                       uint64_t len[CQR_MODEL_NSECT], uint64_t *total)
 {
-    const uint64_t c = h->chunks, ncb = cqr_model_ncb(h->kind);
+    const uint64_t c = h->chunks, ncb = cqr_model_ncb(h);
     const uint64_t k = h->rows, w = h->dim / h->chunks;
     const int i8 = h->dtype == CQR_DTYPE_INT8;
     len[CQR_MSECT_SEEDS] = 2 * c * 8;

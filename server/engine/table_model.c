@@ -48,6 +48,14 @@ static const float *full_row(const cqr_table_t *t, const void *val)
     return blk->param + (size_t)local * blk->w;
 }
 
+/* Whether the known ID whose map value is val counts as known at `now`:
+ * a full table's row that expired (ttl_seconds) is not. */
+static int live(const cqr_table_t *t, const void *val, uint32_t now)
+{
+    return t->cfg.kind != CQR_KIND_FULL ||
+           !cqr_full_expired(t, ((const cqr_full_slot_t *)val)->row, now);
+}
+
 /* Whether the value of `id` (val, in t) equals the one base has. */
 static int same_value(const cqr_table_t *t, const cqr_table_t *base,
                       uint64_t id, const void *val)
@@ -62,7 +70,9 @@ static int same_value(const cqr_table_t *t, const cqr_table_t *base,
 }
 
 /* Collects the IDs of t (all, or those whose value differs from base's)
- * and the IDs only base knows. */
+ * and the IDs only base knows. Rows of t expired at t's clock are left
+ * out; base's are all taken as its export had them (a row live now was
+ * live at any earlier export, so the delta stays exact). */
 static int collect_ids(const cqr_table_t *t, const cqr_table_t *base,
                        uint32_t dtype, id_part_t *p)
 {
@@ -76,11 +86,12 @@ static int collect_ids(const cqr_table_t *t, const cqr_table_t *base,
     p->scales = full && dtype == CQR_DTYPE_INT8 ? malloc(cap * 4) : NULL;
     if (!p->ids || !p->vals || (full && dtype == CQR_DTYPE_INT8 && !p->scales))
         return CQR_ENOMEM;
+    const uint32_t now = t->cfg.ttl_seconds ? cqr_table_now(t) : 0;
     size_t pos = 0;
     uint64_t id;
     void *val;
     while (cqr_idmap_next(m, &pos, &id, &val)) {
-        if (base && same_value(t, base, id, val))
+        if (!live(t, val, now) || (base && same_value(t, base, id, val)))
             continue;
         p->ids[p->n] = id;
         if (full)
@@ -98,9 +109,11 @@ static int collect_ids(const cqr_table_t *t, const cqr_table_t *base,
     if (!p->removed)
         return CQR_ENOMEM;
     pos = 0;
-    while (cqr_idmap_next(bm, &pos, &id, &val))
-        if (!cqr_idmap_find(m, id))
+    while (cqr_idmap_next(bm, &pos, &id, &val)) {
+        const void *v = cqr_idmap_find(m, id);
+        if (!v || !live(t, v, now))
             p->removed[p->nremoved++] = id;
+    }
     return 0;
 }
 
@@ -109,6 +122,21 @@ static int collect_ids(const cqr_table_t *t, const cqr_table_t *base,
 static int collect_codebooks(const cqr_table_t *t, uint32_t dtype,
                              uint64_t **seeds, uint8_t **cb, float **scales)
 {
+    if (t->cfg.kind == CQR_KIND_FULL) {
+        /* Its fallback rows (admission), or nothing. */
+        const uint32_t n = t->fallback ? CQR_FALLBACK_ROWS : 0;
+        *seeds = calloc(2, 8);
+        *cb = malloc((size_t)n * t->cfg.dim * cqr_dtype_size(dtype) + 1);
+        *scales = dtype == CQR_DTYPE_INT8 ? malloc((size_t)n * 4 + 4) : NULL;
+        if (!*seeds || !*cb || (dtype == CQR_DTYPE_INT8 && !*scales))
+            return CQR_ENOMEM;
+        if (n) {
+            (*seeds)[0] = t->fb_seed;
+            cqr_model_encode(dtype, t->fallback->param, n, t->cfg.dim, *cb,
+                             *scales);
+        }
+        return 0;
+    }
     const size_t c = t->c, nblk = (size_t)t->ncb * c;
     const size_t blk_vals = (size_t)t->k * t->w;
     *seeds = calloc(2 * c, 8);
@@ -178,15 +206,6 @@ int cqr_table_model(cqr_table_t *t, cqr_table_t *base, uint32_t dtype,
         snprintf(why, whylen, "invalid argument");
         return CQR_EINVAL;
     }
-    /* A full table's fallback rows (admit_after) and expired rows (ttl)
-     * change what its lookups return in ways the format does not carry
-     * yet: refuse rather than export something inexact. */
-    if (t->cfg.kind == CQR_KIND_FULL &&
-        (t->cfg.admit_after > 1 || t->cfg.ttl_seconds != 0)) {
-        snprintf(why, whylen, "full tables with admit_after or ttl_seconds "
-                 "cannot be exported yet");
-        return CQR_EUNSUPPORTED;
-    }
     if (base && !same_table(t, base)) {
         snprintf(why, whylen, "the two generations hold different tables "
                  "(kind, shape or seed differ): export it whole");
@@ -199,6 +218,10 @@ int cqr_table_model(cqr_table_t *t, cqr_table_t *base, uint32_t dtype,
         .init_scale = t->cfg.init_scale, .seed = t->cfg.seed,
         .generation = generation,
         .base_generation = base ? base_generation : 0};
+    if (t->cfg.kind == CQR_KIND_FULL && t->fallback) {
+        h.flags |= CQR_MODEL_FALLBACK;
+        h.rows = CQR_FALLBACK_ROWS;
+    }
     /* Lock order: by uid, as cqr_tableset_t does. */
     cqr_table_t *first = t, *second = base;
     if (base && base->uid < t->uid) {
@@ -231,6 +254,15 @@ static int fill_from_model(cqr_table_t *t, const cqr_model_t *m)
                              m->h.dtype == CQR_DTYPE_INT8
                                  ? m->cb_scales + b * blk_rows : NULL,
                              blk_rows, m->w, t->st->cb[b].param);
+    }
+    if (t->cfg.kind == CQR_KIND_FULL && m->ncb) {
+        /* Fallback rows: lookups of IDs without a row return them. */
+        int rc = cqr_full_fallback_create(t);
+        if (rc)
+            return rc;
+        cqr_model_decode(m, m->cb,
+                         m->h.dtype == CQR_DTYPE_INT8 ? m->cb_scales : NULL,
+                         m->k, m->h.dim, t->fallback->param);
     }
     if (m->nids == 0)
         return 0;
@@ -266,14 +298,18 @@ int cqr_table_from_model(const cqr_model_t *m, cqr_table_t **out, char *why,
     cqr_table_config_t cfg;
     cqr_table_config_default(&cfg, (cqr_kind_t)h->kind, h->dim);
     cfg.chunks = h->chunks;
-    cfg.rows = h->rows;
+    if (h->kind != CQR_KIND_FULL)
+        cfg.rows = h->rows; /* a full table's are its fallback rows */
     cfg.seed = h->seed;
     cfg.init_scale = h->init_scale;
     cfg.optim.kind = CQR_OPT_SGD;
     cqr_table_t *t = NULL;
     int rc = cqr_table_create(&cfg, &t);
-    if (rc == 0 && (t->c != h->chunks || t->k != h->rows ||
-                    (h->kind == CQR_KIND_CQR && t->pw != h->pw)))
+    if (rc == 0 && (t->c != h->chunks ||
+                    (h->kind != CQR_KIND_FULL && t->k != h->rows) ||
+                    (h->kind == CQR_KIND_CQR && t->pw != h->pw) ||
+                    (h->kind == CQR_KIND_FULL && h->rows &&
+                     h->rows != CQR_FALLBACK_ROWS)))
         rc = CQR_EINVAL;
     if (rc == 0)
         rc = fill_from_model(t, m);

@@ -407,6 +407,100 @@ START_TEST(table_from_model_exact)
 }
 END_TEST
 
+/* n pushes of each of ids [lo, hi) at clock `now`. */
+static void push_span(cqr_table_t *t, uint64_t lo, uint64_t hi, int n,
+                      uint32_t now, cqr_rng_t *rng)
+{
+    enum { B = 512 };
+    uint64_t ids[B];
+    static float g[B * DIM];
+    cqr_table_set_clock(t, now);
+    for (int k = 0; k < n; k++)
+        for (uint64_t at = lo; at < hi; at += B) {
+            size_t m = hi - at < B ? (size_t)(hi - at) : B;
+            for (size_t j = 0; j < m; j++)
+                ids[j] = at + j;
+            for (size_t j = 0; j < m * DIM; j++)
+                g[j] = cqr_rng_sym(rng, 1.0f);
+            ck_assert_int_eq(cqr_table_push(t, ids, g, m), 0);
+        }
+}
+
+/* The table's and the model's lookups of IDs 0..999 (pushed, admitted or
+ * not, expired or not) and of never-seen ones, bit for bit. */
+static void assert_exact_span(cqr_table_t *t, const cqr_model_t *m)
+{
+    enum { P = 1100 };
+    static uint64_t ids[P];
+    static float x[P * DIM], y[P * DIM];
+    for (int j = 0; j < P; j++)
+        ids[j] = j < 1000 ? (uint64_t)j : cqr_mix64((uint64_t)j) | 1;
+    ck_assert_int_eq(cqr_table_lookup(t, ids, P, x), 0);
+    ck_assert_int_eq(cqr_model_lookup(m, ids, P, y), 0);
+    ck_assert_mem_eq(x, y, sizeof x);
+    assert_exact(t, m);
+}
+
+/* A full table with admission and a TTL exports exactly what it looks
+ * up: IDs below admit_after pushes get their fallback row (carried as
+ * the export's one codebook), rows expired at export time are left out
+ * (their IDs look up their fallback row again), and deltas and tables
+ * rebuilt from the export agree, for every dtype. */
+START_TEST(full_admission_ttl_exact)
+{
+    cqr_table_config_t cfg;
+    cqr_table_config_default(&cfg, CQR_KIND_FULL, DIM);
+    cfg.seed = 21;
+    cfg.optim.kind = CQR_OPT_ADAM;
+    cfg.optim.lr = 0.05f;
+    cfg.admit_after = 3;
+    cfg.ttl_seconds = 100;
+    cqr_table_t *t = NULL;
+    ck_assert_int_eq(cqr_table_create(&cfg, &t), 0);
+    cqr_rng_t rng;
+    cqr_rng_seed(&rng, 4);
+    push_span(t, 0, 400, 2, 1000, &rng);   /* not admitted: fallback */
+    push_span(t, 400, 700, 3, 1000, &rng); /* admitted at 1000 */
+    push_span(t, 700, 900, 3, 1050, &rng); /* admitted at 1050 */
+    cqr_table_t *g1 = snapshot(t);
+    cqr_table_set_clock(g1, 1050);
+    push_span(t, 900, 950, 4, 1120, &rng); /* at 1120 the 1000s expired */
+    push_span(t, 0, 100, 1, 1120, &rng);   /* admitted now */
+    cqr_table_set_clock(t, 1120);
+    for (uint32_t dt = 0; dt <= CQR_DTYPE_INT8; dt++) {
+        cqr_model_t *f1 = model_of(g1, NULL, dt, 1, 0);
+        cqr_model_t *f2 = model_of(t, NULL, dt, 2, 0);
+        cqr_model_t *d12 = model_of(t, g1, dt, 2, 1);
+        ck_assert_uint_eq(cqr_model_info(f2)->flags, CQR_MODEL_FALLBACK);
+        ck_assert_uint_eq(cqr_model_info(d12)->flags,
+                          CQR_MODEL_FALLBACK | CQR_MODEL_DELTA);
+        /* 500 admitted at 1050 and 1120; the 300 of 1000 expired. */
+        ck_assert_uint_eq(cqr_model_nids(f1), 500);
+        ck_assert_uint_eq(cqr_model_nids(f2), 350);
+        cqr_model_t *r2 = NULL;
+        char why[256];
+        ck_assert_int_eq(cqr_model_apply_delta(f1, d12, &r2, why, sizeof why),
+                         0);
+        ck_assert(same_image(r2, f2));
+        if (dt == CQR_DTYPE_F32) {
+            assert_exact_span(g1, f1);
+            assert_exact_span(t, f2);
+            cqr_table_t *s = NULL;
+            ck_assert_int_eq(cqr_table_from_model(f2, &s, why, sizeof why),
+                             0);
+            assert_exact_span(s, f2);
+            cqr_table_destroy(s);
+        }
+        cqr_model_close(f1);
+        cqr_model_close(f2);
+        cqr_model_close(d12);
+        cqr_model_close(r2);
+    }
+    cqr_table_destroy(g1);
+    cqr_table_destroy(t);
+}
+END_TEST
+
 /* Building a table from a large export stays linear: the export lists
  * its IDs in the order of their hash, and inserting them in that order
  * into a map that grows as it goes piles them into ever longer probe runs
@@ -456,6 +550,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, damaged_files_refused);
     tcase_add_test(tc, table_from_model_exact);
     tcase_add_test(tc, table_from_model_linear);
+    tcase_add_test(tc, full_admission_ttl_exact);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -236,6 +236,64 @@ START_TEST(serve_files)
 }
 END_TEST
 
+/* A sharded table served as the README says: each shard exported through
+ * a client of that shard alone (a client of both answers UNSUPPORTED),
+ * each file on its own serving server, and a client of the serving
+ * servers in the training order looks up what the training shards did. */
+START_TEST(serve_sharded)
+{
+    char dir[] = "/tmp/cqr_test_serves_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char ddir[2][128], path[2][256], addrs[256];
+    cqr_test_server_t tr[2], sv[2];
+    for (int k = 0; k < 2; k++) {
+        snprintf(ddir[k], sizeof ddir[k], "%s/data%d", dir, k);
+        /* Each shard's file is items.cqrm (it names the table), so each
+         * in its own folder, as on its own host. */
+        snprintf(path[k], sizeof path[k], "%s/s%d", dir, k);
+        ck_assert_int_eq(mkdir(path[k], 0755), 0);
+        strcat(path[k], "/items.cqrm");
+        const char *targs[] = {"--data-dir", ddir[k], NULL};
+        tu_server_start(&tr[k], targs);
+    }
+    snprintf(addrs, sizeof addrs, "%s,%s", tr[0].addr, tr[1].addr);
+    cqrps_client_t *c = tu_connect(addrs);
+    cqrps_table_config_t cfg;
+    tu_config(&cfg, CQRPS_KIND_FULL, CQRPS_OPT_ADAM, DIM);
+    ck_assert_int_eq(cqrps_create_table(c, "items", &cfg, NULL), 0);
+    uint64_t rs = 13, g;
+    push_some(c, "items", &rs, 3);
+    ck_assert_int_eq(cqrps_checkpoint(c, &g), 0);
+    static float want[N * DIM], got[N * DIM];
+    for (int j = 0; j < N; j++)
+        ids[j] = j % 2 ? (uint64_t)j * 7 % SPAN : (1ull << 41) + (uint64_t)j;
+    ck_assert_int_eq(cqrps_lookup(c, "items", ids, N, want), 0);
+    ck_assert_int_eq(cqrps_export(c, "items", NULL, path[0], NULL),
+                     CQRPS_EUNSUPPORTED);
+    for (int k = 0; k < 2; k++) {
+        cqrps_client_t *one = tu_connect(tr[k].addr);
+        ck_assert_int_eq(cqrps_export(one, "items", NULL, path[k], NULL), 0);
+        cqrps_close(one);
+        const char *sargs[] = {"--serve", path[k], NULL};
+        tu_server_start(&sv[k], sargs);
+    }
+    snprintf(addrs, sizeof addrs, "%s,%s", sv[0].addr, sv[1].addr);
+    cqrps_client_t *r = tu_connect(addrs);
+    int rc = cqrps_lookup(r, "items", ids, N, got);
+    ck_assert_msg(rc == 0, "lookup: %d %s", rc, cqrps_last_error(r));
+    ck_assert(tu_same(got, want, N * DIM, "served by shard"));
+    cqrps_close(r);
+    cqrps_close(c);
+    for (int k = 0; k < 2; k++) {
+        tu_server_stop(&sv[k]);
+        tu_server_stop(&tr[k]);
+    }
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("client_serve");
@@ -243,6 +301,7 @@ Suite *cqr_test_suite(void)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, serve_dir_reload_under_load);
     tcase_add_test(tc, serve_files);
+    tcase_add_test(tc, serve_sharded);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -90,6 +90,23 @@ class ServingTest(ServerTestCase):
                 self.assertEqual(info.serving_generation, g)
                 self.assertEqual(info.kind, "cqr")
 
+    def test_export_progress_and_stop(self) -> None:
+        self.c.create_table("p_full", kind="full", dim=DIM)
+        self.train("p_full", 2)
+        self.c.checkpoint()
+        path = os.path.join(self.tmp, "p_full.cqrm")
+        seen = []
+        info = self.c.export("p_full", path,
+                             progress=lambda d, t: seen.append((d, t)))
+        self.assertTrue(seen)
+        self.assertEqual(seen[-1], (info["bytes"], info["bytes"]))
+        os.unlink(path)
+        with self.assertRaises(cqrps.Cancelled) as cm:
+            self.c.export("p_full", path, progress=lambda d, t: True)
+        self.assertIn("stopped", str(cm.exception))
+        self.assertFalse(os.path.exists(path))
+        self.assertFalse(os.path.exists(path + ".tmp"))
+
     def test_torch_module(self) -> None:
         try:
             import torch

@@ -288,6 +288,10 @@ STRUCTS = {
 }
 """C type name -> ctypes mirror, for the layout test."""
 
+EXPORT_PROGRESS = ctypes.CFUNCTYPE(c_int, c_void_p, c_uint64, c_uint64)
+"""cqrps_export_progress_fn."""
+
+
 class ExportOpts(Structure):
     """cqrps_export_opts_t."""
 

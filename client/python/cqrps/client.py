@@ -23,7 +23,8 @@ import threading
 import warnings
 from ctypes import POINTER, byref, c_float, c_size_t, c_uint32, c_uint64
 from enum import IntEnum
-from typing import (Dict, Iterable, List, Optional, Sequence, Tuple, Union)
+from typing import (Callable, Dict, Iterable, List, Optional, Sequence,
+                    Tuple, Union)
 
 import numpy as np
 
@@ -902,14 +903,23 @@ class Client:
         return _s(buf.value)
 
     def export(self, table: str, out: str, since: int = 0,
-               generation: int = 0, dtype: str = "f32") -> dict:
+               generation: int = 0, dtype: str = "f32",
+               progress: Optional[Callable[[int, int], object]] = None
+               ) -> dict:
         """Writes a serving export of `table` at a checkpoint generation
         (0: the newest; with `since`, the delta from that generation) to
         the local file `out` (read it with cqrps.serving.load). Needs a
-        server with --data-dir and admin rights. Returns the export's
-        figures (generation, base_generation, bytes, ids,
+        server with --data-dir and admin rights. `progress(done, total)`,
+        if given, is called after each fetched chunk (bytes); a true
+        return stops the fetch (Cancelled, no file is left). Returns the
+        export's figures (generation, base_generation, bytes, ids,
         build_seconds)."""
         opts = _lib.ExportOpts(generation, since, dtype.encode())
+        if progress is not None:
+            def _progress(_ud, done, total):
+                return 1 if progress(int(done), int(total)) else 0
+            cb = _lib.EXPORT_PROGRESS(_progress)
+            opts.progress = ctypes.cast(cb, ctypes.c_void_p)
         info = _lib.ExportInfo()
         self._call(self._L.cqrps_export, table.encode(), byref(opts),
                    str(out).encode(), byref(info))

@@ -12,11 +12,12 @@
  * input started and joined the phase runner's and the engine helpers'
  * threads each time, most of an execution's cost). After each input the
  * harness drops every table, waits until no phase is queued or running
- * and zeroes the counters, so that an input sees an empty server as
- * before, with no phase history (cqr_phases_forget). What still carries
- * over: table uids and the latency statistics keep counting (values in
- * some replies, no decision the server makes), and the threads' scratch
- * buffers keep their size (a malloc/free balance that libFuzzer's leak
+ * and zeroes the counters and the request statistics, so that an input
+ * sees an empty server as before, with no phase history
+ * (cqr_phases_forget). What still carries over: table uids keep counting
+ * (values in some replies, no decision the server makes), and the
+ * threads' scratch buffers, the frame reader's buffer and the reply
+ * buffer keep their size (a malloc/free balance that libFuzzer's leak
  * check would otherwise question on every input). There are no engine
  * helpers (--engine-threads 0): a request's at most 256 IDs are below
  * the size that the engine splits over helpers (CQR_PAR_MIN), so they
@@ -53,6 +54,7 @@
 #include "fuzz_common.h"
 #include "engine/kmeans.h"
 #include "ops/log.h"
+#include "ops/opstats.h"
 #include "rpc/rpc.h"
 #include "tables/phase.h"
 #include "tables/registry.h"
@@ -176,6 +178,13 @@ static void server_reset(void)
     while (cqr_registry_bytes(ctx.reg) != 0)
         nanosleep(&(struct timespec){0, 20000}, NULL);
     memset(&ctx.ctr, 0, sizeof ctx.ctr);
+    /* The request statistics start from zero as well: carried over, every
+     * operation any earlier input ran stayed in each Stats reply (a few
+     * hundred formatted entries, the costliest request by far). */
+    cqr_opstats_destroy(ctx.opstats);
+    if (cqr_opstats_create(cfg.threads + 1, CQR_OP_COUNT, CQR_STATUS_COUNT,
+                           &ctx.opstats) != 0)
+        abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -71,6 +71,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g.add_argument("--reset-optimizer", choices=["on", "off"],
                    help="for experiments: cqr phases reset the optimizer "
                         "state (default: the server's)")
+    g.add_argument("--admit-after", type=int, default=0,
+                   help="--kind tables: an ID gets state of its own at its "
+                        "N-th push (issue 19; default: the server's, 1)")
+    g.add_argument("--evict-after-phases", type=int, default=0,
+                   help="cqr tables: IDs not pushed for K phases go back to "
+                        "their hashed pointers (default 0: never)")
     g.add_argument("--local", choices=["sparse_adam", "adam"],
                    help="baseline: full tables in this process "
                         "(nn.EmbeddingBag; SparseAdam or dense Adam)")

@@ -128,6 +128,13 @@ def create_tables(c: cqrps.Client, plan: List[TableSpec], a: Any,
             kw["init_scale"] = a.init_scale
         if a.reset_optimizer:
             kw["reset_optimizer"] = a.reset_optimizer == "on"
+        # Memory per ID (issue 19), for the compressed features only: a
+        # feature small enough for a full table has nothing to save.
+        if t.kind == a.kind and t.kind in ("full", "cqr"):
+            if getattr(a, "admit_after", 0):
+                kw["admit_after"] = a.admit_after
+            if t.kind == "cqr" and getattr(a, "evict_after_phases", 0):
+                kw["evict_after_phases"] = a.evict_after_phases
         c.create_table(t.name, **kw)
 
 

@@ -89,6 +89,23 @@ class TwoWorkersTest(ServerTestCase):
             self.assertEqual([t.name for t in c.list_tables()
                               if t.name.startswith("ctr-")], [])
 
+    def test_admission_keeps_rare_ids_out(self) -> None:
+        """--admit-after 3 reaches the cqr tables: IDs pushed fewer than 3
+        times get no learned pointer, so they know fewer IDs than the same
+        run without it."""
+        known = {}
+        for flags in ([], ["--admit-after", "3"]):
+            r = finish(trainer(["--addr", self.server.addr, "--kind", "cqr",
+                                "--epochs", "1", "--rows", "4000", *SYNTH,
+                                *flags]))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            tables = [fields(ln) for ln in r.stdout.splitlines()
+                      if ln.startswith("memory table")]
+            known[bool(flags)] = sum(int(t["known_ids"]) for t in tables
+                                     if t["kind"] == "cqr")
+        self.assertGreater(known[False], 0)
+        self.assertLess(known[True], known[False] * 0.8, known)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -26,6 +26,10 @@ bench_build() {
 # script if it does not start.
 bench_start_server() {
   local name=$1; shift
+  # The files exist before the server does: the ready-line poll below must
+  # not race the background job's redirections (a failed read under
+  # pipefail and set -e ended the script).
+  : >"$OUT/$name.out"; : >"$OUT/$name.log"
   "$BUILD_DIR/server/cqrps-server" --listen 127.0.0.1:0 "$@" \
     >"$OUT/$name.out" 2>"$OUT/$name.log" &
   SRV_PID=$!

@@ -20,6 +20,8 @@
 #define PM_MAX_RETRIES 8
 /* Internal result of a build step: retry with another seed. */
 #define PM_RETRY 1
+/* Position seeds a partition tries before the build takes a new seed. */
+#define PM_PART_SEEDS 64
 
 const uint32_t cqr_pm_curve[65] = {
     0u, 7185223u, 15329183u, 24447348u, 34555687u,
@@ -225,7 +227,10 @@ static int shape_parts(cqr_packmap_t *pm)
         cqr_pm_part_t *p = &pm->parts[q];
         if (p->n >= 64000)
             return PM_RETRY;
-        p->m = p->n + p->n / 99 + 1;
+        /* 1% of spare positions; small partitions get up to 64 more,
+         * or their last keys would have almost nowhere to go. */
+        uint32_t spare = p->n / 99 > 64 ? p->n / 99 : (p->n < 64 ? p->n : 64);
+        p->m = p->n + spare + 1;
         p->nb = (uint32_t)(p->n / CQR_PM_LAMBDA) + 2;
         p->slot0 = slot;
         p->vbit0 = vbit;
@@ -293,7 +298,6 @@ static int group_buckets(const cqr_packmap_t *pm, const cqr_pm_builder_t *b,
 {
     for (uint32_t j = 0; j < p->n; j++) {
         w->h[j] = cqr_pm_hash(pm, entry_id(b, p->slot0 + j));
-        w->h2[j] = cqr_pm_h2(w->h[j]);
         w->bkt[j] = cqr_pm_bucket(p, w->h[j]);
         w->start[w->bkt[j] + 1]++;
     }
@@ -335,7 +339,7 @@ static inline void bit_clear(uint64_t *bits, uint32_t i)
  * byte (the idea of PtrHash, Groot Koerkamp 2024). */
 
 #define PM_NONE UINT32_MAX
-#define PM_RECENT 16
+#define PM_RECENT 4
 
 typedef struct placer {
     const cqr_pm_part_t *p;
@@ -414,8 +418,11 @@ static int bucket_positions(const placer_t *pl, uint32_t k, uint64_t pilot,
 
 static int is_recent(const placer_t *pl, uint32_t k)
 {
-    for (uint32_t i = 0; i < pl->nrecent && i < PM_RECENT; i++)
-        if (pl->recent[i] == k)
+    /* In a partition of few buckets fewer are protected, or nothing
+     * would be left to move. */
+    uint32_t window = pl->p->nb / 4 < PM_RECENT ? pl->p->nb / 4 : PM_RECENT;
+    for (uint32_t i = 0; i < pl->nrecent && i < window; i++)
+        if (pl->recent[(pl->nrecent - 1 - i) % PM_RECENT] == k)
             return 1;
     return 0;
 }
@@ -551,7 +558,7 @@ static int place_all(cqr_packmap_t *pm, const cqr_pm_part_t *p, pwork_t *w)
         uint32_t k = heap_pop(&pl);
         rc = place_bucket(&pl, k, &pilots[k]);
         /* A partition that keeps moving buckets around gets a new seed. */
-        if (pl.evictions > 64 * (uint64_t)p->n + 1024)
+        if (pl.evictions > 4 * (uint64_t)p->n + 256)
             rc = PM_RETRY;
     }
     free(pl.owner);
@@ -621,8 +628,19 @@ static int build_part(cqr_packmap_t *pm, cqr_pm_builder_t *b, uint32_t q)
     if (rc)
         return rc;
     rc = group_buckets(pm, b, p, &w);
-    if (rc == 0)
+    /* Seeds of position hashes, tried in turn: a placement that fails
+     * (rarely) costs one partition's work, not the whole build's. */
+    for (uint32_t ps = 0; rc == 0 || rc == PM_RETRY; ps++) {
+        if (ps == PM_PART_SEEDS)
+            break;
+        pm->parts[q].pseed = ps;
+        for (uint32_t j = 0; j < p->n; j++)
+            w.h2[j] = cqr_pm_h2(w.h[j], ps);
+        memset(w.taken, 0, ((size_t)p->m + 63) / 64 * sizeof *w.taken);
         rc = place_all(pm, p, &w);
+        if (rc != PM_RETRY)
+            break;
+    }
     if (rc == 0) {
         remap_positions(pm, p, &w);
         for (uint32_t j = 0; j < p->n; j++)
@@ -736,16 +754,9 @@ static uint8_t *put_u64(uint8_t *p, uint64_t v)
     return p + 8;
 }
 
-static uint8_t *put_bytes(uint8_t *p, const void *src, uint64_t n,
-                          uint64_t padded)
-{
-    if (n)
-        memcpy(p, src, n);
-    memset(p + n, 0, padded - n);
-    return p + padded;
-}
 
-void cqr_packmap_write(const cqr_packmap_t *pm, uint8_t *out)
+/* The header and partition table of the serialised form. */
+static void write_head(const cqr_packmap_t *pm, uint8_t *out)
 {
     _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                    "the serialised form is little-endian");
@@ -770,12 +781,57 @@ void cqr_packmap_write(const cqr_packmap_t *pm, uint8_t *out)
         p = put_u32(p, r->n);
         p = put_u32(p, r->m);
         p = put_u32(p, r->nb);
-        p = put_u32(p, 0);
+        p = put_u32(p, r->pseed);
     }
-    p = put_bytes(p, pm->pilots, pm->npilots, pad8(pm->npilots));
-    p = put_bytes(p, pm->remap, pm->nremap * 2, pad8(pm->nremap * 2));
-    p = put_bytes(p, pm->vals, pm->nwords * 8, pm->nwords * 8);
-    assert((uint64_t)(p - out) == cqr_packmap_size(pm));
+    assert((uint64_t)(p - out) == PM_HEADER + (uint64_t)pm->nparts *
+                                                  PM_PART_BYTES);
+}
+
+/* One contiguous piece of the serialised form: `len` bytes from src, then
+ * `pad` zero bytes. */
+typedef struct piece {
+    const void *src;
+    uint64_t len, pad;
+} piece_t;
+
+int cqr_packmap_write_range(const cqr_packmap_t *pm, uint64_t off,
+                            uint64_t len, uint8_t *out)
+{
+    const uint64_t hl = PM_HEADER + (uint64_t)pm->nparts * PM_PART_BYTES;
+    uint8_t *head = malloc(hl);
+    if (!head)
+        return CQR_ENOMEM;
+    write_head(pm, head);
+    const piece_t pc[4] = {
+        {head, hl, 0},
+        {pm->pilots, pm->npilots, pad8(pm->npilots) - pm->npilots},
+        {pm->remap, pm->nremap * 2, pad8(pm->nremap * 2) - pm->nremap * 2},
+        {pm->vals, pm->nwords * 8, 0},
+    };
+    uint64_t at = 0; /* offset of the current piece */
+    for (int i = 0; i < 4 && len; i++) {
+        const uint64_t size = pc[i].len + pc[i].pad;
+        if (off < at + size) {
+            uint64_t in = off - at, k = size - in < len ? size - in : len;
+            uint64_t data = in < pc[i].len ? pc[i].len - in : 0;
+            if (data > k)
+                data = k;
+            if (data)
+                memcpy(out, (const uint8_t *)pc[i].src + in, data);
+            memset(out + data, 0, k - data);
+            out += k;
+            off += k;
+            len -= k;
+        }
+        at += size;
+    }
+    free(head);
+    return 0;
+}
+
+int cqr_packmap_write(const cqr_packmap_t *pm, uint8_t *out)
+{
+    return cqr_packmap_write_range(pm, 0, cqr_packmap_size(pm), out);
 }
 
 typedef struct rd {
@@ -874,7 +930,7 @@ int cqr_packmap_read(const uint8_t *in, size_t len, cqr_packmap_t *pm)
         take(&r, &p->n, 4);
         take(&r, &p->m, 4);
         take(&r, &p->nb, 4);
-        take(&r, &p->reserved, 4);
+        take(&r, &p->pseed, 4);
     }
     take(&r, pm->pilots, pm->npilots);
     take(&r, NULL, pad8(pm->npilots) - pm->npilots);

@@ -16,8 +16,9 @@
  * into buckets (a skewed split: 60% of the IDs into 30% of the buckets,
  * so that the large buckets are placed while the partition is empty);
  * each bucket has a one-byte pilot p such that every ID x of the bucket
- * lands on a position fastrange(h2(x) ^ mix(p), m) of its own among the
- * partition's m = n/0.99 positions. Buckets are placed largest first; one
+ * lands on a position fastrange(mix(h2(x) ^ mix(p)), m) of its own among the
+ * partition's m = n/0.99 positions (small partitions get up to 64
+ * more). Buckets are placed largest first; one
  * that finds no free pilot among the 256 takes the pilot whose occupants
  * are cheapest to move and sends them back into the queue, so a pilot
  * always fits in a byte. Positions beyond n (about 1%) are remapped to
@@ -44,7 +45,8 @@
  *   40  u64 pilots             48  u64 remap entries
  *   56  u64 value words
  *   64  P partitions x 48 bytes: u64 slot0, u64 vbit0, u64 bucket0,
- *       u64 remap0, u32 n, u32 m, u32 nb (buckets), u32 reserved (0)
+ *       u64 remap0, u32 n, u32 m, u32 nb (buckets), u32 pseed (the
+ *       partition's own seed: see cqr_pm_h2)
  *   then the pilots (1 byte each) and the remap entries (u16 each), each
  *   array zero-padded to a multiple of 8 bytes, then the value words
  *   (u64).
@@ -83,7 +85,8 @@ typedef struct cqr_pm_part {
     uint32_t n;       /* IDs */
     uint32_t m;       /* positions: n / alpha */
     uint32_t nb;      /* buckets */
-    uint32_t reserved; /* 0 */
+    uint32_t pseed;   /* the partition's seed of position hashes (a
+                         partition that cannot be placed tries the next) */
 } cqr_pm_part_t;
 
 typedef struct cqr_packmap {
@@ -137,15 +140,19 @@ static inline uint64_t cqr_pm_pilot_hash(uint64_t pilot)
 }
 
 /* The position of position hash h2 in a partition of m positions, under
- * the pilot whose hash is ph. */
+ * the pilot whose hash is ph. Mixed after the XOR: fastrange reads the
+ * high bits, and two hashes that share them would otherwise share a
+ * position under every pilot. */
 static inline uint32_t cqr_pm_pos(uint64_t h2, uint64_t ph, uint32_t m)
 {
-    return (uint32_t)(((unsigned __int128)(h2 ^ ph) * m) >> 64);
+    return (uint32_t)(((unsigned __int128)cqr_mix64(h2 ^ ph) * m) >> 64);
 }
 
-static inline uint64_t cqr_pm_h2(uint64_t h)
+/* The position hash of hash h in a partition of seed pseed. */
+static inline uint64_t cqr_pm_h2(uint64_t h, uint32_t pseed)
 {
-    return cqr_mix64(h ^ 0xa54ff53a5f1d36f1ULL);
+    return cqr_mix64(h ^ 0xa54ff53a5f1d36f1ULL ^
+                     (uint64_t)pseed * 0x9e3779b97f4a7c15ULL);
 }
 
 /* A lookup in two steps, so that a batch can overlap its misses: begin
@@ -175,8 +182,8 @@ static inline uint64_t cqr_packmap_locate(const cqr_packmap_t *pm,
 {
     const cqr_pm_part_t *q = pr->part;
     uint64_t pilot = pm->pilots[q->bucket0 + pr->bucket];
-    uint32_t pos = cqr_pm_pos(cqr_pm_h2(pr->h), cqr_pm_pilot_hash(pilot),
-                              q->m);
+    uint32_t pos = cqr_pm_pos(cqr_pm_h2(pr->h, q->pseed),
+                              cqr_pm_pilot_hash(pilot), q->m);
     if (pos >= q->n)
         pos = pm->remap[q->remap0 + (pos - q->n)];
     *vbit = q->vbit0 + (uint64_t)pos * pm->vbits;
@@ -253,8 +260,12 @@ void cqr_pm_builder_destroy(cqr_pm_builder_t *b);
 
 /* Bytes of the serialised form. */
 uint64_t cqr_packmap_size(const cqr_packmap_t *pm);
-/* Writes cqr_packmap_size(pm) bytes to out. */
-void cqr_packmap_write(const cqr_packmap_t *pm, uint8_t *out);
+/* Writes cqr_packmap_size(pm) bytes to out. CQR_ENOMEM. */
+int cqr_packmap_write(const cqr_packmap_t *pm, uint8_t *out);
+/* Writes bytes [off, off + len) of the serialised form to out (a page of
+ * a checkpoint; off + len <= cqr_packmap_size(pm)). CQR_ENOMEM. */
+int cqr_packmap_write_range(const cqr_packmap_t *pm, uint64_t off,
+                            uint64_t len, uint8_t *out);
 /* Reads a serialised map, verifying every size and offset so that no
  * lookup can leave its arrays (a damaged pilot or value only gives wrong
  * values). CQR_ECORRUPT, CQR_EVERSION, CQR_ENOMEM. */

@@ -34,12 +34,14 @@ static void payload_of(uint64_t id, uint32_t bits, uint8_t *out,
 
 /* Builds a map of n test IDs with payloads of vbits - fbits bits and
  * records of rec bytes (payload, then the ID's index as a u32). */
-static cqr_pm_builder_t *build(uint64_t n, uint32_t vbits, uint32_t fbits,
-                               uint32_t rec, unsigned threads,
-                               cqr_packmap_t *pm)
+static cqr_pm_builder_t *build_seed(uint64_t n, uint32_t vbits,
+                                    uint32_t fbits, uint32_t rec,
+                                    unsigned threads, uint64_t seed,
+                                    cqr_packmap_t *pm)
 {
     cqr_pm_builder_t *b;
-    ck_assert_int_eq(cqr_pm_builder_create(n, vbits, fbits, rec, 99, &b), 0);
+    ck_assert_int_eq(cqr_pm_builder_create(n, vbits, fbits, rec, seed, &b),
+                     0);
     uint8_t buf[64];
     for (uint64_t i = 0; i < n; i++) {
         uint32_t pb = (vbits - fbits + 7) / 8;
@@ -51,6 +53,13 @@ static cqr_pm_builder_t *build(uint64_t n, uint32_t vbits, uint32_t fbits,
     ck_assert_int_eq(cqr_pm_builder_build(b, threads, pm), 0);
     ck_assert_uint_eq(pm->n, n);
     return b;
+}
+
+static cqr_pm_builder_t *build(uint64_t n, uint32_t vbits, uint32_t fbits,
+                               uint32_t rec, unsigned threads,
+                               cqr_packmap_t *pm)
+{
+    return build_seed(n, vbits, fbits, rec, threads, 99, pm);
 }
 
 /* Every member: its own slot, fingerprint match, its payload, and its
@@ -104,6 +113,23 @@ START_TEST(test_members)
 }
 END_TEST
 
+/* Small sets (a partition of a few IDs has few spare positions) build
+ * with every seed tried. */
+START_TEST(test_small_sets)
+{
+    for (uint64_t n = 1; n <= 300; n += (n < 40 ? 1 : 13)) {
+        for (uint64_t seed = 1; seed <= 4; seed++) {
+            cqr_packmap_t pm;
+            cqr_pm_builder_t *b = build_seed(n, 24, 16, 5, 1, seed, &pm);
+            ck_assert_uint_eq(pm.seed, seed); /* no retry was needed */
+            check_members(&pm, b, n);
+            cqr_pm_builder_destroy(b);
+            cqr_packmap_free(&pm);
+        }
+    }
+}
+END_TEST
+
 START_TEST(test_fingerprints)
 {
     /* Non-members match a fingerprint of f bits with probability 2^-f:
@@ -139,7 +165,7 @@ static uint8_t *serialise(const cqr_packmap_t *pm, size_t *len)
     *len = (size_t)cqr_packmap_size(pm);
     uint8_t *buf = malloc(*len);
     ck_assert_ptr_nonnull(buf);
-    cqr_packmap_write(pm, buf);
+    ck_assert_int_eq(cqr_packmap_write(pm, buf), 0);
     return buf;
 }
 
@@ -173,6 +199,13 @@ START_TEST(test_roundtrip)
     uint8_t *buf2 = serialise(&back, &len2);
     ck_assert_uint_eq(len2, len);
     ck_assert_int_eq(memcmp(buf, buf2, len), 0);
+    /* Any range reads as the same bytes (checkpoint pages). */
+    for (size_t off = 0; off < len; off += 7777) {
+        size_t k = len - off < 5000 ? len - off : 5000;
+        memset(buf2, 0xee, k);
+        ck_assert_int_eq(cqr_packmap_write_range(&back, off, k, buf2), 0);
+        ck_assert_int_eq(memcmp(buf + off, buf2, k), 0);
+    }
     free(buf2);
     cqr_packmap_free(&back);
     /* Damage is refused before any lookup can use it. */
@@ -238,6 +271,7 @@ Suite *cqr_test_suite(void)
     TCase *tc = tcase_create("packmap");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_members);
+    tcase_add_test(tc, test_small_sets);
     tcase_add_test(tc, test_fingerprints);
     tcase_add_test(tc, test_deterministic);
     tcase_add_test(tc, test_roundtrip);

@@ -146,16 +146,18 @@ static int replay_push(void *ud, const uint64_t *ids, const float *grads,
     float x[CQR_MAX_DIM];
     for (size_t j = 0; j < n; j++) {
         uint64_t id = ids[j];
-        void *v = cqr_idmap_find(&ph->next->ids, id);
-        if (v) {
-            if (t->stamp_off) /* pushed during this phase */
-                cqr_stamp_set(t, v, ph->phase_no - 1);
+        uint32_t pk[CQR_MAX_CHUNKS];
+        const uint8_t *cv;
+        if (cqr_cqr_find(t, ph->next, id, pk, &cv)) {
+            if (t->stamp_off && cv) /* pushed during this phase */
+                cqr_stamp_set(t, (void *)cv, ph->phase_no - 1);
             continue;
         }
         /* With admission, an ID the live table has not admitted (the
          * caller holds its lock) keeps its hashed pointers. */
-        if (t->sketch && !cqr_idmap_find(&t->st->ids, id))
+        if (t->sketch && !cqr_cqr_known(t, t->st, id))
             continue;
+        void *v;
         int inserted;
         int rc = cqr_idmap_insert(&ph->next->ids, id, &v, &inserted);
         if (rc)
@@ -467,6 +469,25 @@ static int run_next_state(cqr_phase_t *ph)
     return 0;
 }
 
+/* A compacted table's phase: the IDs it assigned go into a static set
+ * of the new state (the IDs the replay registers go to its map). */
+static int run_static(run_t *r)
+{
+    cqr_table_t *t = r->ph->t;
+    pthread_rwlock_rdlock(&t->lock);
+    const int compact = t->compact;
+    const uint64_t gen = t->rebuilds + 1;
+    pthread_rwlock_unlock(&t->lock);
+    if (!compact)
+        return 0;
+    report(&r->pc, "static", 0, 1.0, r->ph->res.inertia);
+    free(r->ids); /* the run's copies: the new map holds everything */
+    free(r->ptrs);
+    r->ids = NULL;
+    r->ptrs = NULL;
+    return cqr_state_make_static(t, r->ph->next, gen);
+}
+
 int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
 {
     if (!ph || ph->ran || ph->committed)
@@ -502,6 +523,9 @@ int cqr_phase_run(cqr_phase_t *ph, cqr_progress_cb cb, void *ud)
     }
     ph->res.ids_assigned = r.n;
     ph->res.inertia = c ? inertia_sum / c : 0.0;
+    rc = run_static(&r);
+    if (rc)
+        goto out;
 
     /* Replay what was pushed meanwhile, so the commit's pause covers only
      * the pushes that arrive from now on. */

@@ -19,6 +19,19 @@
  *                always a base, written when it changed)
  *   fallback 0   a full table's fallback rows (admit_after > 1;
  *                CQR_FALLBACK_ROWS rows, a base or a delta as rows)
+ *   static p     a compacted cqr table (cqr_table_compact): bytes
+ *                [p*CQR_STATIC_PAGE, ...) of its static set's serialised
+ *                packmap (packmap.h); always bases, written when a
+ *                rebuild replaced the set
+ *   keys   p     the static set's IDs in slot order (u64 each), IDs
+ *                [p*CQR_KEYS_PAGE, ...); as static pages
+ * A compacted table's meta ends with a static tail (CQR_META_STATIC_BYTES:
+ * u64 bytes of the serialised set, u64 its IDs, u64 rebuilds, u64
+ * reserved); tables that were never compacted write neither the tail nor
+ * these pages, so their checkpoints are as before, and checkpoints
+ * written before them load unchanged. The static set is restored byte
+ * for byte, so that IDs it was not built with look up after a restore
+ * what they looked up before (cqr_table_compact).
  * The cfg payload has two lengths: CQR_CFG_BYTES_V1 (92, before issue
  * 19; also written by tables with no admission or eviction option, so
  * that their checkpoints stay as they were) and CQR_CFG_BYTES (116: the
@@ -101,11 +114,19 @@ typedef enum cqr_page_type {
     CQR_PAGE_ROWS = 4,
     CQR_PAGE_MAP = 5,
     CQR_PAGE_SKETCH = 6,  /* the admission sketch (admit_after > 1) */
-    CQR_PAGE_FALLBACK = 7 /* a full table's fallback rows (admit_after
-                             > 1) */
+    CQR_PAGE_FALLBACK = 7, /* a full table's fallback rows (admit_after
+                              > 1) */
+    CQR_PAGE_STATIC = 8,  /* a compacted cqr table's static set */
+    CQR_PAGE_KEYS = 9     /* the static set's IDs */
 } cqr_page_type_t;
 
-/* "cfg", "meta", "cb", "rows", "map", "sketch", "fallback" (or "?"). */
+/* Bytes of the static set's serialised form per static page, and IDs per
+ * keys page. */
+#define CQR_STATIC_PAGE (1u << 24)
+#define CQR_KEYS_PAGE (1u << 20)
+
+/* "cfg", "meta", "cb", "rows", "map", "sketch", "fallback", "static",
+ * "keys" (or "?"). */
 const char *cqr_page_type_name(uint32_t type);
 
 typedef enum cqr_seg_kind {

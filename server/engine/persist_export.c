@@ -115,6 +115,9 @@ static int enc_meta(cqr_table_t *t, cqr_segment_t *sg)
         bytes += 8;
     if (cqr_cfg_long(&t->cfg))
         bytes += CQR_META_TAIL_BYTES;
+    const cqr_ptrset_t *ps = cqr_static_set(t);
+    if (ps)
+        bytes += CQR_META_STATIC_BYTES;
     int rc = seg_alloc(NULL, sg, CQR_PAGE_META, 0, CQR_SEG_BASE, bytes);
     if (rc)
         return rc;
@@ -149,6 +152,12 @@ static int enc_meta(cqr_table_t *t, cqr_segment_t *sg)
         cqr_put_u64(&w, t->n_admitted);
         cqr_put_u64(&w, t->n_evicted);
         cqr_put_u64(&w, t->ttl_hand);
+        cqr_put_u64(&w, 0); /* reserved */
+    }
+    if (ps) {
+        cqr_put_u64(&w, cqr_packmap_size(&ps->pm));
+        cqr_put_u64(&w, ps->pm.n);
+        cqr_put_u64(&w, t->rebuilds);
         cqr_put_u64(&w, 0); /* reserved */
     }
     assert(w.p == sg->data + sg->len);
@@ -400,6 +409,63 @@ static int sketch_page(exp_ctx_t *cx, cqr_segment_t *sg)
     return 0;
 }
 
+/* ---- Export of the static set ------------------------------------------ */
+
+/* Static page p of set ps, or keys page p: a base when the set was
+ * rebuilt since the cursor, else unchanged. The set is immutable (only a
+ * rebuild, under the exclusive lock, replaces it). */
+static int static_page(exp_ctx_t *cx, cqr_segment_t *sg,
+                       const cqr_ptrset_t *ps, uint32_t type, uint32_t p)
+{
+    if (cx->since && cx->since > cx->t->ps_base_epoch) {
+        sg->type = type;
+        sg->index = p;
+        sg->kind = CQR_SEG_UNCHANGED;
+        return 0;
+    }
+    const uint64_t total = type == CQR_PAGE_STATIC ? cqr_packmap_size(&ps->pm)
+                                                   : ps->pm.n;
+    const uint64_t unit = type == CQR_PAGE_STATIC ? CQR_STATIC_PAGE
+                                                  : CQR_KEYS_PAGE;
+    const uint64_t lo = (uint64_t)p * unit;
+    const uint64_t n = total - lo < unit ? total - lo : unit;
+    int rc = seg_alloc(cx, sg, type, p, CQR_SEG_BASE,
+                       type == CQR_PAGE_STATIC ? n : n * 8);
+    if (rc || !sg->data)
+        return rc; /* out of memory, or planning */
+    uint8_t *out = sg->data + CQR_SEGMENT_HEADER;
+    sg->items = n;
+    if (type == CQR_PAGE_STATIC)
+        return cqr_packmap_write_range(&ps->pm, lo, n, out);
+    /* The IDs, from the key file's records. */
+    enum { BLK = 4096 };
+    uint8_t *rec = malloc((size_t)BLK * CQR_KF_REC);
+    if (!rec)
+        return CQR_ENOMEM;
+    for (uint64_t q = 0; q < n && rc == 0; q += BLK) {
+        uint64_t cnt = n - q < BLK ? n - q : BLK;
+        rc = cqr_keyfile_read(ps->kf, lo + q, rec, cnt);
+        for (uint64_t j = 0; rc == 0 && j < cnt; j++) {
+            uint64_t id = cqr_kf_id(rec + j * CQR_KF_REC);
+            memcpy(out + (q + j) * 8, &id, 8);
+        }
+    }
+    free(rec);
+    return rc;
+}
+
+static int static_export(exp_ctx_t *cx, cqr_segment_t *seg,
+                         const cqr_ptrset_t *ps)
+{
+    const size_t ns = cqr_static_pages(ps), nk = cqr_keys_pages(ps);
+    int rc = 0;
+    for (size_t p = 0; p < ns && rc == 0; p++)
+        rc = static_page(cx, &seg[p], ps, CQR_PAGE_STATIC, (uint32_t)p);
+    for (size_t p = 0; p < nk && rc == 0; p++)
+        rc = static_page(cx, &seg[ns + p], ps, CQR_PAGE_KEYS, (uint32_t)p);
+    return rc;
+}
+
 /* ---- Export ------------------------------------------------------------- */
 
 static void segs_free(cqr_segment_t *seg, size_t n)
@@ -419,7 +485,9 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
     const size_t nmp = m ? cqr_map_pages(m->cap) : 0;
     const size_t nsk = t->sketch ? 1 : 0;
     const size_t nfb = t->fallback ? 1 : 0;
-    const size_t nseg = 2 + ncbp + t->nblocks + nmp + nsk + nfb;
+    const cqr_ptrset_t *ps = cqr_static_set(t);
+    const size_t nst = cqr_static_pages(ps) + cqr_keys_pages(ps);
+    const size_t nseg = 2 + ncbp + t->nblocks + nmp + nsk + nfb + nst;
     cqr_segment_t *seg = calloc(nseg, sizeof *seg);
     if (!seg)
         return CQR_ENOMEM;
@@ -452,6 +520,9 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
         rc = rows_page(cx, &seg[s++], CQR_PAGE_FALLBACK, 0, t->fallback, 0,
                        CQR_FALLBACK_ROWS, t->fbmark, &t->fbpage,
                        cx->since == 0, NULL);
+    if (rc == 0 && nst)
+        rc = static_export(cx, seg + s, ps);
+    s += nst;
     if (rc || cx->plan) {
         segs_free(seg, nseg);
         return rc;
@@ -459,6 +530,8 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
     x->seg = seg;
     x->nseg = nseg;
     x->known_ids = m ? m->count : 0;
+    if (ps)
+        x->known_ids += ps->pm.n;
     x->phases_done = t->phases_done;
     /* What a complete export would take, for the caller's ratios. */
     uint64_t full = seg[0].len + seg[1].len;
@@ -475,6 +548,9 @@ static int export_locked(exp_ctx_t *cx, cqr_export_t *x)
                 nmp * CQR_SEGMENT_HEADER;
     if (nsk)
         full += CQR_SEGMENT_HEADER + CQR_SKETCH_BYTES;
+    if (ps)
+        full += cqr_packmap_size(&ps->pm) + ps->pm.n * 8 +
+                nst * CQR_SEGMENT_HEADER;
     x->full_bytes = full;
     return 0;
 }

@@ -41,6 +41,27 @@ static inline int cqr_cfg_long(const cqr_table_config_t *c)
 
 /* Bytes of the meta tail of a table with a long cfg. */
 #define CQR_META_TAIL_BYTES 32u
+/* Bytes of the static tail of a compacted cqr table's meta. */
+#define CQR_META_STATIC_BYTES 32u
+
+/* A cqr table's static set (NULL if it was never compacted). Lock held. */
+static inline const cqr_ptrset_t *cqr_static_set(const cqr_table_t *t)
+{
+    return t->cfg.kind == CQR_KIND_CQR ? t->st->ps : NULL;
+}
+
+/* Static and keys pages of a static set. */
+static inline size_t cqr_static_pages(const cqr_ptrset_t *ps)
+{
+    return ps ? (cqr_packmap_size(&ps->pm) + CQR_STATIC_PAGE - 1) /
+                    CQR_STATIC_PAGE
+              : 0;
+}
+
+static inline size_t cqr_keys_pages(const cqr_ptrset_t *ps)
+{
+    return ps ? (ps->pm.n + CQR_KEYS_PAGE - 1) / CQR_KEYS_PAGE : 0;
+}
 
 /* ---- Little-endian writer and bounded reader --------------------------- */
 

@@ -25,6 +25,12 @@ struct cqr_import {
     size_t nsp;          /* sketch pages (0 or 1) */
     size_t nfbp;         /* fallback pages (0 or 1) */
     uint64_t map_count;  /* IDs the meta says the map holds */
+    size_t nstp;         /* static pages (a compacted cqr table) */
+    size_t nkp;          /* keys pages */
+    uint64_t st_bytes;   /* bytes of the serialised static set */
+    uint64_t st_n;       /* its IDs */
+    uint8_t *st_img;     /* the serialised set, as its pages come */
+    cqr_keyfile_t *kf;   /* its IDs, as the keys pages come */
     char err[200];       /* the last error */
 };
 
@@ -55,6 +61,8 @@ void cqr_import_abort(cqr_import_t *im)
         return;
     cqr_table_destroy(im->t);
     free(im->have);
+    free(im->st_img);
+    cqr_keyfile_unref(im->kf);
     free(im);
 }
 
@@ -83,6 +91,59 @@ static int im_cfg(cqr_import_t *im, cqr_rd_t *r)
                        cqr_strerror(rc));
     im->state = IM_META;
     return 0;
+}
+
+/* The static tail of a compacted cqr table's meta: the shape of its
+ * static set, whose pages then come. */
+static int im_static_tail(cqr_import_t *im, cqr_rd_t *r)
+{
+    im->st_bytes = cqr_get_u64(r);
+    im->st_n = cqr_get_u64(r);
+    im->t->rebuilds = cqr_get_u64(r);
+    (void)cqr_get_u64(r);
+    /* A packmap of n IDs takes at least n / 8 bytes of values, and
+     * about 9 bytes an ID: bounds that keep allocations sane. */
+    if (r->bad || im->st_n == 0 || im->st_n > (1ull << 40) ||
+        im->st_bytes < 64 || im->st_bytes > 64 * im->st_n + (1u << 20))
+        return im_fail(im, CQR_ECORRUPT, "meta: impossible static set (%llu "
+                       "bytes, %llu IDs)", (unsigned long long)im->st_bytes,
+                       (unsigned long long)im->st_n);
+    im->st_img = malloc(im->st_bytes);
+    int rc = im->st_img ? cqr_keyfile_create(im->st_n, &im->kf) : CQR_ENOMEM;
+    if (rc)
+        return im_fail(im, rc, "meta: static set of %llu bytes: %s",
+                       (unsigned long long)im->st_bytes, cqr_strerror(rc));
+    im->nstp = (im->st_bytes + CQR_STATIC_PAGE - 1) / CQR_STATIC_PAGE;
+    im->nkp = (im->st_n + CQR_KEYS_PAGE - 1) / CQR_KEYS_PAGE;
+    return 0;
+}
+
+/* A static or keys page (always a base). */
+static int im_static(cqr_import_t *im, cqr_rd_t *r, uint32_t type,
+                     uint32_t p)
+{
+    const int keys = type == CQR_PAGE_KEYS;
+    const uint64_t total = keys ? im->st_n : im->st_bytes;
+    const uint64_t unit = keys ? CQR_KEYS_PAGE : CQR_STATIC_PAGE;
+    const uint64_t lo = (uint64_t)p * unit;
+    const uint64_t n = total - lo < unit ? total - lo : unit;
+    if (r->n != (keys ? n * 8 : n))
+        return im_fail(im, CQR_ECORRUPT, "%s/%u: %zu bytes",
+                       cqr_page_type_name(type), p, r->n);
+    if (!keys) {
+        cqr_get(r, im->st_img + lo, n);
+        return 0;
+    }
+    enum { BLK = 4096 };
+    uint8_t rec[BLK * CQR_KF_REC];
+    int rc = 0;
+    for (uint64_t q = 0; q < n && rc == 0; q += BLK) {
+        uint64_t cnt = n - q < BLK ? n - q : BLK;
+        for (uint64_t j = 0; j < cnt; j++)
+            cqr_kf_put(rec + j * CQR_KF_REC, cqr_get_u64(r), 0);
+        rc = cqr_keyfile_write(im->kf, lo + q, rec, cnt);
+    }
+    return rc ? im_fail(im, rc, "keys/%u: %s", p, cqr_strerror(rc)) : 0;
 }
 
 static int im_meta(cqr_import_t *im, cqr_rd_t *r)
@@ -148,16 +209,23 @@ static int im_meta(cqr_import_t *im, cqr_rd_t *r)
         t->n_evicted = cqr_get_u64(r);
         t->ttl_hand = cqr_get_u64(r);
         (void)cqr_get_u64(r);
-    } else {
+    }
+    if (t->cfg.kind == CQR_KIND_CQR && r->n == CQR_META_STATIC_BYTES) {
+        int rc = im_static_tail(im, r);
+        if (rc)
+            return rc;
+    }
+    if (!cqr_cfg_long(&t->cfg)) {
         /* Before issue 19 every known ID was admitted and none evicted. */
-        t->n_admitted = im->map_count;
+        t->n_admitted = im->map_count + im->st_n;
     }
     if (r->bad || r->n != 0)
         return im_fail(im, CQR_ECORRUPT, "meta: wrong length");
     im->ncbp = (size_t)t->ncb * t->c * t->cbpages;
     im->nsp = t->sketch ? 1 : 0;
     im->nfbp = t->fallback ? 1 : 0;
-    im->have = calloc(im->ncbp + im->nfp + im->nmp + im->nsp + im->nfbp + 1,
+    im->have = calloc(im->ncbp + im->nfp + im->nmp + im->nsp + im->nfbp +
+                          im->nstp + im->nkp + 1,
                       1);
     if (!im->have)
         return im_fail(im, CQR_ENOMEM, "meta: out of memory");
@@ -330,6 +398,14 @@ int cqr_import_segment(cqr_import_t *im, const uint8_t *data, size_t len)
             goto range;
         slot = im->ncbp + im->nfp + im->nmp + im->nsp + index;
         break;
+    case CQR_PAGE_STATIC:
+    case CQR_PAGE_KEYS:
+        if (index >= (type == CQR_PAGE_STATIC ? im->nstp : im->nkp) ||
+            kind != CQR_SEG_BASE)
+            goto range;
+        slot = im->ncbp + im->nfp + im->nmp + im->nsp + im->nfbp + index +
+               (type == CQR_PAGE_KEYS ? im->nstp : 0);
+        break;
     default:
         return im_fail(im, CQR_ECORRUPT, "unexpected %s segment",
                        cqr_page_type_name(type));
@@ -351,6 +427,8 @@ int cqr_import_segment(cqr_import_t *im, const uint8_t *data, size_t len)
     } else if (type == CQR_PAGE_FALLBACK) {
         rc = im_rows(im, &r, kind, t->fallback, 0, CQR_FALLBACK_ROWS,
                      "fallback", index, NULL);
+    } else if (type == CQR_PAGE_STATIC || type == CQR_PAGE_KEYS) {
+        rc = im_static(im, &r, type, index);
     } else if (type == CQR_PAGE_SKETCH) {
         if (kind != CQR_SEG_BASE || r.n != CQR_SKETCH_BYTES)
             return im_fail(im, CQR_ECORRUPT, "sketch: %zu bytes", r.n);
@@ -415,6 +493,45 @@ static int im_check_map(cqr_import_t *im)
     return 0;
 }
 
+/* Reads the static set from its pages and installs it: its shape must
+ * be the table's and every pointer below k. */
+static int im_finish_static(cqr_import_t *im)
+{
+    cqr_table_t *t = im->t;
+    cqr_ptrset_t *ps = calloc(1, sizeof *ps);
+    if (!ps)
+        return im_fail(im, CQR_ENOMEM, "static: out of memory");
+    int rc = cqr_packmap_read(im->st_img, im->st_bytes, &ps->pm);
+    free(im->st_img);
+    im->st_img = NULL;
+    ps->c = t->c;
+    ps->pbits = cqr_ptr_bits(t->k);
+    ps->kf = im->kf;
+    im->kf = NULL;
+    const uint32_t fbits = cqr_ptrset_fbits(t->c, ps->pbits);
+    if (rc == 0 && (ps->pm.n != im->st_n || ps->pm.fbits != fbits ||
+                    ps->pm.vbits != fbits + t->c * ps->pbits))
+        rc = CQR_ECORRUPT;
+    for (uint32_t q = 0; rc == 0 && q < ps->pm.nparts; q++) {
+        const cqr_pm_part_t *pt = &ps->pm.parts[q];
+        for (uint64_t j = 0; j < pt->n && rc == 0; j++) {
+            uint64_t vbit = pt->vbit0 + j * ps->pm.vbits;
+            for (uint32_t i = 0; i < t->c; i++)
+                if (cqr_ptrset_ptr(ps, vbit, i) >= t->k)
+                    rc = CQR_ECORRUPT;
+        }
+    }
+    if (rc) {
+        cqr_ptrset_destroy(ps);
+        return im_fail(im, rc, "static: %s", rc == CQR_ECORRUPT
+                                                 ? "impossible static set"
+                                                 : cqr_strerror(rc));
+    }
+    t->st->ps = ps;
+    t->compact = 1;
+    return 0;
+}
+
 int cqr_import_finish(cqr_import_t *im, cqr_table_t **out, uint32_t *cursor)
 {
     if (!im || !out)
@@ -427,15 +544,17 @@ int cqr_import_finish(cqr_import_t *im, cqr_table_t **out, uint32_t *cursor)
         rc = CQR_ECORRUPT;
         goto fail;
     }
-    const size_t np = im->ncbp + im->nfp + im->nmp + im->nsp + im->nfbp;
+    const size_t np = im->ncbp + im->nfp + im->nmp + im->nsp + im->nfbp +
+                      im->nstp + im->nkp;
     for (size_t i = 0; i < np; i++) {
         if (!im->have[i]) {
-            const size_t ends[5] = {im->ncbp, im->ncbp + im->nfp,
-                                    im->ncbp + im->nfp + im->nmp,
-                                    np - im->nfbp, np};
-            static const uint32_t types[5] = {CQR_PAGE_CB, CQR_PAGE_ROWS,
-                                              CQR_PAGE_MAP, CQR_PAGE_SKETCH,
-                                              CQR_PAGE_FALLBACK};
+            const size_t ends[7] = {
+                im->ncbp, im->ncbp + im->nfp, im->ncbp + im->nfp + im->nmp,
+                im->ncbp + im->nfp + im->nmp + im->nsp,
+                np - im->nstp - im->nkp, np - im->nkp, np};
+            static const uint32_t types[7] = {
+                CQR_PAGE_CB, CQR_PAGE_ROWS, CQR_PAGE_MAP, CQR_PAGE_SKETCH,
+                CQR_PAGE_FALLBACK, CQR_PAGE_STATIC, CQR_PAGE_KEYS};
             size_t g = 0;
             while (i >= ends[g])
                 g++;
@@ -447,6 +566,8 @@ int cqr_import_finish(cqr_import_t *im, cqr_table_t **out, uint32_t *cursor)
         }
     }
     if (cqr_tracked_map(im->t) && (rc = im_check_map(im)) != 0)
+        goto fail;
+    if (im->st_n && (rc = im_finish_static(im)) != 0)
         goto fail;
     if ((rc = cqr_full_free_rebuild(im->t)) != 0) {
         im_fail(im, rc, "free rows: %s", cqr_strerror(rc));

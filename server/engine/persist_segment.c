@@ -18,6 +18,8 @@ const char *cqr_page_type_name(uint32_t type)
     case CQR_PAGE_MAP: return "map";
     case CQR_PAGE_SKETCH: return "sketch";
     case CQR_PAGE_FALLBACK: return "fallback";
+    case CQR_PAGE_STATIC: return "static";
+    case CQR_PAGE_KEYS: return "keys";
     }
     return "?";
 }
@@ -70,7 +72,7 @@ int cqr_seg_header(const uint8_t *data, size_t len, int sum, uint32_t *type,
         return CQR_ECORRUPT;
     if (version != CQR_SEGMENT_VERSION)
         return CQR_EVERSION;
-    if (ty < CQR_PAGE_CFG || ty > CQR_PAGE_FALLBACK || (flags & ~SEG_FLAG_DELTA))
+    if (ty < CQR_PAGE_CFG || ty > CQR_PAGE_KEYS || (flags & ~SEG_FLAG_DELTA))
         return CQR_ECORRUPT;
     if (type)
         *type = ty;

@@ -36,6 +36,7 @@ void cqr_cbstate_free(const cqr_table_t *t, cqr_cbstate_t *st)
     free(st->seed_p);
     free(st->seed_h);
     cqr_idmap_free(&st->ids);
+    cqr_ptrset_destroy(st->ps);
     free(st);
 }
 
@@ -315,7 +316,8 @@ int cqr_table_phase_start(cqr_table_t *t, cqr_phase_t *ph, cqr_pushlog_t *log,
                           cqr_cbstate_t **snap, uint32_t *phase_no)
 {
     pthread_rwlock_wrlock(&t->lock);
-    int rc = t->phase ? CQR_EBUSY : cqr_cbstate_clone(t, t->st, snap);
+    int rc = t->phase || t->compacting ? CQR_EBUSY
+                                        : cqr_cbstate_clone(t, t->st, snap);
     if (rc == 0) {
         *phase_no = t->phases_done + 1;
         t->phase = ph;
@@ -342,39 +344,39 @@ int cqr_table_known_pointers(cqr_table_t *t, uint32_t phase_no,
 {
     const uint32_t c = t->c;
     pthread_rwlock_rdlock(&t->lock);
-    const cqr_idmap_t *m = &t->st->ids;
-    size_t count = m->count;
+    size_t count = cqr_state_known(t->st);
     uint64_t *id_out = malloc((count ? count : 1) * sizeof *id_out);
     uint32_t *p_out = malloc((count ? count : 1) * c * sizeof *p_out);
     uint32_t *s_out = NULL;
     if (stamps && t->stamp_off)
         s_out = malloc((count ? count : 1) * sizeof *s_out);
     size_t j = 0;
+    int rc = 0;
     if (id_out && p_out && (s_out || !stamps || !t->stamp_off)) {
-        size_t pos = 0;
+        cqr_known_iter_t it;
+        cqr_known_iter_init(&it, t, t->st);
         uint64_t id;
         void *v;
-        while (cqr_idmap_next(m, &pos, &id, &v)) {
-            if (evicted_by(t, v, phase_no))
+        while (j < count && cqr_known_iter_next(&it, &id, p_out + j * c, &v)) {
+            /* Static set: no stamps (tables that evict have none). */
+            if (v && evicted_by(t, v, phase_no))
                 continue;
             id_out[j] = id;
-            for (uint32_t i = 0; i < c; i++)
-                p_out[j * c + i] = cqr_ptr_get(v, t->pw, i);
             if (s_out)
                 s_out[j] = cqr_stamp_get(t, v);
             j++;
         }
-        assert(j <= count);
+        rc = it.rc;
+        cqr_known_iter_free(&it);
     } else {
-        free(s_out);
-        s_out = NULL;
-        j = SIZE_MAX;
+        rc = CQR_ENOMEM;
     }
     pthread_rwlock_unlock(&t->lock);
-    if (j == SIZE_MAX) {
+    if (rc) {
+        free(s_out);
         free(id_out);
         free(p_out);
-        return CQR_ENOMEM;
+        return rc;
     }
     *ids = id_out;
     *ptrs = p_out;
@@ -389,7 +391,7 @@ int cqr_table_known_pointers(cqr_table_t *t, uint32_t phase_no,
  * through the lock). Exclusive lock held. */
 static void mark_all_changed(cqr_table_t *t)
 {
-    t->cb_base_epoch = t->map_base_epoch =
+    t->cb_base_epoch = t->map_base_epoch = t->ps_base_epoch =
         __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
     t->ins_n = 0;
 }
@@ -412,6 +414,8 @@ int cqr_table_phase_commit(cqr_table_t *t, cqr_cbstate_t *next,
         res->ids_evicted = old->ids.count - next->ids.count;
         t->n_evicted += res->ids_evicted;
     }
+    if (next->ps)
+        t->rebuilds++;
     t->st = next;
     t->phase = NULL;
     t->log = NULL;
@@ -470,8 +474,13 @@ void cqr_table_stats(cqr_table_t *t, cqr_table_stats_t *s)
             s->optim_bytes += cqr_rows_state_bytes(&t->st->cb[b]);
         }
         if (t->cfg.kind == CQR_KIND_CQR) {
-            s->known_ids = t->st->ids.count;
+            s->known_ids = cqr_state_known(t->st);
             s->index_bytes = cqr_idmap_bytes(&t->st->ids);
+            if (t->st->ps) {
+                s->static_ids = t->st->ps->pm.n;
+                s->index_bytes += cqr_ptrset_bytes(t->st->ps);
+            }
+            s->rebuilds = t->rebuilds;
         }
     }
     s->phases_done = t->phases_done;
@@ -570,6 +579,39 @@ static uint64_t digest_map(const cqr_table_t *t, const cqr_idmap_t *m)
     return sum;
 }
 
+/* digest_map's sum over the static set's IDs, which hash as they would
+ * in the map (a compaction does not change a table's digest). Lock
+ * held. */
+static uint64_t digest_static(const cqr_table_t *t)
+{
+    const cqr_ptrset_t *ps = t->st->ps;
+    if (!ps || ps->pm.n == 0)
+        return 0;
+    cqr_ptrset_reader_t rd;
+    if (cqr_ptrset_reader_init(&rd, ps))
+        return 0; /* out of memory: the digest cannot be computed */
+    XXH3_state_t *x = XXH3_createState();
+    assert(x);
+    uint64_t sum = 0;
+    uint8_t v[CQR_MAX_CHUNKS * 4];
+    uint32_t p[CQR_MAX_CHUNKS];
+    cqr_ptrset_item_t it;
+    while (cqr_ptrset_reader_next(&rd, &it, p)) {
+        for (uint32_t i = 0; i < t->c; i++)
+            cqr_ptr_set(v, t->pw, i, p[i]);
+        XXH3_64bits_reset(x);
+        digest_u64(x, it.id);
+        XXH3_64bits_update(x, v, t->st->ids.vw);
+        sum += XXH3_64bits_digest(x);
+    }
+    /* A key file that cannot be read gives a digest no table has. */
+    if (rd.err)
+        sum ^= 0x9e3779b97f4a7c15ULL;
+    XXH3_freeState(x);
+    cqr_ptrset_reader_free(&rd);
+    return sum;
+}
+
 int cqr_table_digest(cqr_table_t *t, uint64_t *out)
 {
     if (!t || !out)
@@ -622,8 +664,8 @@ int cqr_table_digest(cqr_table_t *t, uint64_t *out)
         }
         for (uint32_t b = 0; b < t->ncb * t->c; b++)
             digest_rows(x, &t->st->cb[b]);
-        digest_u64(x, t->st->ids.count);
-        digest_u64(x, digest_map(t, &t->st->ids));
+        digest_u64(x, cqr_state_known(t->st));
+        digest_u64(x, digest_map(t, &t->st->ids) + digest_static(t));
     }
     pthread_rwlock_unlock(&t->lock);
     *out = XXH3_64bits_digest(x);

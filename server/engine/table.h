@@ -128,6 +128,11 @@ typedef struct cqr_table_stats {
                                   with admit_after <= 1 every new known
                                   ID) */
     uint64_t ids_evicted;      /* IDs whose state was freed (eviction) */
+    uint64_t static_ids;       /* cqr, compacted: known IDs in the static
+                                  set (the rest were registered since the
+                                  last compaction or phase) */
+    uint64_t rebuilds;         /* cqr: static sets built (compactions and
+                                  phases of a compacted table) */
     uint64_t sketch_bytes;     /* the admission sketch (admit_after > 1) */
 } cqr_table_stats_t;
 
@@ -356,5 +361,26 @@ void cqr_phase_destroy(cqr_phase_t *ph);
  * non-NULL. */
 int cqr_table_cluster(cqr_table_t *t, cqr_progress_cb cb, void *ud,
                       cqr_phase_result_t *res);
+
+/* ---- Compact per-ID state (cqr tables without eviction) ----------------
+ * A cqr table keeps the IDs it registers in a map of about 20 bytes an
+ * ID. A compaction moves them into a static set of about 9 bytes an ID
+ * (ptrset.h: a minimal perfect hash with the packed pointers and a
+ * fingerprint per ID; the IDs themselves go to a key file on disk): what
+ * every known ID looks up stays exactly as it was. From the first
+ * compaction on, every phase of the table builds a static set of the
+ * IDs it assigned as well, and IDs registered since the last rebuild
+ * stay in the map until the next one. A never-seen ID that matches the
+ * fingerprint of the slot it lands on (probability 2^-fbits: 1/16 with 4
+ * chunks at k = 65,536) looks up that slot's pointers rather than its
+ * hashed ones, stably until the next rebuild, and is not counted as
+ * known; a push of it does not register it then (README).
+ * Runs on the calling thread (the build on cluster_threads threads);
+ * lookups and pushes go on meanwhile, except while the map is copied and
+ * while the new set is installed. *moved gets the IDs moved from the map
+ * (may be NULL). CQR_EUNSUPPORTED for other kinds and for tables with
+ * evict_after_phases; CQR_EBUSY while a phase or compaction runs;
+ * CQR_ENOMEM, CQR_EIO (the key file). */
+int cqr_table_compact(cqr_table_t *t, uint64_t *moved);
 
 #endif

@@ -42,17 +42,30 @@
 #include "hash.h"
 #include "idmap.h"
 #include "par.h"
+#include "ptrset.h"
 #include "pushlog.h"
 #include "rows.h"
 #include "sketch.h"
 #include "table.h"
 
-/* Everything a cluster phase replaces, for the codebook kinds. */
+/* Everything a cluster phase replaces, for the codebook kinds.
+ *
+ * A cqr table's known IDs live in `ids` (ID -> pointers, about 20 bytes
+ * an ID), and, once the table was compacted (cqr_table_compact; tables
+ * without eviction only), most of them in the static set `ps` (ptrset.h:
+ * no IDs in RAM, about 9 bytes an ID, the IDs themselves in its key file
+ * on disk). The two are disjoint; `ids` then holds the IDs registered
+ * since the last rebuild (a compaction, or a phase of a compact table).
+ * An ID in the map is known; else the static set knows it when the
+ * fingerprint at the ID's slot matches (cqr_cqr_find): a never-seen ID
+ * matches with probability 2^-fbits and then looks up that slot's
+ * pointers (README). */
 typedef struct cqr_cbstate {
     uint64_t *seed_p; /* c seeds of the hashed B0 pointers (never change) */
     uint64_t *seed_h; /* c seeds of the B1 hash (each phase draws anew) */
     cqr_rows_t *cb;   /* ncb x c blocks: codebook b, chunk i at cb[b*c+i] */
     cqr_idmap_t ids;  /* cqr: known ID -> c B0 pointers of pw bytes */
+    cqr_ptrset_t *ps; /* cqr, compact: the static set; else NULL */
 } cqr_cbstate_t;
 
 /* Full tables address rows as block row >> CQR_FULL_BLOCK_SHIFT, row
@@ -101,6 +114,12 @@ struct cqr_table {
                                owned by the phase), set and cleared with
                                `phase` */
     uint32_t phases_done;   /* committed phases (exclusive lock) */
+    int compact;            /* cqr without eviction: 1 once compacted
+                               (cqr_table_compact): phases then build a
+                               static set too (exclusive lock) */
+    uint64_t rebuilds;      /* static sets built (exclusive lock) */
+    int compacting;         /* a compaction runs: no phase may begin
+                               (exclusive lock) */
     uint64_t examples_at_phase; /* examples_pushed at the last begin */
     double last_inertia;    /* statistics of the last phase (plock) */
     double last_phase_seconds;
@@ -163,6 +182,7 @@ struct cqr_table {
                                the block (blocks_cap slots) */
     uint32_t *fpage;        /* full: one page mark per block (blocks_cap) */
     uint32_t map_base_epoch; /* known-ID map replaced or rehashed */
+    uint32_t ps_base_epoch; /* cqr: static set replaced (a rebuild) */
     uint32_t map_floor;     /* insertion records older than this epoch
                                were dropped (or never kept) */
     int ins_on;             /* 1 once the table was exported or imported:
@@ -252,17 +272,53 @@ static inline void cqr_stamp_set(const cqr_table_t *t, void *v, uint32_t s)
     memcpy((uint8_t *)v + t->stamp_off, &s, 4);
 }
 
-/* Whether a push of `id` (map value v, or NULL if it has none) must take
+/* Whether a push of `id` (known: the table knows it; v: its map value,
+ * or NULL if it has none, as for IDs of the static set) must take
  * the exclusive path first (cqr_table_add_known): an ID to admit now, or
  * (eviction on) an ID whose stamp is older than the current phase. Lock
  * held (either mode). */
-static inline int cqr_needs_known(const cqr_table_t *t, const void *v,
-                                  uint64_t id)
+static inline int cqr_needs_known(const cqr_table_t *t, int known,
+                                  const void *v, uint64_t id)
 {
-    if (!v)
+    if (!known)
         return cqr_admit_ok(t, id);
-    return t->stamp_off && cqr_stamp_get(t, v) != t->phases_done;
+    return t->stamp_off && v && cqr_stamp_get(t, v) != t->phases_done;
 }
+
+/* ---- table_static.c: a cqr table's static set ---- */
+
+/* Walks the known IDs of a cqr state: the static set's in slot order
+ * (from its key file), then the map's. The state must not change
+ * meanwhile (a lock, or a private state). */
+typedef struct cqr_known_iter {
+    const cqr_table_t *t;
+    const cqr_cbstate_t *st;
+    cqr_ptrset_reader_t rd;  /* over the static set */
+    size_t mpos;             /* position in the map */
+    int in_map;              /* the static set is done */
+    int rc;                  /* the first error (key file reads) */
+} cqr_known_iter_t;
+
+void cqr_known_iter_init(cqr_known_iter_t *it, const cqr_table_t *t,
+                         const cqr_cbstate_t *st);
+/* 1 and the next ID with its c pointers (and *v its map value, or NULL
+ * for the static set's IDs); 0 at the end or on an error (it->rc). */
+int cqr_known_iter_next(cqr_known_iter_t *it, uint64_t *id, uint32_t *ptrs,
+                        void **v);
+void cqr_known_iter_free(cqr_known_iter_t *it);
+
+/* Known IDs of a cqr state: the static set's and the map's. */
+uint64_t cqr_state_known(const cqr_cbstate_t *st);
+
+/* Moves every ID of a private state's map (its pointers as they are) into
+ * a new static set, built with the seed of rebuild number gen; replaces
+ * any static set it had. On error the state is unchanged. CQR_ENOMEM,
+ * CQR_EIO (the key file). */
+int cqr_state_make_static(const cqr_table_t *t, cqr_cbstate_t *st,
+                          uint64_t gen);
+
+/* Frees a static set and the set itself (NULL: nothing). */
+void cqr_ptrset_destroy(cqr_ptrset_t *ps);
 
 /* ---- table_evict.c: a full table's admission and eviction ---- */
 
@@ -420,7 +476,8 @@ enum {
     CQR_TAG_EVICT = 7,     /* a full table's eviction samples */
     CQR_TAG_SAMPLE = 16,   /* a phase's sample of known IDs */
     CQR_TAG_KMEANS = 17,   /* a phase's k-means seeding, per chunk */
-    CQR_TAG_RESEED = 18    /* a phase's new B1 hash, per chunk */
+    CQR_TAG_RESEED = 18,   /* a phase's new B1 hash, per chunk */
+    CQR_TAG_REBUILD = 19   /* a static set's hashing, per rebuild */
 };
 
 /* IDs per group of the lookup and push pipelines. The known-ID map and
@@ -470,25 +527,119 @@ static inline uint32_t cqr_hash_h(const cqr_table_t *t,
     return cqr_fastrange(cqr_hash_id(id, st->seed_h[i]), t->k);
 }
 
+/* cqr tables: the B0 pointers p[0..c) of `id` in state st; returns 1 if
+ * the table knows it (the static set's fingerprint at its slot matches,
+ * or the map holds it), else 0 and its hashed pointers. *vout gets its
+ * map value (NULL for the static set's IDs and unknown IDs). */
+static inline int cqr_cqr_find(const cqr_table_t *t, const cqr_cbstate_t *st,
+                               uint64_t id, uint32_t *p, const uint8_t **vout)
+{
+    const cqr_ptrset_t *ps = st->ps;
+    /* The map first: an ID registered after the static set was built
+     * may match a fingerprint of it, and keeps its own pointers. */
+    const uint8_t *v = st->ids.count ? cqr_idmap_find(&st->ids, id) : NULL;
+    *vout = v;
+    if (!v && ps && ps->pm.n) {
+        uint64_t vbit;
+        int ok;
+        cqr_packmap_lookup(&ps->pm, id, &vbit, &ok);
+        if (ok) {
+            for (uint32_t i = 0; i < t->c; i++)
+                p[i] = cqr_ptrset_ptr(ps, vbit, i);
+            return 1;
+        }
+    }
+    for (uint32_t i = 0; i < t->c; i++)
+        p[i] = v ? cqr_ptr_get(v, t->pw, i) : cqr_hash_p(t, st, id, i);
+    return v != NULL;
+}
+
+/* Whether a cqr state knows `id`. */
+static inline int cqr_cqr_known(const cqr_table_t *t, const cqr_cbstate_t *st,
+                                uint64_t id)
+{
+    uint32_t p[CQR_MAX_CHUNKS];
+    const uint8_t *v;
+    return cqr_cqr_find(t, st, id, p, &v);
+}
+
+/* Called by cqr_cqr_resolve for ID j: its B0 pointers p (valid during the
+ * call), whether the table knows it and its map value (as cqr_cqr_find). */
+typedef void (*cqr_ptrs_fn)(void *ud, size_t j, const uint32_t *p, int known,
+                            const uint8_t *v);
+
+/* cqr tables: cqr_cqr_find for ids[0..n) in a three-stage pipeline over
+ * groups of CQR_LOOKUP_GROUP IDs: while group g's pointers are used, group
+ * g+1's static values are requested and group g+2's pilots and map slots,
+ * so that every miss to memory is in flight a group ahead. */
+static inline void cqr_cqr_resolve(const cqr_table_t *t,
+                                   const cqr_cbstate_t *st,
+                                   const uint64_t *ids, size_t n,
+                                   cqr_ptrs_fn fn, void *ud)
+{
+    enum { G = CQR_LOOKUP_GROUP };
+    const cqr_ptrset_t *ps = st->ps;
+    const int stat = ps && ps->pm.n > 0;
+    const cqr_idmap_t *d = st->ids.count ? &st->ids : NULL;
+    cqr_pm_probe_t pr[3][G];
+    uint64_t vb[3][G];
+    uint32_t p[CQR_MAX_CHUNKS];
+    const size_t ng = (n + G - 1) / G;
+    for (size_t g = 0; g < ng + 2; g++) {
+        if (g < ng) {
+            const size_t b = g * G, m = n - b < G ? n - b : G;
+            for (size_t j = 0; j < m; j++) {
+                if (stat)
+                    cqr_packmap_begin(&ps->pm, ids[b + j], &pr[g % 3][j]);
+                if (d)
+                    cqr_idmap_prefetch(d, ids[b + j]);
+            }
+        }
+        if (stat && g >= 1 && g - 1 < ng) {
+            const size_t b = (g - 1) * G, m = n - b < G ? n - b : G;
+            for (size_t j = 0; j < m; j++)
+                cqr_packmap_locate(&ps->pm, &pr[(g - 1) % 3][j],
+                                   &vb[(g - 1) % 3][j]);
+        }
+        if (g < 2)
+            continue;
+        const size_t gg = g - 2, b = gg * G, m = n - b < G ? n - b : G;
+        for (size_t j = 0; j < m; j++) {
+            const uint64_t id = ids[b + j];
+            const uint8_t *v = d ? cqr_idmap_find(d, id) : NULL;
+            if (!v && stat &&
+                cqr_packmap_fp_ok(&ps->pm, pr[gg % 3][j].h, vb[gg % 3][j])) {
+                for (uint32_t i = 0; i < t->c; i++)
+                    p[i] = cqr_ptrset_ptr(ps, vb[gg % 3][j], i);
+                fn(ud, b + j, p, 1, NULL);
+                continue;
+            }
+            for (uint32_t i = 0; i < t->c; i++)
+                p[i] = v ? cqr_ptr_get(v, t->pw, i) : cqr_hash_p(t, st, id, i);
+            fn(ud, b + j, p, v != NULL, v);
+        }
+    }
+}
+
 /* The B0 pointers p[0..c) and B1 rows h[0..c) of `id` in state st:
  * learned (stored) pointers for known cqr IDs, hashed otherwise (p is
  * left alone for hash tables). Returns 0 for a cqr ID the table does not
- * know, 1 otherwise. */
+ * know, 1 otherwise; *vout gets its map value (cqr_cqr_find). */
 static inline int cqr_cb_pointers_v(const cqr_table_t *t,
                                     const cqr_cbstate_t *st, uint64_t id,
                                     uint32_t *p, uint32_t *h,
                                     const uint8_t **vout)
 {
-    const uint8_t *v = NULL;
+    int known = 1;
+    *vout = NULL;
     if (t->cfg.kind == CQR_KIND_CQR)
-        v = cqr_idmap_find(&st->ids, id);
-    *vout = v;
-    for (uint32_t i = 0; i < t->c; i++) {
-        if (t->ncb == 2)
-            p[i] = v ? cqr_ptr_get(v, t->pw, i) : cqr_hash_p(t, st, id, i);
+        known = cqr_cqr_find(t, st, id, p, vout);
+    else if (t->ncb == 2)
+        for (uint32_t i = 0; i < t->c; i++)
+            p[i] = cqr_hash_p(t, st, id, i);
+    for (uint32_t i = 0; i < t->c; i++)
         h[i] = cqr_hash_h(t, st, id, i);
-    }
-    return v != NULL || t->cfg.kind != CQR_KIND_CQR;
+    return known;
 }
 
 static inline int cqr_cb_pointers(const cqr_table_t *t,

@@ -61,7 +61,8 @@ static uint64_t grown_locked(const cqr_table_t *t)
         return full_cap_rows(t) * full_row_bytes(t) +
                cqr_idmap_bytes(&t->rowmap);
     if (t->cfg.kind == CQR_KIND_CQR && t->st)
-        return cqr_idmap_bytes(&t->st->ids);
+        return cqr_idmap_bytes(&t->st->ids) +
+               (t->st->ps ? cqr_ptrset_bytes(t->st->ps) : 0);
     return 0;
 }
 
@@ -393,6 +394,15 @@ int cqr_full_new_row(cqr_table_t *t, uint64_t id, uint32_t now)
 static int cqr_known_one(cqr_table_t *t, uint64_t id)
 {
     cqr_idmap_t *m = &t->st->ids;
+    /* The static set's IDs (compact tables, which never evict) are
+     * known: nothing to do. */
+    if (t->st->ps && t->st->ps->pm.n) {
+        uint64_t vbit;
+        int ok;
+        cqr_packmap_lookup(&t->st->ps->pm, id, &vbit, &ok);
+        if (ok)
+            return 0;
+    }
     void *v = cqr_idmap_find(m, id);
     if (v) {
         if (t->stamp_off && cqr_stamp_get(t, v) != t->phases_done) {

@@ -67,6 +67,72 @@ static void full_lookup(const cqr_table_t *t, const uint64_t *ids, size_t n,
     }
 }
 
+/* cqr tables: IDs go in blocks of up to CQR_CQR_BLOCK. Block b+1's
+ * pointers are resolved (cqr_cqr_resolve: the static set's pilots and
+ * values and the map's slots requested a group ahead) and its codebook
+ * rows requested before block b's rows are read, so that the misses of
+ * the static set, the map and the codebooks (32 MB at k = 65,536 and dim
+ * 64: larger than the caches) all overlap. */
+#define CQR_CQR_BLOCK 64
+#define CQR_CQR_PTRS 2048 /* pointers a block holds: IDs x chunks */
+
+typedef struct cqr_blk {
+    const cqr_table_t *t;
+    const cqr_cbstate_t *st;
+    const uint64_t *ids;
+    uint32_t p[CQR_CQR_PTRS]; /* B0 rows, ID by ID */
+    uint32_t h[CQR_CQR_PTRS]; /* B1 rows */
+} cqr_blk_t;
+
+static void cqr_blk_one(void *ud, size_t j, const uint32_t *p, int known,
+                        const uint8_t *v)
+{
+    (void)known;
+    (void)v;
+    cqr_blk_t *b = ud;
+    const cqr_table_t *t = b->t;
+    const cqr_cbstate_t *st = b->st;
+    uint32_t *pj = b->p + j * t->c, *hj = b->h + j * t->c;
+    for (uint32_t i = 0; i < t->c; i++) {
+        pj[i] = p[i];
+        hj[i] = cqr_hash_h(t, st, b->ids[j], i);
+        cqr_rows_prefetch(&st->cb[i], pj[i]);
+        cqr_rows_prefetch(&st->cb[t->c + i], hj[i]);
+    }
+}
+
+static void cqr_lookup(const cqr_table_t *t, const uint64_t *ids, size_t n,
+                       float *out)
+{
+    const cqr_cbstate_t *st = t->st;
+    size_t B = CQR_CQR_PTRS / t->c;
+    if (B > CQR_CQR_BLOCK)
+        B = CQR_CQR_BLOCK;
+    cqr_blk_t blk[2];
+    const size_t nb = (n + B - 1) / B;
+    for (size_t k = 0; k <= nb; k++) {
+        if (k < nb) {
+            cqr_blk_t *x = &blk[k & 1];
+            size_t lo = k * B, m = n - lo < B ? n - lo : B;
+            x->t = t;
+            x->st = st;
+            x->ids = ids + lo;
+            cqr_cqr_resolve(t, st, ids + lo, m, cqr_blk_one, x);
+        }
+        if (k == 0)
+            continue;
+        const cqr_blk_t *x = &blk[(k - 1) & 1];
+        size_t lo = (k - 1) * B, m = n - lo < B ? n - lo : B;
+        for (size_t j = 0; j < m; j++) {
+            float *o = out + (lo + j) * t->cfg.dim;
+            for (uint32_t i = 0; i < t->c; i++)
+                cqr_rows_read_sum(&st->cb[i], x->p[j * t->c + i],
+                                  &st->cb[t->c + i], x->h[j * t->c + i],
+                                  o + (size_t)i * t->w);
+        }
+    }
+}
+
 static void lookup_locked(cqr_table_t *t, const uint64_t *ids, size_t n,
                           float *out)
 {
@@ -74,17 +140,15 @@ static void lookup_locked(cqr_table_t *t, const uint64_t *ids, size_t n,
         full_lookup(t, ids, n, out);
         return;
     }
+    if (t->cfg.kind == CQR_KIND_CQR) {
+        cqr_lookup(t, ids, n, out);
+        return;
+    }
+    /* hash and ce: no per-ID state, the codebooks stay cached. */
     const uint32_t dim = t->cfg.dim;
     const cqr_cbstate_t *st = t->st;
-    const int cqr = t->cfg.kind == CQR_KIND_CQR;
     uint32_t p[CQR_MAX_CHUNKS], h[CQR_MAX_CHUNKS];
-    /* The codebooks are small and stay cached; the map is not: keep its
-     * probes one group ahead. */
-    for (size_t j = 0; cqr && j < n && j < CQR_LOOKUP_GROUP; j++)
-        cqr_idmap_prefetch(&st->ids, ids[j]);
     for (size_t j = 0; j < n; j++) {
-        if (cqr && j + CQR_LOOKUP_GROUP < n)
-            cqr_idmap_prefetch(&st->ids, ids[j + CQR_LOOKUP_GROUP]);
         float *o = out + j * dim;
         cqr_cb_pointers(t, st, ids[j], p, h);
         for (uint32_t i = 0; i < t->c; i++) {

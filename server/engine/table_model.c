@@ -60,13 +60,47 @@ static int live(const cqr_table_t *t, const void *val, uint32_t now)
 static int same_value(const cqr_table_t *t, const cqr_table_t *base,
                       uint64_t id, const void *val)
 {
+    if (t->cfg.kind == CQR_KIND_CQR) {
+        /* Either table may keep the ID in its static set. */
+        uint32_t p[CQR_MAX_CHUNKS];
+        const uint8_t *bv;
+        if (!cqr_cqr_find(base, base->st, id, p, &bv))
+            return 0;
+        uint8_t b[CQR_MAX_CHUNKS * 4];
+        for (uint32_t i = 0; i < base->c; i++)
+            cqr_ptr_set(b, base->pw, i, p[i]);
+        return memcmp(val, b, (size_t)t->c * t->pw) == 0;
+    }
     const void *bv = cqr_idmap_find(known_map(base), id);
     if (!bv)
         return 0;
-    if (t->cfg.kind == CQR_KIND_CQR)
-        return memcmp(val, bv, (size_t)t->c * t->pw) == 0;
     return memcmp(full_row(t, val), full_row(base, bv),
                   (size_t)t->cfg.dim * sizeof(float)) == 0;
+}
+
+/* Adds ID id of value val (a full table's map value; a cqr table's
+ * pointers, c x pw bytes) to p unless base has the same. */
+static void collect_one(const cqr_table_t *t, const cqr_table_t *base,
+                        uint32_t dtype, size_t vb, id_part_t *p, uint64_t id,
+                        const void *val)
+{
+    if (base && same_value(t, base, id, val))
+        return;
+    p->ids[p->n] = id;
+    if (t->cfg.kind == CQR_KIND_FULL)
+        cqr_model_encode(dtype, full_row(t, val), 1, t->cfg.dim,
+                         p->vals + p->n * vb,
+                         p->scales ? p->scales + p->n : NULL);
+    else
+        memcpy(p->vals + p->n * vb, val, vb);
+    p->n++;
+}
+
+/* Known IDs of a full or cqr table (the static set's included). */
+static size_t known_count(const cqr_table_t *t)
+{
+    return t->cfg.kind == CQR_KIND_CQR ? cqr_state_known(t->st)
+                                       : known_map(t)->count;
 }
 
 /* Collects the IDs of t (all, or those whose value differs from base's)
@@ -76,45 +110,61 @@ static int same_value(const cqr_table_t *t, const cqr_table_t *base,
 static int collect_ids(const cqr_table_t *t, const cqr_table_t *base,
                        uint32_t dtype, id_part_t *p)
 {
-    const cqr_idmap_t *m = known_map(t);
     const int full = t->cfg.kind == CQR_KIND_FULL;
     const size_t vb = full ? (size_t)t->cfg.dim * cqr_dtype_size(dtype)
                            : (size_t)t->c * t->pw;
-    size_t cap = m->count ? m->count : 1;
+    size_t cap = known_count(t) ? known_count(t) : 1;
     p->ids = malloc(cap * 8);
     p->vals = malloc(cap * vb);
     p->scales = full && dtype == CQR_DTYPE_INT8 ? malloc(cap * 4) : NULL;
     if (!p->ids || !p->vals || (full && dtype == CQR_DTYPE_INT8 && !p->scales))
         return CQR_ENOMEM;
     const uint32_t now = t->cfg.ttl_seconds ? cqr_table_now(t) : 0;
-    size_t pos = 0;
     uint64_t id;
     void *val;
-    while (cqr_idmap_next(m, &pos, &id, &val)) {
-        if (!live(t, val, now) || (base && same_value(t, base, id, val)))
-            continue;
-        p->ids[p->n] = id;
-        if (full)
-            cqr_model_encode(dtype, full_row(t, val), 1, t->cfg.dim,
-                             p->vals + p->n * vb,
-                             p->scales ? p->scales + p->n : NULL);
-        else
-            memcpy(p->vals + p->n * vb, val, vb);
-        p->n++;
+    int rc = 0;
+    if (full) {
+        size_t pos = 0;
+        while (cqr_idmap_next(known_map(t), &pos, &id, &val))
+            if (live(t, val, now))
+                collect_one(t, base, dtype, vb, p, id, val);
+    } else {
+        cqr_known_iter_t it;
+        uint32_t ptr[CQR_MAX_CHUNKS];
+        uint8_t v[CQR_MAX_CHUNKS * 4];
+        cqr_known_iter_init(&it, t, t->st);
+        while (p->n < cap && cqr_known_iter_next(&it, &id, ptr, &val)) {
+            for (uint32_t i = 0; i < t->c; i++)
+                cqr_ptr_set(v, t->pw, i, ptr[i]);
+            collect_one(t, base, dtype, vb, p, id, v);
+        }
+        rc = it.rc;
+        cqr_known_iter_free(&it);
     }
-    if (!base)
-        return 0;
-    const cqr_idmap_t *bm = known_map(base);
-    p->removed = malloc((bm->count ? bm->count : 1) * 8);
+    if (rc || !base)
+        return rc;
+    p->removed = malloc((known_count(base) ? known_count(base) : 1) * 8);
     if (!p->removed)
         return CQR_ENOMEM;
-    pos = 0;
-    while (cqr_idmap_next(bm, &pos, &id, &val)) {
-        const void *v = cqr_idmap_find(m, id);
-        if (!v || !live(t, v, now))
-            p->removed[p->nremoved++] = id;
+    if (full) {
+        size_t pos = 0;
+        while (cqr_idmap_next(known_map(base), &pos, &id, &val)) {
+            const void *v = cqr_idmap_find(known_map(t), id);
+            if (!v || !live(t, v, now))
+                p->removed[p->nremoved++] = id;
+        }
+        return 0;
     }
-    return 0;
+    cqr_known_iter_t it;
+    uint32_t ptr[CQR_MAX_CHUNKS];
+    cqr_known_iter_init(&it, base, base->st);
+    while (p->nremoved < known_count(base) &&
+           cqr_known_iter_next(&it, &id, ptr, &val))
+        if (!cqr_cqr_known(t, t->st, id))
+            p->removed[p->nremoved++] = id;
+    rc = it.rc;
+    cqr_known_iter_free(&it);
+    return rc;
 }
 
 /* Seeds and encoded codebooks of a codebook kind into *seeds, *cb,

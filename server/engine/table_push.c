@@ -160,35 +160,47 @@ static inline size_t cb_dense_keys(const cqr_table_t *t)
     return (size_t)t->ncb * t->c * t->k;
 }
 
-static inline int cb_prefetch(const cqr_table_t *t)
-{
-    return t->cfg.kind == CQR_KIND_CQR;
-}
-
 /* A codebook push runs in two passes, each split over the helpers when
  * there are any: resolve (by ID ranges) finds every ID's row in each
  * codebook, ptrs[j * nb + blk] for the nb = ncb x c codebooks (learned
  * pointers first, then hashed ones); apply (by chunks) sums the
  * gradients per row and steps the rows. The map is probed once per ID
  * whatever the number of parts. */
+typedef struct resolve_ctx {
+    const cqr_table_t *t;
+    const cqr_cbstate_t *st;
+    const uint64_t *ids;
+    uint32_t *ptrs;     /* the range's first ID's pointers */
+    size_t unknown;     /* IDs that need the exclusive path */
+} resolve_ctx_t;
+
+/* cqr_cqr_resolve's callback: ID j's B0 pointers and B1 rows. */
+static void resolve_one(void *ud, size_t j, const uint32_t *p, int known,
+                        const uint8_t *v)
+{
+    resolve_ctx_t *x = ud;
+    const cqr_table_t *t = x->t;
+    uint32_t *out = x->ptrs + j * (size_t)t->ncb * t->c;
+    memcpy(out, p, t->c * sizeof *p);
+    for (uint32_t i = 0; i < t->c; i++)
+        out[t->c + i] = cqr_hash_h(t, x->st, x->ids[j], i);
+    /* IDs to admit now, and (eviction on) stale stamps. */
+    x->unknown += cqr_needs_known(t, known, v, x->ids[j]);
+}
+
 static size_t cb_resolve_range(const cqr_table_t *t, const cqr_cbstate_t *st,
                                const uint64_t *ids, size_t b, size_t e,
                                uint32_t *ptrs)
 {
     const uint32_t nb = t->ncb * t->c;
+    if (t->cfg.kind == CQR_KIND_CQR) {
+        resolve_ctx_t x = {t, st, ids + b, ptrs + b * nb, 0};
+        cqr_cqr_resolve(t, st, ids + b, e - b, resolve_one, &x);
+        return x.unknown;
+    }
     uint32_t p[CQR_MAX_CHUNKS], h[CQR_MAX_CHUNKS];
-    size_t unknown = 0;
-    const size_t ahead = CQR_LOOKUP_GROUP;
-    for (size_t j = b; cb_prefetch(t) && j < e && j < b + ahead; j++)
-        cqr_idmap_prefetch(&st->ids, ids[j]);
     for (size_t j = b; j < e; j++) {
-        if (cb_prefetch(t) && j + ahead < e)
-            cqr_idmap_prefetch(&st->ids, ids[j + ahead]);
-        const uint8_t *v;
-        /* cqr: IDs to admit now, and (eviction on) stale stamps. */
-        cqr_cb_pointers_v(t, st, ids[j], p, h, &v);
-        if (t->cfg.kind == CQR_KIND_CQR)
-            unknown += cqr_needs_known(t, v, ids[j]);
+        cqr_cb_pointers(t, st, ids[j], p, h);
         uint32_t *out = ptrs + j * nb;
         if (t->ncb == 2) {
             memcpy(out, p, t->c * sizeof *p);
@@ -197,7 +209,7 @@ static size_t cb_resolve_range(const cqr_table_t *t, const cqr_cbstate_t *st,
             memcpy(out, h, t->c * sizeof *h);
         }
     }
-    return unknown;
+    return 0;
 }
 
 /* Applies a push's gradients to the codebooks of chunks [c0, c1): sums
@@ -654,10 +666,10 @@ static void sketch_count(cqr_table_t *t, const uint64_t *ids, size_t n)
 {
     int any = 0;
     for (size_t j = 0; j < n; j++) {
-        const void *v = t->cfg.kind == CQR_KIND_FULL
-                            ? (const void *)cqr_full_find(t, ids[j])
-                            : cqr_idmap_find(&t->st->ids, ids[j]);
-        if (!v) {
+        const int known = t->cfg.kind == CQR_KIND_FULL
+                              ? cqr_full_find(t, ids[j]) != NULL
+                              : cqr_cqr_known(t, t->st, ids[j]);
+        if (!known) {
             cqr_sketch_add(t->sketch, ids[j]);
             any = 1;
         }

@@ -60,6 +60,7 @@ typedef struct opts {
     uint32_t warm_batch;  /* IDs per warm-up push */
     const char *dump;     /* kmeans: points file */
     int json;             /* print JSON lines */
+    int compact;          /* cqr: compact the table after warming */
 } opts_t;
 
 static void usage(void)
@@ -70,7 +71,7 @@ static void usage(void)
         "  [--chunks 4] [--rows 1024] [--batch 1024] [--vocab 1e6] [--zipf S]\n"
         "  [--seconds 3] [--threads 1] [--helpers 0] [--iters 25] [--sample 100]\n"
         "  [--tol X (k-means relative inertia tolerance; 0 = every iteration)]\n"
-        "  [--dump FILE] [--json]\n");
+        "  [--dump FILE] [--json] [--compact (cqr: compact after warming)]\n");
 }
 
 static int parse_opts(int argc, char **argv, opts_t *o)
@@ -87,7 +88,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"seconds", 1, 0, 's'}, {"threads", 1, 0, 't'}, {"iters", 1, 0, 'i'},
         {"sample", 1, 0, 'S'}, {"dump", 1, 0, 'D'},    {"json", 0, 0, 'j'},
         {"warm-batch", 1, 0, 'W'}, {"helpers", 1, 0, 'H'},
-        {"tol", 1, 0, 'T'},
+        {"tol", 1, 0, 'T'}, {"compact", 0, 0, 'C'},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int ch;
     uint64_t v;
@@ -122,6 +123,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         case 'T': o->tol = atof(optarg); break;
         case 'D': o->dump = optarg; break;
         case 'j': o->json = 1; break;
+        case 'C': o->compact = 1; break;
         default: return -1;
         }
     }
@@ -202,9 +204,26 @@ static int warm_range(cqr_table_t *t, const opts_t *o, uint64_t lo,
     return rc;
 }
 
+/* --compact: the known IDs into the table's static set. */
+static int compact(cqr_table_t *t, const opts_t *o)
+{
+    if (!o->compact)
+        return 0;
+    double t0 = bench_now();
+    uint64_t moved = 0;
+    int rc = cqr_table_compact(t, &moved);
+    if (rc)
+        bench_log(PROG, "compaction failed: %s", cqr_strerror(rc));
+    else
+        bench_log(PROG, "compaction: %llu IDs into the static set in %.2f s",
+                  (unsigned long long)moved, bench_now() - t0);
+    return rc;
+}
+
 static int warm(cqr_table_t *t, const opts_t *o)
 {
-    return warm_range(t, o, 0, o->vocab);
+    int rc = warm_range(t, o, 0, o->vocab);
+    return rc ? rc : compact(t, o);
 }
 
 /* ---- lookup / push -------------------------------------------------- */
@@ -334,14 +353,15 @@ static int run_ops(const opts_t *o)
         printf("{\"bench\":\"engine\",\"op\":\"%s\",\"kind\":\"%s\","
                "\"optimizer\":\"%s\",\"dim\":%u,\"chunks\":%u,\"rows\":%u,"
                "\"batch\":%u,\"vocab\":%llu,\"zipf\":%g,\"threads\":%u,"
-               "\"helpers\":%u,"
+               "\"helpers\":%u,\"compact\":%d,"
                "\"seconds\":%.3f,\"emb_per_s\":%.1f,\"mb_per_s\":%.2f,"
                "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,"
                "\"cpu_s\":%.3f,\"emb_per_cpu_s\":%.1f,"
                "\"known_ids\":%llu,\"blas_core\":\"%s\"}\n",
                o->mode, cqr_kind_name(o->kind), cqr_optim_name(o->opt), o->dim,
                o->chunks, o->rows, o->batch, (unsigned long long)o->vocab,
-               o->zipf, o->threads, o->helpers, el, emb, mb, p50, p99, p999,
+               o->zipf, o->threads, o->helpers, o->compact, el, emb, mb, p50,
+               p99, p999,
                cpu, emb_cpu,
                (unsigned long long)st.known_ids, bench_blas_core());
     bench_lat_free(&all);
@@ -675,29 +695,41 @@ static int run_memory(const opts_t *o)
         return rc;
     }
     uint64_t rss2 = bench_rss_bytes(), peak2 = bench_peak_rss_bytes();
+    if (o->compact) {
+        bench_log(PROG, "before the compaction: %.2f B/ID",
+                  ((double)rss2 - (double)rss1) / (double)(o->vocab - first));
+        if ((rc = compact(t, o)) != 0) {
+            cqr_table_destroy(t);
+            return rc;
+        }
+        rss2 = bench_rss_bytes();
+        peak2 = bench_peak_rss_bytes();
+    }
     cqr_table_stats_t st;
     cqr_table_stats(t, &st);
     const double added = (double)(o->vocab - first);
     double per_id = ((double)rss2 - (double)rss1) / added;
     double peak_per_id = (double)(peak2 > peak1 ? peak2 - peak1 : 0) / added;
     bench_log(PROG,
-              "memory kind=%s optimizer=%s chunks=%u k=%u known=%llu: RSS "
+              "memory kind=%s%s optimizer=%s chunks=%u k=%u known=%llu: RSS "
               "+%.1f MB for %.0f IDs = %.2f B/ID (peak +%.2f B/ID during "
               "growth; the table counts %.2f B/ID of index); table and "
               "scratch before: %.1f MB",
-              cqr_kind_name(o->kind), cqr_optim_name(o->opt), o->chunks,
+              cqr_kind_name(o->kind), o->compact ? " (compacted)" : "",
+              cqr_optim_name(o->opt), o->chunks,
               o->rows, (unsigned long long)st.known_ids,
               ((double)rss2 - (double)rss1) / 1e6, added, per_id, peak_per_id,
               st.bytes_per_known_id, ((double)rss1 - (double)rss0) / 1e6);
     if (o->json)
         printf("{\"bench\":\"engine\",\"op\":\"memory\",\"kind\":\"%s\","
                "\"optimizer\":\"%s\",\"dim\":%u,\"chunks\":%u,\"rows\":%u,"
+               "\"compact\":%d,"
                "\"vocab\":%llu,\"known_ids\":%llu,\"ids_measured\":%.0f,"
                "\"rss_growth_bytes\":%.0f,\"bytes_per_id\":%.3f,"
                "\"peak_bytes_per_id\":%.3f,\"index_bytes_per_id\":%.3f,"
                "\"bytes_before\":%.0f,\"blas_core\":\"%s\"}\n",
                cqr_kind_name(o->kind), cqr_optim_name(o->opt), o->dim,
-               o->chunks, o->rows, (unsigned long long)o->vocab,
+               o->chunks, o->rows, o->compact, (unsigned long long)o->vocab,
                (unsigned long long)st.known_ids, added,
                (double)rss2 - (double)rss1, per_id, peak_per_id,
                st.bytes_per_known_id, (double)rss1 - (double)rss0,

@@ -29,6 +29,7 @@ struct cqr_import {
     size_t nkp;          /* keys pages */
     uint64_t st_bytes;   /* bytes of the serialised static set */
     uint64_t st_n;       /* its IDs */
+    int st_on;           /* the meta had a static tail */
     uint8_t *st_img;     /* the serialised set, as its pages come */
     cqr_keyfile_t *kf;   /* its IDs, as the keys pages come */
     char err[200];       /* the last error */
@@ -103,7 +104,8 @@ static int im_static_tail(cqr_import_t *im, cqr_rd_t *r)
     (void)cqr_get_u64(r);
     /* A packmap of n IDs takes at least n / 8 bytes of values, and
      * about 9 bytes an ID: bounds that keep allocations sane. */
-    if (r->bad || im->st_n == 0 || im->st_n > (1ull << 40) ||
+    im->st_on = 1;
+    if (r->bad || im->st_n > (1ull << 40) ||
         im->st_bytes < 64 || im->st_bytes > 64 * im->st_n + (1u << 20))
         return im_fail(im, CQR_ECORRUPT, "meta: impossible static set (%llu "
                        "bytes, %llu IDs)", (unsigned long long)im->st_bytes,
@@ -567,7 +569,7 @@ int cqr_import_finish(cqr_import_t *im, cqr_table_t **out, uint32_t *cursor)
     }
     if (cqr_tracked_map(im->t) && (rc = im_check_map(im)) != 0)
         goto fail;
-    if (im->st_n && (rc = im_finish_static(im)) != 0)
+    if (im->st_on && (rc = im_finish_static(im)) != 0)
         goto fail;
     if ((rc = cqr_full_free_rebuild(im->t)) != 0) {
         im_fail(im, rc, "free rows: %s", cqr_strerror(rc));

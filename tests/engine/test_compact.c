@@ -287,6 +287,23 @@ START_TEST(test_compact_refused)
     ck_assert_uint_eq(moved, 0);
     ck_assert_uint_eq(stats(t).known_ids, 100);
     cqr_table_destroy(t);
+    /* An empty table compacts, runs phases and restores. */
+    t = make(64, 0);
+    ck_assert_int_eq(cqr_table_compact(t, NULL), 0);
+    ck_assert_int_eq(cqr_table_cluster(t, NULL, NULL, NULL), 0);
+    float *a = look(t, foreign_id, 10);
+    chain_t c = {0};
+    chain_export(&c, t);
+    cqr_table_t *u = chain_import(&c, 0);
+    ck_assert_uint_eq(digest(u), digest(t));
+    ck_assert_uint_eq(stats(u).known_ids, 0);
+    float *b = look(u, foreign_id, 10);
+    ck_assert_mem_eq(a, b, 10 * DIM * sizeof *a);
+    free(a);
+    free(b);
+    chain_free(&c);
+    cqr_table_destroy(u);
+    cqr_table_destroy(t);
 }
 END_TEST
 

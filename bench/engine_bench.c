@@ -15,7 +15,9 @@
  *                  same process; --dump FILE writes the points (chunk after
  *                  chunk, n x w float32 each) for kmeans_compare.py.
  *   memory         RSS growth per known ID while --vocab IDs are pushed
- *                  into a fresh table (run it in a fresh process).
+ *                  into a fresh table (run it in a fresh process); with
+ *                  --compact, after a compaction, and then the lookup and
+ *                  push rates of the compacted table (as those modes).
  *   sgemm          OpenBLAS sgemm rate alone.
  *
  * Output: progress on stderr, a human summary on stderr, and with --json
@@ -283,29 +285,16 @@ out:
     return NULL;
 }
 
-static int run_ops(const opts_t *o)
+/* Times lookups (push 0) or pushes of t for o->seconds on o->threads
+ * threads and reports them under the name `mode`. */
+static int timed_ops(cqr_table_t *t, const opts_t *o, int push,
+                     const char *mode)
 {
-    cqr_table_t *t = NULL;
-    cqr_par_t *par = NULL;
-    int rc = make_table(o, &t);
-    if (rc)
-        return rc;
-    if (o->helpers) {
-        rc = cqr_par_create(o->helpers, &par);
-        if (rc)
-            goto out;
-        cqr_table_set_par(t, par);
-    }
-    rc = warm(t, o);
-    if (rc)
-        goto out;
-    int push = !strcmp(o->mode, "push");
+    int rc = 0;
     worker_t *ws = calloc(o->threads, sizeof *ws);
-    if (!ws) {
-        rc = CQR_ENOMEM;
-        goto out;
-    }
-    bench_log(PROG, "%s: %u thread(s), %.1f s", o->mode, o->threads,
+    if (!ws)
+        return CQR_ENOMEM;
+    bench_log(PROG, "%s: %u thread(s), %.1f s", mode, o->threads,
               o->seconds);
     double cpu0 = bench_cpu_now();
     double t0 = bench_now();
@@ -328,9 +317,9 @@ static int run_ops(const opts_t *o)
     double cpu = bench_cpu_now() - cpu0;
     free(ws);
     if (rc) {
-        bench_log(PROG, "%s failed: %s", o->mode, cqr_strerror(rc));
+        bench_log(PROG, "%s failed: %s", mode, cqr_strerror(rc));
         bench_lat_free(&all);
-        goto out;
+        return rc;
     }
     bench_lat_sort(&all);
     double emb = (double)batches * o->batch / el;
@@ -346,7 +335,7 @@ static int run_ops(const opts_t *o)
               "%s kind=%s dim=%u batch=%u vocab=%llu threads=%u helpers=%u: "
               "%.3f M emb/s, %.0f MB/s, p50 %.1f us p99 %.1f us p999 %.1f us; "
               "%.3f M emb per CPU-second",
-              o->mode, cqr_kind_name(o->kind), o->dim, o->batch,
+              mode, cqr_kind_name(o->kind), o->dim, o->batch,
               (unsigned long long)o->vocab, o->threads, o->helpers, emb / 1e6,
               mb, p50, p99, p999, emb_cpu / 1e6);
     if (o->json)
@@ -358,13 +347,33 @@ static int run_ops(const opts_t *o)
                "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,"
                "\"cpu_s\":%.3f,\"emb_per_cpu_s\":%.1f,"
                "\"known_ids\":%llu,\"blas_core\":\"%s\"}\n",
-               o->mode, cqr_kind_name(o->kind), cqr_optim_name(o->opt), o->dim,
+               mode, cqr_kind_name(o->kind), cqr_optim_name(o->opt), o->dim,
                o->chunks, o->rows, o->batch, (unsigned long long)o->vocab,
                o->zipf, o->threads, o->helpers, o->compact, el, emb, mb, p50,
                p99, p999,
                cpu, emb_cpu,
                (unsigned long long)st.known_ids, bench_blas_core());
     bench_lat_free(&all);
+    return 0;
+}
+
+static int run_ops(const opts_t *o)
+{
+    cqr_table_t *t = NULL;
+    cqr_par_t *par = NULL;
+    int rc = make_table(o, &t);
+    if (rc)
+        return rc;
+    if (o->helpers) {
+        rc = cqr_par_create(o->helpers, &par);
+        if (rc)
+            goto out;
+        cqr_table_set_par(t, par);
+    }
+    rc = warm(t, o);
+    if (rc)
+        goto out;
+    rc = timed_ops(t, o, !strcmp(o->mode, "push"), o->mode);
 out:
     cqr_table_destroy(t);
     cqr_par_destroy(par);
@@ -734,8 +743,14 @@ static int run_memory(const opts_t *o)
                (double)rss2 - (double)rss1, per_id, peak_per_id,
                st.bytes_per_known_id, (double)rss1 - (double)rss0,
                bench_blas_core());
+    /* A compacted table's lookup and push rates at the size measured,
+     * without a second warm-up. */
+    if (o->compact)
+        rc = timed_ops(t, o, 0, "lookup");
+    if (o->compact && rc == 0)
+        rc = timed_ops(t, o, 1, "push");
     cqr_table_destroy(t);
-    return 0;
+    return rc;
 }
 
 int main(int argc, char **argv)

@@ -151,6 +151,11 @@ static int map_without(const cqr_idmap_t *m, const uint64_t *sorted,
                        size_t n, cqr_idmap_t *out)
 {
     int rc = cqr_idmap_init(out, m->vw, 0);
+    /* Sized first: inserting a map's IDs in its slot order into a
+     * growing map clusters them (quadratic probing costs). */
+    const size_t rest = m->count > n ? m->count - n : 0;
+    if (rc == 0)
+        rc = cqr_idmap_reserve(out, rest + rest / 8 + 16);
     size_t pos = 0;
     uint64_t id;
     void *v;

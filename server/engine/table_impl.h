@@ -2,7 +2,8 @@
  *
  * Included by the files of the table module (table.c: create, state,
  * stats, digest; table_config.c; table_known.c: known IDs and growth;
- * table_lookup.c; table_push.c), by cluster.c and the persist_*.c files,
+ * table_lookup.c; table_push.c; table_static.c: a cqr table's static set
+ * and compactions), by cluster.c and the persist_*.c files,
  * which work on a table's state, and by the engine's own tests, which
  * inspect it. Nothing outside server/engine/ and tests/engine/ includes
  * it. Other modules change a live table only through the functions

@@ -346,6 +346,35 @@ static int im_map(cqr_import_t *im, cqr_rd_t *r, cqr_seg_kind_t kind,
     return 0;
 }
 
+/* Applies a page's segment (its slot checked) to the table. */
+static int im_apply(cqr_import_t *im, cqr_rd_t *r, uint32_t type,
+                    cqr_seg_kind_t kind, uint32_t index)
+{
+    cqr_table_t *t = im->t;
+    int rc = 0;
+    if (type == CQR_PAGE_CB) {
+        uint32_t b = index / t->cbpages, p = index % t->cbpages;
+        rc = im_rows(im, r, kind, &t->st->cb[b], p * CQR_CB_PAGE,
+                     cqr_cb_page_rows(t, p), "cb", index, NULL);
+    } else if (type == CQR_PAGE_ROWS) {
+        rc = im_rows(im, r, kind, &t->blocks[index], 0,
+                     cqr_full_page_rows(t, index), "rows", index,
+                     t->fstamp ? t->fstamp[index] : NULL);
+    } else if (type == CQR_PAGE_FALLBACK) {
+        rc = im_rows(im, r, kind, t->fallback, 0, CQR_FALLBACK_ROWS,
+                     "fallback", index, NULL);
+    } else if (type == CQR_PAGE_STATIC || type == CQR_PAGE_KEYS) {
+        rc = im_static(im, r, type, index);
+    } else if (type == CQR_PAGE_SKETCH) {
+        if (kind != CQR_SEG_BASE || r->n != CQR_SKETCH_BYTES)
+            return im_fail(im, CQR_ECORRUPT, "sketch: %zu bytes", r->n);
+        cqr_get(r, t->sketch->c, CQR_SKETCH_BYTES);
+    } else {
+        rc = im_map(im, r, kind, index);
+    }
+    return rc;
+}
+
 int cqr_import_segment(cqr_import_t *im, const uint8_t *data, size_t len)
 {
     if (!im || !data)
@@ -372,7 +401,6 @@ int cqr_import_segment(cqr_import_t *im, const uint8_t *data, size_t len)
                            cqr_page_type_name(type), index);
         return im_meta(im, &r);
     }
-    cqr_table_t *t = im->t;
     size_t slot;
     switch (type) {
     case CQR_PAGE_CB:
@@ -418,26 +446,7 @@ int cqr_import_segment(cqr_import_t *im, const uint8_t *data, size_t len)
     if (kind == CQR_SEG_BASE && im->have[slot])
         return im_fail(im, CQR_ECORRUPT, "%s/%u: two bases",
                        cqr_page_type_name(type), index);
-    if (type == CQR_PAGE_CB) {
-        uint32_t b = index / t->cbpages, p = index % t->cbpages;
-        rc = im_rows(im, &r, kind, &t->st->cb[b], p * CQR_CB_PAGE,
-                     cqr_cb_page_rows(t, p), "cb", index, NULL);
-    } else if (type == CQR_PAGE_ROWS) {
-        rc = im_rows(im, &r, kind, &t->blocks[index], 0,
-                     cqr_full_page_rows(t, index), "rows", index,
-                     t->fstamp ? t->fstamp[index] : NULL);
-    } else if (type == CQR_PAGE_FALLBACK) {
-        rc = im_rows(im, &r, kind, t->fallback, 0, CQR_FALLBACK_ROWS,
-                     "fallback", index, NULL);
-    } else if (type == CQR_PAGE_STATIC || type == CQR_PAGE_KEYS) {
-        rc = im_static(im, &r, type, index);
-    } else if (type == CQR_PAGE_SKETCH) {
-        if (kind != CQR_SEG_BASE || r.n != CQR_SKETCH_BYTES)
-            return im_fail(im, CQR_ECORRUPT, "sketch: %zu bytes", r.n);
-        cqr_get(&r, t->sketch->c, CQR_SKETCH_BYTES);
-    } else {
-        rc = im_map(im, &r, kind, index);
-    }
+    rc = im_apply(im, &r, type, kind, index);
     if (rc == 0 && r.bad)
         rc = im_fail(im, CQR_ECORRUPT, "%s/%u: truncated",
                      cqr_page_type_name(type), index);

@@ -35,7 +35,9 @@
  * The cfg payload has two lengths: CQR_CFG_BYTES_V1 (92, before issue
  * 19; also written by tables with no admission or eviction option, so
  * that their checkpoints stay as they were) and CQR_CFG_BYTES (116: the
- * options appended). A table whose cfg is the long one has a longer meta
+ * options appended; its last u32, once reserved, holds flags: bit 0 the
+ * `compact` option, which also makes the cfg long). A table whose cfg is
+ * the long one has a longer meta
  * too (its admission and eviction counters, the TTL sweep's hand).
  * Checkpoints written before
  * issue 19 therefore load unchanged.

@@ -36,7 +36,7 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 static inline int cqr_cfg_long(const cqr_table_config_t *c)
 {
     return c->admit_after > 1 || c->evict_after_phases || c->max_ids ||
-           c->ttl_seconds;
+           c->ttl_seconds || c->compact;
 }
 
 /* Bytes of the meta tail of a table with a long cfg. */

@@ -128,7 +128,8 @@ void cqr_cfg_put(cqr_wr_t *w, const cqr_table_config_t *c)
     cqr_put_u32(w, c->evict_after_phases);
     cqr_put_u64(w, c->max_ids);
     cqr_put_u32(w, c->ttl_seconds);
-    cqr_put_u32(w, 0); /* reserved */
+    /* Was reserved (written as 0): flags, bit 0 = compact. */
+    cqr_put_u32(w, c->compact ? 1u : 0u);
 }
 
 void cqr_cfg_get(cqr_rd_t *r, cqr_table_config_t *c)
@@ -162,5 +163,5 @@ void cqr_cfg_get(cqr_rd_t *r, cqr_table_config_t *c)
     c->evict_after_phases = cqr_get_u32(r);
     c->max_ids = cqr_get_u64(r);
     c->ttl_seconds = cqr_get_u32(r);
-    (void)cqr_get_u32(r);
+    c->compact = cqr_get_u32(r) & 1u;
 }

@@ -647,6 +647,8 @@ int cqr_table_digest(cqr_table_t *t, uint64_t *out)
         digest_u64(x, c->max_ids);
         digest_u64(x, c->ttl_seconds);
     }
+    if (c->compact)
+        digest_u64(x, c->compact);
 
     pthread_rwlock_wrlock(&t->lock);
     digest_u64(x, t->phases_done);

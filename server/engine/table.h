@@ -95,6 +95,11 @@ typedef struct cqr_table_config {
                                       lookups at once and freed at the
                                       next registration of new IDs; 0 =
                                       never */
+    uint32_t compact;              /* cqr without evict_after_phases: 1
+                                      asks the server to compact the
+                                      table (cqr_table_compact) once its
+                                      first phase commits; the engine
+                                      only keeps and checks it */
 } cqr_table_config_t;
 
 /* Push counts saturate at 255: the sketch's counters are bytes. */

@@ -121,6 +121,14 @@ static int memory_check(const cqr_table_config_t *cfg, char *why,
                       "tables only");
     if (cfg->max_ids >= UINT32_MAX)
         return reject(why, whylen, "max_ids must be below 2^32");
+    if (cfg->compact > 1)
+        return reject(why, whylen, "compact must be 0 or 1");
+    if (cfg->compact && cfg->kind != CQR_KIND_CQR)
+        return reject(why, whylen, "compact applies to cqr tables only");
+    if (cfg->compact && cfg->evict_after_phases)
+        return reject(why, whylen, "compact and evict_after_phases "
+                      "exclude each other (eviction needs the map "
+                      "layout)");
     return 0;
 }
 

@@ -42,6 +42,7 @@
 #include "ops/notify.h"
 #include "rpc/server.h"
 #include "store/ckpt.h"
+#include "tables/compact.h"
 #include "tables/serve.h"
 #include "tables/phase.h"
 
@@ -353,6 +354,8 @@ static int shut_down(server_t *s)
     s->serve = NULL;
     cqr_log(CQR_LOG_INFO, "server", "connections closed");
     cqr_phases_shutdown(s->ctx.phases);
+    /* The exit checkpoint holds what a running compaction makes. */
+    cqr_compacts_shutdown(s->ctx.compacts);
     if (s->ctx.ckpt.on_shutdown != NULL)
         s->ctx.ckpt.on_shutdown(s->ctx.ckpt.ud, &s->ctx);
     int rc = uv_loop_close(&s->loop);

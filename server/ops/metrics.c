@@ -344,6 +344,11 @@ static const tfam_t table_fams[] = {
      "ttl_seconds)."},
     {"cqrps_table_serving_generation", "gauge",
      "--serve: the checkpoint generation of the export the table serves."},
+    {"cqrps_table_static_ids", "gauge",
+     "Known IDs of a compacted cqr table in its static set (the rest are "
+     "in its map)."},
+    {"cqrps_table_compacted", "gauge",
+     "1 once a cqr table has been compacted (Compact, or compact on)."},
 };
 
 /* The sample(s) of family f (an index into table_fams) for table e. */
@@ -401,6 +406,12 @@ static void put_table_sample(text_t *t, size_t f, const cqr_entry_t *e,
     case 12:
         put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fn, tn,
             e->serving_generation);
+        break;
+    case 13:
+        put(t, "%s{table=\"%s\"} %" PRIu64 "\n", fn, tn, s->static_ids);
+        break;
+    case 14:
+        put(t, "%s{table=\"%s\"} %d\n", fn, tn, s->rebuilds > 0);
         break;
     }
 }

@@ -19,7 +19,8 @@
 
 /* ---- table info ------------------------------------------------------ */
 
-static void fill_info(cqr_info_block_t *b, const cqr_entry_t *e)
+static void fill_info(cqr_info_block_t *b, const cqr_entry_t *e,
+                      cqr_compacts_t *cm)
 {
     const cqr_table_config_t *tc = cqr_table_config(e->table);
     cqr_table_stats_t st;
@@ -61,6 +62,7 @@ static void fill_info(cqr_info_block_t *b, const cqr_entry_t *e)
     b->cfg.evict_after_phases = tc->evict_after_phases;
     b->cfg.max_ids = tc->max_ids;
     b->cfg.ttl_seconds = tc->ttl_seconds;
+    b->cfg.compact = tc->compact != 0;
 
     cqrps__v1__table_info__init(&b->info);
     /* The name stays valid while the call holds the entry reference. */
@@ -82,6 +84,9 @@ static void fill_info(cqr_info_block_t *b, const cqr_entry_t *e)
     b->info.ids_evicted = st.ids_evicted;
     b->info.sketch_bytes = st.sketch_bytes;
     b->info.serving_generation = e->serving_generation;
+    b->info.compacted = st.rebuilds > 0;
+    b->info.static_ids = st.static_ids;
+    b->info.compacting = cm != NULL && cqr_compacts_busy(cm, e->uid);
 }
 
 /* Fills c->infos with every table (for ListTables and Stats). */
@@ -100,7 +105,7 @@ int cqr_call_table_infos(cqr_call_t *c, size_t *n)
         return cqr_call_fail(c, CQR_ENOMEM, "cannot list %zu tables",
                              c->nlist);
     for (size_t i = 0; i < c->nlist; i++) {
-        fill_info(&c->blocks[i], c->list[i]);
+        fill_info(&c->blocks[i], c->list[i], c->ctx->compacts);
         c->infos[i] = &c->blocks[i].info;
     }
     return 0;
@@ -235,6 +240,7 @@ static int map_config(cqr_call_t *c, const Cqrps__V1__TableConfig *in,
     cfg->evict_after_phases = in->evict_after_phases;
     cfg->max_ids = in->max_ids;
     cfg->ttl_seconds = in->ttl_seconds;
+    cfg->compact = in->compact ? 1u : 0u;
     /* The wire has no per-table thread count: the operator decides. */
     cfg->cluster_threads = c->ctx->cfg->cluster_threads;
 
@@ -284,10 +290,10 @@ int cqr_op_create(cqr_call_t *c, const Cqrps__V1__CreateTable *m)
 
     cqr_log(CQR_LOG_INFO, "rpc", "created table=%s kind=%s dim=%" PRIu32
             " chunks=%" PRIu32 " rows=%" PRIu32 " optimizer=%s bytes=%"
-            PRIu64 " peer=%s", e->name, cqr_kind_name(cfg.kind), cfg.dim,
-            cfg.chunks, cfg.rows, cqr_optim_name(cfg.optim.kind), bytes,
-            c->sess->peer);
-    fill_info(&c->one, e);
+            PRIu64 " compact=%u peer=%s", e->name, cqr_kind_name(cfg.kind),
+            cfg.dim, cfg.chunks, cfg.rows, cqr_optim_name(cfg.optim.kind),
+            bytes, cfg.compact, c->sess->peer);
+    fill_info(&c->one, e, c->ctx->compacts);
     c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_TABLE;
     c->resp.table = &c->one.info;
     return 0;
@@ -337,7 +343,7 @@ int cqr_op_describe(cqr_call_t *c, const Cqrps__V1__DescribeTable *m)
     int rc = cqr_call_table(c, m->name);
     if (rc != 0)
         return rc;
-    fill_info(&c->one, c->entry);
+    fill_info(&c->one, c->entry, c->ctx->compacts);
     c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_TABLE;
     c->resp.table = &c->one.info;
     return 0;
@@ -390,7 +396,7 @@ int cqr_op_update_optimizer(cqr_call_t *c, const Cqrps__V1__UpdateOptimizer *m)
             "beta1=%g beta2=%g eps=%g weight_decay=%g", c->entry->name,
             (double)o.lr, (double)o.beta1, (double)o.beta2, (double)o.eps,
             (double)o.weight_decay);
-    fill_info(&c->one, c->entry);
+    fill_info(&c->one, c->entry, c->ctx->compacts);
     c->resp.reply_case = CQRPS__V1__RESPONSE__REPLY_TABLE;
     c->resp.table = &c->one.info;
     return 0;

@@ -26,6 +26,7 @@
 
 #include "cqrps.pb-c.h"
 #include "rpc/rpc.h"
+#include "tables/compact.h"
 #include "tables/phase.h"
 #include "tables/registry.h"
 
@@ -101,6 +102,7 @@ typedef struct cqr_call {
         Cqrps__V1__CheckpointReply ckpt;
         Cqrps__V1__ExportReply exp;
         Cqrps__V1__ExportChunk chunk;
+        Cqrps__V1__CompactReply compact;
     } r;
     Cqrps__V1__ListTablesReply tables;
     Cqrps__V1__StatsReply stats;
@@ -147,6 +149,16 @@ void cqr_call_ckpt_reply(Cqrps__V1__CheckpointReply *r,
 void cqr_call_export_reply(Cqrps__V1__ExportReply *r,
                            const cqr_export_res_t *res);
 
+/* The Compact reply's fields from res. */
+void cqr_call_compact_reply(Cqrps__V1__CompactReply *r,
+                            const cqr_compact_res_t *res);
+
+/* Finishes a deferred Compact: err 0 with *res, or an error with a
+ * message (NULL: cqr_strerror). Encodes the reply, then calls d->done;
+ * any thread (rpc.c). */
+void cqr_rpc_compact_done(cqr_deferred_t *d, int err,
+                          const cqr_compact_res_t *res, const char *msg);
+
 /* ---- operations -------------------------------------------------------
  * data.c */
 int cqr_op_lookup(cqr_call_t *c, const cqr_data_req_t *m);
@@ -168,6 +180,8 @@ int cqr_op_update_optimizer(cqr_call_t *c,
 /* export.c */
 int cqr_op_export(cqr_call_t *c, const Cqrps__V1__Export *m);
 int cqr_op_export_read(cqr_call_t *c, const Cqrps__V1__ExportRead *m);
+/* compact.c */
+int cqr_op_compact(cqr_call_t *c, const Cqrps__V1__Compact *m);
 /* stats.c */
 int cqr_op_stats(cqr_call_t *c);
 

@@ -432,6 +432,7 @@ static int is_write(uint32_t op)
     case CQRPS__V1__REQUEST__OP_CHECKPOINT:
     case CQRPS__V1__REQUEST__OP_UPDATE_OPTIMIZER:
     case CQRPS__V1__REQUEST__OP_EXPORT_TABLE:
+    case CQRPS__V1__REQUEST__OP_COMPACT:
         return 1;
     default:
         return 0;
@@ -498,6 +499,8 @@ static int dispatch(cqr_call_t *c)
         return cqr_op_export(c, q->export_table);
     case CQRPS__V1__REQUEST__OP_EXPORT_READ:
         return cqr_op_export_read(c, q->export_read);
+    case CQRPS__V1__REQUEST__OP_COMPACT:
+        return cqr_op_compact(c, q->compact);
     default:
         /* Also a newer client's operation: the field is unknown here. */
         return cqr_call_fail(c, CQR_EUNSUPPORTED, "request carries no "
@@ -706,6 +709,19 @@ void cqr_rpc_export_done(cqr_deferred_t *d, int err,
         cqr_call_export_reply(&r, res);
         resp.reply_case = CQRPS__V1__RESPONSE__REPLY_EXPORTED;
         resp.exported = &r;
+    }
+    deferred_finish(d, err, &resp, msg);
+}
+
+void cqr_rpc_compact_done(cqr_deferred_t *d, int err,
+                          const cqr_compact_res_t *res, const char *msg)
+{
+    Response resp = CQRPS__V1__RESPONSE__INIT;
+    Cqrps__V1__CompactReply r;
+    if (err == 0) {
+        cqr_call_compact_reply(&r, res);
+        resp.reply_case = CQRPS__V1__RESPONSE__REPLY_COMPACTED;
+        resp.compacted = &r;
     }
     deferred_finish(d, err, &resp, msg);
 }

@@ -6,6 +6,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/err.h"
+#include "ops/log.h"
+#include "tables/compact.h"
 #include "tables/phase.h"
 #include "tables/registry.h"
 
@@ -19,7 +22,7 @@ static const char *const op_names[CQR_OP_COUNT] = {
     "hello", "create_table", "drop_table", "list_tables", "describe_table",
     "lookup", "push", "cluster", "cluster_status", "stats", "digest",
     "checkpoint", "list_checkpoints", "update_optimizer", "cancel_cluster",
-    "export", "export_read", "unknown"};
+    "export", "export_read", "compact", "unknown"};
 
 const char *cqr_counter_name(cqr_counter_t c)
 {
@@ -45,6 +48,26 @@ double cqr_server_uptime(const cqr_server_ctx_t *ctx)
     return now_mono() - ctx->start_mono;
 }
 
+/* Phase worker, after a commit: a table created with `compact` is
+ * compacted once (later phases rebuild its static set themselves). */
+static void on_commit(void *ud, cqr_entry_t *e)
+{
+    cqr_server_ctx_t *ctx = ud;
+    if (!cqr_table_config(e->table)->compact)
+        return;
+    cqr_table_stats_t st;
+    cqr_table_stats(e->table, &st);
+    if (st.rebuilds > 0)
+        return; /* compacted already */
+    char why[256] = "";
+    int rc = cqr_compacts_start(ctx->compacts, e, "first_phase", NULL, NULL,
+                                why, sizeof why);
+    if (rc != 0)
+        cqr_log(CQR_LOG_WARN, "compact", "cannot start the compaction of "
+                "%s after its phase err=%s detail=\"%s\"", e->name,
+                cqr_errname(rc), why);
+}
+
 int cqr_server_ctx_init(cqr_server_ctx_t *ctx, const cqr_config_t *cfg)
 {
     memset(ctx, 0, sizeof *ctx);
@@ -67,8 +90,15 @@ int cqr_server_ctx_init(cqr_server_ctx_t *ctx, const cqr_config_t *cfg)
                            &ctx->phases);
     if (rc != 0)
         goto fail_registry;
+    rc = cqr_compacts_create(&ctx->compacts);
+    if (rc != 0)
+        goto fail_phases;
+    cqr_phases_set_commit_cb(ctx->phases, on_commit, ctx);
     return 0;
 
+fail_phases:
+    cqr_phases_destroy(ctx->phases);
+    ctx->phases = NULL;
 fail_registry:
     cqr_registry_destroy(ctx->reg);
     ctx->reg = NULL;
@@ -83,6 +113,9 @@ void cqr_server_ctx_free(cqr_server_ctx_t *ctx)
     /* Phases hold table references: finish them before the tables go. */
     cqr_phases_destroy(ctx->phases);
     ctx->phases = NULL;
+    /* After the phases: none can start another compaction then. */
+    cqr_compacts_destroy(ctx->compacts);
+    ctx->compacts = NULL;
     cqr_registry_destroy(ctx->reg);
     ctx->reg = NULL;
     cqr_opstats_destroy(ctx->opstats);

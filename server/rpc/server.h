@@ -33,6 +33,7 @@
 
 typedef struct cqr_registry cqr_registry_t; /* tables/registry.h */
 typedef struct cqr_phases cqr_phases_t;     /* tables/phase.h */
+typedef struct cqr_compacts cqr_compacts_t; /* tables/compact.h */
 
 /* Every counter of the server: X(name, help). The Stats reply lists them
  * by name in its counters map, plus one per status and per operation. */
@@ -73,9 +74,9 @@ typedef enum cqr_counter {
 
 /* Status codes 0..CQR_STATUS_COUNT-1 (err.h, negated). */
 #define CQR_STATUS_COUNT 23
-/* Request operations, by the Request oneof's field number - 10 (0..16),
+/* Request operations, by the Request oneof's field number - 10 (0..17),
  * plus one slot for "unknown". */
-#define CQR_OP_COUNT 18
+#define CQR_OP_COUNT 19
 
 typedef struct cqr_counters {
     atomic_uint_fast64_t c[CQR_CTR__COUNT];         /* by cqr_counter_t */
@@ -185,6 +186,8 @@ struct cqr_server_ctx {
     const cqr_config_t *cfg;  /* borrowed; outlives the context */
     cqr_registry_t *reg;      /* tables by name */
     cqr_phases_t *phases;     /* cluster phase runner */
+    cqr_compacts_t *compacts; /* compactions of cqr tables (their own
+                                 threads) */
     cqr_counters_t ctr;       /* every counter */
     double start_mono;        /* CLOCK_MONOTONIC seconds at init */
     const char *blas_core;    /* OpenBLAS core name, for Stats/logs */
@@ -209,13 +212,16 @@ struct cqr_server_ctx {
                                           ms); 0 before it runs */
 };
 
-/* Creates the registry, the phase runner and the request statistics
- * (cfg->threads blocks plus one for other threads) from cfg. cfg is
- * borrowed and must outlive the context. Hooks start zeroed. */
+/* Creates the registry, the phase runner, the compaction runner and the
+ * request statistics (cfg->threads blocks plus one for other threads)
+ * from cfg, and has a table created with `compact` compacted once a
+ * phase of it commits while it is not compacted yet. cfg is borrowed
+ * and must outlive the context. Hooks start zeroed. */
 int cqr_server_ctx_init(cqr_server_ctx_t *ctx, const cqr_config_t *cfg);
 
-/* Finishes phases (cqr_phases_shutdown), then destroys the tables. Every
- * session must be gone. */
+/* Finishes phases (cqr_phases_shutdown) and compactions
+ * (cqr_compacts_shutdown), then destroys the tables. Every session must
+ * be gone. */
 void cqr_server_ctx_free(cqr_server_ctx_t *ctx);
 
 /* Seconds since cqr_server_ctx_init (CLOCK_MONOTONIC). */

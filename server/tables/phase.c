@@ -57,6 +57,8 @@ struct cqr_phases {
     cqr_phase_hook_cb hook; /* before/after each phase (phase.h); set
                                before any phase starts */
     void *hook_ud;          /* its argument */
+    cqr_phase_commit_cb commit_cb; /* after each commit (phase.h) */
+    void *commit_ud;        /* its argument */
     atomic_uint_fast64_t *start_errors; /* scheduled phases that could not
                                            begin, or NULL */
     uint32_t nworkers;      /* threads in workers[] */
@@ -349,6 +351,8 @@ static void run_job(cqr_phases_t *pm, job_t *j)
                 "failed table=%s phase=%" PRIu64 " at=%s err=%s "
                 "seconds=%.3f", st.table, st.phase_id, at,
                 cqr_errname(rc), st.seconds);
+    if (rc == 0 && pm->commit_cb != NULL)
+        pm->commit_cb(pm->commit_ud, e);
     if (rc == 0 && pm->hook != NULL)
         pm->hook(pm->hook_ud, st.table, st.phase_id, 1);
     /* Last: may destroy a dropped table. */
@@ -360,6 +364,15 @@ void cqr_phases_set_hook(cqr_phases_t *pm, cqr_phase_hook_cb cb, void *ud)
     pthread_mutex_lock(&pm->mu);
     pm->hook = cb;
     pm->hook_ud = ud;
+    pthread_mutex_unlock(&pm->mu);
+}
+
+void cqr_phases_set_commit_cb(cqr_phases_t *pm, cqr_phase_commit_cb cb,
+                              void *ud)
+{
+    pthread_mutex_lock(&pm->mu);
+    pm->commit_cb = cb;
+    pm->commit_ud = ud;
     pthread_mutex_unlock(&pm->mu);
 }
 

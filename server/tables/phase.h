@@ -109,6 +109,16 @@ typedef void (*cqr_phase_hook_cb)(void *ud, const char *table,
  * (at start-up) or after cqr_phases_shutdown. */
 void cqr_phases_set_hook(cqr_phases_t *pm, cqr_phase_hook_cb cb, void *ud);
 
+/* Called on the worker thread after every committed phase, with the
+ * table's entry (the worker's reference: valid during the call; take
+ * one to keep it), before the hook's after call. */
+typedef void (*cqr_phase_commit_cb)(void *ud, cqr_entry_t *e);
+
+/* Installs the commit callback (NULL removes it); as cqr_phases_set_hook,
+ * before phases can start. */
+void cqr_phases_set_commit_cb(cqr_phases_t *pm, cqr_phase_commit_cb cb,
+                              void *ud);
+
 /* Starts `workers` threads. A scheduled phase that cannot begin is
  * counted in *start_errors (may be NULL) and logged. CQR_ENOMEM /
  * CQR_EINTERNAL on failure. */

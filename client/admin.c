@@ -88,6 +88,7 @@ static void cfg_to_pb(const cqrps_table_config_t *in, uint32_t rows,
     p->cfg.evict_after_phases = in->evict_after_phases;
     p->cfg.max_ids = in->max_ids;
     p->cfg.ttl_seconds = in->ttl_seconds;
+    p->cfg.compact = in->compact != 0;
     p->cfg.optimizer = &p->opt;
     p->cfg.schedule = &p->sched;
     p->cfg.cluster = &p->clu;
@@ -109,6 +110,7 @@ static void cfg_from_pb(const Cqrps__V1__TableConfig *p,
     out->evict_after_phases = p->evict_after_phases;
     out->max_ids = p->max_ids;
     out->ttl_seconds = p->ttl_seconds;
+    out->compact = p->compact ? 1 : 0;
     if (p->optimizer) {
         out->optimizer = (cqrps_optimizer_t)p->optimizer->kind;
         out->lr = p->optimizer->lr;
@@ -155,6 +157,9 @@ static void info_from_pb(const Cqrps__V1__TableInfo *p,
     out->ids_evicted = p->ids_evicted;
     out->sketch_bytes = p->sketch_bytes;
     out->serving_generation = p->serving_generation;
+    out->compacted = p->compacted ? 1 : 0;
+    out->static_ids = p->static_ids;
+    out->compacting = p->compacting ? 1 : 0;
 }
 
 /* Adds shard `k`'s (0-based, k >= 1) figures of the same table into acc. */
@@ -179,6 +184,9 @@ static void info_merge(cqrps_table_info_t *acc, const cqrps_table_info_t *o,
     acc->ids_admitted += o->ids_admitted;
     acc->ids_evicted += o->ids_evicted;
     acc->sketch_bytes += o->sketch_bytes;
+    acc->compacted &= o->compacted;
+    acc->static_ids += o->static_ids;
+    acc->compacting |= o->compacting;
     if (o->serving_generation < acc->serving_generation)
         acc->serving_generation = o->serving_generation;
     acc->last_inertia = (acc->last_inertia * k + o->last_inertia) / (k + 1);

@@ -47,8 +47,8 @@ static void usage_main(FILE *f)
             "from the\n"
             "files (one trailing newline stripped), else from $CQRPS_TOKEN "
             "and\n"
-            "$CQRPS_ADMIN_TOKEN; drop, cluster and checkpoint need the admin "
-            "token when\n"
+            "$CQRPS_ADMIN_TOKEN; drop, cluster, compact and checkpoint need the "
+            "admin token when\n"
             "the server has one. `cqrps COMMAND --help` describes a "
             "command.\n"
             "Exit status: 0 ok, 1 failed, 2 usage.\n");

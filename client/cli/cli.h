@@ -73,6 +73,7 @@ typedef struct cli_result {
     cqrps_server_info_t server;    /* ping: what the servers said */
     double seconds;                /* ping: connect and Hello, all shards */
     cqrps_export_info_t exported;  /* export */
+    cqrps_compact_info_t compacted; /* compact */
 } cli_result_t;
 
 typedef struct cli_command cli_command_t;

@@ -124,6 +124,7 @@ cJSON *js_config(const cqrps_table_config_t *c)
     js_u64(o, "evict_after_phases", c->evict_after_phases);
     js_u64(o, "max_ids", c->max_ids);
     js_u64(o, "ttl_seconds", c->ttl_seconds);
+    js_bool(o, "compact", c->compact);
     return o;
 }
 
@@ -148,6 +149,9 @@ cJSON *js_info(const cqrps_table_info_t *t)
     js_u64(o, "ids_evicted", t->ids_evicted);
     js_u64(o, "sketch_bytes", t->sketch_bytes);
     js_u64(o, "serving_generation", t->serving_generation);
+    js_bool(o, "compacted", t->compacted);
+    js_u64(o, "static_ids", t->static_ids);
+    js_bool(o, "compacting", t->compacting);
     return o;
 }
 
@@ -273,6 +277,13 @@ void print_describe(const cqrps_table_info_t *t)
             printf("off");
         printf(", %" PRIu64 " evicted\n", t->ids_evicted);
     }
+    if (c->kind == CQRPS_KIND_CQR)
+        printf("compaction:     %s%s, %" PRIu64 " known ids in the static "
+               "set, %" PRIu64 " in the map%s\n",
+               t->compacted ? "compacted" : "not compacted",
+               c->compact ? " (compact on: after the first phase)" : "",
+               t->static_ids, t->known_ids - t->static_ids,
+               t->compacting ? ", compacting now" : "");
     if (t->serving_generation)
         printf("serving:        export generation %" PRIu64 " (read-only)\n",
                t->serving_generation);

@@ -272,6 +272,9 @@ typedef struct cqrps_table_config {
                                     the least recently pushed of a sample */
     uint32_t ttl_seconds;        /* full: rows not pushed for T seconds
                                     are freed */
+    int compact;                 /* cqr without evict_after_phases: 1 =
+                                    compact the table (cqrps_compact)
+                                    once its first phase commits */
 } cqrps_table_config_t;
 
 /* Values of a setting whose zero means "the server's default"
@@ -310,6 +313,11 @@ typedef struct cqrps_table_info {
     uint64_t serving_generation;   /* --serve: the export generation the
                                       table serves (0: a training table);
                                       sharded: the smallest */
+    int compacted;                 /* cqr: compacted at least once
+                                      (sharded: every shard) */
+    uint64_t static_ids;           /* known IDs in the static set; the
+                                      rest are in the map */
+    int compacting;                /* a compaction runs (any shard) */
 } cqrps_table_info_t;
 
 /* Creates a table on every shard; fills *info (if non-NULL) with the
@@ -655,6 +663,28 @@ CQRPS_API int cqrps_list_checkpoints(cqrps_client_t *c,
                                      cqrps_checkpoint_info_t **out,
                                      size_t *n);
 CQRPS_API void cqrps_checkpoint_list_free(cqrps_checkpoint_info_t *list);
+
+/* ---- Compaction ---------------------------------------------------------
+ * Moves a cqr table's known IDs from its map (about 20 bytes an ID) into
+ * a static set (about 9 bytes an ID) on the server; lookups of known IDs
+ * and the digest stay as they were. The server runs it on a thread of
+ * its own and keeps serving lookups and pushes; the call returns when it
+ * is done (tens of seconds for 1e7 IDs: it waits without
+ * request_timeout_ms). Needs admin rights. CQRPS_EUNSUPPORTED for other
+ * kinds and tables with evict_after_phases, CQRPS_EBUSY while a phase or
+ * compaction of the table runs. Sharded: every shard, the counts summed,
+ * seconds the longest. */
+typedef struct cqrps_compact_info {
+    uint64_t moved_ids;   /* IDs moved from the map into the static set */
+    uint64_t known_ids;   /* known IDs after it */
+    uint64_t static_ids;  /* of those, in the static set */
+    uint64_t index_bytes; /* per-ID state after it */
+    double seconds;       /* the server's wall time */
+} cqrps_compact_info_t;
+
+/* out may be NULL. */
+CQRPS_API int cqrps_compact(cqrps_client_t *c, const char *table,
+                            cqrps_compact_info_t *out);
 
 /* ---- Serving exports ----------------------------------------------------
  * The server writes a table of a checkpoint generation as a serving

@@ -77,6 +77,7 @@ static const layout_line_t layout[] = {
     OFF(cqrps_table_config_t, evict_after_phases),
     OFF(cqrps_table_config_t, max_ids),
     OFF(cqrps_table_config_t, ttl_seconds),
+    OFF(cqrps_table_config_t, compact),
 
     SIZE(cqrps_table_info_t),
     OFF(cqrps_table_info_t, name),
@@ -97,6 +98,9 @@ static const layout_line_t layout[] = {
     OFF(cqrps_table_info_t, ids_evicted),
     OFF(cqrps_table_info_t, sketch_bytes),
     OFF(cqrps_table_info_t, serving_generation),
+    OFF(cqrps_table_info_t, compacted),
+    OFF(cqrps_table_info_t, static_ids),
+    OFF(cqrps_table_info_t, compacting),
 
     SIZE(cqrps_phase_status_t),
     OFF(cqrps_phase_status_t, phase_id),
@@ -156,6 +160,13 @@ static const layout_line_t layout[] = {
     OFF(cqrps_export_info_t, ids),
     OFF(cqrps_export_info_t, build_seconds),
     OFF(cqrps_export_info_t, file),
+
+    SIZE(cqrps_compact_info_t),
+    OFF(cqrps_compact_info_t, moved_ids),
+    OFF(cqrps_compact_info_t, known_ids),
+    OFF(cqrps_compact_info_t, static_ids),
+    OFF(cqrps_compact_info_t, index_bytes),
+    OFF(cqrps_compact_info_t, seconds),
 
     /* Enum sizes: _lib.py passes them as C ints. */
     SIZE(cqrps_kind_t),

@@ -182,6 +182,7 @@ class TableConfig(Structure):
         ("evict_after_phases", c_uint32),
         ("max_ids", c_uint64),
         ("ttl_seconds", c_uint32),
+        ("compact", c_int),
     ]
 
 
@@ -207,6 +208,9 @@ class TableInfo(Structure):
         ("ids_evicted", c_uint64),
         ("sketch_bytes", c_uint64),
         ("serving_generation", c_uint64),
+        ("compacted", c_int),
+        ("static_ids", c_uint64),
+        ("compacting", c_int),
     ]
 
 
@@ -310,6 +314,17 @@ class ExportInfo(Structure):
 
 STRUCTS["cqrps_export_opts_t"] = ExportOpts
 STRUCTS["cqrps_export_info_t"] = ExportInfo
+
+
+class CompactInfo(Structure):
+    """cqrps_compact_info_t."""
+
+    _fields_ = [("moved_ids", c_uint64), ("known_ids", c_uint64),
+                ("static_ids", c_uint64), ("index_bytes", c_uint64),
+                ("seconds", c_double)]
+
+
+STRUCTS["cqrps_compact_info_t"] = CompactInfo
 
 
 # ---- Finding and loading the library -----------------------------------------
@@ -441,6 +456,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "cqrps_stats_free": (None, [POINTER(Stats)]),
         "cqrps_digest": (c_int, [client, c_char_p, c_char_p]),
         "cqrps_checkpoint": (c_int, [client, u64p]),
+        "cqrps_compact": (c_int, [client, c_char_p, POINTER(CompactInfo)]),
         "cqrps_list_checkpoints": (c_int, [client,
                                            POINTER(POINTER(CheckpointInfo)),
                                            POINTER(c_size_t)]),

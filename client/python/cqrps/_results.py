@@ -50,6 +50,7 @@ class TableConfig:
     evict_after_phases: int = 0  #: cqr: evict after K phases unpushed (0 off)
     max_ids: int = 0          #: full: at most N rows (0: no limit)
     ttl_seconds: int = 0      #: full: free rows unpushed for T s (0: never)
+    compact: bool = False     #: cqr: compact after the first phase
 
     @classmethod
     def _from_c(cls, c: _lib.TableConfig) -> "TableConfig":
@@ -67,7 +68,7 @@ class TableConfig:
             init_scale=_f32(c.init_scale), cluster_tol=_f32(c.cluster_tol),
             admit_after=c.admit_after,
             evict_after_phases=c.evict_after_phases, max_ids=c.max_ids,
-            ttl_seconds=c.ttl_seconds)
+            ttl_seconds=c.ttl_seconds, compact=bool(c.compact))
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ class TableInfo:
     ids_evicted: int = 0        #: IDs whose state was freed
     sketch_bytes: int = 0       #: the admission sketch
     serving_generation: int = 0  #: --serve: the export generation served
+    compacted: bool = False     #: cqr: compacted (static set of known IDs)
+    static_ids: int = 0         #: known IDs in the static set
+    compacting: bool = False    #: a compaction runs now
 
     @property
     def kind(self) -> str:
@@ -117,7 +121,9 @@ class TableInfo:
             last_phase_seconds=t.last_phase_seconds,
             ids_admitted=t.ids_admitted, ids_evicted=t.ids_evicted,
             sketch_bytes=t.sketch_bytes,
-            serving_generation=t.serving_generation)
+            serving_generation=t.serving_generation,
+            compacted=bool(t.compacted), static_ids=t.static_ids,
+            compacting=bool(t.compacting))
 
 
 @dataclass(frozen=True)

@@ -498,7 +498,8 @@ class Client:
                      init_scale: float = 0.0,
                      cluster_tol: Optional[float] = None,
                      admit_after: int = 0, evict_after_phases: int = 0,
-                     max_ids: int = 0, ttl_seconds: int = 0) -> TableInfo:
+                     max_ids: int = 0, ttl_seconds: int = 0,
+                     compact: bool = False) -> TableInfo:
         """Creates a table on every shard; returns its effective config.
 
         Every field of ``cqrps_table_config_t`` is a keyword; 0 (or None)
@@ -514,8 +515,10 @@ class Client:
         ``evict_after_phases=K`` (cqr) drops the learned pointers of IDs
         not pushed during the last K phases; ``max_ids=N`` and
         ``ttl_seconds=T`` (full) free rows beyond N (least recently pushed
-        of a sample) or not pushed for T seconds. Raises AlreadyExists if
-        the table exists, InvalidArgument for a bad config.
+        of a sample) or not pushed for T seconds. ``compact=True`` (cqr
+        without eviction) compacts the table once its first phase commits
+        (see :meth:`compact`). Raises AlreadyExists if the table exists,
+        InvalidArgument for a bad config.
         """
         if not (isinstance(dim, (int, np.integer)) and 0 < dim <= 0xFFFFFFFF):
             raise InvalidArgument(f"dim: expected a positive int, got {dim!r}")
@@ -548,6 +551,7 @@ class Client:
         cfg.reset_optimizer = (0 if reset_optimizer is None
                                else 1 if reset_optimizer else 2)
         cfg.init_scale = float(init_scale)
+        cfg.compact = 1 if compact else 0
         if cluster_tol is not None:
             if not 0 <= float(cluster_tol) < 1:
                 raise InvalidArgument("cluster_tol: expected 0 <= tol < 1")
@@ -928,6 +932,23 @@ class Client:
                 "bytes": info.bytes, "ids": info.ids,
                 "build_seconds": info.build_seconds,
                 "file": info.file.decode()}
+
+    def compact(self, table: str) -> dict:
+        """Compacts a cqr table: its known IDs move from the map (about
+        20 bytes an ID) into a static set (about 9 bytes an ID); lookups
+        of known IDs and the digest stay as they were. The server runs it
+        on a thread of its own and keeps serving lookups and pushes; this
+        call returns when it is done (it waits without the request
+        timeout). Needs admin rights. Unsupported for other kinds and
+        tables with eviction, Busy while a phase or a compaction of the
+        table runs. Sharded: every shard, the counts summed, seconds the
+        longest. Returns moved_ids, known_ids, static_ids, index_bytes
+        and seconds."""
+        info = _lib.CompactInfo()
+        self._call(self._L.cqrps_compact, _name(table), byref(info))
+        return {"moved_ids": info.moved_ids, "known_ids": info.known_ids,
+                "static_ids": info.static_ids,
+                "index_bytes": info.index_bytes, "seconds": info.seconds}
 
     def checkpoint(self) -> int:
         """Takes a checkpoint on every shard; returns the first shard's

@@ -82,6 +82,7 @@ void tu_engine_config(const cqrps_table_config_t *in, cqr_table_config_t *o)
         o->reset_optimizer = in->reset_optimizer == CQRPS_ON;
     if (in->cluster_tol != 0)
         o->cluster_tol = in->cluster_tol > 0 ? in->cluster_tol : 0.0f;
+    o->compact = in->compact ? 1u : 0u;
     o->cluster_threads = 1; /* the server's --cluster-threads default */
 }
 

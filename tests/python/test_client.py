@@ -466,6 +466,41 @@ class ClientTest(ServerTestCase):
         else:
             self.assertIsInstance(cps, list)
 
+    def test_compact(self) -> None:
+        # Compaction works without --data-dir (it is not a checkpoint).
+        self.table("py.cmp", kind="cqr", chunks=2, rows=256)
+        ids = np.arange(1000, 3000, dtype=np.uint64)
+        rng = np.random.default_rng(3)
+        self.c.push("py.cmp", ids,
+                    rng.standard_normal((len(ids), DIM)).astype(np.float32))
+        before = self.c.lookup("py.cmp", ids)
+        digest = self.c.digest("py.cmp")
+        known = self.c.describe_table("py.cmp").known_ids
+        r = self.c.compact("py.cmp")
+        self.assertEqual(set(r), {"moved_ids", "known_ids", "static_ids",
+                                  "index_bytes", "seconds"})
+        self.assertEqual(r["moved_ids"], known)
+        self.assertEqual(r["static_ids"], known)
+        self.assertGreaterEqual(r["seconds"], 0.0)
+        info = self.c.describe_table("py.cmp")
+        self.assertTrue(info.compacted)
+        self.assertFalse(info.compacting)
+        self.assertEqual(info.static_ids, known)
+        np.testing.assert_array_equal(self.c.lookup("py.cmp", ids), before)
+        self.assertEqual(self.c.digest("py.cmp"), digest)
+        # Refusals: another kind, an unknown table; the option at create.
+        self.table("py.cmpf")
+        with self.assertRaises(cqrps.Unsupported) as cm:
+            self.c.compact("py.cmpf")
+        self.assertIn("only cqr", cm.exception.message)
+        with self.assertRaises(cqrps.NotFound):
+            self.c.compact("py.cmp.missing")
+        with self.assertRaises(cqrps.InvalidArgument):
+            self.table("py.cmpx", compact=True)
+        t = self.table("py.cmpo", kind="cqr", compact=True)
+        self.assertTrue(t.config.compact)
+        self.assertFalse(t.compacted)
+
     # ---- threads ----
 
     def test_one_thread_at_a_time(self) -> None:

@@ -7,6 +7,7 @@
  *               [--threads T] [--table NAME] [--keep] [--server-pid PID]
  *               [--token-file F] [--admin-token-file F]
  *               [--tables N] [--calls multi|single|pipelined] [--bf16]
+ *               [--compact]
  *
  * Tokens come from the files, else $CQRPS_TOKEN / $CQRPS_ADMIN_TOKEN.
  *
@@ -18,6 +19,9 @@
  *      warm-up uses pooled pushes (bags of 64 IDs, one small gradient per
  *      bag) so that it moves 8 bytes per ID instead of a whole gradient
  *      row: the server still registers and updates every ID.
+ *   2b. With --compact (cqr): compacts the warmed table(s) through the
+ *      server (Compact: the known IDs move into the static set, about 9
+ *      bytes an ID) before the timed run, and logs how long it took.
  *   3. Runs N connections (one cqrps client each) for T seconds, spread
  *      over T client threads (default: one thread per connection). Each
  *      connection keeps --depth requests in flight (asynchronous
@@ -79,6 +83,7 @@ typedef struct opts {
     uint32_t tables;         /* tables per step (1: the classic run) */
     const char *calls;       /* multi, single or pipelined */
     int bf16;                /* multi-table calls in bfloat16 */
+    int compact;             /* compact the tables before timing */
     int steps;               /* run steps (several tables, bf16, calls) */
     char (*names)[CQRPS_NAME_MAX + 1]; /* the tables' names */
     char *token;             /* loaded secrets (cqrps_secret_load) */
@@ -97,6 +102,7 @@ static void usage(void)
         "  [--threads N] [--table NAME] [--keep] [--server-pid PID]\n"
         "  [--token-file F] [--admin-token-file F]\n"
         "  [--tables N] [--calls multi|single|pipelined] [--bf16]\n"
+        "  [--compact]\n"
         "Tokens come from the files, else $CQRPS_TOKEN and "
         "$CQRPS_ADMIN_TOKEN.\n");
 }
@@ -128,7 +134,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"json", 0, 0, 'j'},    {"help", 0, 0, 'h'},
         {"token-file", 1, 0, 'F'}, {"admin-token-file", 1, 0, 'G'},
         {"tables", 1, 0, 'N'},  {"calls", 1, 0, 'C'},   {"bf16", 0, 0, 'B'},
-        {0, 0, 0, 0}};
+        {"compact", 0, 0, 'X'}, {0, 0, 0, 0}};
     int ch;
     uint64_t v;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -160,6 +166,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             break;
         case 'C': o->calls = optarg; o->steps = 1; break;
         case 'B': o->bf16 = 1; break;
+        case 'X': o->compact = 1; break;
         case 'z': o->zipf = atof(optarg); break;
         case 's': o->seconds = atof(optarg); break;
         case 'w': o->warm = atoi(optarg) != 0; break;
@@ -683,6 +690,38 @@ static int prepare_tables(cqrps_client_t *admin, const opts_t *o,
     return 0;
 }
 
+/* --compact: compacts every table through the server before timing; the
+ * seconds it took (the servers' longest per table, summed over tables)
+ * in *secs, the first table's new description in *info. 0, or 1 after
+ * saying why. */
+static int compact_tables(cqrps_client_t *admin, const opts_t *o,
+                          double *secs, cqrps_table_info_t *info)
+{
+    *secs = 0.0;
+    for (uint32_t i = 0; i < o->tables; i++) {
+        cqrps_compact_info_t ci;
+        double t0 = bench_now();
+        bench_log(PROG, "compact: %s ...", o->names[i]);
+        if (cqrps_compact(admin, o->names[i], &ci)) {
+            bench_log(PROG, "compact %s: %s", o->names[i],
+                      cqrps_last_error(admin));
+            return 1;
+        }
+        bench_log(PROG, "compact: %s: %llu IDs moved in %.2f s (server; "
+                  "%.2f s wall), %llu in the static set, index %.2f B/ID",
+                  o->names[i], (unsigned long long)ci.moved_ids, ci.seconds,
+                  bench_now() - t0, (unsigned long long)ci.static_ids,
+                  ci.known_ids ? (double)ci.index_bytes / ci.known_ids : 0);
+        *secs += ci.seconds;
+    }
+    if (cqrps_describe_table(admin, o->names[0], info)) {
+        bench_log(PROG, "describe %s: %s", o->names[0],
+                  cqrps_last_error(admin));
+        return 1;
+    }
+    return 0;
+}
+
 /* What the workers did, with the server's counters around them. */
 typedef struct run {
     int rc;               /* the first worker error, or 0 */
@@ -731,7 +770,7 @@ static int run_workers(cqrps_client_t *admin, opts_t *o, run_t *r)
 
 /* The figures of a run: the log line, and the JSON line with --json. */
 static void report(const opts_t *o, run_t *r, const cqrps_table_info_t *info,
-                   double warm_s)
+                   double warm_s, double compact_s)
 {
     bench_lat_sort(&r->lat);
     double el = r->seconds, cpu = r->cpu;
@@ -764,7 +803,9 @@ static void report(const opts_t *o, run_t *r, const cqrps_table_info_t *info,
                "\"server_cpu_s_per_m\":%.4f,\"server_cores\":%.3f,"
                "\"warm_seconds\":%.3f,\"blas_core\":\"%s\","
                "\"tables\":%u,\"calls\":\"%s\",\"bf16\":%s,"
-               "\"steps_per_s\":%.2f,\"requests_per_step\":%.3f}\n",
+               "\"steps_per_s\":%.2f,\"requests_per_step\":%.3f,"
+               "\"compacted\":%s,\"compact_seconds\":%.3f,"
+               "\"index_bytes\":%llu,\"bytes_per_known_id\":%.3f}\n",
                o->op, cqrps_kind_name(o->kind), cqrps_optimizer_name(o->opt),
                o->dim, o->batch, o->conns, o->threads, o->depth,
                (unsigned long long)o->vocab, o->zipf,
@@ -772,7 +813,9 @@ static void report(const opts_t *o, run_t *r, const cqrps_table_info_t *info,
                p999, cpu, cpu_per_m, cpu >= 0 ? cpu / el : -1, warm_s,
                bench_blas_core(), o->tables, o->steps ? o->calls : "classic",
                o->bf16 ? "true" : "false", (double)r->batches / el,
-               r->req_per_step);
+               r->req_per_step, info->compacted ? "true" : "false",
+               compact_s, (unsigned long long)info->index_bytes,
+               info->bytes_per_known_id);
 }
 
 int main(int argc, char **argv)
@@ -794,6 +837,11 @@ int main(int argc, char **argv)
     double warm_s;
     cqrps_table_info_t info;
     if (prepare_tables(admin, &o, &warm_s, &info)) {
+        cqrps_close(admin);
+        return 1;
+    }
+    double compact_s = 0.0;
+    if (o.compact && compact_tables(admin, &o, &compact_s, &info)) {
         cqrps_close(admin);
         return 1;
     }
@@ -823,7 +871,7 @@ int main(int argc, char **argv)
         bench_lat_free(&r.lat);
         return 1;
     }
-    report(&o, &r, &info, warm_s);
+    report(&o, &r, &info, warm_s, compact_s);
     bench_lat_free(&r.lat);
     fflush(stdout);
     return 0;

@@ -13,6 +13,8 @@
  * - A compaction while another connection pushes and looks up: both
  *   finish, and the compacted table ends with the digest of an
  *   uncompacted twin that got the same pushes (none is lost).
+ * - SIGTERM during a compaction: the server finishes it, answers, exits
+ *   0, and the restarted server has the table compacted.
  * - A table created with `compact` compacts itself after its first phase
  *   and keeps the option across a restart.
  * - `cqrps compact` prints the reply and exits 1 with the server's
@@ -219,6 +221,7 @@ END_TEST
 /* The compaction's own connection, on a thread. */
 typedef struct compactor {
     const char *addr;
+    const char *table;
     int rc;
     cqrps_compact_info_t info;
     int done; /* under mu */
@@ -231,7 +234,7 @@ static void *compact_main(void *arg)
     cqrps_client_t *c = NULL;
     k->rc = cqrps_connect(k->addr, NULL, &c);
     if (k->rc == 0)
-        k->rc = cqrps_compact(c, "a", &k->info);
+        k->rc = cqrps_compact(c, k->table, &k->info);
     cqrps_close(c);
     pthread_mutex_lock(&k->mu);
     k->done = 1;
@@ -265,7 +268,7 @@ START_TEST(test_concurrent)
     cqrps_table_info_t ia;
     describe(c, "a", &ia);
 
-    compactor_t k = {.addr = s.addr};
+    compactor_t k = {.addr = s.addr, .table = "a"};
     pthread_mutex_init(&k.mu, NULL);
     pthread_t tid;
     ck_assert_int_eq(pthread_create(&tid, NULL, compact_main, &k), 0);
@@ -299,6 +302,59 @@ START_TEST(test_concurrent)
     free(va);
     free(vb);
     free(ids);
+    cqrps_close(c);
+    tu_server_stop(&s);
+    remove_dir();
+}
+END_TEST
+
+/* SIGTERM while a compaction runs (when it is still running by then):
+ * the server answers it, exits 0, and its exit checkpoint holds it. */
+START_TEST(test_shutdown_during)
+{
+    make_dir();
+    cqr_test_server_t s;
+    start(&s, NULL);
+    cqrps_client_t *c = tu_connect(s.addr);
+    make_cqr(c, "big", 0, 0);
+    enum { N = 400000 };
+    uint64_t *ids = malloc(N * sizeof *ids);
+    ck_assert_ptr_nonnull(ids);
+    for (size_t i = 0; i < N; i++)
+        ids[i] = i * 7919u;
+    uint64_t st = 13;
+    push_ids(c, "big", ids, N, &st);
+    free(ids);
+    char d0[17], d1[17];
+    ck_assert_int_eq(cqrps_digest(c, "big", d0), 0);
+
+    compactor_t k = {.addr = s.addr, .table = "big"};
+    pthread_mutex_init(&k.mu, NULL);
+    pthread_t tid;
+    ck_assert_int_eq(pthread_create(&tid, NULL, compact_main, &k), 0);
+    /* Until it runs (or is over already: then the stop is plain). */
+    cqrps_table_info_t info;
+    uint64_t t0 = tu_now_ms();
+    do {
+        describe(c, "big", &info);
+    } while (!info.compacting && !info.compacted && !compactor_done(&k) &&
+             tu_now_ms() - t0 < 30000);
+    fprintf(stderr, "shutdown_during: SIGTERM %s the compaction\n",
+            info.compacting ? "during" : "after");
+    cqrps_close(c);
+    tu_server_stop(&s); /* exit status 0, clean log */
+    pthread_join(tid, NULL);
+    pthread_mutex_destroy(&k.mu);
+    ck_assert_msg(k.rc == 0, "compact rc=%d", k.rc);
+    ck_assert_uint_eq(k.info.static_ids, N);
+
+    start(&s, NULL);
+    c = tu_connect(s.addr);
+    describe(c, "big", &info);
+    ck_assert(info.compacted);
+    ck_assert_uint_eq(info.static_ids, N);
+    ck_assert_int_eq(cqrps_digest(c, "big", d1), 0);
+    ck_assert_str_eq(d0, d1);
     cqrps_close(c);
     tu_server_stop(&s);
     remove_dir();
@@ -435,6 +491,7 @@ Suite *cqr_test_suite(void)
     TCase *tt = tcase_create("concurrent");
     tcase_set_timeout(tt, 300);
     tcase_add_test(tt, test_concurrent);
+    tcase_add_test(tt, test_shutdown_during);
     suite_add_tcase(s, tt);
     return s;
 }

@@ -146,7 +146,8 @@ static int admin_op(Cqrps__V1__Request__OpCase op)
 {
     return op == CQRPS__V1__REQUEST__OP_DROP_TABLE ||
            op == CQRPS__V1__REQUEST__OP_CLUSTER ||
-           op == CQRPS__V1__REQUEST__OP_CHECKPOINT;
+           op == CQRPS__V1__REQUEST__OP_CHECKPOINT ||
+           op == CQRPS__V1__REQUEST__OP_COMPACT;
 }
 
 /* A CreateTable whose phases would be slow (see the file comment). */

@@ -18,6 +18,7 @@
 #include "engine/table.h"
 #include "net/listen.h"
 #include "ops/log.h"
+#include "tables/compact.h"
 #include "tables/phase.h"
 #include "tables/registry.h"
 
@@ -464,6 +465,16 @@ static void render_phases(text_t *t, cqr_server_ctx_t *ctx)
         "Cluster phases waiting for a worker.", (double)pc.queued);
     one(t, "cqrps_cluster_phases_running", "gauge",
         "Cluster phases running now.", (double)pc.running);
+    uint64_t crun = 0, cdone = 0, cfail = 0;
+    if (ctx->compacts != NULL)
+        cqr_compacts_counts(ctx->compacts, &crun, &cdone, &cfail);
+    one(t, "cqrps_compactions_done_total", "counter",
+        "Compactions of cqr tables finished (Compact, or compact on).",
+        (double)cdone);
+    one(t, "cqrps_compactions_failed_total", "counter",
+        "Compactions of cqr tables that failed.", (double)cfail);
+    one(t, "cqrps_compactions_running", "gauge",
+        "Compactions of cqr tables running now.", (double)crun);
 }
 
 static void render_checkpoints(text_t *t, cqr_server_ctx_t *ctx)

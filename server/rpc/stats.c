@@ -47,7 +47,7 @@ typedef struct figure {
 } figure_t;
 
 /* The server's figures beyond the counters. */
-#define NFIGURES 18
+#define NFIGURES 21
 
 /* Adds an entry whose key outlives the reply (a static string). */
 static void put(map_t *m, const char *key, double v)
@@ -108,6 +108,9 @@ static void get_figures(cqr_server_ctx_t *ctx, size_t ntables,
     cqr_phase_counts_t pc;
     cqr_phases_counts(ctx->phases, &pc);
     cqr_ckpt_stats_t *ck = &ctx->ckpt_stats;
+    uint64_t crun = 0, cdone = 0, cfail = 0;
+    if (ctx->compacts != NULL)
+        cqr_compacts_counts(ctx->compacts, &crun, &cdone, &cfail);
     const figure_t all[] = {
         {"phases_started", pc.started, 0, 0},
         {"phases_scheduled", pc.scheduled, 0, 0},
@@ -115,6 +118,9 @@ static void get_figures(cqr_server_ctx_t *ctx, size_t ntables,
         {"phases_failed", pc.failed, 0, 0},
         {"phases_queued", pc.queued, 0, 0},
         {"phases_running", pc.running, 0, 0},
+        {"compactions_done", cdone, 0, 0},
+        {"compactions_failed", cfail, 0, 0},
+        {"compactions_running", crun, 0, 0},
         {"tables", ntables, 0, 0},
         {"table_bytes_reserved", cqr_registry_bytes(ctx->reg), 0, 0},
         {"max_table_memory", ctx->cfg->max_table_memory, 0, 0},

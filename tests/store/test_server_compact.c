@@ -90,6 +90,19 @@ static void describe(cqrps_client_t *c, const char *table,
                   table, cqrps_last_error(c));
 }
 
+/* The server's Stats counter `name` (-1 if absent). */
+static int64_t stat_count(cqrps_client_t *c, const char *name)
+{
+    cqrps_stats_t st;
+    ck_assert_int_eq(cqrps_stats(c, &st), 0);
+    int64_t v = -1;
+    for (size_t i = 0; i < st.ncounters; i++)
+        if (strcmp(st.counters[i].name, name) == 0)
+            v = (int64_t)st.counters[i].count;
+    cqrps_stats_free(&st);
+    return v;
+}
+
 START_TEST(test_compact_restart)
 {
     make_dir();
@@ -137,6 +150,9 @@ START_TEST(test_compact_restart)
     ck_assert(tu_same(l1, l0, 1000 * DIM, "later after compact"));
     float *n1 = lookup_all(c, "c", never, NKNOWN);
     ck_assert(log_has(&s, "compaction of c started"));
+    ck_assert_int_eq(stat_count(c, "compactions_done"), 1);
+    ck_assert_int_eq(stat_count(c, "compactions_running"), 0);
+    ck_assert_int_eq(stat_count(c, "compactions_failed"), 0);
     ck_assert(log_has(&s, "compaction of c done: "));
 
     /* Checkpoint, restart: the same table, compacted. */

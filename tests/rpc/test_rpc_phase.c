@@ -4,7 +4,7 @@
  * progress fields of ClusterStatus, and CancelCluster: a cancelled phase
  * leaves the table as a twin that got the same pushes and no phase. The
  * worker is held in the phase hook where a phase must still be running
- * when the cancel arrives. */
+ * when the cancel arrives. Compact during and after a phase. */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,6 +310,74 @@ START_TEST(test_cancel_needs_admin)
 }
 END_TEST
 
+static Response *rq_compact(const char *table, int *rc)
+{
+    Cqrps__V1__Compact m = CQRPS__V1__COMPACT__INIT;
+    m.table = (char *)table;
+    Request q = CQRPS__V1__REQUEST__INIT;
+    q.op_case = CQRPS__V1__REQUEST__OP_COMPACT;
+    q.compact = &m;
+    return rq_call(&ctx, &sess, &q, rc);
+}
+
+/* Compact while a phase of the table runs: BUSY with a clear message;
+ * after it, the compaction runs on the calling thread (a session that
+ * cannot defer) and changes neither the digest nor the lookups. */
+START_TEST(test_compact_during_phase)
+{
+    int rc;
+    rq_done(ok(create("k", NULL, &rc), &rc));
+    push_some("k", 1, 600);
+    cqr_test_phase_hold("k");
+    Response *r = ok(rq_cluster(&ctx, &sess, "k", &rc), &rc);
+    uint64_t id = r->cluster->phase_id;
+    rq_done(r);
+    cqr_test_phase_wait_held();
+    expect(rq_compact("k", &rc), &rc, CQR_EBUSY, "cluster phase of table "
+           "'k' is running");
+    cqr_test_phase_release();
+    r = wait_phase("k", id);
+    ck_assert_int_eq(r->cluster_status->state,
+                     CQRPS__V1__CLUSTER_STATUS_REPLY__STATE__DONE);
+    rq_done(r);
+
+    char *d0 = digest_of("k");
+    uint64_t ids[64];
+    for (size_t i = 0; i < 64; i++)
+        ids[i] = 1 + i * 7919 * 20; /* 30 known, 34 never pushed */
+    r = ok(rq_lookup(&ctx, &sess, "k", ids, 64, NULL, 0, 0, &rc), &rc);
+    ck_assert_uint_eq(r->lookup->vectors.len, 64 * 8 * sizeof(float));
+    float v0[64 * 8];
+    memcpy(v0, r->lookup->vectors.data, sizeof v0);
+    rq_done(r);
+
+    r = ok(rq_compact("k", &rc), &rc);
+    ck_assert_int_eq(r->reply_case, CQRPS__V1__RESPONSE__REPLY_COMPACTED);
+    ck_assert_uint_eq(r->compacted->moved_ids, 600);
+    ck_assert_uint_eq(r->compacted->known_ids, 600);
+    ck_assert_uint_eq(r->compacted->static_ids, 600);
+    rq_done(r);
+    r = ok(rq_describe(&ctx, &sess, "k", &rc), &rc);
+    ck_assert(r->table->compacted && !r->table->compacting);
+    ck_assert_uint_eq(r->table->static_ids, 600);
+    rq_done(r);
+    char *d1 = digest_of("k");
+    ck_assert_str_eq(d0, d1);
+    r = ok(rq_lookup(&ctx, &sess, "k", ids, 64, NULL, 0, 0, &rc), &rc);
+    ck_assert(memcmp(r->lookup->vectors.data, v0, sizeof v0) == 0);
+    rq_done(r);
+    free(d0);
+    free(d1);
+    /* A hash table and a missing one. */
+    Cqrps__V1__TableConfig tc = CQRPS__V1__TABLE_CONFIG__INIT;
+    tc.kind = CQRPS__V1__TABLE_KIND__HASH;
+    tc.dim = 8;
+    rq_done(ok(rq_create(&ctx, &sess, "h", &tc, &rc), &rc));
+    expect(rq_compact("h", &rc), &rc, CQR_EUNSUPPORTED, "hash table");
+    expect(rq_compact("nope", &rc), &rc, CQR_ENOTFOUND, NULL);
+}
+END_TEST
+
 Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("rpc_phase");
@@ -320,6 +388,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_status_progress);
     tcase_add_test(tc, test_cancel);
     tcase_add_test(tc, test_cancel_needs_admin);
+    tcase_add_test(tc, test_compact_during_phase);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -17,6 +17,7 @@
  *   0, and the restarted server has the table compacted.
  * - A table created with `compact` compacts itself after its first phase
  *   and keeps the option across a restart.
+ * - A sharded client compacts every shard (counts summed).
  * - `cqrps compact` prints the reply and exits 1 with the server's
  *   message on a refusal.
  */
@@ -438,6 +439,48 @@ START_TEST(test_compact_option)
 }
 END_TEST
 
+/* A sharded client compacts every shard: the counts are summed. */
+START_TEST(test_sharded)
+{
+    cqr_test_server_t s1, s2;
+    tu_server_start(&s1, NULL);
+    tu_server_start(&s2, NULL);
+    char addrs[160];
+    snprintf(addrs, sizeof addrs, "%s,%s", s1.addr, s2.addr);
+    cqrps_client_t *c = tu_connect(addrs);
+    ck_assert_uint_eq(cqrps_shard_count(c), 2);
+    make_cqr(c, "sh", 0, 0);
+    uint64_t st = 21;
+    static uint64_t ids[NKNOWN];
+    for (size_t i = 0; i < NKNOWN; i++)
+        ids[i] = i * 104729u; /* distinct */
+    push_ids(c, "sh", ids, NKNOWN, &st);
+    char d0[17], d1[17];
+    ck_assert_int_eq(cqrps_digest(c, "sh", d0), 0);
+    cqrps_compact_info_t ci;
+    ck_assert_msg(cqrps_compact(c, "sh", &ci) == 0, "compact: %s",
+                  cqrps_last_error(c));
+    ck_assert_uint_eq(ci.moved_ids, NKNOWN);
+    ck_assert_uint_eq(ci.known_ids, NKNOWN);
+    ck_assert_uint_eq(ci.static_ids, NKNOWN);
+    cqrps_table_info_t info;
+    describe(c, "sh", &info);
+    ck_assert(info.compacted);
+    ck_assert_uint_eq(info.static_ids, NKNOWN);
+    ck_assert_int_eq(cqrps_digest(c, "sh", d1), 0);
+    ck_assert_str_eq(d0, d1);
+    /* Each shard compacted its own part. */
+    cqrps_client_t *one = tu_connect(s1.addr);
+    describe(one, "sh", &info);
+    ck_assert(info.compacted && info.static_ids > 0 &&
+              info.static_ids < NKNOWN);
+    cqrps_close(one);
+    cqrps_close(c);
+    tu_server_stop(&s1);
+    tu_server_stop(&s2);
+}
+END_TEST
+
 /* Runs the CLI; returns its exit status, output in out. */
 static int cli(const char *addr, const char *cmd, char *out, size_t len)
 {
@@ -503,6 +546,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_refusals);
     tcase_add_test(tc, test_compact_option);
     tcase_add_test(tc, test_cli_compact);
+    tcase_add_test(tc, test_sharded);
     suite_add_tcase(s, tc);
     TCase *tt = tcase_create("concurrent");
     tcase_set_timeout(tt, 300);

@@ -346,10 +346,13 @@ int cqr_op_push(cqr_call_t *c, const cqr_data_req_t *m)
     out->len += cqr_wire_push_reply(out->data + out->len, c->id, b.ids);
     c->appended = 1;
     /* A schedule that says a phase is due only tells the phase runner,
-     * which begins the phase on its own thread (phase.h). */
+     * which begins the phase on its own thread (phase.h). Not while the
+     * table compacts (the engine would refuse the begin): the first push
+     * after the compaction finds the phase still due. */
     for (size_t i = 0; i < b.n; i++) {
         cqr_entry_t *e = c->entries != NULL ? c->entries[i] : c->entry;
-        if (cqr_table_cluster_due(e->table))
+        if (cqr_table_cluster_due(e->table) &&
+            !cqr_compacts_busy(c->ctx->compacts, e->uid))
             cqr_phases_due(c->ctx->phases, e);
     }
     return 0;

@@ -14,9 +14,9 @@
  * A table has at most one compaction at a time here (its claim, by
  * registry uid): a second request gets CQR_EBUSY at once. The engine
  * refuses a compaction while a phase runs (CQR_EBUSY) and a phase while
- * a compaction runs (a Cluster RPC gets CQR_EBUSY; a scheduled phase
- * that falls due meanwhile is counted as a start error and falls due
- * again at a later push).
+ * a compaction runs (a Cluster RPC gets CQR_EBUSY; the push path does
+ * not queue a scheduled phase while its table compacts, so the phase
+ * is queued at the first push after the compaction).
  *
  * Logs ("compact" module): "compaction of <table> started", then
  * "compaction of <table> done: N IDs moved in S s" or "compaction of

@@ -17,6 +17,8 @@
  *   0, and the restarted server has the table compacted.
  * - A table created with `compact` compacts itself after its first phase
  *   and keeps the option across a restart.
+ * - A `compact` table with a schedule: no scheduled phase is refused
+ *   because of the compaction; later phases rebuild the static set.
  * - A sharded client compacts every shard (counts summed).
  * - `cqrps compact` prints the reply and exits 1 with the server's
  *   message on a refusal.
@@ -439,6 +441,51 @@ START_TEST(test_compact_option)
 }
 END_TEST
 
+/* A `compact` table with a schedule: phases fall due while the first
+ * compaction runs; none is refused (the push path waits for the end of
+ * the compaction), later phases rebuild the static set. */
+START_TEST(test_compact_schedule)
+{
+    cqr_test_server_t s;
+    tu_server_start(&s, NULL);
+    cqrps_client_t *c = tu_connect(s.addr);
+    cqrps_table_config_t cfg;
+    tu_config(&cfg, CQRPS_KIND_CQR, CQRPS_OPT_ADAM, DIM);
+    cfg.rows = 256;
+    cfg.chunks = 2;
+    cfg.cluster_iters = 3;
+    cfg.compact = 1;
+    cfg.schedule_every = 100000;
+    cfg.schedule_max_phases = 3;
+    ck_assert_int_eq(cqrps_create_table(c, "sch", &cfg, NULL), 0);
+    enum { N = 400000 };
+    uint64_t *ids = malloc(N * sizeof *ids);
+    ck_assert_ptr_nonnull(ids);
+    for (size_t i = 0; i < N; i++)
+        ids[i] = i * 7919u;
+    uint64_t st = 17;
+    push_ids(c, "sch", ids, N, &st);
+    /* Phases and compactions finish; then one more push lets a phase
+     * that fell due during the last compaction be queued. */
+    cqrps_table_info_t info;
+    uint64_t t0 = tu_now_ms();
+    do {
+        tu_sleep_ms(20);
+        push_ids(c, "sch", ids, 500, &st);
+        describe(c, "sch", &info);
+        ck_assert_msg(tu_now_ms() - t0 < 120000, "phases: %u",
+                      info.phases_done);
+    } while (info.phases_done < 3 || info.phase_running || info.compacting);
+    ck_assert(info.compacted);
+    ck_assert_uint_eq(info.static_ids, info.known_ids);
+    ck_assert_int_eq(stat_count(c, "scheduled_phase_errors"), 0);
+    ck_assert_int_eq(stat_count(c, "compactions_done"), 1);
+    free(ids);
+    cqrps_close(c);
+    tu_server_stop(&s);
+}
+END_TEST
+
 /* A sharded client compacts every shard: the counts are summed. */
 START_TEST(test_sharded)
 {
@@ -552,6 +599,7 @@ Suite *cqr_test_suite(void)
     tcase_set_timeout(tt, 300);
     tcase_add_test(tt, test_concurrent);
     tcase_add_test(tt, test_shutdown_during);
+    tcase_add_test(tt, test_compact_schedule);
     suite_add_tcase(s, tt);
     return s;
 }

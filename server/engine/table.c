@@ -207,6 +207,7 @@ void cqr_table_destroy(cqr_table_t *t)
     free(t->cbmark);
     free(t->cbpage);
     free(t->ins_slot);
+    free(t->cmp_new);
     free(t->ins_epoch);
     if (t->rowmap.slots)
         cqr_idmap_free(&t->rowmap);

@@ -388,4 +388,18 @@ int cqr_table_cluster(cqr_table_t *t, cqr_progress_cb cb, void *ud,
  * CQR_ENOMEM, CQR_EIO (the key file). */
 int cqr_table_compact(cqr_table_t *t, uint64_t *moved);
 
+/* Progress of a compaction: called on the compacting thread, without the
+ * table's lock, at each stage ("map": the map's IDs copied; "static": the
+ * old static set's IDs read, every 2^20 and at the end; "built": the new
+ * set built, about to install) with the IDs done of the total. A nonzero
+ * return stops the compaction: CQR_ECANCELED, nothing changes. Lookups
+ * and pushes of the table (new IDs included) may run meanwhile, from any
+ * thread (the callback itself too). */
+typedef int (*cqr_compact_progress_cb)(void *ud, const char *stage,
+                                       uint64_t done, uint64_t total);
+
+/* cqr_table_compact with a progress callback (NULL: none). */
+int cqr_table_compact_ex(cqr_table_t *t, cqr_compact_progress_cb progress,
+                         void *ud, uint64_t *moved);
+
 #endif

@@ -121,6 +121,11 @@ struct cqr_table {
     uint64_t rebuilds;      /* static sets built (exclusive lock) */
     int compacting;         /* a compaction runs: no phase may begin
                                (exclusive lock) */
+    uint64_t *cmp_new;      /* IDs the map registered while compacting:
+                               what stays in it (exclusive lock) */
+    size_t cmp_n, cmp_cap;
+    int cmp_lost;           /* cmp_new could not grow: the compaction
+                               fails (nothing changes) */
     uint64_t examples_at_phase; /* examples_pushed at the last begin */
     double last_inertia;    /* statistics of the last phase (plock) */
     double last_phase_seconds;
@@ -320,6 +325,10 @@ int cqr_state_make_static(const cqr_table_t *t, cqr_cbstate_t *st,
 
 /* Frees a static set and the set itself (NULL: nothing). */
 void cqr_ptrset_destroy(cqr_ptrset_t *ps);
+
+/* Notes that the live map registered `id` while a compaction runs (it
+ * stays in the map when the compaction installs). Exclusive lock held. */
+void cqr_compact_note(cqr_table_t *t, uint64_t id);
 
 /* ---- table_evict.c: a full table's admission and eviction ---- */
 

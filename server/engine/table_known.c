@@ -430,6 +430,8 @@ static int cqr_known_one(cqr_table_t *t, uint64_t id)
         cqr_stamp_set(t, v, t->phases_done);
     t->n_admitted++;
     track_insert(t, m, old_cap, v);
+    if (t->compacting)
+        cqr_compact_note(t, id);
     return 0;
 }
 

@@ -9,8 +9,10 @@
  * IDs and lookups wait that long), reads the old set's key file without
  * the lock (the set is immutable, and no phase can begin meanwhile:
  * cqr_table_phase_start refuses while `compacting` is set), builds, and
- * takes the lock exclusively again only to install the set and drop the
- * moved IDs from the map.
+ * takes the lock exclusively again only to install the set and keep in
+ * the map only the IDs registered meanwhile (noted as they register:
+ * cqr_compact_note), so that the install costs what came in meanwhile,
+ * not what moved.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -140,31 +142,42 @@ int cqr_state_make_static(const cqr_table_t *t, cqr_cbstate_t *st,
 
 /* ---- Compactions -------------------------------------------------------- */
 
-static int cmp_u64(const void *a, const void *b)
+void cqr_compact_note(cqr_table_t *t, uint64_t id)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
+    if (t->cmp_lost)
+        return;
+    if (t->cmp_n == t->cmp_cap) {
+        size_t cap = t->cmp_cap ? 2 * t->cmp_cap : 1024;
+        uint64_t *nn = realloc(t->cmp_new, cap * sizeof *nn);
+        if (!nn) {
+            t->cmp_lost = 1;
+            return;
+        }
+        t->cmp_new = nn;
+        t->cmp_cap = cap;
+    }
+    t->cmp_new[t->cmp_n++] = id;
 }
 
-/* A copy of map m without the n IDs of sorted[] (sorted ascending). */
-static int map_without(const cqr_idmap_t *m, const uint64_t *sorted,
-                       size_t n, cqr_idmap_t *out)
+/* The map that stays once the compaction installs: the IDs registered
+ * while it ran (cmp_new), with their values. Every other ID of map m was
+ * in it when the compaction began and is in the new static set. */
+static int map_rest(const cqr_table_t *t, const cqr_idmap_t *m,
+                    cqr_idmap_t *out)
 {
+    if (t->cmp_lost)
+        return CQR_ENOMEM;
     int rc = cqr_idmap_init(out, m->vw, 0);
-    /* Sized first: inserting a map's IDs in its slot order into a
-     * growing map clusters them (quadratic probing costs). */
-    const size_t rest = m->count > n ? m->count - n : 0;
-    if (rc == 0)
-        rc = cqr_idmap_reserve(out, rest + rest / 8 + 16);
-    size_t pos = 0;
-    uint64_t id;
-    void *v;
-    while (rc == 0 && cqr_idmap_next(m, &pos, &id, &v)) {
-        if (bsearch(&id, sorted, n, sizeof *sorted, cmp_u64))
-            continue;
+    const size_t n = t->cmp_n;
+    if (rc == 0 && n)
+        rc = cqr_idmap_reserve(out, n + n / 8 + 16);
+    for (size_t j = 0; rc == 0 && j < n; j++) {
+        const void *v = cqr_idmap_find(m, t->cmp_new[j]);
         void *nv;
         int inserted;
-        rc = cqr_idmap_insert(out, id, &nv, &inserted);
+        if (!v)
+            continue; /* cannot happen: nothing deletes while compacting */
+        rc = cqr_idmap_insert(out, t->cmp_new[j], &nv, &inserted);
         if (rc == 0)
             memcpy(nv, v, m->vw);
     }
@@ -173,69 +186,84 @@ static int map_without(const cqr_idmap_t *m, const uint64_t *sorted,
     return rc;
 }
 
+static void compact_end(cqr_table_t *t)
+{
+    t->compacting = 0;
+    free(t->cmp_new);
+    t->cmp_new = NULL;
+    t->cmp_n = t->cmp_cap = 0;
+    t->cmp_lost = 0;
+}
+
 /* The first step, with the lock held exclusively: a builder holding the
- * map's IDs (also copied, sorted, into *mids) for nstatic more. */
+ * map's IDs (*nm of them) for nstatic more. */
 static int compact_start(cqr_table_t *t, uint64_t nstatic, uint64_t gen,
-                         cqr_ptrset_builder_t **b, uint64_t **mids,
-                         size_t *nm)
+                         cqr_ptrset_builder_t **b, size_t *nm)
 {
     const cqr_idmap_t *m = &t->st->ids;
     *nm = m->count;
-    *mids = malloc((m->count ? m->count : 1) * sizeof **mids);
-    if (!*mids)
-        return CQR_ENOMEM;
     int rc = cqr_ptrset_builder_create(nstatic + m->count, t->c,
                                        cqr_ptr_bits(t->k), 0,
                                        rebuild_seed(t, gen), b);
-    size_t pos = 0, j = 0;
+    size_t pos = 0;
     uint64_t id;
     void *v;
     uint32_t p[CQR_MAX_CHUNKS];
     while (rc == 0 && cqr_idmap_next(m, &pos, &id, &v)) {
         for (uint32_t i = 0; i < t->c; i++)
             p[i] = cqr_ptr_get(v, t->pw, i);
-        (*mids)[j++] = id;
         rc = cqr_ptrset_builder_add(*b, id, p, 0);
     }
     if (rc) {
         cqr_ptrset_builder_destroy(*b);
         *b = NULL;
-        free(*mids);
-        *mids = NULL;
-        return rc;
     }
-    qsort(*mids, *nm, sizeof **mids, cmp_u64);
-    return 0;
+    return rc;
+}
+
+/* A compaction's progress callback (cqr_table_compact_ex). */
+typedef struct compact_prog {
+    cqr_compact_progress_cb cb;
+    void *ud;
+} compact_prog_t;
+
+static int report(const compact_prog_t *pr, const char *stage, uint64_t done,
+                  uint64_t total)
+{
+    return pr->cb && pr->cb(pr->ud, stage, done, total) ? CQR_ECANCELED : 0;
 }
 
 /* Adds the old static set's IDs to the builder (no lock: immutable). */
-static int compact_static(const cqr_table_t *t, const cqr_ptrset_t *ps,
-                          cqr_ptrset_builder_t *b)
+static int compact_static(const cqr_ptrset_t *ps, cqr_ptrset_builder_t *b,
+                          const compact_prog_t *pr)
 {
-    if (!ps || ps->pm.n == 0)
-        return 0;
+    const uint64_t n = ps ? ps->pm.n : 0;
+    if (n == 0)
+        return report(pr, "static", 0, 0);
     cqr_ptrset_reader_t rd;
     int rc = cqr_ptrset_reader_init(&rd, ps);
     cqr_ptrset_item_t it;
     uint32_t p[CQR_MAX_CHUNKS];
-    while (rc == 0 && cqr_ptrset_reader_next(&rd, &it, p))
+    uint64_t done = 0;
+    while (rc == 0 && cqr_ptrset_reader_next(&rd, &it, p)) {
         rc = cqr_ptrset_builder_add(b, it.id, p, 0);
+        if (rc == 0 && (++done & ((1u << 20) - 1)) == 0)
+            rc = report(pr, "static", done, n);
+    }
     if (rc == 0)
         rc = rd.err;
     cqr_ptrset_reader_free(&rd);
-    (void)t;
-    return rc;
+    return rc ? rc : report(pr, "static", n, n);
 }
 
 /* The last step, lock held exclusively: the new set in, the moved IDs out
  * of the map. On error nothing changes. */
-static int compact_install(cqr_table_t *t, cqr_ptrset_t *ps,
-                           const uint64_t *mids, size_t nm, uint64_t gen,
+static int compact_install(cqr_table_t *t, cqr_ptrset_t *ps, uint64_t gen,
                            cqr_ptrset_t **old)
 {
     cqr_cbstate_t *st = t->st;
     cqr_idmap_t rest;
-    int rc = map_without(&st->ids, mids, nm, &rest);
+    int rc = map_rest(t, &st->ids, &rest);
     if (rc)
         return rc;
     cqr_idmap_free(&st->ids);
@@ -253,12 +281,14 @@ static int compact_install(cqr_table_t *t, cqr_ptrset_t *ps,
     return 0;
 }
 
-int cqr_table_compact(cqr_table_t *t, uint64_t *moved)
+int cqr_table_compact_ex(cqr_table_t *t, cqr_compact_progress_cb progress,
+                         void *ud, uint64_t *moved)
 {
     if (!t)
         return CQR_EINVAL;
     if (t->cfg.kind != CQR_KIND_CQR || t->cfg.evict_after_phases)
         return CQR_EUNSUPPORTED;
+    const compact_prog_t pr = {progress, ud};
     pthread_rwlock_wrlock(&t->lock);
     if (t->phase || t->compacting) {
         pthread_rwlock_unlock(&t->lock);
@@ -267,29 +297,36 @@ int cqr_table_compact(cqr_table_t *t, uint64_t *moved)
     const cqr_ptrset_t *ps0 = t->st->ps;
     const uint64_t gen = t->rebuilds + 1;
     cqr_ptrset_builder_t *b = NULL;
-    uint64_t *mids = NULL;
     size_t nm = 0;
-    int rc = compact_start(t, ps0 ? ps0->pm.n : 0, gen, &b, &mids, &nm);
+    int rc = compact_start(t, ps0 ? ps0->pm.n : 0, gen, &b, &nm);
     t->compacting = rc == 0;
     pthread_rwlock_unlock(&t->lock);
     if (rc)
         return rc;
-    rc = compact_static(t, ps0, b);
+    rc = report(&pr, "map", nm, nm);
+    if (rc == 0)
+        rc = compact_static(ps0, b, &pr);
     cqr_ptrset_t *ps = NULL, *old = NULL;
     if (rc == 0)
         rc = finish(t, b, &ps);
     else
         cqr_ptrset_builder_destroy(b);
+    if (rc == 0)
+        rc = report(&pr, "built", ps->pm.n, ps->pm.n);
     pthread_rwlock_wrlock(&t->lock);
     if (rc == 0)
-        rc = compact_install(t, ps, mids, nm, gen, &old);
-    t->compacting = 0;
+        rc = compact_install(t, ps, gen, &old);
+    compact_end(t);
     pthread_rwlock_unlock(&t->lock);
     if (rc)
         cqr_ptrset_destroy(ps);
     cqr_ptrset_destroy(old);
-    free(mids);
     if (rc == 0 && moved)
         *moved = nm;
     return rc;
+}
+
+int cqr_table_compact(cqr_table_t *t, uint64_t *moved)
+{
+    return cqr_table_compact_ex(t, NULL, NULL, moved);
 }

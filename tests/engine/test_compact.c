@@ -307,6 +307,93 @@ START_TEST(test_compact_refused)
 }
 END_TEST
 
+/* Pushes made while a compaction runs (from its progress callback, on
+ * the compacting thread, between the map's copy and the install): at
+ * "map" new IDs and known ones, at "built" more new IDs; the twin gets
+ * the same pushes in the same order. */
+typedef struct during {
+    cqr_table_t *t, *twin;
+    int calls, stop_at; /* stop_at: the call that asks to stop (0: none) */
+} during_t;
+
+static int during_push(void *ud, const char *stage, uint64_t done,
+                       uint64_t total)
+{
+    during_t *d = ud;
+    ck_assert_uint_le(done, total);
+    d->calls++;
+    if (d->stop_at && d->calls == d->stop_at)
+        return 1;
+    cqr_table_t *both[2] = {d->t, d->twin};
+    for (int i = 0; i < 2; i++) {
+        if (strcmp(stage, "map") == 0)
+            push_range(both[i], KNOWN - 300, KNOWN + 700, 4);
+        else if (strcmp(stage, "built") == 0)
+            push_range(both[i], KNOWN + 700, KNOWN + 1000, 5);
+    }
+    return 0;
+}
+
+/* IDs registered while a compaction runs stay known (in the map after
+ * the install) and every ID looks up what the uncompacted twin's does. */
+START_TEST(test_compact_registers_meanwhile)
+{
+    cqr_table_t *t = make(64, 0), *r = make(64, 0);
+    for (int i = 0; i < 2; i++)
+        push_range(i ? r : t, 0, KNOWN, 1);
+    during_t d = {t, r, 0, 0};
+    uint64_t moved = 0;
+    ck_assert_int_eq(cqr_table_compact_ex(t, during_push, &d, &moved), 0);
+    ck_assert_int_eq(d.calls, 3); /* map, static (empty), built */
+    ck_assert_uint_eq(moved, KNOWN);
+    cqr_table_stats_t s = stats(t);
+    ck_assert_uint_eq(s.known_ids, KNOWN + 1000);
+    ck_assert_uint_eq(s.static_ids, KNOWN);
+    ck_assert_uint_eq(stats(r).known_ids, KNOWN + 1000);
+    ck_assert_uint_eq(digest(t), digest(r));
+    float *a = look(t, known_id, KNOWN + 1000);
+    float *b = look(r, known_id, KNOWN + 1000);
+    ck_assert_mem_eq(a, b, (KNOWN + 1000) * DIM * sizeof *a);
+    free(a);
+    free(b);
+    /* The next compaction takes the 1000 left in the map, and a second
+     * static set's IDs are read from the first's key file. */
+    d.calls = 0;
+    ck_assert_int_eq(cqr_table_compact_ex(t, during_push, &d, &moved), 0);
+    ck_assert_uint_eq(moved, 1000);
+    ck_assert_uint_eq(stats(t).static_ids, KNOWN + 1000);
+    ck_assert_uint_eq(stats(t).known_ids, KNOWN + 1000);
+    ck_assert_uint_eq(digest(t), digest(r));
+    cqr_table_destroy(t);
+    cqr_table_destroy(r);
+}
+END_TEST
+
+/* A progress callback that asks to stop: CQR_ECANCELED, nothing changes
+ * (the IDs pushed meanwhile stay known), and a later compaction works. */
+START_TEST(test_compact_stopped)
+{
+    for (int stop_at = 1; stop_at <= 3; stop_at++) {
+        cqr_table_t *t = make(64, 0), *r = make(64, 0);
+        for (int i = 0; i < 2; i++)
+            push_range(i ? r : t, 0, KNOWN, 1);
+        during_t d = {t, r, 0, stop_at};
+        ck_assert_int_eq(cqr_table_compact_ex(t, during_push, &d, NULL),
+                         CQR_ECANCELED);
+        cqr_table_stats_t s = stats(t);
+        ck_assert_uint_eq(s.static_ids, 0);
+        ck_assert_uint_eq(s.rebuilds, 0);
+        ck_assert_uint_eq(s.known_ids, stats(r).known_ids);
+        ck_assert_uint_eq(digest(t), digest(r));
+        ck_assert_int_eq(cqr_table_compact(t, NULL), 0);
+        ck_assert_uint_eq(stats(t).static_ids, stats(r).known_ids);
+        ck_assert_uint_eq(digest(t), digest(r));
+        cqr_table_destroy(t);
+        cqr_table_destroy(r);
+    }
+}
+END_TEST
+
 Suite *cqr_test_suite(void)
 {
     Suite *s = suite_create("compact");
@@ -317,6 +404,8 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_compact_restore);
     tcase_add_test(tc, test_compact_model);
     tcase_add_test(tc, test_compact_refused);
+    tcase_add_test(tc, test_compact_registers_meanwhile);
+    tcase_add_test(tc, test_compact_stopped);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -228,6 +228,14 @@ int cqr_full_reserve(cqr_table_t *t, uint64_t rows)
     return rc;
 }
 
+/* The whole map counts as changed in epoch e: the next export writes it
+ * whole (after a rehash, or when the insertion records cannot grow). */
+static void map_all_changed(cqr_table_t *t, uint32_t e)
+{
+    t->map_base_epoch = e;
+    t->ins_n = 0;
+}
+
 /* Records that an ID was inserted into the known-ID map m (the full
  * table's row map or the live cqr map) and now has value v; old_cap is
  * the map's capacity before the insert. Keeps the insertion records that
@@ -245,10 +253,8 @@ static void track_insert(cqr_table_t *t, const cqr_idmap_t *m, size_t old_cap,
     const size_t slot = cqr_idmap_index_of(m, v);
     if (m->cap != old_cap || slot == m->cap) {
         /* The ID 0 lives outside the slots, in the exported meta. */
-        if (m->cap != old_cap) {
-            t->map_base_epoch = e;
-            t->ins_n = 0;
-        }
+        if (m->cap != old_cap)
+            map_all_changed(t, e);
         return;
     }
     cqr_track_slot(t, m, slot);
@@ -271,8 +277,7 @@ void cqr_track_slot(cqr_table_t *t, const cqr_idmap_t *m, size_t slot)
         if (ne)
             t->ins_epoch = ne;
         if (!ns || !ne) {
-            t->map_base_epoch = e;
-            t->ins_n = 0;
+            map_all_changed(t, e);
             return;
         }
         t->ins_cap = cap;
@@ -452,11 +457,8 @@ int cqr_table_reserve_known(cqr_table_t *t, size_t n)
         grow_refund(t, bytes);
         return rc;
     }
-    if (m->cap != old_cap && __atomic_load_n(&t->ins_on, __ATOMIC_RELAXED)) {
-        /* Rehashed: the next export writes the whole map. */
-        t->map_base_epoch = __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED);
-        t->ins_n = 0;
-    }
+    if (m->cap != old_cap && __atomic_load_n(&t->ins_on, __ATOMIC_RELAXED))
+        map_all_changed(t, __atomic_load_n(&t->wepoch, __ATOMIC_RELAXED));
     return 0;
 }
 

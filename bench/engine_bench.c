@@ -206,6 +206,17 @@ static int warm_range(cqr_table_t *t, const opts_t *o, uint64_t lo,
     return rc;
 }
 
+/* A compaction's stages as they end, with the time since its start. */
+static int compact_progress(void *ud, const char *stage, uint64_t done,
+                            uint64_t total)
+{
+    const double *t0 = ud;
+    if (done == total)
+        bench_log(PROG, "compaction: %s done (%llu IDs) at %.2f s", stage,
+                  (unsigned long long)total, bench_now() - *t0);
+    return 0;
+}
+
 /* --compact: the known IDs into the table's static set. */
 static int compact(cqr_table_t *t, const opts_t *o)
 {
@@ -213,7 +224,7 @@ static int compact(cqr_table_t *t, const opts_t *o)
         return 0;
     double t0 = bench_now();
     uint64_t moved = 0;
-    int rc = cqr_table_compact(t, &moved);
+    int rc = cqr_table_compact_ex(t, compact_progress, &t0, &moved);
     if (rc)
         bench_log(PROG, "compaction failed: %s", cqr_strerror(rc));
     else

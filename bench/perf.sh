@@ -3,6 +3,12 @@
 #
 #   bench/perf.sh [--quick] [--build-dir DIR] [--out DIR] [--no-install]
 #                 [--no-build] [--server-threads N] [--engine-threads N]
+#                 [--only SECTION[,SECTION...]]
+#
+# Sections (all by default, in this order): main, batch, vocab, conns,
+# tables, threads, cluster, kmeans, memory. --only runs the named ones
+# (e.g. `--only vocab,memory` for issue 19's figures); the summary marks
+# what did not run.
 #
 # What it does, in order:
 #   1. installs what the baselines need if missing (Debian: redis-server,
@@ -42,6 +48,8 @@ BUILD_IT=1
 SRV_THREADS=2
 ENG_THREADS=1
 PY=/usr/bin/python3   # Debian's python: faiss and sklearn live there
+SECTIONS="main batch vocab conns tables threads cluster kmeans memory"
+ONLY=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -52,7 +60,8 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD_IT=0 ;;
     --server-threads) SRV_THREADS=$2; shift ;;
     --engine-threads) ENG_THREADS=$2; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    --only) ONLY=$2; shift ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "perf.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -60,6 +69,17 @@ done
 
 CMDLINE="bench/perf.sh"
 [ "$QUICK" = 1 ] && CMDLINE="$CMDLINE --quick"
+if [ -n "$ONLY" ]; then
+    for sec in ${ONLY//,/ }; do
+        case " $SECTIONS " in
+        *" $sec "*) ;;
+        *) echo "perf.sh: unknown section $sec (sections: $SECTIONS)" >&2
+           exit 2 ;;
+        esac
+    done
+    CMDLINE="$CMDLINE --only $ONLY"
+fi
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 say() { printf '\n=== %s\n' "$*" >&2; }
 log() { printf 'perf.sh: %s\n' "$*" >&2; }
@@ -119,6 +139,7 @@ if [ "$QUICK" = 1 ]; then
     PH_K_LIST="256 4096 16384"
     PH_V_LIST="100000 1000000"
     MEM_V_LIST="1000000"
+    MEM_C_V_LIST="1000000"
 else
     T=5; TS=3; KM_ITERS=25
     B_LIST="64 256 1024 4096 16384"
@@ -130,6 +151,7 @@ else
     PH_K_LIST="256 1024 4096 16384"
     PH_V_LIST="100000 1000000 10000000"
     MEM_V_LIST="1000000 10000000"
+    MEM_C_V_LIST="10000000 100000000"
 fi
 
 # run TAG CMD...: runs a benchmark, keeps its stderr in logs/TAG.log (and
@@ -237,205 +259,260 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 mem_avail_gb() { awk '/MemAvailable/ {printf "%d", $2/1048576}' /proc/meminfo; }
 
 # ---- 4. benchmarks -----------------------------------------------------------
-say "setup: Redis loaded with 1e6 rows of 256 bytes; cqrps tables with 1e6 known IDs"
-run redis_load "$RB" --addr "$REDIS_ADDR" --op lookup --load --dim 64 \
-    --batch 1024 --vocab 1e6 --seconds 0.5 --json
-for kind in cqr full; do
-    # Creates the table and makes all 1e6 IDs known; the runs reuse it.
-    run "warm_$kind" "$CQB" --addr "$CQ_ADDR" --op lookup --kind "$kind" \
-        --dim 64 --batch 1024 --conns 1 --vocab 1e6 --seconds 0.5 \
-        --table "t_$kind" --keep --json
-done
-
-MAIN_TAGS=""
-for r in $(seq "$REPS"); do
-    say "main figures, round $r of $REPS: limits, engine, Redis, cqrps (dim 64, batch 1024, 1e6 IDs, one connection)"
-    rep loop_stream "$LOOP" --mode stream --dim 64 --batch 1024 --seconds "$TS" --json
-    rep loop_rpc "$LOOP" --mode rpc --dim 64 --batch 1024 --seconds "$TS" --json
+# What main, batch and conns share: Redis and the tables t_cqr and t_full
+# with 1e6 known IDs.
+sec_setup() {
+    say "setup: Redis loaded with 1e6 rows of 256 bytes; cqrps tables with 1e6 known IDs"
+    run redis_load "$RB" --addr "$REDIS_ADDR" --op lookup --load --dim 64 \
+        --batch 1024 --vocab 1e6 --seconds 0.5 --json
     for kind in cqr full; do
-        rep "engine_lookup_$kind" "$ENG" --mode lookup --kind "$kind" \
-            --dim 64 --batch 1024 --vocab 1e6 --seconds "$TS" --json
-        rep "engine_push_$kind" "$ENG" --mode push --kind "$kind" \
-            --optimizer adam --dim 64 --batch 1024 --vocab 1e6 --seconds "$TS" \
-            --json
+        # Creates the table and makes all 1e6 IDs known; the runs reuse it.
+        run "warm_$kind" "$CQB" --addr "$CQ_ADDR" --op lookup --kind "$kind" \
+            --dim 64 --batch 1024 --conns 1 --vocab 1e6 --seconds 0.5 \
+            --table "t_$kind" --keep --json
     done
-    # Depth 1 is one request at a time; depth 2 keeps two in flight on the
-    # one connection, for Redis and cqrps alike.
-    for d in 1 2; do
-        sfx=""
-        [ "$d" = 2 ] && sfx="_depth2"
-        rep "redis_lookup$sfx" "$RB" --addr "$REDIS_ADDR" --op lookup --dim 64 \
-            --batch 1024 --vocab 1e6 --depth "$d" --seconds "$T" \
-            --server-pid "$REDIS_PID" --json
-        for kind in cqr full; do
-            rep "cqrps_lookup_$kind$sfx" "$CQB" --addr "$CQ_ADDR" --op lookup \
-                --kind "$kind" --dim 64 --batch 1024 --conns 1 --depth "$d" \
-                --vocab 1e6 --seconds "$T" --server-pid "$SRV_PID" \
-                --table "t_$kind" --warm 0 --json
-        done
-        rep "redis_push$sfx" "$RB" --addr "$REDIS_ADDR" --op push --dim 64 \
-            --batch 1024 --vocab 1e6 --depth "$d" --seconds "$T" \
-            --server-pid "$REDIS_PID" --json
-        for kind in cqr full; do
-            rep "cqrps_push_$kind$sfx" "$CQB" --addr "$CQ_ADDR" --op push \
-                --kind "$kind" --optimizer adam --dim 64 --batch 1024 \
-                --conns 1 --depth "$d" --vocab 1e6 --seconds "$T" \
-                --server-pid "$SRV_PID" --table "t_$kind" --warm 0 --json
-        done
-        MAIN_TAGS="$MAIN_TAGS redis_lookup$sfx redis_push$sfx"
-        for kind in cqr full; do
-            MAIN_TAGS="$MAIN_TAGS cqrps_lookup_$kind$sfx cqrps_push_$kind$sfx"
-        done
-    done
-done
-for tag in loop_stream loop_rpc engine_lookup_cqr engine_push_cqr \
-           engine_lookup_full engine_push_full $(echo "$MAIN_TAGS" | tr ' ' '\n' | sort -u); do
-    med "$tag"
-done
-redis-cli -p "$REDIS_PORT" flushall >/dev/null
-run cqrps_lookup_cqr_zipf "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
-    --dim 64 --batch 1024 --conns 1 --vocab 1e6 --zipf 1.05 --seconds "$TS" \
-    --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
+}
 
-say "scaling: throughput against the batch size (cqr lookups, 1e6 IDs)"
-for b in $B_LIST; do
-    run "scale_batch_$b" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
-        --dim 64 --batch "$b" --conns 1 --vocab 1e6 --seconds "$TS" \
+sec_main() {
+    MAIN_TAGS=""
+    for r in $(seq "$REPS"); do
+        say "main figures, round $r of $REPS: limits, engine, Redis, cqrps (dim 64, batch 1024, 1e6 IDs, one connection)"
+        rep loop_stream "$LOOP" --mode stream --dim 64 --batch 1024 --seconds "$TS" --json
+        rep loop_rpc "$LOOP" --mode rpc --dim 64 --batch 1024 --seconds "$TS" --json
+        for kind in cqr full; do
+            rep "engine_lookup_$kind" "$ENG" --mode lookup --kind "$kind" \
+                --dim 64 --batch 1024 --vocab 1e6 --seconds "$TS" --json
+            rep "engine_push_$kind" "$ENG" --mode push --kind "$kind" \
+                --optimizer adam --dim 64 --batch 1024 --vocab 1e6 --seconds "$TS" \
+                --json
+        done
+        # Depth 1 is one request at a time; depth 2 keeps two in flight on the
+        # one connection, for Redis and cqrps alike.
+        for d in 1 2; do
+            sfx=""
+            [ "$d" = 2 ] && sfx="_depth2"
+            rep "redis_lookup$sfx" "$RB" --addr "$REDIS_ADDR" --op lookup --dim 64 \
+                --batch 1024 --vocab 1e6 --depth "$d" --seconds "$T" \
+                --server-pid "$REDIS_PID" --json
+            for kind in cqr full; do
+                rep "cqrps_lookup_$kind$sfx" "$CQB" --addr "$CQ_ADDR" --op lookup \
+                    --kind "$kind" --dim 64 --batch 1024 --conns 1 --depth "$d" \
+                    --vocab 1e6 --seconds "$T" --server-pid "$SRV_PID" \
+                    --table "t_$kind" --warm 0 --json
+            done
+            rep "redis_push$sfx" "$RB" --addr "$REDIS_ADDR" --op push --dim 64 \
+                --batch 1024 --vocab 1e6 --depth "$d" --seconds "$T" \
+                --server-pid "$REDIS_PID" --json
+            for kind in cqr full; do
+                rep "cqrps_push_$kind$sfx" "$CQB" --addr "$CQ_ADDR" --op push \
+                    --kind "$kind" --optimizer adam --dim 64 --batch 1024 \
+                    --conns 1 --depth "$d" --vocab 1e6 --seconds "$T" \
+                    --server-pid "$SRV_PID" --table "t_$kind" --warm 0 --json
+            done
+            MAIN_TAGS="$MAIN_TAGS redis_lookup$sfx redis_push$sfx"
+            for kind in cqr full; do
+                MAIN_TAGS="$MAIN_TAGS cqrps_lookup_$kind$sfx cqrps_push_$kind$sfx"
+            done
+        done
+    done
+    for tag in loop_stream loop_rpc engine_lookup_cqr engine_push_cqr \
+               engine_lookup_full engine_push_full $(echo "$MAIN_TAGS" | tr ' ' '\n' | sort -u); do
+        med "$tag"
+    done
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+    run cqrps_lookup_cqr_zipf "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+        --dim 64 --batch 1024 --conns 1 --vocab 1e6 --zipf 1.05 --seconds "$TS" \
         --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
-done
+}
 
-say "scaling: throughput against known IDs (cqr lookups and pushes)"
-for v in $V_LIST; do
-    if [ "$v" -ge 100000000 ]; then
-        # About 30 bytes per ID in the server at the map's peak, plus the
-        # warm-up's buffers: ask for 8 GB free to be safe.
-        if [ "$(mem_avail_gb)" -lt 8 ]; then
-            log "skipping V=$v: $(mem_avail_gb) GB available"
-            continue
+sec_batch() {
+    say "scaling: throughput against the batch size (cqr lookups, 1e6 IDs)"
+    for b in $B_LIST; do
+        run "scale_batch_$b" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+            --dim 64 --batch "$b" --conns 1 --vocab 1e6 --seconds "$TS" \
+            --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
+    done
+}
+
+sec_vocab() {
+    say "scaling: throughput against known IDs (cqr lookups and pushes)"
+    for v in $V_LIST; do
+        if [ "$v" -ge 100000000 ]; then
+            # About 30 bytes per ID in the server at the map's peak, plus the
+            # warm-up's buffers: ask for 8 GB free to be safe.
+            if [ "$(mem_avail_gb)" -lt 8 ]; then
+                log "skipping V=$v: $(mem_avail_gb) GB available"
+                continue
+            fi
         fi
+        run "scale_vocab_lookup_$v" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+            --dim 64 --batch 1024 --conns 1 --vocab "$v" --seconds "$TS" \
+            --server-pid "$SRV_PID" --table t_vocab --keep --json
+        run "scale_vocab_push_$v" "$CQB" --addr "$CQ_ADDR" --op push --kind cqr \
+            --dim 64 --batch 1024 --conns 1 --vocab "$v" --seconds "$TS" \
+            --server-pid "$SRV_PID" --table t_vocab --warm 0 --json
+        VMAX=$v
+    done
+    # Issue 19: the same table compacted through the server (its known
+    # IDs' pointers moved into the static set), then the same lookups and
+    # pushes at the largest size: against the map layout at 1e7 above.
+    if [ -n "${VMAX:-}" ] && [ "$VMAX" -ge 10000000 ]; then
+        run "scale_vocab_compact_lookup_$VMAX" "$CQB" --addr "$CQ_ADDR" \
+            --op lookup --kind cqr --dim 64 --batch 1024 --conns 1 \
+            --vocab "$VMAX" --seconds "$TS" --server-pid "$SRV_PID" \
+            --table t_vocab --keep --warm 0 --compact --json
+        run "scale_vocab_compact_push_$VMAX" "$CQB" --addr "$CQ_ADDR" \
+            --op push --kind cqr --dim 64 --batch 1024 --conns 1 \
+            --vocab "$VMAX" --seconds "$TS" --server-pid "$SRV_PID" \
+            --table t_vocab --keep --warm 0 --json
     fi
-    run "scale_vocab_lookup_$v" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
-        --dim 64 --batch 1024 --conns 1 --vocab "$v" --seconds "$TS" \
-        --server-pid "$SRV_PID" --table t_vocab --keep --json
-    run "scale_vocab_push_$v" "$CQB" --addr "$CQ_ADDR" --op push --kind cqr \
-        --dim 64 --batch 1024 --conns 1 --vocab "$v" --seconds "$TS" \
-        --server-pid "$SRV_PID" --table t_vocab --warm 0 --json
-done
-if [ "$QUICK" = 0 ]; then
-    # full tables: 768 bytes of row + Adam state per ID; 1e7 IDs fit.
-    run scale_vocab_full_lookup_10000000 "$CQB" --addr "$CQ_ADDR" --op lookup \
-        --kind full --dim 64 --batch 1024 --conns 1 --vocab 1e7 \
-        --seconds "$TS" --server-pid "$SRV_PID" --table t_vocab --json
-fi
+    if [ "$QUICK" = 0 ]; then
+        # full tables: 768 bytes of row + Adam state per ID; 1e7 IDs fit.
+        run scale_vocab_full_lookup_10000000 "$CQB" --addr "$CQ_ADDR" --op lookup \
+            --kind full --dim 64 --batch 1024 --conns 1 --vocab 1e7 \
+            --seconds "$TS" --server-pid "$SRV_PID" --table t_vocab --json
+    fi
+}
 
-say "scaling: client connections (cqr lookups, 1e6 IDs, depth 2, $SRV_THREADS I/O threads)"
-for n in $CONN_LIST; do
-    run "scale_conns_$n" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
-        --dim 64 --batch 1024 --conns "$n" --depth 2 --vocab 1e6 \
-        --seconds "$TS" --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
-done
+sec_conns() {
+    say "scaling: client connections (cqr lookups, 1e6 IDs, depth 2, $SRV_THREADS I/O threads)"
+    for n in $CONN_LIST; do
+        run "scale_conns_$n" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+            --dim 64 --batch 1024 --conns "$n" --depth 2 --vocab 1e6 \
+            --seconds "$TS" --server-pid "$SRV_PID" --table t_cqr --warm 0 --json
+    done
+}
 
-# A step of a model with 8 tables: batch 4096 IDs in each, one connection
-# at depth 1. The reference is one table's calls at the same batch; the
-# step goes as one multi-table call (one request), as 8 single-table
-# round trips, as 8 single-table calls in flight together, and as one
-# multi-table call in bfloat16.
-say "several tables per step (8 cqr tables of 1e5 IDs, batch 4096 each, one connection)"
-w=1
-for op in lookup push; do
-    run "multi_multi_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" --kind cqr \
-        --optimizer adam --dim 64 --batch 4096 --conns 1 --vocab 1e5 \
-        --tables 8 --calls multi --seconds "$TS" --server-pid "$SRV_PID" \
-        --table t_multi --keep --warm "$w" --json
-    w=0
-    run "multi_ref_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" --kind cqr \
-        --optimizer adam --dim 64 --batch 4096 --conns 1 --vocab 1e5 \
-        --seconds "$TS" --server-pid "$SRV_PID" --table t_multi_0 --warm 0 \
-        --json
-    for calls in single pipelined; do
-        run "multi_${calls}_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" \
-            --kind cqr --optimizer adam --dim 64 --batch 4096 --conns 1 \
-            --vocab 1e5 --tables 8 --calls "$calls" --seconds "$TS" \
+sec_tables() {
+    # A step of a model with 8 tables: batch 4096 IDs in each, one connection
+    # at depth 1. The reference is one table's calls at the same batch; the
+    # step goes as one multi-table call (one request), as 8 single-table
+    # round trips, as 8 single-table calls in flight together, and as one
+    # multi-table call in bfloat16.
+    say "several tables per step (8 cqr tables of 1e5 IDs, batch 4096 each, one connection)"
+    w=1
+    for op in lookup push; do
+        run "multi_multi_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" --kind cqr \
+            --optimizer adam --dim 64 --batch 4096 --conns 1 --vocab 1e5 \
+            --tables 8 --calls multi --seconds "$TS" --server-pid "$SRV_PID" \
+            --table t_multi --keep --warm "$w" --json
+        w=0
+        run "multi_ref_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" --kind cqr \
+            --optimizer adam --dim 64 --batch 4096 --conns 1 --vocab 1e5 \
+            --seconds "$TS" --server-pid "$SRV_PID" --table t_multi_0 --warm 0 \
+            --json
+        for calls in single pipelined; do
+            run "multi_${calls}_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" \
+                --kind cqr --optimizer adam --dim 64 --batch 4096 --conns 1 \
+                --vocab 1e5 --tables 8 --calls "$calls" --seconds "$TS" \
+                --server-pid "$SRV_PID" --table t_multi --warm 0 --json
+        done
+        run "multi_bf16_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" --kind cqr \
+            --optimizer adam --dim 64 --batch 4096 --conns 1 --vocab 1e5 \
+            --tables 8 --calls multi --bf16 --seconds "$TS" \
             --server-pid "$SRV_PID" --table t_multi --warm 0 --json
     done
-    run "multi_bf16_$op" "$CQB" --addr "$CQ_ADDR" --op "$op" --kind cqr \
-        --optimizer adam --dim 64 --batch 4096 --conns 1 --vocab 1e5 \
-        --tables 8 --calls multi --bf16 --seconds "$TS" \
-        --server-pid "$SRV_PID" --table t_multi --warm 0 --json
-done
+}
 
-say "scaling: server I/O threads (cqr lookups, 1e6 IDs, 4 connections, depth 2)"
-stop_cqrps
-for th in $THR_LIST; do
-    start_cqrps "$th"
-    run "scale_threads_$th" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
-        --dim 64 --batch 1024 --conns 4 --depth 2 --vocab 1e6 --seconds "$TS" \
-        --server-pid "$SRV_PID" --json
+sec_threads() {
+    say "scaling: server I/O threads (cqr lookups, 1e6 IDs, 4 connections, depth 2)"
     stop_cqrps
-done
+    for th in $THR_LIST; do
+        start_cqrps "$th"
+        run "scale_threads_$th" "$CQB" --addr "$CQ_ADDR" --op lookup --kind cqr \
+            --dim 64 --batch 1024 --conns 4 --depth 2 --vocab 1e6 --seconds "$TS" \
+            --server-pid "$SRV_PID" --json
+        stop_cqrps
+    done
 
-say "scaling: engine helpers of one connection's calls (cqr, 1e6 IDs, depth 1 and 2)"
-for et in 0 1; do
-    start_cqrps "$SRV_THREADS" "$et"
-    w=1 # the first run creates and warms the table, the others reuse it
-    for d in 1 2; do
-        for op in lookup push; do
-            run "scale_helpers_${et}_${op}_d$d" "$CQB" --addr "$CQ_ADDR" \
-                --op "$op" --kind cqr --optimizer adam --dim 64 --batch 1024 \
-                --conns 1 --depth "$d" --vocab 1e6 --seconds "$TS" \
-                --server-pid "$SRV_PID" --table t_helpers --keep --warm "$w" \
-                --json
-            w=0
+    say "scaling: engine helpers of one connection's calls (cqr, 1e6 IDs, depth 1 and 2)"
+    for et in 0 1; do
+        start_cqrps "$SRV_THREADS" "$et"
+        w=1 # the first run creates and warms the table, the others reuse it
+        for d in 1 2; do
+            for op in lookup push; do
+                run "scale_helpers_${et}_${op}_d$d" "$CQB" --addr "$CQ_ADDR" \
+                    --op "$op" --kind cqr --optimizer adam --dim 64 --batch 1024 \
+                    --conns 1 --depth "$d" --vocab 1e6 --seconds "$TS" \
+                    --server-pid "$SRV_PID" --table t_helpers --keep --warm "$w" \
+                    --json
+                w=0
+            done
+        done
+        stop_cqrps
+    done
+}
+
+sec_cluster() {
+    say "cluster phase: cqr, 1e6 known IDs, k=1024, 4 chunks of 16, 25 iterations, 100 samples per centroid"
+    run cluster_target "$ENG" --mode cluster --kind cqr --dim 64 --chunks 4 \
+        --rows 1024 --vocab 1e6 --iters 25 --sample 100 --threads 2 --json
+    say "cluster phase against known IDs and k"
+    for v in $CL_V_LIST; do
+        run "cluster_vocab_$v" "$ENG" --mode cluster --kind cqr --dim 64 --chunks 4 \
+            --rows 1024 --vocab "$v" --iters 25 --sample 100 --threads 2 --json
+    done
+    for k in $CL_K_LIST; do
+        run "cluster_k_$k" "$ENG" --mode cluster --kind cqr --dim 64 --chunks 4 \
+            --rows "$k" --vocab 1e6 --iters 25 --sample 100 --threads 2 --json
+    done
+
+    # Issue 15: the table defaults (dim 32, 4 chunks of 8, at most 25
+    # iterations with the default tolerance, 200 samples per centroid).
+    say "cluster phase at real sizes: cqr dim 32, 4 chunks, 500,000 known IDs, k=4096, table defaults"
+    run phase_target "$ENG" --mode cluster --kind cqr --dim 32 --chunks 4 \
+        --rows 4096 --vocab 500000 --sample 200 --threads 2 --json
+    say "cluster phase against k (500,000 IDs) and known IDs (k=4096), dim 32, table defaults"
+    for k in $PH_K_LIST; do
+        [ "$k" = 4096 ] && continue
+        run "phase_k_$k" "$ENG" --mode cluster --kind cqr --dim 32 --chunks 4 \
+            --rows "$k" --vocab 500000 --sample 200 --threads 2 --json
+    done
+    for v in $PH_V_LIST; do
+        run "phase_vocab_$v" "$ENG" --mode cluster --kind cqr --dim 32 --chunks 4 \
+            --rows 4096 --vocab "$v" --sample 200 --threads 2 --json
+    done
+}
+
+sec_kmeans() {
+    say "k-means step: engine vs faiss vs scikit-learn on the same points ($KM_ITERS iterations, k=1024, 2 threads)"
+    PTS="$OUT/kmeans_points.f32"
+    run kmeans_engine "$ENG" --mode kmeans --kind cqr --dim 64 --chunks 4 \
+        --rows 1024 --vocab 1e6 --iters "$KM_ITERS" --sample 100 --threads 2 \
+        --dump "$PTS" --json
+    run kmeans_compare "$PY" "$ROOT/bench/kmeans_compare.py" --points "$PTS" \
+        --n 102400 --w 16 --chunks 4 --k 1024 --iters "$KM_ITERS" --threads 2 \
+        --run-chunks 1
+    rm -f "$PTS"
+}
+
+sec_memory() {
+    say "memory per known ID (cqr, 4 chunks; RSS growth of a fresh process)"
+    for k in 1024 65536; do
+        for v in $MEM_V_LIST; do
+            run "memory_k${k}_v$v" "$ENG" --mode memory --kind cqr --dim 64 \
+                --chunks 4 --rows "$k" --optimizer adam --vocab "$v" --json
         done
     done
-    stop_cqrps
-done
-
-say "cluster phase: cqr, 1e6 known IDs, k=1024, 4 chunks of 16, 25 iterations, 100 samples per centroid"
-run cluster_target "$ENG" --mode cluster --kind cqr --dim 64 --chunks 4 \
-    --rows 1024 --vocab 1e6 --iters 25 --sample 100 --threads 2 --json
-say "cluster phase against known IDs and k"
-for v in $CL_V_LIST; do
-    run "cluster_vocab_$v" "$ENG" --mode cluster --kind cqr --dim 64 --chunks 4 \
-        --rows 1024 --vocab "$v" --iters 25 --sample 100 --threads 2 --json
-done
-for k in $CL_K_LIST; do
-    run "cluster_k_$k" "$ENG" --mode cluster --kind cqr --dim 64 --chunks 4 \
-        --rows "$k" --vocab 1e6 --iters 25 --sample 100 --threads 2 --json
-done
-
-# Issue 15: the table defaults (dim 32, 4 chunks of 8, at most 25
-# iterations with the default tolerance, 200 samples per centroid).
-say "cluster phase at real sizes: cqr dim 32, 4 chunks, 500,000 known IDs, k=4096, table defaults"
-run phase_target "$ENG" --mode cluster --kind cqr --dim 32 --chunks 4 \
-    --rows 4096 --vocab 500000 --sample 200 --threads 2 --json
-say "cluster phase against k (500,000 IDs) and known IDs (k=4096), dim 32, table defaults"
-for k in $PH_K_LIST; do
-    [ "$k" = 4096 ] && continue
-    run "phase_k_$k" "$ENG" --mode cluster --kind cqr --dim 32 --chunks 4 \
-        --rows "$k" --vocab 500000 --sample 200 --threads 2 --json
-done
-for v in $PH_V_LIST; do
-    run "phase_vocab_$v" "$ENG" --mode cluster --kind cqr --dim 32 --chunks 4 \
-        --rows 4096 --vocab "$v" --sample 200 --threads 2 --json
-done
-
-say "k-means step: engine vs faiss vs scikit-learn on the same points ($KM_ITERS iterations, k=1024, 2 threads)"
-PTS="$OUT/kmeans_points.f32"
-run kmeans_engine "$ENG" --mode kmeans --kind cqr --dim 64 --chunks 4 \
-    --rows 1024 --vocab 1e6 --iters "$KM_ITERS" --sample 100 --threads 2 \
-    --dump "$PTS" --json
-run kmeans_compare "$PY" "$ROOT/bench/kmeans_compare.py" --points "$PTS" \
-    --n 102400 --w 16 --chunks 4 --k 1024 --iters "$KM_ITERS" --threads 2 \
-    --run-chunks 1
-rm -f "$PTS"
-
-say "memory per known ID (cqr, 4 chunks; RSS growth of a fresh process)"
-for k in 1024 65536; do
-    for v in $MEM_V_LIST; do
-        run "memory_k${k}_v$v" "$ENG" --mode memory --kind cqr --dim 64 \
-            --chunks 4 --rows "$k" --optimizer adam --vocab "$v" --json
+    # Issue 19: compacted (the static set), then lookups and pushes of the
+    # compacted table in the same process.
+    say "memory per known ID, compacted (cqr, 4 chunks, k=65536)"
+    for v in $MEM_C_V_LIST; do
+        if [ "$v" -ge 100000000 ] && [ "$(mem_avail_gb)" -lt 8 ]; then
+            log "skipping the compacted V=$v: $(mem_avail_gb) GB available"
+            continue
+        fi
+        run "memory_compact_k65536_v$v" "$ENG" --mode memory --kind cqr \
+            --dim 64 --chunks 4 --rows 65536 --optimizer adam --vocab "$v" \
+            --compact --seconds "$TS" --json
     done
+}
+
+if want main || want batch || want conns; then
+    sec_setup
+fi
+for sec in $SECTIONS; do
+    if want "$sec"; then "sec_$sec"; fi
 done
 
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -495,7 +495,9 @@ enum {
  * and row is a miss to memory. Requesting a whole group's lines before
  * using the first one overlaps those misses (about 4x faster gathers at
  * 1e6 IDs). */
+#ifndef CQR_LOOKUP_GROUP
 #define CQR_LOOKUP_GROUP 16
+#endif
 
 /* Splitting work over helpers: below CQR_PAR_MIN IDs a call runs alone;
  * above, lookups and a push's resolve pass go in parts of about

@@ -131,6 +131,16 @@ START_TEST(test_compact_exact)
     ck_assert_mem_eq(a, b, FOREIGN * DIM * sizeof *a);
     free(a);
     free(b);
+    /* Calls shorter than, equal to and just past the lookup pipeline's
+     * lag (16 IDs) and its resolve groups. */
+    const size_t ns[] = {1, 15, 16, 17, 33, 64, 65};
+    for (size_t q = 0; q < sizeof ns / sizeof ns[0]; q++) {
+        a = look(t, known_id, ns[q]);
+        b = look(r, known_id, ns[q]);
+        ck_assert_mem_eq(a, b, ns[q] * DIM * sizeof *a);
+        free(a);
+        free(b);
+    }
     /* Pushes of known and new IDs: the new ones go to the map. */
     for (int i = 0; i < 2; i++)
         push_range(both[i], 100, KNOWN + 900, 3);

@@ -175,6 +175,9 @@ static void on_signal(uv_signal_t *h, int signum)
     atomic_store(&s->ctx.accepting, 0);
     cqr_notify("STOPPING=1\nSTATUS=draining connections, then the "
                "shutdown checkpoint");
+    /* A running compaction stops at its next stage (the table stays as
+     * it was); its reply then goes out while the connections drain. */
+    cqr_compacts_stop(s->ctx.compacts);
     uv_timer_stop(&s->heartbeat);
     uv_close((uv_handle_t *)&s->heartbeat, NULL);
     if (s->ckpt_timer_on) {

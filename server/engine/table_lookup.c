@@ -77,9 +77,7 @@ static void full_lookup(const cqr_table_t *t, const uint64_t *ids, size_t n,
  * pipeline restarted for every block of IDs (as before) waited for the
  * first groups' pilots at each start: 1e8 compacted IDs looked up at 0.7x
  * the rate of 1e7 IDs in the map. */
-#ifndef CQR_ROW_LAG
 #define CQR_ROW_LAG 16
-#endif
 /* Known-ID maps up to this size take the simple loop (lookup_locked). */
 #define CQR_PIPE_MAP_BYTES (32u << 20)
 #define CQR_PIPE_PTRS 2048 /* pointers the ring holds: lag x chunks */

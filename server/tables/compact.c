@@ -32,7 +32,9 @@ struct cqr_compacts {
     pthread_cond_t cv;      /* signalled when a job ends */
     cqr_list_t active;      /* running jobs: their tables' claims */
     cqr_list_t ended;       /* finished threaded jobs, not joined yet */
-    int stopping;           /* shutdown began: no new starts */
+    int stopping;           /* shutdown began: no new starts, and
+                               running ones stop (atomic writes under
+                               mu; read without it by progress) */
     uint64_t running, done, failed; /* counts */
 };
 
@@ -110,7 +112,7 @@ static int claim(cqr_compacts_t *cm, cqr_entry_t *e, const char *reason,
     }
     pthread_mutex_lock(&cm->mu);
     reap(cm);
-    if (cm->stopping)
+    if (__atomic_load_n(&cm->stopping, __ATOMIC_RELAXED))
         rc = CQR_ESHUTDOWN;
     else if (claimed(cm, e->uid))
         rc = CQR_EBUSY;
@@ -137,6 +139,24 @@ static int claim(cqr_compacts_t *cm, cqr_entry_t *e, const char *reason,
     return 0;
 }
 
+/* A compaction's progress (cqr_table_compact_ex): one log line per stage
+ * (and per 2^20 IDs of an old static set read back), with the time since
+ * it began; asks the engine to stop once the server shuts down. */
+typedef struct prog {
+    const job_t *j;
+    double t0;
+} prog_t;
+
+static int progress(void *ud, const char *stage, uint64_t done,
+                    uint64_t total)
+{
+    const prog_t *p = ud;
+    cqr_log(CQR_LOG_INFO, "compact", "compaction of %s: %s %" PRIu64
+            "/%" PRIu64 " IDs at %.1f s", p->j->entry->name, stage, done,
+            total, now_mono() - p->t0);
+    return __atomic_load_n(&p->j->cm->stopping, __ATOMIC_RELAXED);
+}
+
 /* The compaction itself, on whichever thread runs j. */
 static int compact(job_t *j, cqr_compact_res_t *res, char *why,
                    size_t whylen)
@@ -150,9 +170,13 @@ static int compact(job_t *j, cqr_compact_res_t *res, char *why,
             st.index_bytes);
     double t0 = now_mono();
     uint64_t moved = 0;
-    int rc = cqr_table_compact(e->table, &moved);
+    prog_t pr = {j, t0};
+    int rc = cqr_table_compact_ex(e->table, progress, &pr, &moved);
     double secs = now_mono() - t0;
-    if (rc == CQR_EBUSY)
+    if (rc == CQR_ECANCELED)
+        snprintf(why, whylen, "compaction of table '%s' stopped: the server "
+                 "is shutting down (nothing changed)", e->name);
+    else if (rc == CQR_EBUSY)
         snprintf(why, whylen, "a cluster phase or a compaction of table "
                  "'%s' is running; try again when it is done", e->name);
     else if (rc == CQR_EUNSUPPORTED)
@@ -274,13 +298,22 @@ void cqr_compacts_counts(cqr_compacts_t *cm, uint64_t *running,
     pthread_mutex_unlock(&cm->mu);
 }
 
+void cqr_compacts_stop(cqr_compacts_t *cm)
+{
+    if (cm == NULL)
+        return;
+    pthread_mutex_lock(&cm->mu);
+    __atomic_store_n(&cm->stopping, 1, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&cm->mu);
+}
+
 void cqr_compacts_shutdown(cqr_compacts_t *cm)
 {
     pthread_mutex_lock(&cm->mu);
-    cm->stopping = 1;
+    __atomic_store_n(&cm->stopping, 1, __ATOMIC_RELAXED);
     if (cm->running > 0)
-        cqr_log(CQR_LOG_INFO, "compact", "waiting for %" PRIu64
-                " compaction(s) to finish", cm->running);
+        cqr_log(CQR_LOG_INFO, "compact", "stopping %" PRIu64
+                " compaction(s)", cm->running);
     while (cm->running > 0)
         pthread_cond_wait(&cm->cv, &cm->mu);
     reap(cm);

@@ -20,9 +20,11 @@
  *
  * Logs ("compact" module): "compaction of <table> started", then
  * "compaction of <table> done: N IDs moved in S s" or "compaction of
- * <table> failed: ...". The engine reports no progress within one
- * compaction and cannot stop one: shutdown waits for it
- * (cqr_compacts_shutdown), so the exit checkpoint holds its result.
+ * <table> failed: ...", and a line per stage in between (the map
+ * copied, the old static set read back, the new one built). Shutdown
+ * stops a running compaction (the engine gives up at its next stage:
+ * nothing changes) and waits for it (cqr_compacts_shutdown), so the exit
+ * checkpoint holds the table as it was.
  *
  * Ownership: a running compaction holds a reference to its table's
  * registry entry, so dropping the table is safe (the table dies when the
@@ -87,8 +89,15 @@ int cqr_compacts_busy(cqr_compacts_t *cm, uint64_t uid);
 void cqr_compacts_counts(cqr_compacts_t *cm, uint64_t *running,
                          uint64_t *done, uint64_t *failed);
 
-/* New starts fail with CQR_ESHUTDOWN; waits for the running compactions
- * to end and joins their threads. Idempotent. */
+/* New starts fail with CQR_ESHUTDOWN and running compactions are asked to
+ * stop (at their next stage), without waiting: called when the stop
+ * signal comes, so that their replies go out while connections drain.
+ * NULL is a no-op. */
+void cqr_compacts_stop(cqr_compacts_t *cm);
+
+/* New starts fail with CQR_ESHUTDOWN; running compactions are asked to
+ * stop (CQR_ECANCELED at their next stage); waits for them to end and
+ * joins their threads. Idempotent. */
 void cqr_compacts_shutdown(cqr_compacts_t *cm);
 
 /* cqr_compacts_shutdown, then frees. NULL is a no-op. */

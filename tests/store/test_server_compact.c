@@ -13,8 +13,8 @@
  * - A compaction while another connection pushes and looks up: both
  *   finish, and the compacted table ends with the digest of an
  *   uncompacted twin that got the same pushes (none is lost).
- * - SIGTERM during a compaction: the server finishes it, answers, exits
- *   0, and the restarted server has the table compacted.
+ * - SIGTERM during a compaction: the server stops it (nothing changes)
+ *   and exits 0; the restarted server has the table as it was.
  * - A table created with `compact` compacts itself after its first phase
  *   and keeps the option across a restart.
  * - A `compact` table with a schedule: no scheduled phase is refused
@@ -328,7 +328,9 @@ START_TEST(test_concurrent)
 END_TEST
 
 /* SIGTERM while a compaction runs (when it is still running by then):
- * the server answers it, exits 0, and its exit checkpoint holds it. */
+ * the compaction stops (nothing changes), the server exits 0, and its
+ * exit checkpoint holds the table as it was; a compaction that was over
+ * is in the checkpoint. */
 START_TEST(test_shutdown_during)
 {
     make_dir();
@@ -364,14 +366,25 @@ START_TEST(test_shutdown_during)
     tu_server_stop(&s); /* exit status 0, clean log */
     pthread_join(tid, NULL);
     pthread_mutex_destroy(&k.mu);
-    ck_assert_msg(k.rc == 0, "compact rc=%d", k.rc);
-    ck_assert_uint_eq(k.info.static_ids, N);
+    /* A compaction the stop caught is stopped (CANCELLED, nothing
+     * changed); one past its last stage by then completes and is in the
+     * exit checkpoint (its reply may be lost when the connections close
+     * first: the client then sees the connection closed). */
+    fprintf(stderr, "shutdown_during: compact rc=%d\n", k.rc);
+    if (k.rc == 0)
+        ck_assert_uint_eq(k.info.static_ids, N);
+    else
+        ck_assert_msg(k.rc == CQRPS_ECANCELED || k.rc == CQRPS_ECONN ||
+                          k.rc == CQRPS_ESHUTDOWN,
+                      "compact rc=%d", k.rc);
 
     start(&s, NULL);
     c = tu_connect(s.addr);
     describe(c, "big", &info);
-    ck_assert(info.compacted);
-    ck_assert_uint_eq(info.static_ids, N);
+    if (k.rc == 0)
+        ck_assert(info.compacted);
+    ck_assert_uint_eq(info.static_ids, info.compacted ? N : 0);
+    ck_assert_uint_eq(info.known_ids, N);
     ck_assert_int_eq(cqrps_digest(c, "big", d1), 0);
     ck_assert_str_eq(d0, d1);
     cqrps_close(c);

@@ -233,14 +233,22 @@ def main():
                v is not None and v <= 24, "{:.1f}")
 
     # Issue 19: the compacted cqr state.
+    # (the target is at 1e7 and 1e8 IDs; smaller sizes are reported)
     for t, m in sorted(res.items()):
         if t.startswith("memory_compact_") and not m.get("failed"):
+            big = m["vocab"] >= 1e7
             target(f"memory per known ID, cqr compacted, {m['vocab']:.0e} IDs "
-                   f"(B, RSS growth)", m["bytes_per_id"], "<= 9 B",
-                   m["bytes_per_id"] <= 9, "{:.2f}")
+                   f"(B, RSS growth)", m["bytes_per_id"],
+                   "<= 9 B" if big else "reported", m["bytes_per_id"] <= 9,
+                   "{:.2f}")
     for t, m in sorted(res.items()):
         if t.startswith("scale_vocab_compact_lookup_") and not m.get("failed"):
             v = int(m["vocab"])
+            target(f"lookup cqr compacted at {v:.0e} IDs, through the server "
+                   f"(M IDs/s)", m["emb_per_s"] / 1e6, "reported", True)
+            r_ = ratio(m["emb_per_s"], get(f"scale_vocab_lookup_{v}"))
+            target(f"lookup cqr compacted / map layout, both at {v:.0e} IDs",
+                   r_, "reported", True)
             r_ = ratio(m["emb_per_s"], get("scale_vocab_lookup_10000000"))
             target(f"lookup cqr compacted at {v:.0e} IDs / map layout at "
                    f"1e7 (through the server)", r_, ">= 1x",

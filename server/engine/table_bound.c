@@ -78,7 +78,9 @@ int cqr_bound_reserve(cqr_table_t *t, float gmax, size_t n)
     int rc = 0;
     pthread_mutex_lock(&t->vb_mu);
     const double step = step_bound(t, a);
-    if (t->vb < 0.0 || !(t->vb + step <= param_limit(t)) ||
+    if (t->vb < 0.0) {
+        rc = 2;
+    } else if (!(t->vb + step <= param_limit(t)) ||
         (opt == CQR_OPT_ADAGRAD && !(t->vb_acc + a2 <= STATE_LIMIT))) {
         rc = 1;
     } else {

@@ -240,9 +240,11 @@ int cqr_full_reserve(cqr_table_t *t, uint64_t rows);
 /* Value bounds (table_bound.c; issue 14, item 5). A push part of n rows
  * of gradients whose largest magnitude is gmax reserves its worst-case
  * step under the table's gate (shared): 0 when every stored value stays
- * finite and within the kind's limit; 1 when only a rescan of the stored
- * values can tell; CQR_ENONFINITE when it cannot fit whatever they are.
- * Nothing is reserved unless 0 is returned. */
+ * finite and within the kind's limit; 1 when the bounds are known but
+ * the step would pass a limit (a rescan to exact maxima may admit it); 2
+ * when the bounds are unknown (a phase commit forgot them: rescan);
+ * CQR_ENONFINITE when it cannot fit whatever they are. Nothing is
+ * reserved unless 0 is returned. */
 int cqr_bound_reserve(cqr_table_t *t, float gmax, size_t n);
 /* Recomputes the bounds from the stored values; takes the table's gate
  * and lock exclusively (the caller holds neither). */

@@ -762,11 +762,17 @@ static size_t max_repeats(const uint64_t *ids, size_t n)
     return best;
 }
 
+/* Rescans a part's table until its bounds are known when the part
+ * reserves again (a phase that commits between the rescan and the retry
+ * forgets them: retried up to this many times, then CQR_EBUSY). */
+#define BOUND_TRIES 64
+
 /* Reserves every part's worst-case step in its table's value bounds
- * (table_bound.c), gates held shared. A part that does not fit has its
- * table rescanned (the gates let go meanwhile) and is tried once more;
- * CQR_ENONFINITE (with *bad) if it still does not fit. Reservations that
- * were made stay: they only make the bounds looser. */
+ * (table_bound.c), gates held shared. A part that does not fit, or
+ * whose table's bounds are unknown, has its table rescanned (the gates
+ * let go meanwhile) and is tried again; CQR_ENONFINITE (with *bad) if it
+ * does not fit the exact maxima. Reservations that were made stay: they
+ * only make the bounds looser. */
 static int bounds_reserve(const cqr_part_t *pp, size_t np,
                           const push_st_t *st, cqr_tableset_t *set,
                           size_t *bad)
@@ -775,18 +781,21 @@ static int bounds_reserve(const cqr_part_t *pp, size_t np,
         if (pp[i].n == 0)
             continue;
         int rc = cqr_bound_reserve(pp[i].t, st[i].gmax, pp[i].n);
-        if (rc == 1) {
+        /* A full table's row sums only its own ID's gradients. */
+        const size_t mult = rc > 0 && pp[i].t->cfg.kind == CQR_KIND_FULL
+                                ? max_repeats(pp[i].ids, pp[i].n)
+                                : pp[i].n;
+        for (int k = 0; rc > 0 && k < BOUND_TRIES; k++) {
+            if (rc == 1 && k > 0)
+                break; /* the exact maxima leave no room */
             cqr_tableset_unlock(set, 1);
             cqr_bound_rescan(pp[i].t);
             cqr_tableset_lock(set, 1);
-            /* A full table's row sums only its own ID's gradients. */
-            size_t mult = pp[i].t->cfg.kind == CQR_KIND_FULL
-                              ? max_repeats(pp[i].ids, pp[i].n) : pp[i].n;
             rc = cqr_bound_reserve(pp[i].t, st[i].gmax, mult);
         }
         if (rc) {
             *bad = i;
-            return CQR_ENONFINITE;
+            return rc == 2 ? CQR_EBUSY : CQR_ENONFINITE;
         }
     }
     return 0;

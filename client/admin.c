@@ -885,12 +885,8 @@ int cqrps_checkpoint(cqrps_client_t *c, uint64_t *generation)
     req.checkpoint = &msg;
     cq_op_t *op;
     /* A first checkpoint of a large table takes minutes and the server
-     * sends nothing meanwhile: wait without the request timeout (a dead
-     * server still fails the call when its connection closes). */
-    const uint32_t saved_timeout = c->opt.request_timeout_ms;
-    c->opt.request_timeout_ms = 0;
-    int rc = cq_rpc(c, &req, CQ_RPC_ALL, NULL, &op);
-    c->opt.request_timeout_ms = saved_timeout;
+     * sends nothing meanwhile. */
+    int rc = cq_rpc(c, &req, CQ_RPC_ALL | CQ_RPC_UNTIMED, NULL, &op);
     const resp_t *r = NULL;
     if (rc == 0)
         r = reply_of(c, op, 0, CQRPS__V1__RESPONSE__REPLY_CHECKPOINT, &rc);

@@ -375,6 +375,9 @@ int cq_rpc(cqrps_client_t *c, Cqrps__V1__Request *req, int flags,
     int tries = (flags & CQ_RPC_RETRY) && c->opt.reconnect ? 2 : 1;
     int rc = 0;
     *opp = NULL;
+    const uint32_t timeout = c->opt.request_timeout_ms;
+    if (flags & CQ_RPC_UNTIMED)
+        c->opt.request_timeout_ms = 0;
     for (int t = 0; t < tries; t++) {
         cq_op_t *op = cq_op_new(CQ_O_RPC, table, c->net.nconns);
         if (!op)
@@ -391,5 +394,6 @@ int cq_rpc(cqrps_client_t *c, Cqrps__V1__Request *req, int flags,
         cq_op_free(op);
         *opp = NULL;
     }
+    c->opt.request_timeout_ms = timeout;
     return rc;
 }

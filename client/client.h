@@ -100,8 +100,12 @@ int cq_rpc_send(cqrps_client_t *c, cq_op_t *op, uint32_t s,
 
 /* Flags of cq_rpc. */
 enum {
-    CQ_RPC_ALL = 1,  /* send to every shard (else shard 0 only) */
-    CQ_RPC_RETRY = 2 /* idempotent: retry once after CQRPS_ECONN */
+    CQ_RPC_ALL = 1,    /* send to every shard (else shard 0 only) */
+    CQ_RPC_RETRY = 2,  /* idempotent: retry once after CQRPS_ECONN */
+    CQ_RPC_UNTIMED = 4 /* a long operation the server answers only when
+                          done: wait without the request timeout (a dead
+                          server still fails the call when its
+                          connection closes) */
 };
 
 /* Sends req to the shards and waits for every reply. On 0, op->resp[s]

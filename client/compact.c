@@ -19,14 +19,10 @@ int cqrps_compact(cqrps_client_t *c, const char *table,
     req.op_case = CQRPS__V1__REQUEST__OP_COMPACT;
     req.compact = &msg;
     cq_op_t *op;
-    /* A compaction of 1e7 IDs takes tens of seconds and the server sends
-     * nothing meanwhile: wait without the request timeout (a dead server
-     * still fails the call when its connection closes). Not retried: a
-     * second request would only find the table busy or compacted. */
-    const uint32_t saved = c->opt.request_timeout_ms;
-    c->opt.request_timeout_ms = 0;
-    rc = cq_rpc(c, &req, CQ_RPC_ALL, table, &op);
-    c->opt.request_timeout_ms = saved;
+    /* A compaction of 1e8 IDs takes about a minute and the server sends
+     * nothing meanwhile. Not retried: a second request would only find
+     * the table busy or compacted. */
+    rc = cq_rpc(c, &req, CQ_RPC_ALL | CQ_RPC_UNTIMED, table, &op);
     cqrps_compact_info_t acc;
     memset(&acc, 0, sizeof acc);
     for (uint32_t s = 0; rc == 0 && s < c->net.nconns; s++) {

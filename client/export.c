@@ -30,10 +30,8 @@ static int send_export(cqrps_client_t *c, const char *table,
     req.op_case = CQRPS__V1__REQUEST__OP_EXPORT_TABLE;
     req.export_table = &msg;
     cq_op_t *op;
-    const uint32_t saved = c->opt.request_timeout_ms;
-    c->opt.request_timeout_ms = 0; /* a large export takes a while */
-    int rc = cq_rpc(c, &req, 0, NULL, &op);
-    c->opt.request_timeout_ms = saved;
+    /* A large export takes a while. */
+    int rc = cq_rpc(c, &req, CQ_RPC_UNTIMED, NULL, &op);
     const resp_t *r = rc == 0 ? op->resp[0] : NULL;
     if (rc == 0 && (!r || r->reply_case != CQRPS__V1__RESPONSE__REPLY_EXPORTED ||
                     !r->exported || !r->exported->file))

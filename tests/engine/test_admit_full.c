@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admit_util.h"
 #include "chain.h"
 #include "engine/err.h"
 #include "engine/hash.h"
@@ -15,55 +16,16 @@
 #include "engine/table_impl.h"
 #include "check_main.h"
 
-enum { DIM = 8 };
+enum { DIM = ADMIT_DIM };
 
 static cqr_table_t *make(uint32_t admit, uint64_t max_ids, uint32_t ttl)
 {
-    cqr_table_config_t cfg;
-    cqr_table_config_default(&cfg, CQR_KIND_FULL, DIM);
-    cfg.seed = 11;
-    cfg.optim.kind = CQR_OPT_SGD;
-    cfg.optim.lr = 0.1f;
-    cfg.admit_after = admit;
-    cfg.max_ids = max_ids;
-    cfg.ttl_seconds = ttl;
-    cqr_table_t *t = NULL;
-    ck_assert_int_eq(cqr_table_create(&cfg, &t), 0);
-    return t;
-}
-
-/* Pushes ids[0..n) once, each with gradient g in every dimension. */
-static void push_ids(cqr_table_t *t, const uint64_t *ids, size_t n, float g)
-{
-    float *gr = malloc(n * DIM * sizeof *gr);
-    for (size_t j = 0; j < n * DIM; j++)
-        gr[j] = g;
-    ck_assert_int_eq(cqr_table_push(t, ids, gr, n), 0);
-    free(gr);
-}
-
-static void push_one(cqr_table_t *t, uint64_t id)
-{
-    push_ids(t, &id, 1, 0.5f);
+    return admit_make(CQR_KIND_FULL, 11, admit, 0, max_ids, ttl);
 }
 
 static void lookup(cqr_table_t *t, uint64_t id, float *out)
 {
     ck_assert_int_eq(cqr_table_lookup(t, &id, 1, out), 0);
-}
-
-static cqr_table_stats_t stats(cqr_table_t *t)
-{
-    cqr_table_stats_t s;
-    cqr_table_stats(t, &s);
-    return s;
-}
-
-static uint64_t digest(cqr_table_t *t)
-{
-    uint64_t d;
-    ck_assert_int_eq(cqr_table_digest(t, &d), 0);
-    return d;
 }
 
 /* Whether the table holds a row for id (single-threaded tests). */
@@ -95,19 +57,19 @@ START_TEST(test_full_admit_counts)
     cqr_full_init_row(t, x, init);
     ck_assert(memcmp(vx, init, sizeof vx) != 0); /* the fallback row's */
     for (int k = 1; k <= 2; k++) {
-        push_one(t, x);
+        admit_push_one(t, x);
         lookup(t, x, v);
         for (int d = 0; d < DIM; d++)
             ck_assert_float_eq_tol(v[d], vx[d] - 0.05f * k, 1e-6f);
-        ck_assert_uint_eq(stats(t).known_ids, 0);
-        ck_assert_uint_eq(stats(t).ids_admitted, 0);
+        ck_assert_uint_eq(admit_stats(t).known_ids, 0);
+        ck_assert_uint_eq(admit_stats(t).ids_admitted, 0);
     }
     memcpy(fb, v, sizeof fb);
     lookup(t, y, v);
     assert_row_eq(v, vy);
-    push_one(t, x); /* the third: admitted, then stepped */
-    ck_assert_uint_eq(stats(t).known_ids, 1);
-    ck_assert_uint_eq(stats(t).ids_admitted, 1);
+    admit_push_one(t, x); /* the third: admitted, then stepped */
+    ck_assert_uint_eq(admit_stats(t).known_ids, 1);
+    ck_assert_uint_eq(admit_stats(t).ids_admitted, 1);
     lookup(t, x, v);
     for (int d = 0; d < DIM; d++)
         ck_assert_float_eq_tol(v[d], fb[d] - 0.05f, 1e-6f);
@@ -117,7 +79,7 @@ START_TEST(test_full_admit_counts)
         z++;
     lookup(t, z, v);
     assert_row_eq(v, fb);
-    cqr_table_stats_t s = stats(t);
+    cqr_table_stats_t s = admit_stats(t);
     ck_assert_uint_gt(s.sketch_bytes, 0);
     ck_assert_uint_ge(s.param_bytes,
                       (uint64_t)CQR_FALLBACK_ROWS * DIM * sizeof(float));
@@ -139,20 +101,20 @@ START_TEST(test_full_max_ids)
         cqr_table_set_clock(t, 1000000 + (uint32_t)b);
         for (int j = 0; j < BATCH; j++)
             ids[j] = 1 + b * BATCH + (uint64_t)j;
-        push_ids(t, ids, BATCH, 0.5f);
-        push_ids(off, ids, BATCH, 0.5f);
-        ck_assert_uint_le(stats(t).known_ids, MAX);
+        admit_push_ids(t, ids, BATCH, 0.5f);
+        admit_push_ids(off, ids, BATCH, 0.5f);
+        ck_assert_uint_le(admit_stats(t).known_ids, MAX);
         if (b == 2 * MAX / BATCH)
-            warm = stats(t);
+            warm = admit_stats(t);
     }
-    cqr_table_stats_t s = stats(t);
+    cqr_table_stats_t s = admit_stats(t);
     ck_assert_uint_eq(s.known_ids, MAX);
     ck_assert_uint_eq(s.ids_admitted, TOTAL);
     ck_assert_uint_eq(s.ids_evicted, TOTAL - MAX);
     ck_assert_uint_eq(s.index_bytes, warm.index_bytes);
     ck_assert_uint_eq(s.param_bytes, warm.param_bytes);
-    ck_assert_uint_eq(stats(off).known_ids, TOTAL);
-    ck_assert_uint_gt(stats(off).index_bytes, 4 * s.index_bytes);
+    ck_assert_uint_eq(admit_stats(off).known_ids, TOTAL);
+    ck_assert_uint_gt(admit_stats(off).index_bytes, 4 * s.index_bytes);
     /* The last batch is never evicted by its own registration; most of
      * the rows kept are recent (sampled LRU). */
     int recent = 0;
@@ -172,11 +134,11 @@ START_TEST(test_full_max_ids)
     lookup(off, gone, was);
     ck_assert(memcmp(was, init, sizeof was) != 0);
     /* Pushed again: a fresh row from its initial value. */
-    push_one(t, gone);
+    admit_push_one(t, gone);
     lookup(t, gone, v);
     for (int d = 0; d < DIM; d++)
         ck_assert_float_eq_tol(v[d], init[d] - 0.05f, 1e-6f);
-    ck_assert_uint_eq(stats(t).known_ids, MAX);
+    ck_assert_uint_eq(admit_stats(t).known_ids, MAX);
     cqr_table_destroy(off);
     cqr_table_destroy(t);
 }
@@ -192,10 +154,10 @@ START_TEST(test_full_ttl)
     float init_a[DIM], v[DIM], vb[DIM];
     cqr_full_init_row(t, a, init_a);
     cqr_table_set_clock(t, 1000);
-    push_one(t, a);
-    push_one(t, b);
+    admit_push_one(t, a);
+    admit_push_one(t, b);
     cqr_table_set_clock(t, 1005);
-    push_one(t, b);
+    admit_push_one(t, b);
     lookup(t, b, vb);
     cqr_table_set_clock(t, 1009);
     lookup(t, a, v);
@@ -205,26 +167,26 @@ START_TEST(test_full_ttl)
     assert_row_eq(v, init_a); /* 10 s: gone */
     lookup(t, b, v);
     assert_row_eq(v, vb);
-    ck_assert_uint_eq(stats(t).known_ids, 2);
-    ck_assert_uint_eq(stats(t).ids_evicted, 0);
-    push_one(t, c); /* a registration: the sweep frees a */
-    ck_assert_uint_eq(stats(t).ids_evicted, 1);
-    ck_assert_uint_eq(stats(t).known_ids, 2);
+    ck_assert_uint_eq(admit_stats(t).known_ids, 2);
+    ck_assert_uint_eq(admit_stats(t).ids_evicted, 0);
+    admit_push_one(t, c); /* a registration: the sweep frees a */
+    ck_assert_uint_eq(admit_stats(t).ids_evicted, 1);
+    ck_assert_uint_eq(admit_stats(t).known_ids, 2);
     ck_assert(!has_row(t, a));
-    push_one(t, a); /* afresh */
+    admit_push_one(t, a); /* afresh */
     lookup(t, a, v);
     for (int d = 0; d < DIM; d++)
         ck_assert_float_eq_tol(v[d], init_a[d] - 0.05f, 1e-6f);
-    ck_assert_uint_eq(stats(t).ids_admitted, 4);
+    ck_assert_uint_eq(admit_stats(t).ids_admitted, 4);
     /* b expires at 1015; pushing it at 1015 starts it afresh too. */
     cqr_table_set_clock(t, 1015);
-    push_one(t, b);
+    admit_push_one(t, b);
     float init_b[DIM];
     cqr_full_init_row(t, b, init_b);
     lookup(t, b, v);
     for (int d = 0; d < DIM; d++)
         ck_assert_float_eq_tol(v[d], init_b[d] - 0.05f, 1e-6f);
-    ck_assert_uint_eq(stats(t).ids_evicted, 2);
+    ck_assert_uint_eq(admit_stats(t).ids_evicted, 2);
     cqr_table_destroy(t);
 }
 END_TEST
@@ -235,8 +197,8 @@ START_TEST(test_full_evicted_fallback)
     cqr_table_t *t = make(2, 0, 10);
     const uint64_t x = 9;
     cqr_table_set_clock(t, 500);
-    push_one(t, x);
-    push_one(t, x); /* admitted */
+    admit_push_one(t, x);
+    admit_push_one(t, x); /* admitted */
     ck_assert(has_row(t, x));
     float fb[DIM], v[DIM];
     cqr_table_set_clock(t, 510);
@@ -265,23 +227,13 @@ START_TEST(test_full_restore_exact)
             cqr_table_set_clock(u, now);
         for (int j = 0; j < 48; j++)
             ids[j] = 1 + cqr_rng_below(&rng, 200 + 20 * round);
-        push_ids(t, ids, 48, 0.05f * (round + 1));
+        admit_push_ids(t, ids, 48, 0.05f * (round + 1));
         if (u)
-            push_ids(u, ids, 48, 0.05f * (round + 1));
-        chain_export(&c, t);
-        cqr_table_t *v = chain_import(&c, 0);
-        ck_assert_uint_eq(digest(v), digest(t));
-        cqr_table_stats_t st = stats(t), sv = stats(v);
-        ck_assert_uint_eq(sv.ids_admitted, st.ids_admitted);
-        ck_assert_uint_eq(sv.ids_evicted, st.ids_evicted);
-        ck_assert_uint_eq(sv.known_ids, st.known_ids);
-        ck_assert_uint_le(st.known_ids, 60);
-        if (u)
-            ck_assert_uint_eq(digest(u), digest(t));
-        cqr_table_destroy(u);
-        u = v;
+            admit_push_ids(u, ids, 48, 0.05f * (round + 1));
+        u = admit_restore(&c, t, u);
+        ck_assert_uint_le(admit_stats(t).known_ids, 60);
     }
-    ck_assert_uint_gt(stats(t).ids_evicted, 0);
+    ck_assert_uint_gt(admit_stats(t).ids_evicted, 0);
     chain_free(&c);
     cqr_table_destroy(u);
     cqr_table_destroy(t);
@@ -329,7 +281,7 @@ START_TEST(test_full_threads)
         pthread_join(th[i], &r);
         ck_assert_ptr_null(r);
     }
-    cqr_table_stats_t s = stats(t);
+    cqr_table_stats_t s = admit_stats(t);
     ck_assert_uint_le(s.known_ids, 500);
     ck_assert_uint_eq(s.ids_admitted - s.ids_evicted, s.known_ids);
     cqr_table_destroy(t);

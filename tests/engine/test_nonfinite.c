@@ -155,72 +155,84 @@ START_TEST(test_helpers_all_or_nothing)
 }
 END_TEST
 
+/* Cluster phases that meet values near the float limit fail with
+ * CQR_ENONFINITE and keep the table exactly as it was; every lookup is
+ * finite before and after. Each case brings a cqr table (SGD, lr 1) of
+ * the IDs 1..n there its own way; test_phase_refused runs them all. */
+enum { PHASE_DIM = 8 };
+
+typedef struct phase_case {
+    size_t n;       /* IDs 1..n */
+    /* Pushes to t with ids[0..n) and g (n * PHASE_DIM floats). */
+    void (*load)(cqr_table_t *t, const uint64_t *ids, float *g, size_t n);
+    int unknown;    /* never-pushed IDs look up finite too */
+    int trains;     /* a push after the failed phase applies */
+} phase_case_t;
+
 /* The issue's cqr repro: two -3e38 pushes to one ID. Codebook values are
  * kept within FLT_MAX / 2, so that B0 + B1 cannot overflow; the second
- * push is refused, the next phase is finite and so is every lookup. */
-START_TEST(test_cqr_phase_stays_finite)
+ * push is refused. ID 5's embedding ends near 2e38: k-means' squared
+ * distances are not finite, so the phase fails (it used to commit NaN
+ * centroids). */
+static void load_one_id(cqr_table_t *t, const uint64_t *ids, float *g,
+                        size_t n)
 {
-    enum { N = 2000, DIM = 8 };
-    cqr_table_t *t = make(CQR_KIND_CQR, CQR_OPT_SGD, 1.0f, DIM, NULL);
-    uint64_t *ids = malloc(N * sizeof *ids);
-    float *g = malloc((size_t)N * DIM * sizeof *g);
-    for (size_t j = 0; j < N; j++)
-        ids[j] = j + 1;
-    fill(g, (size_t)N * DIM, 0.01f);
-    ck_assert_int_eq(cqr_table_push(t, ids, g, N), 0);
-    float big[DIM];
-    fill(big, DIM, -3e38f);
+    fill(g, n * PHASE_DIM, 0.01f);
+    ck_assert_int_eq(cqr_table_push(t, ids, g, n), 0);
+    float big[PHASE_DIM];
+    fill(big, PHASE_DIM, -3e38f);
     /* The first already puts B0 and B1 rows past FLT_MAX / 2. */
     ck_assert_int_eq(cqr_table_push(t, &ids[5], big, 1), CQR_ENONFINITE);
-    fill(big, DIM, -1e38f);
+    fill(big, PHASE_DIM, -1e38f);
     ck_assert_int_eq(cqr_table_push(t, &ids[5], big, 1), 0);
     ck_assert_int_eq(cqr_table_push(t, &ids[5], big, 1), CQR_ENONFINITE);
-    all_finite(t, ids, N);
-    uint64_t unknown[3] = {999999, 1u << 30, 77777777};
-    all_finite(t, unknown, 3);
-    /* ID 5's embedding is near 2e38: k-means' squared distances are not
-     * finite, so the phase fails and changes nothing (it used to commit
-     * NaN centroids). */
-    uint64_t d = digest(t);
-    cqr_phase_result_t res;
-    ck_assert_int_eq(cqr_table_cluster(t, NULL, NULL, &res), CQR_ENONFINITE);
-    ck_assert_uint_eq(digest(t), d);
-    all_finite(t, ids, N);
-    all_finite(t, unknown, 3);
-    cqr_table_destroy(t);
-    free(ids);
-    free(g);
 }
-END_TEST
 
-/* A phase whose k-means sums overflow (every ID near the limit, so their
- * squared distances and means are not finite in float) fails with
- * CQR_ENONFINITE and keeps the table exactly as it was. */
-START_TEST(test_phase_overflow_keeps_state)
+/* Every ID near the limit, so that the k-means sums overflow (squared
+ * distances and means not finite in float): alternate signs, rows near
+ * +-8e37, embeddings near +-1.6e38. */
+static void load_every_id(cqr_table_t *t, const uint64_t *ids, float *g,
+                          size_t n)
 {
-    enum { N = 600, DIM = 8 };
-    cqr_table_t *t = make(CQR_KIND_CQR, CQR_OPT_SGD, 1.0f, DIM, NULL);
-    uint64_t *ids = malloc(N * sizeof *ids);
-    float *g = malloc((size_t)N * DIM * sizeof *g);
-    for (size_t j = 0; j < N; j++)
-        ids[j] = j + 1;
-    /* Alternate signs: rows near +-8e37, embeddings near +-1.6e38. */
-    for (size_t j = 0; j < (size_t)N * DIM; j++)
-        g[j] = (j / DIM) % 2 ? 8e37f : -8e37f;
-    for (size_t j = 0; j < N; j++) {
-        int rc = cqr_table_push(t, &ids[j], &g[j * DIM], 1);
+    for (size_t j = 0; j < n * PHASE_DIM; j++)
+        g[j] = (j / PHASE_DIM) % 2 ? 8e37f : -8e37f;
+    for (size_t j = 0; j < n; j++) {
+        int rc = cqr_table_push(t, &ids[j], &g[j * PHASE_DIM], 1);
         ck_assert(rc == 0 || rc == CQR_ENONFINITE);
     }
-    all_finite(t, ids, N);
+}
+
+static const phase_case_t phase_cases[] = {
+    {2000, load_one_id, 1, 0},
+    {600, load_every_id, 0, 1},
+};
+
+START_TEST(test_phase_refused)
+{
+    const phase_case_t *pc = &phase_cases[_i];
+    const size_t n = pc->n;
+    const uint64_t unknown[3] = {999999, 1u << 30, 77777777};
+    cqr_table_t *t = make(CQR_KIND_CQR, CQR_OPT_SGD, 1.0f, PHASE_DIM, NULL);
+    uint64_t *ids = malloc(n * sizeof *ids);
+    float *g = malloc(n * PHASE_DIM * sizeof *g);
+    for (size_t j = 0; j < n; j++)
+        ids[j] = j + 1;
+    pc->load(t, ids, g, n);
+    all_finite(t, ids, n);
+    if (pc->unknown)
+        all_finite(t, unknown, 3);
     uint64_t d = digest(t);
     cqr_phase_result_t res;
     ck_assert_int_eq(cqr_table_cluster(t, NULL, NULL, &res), CQR_ENONFINITE);
     ck_assert_uint_eq(digest(t), d);
-    all_finite(t, ids, N);
-    /* The table still trains. */
-    fill(g, DIM, 1.0f);
-    ck_assert_int_eq(cqr_table_push(t, &ids[0], g, 1), 0);
-    all_finite(t, ids, N);
+    all_finite(t, ids, n);
+    if (pc->unknown)
+        all_finite(t, unknown, 3);
+    if (pc->trains) { /* the table still trains */
+        fill(g, PHASE_DIM, 1.0f);
+        ck_assert_int_eq(cqr_table_push(t, &ids[0], g, 1), 0);
+        all_finite(t, ids, n);
+    }
     cqr_table_destroy(t);
     free(ids);
     free(g);
@@ -310,8 +322,8 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_full_sgd);
     tcase_add_test(tc, test_state_overflow);
     tcase_add_test(tc, test_helpers_all_or_nothing);
-    tcase_add_test(tc, test_cqr_phase_stays_finite);
-    tcase_add_test(tc, test_phase_overflow_keeps_state);
+    tcase_add_loop_test(tc, test_phase_refused, 0,
+                        (int)(sizeof phase_cases / sizeof phase_cases[0]));
     tcase_add_test(tc, test_pooled_lookup_overflow);
     tcase_add_test(tc, test_no_refusal_under_phases);
     suite_add_tcase(s, tc);

@@ -16,18 +16,6 @@
 
 enum { DIM = 16, N = 600, SPAN = 4000 };
 
-static void push_some(cqrps_client_t *c, const char *t, uint64_t *rs, int n)
-{
-    static uint64_t ids[256];
-    static float g[256 * DIM];
-    for (int k = 0; k < n; k++) {
-        for (int j = 0; j < 256; j++)
-            ids[j] = tu_rand(rs) % SPAN;
-        tu_fill(g, 256 * DIM, rs);
-        ck_assert_int_eq(cqrps_push(c, t, ids, g, 256), 0);
-    }
-}
-
 /* Known and never-seen IDs, and bags over them. */
 static uint64_t ids[N];
 static uint32_t offs[100];
@@ -122,34 +110,30 @@ START_TEST(export_matches_server)
 {
     char dir[] = "/tmp/cqr_test_export_XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    char ddir[128], p1[160], p2[160], pd[160], pr[160];
-    snprintf(ddir, sizeof ddir, "%s/data", dir);
-    const char *args[] = {"--data-dir", ddir, "--checkpoint-keep", "0", NULL};
+    char p1[160], p2[160], pd[160], pr[160];
+    const char *keep[] = {"--checkpoint-keep", "0", NULL};
     cqr_test_server_t s;
-    tu_server_start(&s, args);
+    tu_data_server_start(&s, dir, "data", keep);
     cqrps_client_t *c = tu_connect(s.addr);
     make_probes();
     static answers_t a1, a2;
     static const char *const names[] = {"f", "h", "e", "q"};
     for (int kind = 0; kind <= CQRPS_KIND_CQR; kind++) {
         const char *t = names[kind];
-        cqrps_table_config_t cfg;
-        tu_config(&cfg, (cqrps_kind_t)kind, CQRPS_OPT_ADAM, DIM);
-        if (kind != CQRPS_KIND_FULL)
-            cfg.rows = 128;
-        ck_assert_int_eq(cqrps_create_table(c, t, &cfg, NULL), 0);
+        tu_create_table(c, t, (cqrps_kind_t)kind, CQRPS_OPT_ADAM, DIM, 128,
+                        NULL);
         uint64_t rs = 99 + (uint64_t)kind;
-        push_some(c, t, &rs, 6);
+        tu_push_random(c, t, &rs, 6, DIM, SPAN);
         for (int ph = 0; kind == CQRPS_KIND_CQR && ph < 2; ph++) {
             uint64_t id;
             ck_assert_int_eq(cqrps_cluster(c, t, &id), 0);
             ck_assert_int_eq(cqrps_cluster_wait(c, t, id, 60000, NULL), 0);
-            push_some(c, t, &rs, 2);
+            tu_push_random(c, t, &rs, 2, DIM, SPAN);
         }
         uint64_t g1, g2;
         ck_assert_int_eq(cqrps_checkpoint(c, &g1), 0);
         server_answers(c, t, &a1);
-        push_some(c, t, &rs, 3);
+        tu_push_random(c, t, &rs, 3, DIM, SPAN);
         if (kind == CQRPS_KIND_CQR) {
             uint64_t id;
             ck_assert_int_eq(cqrps_cluster(c, t, &id), 0);
@@ -158,7 +142,7 @@ START_TEST(export_matches_server)
         ck_assert_int_eq(cqrps_checkpoint(c, &g2), 0);
         server_answers(c, t, &a2);
         /* Training goes on after the checkpoint: the export is g2's. */
-        push_some(c, t, &rs, 1);
+        tu_push_random(c, t, &rs, 1, DIM, SPAN);
 
         snprintf(p1, sizeof p1, "%s/%s.1.cqrm", dir, t);
         snprintf(p2, sizeof p2, "%s/%s.2.cqrm", dir, t);
@@ -232,9 +216,7 @@ START_TEST(export_matches_server)
     ck_assert_int_ne(access(p1, F_OK), 0);
     cqrps_close(c);
     tu_server_stop(&s);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rmtree(dir);
 }
 END_TEST
 
@@ -243,9 +225,7 @@ START_TEST(export_needs_data_dir)
     cqr_test_server_t s;
     tu_server_start(&s, NULL);
     cqrps_client_t *c = tu_connect(s.addr);
-    cqrps_table_config_t cfg;
-    tu_config(&cfg, CQRPS_KIND_CQR, CQRPS_OPT_ADAM, DIM);
-    ck_assert_int_eq(cqrps_create_table(c, "q", &cfg, NULL), 0);
+    tu_create_table(c, "q", CQRPS_KIND_CQR, CQRPS_OPT_ADAM, DIM, 0, NULL);
     ck_assert_int_eq(cqrps_export(c, "q", NULL, "/tmp/cqr_never.cqrm", NULL),
                      CQRPS_EUNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(cqrps_last_error(c), "--data-dir"));

@@ -21,18 +21,6 @@ enum { DIM = 8, N = 300, SPAN = 3000 };
 
 static uint64_t ids[N];
 
-static void push_some(cqrps_client_t *c, const char *t, uint64_t *rs, int n)
-{
-    static uint64_t pid[256];
-    static float g[256 * DIM];
-    for (int k = 0; k < n; k++) {
-        for (int j = 0; j < 256; j++)
-            pid[j] = tu_rand(rs) % SPAN;
-        tu_fill(g, 256 * DIM, rs);
-        ck_assert_int_eq(cqrps_push(c, t, pid, g, 256), 0);
-    }
-}
-
 /* Lookups of both tables in one multi-table request: q plain, f pooled
  * (bags of 3). */
 static int multi_lookup(cqrps_client_t *c, float *q, float *f)
@@ -92,28 +80,23 @@ START_TEST(serve_dir_reload_under_load)
 {
     char dir[] = "/tmp/cqr_test_serve_XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    char ddir[128], sdir[128], path[256];
-    snprintf(ddir, sizeof ddir, "%s/data", dir);
+    char sdir[128], path[256];
     snprintf(sdir, sizeof sdir, "%s/serve", dir);
     ck_assert_int_eq(mkdir(sdir, 0755), 0);
     for (int j = 0; j < N; j++)
         ids[j] = j % 3 ? (uint64_t)j * 7 % SPAN : (1ull << 40) + (uint64_t)j;
 
     /* Training: two tables, g1, then more training and g2. */
-    const char *targs[] = {"--data-dir", ddir, "--checkpoint-keep", "0",
-                           NULL};
+    const char *keep[] = {"--checkpoint-keep", "0", NULL};
     cqr_test_server_t tr;
-    tu_server_start(&tr, targs);
+    tu_data_server_start(&tr, dir, "data", keep);
     cqrps_client_t *c = tu_connect(tr.addr);
+    tu_create_table(c, "q", CQRPS_KIND_CQR, CQRPS_OPT_ADAM, DIM, 64, NULL);
     cqrps_table_config_t cfg;
-    tu_config(&cfg, CQRPS_KIND_CQR, CQRPS_OPT_ADAM, DIM);
-    cfg.rows = 64;
-    ck_assert_int_eq(cqrps_create_table(c, "q", &cfg, NULL), 0);
-    tu_config(&cfg, CQRPS_KIND_FULL, CQRPS_OPT_ADAM, DIM);
-    ck_assert_int_eq(cqrps_create_table(c, "f", &cfg, NULL), 0);
+    tu_create_table(c, "f", CQRPS_KIND_FULL, CQRPS_OPT_ADAM, DIM, 0, &cfg);
     uint64_t rs = 5, g1, g2, phase;
-    push_some(c, "q", &rs, 4);
-    push_some(c, "f", &rs, 4);
+    tu_push_random(c, "q", &rs, 4, DIM, SPAN);
+    tu_push_random(c, "f", &rs, 4, DIM, SPAN);
     ck_assert_int_eq(cqrps_cluster(c, "q", &phase), 0);
     ck_assert_int_eq(cqrps_cluster_wait(c, "q", phase, 60000, NULL), 0);
     ck_assert_int_eq(cqrps_checkpoint(c, &g1), 0);
@@ -126,8 +109,8 @@ START_TEST(serve_dir_reload_under_load)
     snprintf(path, sizeof path, "%s/f.g%llu.f32.cqrm", sdir,
              (unsigned long long)g1);
     ck_assert_int_eq(cqrps_export(c, "f", &o, path, NULL), 0);
-    push_some(c, "q", &rs, 2);
-    push_some(c, "f", &rs, 2);
+    tu_push_random(c, "q", &rs, 2, DIM, SPAN);
+    tu_push_random(c, "f", &rs, 2, DIM, SPAN);
     ck_assert_int_eq(cqrps_checkpoint(c, &g2), 0);
     ck_assert_int_eq(multi_lookup(c, a2.q, a2.f), 0);
 
@@ -184,9 +167,7 @@ START_TEST(serve_dir_reload_under_load)
     tu_server_stop(&sv);
     cqrps_close(c);
     tu_server_stop(&tr);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rmtree(dir);
 }
 END_TEST
 
@@ -195,18 +176,13 @@ START_TEST(serve_files)
 {
     char dir[] = "/tmp/cqr_test_servef_XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    char ddir[128], path[256];
-    snprintf(ddir, sizeof ddir, "%s/data", dir);
-    const char *targs[] = {"--data-dir", ddir, NULL};
+    char path[256];
     cqr_test_server_t tr;
-    tu_server_start(&tr, targs);
+    tu_data_server_start(&tr, dir, "data", NULL);
     cqrps_client_t *c = tu_connect(tr.addr);
-    cqrps_table_config_t cfg;
-    tu_config(&cfg, CQRPS_KIND_CE, CQRPS_OPT_ADAM, DIM);
-    cfg.rows = 32;
-    ck_assert_int_eq(cqrps_create_table(c, "items", &cfg, NULL), 0);
+    tu_create_table(c, "items", CQRPS_KIND_CE, CQRPS_OPT_ADAM, DIM, 32, NULL);
     uint64_t rs = 9, g;
-    push_some(c, "items", &rs, 2);
+    tu_push_random(c, "items", &rs, 2, DIM, SPAN);
     ck_assert_int_eq(cqrps_checkpoint(c, &g), 0);
     static float want[N * DIM], got[N * DIM];
     for (int j = 0; j < N; j++)
@@ -230,9 +206,7 @@ START_TEST(serve_files)
     cqr_test_server_t bad;
     ck_assert_int_ne(cqr_test_server_start(&bad, sargs, 10000), 0);
     cqr_test_server_stop(&bad, 5000);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rmtree(dir);
 }
 END_TEST
 
@@ -244,25 +218,23 @@ START_TEST(serve_sharded)
 {
     char dir[] = "/tmp/cqr_test_serves_XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    char ddir[2][128], path[2][256], addrs[256];
+    char path[2][256], addrs[256];
     cqr_test_server_t tr[2], sv[2];
     for (int k = 0; k < 2; k++) {
-        snprintf(ddir[k], sizeof ddir[k], "%s/data%d", dir, k);
+        char sub[16];
+        snprintf(sub, sizeof sub, "data%d", k);
         /* Each shard's file is items.cqrm (it names the table), so each
          * in its own folder, as on its own host. */
         snprintf(path[k], sizeof path[k], "%s/s%d", dir, k);
         ck_assert_int_eq(mkdir(path[k], 0755), 0);
         strcat(path[k], "/items.cqrm");
-        const char *targs[] = {"--data-dir", ddir[k], NULL};
-        tu_server_start(&tr[k], targs);
+        tu_data_server_start(&tr[k], dir, sub, NULL);
     }
     snprintf(addrs, sizeof addrs, "%s,%s", tr[0].addr, tr[1].addr);
     cqrps_client_t *c = tu_connect(addrs);
-    cqrps_table_config_t cfg;
-    tu_config(&cfg, CQRPS_KIND_FULL, CQRPS_OPT_ADAM, DIM);
-    ck_assert_int_eq(cqrps_create_table(c, "items", &cfg, NULL), 0);
+    tu_create_table(c, "items", CQRPS_KIND_FULL, CQRPS_OPT_ADAM, DIM, 0, NULL);
     uint64_t rs = 13, g;
-    push_some(c, "items", &rs, 3);
+    tu_push_random(c, "items", &rs, 3, DIM, SPAN);
     ck_assert_int_eq(cqrps_checkpoint(c, &g), 0);
     static float want[N * DIM], got[N * DIM];
     for (int j = 0; j < N; j++)
@@ -288,9 +260,7 @@ START_TEST(serve_sharded)
         tu_server_stop(&sv[k]);
         tu_server_stop(&tr[k]);
     }
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rmtree(dir);
 }
 END_TEST
 

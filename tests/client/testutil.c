@@ -4,6 +4,7 @@
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -24,6 +25,30 @@ void tu_server_stop(cqr_test_server_t *s)
     cqr_test_server_cleanup(s);
     ck_assert_msg(code == 0, "server exit status %d, not 0", code);
     ck_assert_msg(clean, "sanitizer report in the server's log");
+}
+
+void tu_data_server_start(cqr_test_server_t *s, const char *dir,
+                          const char *sub, const char *const *extra)
+{
+    char ddir[256];
+    int len = snprintf(ddir, sizeof ddir, "%s/%s", dir, sub);
+    ck_assert(len > 0 && (size_t)len < sizeof ddir);
+    const char *args[16] = {"--data-dir", ddir};
+    size_t n = 2;
+    for (size_t i = 0; extra && extra[i]; i++) {
+        ck_assert_uint_lt(n, 15);
+        args[n++] = extra[i];
+    }
+    args[n] = NULL;
+    tu_server_start(s, args);
+}
+
+void tu_rmtree(const char *dir)
+{
+    char cmd[300];
+    int len = snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert(len > 0 && (size_t)len < sizeof cmd);
+    ck_assert_int_eq(system(cmd), 0);
 }
 
 cqrps_client_t *tu_connect(const char *addr)
@@ -54,6 +79,19 @@ void tu_config(cqrps_table_config_t *cfg, cqrps_kind_t kind,
     cfg->cluster_sample = 50;
     cfg->cluster_tol = -1.0f; /* every iteration */
     cfg->reset_optimizer = CQRPS_OFF;
+}
+
+void tu_create_table(cqrps_client_t *c, const char *name, cqrps_kind_t kind,
+                     cqrps_optimizer_t opt, uint32_t dim, uint32_t rows,
+                     cqrps_table_config_t *cfg)
+{
+    cqrps_table_config_t own;
+    if (cfg == NULL)
+        cfg = &own;
+    tu_config(cfg, kind, opt, dim);
+    if (rows != 0 && kind != CQRPS_KIND_FULL)
+        cfg->rows = rows;
+    ck_assert_int_eq(cqrps_create_table(c, name, cfg, NULL), 0);
 }
 
 void tu_engine_config(const cqrps_table_config_t *in, cqr_table_config_t *o)
@@ -113,6 +151,21 @@ void tu_fill(float *v, size_t n, uint64_t *s)
 {
     for (size_t i = 0; i < n; i++)
         v[i] = tu_randf(s);
+}
+
+void tu_push_random(cqrps_client_t *c, const char *table, uint64_t *s,
+                    int n, uint32_t dim, uint64_t span)
+{
+    uint64_t ids[256];
+    float *g = malloc(256 * (size_t)dim * sizeof *g);
+    ck_assert_ptr_nonnull(g);
+    for (int k = 0; k < n; k++) {
+        for (int j = 0; j < 256; j++)
+            ids[j] = tu_rand(s) % span;
+        tu_fill(g, 256 * (size_t)dim, s);
+        ck_assert_int_eq(cqrps_push(c, table, ids, g, 256), 0);
+    }
+    free(g);
 }
 
 int tu_same(const float *a, const float *b, size_t n, const char *what)

@@ -26,6 +26,14 @@ void tu_server_start(cqr_test_server_t *s, const char *const *args);
  * removes the log. */
 void tu_server_stop(cqr_test_server_t *s);
 
+/* Starts a server whose --data-dir is <dir>/<sub> (the server makes it),
+ * with the flags in extra after it (NULL-terminated, may be NULL), or
+ * fails the test. */
+void tu_data_server_start(cqr_test_server_t *s, const char *dir,
+                          const char *sub, const char *const *extra);
+/* Removes dir and everything below it (rm -rf), or fails the test. */
+void tu_rmtree(const char *dir);
+
 /* Connects with the default options (or fails the test). */
 cqrps_client_t *tu_connect(const char *addr);
 
@@ -33,6 +41,12 @@ cqrps_client_t *tu_connect(const char *addr);
  * engine mirror needs no knowledge of the server's defaults. */
 void tu_config(cqrps_table_config_t *cfg, cqrps_kind_t kind,
                cqrps_optimizer_t opt, uint32_t dim);
+/* Creates table name through c with tu_config(kind, opt, dim) and, when
+ * rows is not 0 and the kind has codebooks, rows rows per codebook; cfg
+ * (may be NULL) receives that config. Fails the test on an error. */
+void tu_create_table(cqrps_client_t *c, const char *name, cqrps_kind_t kind,
+                     cqrps_optimizer_t opt, uint32_t dim, uint32_t rows,
+                     cqrps_table_config_t *cfg);
 /* The engine config the server builds from cfg (server/rpc/rpc.c). */
 void tu_engine_config(const cqrps_table_config_t *cfg,
                       cqr_table_config_t *out);
@@ -44,6 +58,11 @@ uint64_t tu_rand(uint64_t *state);
 /* A float in [-1, 1) that is a multiple of 1/1024 (exact in float). */
 float tu_randf(uint64_t *state);
 void tu_fill(float *v, size_t n, uint64_t *state);
+
+/* n pushes to table, each of 256 IDs below span and 256 * dim gradients
+ * (tu_fill), all drawn from *state; each must succeed. */
+void tu_push_random(cqrps_client_t *c, const char *table, uint64_t *state,
+                    int n, uint32_t dim, uint64_t span);
 
 /* Exact comparison of two float arrays; on a difference prints the first
  * mismatch with `what` and returns 0. */

@@ -33,25 +33,9 @@ say() { printf '\n== %s\n' "$*"; }
 
 # ---- 1. Packages -----------------------------------------------------------
 say "packages"
-if [ -x .ci/install-deps.sh ]; then
-  .ci/install-deps.sh
-else
-  PKGS=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev
-        protobuf-c-compiler libopenblas-dev librocksdb-dev check
-        libsubunit-dev libxxhash-dev)
-  missing=()
-  for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
-      || missing+=("$p")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-  echo "packages present"
-fi
+# The one package list is .ci/install-deps.sh's (scripts/test.sh runs it
+# too); it calls apt-get only for what is missing.
+bash .ci/install-deps.sh
 
 # ---- 2. Build --------------------------------------------------------------
 say "build ($BUILD_DIR, Release, $JOBS jobs)"

@@ -586,56 +586,57 @@ static inline int cqr_cqr_known(const cqr_table_t *t, const cqr_cbstate_t *st,
 typedef void (*cqr_ptrs_fn)(void *ud, size_t j, const uint32_t *p, int known,
                             const uint8_t *v);
 
-/* cqr tables: cqr_cqr_find for ids[0..n) in a three-stage pipeline over
- * groups of CQR_RESOLVE_GROUP IDs: while group g's pointers are used, group
- * g+1's static values are requested and group g+2's pilots and map slots,
- * so that every miss to memory is in flight a group ahead. */
+/* cqr tables: cqr_cqr_find for ids[0..n) in a three-stage software
+ * pipeline, one ID at a time: while ID j's pointers are used, ID j +
+ * CQR_RESOLVE_GROUP's static value is requested and ID j + 2 x
+ * CQR_RESOLVE_GROUP's pilot and map slot, so that every miss to memory is
+ * in flight well before it is needed and the requests are spread among
+ * the work rather than issued in bursts (a burst fills the core's miss
+ * buffers and stalls it: at 1e8 compacted IDs two thirds of the resolve's
+ * time sat on the prefetches of a group issued back to back). */
 static inline void cqr_cqr_resolve(const cqr_table_t *t,
                                    const cqr_cbstate_t *st,
                                    const uint64_t *ids, size_t n,
                                    cqr_ptrs_fn fn, void *ud)
 {
-    enum { G = CQR_RESOLVE_GROUP };
+    enum { D = CQR_RESOLVE_GROUP, R = 4 * CQR_RESOLVE_GROUP };
     const cqr_ptrset_t *ps = st->ps;
     const int stat = ps && ps->pm.n > 0;
     const cqr_idmap_t *d = st->ids.count ? &st->ids : NULL;
-    cqr_pm_probe_t pr[3][G];
-    uint64_t vb[3][G];
+    cqr_pm_probe_t pr[R]; /* ring: the probe of ID i at i % R */
+    uint64_t vb[R];       /* and its value's bit offset */
     uint32_t p[CQR_MAX_CHUNKS];
-    const size_t ng = (n + G - 1) / G;
-    for (size_t g = 0; g < ng + 2; g++) {
-        if (g < ng) {
-            const size_t b = g * G, m = n - b < G ? n - b : G;
-            for (size_t j = 0; j < m; j++) {
-                if (stat)
-                    cqr_packmap_begin(&ps->pm, ids[b + j], &pr[g % 3][j]);
-                if (d)
-                    cqr_idmap_prefetch(d, ids[b + j]);
-            }
+    for (size_t i = 0; i < n && i < 2 * D; i++) {
+        if (stat)
+            cqr_packmap_begin(&ps->pm, ids[i], &pr[i % R]);
+        if (d)
+            cqr_idmap_prefetch(d, ids[i]);
+    }
+    if (stat)
+        for (size_t i = 0; i < n && i < D; i++)
+            cqr_packmap_locate(&ps->pm, &pr[i % R], &vb[i % R]);
+    for (size_t j = 0; j < n; j++) {
+        const size_t a = j + 2 * D, b = j + D;
+        if (a < n) {
+            if (stat)
+                cqr_packmap_begin(&ps->pm, ids[a], &pr[a % R]);
+            if (d)
+                cqr_idmap_prefetch(d, ids[a]);
         }
-        if (stat && g >= 1 && g - 1 < ng) {
-            const size_t b = (g - 1) * G, m = n - b < G ? n - b : G;
-            for (size_t j = 0; j < m; j++)
-                cqr_packmap_locate(&ps->pm, &pr[(g - 1) % 3][j],
-                                   &vb[(g - 1) % 3][j]);
-        }
-        if (g < 2)
-            continue;
-        const size_t gg = g - 2, b = gg * G, m = n - b < G ? n - b : G;
-        for (size_t j = 0; j < m; j++) {
-            const uint64_t id = ids[b + j];
-            const uint8_t *v = d ? cqr_idmap_find(d, id) : NULL;
-            if (!v && stat &&
-                cqr_packmap_fp_ok(&ps->pm, pr[gg % 3][j].h, vb[gg % 3][j])) {
-                for (uint32_t i = 0; i < t->c; i++)
-                    p[i] = cqr_ptrset_ptr(ps, vb[gg % 3][j], i);
-                fn(ud, b + j, p, 1, NULL);
-                continue;
-            }
+        if (stat && b < n)
+            cqr_packmap_locate(&ps->pm, &pr[b % R], &vb[b % R]);
+        const uint64_t id = ids[j];
+        const uint8_t *v = d ? cqr_idmap_find(d, id) : NULL;
+        if (!v && stat &&
+            cqr_packmap_fp_ok(&ps->pm, pr[j % R].h, vb[j % R])) {
             for (uint32_t i = 0; i < t->c; i++)
-                p[i] = v ? cqr_ptr_get(v, t->pw, i) : cqr_hash_p(t, st, id, i);
-            fn(ud, b + j, p, v != NULL, v);
+                p[i] = cqr_ptrset_ptr(ps, vb[j % R], i);
+            fn(ud, j, p, 1, NULL);
+            continue;
         }
+        for (uint32_t i = 0; i < t->c; i++)
+            p[i] = v ? cqr_ptr_get(v, t->pw, i) : cqr_hash_p(t, st, id, i);
+        fn(ud, j, p, v != NULL, v);
     }
 }
 

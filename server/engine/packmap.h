@@ -188,8 +188,11 @@ static inline uint64_t cqr_packmap_locate(const cqr_packmap_t *pm,
         pos = pm->remap[q->remap0 + (pos - q->n)];
     *vbit = q->vbit0 + (uint64_t)pos * pm->vbits;
     const uint8_t *v = (const uint8_t *)pm->vals + (*vbit >> 3);
-    __builtin_prefetch(v);
-    __builtin_prefetch(v + ((pm->vbits + 7) >> 3));
+    /* Non-temporal: a value is read once, and the values (hundreds of
+     * MB) would otherwise push the pilots (8/lambda bits an ID) and the
+     * codebooks out of the shared cache. */
+    __builtin_prefetch(v, 0, 0);
+    __builtin_prefetch(v + ((pm->vbits + 7) >> 3), 0, 0);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     return q->slot0 + pos;
 }

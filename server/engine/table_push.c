@@ -7,6 +7,9 @@
  * helpers (par.h) with bit-identical results.
  */
 #include <float.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <assert.h>
 #include <math.h>
 #include <pthread.h>
@@ -493,19 +496,60 @@ static void full_apply_rows(cqr_table_t *t, const uint64_t *slots,
  *   apply     the parts in order, each split over its table's helpers
  * so that a refusal at any stage leaves every table's rows unchanged. */
 
-/* The largest magnitude of g[0..nf), or Inf/NaN's bits when one is not
- * finite: an integer max over the sign-cleared bits (ordered as the
- * magnitudes for finite floats, and above them for Inf and NaN), which
- * vectorises, with no branch per float. */
-static float grads_max(const float *g, size_t nf)
+/* The largest sign-cleared bits of g[0..nf): an integer max, ordered as
+ * the magnitudes for finite floats and above them for Inf and NaN. */
+static uint32_t bits_max(const float *g, size_t nf, uint32_t m)
 {
-    uint32_t m = 0;
     for (size_t j = 0; j < nf; j++) {
         uint32_t b;
         memcpy(&b, &g[j], sizeof b);
         b &= 0x7fffffffu;
         m = b > m ? b : m;
     }
+    return m;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* bits_max over whole blocks of 16 floats, 8 wide, picked at run time:
+ * Debian builds for baseline x86-64, which has no unsigned 32-bit max,
+ * and the scalar loop (a compare and a move per float, each waiting for
+ * the last) was 12% of a push's server time at batch 4096, dim 64.
+ * *done gets the floats covered. */
+__attribute__((target("avx2"))) static uint32_t
+bits_max_avx2(const float *g, size_t nf, size_t *done)
+{
+    const __m256i mask = _mm256_set1_epi32(0x7fffffff);
+    __m256i m0 = _mm256_setzero_si256(), m1 = _mm256_setzero_si256();
+    size_t j = 0;
+    for (; j + 16 <= nf; j += 16) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(g + j));
+        __m256i b =
+            _mm256_loadu_si256((const __m256i *)(const void *)(g + j + 8));
+        m0 = _mm256_max_epu32(m0, _mm256_and_si256(a, mask));
+        m1 = _mm256_max_epu32(m1, _mm256_and_si256(b, mask));
+    }
+    uint32_t l[8];
+    _mm256_storeu_si256((__m256i *)(void *)l, _mm256_max_epu32(m0, m1));
+    uint32_t m = 0;
+    for (int k = 0; k < 8; k++)
+        m = l[k] > m ? l[k] : m;
+    *done = j;
+    return m;
+}
+#define PUSH_HAVE_AVX2 1
+#endif
+
+/* The largest magnitude of g[0..nf), or Inf/NaN's bits when one is not
+ * finite (bits_max), with no branch per float. */
+static float grads_max(const float *g, size_t nf)
+{
+    uint32_t m = 0;
+    size_t done = 0;
+#ifdef PUSH_HAVE_AVX2
+    if (nf >= 16 && __builtin_cpu_supports("avx2"))
+        m = bits_max_avx2(g, nf, &done);
+#endif
+    m = bits_max(g + done, nf - done, m);
     float f;
     memcpy(&f, &m, sizeof f);
     return f;

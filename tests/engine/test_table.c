@@ -241,6 +241,37 @@ START_TEST(test_nonfinite_rejected)
 }
 END_TEST
 
+/* Large pushes: the gradient scan runs 16 floats at a time where the
+ * CPU allows; a NaN or an Inf anywhere (first float, inside the vector
+ * body, in the scalar tail, either sign) refuses the push whole. */
+START_TEST(test_nonfinite_rejected_large)
+{
+    enum { N = 67, DIM = 12, NF = N * DIM }; /* 50 blocks of 16, 4 left */
+    cqr_table_t *t = make(CQR_KIND_CQR, DIM, 2, 16, CQR_OPT_SGD, 0.1f, 1);
+    uint64_t ids[N];
+    for (uint64_t i = 0; i < N; i++)
+        ids[i] = 100 + i;
+    static float g[NF];
+    for (size_t j = 0; j < NF; j++)
+        g[j] = (j % 7 == 0 ? -1.0f : 1.0f) * 0.001f * (float)(j % 13);
+    const uint64_t d0 = digest(t);
+    const size_t pos[] = {0, 15, 16, 17, 511, NF - 17, NF - 5, NF - 4, NF - 1};
+    const float bad[] = {NAN, -NAN, INFINITY, -INFINITY};
+    for (size_t a = 0; a < sizeof pos / sizeof *pos; a++)
+        for (size_t b = 0; b < sizeof bad / sizeof *bad; b++) {
+            const float keep = g[pos[a]];
+            g[pos[a]] = bad[b];
+            ck_assert_int_eq(cqr_table_push(t, ids, g, N), CQR_ENONFINITE);
+            g[pos[a]] = keep;
+        }
+    ck_assert_uint_eq(digest(t), d0);
+    /* The same gradients, all finite, are taken. */
+    ck_assert_int_eq(cqr_table_push(t, ids, g, N), 0);
+    ck_assert_uint_ne(digest(t), d0);
+    cqr_table_destroy(t);
+}
+END_TEST
+
 START_TEST(test_pooled)
 {
     cqr_table_t *t = make(CQR_KIND_CE, 4, 2, 32, CQR_OPT_SGD, 0.1f, 4);
@@ -548,6 +579,7 @@ Suite *cqr_test_suite(void)
     tcase_add_test(tc, test_codebook_sgd);
     tcase_add_test(tc, test_duplicates_aggregate);
     tcase_add_test(tc, test_nonfinite_rejected);
+    tcase_add_test(tc, test_nonfinite_rejected_large);
     tcase_add_test(tc, test_pooled);
     tcase_add_test(tc, test_phase_keeps_embeddings);
     tcase_add_test(tc, test_phase_replay_exact);

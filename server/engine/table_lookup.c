@@ -68,7 +68,7 @@ static void full_lookup(const cqr_table_t *t, const uint64_t *ids, size_t n,
 }
 
 /* cqr tables: one pipeline over the whole call. cqr_cqr_resolve requests
- * the static set's pilots and values and the map's slots a group or two
+ * the static set's pilots and values and the map's slots 32 or 64 IDs
  * ahead and hands over each ID's B0 pointers in order; ID j's codebook
  * rows are requested then, and summed CQR_ROW_LAG IDs later (ID j's sum
  * is made when ID j + lag is handed over), so that the misses of the

@@ -549,7 +549,8 @@ static float grads_max(const float *g, size_t nf)
     if (nf >= 16 && __builtin_cpu_supports("avx2"))
         m = bits_max_avx2(g, nf, &done);
 #endif
-    m = bits_max(g + done, nf - done, m);
+    if (nf > done) /* g is NULL when nf is 0 (a part with no IDs) */
+        m = bits_max(g + done, nf - done, m);
     float f;
     memcpy(&f, &m, sizeof f);
     return f;

@@ -391,6 +391,7 @@ static void rpc_error_seeds(void)
     push("e", 4, 0, 8, 0.1f, 4);   /* gradients one float too long */
     push("e", 4, 0, 8, 0.0f, 0);   /* NaN */
     push("e", 4, 0, 4, 0.1f, 0);   /* wrong dim */
+    push("e", 0, 0, 8, 0.1f, 0);   /* no IDs, so no gradients (NULL) */
     lookup("e", 16, 3, 0);
     create("e", CQRPS__V1__TABLE_KIND__HASH, 8, 0, 16,
            CQRPS__V1__OPTIMIZER__SGD, 0); /* exists */

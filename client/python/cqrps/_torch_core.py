@@ -285,7 +285,9 @@ class RemoteModule(nn.Module):
     - ``grad_scaler``: a GradScaler (or anything with ``is_enabled()``
       and ``get_scale()``) whose scale backward divides out; with it, a
       step whose gradients hold Inf or NaN is skipped, not pushed;
-    - ``skipped_steps``, ``last_step_skipped``: what the scaler skipped.
+    - ``skipped_steps``, ``last_step_skipped``: what the scaler skipped;
+    - ``prefetch_hits``: forwards that took a prefetched lookup
+      (:meth:`prefetch`) instead of looking up themselves.
     """
 
     def __init__(self, client: Client, features: Sequence[Feature], *,
@@ -302,6 +304,7 @@ class RemoteModule(nn.Module):
         self.grad_scaler = grad_scaler
         self.skipped_steps = 0
         self.last_step_skipped = False
+        self.prefetch_hits = 0
         # Not a Parameter: no optimizer must see it, nothing is stored.
         self._anchor = torch.zeros(0, requires_grad=True)
         self._init_transient()
@@ -327,6 +330,7 @@ class RemoteModule(nn.Module):
         pf = self._take_prefetch(parts)
         if pf is not None:
             parts = pf.parts
+            self.prefetch_hits += 1
         else:
             try:
                 prepare(parts, self.dedup, self._pool)

@@ -94,7 +94,9 @@ class RemoteFeatures(nn.Module):
         self.plain = [f.name for f in features if not f.bag]
         self.bags = [f.name for f in features if f.bag]
 
-    def forward(self, batch: Batch) -> Tensor:
+    def inputs(self, batch: Batch) -> Dict[str, object]:
+        """The collection's input for a batch: feature -> IDs or (IDs,
+        offsets)."""
         inp: Dict[str, object] = {}
         for name, ids in zip(self.plain, batch.ids):
             inp[name] = torch.from_numpy(ids.view(np.int64))
@@ -103,7 +105,18 @@ class RemoteFeatures(nn.Module):
             o[:-1] = offs
             o[-1] = len(vals)
             inp[name] = (torch.from_numpy(vals.view(np.int64)), o)
-        out = self.coll(inp)
+        return inp
+
+    def prefetch(self, batch: Batch) -> None:
+        """Sends the lookup of the next forward's batch once the push of
+        the step in flight is acknowledged (the collection's prefetch
+        with ``after_push``): the forward then gets exactly what it would
+        have looked up itself, and the lookup overlaps the dense
+        optimizer step and the preparation of that batch."""
+        self.coll.prefetch(self.inputs(batch), after_push=True)
+
+    def forward(self, batch: Batch) -> Tensor:
+        out = self.coll(self.inputs(batch))
         return torch.stack([out[n] for n in self.plain + self.bags], dim=1)
 
 

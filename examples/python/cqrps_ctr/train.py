@@ -193,6 +193,8 @@ class Worker:
         self.client: Optional[cqrps.Client] = None
         self.phases = int(math.floor(a.cluster_frac * a.epochs + 1e-9))
         self.ckpt = os.path.join(a.run_dir, "ckpt.pt") if a.run_dir else None
+        # Steps of the last epoch whose lookup was prefetched (remote).
+        self.prefetched: Optional[int] = None
 
     # -- setup --
 
@@ -327,9 +329,21 @@ class Worker:
         steps = self.batches(epoch)
         total, seen = 0.0, 0
         t0 = last = time.monotonic()
+        # Remote tables: the next batch's lookup is sent as soon as this
+        # step's push is acknowledged (RemoteFeatures.prefetch), so it
+        # runs while the dense optimizer steps and the batch is prepared;
+        # every forward still sees the tables after the last push.
+        ahead = isinstance(self.emb, RemoteFeatures) and not a.no_prefetch
+        hits0 = self.emb.coll.prefetch_hits \
+            if isinstance(self.emb, RemoteFeatures) else 0
+        nxt = self.data.train.take(steps[0]) if steps else None
         for s, rows in enumerate(steps):
-            b = self.data.train.take(rows)
+            b = nxt
             emb = self.emb(b)
+            nxt = (self.data.train.take(steps[s + 1])
+                   if s + 1 < len(steps) else None)
+            if ahead and nxt is not None:
+                self.emb.prefetch(nxt)
             dense = torch.from_numpy(b.dense) if b.dense is not None else None
             z = self.model(emb, dense)
             y = torch.from_numpy(b.label)
@@ -352,6 +366,8 @@ class Worker:
                 print(f"progress epoch={epoch + 1} step={s + 1}/{len(steps)}"
                       f" examples_per_s={rate:.0f} eta_s={left:.0f}",
                       file=sys.stderr, flush=True)
+        if isinstance(self.emb, RemoteFeatures):
+            self.prefetched = self.emb.coll.prefetch_hits - hits0
         return total, seen, time.monotonic() - t0, len(steps)
 
     def validate(self) -> Tuple[float, float]:
@@ -442,6 +458,8 @@ class Worker:
                  f"seconds={r['seconds']:.2f} "
                  f"phase_seconds={r['phase_seconds']:.2f} "
                  f"requests_per_step={r['requests_per_step']:.2f}"
+                 + (f" prefetched={self.prefetched}"
+                    if self.prefetched is not None else "")
                  + (f" generation={gen}" if gen is not None else ""))
         if tsv is not None:
             kind = f"local-{a.local}" if a.local else a.kind

@@ -65,11 +65,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g.add_argument("--cluster-frac", type=float, default=0.75)
     g.add_argument("--bf16", action="store_true",
                    help="vectors and gradients as bfloat16 on the wire")
-    g.add_argument("--no-prefetch", action="store_true",
-                   help="look each batch up only when its forward starts "
-                        "(by default the next batch's lookup is sent as "
-                        "soon as the step's push is acknowledged, with "
-                        "the same results)")
+    g.add_argument("--prefetch", action="store_true",
+                   help="send the next batch's lookup as soon as the "
+                        "step's push is acknowledged (same results; "
+                        "slower on 2 cores, so off by default)")
     g.add_argument("--init-scale", type=float, default=0.0,
                    help="for experiments: the tables' initial scale (0: "
                         "the server's default, which a user gets)")

@@ -609,25 +609,19 @@ static inline void cqr_cqr_resolve(const cqr_table_t *t,
     cqr_pm_probe_t pr[R]; /* ring: the probe of ID i at i % R */
     uint64_t vb[R];       /* and its value's bit offset */
     uint32_t p[CQR_MAX_CHUNKS];
-    for (size_t i = 0; i < n && i < 2 * D; i++) {
-        if (stat)
-            cqr_packmap_begin(&ps->pm, ids[i], &pr[i % R]);
-        if (d)
-            cqr_idmap_prefetch(d, ids[i]);
-    }
-    if (stat)
-        for (size_t i = 0; i < n && i < D; i++)
-            cqr_packmap_locate(&ps->pm, &pr[i % R], &vb[i % R]);
-    for (size_t j = 0; j < n; j++) {
-        const size_t a = j + 2 * D, b = j + D;
-        if (a < n) {
+    /* Step k begins ID k, locates ID k - D and uses ID k - 2 x D. */
+    for (size_t k = 0; k < n + 2 * D; k++) {
+        if (k < n) {
             if (stat)
-                cqr_packmap_begin(&ps->pm, ids[a], &pr[a % R]);
+                cqr_packmap_begin(&ps->pm, ids[k], &pr[k % R]);
             if (d)
-                cqr_idmap_prefetch(d, ids[a]);
+                cqr_idmap_prefetch(d, ids[k]);
         }
-        if (stat && b < n)
-            cqr_packmap_locate(&ps->pm, &pr[b % R], &vb[b % R]);
+        if (stat && k >= D && k - D < n)
+            cqr_packmap_locate(&ps->pm, &pr[(k - D) % R], &vb[(k - D) % R]);
+        if (k < 2 * D)
+            continue;
+        const size_t j = k - 2 * D;
         const uint64_t id = ids[j];
         const uint8_t *v = d ? cqr_idmap_find(d, id) : NULL;
         if (!v && stat &&

@@ -336,16 +336,16 @@ class Worker:
         # the last push. Off by default: on the 2-core machine it measured
         # 0.92x of the plain loop (its thread and connection compete with
         # the step for the cores).
-        ahead = isinstance(self.emb, RemoteFeatures) and a.prefetch
-        hits0 = self.emb.coll.prefetch_hits \
-            if isinstance(self.emb, RemoteFeatures) else 0
-        nxt = self.data.train.take(steps[0]) if steps else None
+        remote = isinstance(self.emb, RemoteFeatures)
+        ahead = remote and a.prefetch
+        hits0 = self.emb.coll.prefetch_hits if remote else 0
+        nxt = None  # the next batch, taken early when prefetching
         for s, rows in enumerate(steps):
-            b = nxt
+            b = nxt if nxt is not None else self.data.train.take(rows)
             emb = self.emb(b)
-            nxt = (self.data.train.take(steps[s + 1])
-                   if s + 1 < len(steps) else None)
-            if ahead and nxt is not None:
+            nxt = None
+            if ahead and s + 1 < len(steps):
+                nxt = self.data.train.take(steps[s + 1])
                 self.emb.prefetch(nxt)
             dense = torch.from_numpy(b.dense) if b.dense is not None else None
             z = self.model(emb, dense)
@@ -369,7 +369,7 @@ class Worker:
                 print(f"progress epoch={epoch + 1} step={s + 1}/{len(steps)}"
                       f" examples_per_s={rate:.0f} eta_s={left:.0f}",
                       file=sys.stderr, flush=True)
-        if isinstance(self.emb, RemoteFeatures):
+        if remote:
             self.prefetched = self.emb.coll.prefetch_hits - hits0
         return total, seen, time.monotonic() - t0, len(steps)
 
